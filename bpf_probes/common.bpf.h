@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Helpers shared by the capture programs: the ring buffer, the per-kind
+ * counters, task identity and the bounded path walk. Everything reads
+ * the kernel through CO-RE, so one object runs on every BTF kernel.
+ */
+#ifndef TRACER_COMMON_BPF_H
+#define TRACER_COMMON_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "tracer.h"
+
+/* Offsets into the scratch data area are masked with TR_DATA_MASK so the
+ * verifier can prove every write stays inside the map value; the slack
+ * behind the record absorbs the largest single write past the mask. */
+#define TR_DATA_MASK (TR_PATH_MAX + TR_PATH_MAX + TR_ARGS_MAX - 1)
+
+/* The only channel to user space. Sized by the loader (--ringbuf-size). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+} tr_events SEC(".maps");
+
+/* Per kind: records emitted, records lost because the ring buffer was
+ * full. Read (and summed over CPUs) by the daemon for `lost` reports. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TR_KIND_MAX * TR_STAT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} tr_stats SEC(".maps");
+
+static __always_inline void tr_count(__u32 kind, __u32 stat)
+{
+	__u32 key = kind * TR_STAT_COUNT + stat;
+	__u64 *val = bpf_map_lookup_elem(&tr_stats, &key);
+
+	if (val)
+		*val += 1; /* per-CPU slot: no atomics needed */
+}
+
+/* Emit `size` bytes of `rec` and count the outcome, so no loss is silent. */
+static __always_inline void tr_emit(__u32 kind, void *rec, __u64 size)
+{
+	if (bpf_ringbuf_output(&tr_events, rec, size, 0))
+		tr_count(kind, TR_STAT_RB_DROPPED);
+	else
+		tr_count(kind, TR_STAT_EMITTED);
+}
+
+static __always_inline void tr_fill_task(struct tr_task *t, struct task_struct *task)
+{
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+
+	t->ktime = bpf_ktime_get_boot_ns();
+	t->start_boottime = BPF_CORE_READ(task, start_boottime);
+	t->cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	t->tgid = BPF_CORE_READ(task, tgid);
+	t->tid = BPF_CORE_READ(task, pid);
+	t->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	t->uid = BPF_CORE_READ(cred, uid.val);
+	t->euid = BPF_CORE_READ(cred, euid.val);
+	t->gid = BPF_CORE_READ(cred, gid.val);
+	t->egid = BPF_CORE_READ(cred, egid.val);
+	if (bpf_core_field_exists(task->loginuid))
+		t->auid = BPF_CORE_READ(task, loginuid.val);
+	else
+		t->auid = (__u32)-1; /* kernel built without CONFIG_AUDIT */
+	BPF_CORE_READ_STR_INTO(&t->comm, task, comm);
+}
+
+/*
+ * State of one path walk. It lives in map memory, not on the stack: the
+ * verifier treats values loaded from a map as unknown, so the bpf_loop()
+ * callbacks below converge after one pass instead of being re-verified
+ * for every distinct counter value.
+ */
+struct tr_walk {
+	struct mount *mnt;
+	struct dentry *dentry;
+	struct dentry *mnt_root;
+	__u32 off; /* where in buf the path starts */
+	__u32 max; /* longest path to write */
+	__u32 n;   /* components collected */
+	__u32 len; /* bytes written */
+	__u32 complete;
+	__u32 truncated;
+	/* Component names, leaf first; written out root first. */
+	const unsigned char *name[TR_PATH_DEPTH];
+	__u32 name_len[TR_PATH_DEPTH];
+};
+
+/* bpf_loop() takes a stack context: it only carries the two pointers. */
+struct tr_walk_ctx {
+	struct tr_walk *w;
+	char *buf;
+};
+
+/* One step up: cross a mount point, or record a component and go to the
+ * parent. */
+static long tr_walk_up(__u32 i, void *arg)
+{
+	struct tr_walk *w = ((struct tr_walk_ctx *)arg)->w;
+	/* Locals, not w->...: BPF_CORE_READ would relocate our own struct. */
+	struct mount *mnt = w->mnt;
+	struct dentry *dentry = w->dentry;
+
+	if (dentry == w->mnt_root) {
+		struct mount *parent = BPF_CORE_READ(mnt, mnt_parent);
+
+		if (parent == mnt) {
+			w->complete = 1;
+			return 1;
+		}
+		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = parent;
+		w->mnt_root = BPF_CORE_READ(parent, mnt.mnt_root);
+		return 0;
+	}
+	struct dentry *up = BPF_CORE_READ(dentry, d_parent);
+
+	if (up == dentry) { /* root of a detached or pseudo tree */
+		w->complete = 1;
+		return 1;
+	}
+	__u32 n = w->n;
+
+	if (n >= TR_PATH_DEPTH)
+		return 1;
+	w->name[n & (TR_PATH_DEPTH - 1)] = BPF_CORE_READ(dentry, d_name.name);
+	w->name_len[n & (TR_PATH_DEPTH - 1)] = BPF_CORE_READ(dentry, d_name.len);
+	w->n = n + 1;
+	w->dentry = up;
+	return 0;
+}
+
+/* Append component n-1-i: root first, leaf last. */
+static long tr_walk_write(__u32 i, void *arg)
+{
+	struct tr_walk_ctx *ctx = arg;
+	struct tr_walk *w = ctx->w;
+	__u32 n = w->n, len = w->len, off = w->off;
+
+	if (i >= n)
+		return 1;
+	__u32 slot = (n - 1 - i) & (TR_PATH_DEPTH - 1);
+	__u32 part = w->name_len[slot] & TR_NAME_MAX; /* d_name.len <= NAME_MAX */
+
+	if (len + 1 + part > w->max) {
+		w->truncated = 1;
+		return 1;
+	}
+	ctx->buf[(off + len) & TR_DATA_MASK] = '/';
+	bpf_probe_read_kernel(&ctx->buf[(off + len + 1) & TR_DATA_MASK], part,
+			      w->name[slot]);
+	w->len = len + 1 + part;
+	return 0;
+}
+
+/*
+ * Write the absolute path of (vfsmnt, dentry) into buf at offset `off`
+ * (masked) and return its length, at most `max` bytes. Crosses mount
+ * points through struct mount and stops at the root of the mount
+ * namespace; sets *truncated when the walk needs more than
+ * 2 * TR_PATH_DEPTH steps or the path is longer than `max`.
+ */
+static __always_inline __u32 tr_write_path(char *buf, __u32 off, __u32 max,
+					   struct tr_walk *w,
+					   struct vfsmount *vfsmnt,
+					   struct dentry *dentry, bool *truncated)
+{
+	struct tr_walk_ctx ctx = { .w = w, .buf = buf };
+
+	w->mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+	w->dentry = dentry;
+	w->mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+	w->off = off;
+	w->max = max;
+	w->n = 0;
+	w->len = 0;
+	w->complete = 0;
+	w->truncated = 0;
+
+	/* Mount crossings take steps too, hence twice the depth. */
+	bpf_loop(2 * TR_PATH_DEPTH, tr_walk_up, &ctx, 0);
+	if (!w->complete)
+		*truncated = true;
+	if (w->n == 0) {
+		buf[off & TR_DATA_MASK] = '/';
+		return 1;
+	}
+	bpf_loop(TR_PATH_DEPTH, tr_walk_write, &ctx, 0);
+	if (w->truncated)
+		*truncated = true;
+	return w->len;
+}
+
+#endif /* TRACER_COMMON_BPF_H */

@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Process lifecycle capture: exec, fork (new thread groups only) and exit
+ * (only when the whole thread group is gone). Each hook has a tp_btf
+ * program and a raw_tp fallback with the same body; the loader keeps one
+ * per hook and disables the other before load.
+ */
+#include "common.bpf.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* The exec record is too large for the BPF stack: it is assembled in a
+ * per-CPU slot (sched tracepoints run with preemption disabled, so a slot
+ * is never shared by two programs at once) and copied to the ring buffer
+ * at its used size. `slack` keeps masked writes past the end in bounds. */
+struct tr_exec_scratch {
+	struct tr_exec ev;
+	char slack[TR_ARGS_MAX];
+	struct tr_walk walk;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tr_exec_scratch);
+} tr_exec_heap SEC(".maps");
+
+static __always_inline int on_exec(struct task_struct *task, struct linux_binprm *bprm)
+{
+	__u32 zero = 0;
+	struct tr_exec_scratch *s = bpf_map_lookup_elem(&tr_exec_heap, &zero);
+	bool cut = false;
+
+	if (!s)
+		return 0;
+	struct tr_exec *ev = &s->ev;
+
+	ev->hdr.kind = TR_KIND_EXEC;
+	ev->flags = 0;
+	tr_fill_task(&ev->task, task);
+
+	struct file *file = BPF_CORE_READ(bprm, file);
+	__u32 off = tr_write_path(ev->data, 0, TR_PATH_MAX, &s->walk,
+				  BPF_CORE_READ(file, f_path.mnt),
+				  BPF_CORE_READ(file, f_path.dentry), &cut);
+	if (cut)
+		ev->flags |= TR_EXEC_TRUNC_PATH;
+	ev->path_len = off;
+
+	struct fs_struct *fs = BPF_CORE_READ(task, fs);
+	cut = false;
+	__u32 cwd_len = tr_write_path(ev->data, off, TR_PATH_MAX, &s->walk,
+				      BPF_CORE_READ(fs, pwd.mnt),
+				      BPF_CORE_READ(fs, pwd.dentry), &cut);
+	if (cut)
+		ev->flags |= TR_EXEC_TRUNC_CWD;
+	ev->cwd_len = cwd_len;
+	off += cwd_len;
+
+	/* argv lives in the new mm, just copied in by exec, so it is resident. */
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	__u64 args_len = 0;
+
+	if (mm) {
+		unsigned long start = BPF_CORE_READ(mm, arg_start);
+		unsigned long end = BPF_CORE_READ(mm, arg_end);
+
+		args_len = end > start ? end - start : 0;
+		if (args_len > TR_ARGS_MAX) {
+			args_len = TR_ARGS_MAX;
+			ev->flags |= TR_EXEC_TRUNC_ARGS;
+		}
+		if (bpf_probe_read_user(&ev->data[off & TR_DATA_MASK], args_len,
+					(void *)start))
+			args_len = 0;
+	} else {
+		ev->flags |= TR_EXEC_NO_MM;
+	}
+	ev->args_len = args_len;
+
+	__u64 size = offsetof(struct tr_exec, data) + off + args_len;
+
+	if (size > sizeof(struct tr_exec))
+		size = sizeof(struct tr_exec);
+	ev->hdr.size = size;
+	tr_emit(TR_KIND_EXEC, ev, size);
+	return 0;
+}
+
+static __always_inline int on_fork(struct task_struct *child)
+{
+	/* A clone that shares the thread group is a thread, not a process. */
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+		return 0;
+
+	struct tr_fork ev = {};
+
+	ev.hdr.kind = TR_KIND_FORK;
+	ev.hdr.size = sizeof(ev);
+	tr_fill_task(&ev.task, child);
+	tr_emit(TR_KIND_FORK, &ev, sizeof(ev));
+	return 0;
+}
+
+static __always_inline int on_exit(struct task_struct *task)
+{
+	/* do_exit() has already decremented `live`: zero means this was the
+	 * last thread. Works on kernels whose tracepoint has no group_dead. */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+
+	struct tr_exit ev = {};
+
+	ev.hdr.kind = TR_KIND_EXIT;
+	ev.hdr.size = sizeof(ev);
+	tr_fill_task(&ev.task, task);
+	ev.exit_code = BPF_CORE_READ(task, exit_code);
+	tr_emit(TR_KIND_EXIT, &ev, sizeof(ev));
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(tr_exec_btf, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	return on_exec(task, bprm);
+}
+
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(tr_exec_raw, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	return on_exec(task, bprm);
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(tr_fork_btf, struct task_struct *parent, struct task_struct *child)
+{
+	return on_fork(child);
+}
+
+SEC("raw_tp/sched_process_fork")
+int BPF_PROG(tr_fork_raw, struct task_struct *parent, struct task_struct *child)
+{
+	return on_fork(child);
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(tr_exit_btf, struct task_struct *task)
+{
+	return on_exit(task);
+}
+
+SEC("raw_tp/sched_process_exit")
+int BPF_PROG(tr_exit_raw, struct task_struct *task)
+{
+	return on_exit(task);
+}

@@ -1,0 +1,359 @@
+"""A small object API over libbpf, loaded with ctypes.
+
+Handles are owned by Python objects and released in close()/destroy();
+every libbpf failure raises LibbpfError with the errno and the messages
+libbpf logged while the call ran (its verifier log included), so the
+cause reaches the user instead of only the log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from tracer import _libbpf
+
+_log = structlog.get_logger("libbpf")
+
+_lib: ctypes.CDLL | None = None
+_libc: ctypes.CDLL | None = None
+_lib_lock = threading.Lock()
+_capture = threading.local()
+# Kept alive for the life of the process: libbpf holds the raw pointer.
+_print_cb: Any = None
+
+_LEVELS = {_libbpf.LIBBPF_WARN: "warning", _libbpf.LIBBPF_INFO: "info", _libbpf.LIBBPF_DEBUG: "debug"}
+
+
+class LibbpfError(OSError):
+    """A libbpf call failed. `errno` is set; `detail` holds libbpf's own log lines."""
+
+    def __init__(self, op: str, err: int, detail: list[str]) -> None:
+        self.op = op
+        self.detail = detail
+        msg = f"{op}: {os.strerror(err)}"
+        tail = [line for line in detail if line.strip()][-12:]
+        if tail:
+            msg += "\n  libbpf: " + "\n  libbpf: ".join(tail)
+        super().__init__(err, msg)
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+def _on_print(level: int, fmt: bytes | None, va_list: int | None) -> int:
+    if fmt is None or _libc is None:
+        return 0
+    buf = ctypes.create_string_buffer(4096)
+    _libc.vsnprintf(buf, len(buf), fmt, va_list)
+    text = buf.value.decode("utf-8", "replace").rstrip("\n")
+    lines: list[str] | None = getattr(_capture, "lines", None)
+    if lines is not None and level <= _libbpf.LIBBPF_INFO:
+        lines.extend(text.splitlines())
+    # Debug output (every relocation) is only interesting when asked for.
+    if level <= _libbpf.LIBBPF_INFO:
+        getattr(_log, _LEVELS.get(level, "info"))(text)
+    return 0
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded libbpf, with its log routed to structlog (loaded once)."""
+    global _lib, _libc, _print_cb
+    with _lib_lock:
+        if _lib is None:
+            lib = _libbpf.load()
+            _libc = _libbpf.load_libc()
+            _print_cb = _libbpf.PRINT_FN(_on_print)
+            lib.libbpf_set_print(_print_cb)
+            _lib = lib
+        return _lib
+
+
+def libbpf_version() -> str:
+    return f"{lib().libbpf_major_version()}.{lib().libbpf_minor_version()}"
+
+
+def num_possible_cpus() -> int:
+    n: int = lib().libbpf_num_possible_cpus()
+    if n < 0:
+        raise LibbpfError("libbpf_num_possible_cpus", -n, [])
+    return n
+
+
+class _Call:
+    """Collects libbpf's log lines for the duration of one call."""
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+
+    def __enter__(self) -> _Call:
+        self.lines: list[str] = []
+        self.outer = getattr(_capture, "lines", None)
+        _capture.lines = self.lines
+        ctypes.set_errno(0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _capture.lines = self.outer
+        if self.outer is not None:
+            self.outer.extend(self.lines)
+
+    def fail(self, err: int) -> LibbpfError:
+        return LibbpfError(self.op, abs(err) or ctypes.get_errno() or _errno.EINVAL, self.lines)
+
+    def check_int(self, ret: int) -> int:
+        if ret < 0:
+            raise self.fail(ret)
+        return ret
+
+    def check_ptr(self, ptr: int | None) -> int:
+        if not ptr:
+            raise self.fail(ctypes.get_errno())
+        return ptr
+
+
+class Link:
+    """An attached program. destroy() detaches it."""
+
+    def __init__(self, ptr: int, program: str) -> None:
+        self._ptr: int | None = ptr
+        self.program = program
+
+    def destroy(self) -> None:
+        if self._ptr:
+            lib().bpf_link__destroy(self._ptr)
+            self._ptr = None
+
+
+class Program:
+    def __init__(self, ptr: int) -> None:
+        self._ptr = ptr
+        self.name: str = lib().bpf_program__name(ptr).decode()
+        self.section: str = lib().bpf_program__section_name(ptr).decode()
+
+    @property
+    def autoload(self) -> bool:
+        return bool(lib().bpf_program__autoload(self._ptr))
+
+    def set_autoload(self, on: bool) -> None:
+        """Must be called before BpfObject.load()."""
+        with _Call(f"set autoload of {self.name}") as c:
+            c.check_int(lib().bpf_program__set_autoload(self._ptr, on))
+
+    @property
+    def fd(self) -> int:
+        fd: int = lib().bpf_program__fd(self._ptr)
+        return fd
+
+    def _attach(self, what: str, fn: Callable[[], int | None]) -> Link:
+        with _Call(f"attach {self.name} ({what})") as c:
+            return Link(c.check_ptr(fn()), self.name)
+
+    def attach(self) -> Link:
+        """Attach where the section name says (tp/, raw_tp/, tp_btf/, kprobe/, fentry/, lsm/)."""
+        return self._attach(self.section, lambda: lib().bpf_program__attach(self._ptr))
+
+    def attach_tracepoint(self, category: str, name: str) -> Link:
+        return self._attach(
+            f"tracepoint {category}/{name}",
+            lambda: lib().bpf_program__attach_tracepoint(
+                self._ptr, category.encode(), name.encode()
+            ),
+        )
+
+    def attach_raw_tracepoint(self, name: str) -> Link:
+        return self._attach(
+            f"raw_tp {name}",
+            lambda: lib().bpf_program__attach_raw_tracepoint(self._ptr, name.encode()),
+        )
+
+    def attach_kprobe(self, function: str, retprobe: bool = False) -> Link:
+        return self._attach(
+            f"kprobe {function}",
+            lambda: lib().bpf_program__attach_kprobe(self._ptr, retprobe, function.encode()),
+        )
+
+    def attach_trace(self) -> Link:
+        """fentry/fexit/tp_btf: the target is fixed at load time."""
+        return self._attach("trace", lambda: lib().bpf_program__attach_trace(self._ptr))
+
+    def attach_lsm(self) -> Link:
+        return self._attach("lsm", lambda: lib().bpf_program__attach_lsm(self._ptr))
+
+
+class Map:
+    def __init__(self, ptr: int) -> None:
+        self._ptr = ptr
+        self.name: str = lib().bpf_map__name(ptr).decode()
+
+    @property
+    def fd(self) -> int:
+        fd: int = lib().bpf_map__fd(self._ptr)
+        return fd
+
+    @property
+    def key_size(self) -> int:
+        n: int = lib().bpf_map__key_size(self._ptr)
+        return n
+
+    @property
+    def value_size(self) -> int:
+        n: int = lib().bpf_map__value_size(self._ptr)
+        return n
+
+    @property
+    def max_entries(self) -> int:
+        n: int = lib().bpf_map__max_entries(self._ptr)
+        return n
+
+    def set_max_entries(self, n: int) -> None:
+        """Must be called before BpfObject.load()."""
+        with _Call(f"set max_entries of map {self.name} to {n}") as c:
+            c.check_int(lib().bpf_map__set_max_entries(self._ptr, n))
+
+    def lookup(self, key: bytes, value_size: int | None = None) -> bytes | None:
+        """The value under `key`, or None when absent."""
+        size = value_size if value_size is not None else self.value_size
+        kbuf = ctypes.create_string_buffer(key, len(key))
+        vbuf = ctypes.create_string_buffer(size)
+        with _Call(f"lookup in map {self.name}") as c:
+            ret = lib().bpf_map_lookup_elem(self.fd, kbuf, vbuf)
+            if ret < 0:
+                if -ret == _errno.ENOENT or ctypes.get_errno() == _errno.ENOENT:
+                    return None
+                raise c.fail(ret)
+        return vbuf.raw
+
+    def lookup_percpu(self, key: bytes) -> list[bytes]:
+        """One value per possible CPU (per-CPU maps)."""
+        slot = (self.value_size + 7) & ~7
+        ncpu = num_possible_cpus()
+        raw = self.lookup(key, slot * ncpu)
+        if raw is None:
+            return []
+        return [raw[i * slot : i * slot + self.value_size] for i in range(ncpu)]
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        kbuf = ctypes.create_string_buffer(key, len(key))
+        vbuf = ctypes.create_string_buffer(value, len(value))
+        with _Call(f"update map {self.name}") as c:
+            c.check_int(lib().bpf_map_update_elem(self.fd, kbuf, vbuf, flags))
+
+
+class BpfObject:
+    """An opened (then loaded) BPF ELF object. Use as a context manager."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.is_file():
+            raise FileNotFoundError(
+                _errno.ENOENT, f"BPF object {path} not found; build it with `make bpf`"
+            )
+        with _Call(f"open {path}") as c:
+            self._ptr: int | None = c.check_ptr(lib().bpf_object__open_file(str(path).encode(), None))
+        self._links: list[Link] = []
+        self._programs = {p.name: p for p in self._iter_programs()}
+
+    def _iter_programs(self) -> Iterator[Program]:
+        prev: int | None = None
+        while True:
+            prev = lib().bpf_object__next_program(self._ptr, prev)
+            if not prev:
+                return
+            yield Program(prev)
+
+    @property
+    def programs(self) -> dict[str, Program]:
+        return self._programs
+
+    def program(self, name: str) -> Program:
+        try:
+            return self._programs[name]
+        except KeyError:
+            raise KeyError(f"no program {name!r} in {self.path}") from None
+
+    def map(self, name: str) -> Map:
+        with _Call(f"find map {name} in {self.path}") as c:
+            return Map(c.check_ptr(lib().bpf_object__find_map_by_name(self._ptr, name.encode())))
+
+    def load(self) -> None:
+        with _Call(f"load {self.path.name}") as c:
+            c.check_int(lib().bpf_object__load(self._ptr))
+
+    def attach(self, program: str) -> Link:
+        """Attach one program by section name and keep the link for close()."""
+        link = self.program(program).attach()
+        self._links.append(link)
+        return link
+
+    def close(self) -> None:
+        for link in reversed(self._links):
+            link.destroy()
+        self._links.clear()
+        if self._ptr:
+            lib().bpf_object__close(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class RingBuffer:
+    """Drains a BPF ring buffer map in batches.
+
+    poll() returns the records copied out during one ring_buffer__poll()
+    call, so the per-record cost in Python is a single bytes copy; the
+    caller processes the batch after the C loop has returned.
+    """
+
+    def __init__(self, m: Map) -> None:
+        self._batch: list[bytes] = []
+        self._error: BaseException | None = None
+        self._cb = _libbpf.SAMPLE_FN(self._on_sample)
+        with _Call(f"ring buffer on map {m.name}") as c:
+            self._ptr: int | None = c.check_ptr(lib().ring_buffer__new(m.fd, self._cb, None, None))
+
+    def _on_sample(self, ctx: int | None, data: int | None, size: int) -> int:
+        try:
+            self._batch.append(ctypes.string_at(data, size))
+            return 0
+        except BaseException as exc:  # ctypes would print and drop it
+            self._error = exc
+            return -1
+
+    def _run(self, op: str, call: Callable[[], int]) -> list[bytes]:
+        with _Call(op) as c:
+            ret = call()
+        batch, self._batch = self._batch, []
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        if ret < 0 and -ret != _errno.EINTR:
+            raise c.fail(ret)
+        return batch
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Wait up to timeout_ms for data, then return every record available."""
+        return self._run("ring_buffer__poll", lambda: int(lib().ring_buffer__poll(self._ptr, timeout_ms)))
+
+    def consume(self) -> list[bytes]:
+        """Return every record available now, without waiting."""
+        return self._run("ring_buffer__consume", lambda: int(lib().ring_buffer__consume(self._ptr)))
+
+    def close(self) -> None:
+        if self._ptr:
+            lib().ring_buffer__free(self._ptr)
+            self._ptr = None
