@@ -21,7 +21,7 @@ import structlog
 
 from tracer import _libbpf
 
-_log = structlog.get_logger("libbpf")
+_log = structlog.get_logger(component="libbpf")
 
 _lib: ctypes.CDLL | None = None
 _libc: ctypes.CDLL | None = None
@@ -29,6 +29,8 @@ _lib_lock = threading.Lock()
 _capture = threading.local()
 # Kept alive for the life of the process: libbpf holds the raw pointer.
 _print_cb: Any = None
+
+_quiet = threading.local()
 
 _LEVELS = {_libbpf.LIBBPF_WARN: "warning", _libbpf.LIBBPF_INFO: "info", _libbpf.LIBBPF_DEBUG: "debug"}
 
@@ -58,8 +60,9 @@ def _on_print(level: int, fmt: bytes | None, va_list: int | None) -> int:
     lines: list[str] | None = getattr(_capture, "lines", None)
     if lines is not None and level <= _libbpf.LIBBPF_INFO:
         lines.extend(text.splitlines())
-    # Debug output (every relocation) is only interesting when asked for.
-    if level <= _libbpf.LIBBPF_INFO:
+    # Debug output (every relocation) is only interesting when asked for;
+    # failures that a probe expects are not worth a warning either.
+    if level <= _libbpf.LIBBPF_INFO and not getattr(_quiet, "on", False):
         getattr(_log, _LEVELS.get(level, "info"))(text)
     return 0
 
@@ -75,6 +78,17 @@ def lib() -> ctypes.CDLL:
             lib.libbpf_set_print(_print_cb)
             _lib = lib
         return _lib
+
+
+class quiet:
+    """Within this block libbpf's messages are captured but not logged."""
+
+    def __enter__(self) -> None:
+        self._outer = getattr(_quiet, "on", False)
+        _quiet.on = True
+
+    def __exit__(self, *exc: object) -> None:
+        _quiet.on = self._outer
 
 
 def libbpf_version() -> str:

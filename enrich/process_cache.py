@@ -1,0 +1,347 @@
+"""The process cache: who every pid is, and who its ancestors were.
+
+Built from a /proc snapshot at start-up, then kept current by the
+kernel's fork/exec/exit records, in ring-buffer order. An entry is one
+process image; an exec replaces the pid's entry with a new one whose
+parent is the parent of the image it replaced, so `bash -c 'exec true'`
+shows `true` as the child of bash's parent, not of bash.
+
+Entries hold a reference to their parent entry, so ancestry survives the
+parent's exit and pid reuse; the chain of a live process is never cut.
+Exited entries stay findable by pid for a grace period (late events),
+then leave the index. The index is capped; early evictions are counted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from enrich.procfs import ProcfsProcess
+from enrich.users import UserNames
+from tracer import text
+from tracer.clock import BootClock
+from tracer.decode import (
+    EXEC_TRUNC_CWD,
+    EXEC_TRUNC_PATH,
+    ExecRecord,
+    ExitRecord,
+    ForkRecord,
+    Task,
+)
+from tracer.events import ExitStatus, Process, ProcessExec, ProcessExit
+from tracer.signals import signal_name
+
+# /proc reports start times in clock ticks (10 ms): a procfs entry and a
+# kernel record of the same process can differ by that much.
+_PROCFS_START_SLACK_NS = 20_000_000
+
+
+@dataclass(slots=True)
+class CacheStats:
+    size: int = 0
+    evicted_expired: int = 0
+    evicted_early: int = 0  # over the cap before the grace period ended
+    unknown_pid: int = 0  # fork/exec/exit of a pid the cache did not know
+    stale_pid: int = 0  # an entry replaced because its pid had been reused
+
+
+class _Entry:
+    __slots__ = ("process", "parent", "task_start", "procfs", "exited", "_ancestors")
+
+    def __init__(
+        self, process: Process, parent: _Entry | None, task_start: int, procfs: bool = False
+    ) -> None:
+        self.process = process
+        self.parent = parent
+        self.task_start = task_start  # boot ns of the fork: identity of the pid
+        self.procfs = procfs
+        self.exited: int | None = None  # boot ns when it exited or exec'd away
+        self._ancestors: tuple[Process, ...] | None = None
+
+    def ancestors(self, depth: int) -> tuple[Process, ...]:
+        """This entry's ancestors beyond its parent, nearest first (cached)."""
+        if self._ancestors is None:
+            chain: list[Process] = []
+            node = self.parent.parent if self.parent is not None else None
+            while node is not None and len(chain) < depth:
+                chain.append(node.process)
+                if node.process.pid == 1:
+                    break
+                node = node.parent
+            self._ancestors = tuple(chain)
+        return self._ancestors
+
+
+class ProcessCache:
+    def __init__(
+        self,
+        node: str,
+        clock: BootClock,
+        users: UserNames | None = None,
+        max_entries: int = 65536,
+        exit_grace_ns: int = 30_000_000_000,
+        ancestor_depth: int = 64,
+    ) -> None:
+        self.node = node
+        self._clock = clock
+        self._users = users or UserNames()
+        self._max = max_entries
+        self._grace = exit_grace_ns
+        self._depth = ancestor_depth
+        self._by_pid: dict[int, _Entry] = {}
+        self._retired: deque[_Entry] = deque()  # exited entries, oldest first
+        self.stats = CacheStats()
+
+    # -- building Process values -------------------------------------
+
+    def _exec_id(self, start_boot_ns: int, pid: int) -> str:
+        return f"{self.node}:{start_boot_ns}:{pid}"
+
+    def _process(
+        self,
+        task: Task,
+        exec_id: str,
+        start_boot: int,
+        binary: bytes,
+        args: tuple[bytes, ...],
+        cwd: bytes,
+        parent: _Entry | None,
+        flags: list[str],
+    ) -> Process:
+        escaped = False
+        bin_s, e = text.decode(binary)
+        escaped |= e
+        cwd_s, e = text.decode(cwd)
+        escaped |= e
+        args_s = []
+        for a in args:
+            s, e = text.decode(a)
+            escaped |= e
+            args_s.append(s)
+        if escaped:
+            flags.append("non_utf8")
+        return Process(
+            exec_id=exec_id,
+            pid=task.pid,
+            tid=task.pid,
+            uid=task.uid,
+            euid=task.euid,
+            gid=task.gid,
+            egid=task.egid,
+            auid=task.auid,
+            user=self._users.name(task.uid),
+            binary=bin_s,
+            args=tuple(args_s),
+            cwd=cwd_s,
+            start_time=self._clock.wall(start_boot),
+            parent_exec_id=parent.process.exec_id if parent else None,
+            flags=tuple(flags),
+            cgroup_id=task.cgroup_id,
+        )
+
+    # -- index maintenance -------------------------------------------
+
+    def _current(self, task: Task) -> _Entry | None:
+        """The live entry of task's pid, if it is the same process (not pid reuse)."""
+        entry = self._by_pid.get(task.pid)
+        if entry is None:
+            return None
+        slack = _PROCFS_START_SLACK_NS if entry.procfs else 0
+        if abs(entry.task_start - task.start_boottime) > slack:
+            self.stats.stale_pid += 1
+            self._retire(entry, task.ktime)
+            return None
+        return entry
+
+    def _parent_of(self, task: Task) -> _Entry | None:
+        entry = self._by_pid.get(task.ppid)
+        if entry is None and task.ppid != 0:
+            self.stats.unknown_pid += 1
+        return entry
+
+    def _insert(self, entry: _Entry, now: int) -> None:
+        self._by_pid[entry.process.pid] = entry
+        self._expire(now)
+
+    def _retire(self, entry: _Entry, now: int) -> None:
+        if entry.exited is None:
+            entry.exited = now
+            self._retired.append(entry)
+
+    def _drop(self, entry: _Entry) -> None:
+        if self._by_pid.get(entry.process.pid) is entry:
+            del self._by_pid[entry.process.pid]
+
+    def _expire(self, now: int) -> None:
+        retired = self._retired
+        while retired:
+            oldest = retired[0]
+            assert oldest.exited is not None
+            if oldest.exited + self._grace <= now:
+                self.stats.evicted_expired += 1
+            elif len(self._by_pid) > self._max:
+                self.stats.evicted_early += 1
+            else:
+                break
+            retired.popleft()
+            self._drop(oldest)
+        self.stats.size = len(self._by_pid)
+
+    # -- inputs ------------------------------------------------------
+
+    def bootstrap(self, snapshot: Iterable[ProcfsProcess]) -> int:
+        """Seed the cache from /proc; parents are linked after all are read."""
+        procs = sorted(snapshot, key=lambda p: p.start_boottime)
+        entries: dict[int, tuple[_Entry, int]] = {}
+        for p in procs:
+            task = Task(
+                ktime=p.start_boottime,
+                start_boottime=p.start_boottime,
+                cgroup_id=p.cgroup_id,
+                pid=p.pid,
+                tid=p.pid,
+                ppid=p.ppid,
+                uid=p.uid,
+                euid=p.euid,
+                gid=p.gid,
+                egid=p.egid,
+                auid=p.auid,
+                comm=p.comm,
+            )
+            parent = entries.get(p.ppid, (None, 0))[0]
+            binary = b"[" + p.comm + b"]" if p.kernel_thread else p.binary
+            flags = ["procfs"] + (["kernel_thread"] if p.kernel_thread else [])
+            process = self._process(
+                task,
+                self._exec_id(p.start_boottime, p.pid),
+                p.start_boottime,
+                binary,
+                p.args,
+                p.cwd,
+                parent,
+                flags,
+            )
+            entries[p.pid] = (_Entry(process, parent, p.start_boottime, procfs=True), p.ppid)
+        for entry, _ in entries.values():
+            # A kernel record that arrived during the scan knows better.
+            self._by_pid.setdefault(entry.process.pid, entry)
+        self.stats.size = len(self._by_pid)
+        return len(entries)
+
+    def _partial(self, task: Task) -> _Entry:
+        """An entry for a pid the cache never saw: what the record itself says."""
+        parent = self._parent_of(task)
+        process = self._process(
+            task,
+            self._exec_id(task.start_boottime, task.pid),
+            task.start_boottime,
+            task.comm,
+            (),
+            b"",
+            parent,
+            ["partial"],
+        )
+        return _Entry(process, parent, task.start_boottime)
+
+    def on_fork(self, rec: ForkRecord) -> None:
+        task = rec.task
+        parent = self._parent_of(task)
+        old = self._by_pid.get(task.pid)
+        if old is not None and old.exited is None:  # pid reuse whose exit we missed
+            self.stats.stale_pid += 1
+            self._retire(old, task.ktime)
+        if parent is None:
+            entry = self._partial(task)
+        else:
+            p = parent.process
+            flags = [f for f in p.flags if f not in ("procfs", "partial")] + ["fork"]
+            process = replace(
+                p,
+                exec_id=self._exec_id(task.start_boottime, task.pid),
+                pid=task.pid,
+                tid=task.pid,
+                uid=task.uid,
+                euid=task.euid,
+                gid=task.gid,
+                egid=task.egid,
+                auid=task.auid,
+                user=self._users.name(task.uid),
+                start_time=self._clock.wall(task.start_boottime),
+                parent_exec_id=p.exec_id,
+                flags=tuple(dict.fromkeys(flags)),
+                cgroup_id=task.cgroup_id,
+            )
+            entry = _Entry(process, parent, task.start_boottime)
+        self._insert(entry, task.ktime)
+
+    def on_exec(self, rec: ExecRecord) -> ProcessExec:
+        task = rec.task
+        old = self._current(task)
+        if old is not None:
+            parent = old.parent
+            self._retire(old, task.ktime)
+        else:
+            self.stats.unknown_pid += 1
+            parent = self._parent_of(task)
+        flags = []
+        if rec.args_truncated:
+            flags.append("truncated_args")
+        if rec.flags & (EXEC_TRUNC_PATH | EXEC_TRUNC_CWD):
+            flags.append("truncated_path")
+        process = self._process(
+            task,
+            self._exec_id(task.ktime, task.pid),
+            task.ktime,
+            rec.binary,
+            rec.args,
+            rec.cwd,
+            parent,
+            flags,
+        )
+        entry = _Entry(process, parent, task.start_boottime)
+        self._insert(entry, task.ktime)
+        return ProcessExec(
+            time=self._clock.wall(task.ktime),
+            node=self.node,
+            process=process,
+            parent=parent.process if parent else None,
+            ancestors=entry.ancestors(self._depth),
+        )
+
+    def on_exit(self, rec: ExitRecord) -> ProcessExit:
+        task = rec.task
+        entry = self._current(task)
+        if entry is None:
+            self.stats.unknown_pid += 1
+            entry = self._partial(task)
+            self._insert(entry, task.ktime)
+        self._retire(entry, task.ktime)
+        process = entry.process
+        if task.tid != process.tid:
+            process = replace(process, tid=task.tid)
+        sig = rec.signal
+        return ProcessExit(
+            time=self._clock.wall(task.ktime),
+            node=self.node,
+            process=process,
+            parent=entry.parent.process if entry.parent else None,
+            ancestors=entry.ancestors(self._depth),
+            exit=ExitStatus(
+                code=rec.code,
+                signal=signal_name(sig) if sig else None,
+                core_dumped=bool(rec.status & 0x80),
+            ),
+        )
+
+    def expire(self) -> None:
+        """Evict what has outlived the grace period (call periodically)."""
+        self._expire(self._clock.now_boot())
+
+    def get(self, pid: int) -> Process | None:
+        entry = self._by_pid.get(pid)
+        return entry.process if entry else None
+
+    def __len__(self) -> int:
+        return len(self._by_pid)

@@ -1,0 +1,124 @@
+"""`tracer` command line: run the daemon, probe the kernel."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from tracer import __version__, bpf, log
+from tracer.daemon import DEFAULT_BPF_DIR, Config, Daemon
+from tracer.loader import ConfigError
+from tracer.probe import ProbeReport, probe
+from tracer.system import PreflightError, require_root
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K/M/G suffix (powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    mult = 1
+    if t and t[-1] in units:
+        mult, t = units[t[-1]], t[:-1]
+    try:
+        return int(t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16777216 or 16M)") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tracer", description=__doc__)
+    p.add_argument("--version", action="version", version=f"tracer {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--bpf-dir",
+        type=Path,
+        default=Path(os.environ.get("TRACER_BPF_DIR", DEFAULT_BPF_DIR)),
+        help="where the compiled *.bpf.o objects are (default: %(default)s)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon: events as JSON lines on stdout or to a file")
+    run.add_argument("--node-name", default=os.environ.get("NODE_NAME") or None,
+                     help="node name in events (default: $NODE_NAME, else the hostname)")
+    run.add_argument("--ringbuf-size", type=_size, default=16 << 20,
+                     help="BPF ring buffer bytes, a power of two (default: 16M)")
+    run.add_argument("--process-hooks", default="auto", choices=["auto", "tp_btf", "raw_tp"],
+                     help="force the exec/fork/exit program variant (default: probe)")
+    run.add_argument("--export-file", type=Path,
+                     help="write JSON lines here (rotated) instead of stdout")
+    run.add_argument("--export-max-size", type=_size, default=100 << 20,
+                     help="rotate the export file past this size (default: 100M)")
+    run.add_argument("--export-backups", type=int, default=5,
+                     help="rotated export files to keep (default: 5)")
+    run.add_argument("--queue-size", type=int, default=65536,
+                     help="events an output may fall behind before it loses the oldest")
+    run.add_argument("--cache-size", type=int, default=65536,
+                     help="process cache entries before exited ones are evicted early")
+    run.add_argument("--exit-grace", type=float, default=30.0,
+                     help="seconds an exited process stays in the cache for late events")
+    run.add_argument("--ancestor-depth", type=int, default=64,
+                     help="most ancestors listed in an event (beyond the parent)")
+
+    pr = sub.add_parser("probe", help="show what this kernel supports and the mode the daemon picks")
+    pr.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def _print_probe(report: ProbeReport, as_json: bool) -> None:
+    if as_json:
+        data = asdict(report)
+        data["capture_mode"] = report.capture_mode
+        data["process_hooks"] = report.process_hooks
+        print(json.dumps(data, indent=2))
+        return
+    print(f"kernel          {report.kernel}")
+    print(f"BTF             {'yes' if report.btf else 'no'}")
+    print(f"libbpf          {report.libbpf}")
+    print(f"BPF LSM enabled {'yes' if report.bpf_lsm_enabled else 'no'}")
+    print()
+    print(f"{'program type':<12} {'loads':<6} {'attaches':<9} note")
+    for name, t in report.types.items():
+        print(f"{name:<12} {'yes' if t.loads else 'no':<6} {'yes' if t.attaches else 'no':<9} "
+              f"{t.error or ''}")
+    print()
+    print(f"process hooks   {report.process_hooks}")
+    print(f"capture mode    {report.capture_mode}  (file/connect hooks: lsm > fentry > kprobe > tracepoint)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    log.configure(args.log_level)
+    try:
+        if args.command == "probe":
+            require_root()
+            _print_probe(probe(args.bpf_dir), args.json)
+            return 0
+        config = Config(
+            bpf_dir=args.bpf_dir,
+            ringbuf_size=args.ringbuf_size,
+            process_hooks=args.process_hooks,
+            export_file=args.export_file,
+            export_max_bytes=args.export_max_size,
+            export_backups=args.export_backups,
+            queue_capacity=args.queue_size,
+            cache_max=args.cache_size,
+            exit_grace_s=args.exit_grace,
+            ancestor_depth=args.ancestor_depth,
+        )
+        if args.node_name:
+            config.node = args.node_name
+        return Daemon(config).run()
+    except ConfigError as exc:
+        print(f"tracer: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (PreflightError, bpf.LibbpfError, FileNotFoundError, RuntimeError) as exc:
+        print(f"tracer: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

@@ -1,0 +1,79 @@
+"""The event contract: what every exporter receives.
+
+These classes are the boundary between enrichment and export; the JSON
+field names in export/ follow the attribute names here one to one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+@dataclass(slots=True, frozen=True)
+class Process:
+    """One process image: a pid between an exec (or fork) and the next exec or exit."""
+
+    exec_id: str
+    pid: int
+    tid: int
+    uid: int
+    euid: int
+    gid: int
+    egid: int
+    auid: int | None
+    user: str | None
+    binary: str
+    args: tuple[str, ...]
+    cwd: str
+    start_time: int  # wall-clock ns of the exec (of the fork for fork-only children)
+    parent_exec_id: str | None
+    flags: tuple[str, ...]
+    cgroup_id: int
+
+
+@dataclass(slots=True, frozen=True)
+class ExitStatus:
+    code: int | None  # None when a signal ended the process
+    signal: str | None  # e.g. "SIGKILL"
+    core_dumped: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class ProcessExec:
+    type: ClassVar[str] = "process_exec"
+    time: int  # wall-clock ns
+    node: str
+    process: Process
+    parent: Process | None
+    ancestors: tuple[Process, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class ProcessExit:
+    type: ClassVar[str] = "process_exit"
+    time: int
+    node: str
+    process: Process
+    parent: Process | None
+    ancestors: tuple[Process, ...]
+    exit: ExitStatus
+
+
+@dataclass(slots=True, frozen=True)
+class Lost:
+    """Events that could not be delivered since the previous Lost, by kind.
+
+    `kernel` counts records the BPF programs could not put in the ring
+    buffer; `daemon` counts records dropped in user space (undecodable, or
+    an exporter that could not keep up).
+    """
+
+    type: ClassVar[str] = "lost"
+    time: int
+    node: str
+    kernel: dict[str, int] = field(default_factory=dict)
+    daemon: dict[str, int] = field(default_factory=dict)
+
+
+Event = ProcessExec | ProcessExit | Lost
