@@ -56,7 +56,8 @@ static __always_inline void tr_fill_task(struct tr_task *t, struct task_struct *
 	const struct cred *cred = BPF_CORE_READ(task, cred);
 
 	t->ktime = bpf_ktime_get_boot_ns();
-	t->start_boottime = BPF_CORE_READ(task, start_boottime);
+	/* The leader's: the last thread out of a group may be another one. */
+	t->start_boottime = BPF_CORE_READ(task, group_leader, start_boottime);
 	t->cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
 	t->tgid = BPF_CORE_READ(task, tgid);
 	t->tid = BPF_CORE_READ(task, pid);

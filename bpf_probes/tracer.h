@@ -51,7 +51,7 @@ struct tr_hdr {
 /* Who did it: filled for every kind from a task_struct with CO-RE reads. */
 struct tr_task {
 	__u64 ktime;          /* bpf_ktime_get_boot_ns() of the event */
-	__u64 start_boottime; /* task->start_boottime: the fork, boot-based ns */
+	__u64 start_boottime; /* group leader's start_boottime: the fork, boot ns */
 	__u64 cgroup_id;      /* cgroup v2 id (kernfs node id of dfl_cgrp) */
 	__u32 tgid;
 	__u32 tid;

@@ -48,7 +48,7 @@ class CacheStats:
 
 
 class _Entry:
-    __slots__ = ("process", "parent", "task_start", "procfs", "exited", "_ancestors")
+    __slots__ = ("_ancestors", "exited", "parent", "process", "procfs", "task_start")
 
     def __init__(
         self, process: Process, parent: _Entry | None, task_start: int, procfs: bool = False
@@ -72,6 +72,29 @@ class _Entry:
                 node = node.parent
             self._ancestors = tuple(chain)
         return self._ancestors
+
+
+def _parents_first(snapshot: Iterable[ProcfsProcess]) -> list[ProcfsProcess]:
+    """Oldest first, but each parent before its children.
+
+    /proc start times are 10 ms ticks: a child often shares its parent's,
+    and after pid wrap-around it can have the lower pid. A parent is one
+    that started no later than the child (a later one is a reused pid).
+    """
+    procs = sorted(snapshot, key=lambda p: p.start_boottime)
+    by_pid = {p.pid: p for p in procs}
+    placed: set[int] = set()
+    ordered: list[ProcfsProcess] = []
+    for p in procs:
+        chain: list[ProcfsProcess] = []
+        q: ProcfsProcess | None = p
+        while q is not None and q.pid not in placed:
+            placed.add(q.pid)  # marked on the way up: a racy snapshot may hold a cycle
+            chain.append(q)
+            up = by_pid.get(q.ppid)
+            q = up if up is not None and up.start_boottime <= q.start_boottime else None
+        ordered.extend(reversed(chain))
+    return ordered
 
 
 class ProcessCache:
@@ -179,7 +202,9 @@ class ProcessCache:
         while retired:
             oldest = retired[0]
             assert oldest.exited is not None
-            if oldest.exited + self._grace <= now:
+            if self._by_pid.get(oldest.process.pid) is not oldest:
+                pass  # already replaced in the index (exec, pid reuse): not an eviction
+            elif oldest.exited + self._grace <= now:
                 self.stats.evicted_expired += 1
             elif len(self._by_pid) > self._max:
                 self.stats.evicted_early += 1
@@ -193,7 +218,7 @@ class ProcessCache:
 
     def bootstrap(self, snapshot: Iterable[ProcfsProcess]) -> int:
         """Seed the cache from /proc; parents are linked after all are read."""
-        procs = sorted(snapshot, key=lambda p: p.start_boottime)
+        procs = _parents_first(snapshot)
         entries: dict[int, tuple[_Entry, int]] = {}
         for p in procs:
             task = Task(
@@ -230,9 +255,8 @@ class ProcessCache:
         self.stats.size = len(self._by_pid)
         return len(entries)
 
-    def _partial(self, task: Task) -> _Entry:
+    def _partial(self, task: Task, parent: _Entry | None) -> _Entry:
         """An entry for a pid the cache never saw: what the record itself says."""
-        parent = self._parent_of(task)
         process = self._process(
             task,
             self._exec_id(task.start_boottime, task.pid),
@@ -253,7 +277,7 @@ class ProcessCache:
             self.stats.stale_pid += 1
             self._retire(old, task.ktime)
         if parent is None:
-            entry = self._partial(task)
+            entry = self._partial(task, None)
         else:
             p = parent.process
             flags = [f for f in p.flags if f not in ("procfs", "partial")] + ["fork"]
@@ -315,7 +339,7 @@ class ProcessCache:
         entry = self._current(task)
         if entry is None:
             self.stats.unknown_pid += 1
-            entry = self._partial(task)
+            entry = self._partial(task, self._parent_of(task))
             self._insert(entry, task.ktime)
         self._retire(entry, task.ktime)
         process = entry.process

@@ -6,6 +6,8 @@ import os
 import pwd
 import time
 
+from tracer import text
+
 PASSWD = "/etc/passwd"
 
 
@@ -42,7 +44,8 @@ class UserNames:
         except KeyError:
             pass
         try:
-            found: str | None = pwd.getpwuid(uid).pw_name
+            # pwd decodes with surrogateescape, which JSON cannot carry.
+            found: str | None = text.decode(os.fsencode(pwd.getpwuid(uid).pw_name))[0]
         except KeyError:
             found = None
         self._names[uid] = found

@@ -65,6 +65,9 @@ class QueuedWriter:
 
     def offer(self, event: Event) -> None:
         with self._cond:
+            if self._error is not None:  # no writer left to drain the queue
+                self._dropped[event.type] += 1
+                return
             q = self._queue
             # A Lost report always gets in: it is how loss becomes visible.
             if len(q) >= self._capacity and not isinstance(event, Lost):
@@ -97,7 +100,7 @@ class QueuedWriter:
                 for ev in batch:
                     self._out.write(self._encode(ev))
                 self._out.flush()
-            except BaseException as exc:  # reported by the daemon, which stops
+            except BaseException as exc:  # noqa: BLE001 -- reported; the daemon stops
                 self._error = exc
                 _log.error("sink failed", sink=self.name, error=str(exc))
                 with self._cond:

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import structlog
 
@@ -32,11 +32,17 @@ _print_cb: Any = None
 
 _quiet = threading.local()
 
-_LEVELS = {_libbpf.LIBBPF_WARN: "warning", _libbpf.LIBBPF_INFO: "info", _libbpf.LIBBPF_DEBUG: "debug"}
+_LEVELS = {
+    _libbpf.LIBBPF_WARN: "warning",
+    _libbpf.LIBBPF_INFO: "info",
+    _libbpf.LIBBPF_DEBUG: "debug",
+}
 
 
 class LibbpfError(OSError):
     """A libbpf call failed. `errno` is set; `detail` holds libbpf's own log lines."""
+
+    errno: int
 
     def __init__(self, op: str, err: int, detail: list[str]) -> None:
         self.op = op
@@ -108,7 +114,7 @@ class _Call:
     def __init__(self, op: str) -> None:
         self.op = op
 
-    def __enter__(self) -> _Call:
+    def __enter__(self) -> Self:
         self.lines: list[str] = []
         self.outer = getattr(_capture, "lines", None)
         _capture.lines = self.lines
@@ -272,7 +278,9 @@ class BpfObject:
                 _errno.ENOENT, f"BPF object {path} not found; build it with `make bpf`"
             )
         with _Call(f"open {path}") as c:
-            self._ptr: int | None = c.check_ptr(lib().bpf_object__open_file(str(path).encode(), None))
+            self._ptr: int | None = c.check_ptr(
+                lib().bpf_object__open_file(str(path).encode(), None)
+            )
         self._links: list[Link] = []
         self._programs = {p.name: p for p in self._iter_programs()}
 
@@ -316,7 +324,7 @@ class BpfObject:
             lib().bpf_object__close(self._ptr)
             self._ptr = None
 
-    def __enter__(self) -> BpfObject:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -340,11 +348,11 @@ class RingBuffer:
         with _Call(f"ring buffer on map {m.name}") as c:
             self._ptr: int | None = c.check_ptr(lib().ring_buffer__new(m.fd, self._cb, None, None))
 
-    def _on_sample(self, ctx: int | None, data: int | None, size: int) -> int:
+    def _on_sample(self, ctx: int | None, data: int, size: int) -> int:
         try:
             self._batch.append(ctypes.string_at(data, size))
             return 0
-        except BaseException as exc:  # ctypes would print and drop it
+        except BaseException as exc:  # noqa: BLE001 -- ctypes would print and drop it
             self._error = exc
             return -1
 
@@ -361,7 +369,9 @@ class RingBuffer:
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Wait up to timeout_ms for data, then return every record available."""
-        return self._run("ring_buffer__poll", lambda: int(lib().ring_buffer__poll(self._ptr, timeout_ms)))
+        return self._run(
+            "ring_buffer__poll", lambda: int(lib().ring_buffer__poll(self._ptr, timeout_ms))
+        )
 
     def consume(self) -> list[bytes]:
         """Return every record available now, without waiting."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from tracer import __version__, bpf, log
 from tracer.daemon import DEFAULT_BPF_DIR, Config, Daemon
 from tracer.loader import ConfigError
-from tracer.probe import ProbeReport, probe
+from tracer.probe import CAPTURE_MODES, ProbeReport, probe
 from tracer.system import PreflightError, require_root
 
 EXIT_USAGE = 2
@@ -46,28 +46,63 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon: events as JSON lines on stdout or to a file")
-    run.add_argument("--node-name", default=os.environ.get("NODE_NAME") or None,
-                     help="node name in events (default: $NODE_NAME, else the hostname)")
-    run.add_argument("--ringbuf-size", type=_size, default=16 << 20,
-                     help="BPF ring buffer bytes, a power of two (default: 16M)")
-    run.add_argument("--process-hooks", default="auto", choices=["auto", "tp_btf", "raw_tp"],
-                     help="force the exec/fork/exit program variant (default: probe)")
-    run.add_argument("--export-file", type=Path,
-                     help="write JSON lines here (rotated) instead of stdout")
-    run.add_argument("--export-max-size", type=_size, default=100 << 20,
-                     help="rotate the export file past this size (default: 100M)")
-    run.add_argument("--export-backups", type=int, default=5,
-                     help="rotated export files to keep (default: 5)")
-    run.add_argument("--queue-size", type=int, default=65536,
-                     help="events an output may fall behind before it loses the oldest")
-    run.add_argument("--cache-size", type=int, default=65536,
-                     help="process cache entries before exited ones are evicted early")
-    run.add_argument("--exit-grace", type=float, default=30.0,
-                     help="seconds an exited process stays in the cache for late events")
-    run.add_argument("--ancestor-depth", type=int, default=64,
-                     help="most ancestors listed in an event (beyond the parent)")
+    run.add_argument(
+        "--node-name",
+        default=os.environ.get("NODE_NAME") or None,
+        help="node name in events (default: $NODE_NAME, else the hostname)",
+    )
+    run.add_argument(
+        "--ringbuf-size",
+        type=_size,
+        default=16 << 20,
+        help="BPF ring buffer bytes, a power of two (default: 16M)",
+    )
+    run.add_argument(
+        "--process-hooks",
+        default="auto",
+        choices=["auto", "tp_btf", "raw_tp"],
+        help="force the exec/fork/exit program variant (default: probe)",
+    )
+    run.add_argument(
+        "--export-file", type=Path, help="write JSON lines here (rotated) instead of stdout"
+    )
+    run.add_argument(
+        "--export-max-size",
+        type=_size,
+        default=100 << 20,
+        help="rotate the export file past this size (default: 100M)",
+    )
+    run.add_argument(
+        "--export-backups", type=int, default=5, help="rotated export files to keep (default: 5)"
+    )
+    run.add_argument(
+        "--queue-size",
+        type=int,
+        default=65536,
+        help="events an output may fall behind before it loses the oldest",
+    )
+    run.add_argument(
+        "--cache-size",
+        type=int,
+        default=65536,
+        help="process cache entries before exited ones are evicted early",
+    )
+    run.add_argument(
+        "--exit-grace",
+        type=float,
+        default=30.0,
+        help="seconds an exited process stays in the cache for late events",
+    )
+    run.add_argument(
+        "--ancestor-depth",
+        type=int,
+        default=64,
+        help="most ancestors listed in an event (beyond the parent)",
+    )
 
-    pr = sub.add_parser("probe", help="show what this kernel supports and the mode the daemon picks")
+    pr = sub.add_parser(
+        "probe", help="show what this kernel supports and the mode the daemon picks"
+    )
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
@@ -86,11 +121,14 @@ def _print_probe(report: ProbeReport, as_json: bool) -> None:
     print()
     print(f"{'program type':<12} {'loads':<6} {'attaches':<9} note")
     for name, t in report.types.items():
-        print(f"{name:<12} {'yes' if t.loads else 'no':<6} {'yes' if t.attaches else 'no':<9} "
-              f"{t.error or ''}")
+        print(
+            f"{name:<12} {'yes' if t.loads else 'no':<6} {'yes' if t.attaches else 'no':<9} "
+            f"{t.error or ''}"
+        )
     print()
     print(f"process hooks   {report.process_hooks}")
-    print(f"capture mode    {report.capture_mode}  (file/connect hooks: lsm > fentry > kprobe > tracepoint)")
+    order = " > ".join(CAPTURE_MODES)
+    print(f"capture mode    {report.capture_mode}  (file/connect hooks, best first: {order})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,7 +51,9 @@ class Config:
     def validate(self) -> None:
         check_ringbuf_size(self.ringbuf_size)
         if self.process_hooks not in ("auto", "tp_btf", "raw_tp"):
-            raise ConfigError(f"--process-hooks must be auto, tp_btf or raw_tp, not {self.process_hooks!r}")
+            raise ConfigError(
+                f"--process-hooks must be auto, tp_btf or raw_tp, not {self.process_hooks!r}"
+            )
         for name in ("queue_capacity", "cache_max", "export_max_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")

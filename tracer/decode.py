@@ -27,10 +27,41 @@ EXEC_NO_MM = 1 << 3
 
 AUID_UNSET = 0xFFFFFFFF
 
-HDR = struct.Struct("<II")  # kind, size
-TASK = struct.Struct("<QQQ8I16s")
-EXEC_TAIL = struct.Struct("<IHHII")  # flags, path_len, cwd_len, args_len, pad
-EXIT_TAIL = struct.Struct("<II")  # exit_code, pad
+# (field, struct format) in C order; tests/test_wire_layout.py checks
+# every offset against the BTF of the compiled object.
+HDR_FIELDS = (("kind", "I"), ("size", "I"))
+TASK_FIELDS = (
+    ("ktime", "Q"),
+    ("start_boottime", "Q"),
+    ("cgroup_id", "Q"),
+    ("tgid", "I"),
+    ("tid", "I"),
+    ("ppid", "I"),
+    ("uid", "I"),
+    ("euid", "I"),
+    ("gid", "I"),
+    ("egid", "I"),
+    ("auid", "I"),
+    ("comm", "16s"),
+)
+EXEC_TAIL_FIELDS = (
+    ("flags", "I"),
+    ("path_len", "H"),
+    ("cwd_len", "H"),
+    ("args_len", "I"),
+    ("pad", "I"),
+)
+EXIT_TAIL_FIELDS = (("exit_code", "I"), ("pad", "I"))
+
+
+def _struct(fields: tuple[tuple[str, str], ...]) -> struct.Struct:
+    return struct.Struct("<" + "".join(fmt for _, fmt in fields))
+
+
+HDR = _struct(HDR_FIELDS)
+TASK = _struct(TASK_FIELDS)
+EXEC_TAIL = _struct(EXEC_TAIL_FIELDS)
+EXIT_TAIL = _struct(EXIT_TAIL_FIELDS)
 
 TASK_OFFSET = HDR.size
 EXEC_DATA_OFFSET = TASK_OFFSET + TASK.size + EXEC_TAIL.size

@@ -77,7 +77,9 @@ class Sensor:
 def process_sensor(bpf_dir: Path, variant: str, ringbuf_size: int) -> Iterator[Sensor]:
     """Load and attach exec/fork/exit capture; detach everything on exit."""
     if variant not in PROCESS_VARIANTS:
-        raise ConfigError(f"unknown process hook variant {variant!r}: use one of {PROCESS_VARIANTS}")
+        raise ConfigError(
+            f"unknown process hook variant {variant!r}: use one of {PROCESS_VARIANTS}"
+        )
     check_ringbuf_size(ringbuf_size)
     obj = bpf.BpfObject(bpf_dir / PROCESS_OBJECT)
     try:

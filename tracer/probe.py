@@ -96,6 +96,11 @@ def probe(bpf_dir: Path) -> ProbeReport:
         bpf_lsm_enabled=_lsm_enabled(),
     )
     obj_path = bpf_dir / "probe.bpf.o"
+    if not obj_path.is_file():
+        raise FileNotFoundError(
+            f"BPF object {obj_path} not found; build the objects with `make bpf` "
+            "or point --bpf-dir at them"
+        )
     for kind in PROGRAM_TYPES:
         report.types[kind] = _try(obj_path, kind)
     report.seconds = time.perf_counter() - t0

@@ -1,0 +1,435 @@
+"""Export: the JSON lines schema (export/jsonl.py) and the queued writer (export/sink.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from export.jsonl import RotatingFile, Serializer, process_dict
+from export.sink import QueuedWriter
+from tracer import text
+from tracer.events import Event, ExitStatus, Lost, Process, ProcessExec, ProcessExit
+
+RFC3339_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
+PROCESS_KEYS = {
+    "exec_id",
+    "pid",
+    "tid",
+    "uid",
+    "euid",
+    "gid",
+    "egid",
+    "auid",
+    "user",
+    "binary",
+    "args",
+    "cwd",
+    "start_time",
+    "parent_exec_id",
+    "flags",
+    "cgroup_id",
+}
+T0 = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z
+
+
+def mkproc(pid: int, parent: Process | None = None, **kw: Any) -> Process:
+    fields: dict[str, Any] = {
+        "exec_id": f"n1:{pid * 1000}:{pid}",
+        "pid": pid,
+        "tid": pid,
+        "uid": 1000,
+        "euid": 0,
+        "gid": 1001,
+        "egid": 1002,
+        "auid": 1000,
+        "user": "alice",
+        "binary": f"/bin/p{pid}",
+        "args": (f"p{pid}", "--flag"),
+        "cwd": "/home/alice",
+        "start_time": T0 - 5_000_000_000,
+        "parent_exec_id": parent.exec_id if parent else None,
+        "flags": (),
+        "cgroup_id": (1 << 63) + 3,  # beyond 2**53: must not lose precision
+    }
+    fields.update(kw)
+    return Process(**fields)
+
+
+INIT = mkproc(1, auid=None, user="root", uid=0, flags=("procfs",))
+SSHD = mkproc(50, INIT)
+BASH = mkproc(100, SSHD)
+LS = mkproc(200, BASH, binary="/bin/ls", args=("ls", "-l"))
+
+
+def exec_ev(p: Process = LS, time: int = T0) -> ProcessExec:
+    return ProcessExec(time=time, node="n1", process=p, parent=BASH, ancestors=(SSHD, INIT))
+
+
+def exit_ev(p: Process = LS, time: int = T0) -> ProcessExit:
+    return ProcessExit(
+        time=time,
+        node="n1",
+        process=p,
+        parent=BASH,
+        ancestors=(SSHD, INIT),
+        exit=ExitStatus(code=None, signal="SIGSEGV", core_dumped=True),
+    )
+
+
+def parse(line: bytes) -> dict[str, Any]:
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    out: dict[str, Any] = json.loads(line)
+    return out
+
+
+# -- Serializer --------------------------------------------------------------
+
+
+def test_exec_event_schema() -> None:
+    d = parse(Serializer().line(exec_ev()))
+    assert set(d) == {"type", "time", "node", "process", "parent", "ancestors"}
+    assert d["type"] == "process_exec"
+    assert d["time"] == "2023-11-14T22:13:20.123456789Z"
+    assert d["node"] == "n1"
+    p = d["process"]
+    assert set(p) == PROCESS_KEYS
+    assert p == {
+        "exec_id": "n1:200000:200",
+        "pid": 200,
+        "tid": 200,
+        "uid": 1000,
+        "euid": 0,
+        "gid": 1001,
+        "egid": 1002,
+        "auid": 1000,
+        "user": "alice",
+        "binary": "/bin/ls",
+        "args": ["ls", "-l"],
+        "cwd": "/home/alice",
+        "start_time": "2023-11-14T22:13:15.123456789Z",
+        "parent_exec_id": BASH.exec_id,
+        "flags": [],
+        "cgroup_id": str((1 << 63) + 3),
+    }
+    assert d["parent"]["exec_id"] == BASH.exec_id
+    assert set(d["parent"]) == PROCESS_KEYS
+    assert [a["exec_id"] for a in d["ancestors"]] == [SSHD.exec_id, INIT.exec_id]
+    assert d["ancestors"][1]["auid"] is None
+    assert d["ancestors"][1]["parent_exec_id"] is None
+    assert d["ancestors"][1]["flags"] == ["procfs"]
+
+
+def test_exit_event_schema() -> None:
+    d = parse(Serializer().line(exit_ev()))
+    assert d["type"] == "process_exit"
+    assert set(d) == {"type", "time", "node", "process", "parent", "ancestors", "exit"}
+    assert d["exit"] == {"code": None, "signal": "SIGSEGV", "core_dumped": True}
+
+    ok = ProcessExit(
+        time=T0,
+        node="n1",
+        process=LS,
+        parent=None,
+        ancestors=(),
+        exit=ExitStatus(code=0, signal=None),
+    )
+    d2 = parse(Serializer().line(ok))
+    assert d2["exit"] == {"code": 0, "signal": None, "core_dumped": False}
+    assert d2["parent"] is None
+    assert d2["ancestors"] == []
+
+
+@pytest.mark.parametrize(
+    ("ns", "want"),
+    [
+        (0, "1970-01-01T00:00:00.000000000Z"),
+        (1, "1970-01-01T00:00:00.000000001Z"),
+        (T0, "2023-11-14T22:13:20.123456789Z"),
+        (1_700_000_000_000_000_000, "2023-11-14T22:13:20.000000000Z"),
+    ],
+)
+def test_times_are_rfc3339_utc_with_nanoseconds(ns: int, want: str) -> None:
+    d = parse(Serializer().line(exec_ev(mkproc(7, start_time=ns), time=ns)))
+    assert d["time"] == want
+    assert d["process"]["start_time"] == want
+    assert RFC3339_NS.match(d["time"])
+
+
+def test_lost_event_schema() -> None:
+    lost = Lost(time=T0, node="n1", kernel={"process_exec": 3}, daemon={"malformed": 1})
+    d = parse(Serializer().line(lost))
+    assert d == {
+        "type": "lost",
+        "time": "2023-11-14T22:13:20.123456789Z",
+        "node": "n1",
+        "lost": {"kernel": {"process_exec": 3}, "daemon": {"malformed": 1}},
+    }
+    empty = parse(Serializer().line(Lost(time=T0, node="n1")))
+    assert empty["lost"] == {"kernel": {}, "daemon": {}}
+
+
+def test_escaped_strings_survive_a_json_round_trip() -> None:
+    raw_args = (b"a\\b\xff", b"line1\nline2", b"\x1b[31m\xc3", b'quote"\x80')
+    raw_bin = b"/tmp/\xfe\\x41"
+    args = tuple(text.decode(a)[0] for a in raw_args)
+    binary = text.decode(raw_bin)[0]
+    p = mkproc(9, binary=binary, args=args, flags=("non_utf8",))
+    line = Serializer().line(exec_ev(p))
+    d = parse(line)  # one line, however many newlines the args hold
+    assert "non_utf8" in d["process"]["flags"]
+    assert tuple(text.encode(a) for a in d["process"]["args"]) == raw_args
+    assert text.encode(d["process"]["binary"]) == raw_bin
+
+
+def test_process_dict_is_rebuilt_for_a_new_process_object_with_the_same_exec_id() -> None:
+    # An exit from a thread carries a copy of the process with another tid.
+    s = Serializer()
+    assert parse(s.line(exec_ev(LS)))["process"]["tid"] == 200
+    thread_exit = exit_ev(mkproc(200, BASH, binary="/bin/ls", args=("ls", "-l"), tid=205))
+    assert parse(s.line(thread_exit))["process"]["tid"] == 205
+    assert parse(s.line(exec_ev(LS)))["process"]["tid"] == 200
+
+
+def test_process_dict_matches_serializer_output() -> None:
+    d = parse(Serializer().line(exec_ev()))
+    assert d["process"] == json.loads(json.dumps(process_dict(LS)))
+
+
+# -- RotatingFile --------------------------------------------------------------
+
+
+def lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True) if path.exists() else []
+
+
+def test_rotating_file_rotates_whole_lines_and_keeps_backups(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "events.jsonl"  # the directory is created
+    f = RotatingFile(path, max_bytes=100, backups=2)
+    written = [f"{i:02d}".encode() + b"x" * 26 + b"\n" for i in range(10)]  # 29 bytes each
+    assert all(len(w) == 29 for w in written)
+    for w in written:
+        f.write(w)
+    f.close()
+
+    b1, b2, b3 = (path.with_name(f"events.jsonl.{i}") for i in (1, 2, 3))
+    assert not b3.exists()  # only `backups` old files are kept
+    files = [b2, b1, path]
+    for p in files:
+        size = p.stat().st_size
+        assert 0 < size <= 100
+        assert p.read_bytes().endswith(b"\n")
+        assert all(line in written for line in lines_of(p))  # no split lines
+    # Three 29-byte lines fit in 100; the fourth would not.
+    assert lines_of(path) == written[9:]
+    assert lines_of(b1) == written[6:9]
+    assert lines_of(b2) == written[3:6]
+
+
+def test_rotating_file_puts_an_oversized_line_in_a_file_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    f = RotatingFile(path, max_bytes=10, backups=3)
+    big = b"B" * 25 + b"\n"
+    f.write(b"a\n")
+    f.write(big)
+    f.write(b"c\n")
+    f.close()
+    assert lines_of(path.with_name("e.jsonl.2")) == [b"a\n"]
+    assert lines_of(path.with_name("e.jsonl.1")) == [big]
+    assert lines_of(path) == [b"c\n"]
+
+
+def test_rotating_file_does_not_rotate_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    f = RotatingFile(path, max_bytes=10, backups=3)
+    f.write(b"B" * 25 + b"\n")  # too big, but there is nothing to rotate away
+    f.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl"]
+    assert path.read_bytes() == b"B" * 25 + b"\n"
+
+
+def test_rotating_file_counts_what_the_file_already_holds(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b"x" * 90 + b"\n")
+    f = RotatingFile(path, max_bytes=100, backups=1)
+    f.write(b"y" * 20 + b"\n")
+    f.close()
+    assert path.with_name("e.jsonl.1").read_bytes() == b"x" * 90 + b"\n"
+    assert path.read_bytes() == b"y" * 20 + b"\n"
+
+
+def test_rotating_file_without_backups_keeps_only_the_current_file(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    f = RotatingFile(path, max_bytes=4, backups=0)
+    for w in (b"aaa\n", b"bbb\n", b"ccc\n"):
+        f.write(w)
+    f.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl"]
+    assert path.read_bytes() == b"ccc\n"
+
+
+def test_rotating_file_rejects_a_non_positive_limit(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        RotatingFile(tmp_path / "e.jsonl", max_bytes=0)
+
+
+# -- QueuedWriter --------------------------------------------------------------
+
+
+class GatedOutput:
+    """An output whose write() blocks until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.written: list[bytes] = []
+        self.flushes = 0
+
+    def write(self, data: bytes, /) -> int:
+        self.entered.set()
+        if not self.gate.wait(timeout=30):
+            raise RuntimeError("test gate never opened")
+        self.written.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+class ListOutput:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.flushes = 0
+        self.closed_with: list[bytes] | None = None
+
+    def write(self, data: bytes, /) -> int:
+        self.written.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+    def close(self) -> None:
+        self.closed_with = list(self.written)
+
+
+class FailingOutput:
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def write(self, data: bytes, /) -> int:
+        self.attempts += 1
+        raise OSError(28, "No space left on device")
+
+    def flush(self) -> None:
+        pass
+
+
+def stamps(lines: list[bytes]) -> list[tuple[str, str]]:
+    return [(d["type"], d["time"]) for d in map(parse, lines)]
+
+
+def ev_at(i: int) -> Event:
+    """Event number i: exec for even, exit for odd, told apart by time."""
+    return exec_ev(time=T0 + i) if i % 2 == 0 else exit_ev(time=T0 + i)
+
+
+def stamp(ev: Event) -> tuple[str, str]:
+    d = parse(Serializer().line(ev))
+    return d["type"], d["time"]
+
+
+def test_full_queue_drops_oldest_counts_by_type_and_admits_lost() -> None:
+    out = GatedOutput()
+    capacity, extra = 5, 3
+    w = QueuedWriter("gated", out, Serializer().line, capacity=capacity)
+    try:
+        first = ev_at(0)
+        w.offer(first)
+        assert out.entered.wait(timeout=10), "writer thread never picked up the first event"
+        # The writer holds `first` and is stuck in write(); the queue is empty.
+        queued = [ev_at(i) for i in range(1, 1 + capacity + extra)]
+        for ev in queued:
+            w.offer(ev)
+        # The 3 oldest queued (1, 2, 3: exit, exec, exit) were dropped.
+        assert w.take_dropped() == {"process_exit": 2, "process_exec": 1}
+        assert w.take_dropped() == {}  # taking resets
+
+        lost = Lost(time=T0 + 100, node="n1", daemon={"process_exit": 2, "process_exec": 1})
+        w.offer(lost)  # full, but a Lost always gets in
+        assert w.take_dropped() == {}
+        assert w.error is None
+    finally:
+        out.gate.set()
+        w.close()
+    assert w.error is None
+    want = [first, *queued[extra:], lost]
+    assert stamps(out.written) == [stamp(ev) for ev in want]
+    assert out.flushes >= 1
+
+
+def test_close_writes_everything_queued_in_order_then_calls_on_close() -> None:
+    out = ListOutput()
+    w = QueuedWriter("list", out, Serializer().line, capacity=1000, on_close=out.close)
+    evs = [ev_at(i) for i in range(200)]
+    for ev in evs:
+        w.offer(ev)
+    w.close()
+    assert stamps(out.written) == [stamp(ev) for ev in evs]
+    assert out.closed_with == out.written  # on_close ran after the last write
+    assert out.flushes >= 1
+    assert w.take_dropped() == {}
+    assert w.error is None
+
+
+def test_failing_output_sets_error_and_counts_the_batch_as_dropped() -> None:
+    out = FailingOutput()
+    closed: list[bool] = []
+    w = QueuedWriter(
+        "broken", out, Serializer().line, capacity=100, on_close=lambda: closed.append(True)
+    )
+    for i in range(6):
+        w.offer(ev_at(i))
+    w.close()  # returns: the writer thread ended on the error
+    assert isinstance(w.error, OSError)
+    assert w.error.errno == 28
+    assert out.attempts == 1  # it stops at the first failure
+    # Every event that did not get out is counted, by type.
+    assert w.take_dropped() == {"process_exec": 3, "process_exit": 3}
+    assert closed == [True]
+
+
+def test_events_offered_after_the_output_failed_are_counted_as_dropped() -> None:
+    out = FailingOutput()
+    w = QueuedWriter("broken", out, Serializer().line, capacity=100)
+    w.offer(ev_at(0))
+    for _ in range(10_000):  # until the writer thread has failed (10 s at most)
+        if w.error is not None:
+            break
+        time.sleep(0.001)
+    assert w.error is not None
+    for i in range(1, 6):
+        w.offer(ev_at(i))
+    w.offer(Lost(time=T0, node="n1", daemon={"process_exec": 1}))
+    w.close()
+    assert isinstance(w.error, OSError)
+    assert w.take_dropped() == {"process_exec": 3, "process_exit": 3, "lost": 1}
+
+
+def test_encode_failure_is_reported_like_an_output_failure() -> None:
+    out = ListOutput()
+
+    def encode(ev: Event) -> bytes:
+        raise TypeError("cannot serialize")
+
+    w = QueuedWriter("bad-encode", out, encode, capacity=10)
+    w.offer(ev_at(0))
+    w.close()
+    assert isinstance(w.error, TypeError)
+    assert w.take_dropped() == {"process_exec": 1}
+    assert out.written == []
