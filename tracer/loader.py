@@ -35,11 +35,15 @@ class ConfigError(ValueError):
     """A setting the daemon cannot run with; the message names the fix."""
 
 
+RINGBUF_MIN = 4096
+RINGBUF_MAX = 1 << 30
+
+
 def check_ringbuf_size(size: int) -> None:
-    if size < 4096 or size & (size - 1):
+    if size < RINGBUF_MIN or size > RINGBUF_MAX or size & (size - 1):
         raise ConfigError(
-            f"ring buffer size {size} is not a power of two of at least 4096 bytes "
-            "(e.g. --ringbuf-size 16777216)"
+            f"ring buffer size {size} is not a power of two between 4K and 1G "
+            "(e.g. --ringbuf-size 16M)"
         )
 
 

@@ -1,0 +1,181 @@
+"""The daemon's behaviour at its edges: bad settings, missing pieces, loss, shutdown."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BPF_DIR, Daemon, is_exec, new_marker, tracer_cmd
+
+from tracer import bpf
+from tracer.loader import process_sensor
+
+
+def _our_programs() -> int:
+    """How many BPF programs named like ours are loaded, by any process."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], check=True, capture_output=True).stdout
+    return sum(1 for p in json.loads(out) if p.get("name", "").startswith("tr_"))
+
+
+def _settles_at(expected: int, timeout: float = 5.0) -> int:
+    """The program count once the kernel's deferred frees are done (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    while (n := _our_programs()) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return n
+
+
+def _run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(tracer_cmd(*args), capture_output=True, text=True, timeout=timeout)
+
+
+def test_ringbuf_size_must_be_a_power_of_two() -> None:
+    r = _run("run", "--ringbuf-size", "5000")
+    assert r.returncode == 2
+    assert "power of two" in r.stderr
+    assert r.stdout == ""
+
+
+def test_unparseable_size_names_the_value() -> None:
+    r = _run("run", "--ringbuf-size", "lots")
+    assert r.returncode == 2
+    assert "'lots'" in r.stderr
+
+
+def test_missing_objects_say_how_to_build_them(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "tracer", "--bpf-dir", str(tmp_path), "run"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 1
+    assert "make bpf" in r.stderr
+    assert str(tmp_path) in r.stderr
+
+
+def test_not_root_is_refused_with_the_reason() -> None:
+    # Imports first (the interpreter lives under /root), then drop to nobody.
+    code = (
+        "import os, sys\n"
+        "from tracer.cli import main\n"
+        "os.setgroups([]); os.setegid(65534); os.seteuid(65534)\n"
+        f"sys.exit(main(['--bpf-dir', {str(BPF_DIR)!r}, 'run']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "must run as root" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_probe_reports_a_consistent_choice() -> None:
+    r = _run("probe", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    types = report["types"]
+    assert set(types) == {"tracepoint", "raw_tp", "tp_btf", "kprobe", "fentry", "lsm"}
+    usable = [m for m in ("lsm", "fentry", "kprobe", "tracepoint") if types[m]["attaches"]]
+    assert report["capture_mode"] == (usable[0] if usable else "none")
+    # The daemon runs on this machine, so at least one process-hook variant works.
+    assert report["process_hooks"] in ("tp_btf", "raw_tp")
+    assert types[report["process_hooks"]] == {"loads": True, "attaches": True, "error": None}
+    for t in types.values():
+        assert t["attaches"] <= t["loads"]
+        assert (t["error"] is None) == t["attaches"]
+
+
+def test_sigterm_detaches_everything_and_exits_zero() -> None:
+    before = _our_programs()
+    d = Daemon()
+    assert _our_programs() == before + 3  # exec, fork, exit
+    assert d.stop() == 0
+    assert _settles_at(before) == before
+    assert any("event='stopped'" in line for line in d.stderr)
+
+
+def test_ringbuf_size_has_an_upper_bound() -> None:
+    r = _run("run", "--ringbuf-size", str(1 << 40))
+    assert r.returncode == 2
+    assert "between 4K and 1G" in r.stderr
+
+
+def test_failed_attach_leaves_nothing_attached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault after two of three programs are attached: all of it is undone."""
+    before = _our_programs()
+    real_attach = bpf.Program.attach
+    calls = []
+
+    def flaky_attach(self: bpf.Program) -> bpf.Link:
+        calls.append(self.name)
+        if len(calls) == 3:
+            raise bpf.LibbpfError(f"attach {self.name}", errno.EBUSY, ["injected"])
+        return real_attach(self)
+
+    monkeypatch.setattr(bpf.Program, "attach", flaky_attach)
+    with (
+        pytest.raises(bpf.LibbpfError, match="injected"),
+        process_sensor(BPF_DIR, "tp_btf", 1 << 20),
+    ):
+        pass
+    assert len(calls) == 3
+    assert _settles_at(before) == before
+
+
+def test_kernel_loss_is_counted_and_reported() -> None:
+    d = Daemon("--ringbuf-size", "16384")
+    try:
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        markers = [new_marker("burst") for _ in range(300)]
+        try:
+            for m in markers:
+                subprocess.run(["/bin/true", m], check=True)
+        finally:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        d.sync()
+        seen = sum(1 for m in markers if d.matching(is_exec(m)))
+        d.wait_for(lambda e: e["type"] == "lost", timeout=5)
+        time.sleep(1.5)  # one more report interval, so every delta is out
+        lost = d.matching(lambda e: e["type"] == "lost")
+        lost_exec = sum(e["lost"]["kernel"].get("process_exec", 0) for e in lost)
+        assert seen < len(markers)
+        # Every exec we made is either delivered or counted as lost.
+        assert seen + lost_exec >= len(markers)
+    finally:
+        assert d.stop() == 0
+
+
+def test_export_file_rotates_without_splitting_lines(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    d = Daemon("--export-file", str(out), "--export-max-size", "8192", "--export-backups", "3")
+    try:
+        for _ in range(40):
+            subprocess.run(["/bin/true", new_marker("rot")], check=True)
+        marker = new_marker("last")
+        subprocess.run(["/bin/true", marker], check=True)
+        deadline = time.monotonic() + 10
+        while marker not in out.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        assert d.stop() == 0
+    files = sorted(tmp_path.iterdir())
+    assert [f.name for f in files] == [
+        "events.jsonl",
+        "events.jsonl.1",
+        "events.jsonl.2",
+        "events.jsonl.3",
+    ]
+    for f in files:
+        data = f.read_bytes()
+        assert data.endswith(b"\n")
+        for line in data.splitlines():
+            assert json.loads(line)["type"] in ("process_exec", "process_exit", "lost")
+    for f in files[1:]:
+        # Each rotated file stopped short of the limit, plus at most one line.
+        assert f.stat().st_size <= 8192 + max(len(x) for x in f.read_bytes().splitlines()) + 1
