@@ -9,7 +9,7 @@ BPF_OUT := build/bpf
 APT_PACKAGES := clang llvm bpftool libbpf-dev libbpf1 make python3 python3-venv
 PY_STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: all run test deps apt venv bpf lint clean
+.PHONY: all run test test-vm vm-deps deps apt venv bpf lint clean
 
 all: deps bpf
 
@@ -41,7 +41,15 @@ run: deps bpf
 	$(VENV)/bin/tracer run
 
 test: deps bpf
-	$(VENV)/bin/pytest -v
+	$(VENV)/bin/pytest -v -m "not vm"
+
+# Kernels with kprobe/fentry/BPF-LSM, under qemu (see tests/vm/vm.py).
+vm-deps: deps
+	$(VENV)/bin/pip install -q -e '.[dev,vm]'
+	$(VENV)/bin/python tests/vm/vm.py setup
+
+test-vm: deps bpf vm-deps
+	$(VENV)/bin/python tests/vm/vm.py run
 
 lint: deps
 	$(VENV)/bin/ruff check tracer enrich export policy tests bench

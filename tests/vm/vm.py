@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Run the test suite inside qemu guests booted from Debian's kernels.
+
+Our machines' kernel cannot load kprobe, fentry or LSM programs; Debian's
+generic 6.12 and 6.1 kernels can. virtme-ng boots them under qemu with
+the host's root file system shared read-only, so the guest runs this very
+checkout, its virtualenv and its built objects.
+
+    vm.py setup            install qemu, busybox and the kernels; prepare modules
+    vm.py run [-k 6.12]    boot each kernel and run pytest inside it
+
+Software emulation only: KVM fails in the kernel's decompressor here. A
+guest that does not finish in --timeout seconds is killed and counted as
+a failure, never as a pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+OUT = REPO / "build" / "vm"
+CACHE = Path("/var/cache/tracer-vm")
+LSM_CMDLINE = "lsm=lockdown,capability,landlock,yama,bpf lockdown=integrity"
+HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "xz-utils", "kmod")
+# Kernel series -> package name pattern (the generic flavour: -cloud- has no 9p).
+SERIES = {
+    "6.12": re.compile(r"^linux-image-(6\.12\.\d+\+deb12-amd64)$"),
+    "6.1": re.compile(r"^linux-image-(6\.1\.0-\d+-amd64)$"),
+}
+# What vng's initramfs loads to mount the host's root; its busybox insmod
+# cannot read .ko.xz, so these few are decompressed.
+BOOT_MODULES = (
+    "fs/netfs/netfs",
+    "net/9p/9pnet",
+    "fs/9p/9p",
+    "net/9p/9pnet_virtio",
+    "drivers/virtio/virtio_mmio",
+)
+
+
+class VmError(RuntimeError):
+    pass
+
+
+def _apt(*args: str) -> str:
+    return subprocess.run(
+        ["apt-cache", *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def _installed(pkg: str) -> bool:
+    r = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True
+    )
+    return r.returncode == 0 and "install ok installed" in r.stdout
+
+
+def _release_key(release: str) -> list[int]:
+    return [int(x) for x in re.findall(r"\d+", release)]
+
+
+def kernel_release(series: str) -> str:
+    """The newest installed release of a series, else the newest in apt."""
+    pattern = SERIES[series]
+    installed = [
+        m.group(1)
+        for d in Path("/lib/modules").glob("*")
+        if (m := pattern.match(f"linux-image-{d.name}")) and (Path("/boot") / f"vmlinuz-{d.name}").exists()
+    ]
+    if installed:
+        return max(installed, key=_release_key)
+    names = _apt("search", "--names-only", pattern.pattern).split("\n")
+    found = [m.group(1) for line in names if (m := pattern.match(line.split(" ")[0]))]
+    if not found:
+        raise VmError(
+            f"no Debian kernel package for {series} in apt (looked for {pattern.pattern}); "
+            "run apt-get update"
+        )
+    return max(found, key=_release_key)
+
+
+def setup(series: list[str]) -> None:
+    if os.geteuid() != 0:
+        raise VmError("vm setup installs packages: run it as root")
+    releases = {s: kernel_release(s) for s in series}
+    missing = [p for p in HOST_PACKAGES if not _installed(p)]
+    missing += [f"linux-image-{r}" for r in releases.values() if not _installed(f"linux-image-{r}")]
+    if missing:
+        print(f"vm: installing {' '.join(missing)}", flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+    for release in releases.values():
+        _prepare_modules(release)
+
+
+def _prepare_modules(release: str) -> None:
+    base = Path("/lib/modules") / release / "kernel"
+    stamp = CACHE / f"{release}.modules-ready"
+    if stamp.exists():
+        return
+    changed = False
+    for mod in BOOT_MODULES:
+        xz = base / f"{mod}.ko.xz"
+        if xz.exists() and not (base / f"{mod}.ko").exists():
+            subprocess.run(["xz", "-d", "-k", str(xz)], check=True)
+            changed = True
+    if changed:
+        subprocess.run(["depmod", release], check=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    stamp.touch()
+
+
+def _vng() -> str:
+    venv_bin = Path(sys.executable).parent
+    vng = venv_bin / "vng"
+    if not vng.exists():
+        raise VmError(f"{vng} missing: install virtme-ng into the virtualenv (make vm-deps)")
+    return str(vng)
+
+
+@dataclass
+class Result:
+    release: str
+    rc: int
+    seconds: float
+    note: str
+
+
+def run_guest(release: str, pytest_args: list[str], timeout: int) -> Result:
+    kernel = Path("/boot") / f"vmlinuz-{release}"
+    if not kernel.exists():
+        raise VmError(f"{kernel} missing: run `make vm-deps` (tests/vm/vm.py setup)")
+    if shutil.which("qemu-system-x86_64") is None:
+        raise VmError("qemu-system-x86_64 missing: apt-get install qemu-system-x86 (make vm-deps)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    rc_file = OUT / f"rc-{release}"
+    rc_file.unlink(missing_ok=True)
+    junit = OUT / f"junit-{release}.xml"
+    inner = " ".join(
+        [
+            "mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf;",
+            f"cd {REPO} &&",
+            "PYTHONDONTWRITEBYTECODE=1 TRACER_IN_VM=1",
+            f"{REPO / '.venv' / 'bin' / 'pytest'} -p no:cacheprovider -q",
+            f"--junitxml={junit}",
+            *pytest_args,
+            f"; echo $? > {rc_file}",
+        ]
+    )
+    cmd = [
+        _vng(),
+        "--disable-kvm",
+        "--run",
+        str(kernel),
+        "--memory",
+        "2G",
+        "--cpus",
+        "2",
+        "--append",
+        LSM_CMDLINE,
+        "--rwdir",
+        str(OUT),
+        "--",
+        inner,
+    ]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    print(f"vm: booting {release} (software emulation, timeout {timeout}s)", flush=True)
+    t0 = time.monotonic()
+    # Pipes, not files: qemu reopens its stdout/stderr with O_TRUNC.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    deadline = t0 + timeout
+    try:
+        for line in proc.stdout:
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+            if time.monotonic() > deadline:
+                break
+        proc.wait(max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    seconds = time.monotonic() - t0
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+        return Result(release, 124, seconds, f"guest killed after {timeout}s")
+    if not rc_file.exists():
+        return Result(release, proc.returncode or 1, seconds, "guest ended before pytest finished")
+    rc = int(rc_file.read_text().strip() or 1)
+    return Result(release, rc, seconds, "passed" if rc == 0 else f"pytest exit {rc}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("setup")
+    s.add_argument("-k", "--kernel", action="append", choices=sorted(SERIES), dest="series")
+    r = sub.add_parser("run")
+    r.add_argument("-k", "--kernel", action="append", choices=sorted(SERIES), dest="series")
+    r.add_argument("--timeout", type=int, default=1200, help="seconds per guest")
+    r.add_argument("pytest_args", nargs="*", default=["tests"])
+    args = p.parse_args()
+    series = args.series or list(SERIES)
+    try:
+        if args.cmd == "setup":
+            setup(series)
+            return 0
+        results = [run_guest(kernel_release(s), args.pytest_args, args.timeout) for s in series]
+    except (VmError, subprocess.CalledProcessError) as exc:
+        print(f"vm: error: {exc}", file=sys.stderr)
+        return 1
+    print("\nvm: summary")
+    for res in results:
+        print(f"  {res.release:<24} {res.note:<40} {res.seconds:6.0f}s")
+    return 0 if all(res.rc == 0 for res in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
