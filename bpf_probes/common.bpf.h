@@ -18,6 +18,15 @@
  * behind the record absorbs the largest single write past the mask. */
 #define TR_DATA_MASK (TR_PATH_MAX + TR_PATH_MAX + TR_ARGS_MAX - 1)
 
+/* v & mask, in a form clang cannot drop: when clang can prove the mask
+ * redundant it removes it, yet the verifier may lack that proof. */
+#define tr_bound(v, mask)                                   \
+	({                                                  \
+		__typeof__(v) __tr_v = (v);                 \
+		asm volatile("" : "+r"(__tr_v));            \
+		__tr_v & (mask);                            \
+	})
+
 /* The only channel to user space. Sized by the loader (--ringbuf-size). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -24,7 +24,9 @@ enum tr_kind {
 	TR_KIND_EXEC = 1,
 	TR_KIND_FORK = 2,
 	TR_KIND_EXIT = 3,
-	TR_KIND_MAX = 4,
+	TR_KIND_FILE_OPEN = 4,
+	TR_KIND_CONNECT = 5,
+	TR_KIND_MAX = 6,
 };
 
 /* tr_exec.flags */
@@ -42,6 +44,99 @@ enum tr_stat {
 	TR_STAT_RB_DROPPED = 1,
 	TR_STAT_COUNT = 2,
 };
+
+/* ---- Policies (compiled by policy/, evaluated in policy.bpf.h) ---- */
+
+/* Longest string a rule may hold: LPM trie keys carry at most 256 bytes
+ * of data, 4 of which select generation, kind and field. */
+#define TR_POLICY_STR 252
+/* Rules per event kind: one bit each in a u64 mask. */
+#define TR_MAX_RULES 64
+/* Two generations of every policy map: user space fills the idle one,
+ * then flips tr_policy_gen, so a program never sees a half-applied set. */
+#define TR_GENS 2
+
+enum tr_pkind {
+	TR_PK_EXEC = 0,
+	TR_PK_FILE = 1,
+	TR_PK_CONNECT = 2,
+	TR_PK_MAX = 3,
+};
+
+enum tr_field {
+	TR_F_BINARY = 0,
+	TR_F_PATH = 1,
+	TR_F_DADDR = 2,
+	TR_F_DPORT = 3,
+	TR_F_UID = 4,
+	TR_F_MAX = 5,
+};
+
+enum tr_action {
+	TR_ACT_NONE = 0, /* no rule selected the event */
+	TR_ACT_POST = 1,
+	TR_ACT_IGNORE = 2,
+	TR_ACT_SIGKILL = 3,
+	TR_ACT_DENY = 4, /* LSM hooks only */
+};
+
+/* Which rules a map entry speaks for: `pos` rules list the value, `neg`
+ * rules list it under a "not" form. */
+struct tr_hits {
+	__u64 pos;
+	__u64 neg;
+};
+
+/* Per generation and kind. A rule matches when, for every field, it has
+ * no positive selector (free) or a positive hit, and no negative hit. An
+ * event without a value for a field (a connect with no IP address, a
+ * process whose binary is unknown) matches no rule that constrains it. */
+struct tr_kind_cfg {
+	__u64 rules;                 /* one bit per rule that exists */
+	__u64 free[TR_F_MAX];        /* rules without a positive selector on the field */
+	__u64 constrained[TR_F_MAX]; /* rules with any selector on the field */
+	__u64 write_only;            /* file_open rules that match only opens for writing */
+	__u32 fields;                /* bit per field with any value: skip the others */
+	__u32 suffix_fields;         /* bit per string field with suffix values */
+};
+
+struct tr_rule {
+	__u32 policy_id;
+	__u16 index; /* the rule's position in its policy */
+	__u8 action;
+	__u8 pad;
+};
+
+struct tr_verdict {
+	__u32 policy_id;
+	__u16 rule;
+	__u8 action; /* enum tr_action */
+	__u8 pad;
+};
+
+struct tr_str_key {
+	__u32 sel; /* gen << 16 | kind << 8 | field */
+	char s[TR_POLICY_STR];
+};
+
+struct tr_lpm_str_key {
+	__u32 prefixlen; /* 32 + 8 * bytes of s */
+	__u32 sel;
+	char s[TR_POLICY_STR];
+};
+
+struct tr_lpm_addr_key {
+	__u32 prefixlen; /* 32 + bits; IPv4 is mapped into ::ffff:0:0/96 */
+	__u32 sel;
+	__u8 addr[16];
+};
+
+struct tr_uid_key {
+	__u32 sel;
+	__u32 uid;
+};
+
+/* ---- Records ---- */
 
 struct tr_hdr {
 	__u32 kind;
@@ -67,6 +162,7 @@ struct tr_task {
 struct tr_exec {
 	struct tr_hdr hdr;
 	struct tr_task task;
+	struct tr_verdict verdict;
 	__u32 flags;
 	__u16 path_len; /* bytes, no NUL */
 	__u16 cwd_len;
@@ -86,6 +182,53 @@ struct tr_exit {
 	struct tr_task task;
 	__u32 exit_code; /* wait(2) status: code << 8 | signal */
 	__u32 pad;
+};
+
+/* Which program produced a file_open or connect record. */
+enum tr_hook {
+	TR_HOOK_TP_OPEN = 1,
+	TR_HOOK_TP_OPENAT = 2,
+	TR_HOOK_TP_OPENAT2 = 3,
+	TR_HOOK_TP_CREAT = 4,
+	TR_HOOK_TP_CONNECT = 5,
+};
+
+enum tr_file_flags {
+	TR_FILE_TRUNC_PATH = 1 << 0,
+	/* The open failed: no file to resolve; the path is the string the
+	 * program passed, joined to its cwd when relative. */
+	TR_FILE_UNRESOLVED = 1 << 1,
+};
+
+struct tr_file_open {
+	struct tr_hdr hdr;
+	struct tr_task task;
+	struct tr_verdict verdict;
+	__s64 ret;       /* fd, or -errno */
+	__u32 open_flags;
+	__u32 mode;
+	__u32 flags;     /* enum tr_file_flags */
+	__u16 hook;      /* enum tr_hook */
+	__u16 path_len;
+	char path[TR_PATH_MAX];
+};
+
+struct tr_connect {
+	struct tr_hdr hdr;
+	struct tr_task task;
+	struct tr_verdict verdict;
+	__s64 ret; /* 0 or -errno (-EINPROGRESS for non-blocking) */
+	__u16 family;
+	__u16 protocol; /* IPPROTO_TCP, IPPROTO_UDP, ... (0 for AF_UNIX) */
+	__u16 sock_type;
+	__u16 hook;
+	__u16 dport; /* host order */
+	__u16 sport;
+	__u16 path_len; /* AF_UNIX: bytes of unix_path */
+	__u16 pad;
+	__u8 daddr[16]; /* IPv4 in the first 4 bytes */
+	__u8 saddr[16];
+	char unix_path[108];
 };
 
 #endif /* TRACER_WIRE_H */

@@ -38,6 +38,16 @@ from tracer.signals import signal_name
 _PROCFS_START_SLACK_NS = 20_000_000
 
 
+@dataclass(slots=True, frozen=True)
+class Context:
+    """The process side of an event: the process, its parent, its ancestors."""
+
+    time: int  # wall-clock ns of the event
+    process: Process
+    parent: Process | None
+    ancestors: tuple[Process, ...]
+
+
 @dataclass(slots=True)
 class CacheStats:
     size: int = 0
@@ -334,24 +344,41 @@ class ProcessCache:
             ancestors=entry.ancestors(self._depth),
         )
 
-    def on_exit(self, rec: ExitRecord) -> ProcessExit:
-        task = rec.task
+    def _entry_of(self, task: Task) -> _Entry:
         entry = self._current(task)
         if entry is None:
             self.stats.unknown_pid += 1
             entry = self._partial(task, self._parent_of(task))
             self._insert(entry, task.ktime)
-        self._retire(entry, task.ktime)
+        return entry
+
+    def context(self, task: Task) -> Context:
+        """Who did it, for an event of a process that keeps running (file, connect)."""
+        return self._context(self._entry_of(task), task)
+
+    def _context(self, entry: _Entry, task: Task) -> Context:
         process = entry.process
         if task.tid != process.tid:
             process = replace(process, tid=task.tid)
-        sig = rec.signal
-        return ProcessExit(
+        return Context(
             time=self._clock.wall(task.ktime),
-            node=self.node,
             process=process,
             parent=entry.parent.process if entry.parent else None,
             ancestors=entry.ancestors(self._depth),
+        )
+
+    def on_exit(self, rec: ExitRecord) -> ProcessExit:
+        task = rec.task
+        entry = self._entry_of(task)
+        self._retire(entry, task.ktime)
+        ctx = self._context(entry, task)
+        sig = rec.signal
+        return ProcessExit(
+            time=ctx.time,
+            node=self.node,
+            process=ctx.process,
+            parent=ctx.parent,
+            ancestors=ctx.ancestors,
             exit=ExitStatus(
                 code=rec.code,
                 signal=signal_name(sig) if sig else None,

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from tracer.clock import rfc3339
-from tracer.events import Event, Lost, Process, ProcessExec, ProcessExit
+from tracer.events import Connect, Event, FileOpen, Lost, PolicyMatch, Process, ProcessExit
 
 JsonDict = dict[str, Any]
 
@@ -63,6 +63,12 @@ def process_dict(p: Process) -> JsonDict:
     }
 
 
+def _policy(p: PolicyMatch | None) -> JsonDict | None:
+    if p is None:
+        return None
+    return {"name": p.name, "rule": p.rule, "action": p.action}
+
+
 class Serializer:
     """Event -> one JSON line (bytes, newline included)."""
 
@@ -92,8 +98,36 @@ class Serializer:
                 "signal": ev.exit.signal,
                 "core_dumped": ev.exit.core_dumped,
             }
-        else:
-            assert isinstance(ev, ProcessExec)
+            return d
+        if isinstance(ev, FileOpen):
+            f = ev.file
+            d["file"] = {
+                "path": f.path,
+                "flags": list(f.flags),
+                "mode": f.mode,
+                "result": f.result,
+                "error": f.error,
+                "hook": f.hook,
+                "truncated": f.truncated,
+                "resolved": f.resolved,
+                "non_utf8": f.non_utf8,
+            }
+        elif isinstance(ev, Connect):
+            c = ev.connect
+            d["connect"] = {
+                "family": c.family,
+                "protocol": c.protocol,
+                "sock_type": c.sock_type,
+                "daddr": c.daddr,
+                "dport": c.dport,
+                "saddr": c.saddr,
+                "sport": c.sport,
+                "unix_path": c.unix_path,
+                "result": c.result,
+                "error": c.error,
+                "hook": c.hook,
+            }
+        d["policy"] = _policy(ev.policy)
         return d
 
     def line(self, ev: Event) -> bytes:

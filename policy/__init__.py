@@ -1,1 +1,23 @@
-"""Policies: which events to keep and what to enforce (in-kernel filtering lands here)."""
+"""Policies: which file and network events to keep, and what to enforce, in the kernel."""
+
+from policy.compile import Compiled, compile_policies
+from policy.kernel import PolicyMaps, RuleCount
+from policy.model import Action, Kind, Policy, PolicySet, Rule
+from policy.parse import PolicyError, parse_files, parse_text
+from policy.store import PolicyStore
+
+__all__ = [
+    "Action",
+    "Compiled",
+    "Kind",
+    "Policy",
+    "PolicyError",
+    "PolicyMaps",
+    "PolicySet",
+    "PolicyStore",
+    "Rule",
+    "RuleCount",
+    "compile_policies",
+    "parse_files",
+    "parse_text",
+]

@@ -15,7 +15,7 @@ import pytest
 from conftest import BPF_DIR, Daemon, is_exec, new_marker, tracer_cmd
 
 from tracer import bpf
-from tracer.loader import process_sensor
+from tracer.loader import capture_sensor
 
 
 def _our_programs() -> int:
@@ -94,7 +94,7 @@ def test_probe_reports_a_consistent_choice() -> None:
 def test_sigterm_detaches_everything_and_exits_zero() -> None:
     before = _our_programs()
     d = Daemon()
-    assert _our_programs() == before + 3  # exec, fork, exit
+    assert _our_programs() == before + 13  # exec, fork, exit + 10 file/connect tracepoints
     assert d.stop() == 0
     assert _settles_at(before) == before
     assert any("event='stopped'" in line for line in d.stderr)
@@ -121,7 +121,7 @@ def test_failed_attach_leaves_nothing_attached(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(bpf.Program, "attach", flaky_attach)
     with (
         pytest.raises(bpf.LibbpfError, match="injected"),
-        process_sensor(BPF_DIR, "tp_btf", 1 << 20),
+        capture_sensor(BPF_DIR, "tp_btf", "tracepoint", 1 << 20),
     ):
         pass
     assert len(calls) == 3

@@ -93,7 +93,8 @@ def parse(line: bytes) -> dict[str, Any]:
 
 def test_exec_event_schema() -> None:
     d = parse(Serializer().line(exec_ev()))
-    assert set(d) == {"type", "time", "node", "process", "parent", "ancestors"}
+    assert set(d) == {"type", "time", "node", "process", "parent", "ancestors", "policy"}
+    assert d["policy"] is None
     assert d["type"] == "process_exec"
     assert d["time"] == "2023-11-14T22:13:20.123456789Z"
     assert d["node"] == "n1"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from policy import kernel
 from tracer import decode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,6 +27,9 @@ def btf_structs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     src.write_text(
         '#include "vmlinux.h"\n#include "tracer.h"\n'
         "struct tr_exec a; struct tr_fork b; struct tr_exit c;\n"
+        "struct tr_file_open d; struct tr_connect e; struct tr_kind_cfg f;\n"
+        "struct tr_rule g; struct tr_str_key h; struct tr_lpm_str_key i;\n"
+        "struct tr_lpm_addr_key j; struct tr_uid_key k; struct tr_hits l;\n"
     )
     obj = tmp / "wire.o"
     subprocess.run(
@@ -74,10 +78,63 @@ def test_header_and_task(btf_structs: dict[str, dict[str, object]]) -> None:
 
 def test_exec_record(btf_structs: dict[str, dict[str, object]]) -> None:
     got = _btf_offsets(btf_structs["tr_exec"])
-    base = decode.TASK_OFFSET + decode.TASK.size
-    want = {"hdr": 0, "task": decode.TASK_OFFSET, **_offsets(decode.EXEC_TAIL_FIELDS, base)}
+    want = {
+        "hdr": 0,
+        "task": decode.TASK_OFFSET,
+        "verdict": decode.VERDICT_OFFSET,
+        **_offsets(decode.EXEC_TAIL_FIELDS, decode.EXEC_TAIL_OFFSET),
+    }
     want["data"] = decode.EXEC_DATA_OFFSET
     assert got == want
+
+
+def test_verdict(btf_structs: dict[str, dict[str, object]]) -> None:
+    assert _btf_offsets(btf_structs["tr_verdict"]) == _offsets(decode.VERDICT_FIELDS)
+    assert btf_structs["tr_verdict"]["size"] == decode.VERDICT.size
+
+
+def test_file_open_record(btf_structs: dict[str, dict[str, object]]) -> None:
+    got = _btf_offsets(btf_structs["tr_file_open"])
+    want = {
+        "hdr": 0,
+        "task": decode.TASK_OFFSET,
+        "verdict": decode.VERDICT_OFFSET,
+        **_offsets(decode.FILE_TAIL_FIELDS, decode.FILE_TAIL_OFFSET),
+        "path": decode.FILE_PATH_OFFSET,
+    }
+    assert got == want
+
+
+def test_connect_record(btf_structs: dict[str, dict[str, object]]) -> None:
+    got = _btf_offsets(btf_structs["tr_connect"])
+    want = {
+        "hdr": 0,
+        "task": decode.TASK_OFFSET,
+        "verdict": decode.VERDICT_OFFSET,
+        **_offsets(decode.CONNECT_TAIL_FIELDS, decode.CONNECT_TAIL_OFFSET),
+    }
+    assert got == want
+    # The C struct is padded to 8 bytes; the decoder needs the fields only.
+    assert btf_structs["tr_connect"]["size"] == (decode.CONNECT_SIZE + 7) // 8 * 8
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [
+        ("tr_kind_cfg", kernel._CFG),
+        ("tr_rule", kernel._RULE),
+        ("tr_str_key", kernel._STR_KEY),
+        ("tr_lpm_str_key", kernel._LPM_STR_KEY),
+        ("tr_lpm_addr_key", kernel._ADDR_KEY),
+        ("tr_uid_key", kernel._UID_KEY),
+        ("tr_hits", kernel._HITS),
+    ],
+)
+def test_policy_map_layouts(
+    btf_structs: dict[str, dict[str, object]], name: str, fmt: struct.Struct
+) -> None:
+    """The policy writer packs keys and values exactly as the maps declare them."""
+    assert btf_structs[name]["size"] == fmt.size
 
 
 def test_fork_and_exit_records(btf_structs: dict[str, dict[str, object]]) -> None:

@@ -261,6 +261,17 @@ class Map:
             return []
         return [raw[i * slot : i * slot + self.value_size] for i in range(ncpu)]
 
+    def delete(self, key: bytes) -> None:
+        """Remove `key`; FileNotFoundError when it is not there."""
+        kbuf = ctypes.create_string_buffer(key, len(key))
+        with _Call(f"delete from map {self.name}") as c:
+            ret = lib().bpf_map_delete_elem(self.fd, kbuf)
+            if ret < 0:
+                err = -ret if ret != -1 else ctypes.get_errno()
+                if err == _errno.ENOENT:
+                    raise FileNotFoundError(_errno.ENOENT, f"no such key in map {self.name}")
+                raise c.fail(err)
+
     def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
         kbuf = ctypes.create_string_buffer(key, len(key))
         vbuf = ctypes.create_string_buffer(value, len(value))

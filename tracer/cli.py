@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from tracer import __version__, bpf, log
+from policy import PolicyError, compile_policies, parse_files
+from tracer import __version__, bpf, control, log
 from tracer.daemon import DEFAULT_BPF_DIR, Config, Daemon
 from tracer.loader import ConfigError
 from tracer.probe import CAPTURE_MODES, ProbeReport, probe
@@ -99,6 +100,37 @@ def _parser() -> argparse.ArgumentParser:
         default=64,
         help="most ancestors listed in an event (beyond the parent)",
     )
+    run.add_argument(
+        "--capture-mode",
+        default="auto",
+        choices=["auto", "lsm", "fentry", "kprobe", "tracepoint"],
+        help="force the file/connect hook variant (default: the best this kernel has)",
+    )
+    run.add_argument(
+        "--policy",
+        type=Path,
+        action="append",
+        default=[],
+        dest="policies",
+        help="policy file or directory of *.yaml (repeatable); SIGHUP re-reads them",
+    )
+    run.add_argument(
+        "--control-socket",
+        type=Path,
+        default=control.DEFAULT_SOCKET,
+        help="root-only control socket (default: %(default)s)",
+    )
+
+    pol = sub.add_parser("policy", help="list, check or apply policies")
+    pol_sub = pol.add_subparsers(dest="policy_command", required=True)
+    pl = pol_sub.add_parser("list", help="the running daemon's rules and how often each matched")
+    pl.add_argument("--control-socket", type=Path, default=control.DEFAULT_SOCKET)
+    pl.add_argument("--json", action="store_true")
+    pa = pol_sub.add_parser("apply", help="replace the running daemon's policies with FILEs")
+    pa.add_argument("files", type=Path, nargs="+")
+    pa.add_argument("--control-socket", type=Path, default=control.DEFAULT_SOCKET)
+    pc = pol_sub.add_parser("check", help="validate policy files without a daemon")
+    pc.add_argument("files", type=Path, nargs="+")
 
     pr = sub.add_parser(
         "probe", help="show what this kernel supports and the mode the daemon picks"
@@ -131,6 +163,47 @@ def _print_probe(report: ProbeReport, as_json: bool) -> None:
     print(f"capture mode    {report.capture_mode}  (file/connect hooks, best first: {order})")
 
 
+def _policy_command(args: argparse.Namespace) -> int:
+    if args.policy_command == "check":
+        ps = parse_files(args.files)
+        compiled = compile_policies(ps, lsm_active=True)
+        counts = {k.label: len(t.rules) for k, t in compiled.kinds.items()}
+        print(f"ok: {len(ps.policies)} policies, rules per event: {counts}")
+        return 0
+    if args.policy_command == "apply":
+        docs = []
+        for f in args.files:
+            if f.is_dir():
+                docs += [[str(p), p.read_text()] for p in sorted(f.glob("*.y*ml"))]
+            else:
+                docs.append([str(f), f.read_text()])
+        reply = control.request(args.control_socket, {"op": "policy_apply", "documents": docs})
+        if not reply.get("ok"):
+            print(
+                f"tracer: policy refused, the previous policies stay in force: {reply.get('error')}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        for w in reply.get("warnings", []):
+            print(f"warning: {w}", file=sys.stderr)
+        print(f"applied {len(docs)} file(s)")
+        return 0
+    reply = control.request(args.control_socket, {"op": "policy_list"})
+    if not reply.get("ok"):
+        print(f"tracer: error: {reply.get('error')}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(reply["rules"], indent=2))
+        return 0
+    print(f"{'policy':<28} {'rule':>4} {'event':<10} {'action':<8} {'hits':>10}  source")
+    for r in reply["rules"]:
+        print(
+            f"{r['policy']:<28} {r['rule']:>4} {r['event']:<10} {r['action']:<8} "
+            f"{r['hits']:>10}  {r['source']}"
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log.configure(args.log_level)
@@ -139,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             require_root()
             _print_probe(probe(args.bpf_dir), args.json)
             return 0
+        if args.command == "policy":
+            return _policy_command(args)
         config = Config(
             bpf_dir=args.bpf_dir,
             ringbuf_size=args.ringbuf_size,
@@ -150,13 +225,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache_max=args.cache_size,
             exit_grace_s=args.exit_grace,
             ancestor_depth=args.ancestor_depth,
+            capture_mode=args.capture_mode,
+            policy_paths=args.policies,
+            control_socket=args.control_socket,
         )
         if args.node_name:
             config.node = args.node_name
         return Daemon(config).run()
-    except ConfigError as exc:
+    except (ConfigError, PolicyError) as exc:
         print(f"tracer: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except control.ControlError as exc:
+        print(f"tracer: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except (PreflightError, bpf.LibbpfError, FileNotFoundError, RuntimeError) as exc:
         print(f"tracer: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

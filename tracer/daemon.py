@@ -16,16 +16,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import structlog
 
 from enrich import ProcessCache, UserNames, procfs
 from export import QueuedWriter, RotatingFile, Serializer, Sink
-from tracer import decode, system
+from policy import PolicyError, PolicyMaps, PolicyStore
+from tracer import control, system
 from tracer.clock import BootClock
-from tracer.events import Event, Lost
-from tracer.loader import ConfigError, KernelCounters, Sensor, check_ringbuf_size, process_sensor
-from tracer.probe import probe
+from tracer.events import Lost
+from tracer.loader import (
+    ConfigError,
+    KernelCounters,
+    Sensor,
+    capture_sensor,
+    check_ringbuf_size,
+    choose_capture_mode,
+)
+from tracer.pipeline import Pipeline
+from tracer.probe import CAPTURE_MODES, probe
 
 _log = structlog.get_logger(component="daemon")
 
@@ -47,6 +57,9 @@ class Config:
     ancestor_depth: int = 64
     lost_interval_s: float = 1.0
     poll_ms: int = 100
+    capture_mode: str = "auto"  # auto | lsm | fentry | kprobe | tracepoint
+    policy_paths: list[Path] = field(default_factory=list)  # files or directories
+    control_socket: Path = control.DEFAULT_SOCKET
 
     def validate(self) -> None:
         check_ringbuf_size(self.ringbuf_size)
@@ -59,37 +72,14 @@ class Config:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
         if self.ancestor_depth < 0:
             raise ConfigError("ancestor-depth must be zero or more")
-
-
-class Pipeline:
-    """Decode and enrich one batch of records, then offer events to every sink."""
-
-    def __init__(self, cache: ProcessCache, sinks: list[Sink]) -> None:
-        self.cache = cache
-        self.sinks = sinks
-        self.malformed: collections.Counter[str] = collections.Counter()
-        self.events: collections.Counter[str] = collections.Counter()
-
-    def _emit(self, ev: Event) -> None:
-        self.events[ev.type] += 1
-        for sink in self.sinks:
-            sink.offer(ev)
-
-    def feed(self, batch: list[bytes]) -> None:
-        cache = self.cache
-        for raw in batch:
-            try:
-                rec = decode.decode(raw)
-            except decode.WireError as exc:
-                self.malformed["malformed"] += 1
-                _log.warning("undecodable record dropped", error=str(exc), size=len(raw))
-                continue
-            if isinstance(rec, decode.ExecRecord):
-                self._emit(cache.on_exec(rec))
-            elif isinstance(rec, decode.ForkRecord):
-                cache.on_fork(rec)
-            else:
-                self._emit(cache.on_exit(rec))
+        if self.capture_mode not in ("auto", *CAPTURE_MODES):
+            raise ConfigError(
+                f"--capture-mode must be auto or one of {', '.join(CAPTURE_MODES)}, "
+                f"not {self.capture_mode!r}"
+            )
+        for p in self.policy_paths:
+            if not p.exists():
+                raise ConfigError(f"policy path {p} does not exist")
 
 
 class _LossReporter:
@@ -132,10 +122,61 @@ class Daemon:
         config.validate()
         self.config = config
         self._stop = False
+        self._reload = False
+        self._policies: PolicyStore | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         _log.info("stopping", signal=signal.Signals(signum).name)
         self._stop = True
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload = True
+
+    def _reload_policies(self) -> None:
+        """SIGHUP: re-read the policy paths; on any error the old set stays."""
+        self._reload = False
+        if self._policies is None or not self.config.policy_paths:
+            _log.info("SIGHUP: no policy paths to reload")
+            return
+        try:
+            self._policies.apply_paths(self.config.policy_paths)
+        except (PolicyError, OSError) as exc:
+            _log.error("policy reload refused; the previous policies stay in force", error=str(exc))
+
+    def _control(self, req: dict[str, Any]) -> dict[str, Any]:
+        store = self._policies
+        assert store is not None
+        op = req.get("op")
+        if op == "policy_list":
+            return {
+                "ok": True,
+                "sources": store.sources,
+                "rules": [
+                    {
+                        "policy": c.rule.policy,
+                        "rule": c.rule.index,
+                        "event": c.rule.kind.label,
+                        "action": c.rule.action.label,
+                        "source": f"{c.rule.source}:{c.rule.line}",
+                        "description": c.rule.description,
+                        "hits": c.hits,
+                    }
+                    for c in store.counts()
+                ],
+            }
+        if op == "policy_apply":
+            docs = req.get("documents")
+            if not isinstance(docs, list) or not all(
+                isinstance(d, list) and len(d) == 2 and all(isinstance(x, str) for x in d)
+                for d in docs
+            ):
+                return {"ok": False, "error": "documents must be a list of [name, yaml] pairs"}
+            try:
+                warnings = store.apply_texts([(d[0], d[1]) for d in docs])
+            except PolicyError as exc:
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True, "warnings": warnings}
+        return {"ok": False, "error": f"unknown op {op!r}"}
 
     def stop(self) -> None:
         self._stop = True
@@ -153,6 +194,7 @@ class Daemon:
         system.preflight()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
         report = probe(cfg.bpf_dir)
         variant = cfg.process_hooks if cfg.process_hooks != "auto" else report.process_hooks
         if variant == "none":
@@ -160,10 +202,20 @@ class Daemon:
                 "this kernel can attach neither tp_btf nor raw_tp programs; "
                 "run `tracer probe` for details"
             )
+        usable = [m for m in CAPTURE_MODES if report.types[m].usable]
+        if cfg.capture_mode != "auto":
+            if cfg.capture_mode not in usable:
+                raise system.PreflightError(
+                    f"capture mode {cfg.capture_mode} is not available on this kernel "
+                    f"(available: {', '.join(usable) or 'none'}); run `tracer probe`"
+                )
+            usable = [cfg.capture_mode]
+        mode = choose_capture_mode(usable)
         _log.info(
             "capture mode chosen",
             process_hooks=variant,
-            capture_mode=report.capture_mode,
+            capture_mode=mode,
+            best_supported=report.capture_mode,
             kernel=report.kernel,
             probe_ms=round(report.seconds * 1000, 1),
         )
@@ -179,11 +231,22 @@ class Daemon:
         serializer = Serializer()
         sinks = self._sinks(serializer)
         pipeline = Pipeline(cache, sinks)
+        server: control.ControlServer | None = None
         try:
-            with process_sensor(cfg.bpf_dir, variant, cfg.ringbuf_size) as sensor:
+            with capture_sensor(cfg.bpf_dir, variant, mode, cfg.ringbuf_size) as sensor:
+                maps = PolicyMaps(sensor.obj)
+                self._policies = store = PolicyStore(maps, lsm_active=mode == "lsm")
+                pipeline.verdicts = store
+                if cfg.policy_paths:
+                    store.apply_paths(cfg.policy_paths)
                 # Attached first, then /proc: a process that starts in between
                 # is in the ring buffer, and its records win over the snapshot.
-                n = cache.bootstrap(procfs.scan())
+                snapshot = list(procfs.scan())
+                for p in snapshot:
+                    if p.binary:
+                        maps.set_binary(p.pid, p.binary)
+                n = cache.bootstrap(snapshot)
+                server = control.ControlServer(cfg.control_socket, self._control)
                 _log.info(
                     "ready",
                     startup_ms=round((time.perf_counter() - t0) * 1000, 1),
@@ -195,6 +258,8 @@ class Daemon:
                 pipeline.feed(sensor.ringbuf.consume())
                 losses.report()
         finally:
+            if server is not None:
+                server.close()
             for sink in sinks:
                 sink.close()
         _log.info(
@@ -211,6 +276,8 @@ class Daemon:
         next_report = time.monotonic() + interval
         while not self._stop:
             pipeline.feed(sensor.ringbuf.poll(self.config.poll_ms))
+            if self._reload:
+                self._reload_policies()
             now = time.monotonic()
             if now >= next_report:
                 next_report = now + interval

@@ -13,8 +13,16 @@ from dataclasses import dataclass
 KIND_EXEC = 1
 KIND_FORK = 2
 KIND_EXIT = 3
-KIND_NAMES = {KIND_EXEC: "process_exec", KIND_FORK: "process_fork", KIND_EXIT: "process_exit"}
-KIND_MAX = 4
+KIND_FILE_OPEN = 4
+KIND_CONNECT = 5
+KIND_NAMES = {
+    KIND_EXEC: "process_exec",
+    KIND_FORK: "process_fork",
+    KIND_EXIT: "process_exit",
+    KIND_FILE_OPEN: "file_open",
+    KIND_CONNECT: "connect",
+}
+KIND_MAX = 6
 
 STAT_EMITTED = 0
 STAT_RB_DROPPED = 1
@@ -24,6 +32,32 @@ EXEC_TRUNC_ARGS = 1 << 0
 EXEC_TRUNC_PATH = 1 << 1
 EXEC_TRUNC_CWD = 1 << 2
 EXEC_NO_MM = 1 << 3
+
+FILE_TRUNC_PATH = 1 << 0
+FILE_UNRESOLVED = 1 << 1
+
+# enum tr_action
+ACTION_NONE = 0
+ACTION_POST = 1
+ACTION_IGNORE = 2
+ACTION_SIGKILL = 3
+ACTION_DENY = 4
+ACTION_NAMES = {
+    ACTION_NONE: None,
+    ACTION_POST: "post",
+    ACTION_IGNORE: "ignore",
+    ACTION_SIGKILL: "sigkill",
+    ACTION_DENY: "deny",
+}
+
+# enum tr_hook
+HOOK_NAMES = {
+    1: "tracepoint/sys_exit_open",
+    2: "tracepoint/sys_exit_openat",
+    3: "tracepoint/sys_exit_openat2",
+    4: "tracepoint/sys_exit_creat",
+    5: "tracepoint/sys_connect",
+}
 
 AUID_UNSET = 0xFFFFFFFF
 
@@ -44,6 +78,7 @@ TASK_FIELDS = (
     ("auid", "I"),
     ("comm", "16s"),
 )
+VERDICT_FIELDS = (("policy_id", "I"), ("rule", "H"), ("action", "B"), ("pad", "B"))
 EXEC_TAIL_FIELDS = (
     ("flags", "I"),
     ("path_len", "H"),
@@ -52,6 +87,28 @@ EXEC_TAIL_FIELDS = (
     ("pad", "I"),
 )
 EXIT_TAIL_FIELDS = (("exit_code", "I"), ("pad", "I"))
+FILE_TAIL_FIELDS = (
+    ("ret", "q"),
+    ("open_flags", "I"),
+    ("mode", "I"),
+    ("flags", "I"),
+    ("hook", "H"),
+    ("path_len", "H"),
+)
+CONNECT_TAIL_FIELDS = (
+    ("ret", "q"),
+    ("family", "H"),
+    ("protocol", "H"),
+    ("sock_type", "H"),
+    ("hook", "H"),
+    ("dport", "H"),
+    ("sport", "H"),
+    ("path_len", "H"),
+    ("pad", "H"),
+    ("daddr", "16s"),
+    ("saddr", "16s"),
+    ("unix_path", "108s"),
+)
 
 
 def _struct(fields: tuple[tuple[str, str], ...]) -> struct.Struct:
@@ -60,13 +117,22 @@ def _struct(fields: tuple[tuple[str, str], ...]) -> struct.Struct:
 
 HDR = _struct(HDR_FIELDS)
 TASK = _struct(TASK_FIELDS)
+VERDICT = _struct(VERDICT_FIELDS)
 EXEC_TAIL = _struct(EXEC_TAIL_FIELDS)
 EXIT_TAIL = _struct(EXIT_TAIL_FIELDS)
+FILE_TAIL = _struct(FILE_TAIL_FIELDS)
+CONNECT_TAIL = _struct(CONNECT_TAIL_FIELDS)
 
 TASK_OFFSET = HDR.size
-EXEC_DATA_OFFSET = TASK_OFFSET + TASK.size + EXEC_TAIL.size
+VERDICT_OFFSET = TASK_OFFSET + TASK.size  # exec, file_open and connect
+EXEC_TAIL_OFFSET = VERDICT_OFFSET + VERDICT.size
+EXEC_DATA_OFFSET = EXEC_TAIL_OFFSET + EXEC_TAIL.size
 FORK_SIZE = TASK_OFFSET + TASK.size
 EXIT_SIZE = FORK_SIZE + EXIT_TAIL.size
+FILE_TAIL_OFFSET = VERDICT_OFFSET + VERDICT.size
+FILE_PATH_OFFSET = FILE_TAIL_OFFSET + FILE_TAIL.size
+CONNECT_TAIL_OFFSET = VERDICT_OFFSET + VERDICT.size
+CONNECT_SIZE = CONNECT_TAIL_OFFSET + CONNECT_TAIL.size
 
 
 class WireError(ValueError):
@@ -92,12 +158,25 @@ class Task:
 
 
 @dataclass(slots=True, frozen=True)
+class Verdict:
+    """The policy rule that selected the event, if any."""
+
+    policy_id: int
+    rule: int
+    action: int  # ACTION_*
+
+
+NO_VERDICT = Verdict(0, 0, ACTION_NONE)
+
+
+@dataclass(slots=True, frozen=True)
 class ExecRecord:
     task: Task
     binary: bytes
     cwd: bytes
     args: tuple[bytes, ...]
     flags: int
+    verdict: Verdict = NO_VERDICT
 
     @property
     def args_truncated(self) -> bool:
@@ -125,7 +204,35 @@ class ExitRecord:
         return sig or None
 
 
-Record = ExecRecord | ForkRecord | ExitRecord
+@dataclass(slots=True, frozen=True)
+class FileOpenRecord:
+    task: Task
+    verdict: Verdict
+    ret: int  # fd, or -errno
+    open_flags: int
+    mode: int
+    flags: int  # FILE_*
+    hook: int
+    path: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class ConnectRecord:
+    task: Task
+    verdict: Verdict
+    ret: int
+    family: int
+    protocol: int
+    sock_type: int
+    hook: int
+    dport: int
+    sport: int
+    daddr: bytes  # 16 bytes; IPv4 in the first 4
+    saddr: bytes
+    unix_path: bytes
+
+
+Record = ExecRecord | ForkRecord | ExitRecord | FileOpenRecord | ConnectRecord
 
 
 def _task(buf: bytes) -> Task:
@@ -146,6 +253,11 @@ def _task(buf: bytes) -> Task:
         None if auid == AUID_UNSET else auid,
         comm.split(b"\0", 1)[0],
     )
+
+
+def _verdict(buf: bytes) -> Verdict:
+    policy_id, rule, action, _ = VERDICT.unpack_from(buf, VERDICT_OFFSET)
+    return Verdict(policy_id, rule, action)
 
 
 def split_args(raw: bytes) -> tuple[bytes, ...]:
@@ -171,7 +283,7 @@ def decode(buf: bytes) -> Record:
     if kind == KIND_EXEC:
         if size < EXEC_DATA_OFFSET:
             raise WireError(f"exec record of {size} bytes is too short")
-        flags, plen, clen, alen, _ = EXEC_TAIL.unpack_from(buf, TASK_OFFSET + TASK.size)
+        flags, plen, clen, alen, _ = EXEC_TAIL.unpack_from(buf, EXEC_TAIL_OFFSET)
         end = EXEC_DATA_OFFSET + plen + clen + alen
         if end > size:
             raise WireError(f"exec record strings overrun the record ({end} > {size})")
@@ -182,6 +294,7 @@ def decode(buf: bytes) -> Record:
             buf[p + plen : p + plen + clen],
             split_args(buf[p + plen + clen : end]),
             flags,
+            _verdict(buf),
         )
     if kind == KIND_FORK:
         if size < FORK_SIZE:
@@ -192,4 +305,32 @@ def decode(buf: bytes) -> Record:
             raise WireError(f"exit record of {size} bytes is too short")
         (status, _) = EXIT_TAIL.unpack_from(buf, FORK_SIZE)
         return ExitRecord(_task(buf), status)
+    if kind == KIND_FILE_OPEN:
+        if size < FILE_PATH_OFFSET:
+            raise WireError(f"file_open record of {size} bytes is too short")
+        ret, oflags, mode, flags, hook, plen = FILE_TAIL.unpack_from(buf, FILE_TAIL_OFFSET)
+        if FILE_PATH_OFFSET + plen > size:
+            raise WireError(f"file_open path overruns the record ({plen} bytes)")
+        path = buf[FILE_PATH_OFFSET : FILE_PATH_OFFSET + plen]
+        return FileOpenRecord(_task(buf), _verdict(buf), ret, oflags, mode, flags, hook, path)
+    if kind == KIND_CONNECT:
+        if size < CONNECT_SIZE:
+            raise WireError(f"connect record of {size} bytes is too short")
+        (ret, fam, proto, stype, hook, dport, sport, plen, _, daddr, saddr, upath) = (
+            CONNECT_TAIL.unpack_from(buf, CONNECT_TAIL_OFFSET)
+        )
+        return ConnectRecord(
+            _task(buf),
+            _verdict(buf),
+            ret,
+            fam,
+            proto,
+            stype,
+            hook,
+            dport,
+            sport,
+            daddr,
+            saddr,
+            upath[: min(plen, len(upath))],
+        )
     raise WireError(f"unknown record kind {kind}")

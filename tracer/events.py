@@ -40,6 +40,15 @@ class ExitStatus:
 
 
 @dataclass(slots=True, frozen=True)
+class PolicyMatch:
+    """The rule that selected an event, and what it did."""
+
+    name: str
+    rule: int  # index of the rule in its policy
+    action: str  # post, sigkill, deny
+
+
+@dataclass(slots=True, frozen=True)
 class ProcessExec:
     type: ClassVar[str] = "process_exec"
     time: int  # wall-clock ns
@@ -47,6 +56,7 @@ class ProcessExec:
     process: Process
     parent: Process | None
     ancestors: tuple[Process, ...]
+    policy: PolicyMatch | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -58,6 +68,58 @@ class ProcessExit:
     parent: Process | None
     ancestors: tuple[Process, ...]
     exit: ExitStatus
+
+
+@dataclass(slots=True, frozen=True)
+class FileInfo:
+    path: str
+    flags: tuple[str, ...]  # O_* names
+    mode: int
+    result: int  # fd, or -errno
+    error: str | None  # errno name when result < 0
+    hook: str
+    truncated: bool  # path cut at 4096 bytes or 64 components
+    resolved: bool  # False: the open failed; the path is the name asked for
+    non_utf8: bool = False  # path escaped (tracer.text)
+
+
+@dataclass(slots=True, frozen=True)
+class FileOpen:
+    type: ClassVar[str] = "file_open"
+    time: int
+    node: str
+    process: Process
+    parent: Process | None
+    ancestors: tuple[Process, ...]
+    file: FileInfo
+    policy: PolicyMatch | None
+
+
+@dataclass(slots=True, frozen=True)
+class ConnectInfo:
+    family: str  # AF_INET, AF_INET6, AF_UNIX
+    protocol: str | None  # TCP, UDP, ... (None for AF_UNIX)
+    sock_type: str  # SOCK_STREAM, SOCK_DGRAM, ...
+    daddr: str | None
+    dport: int | None
+    saddr: str | None  # None until the kernel has chosen it
+    sport: int | None
+    unix_path: str | None
+    result: int  # 0, or -errno
+    error: str | None
+    hook: str
+
+
+@dataclass(slots=True, frozen=True)
+class Connect:
+    type: ClassVar[str] = "connect"
+    time: int
+    node: str
+    process: Process
+    parent: Process | None
+    ancestors: tuple[Process, ...]
+    connect: ConnectInfo
+    policy: PolicyMatch | None
 
 
 @dataclass(slots=True, frozen=True)
@@ -76,4 +138,4 @@ class Lost:
     daemon: dict[str, int] = field(default_factory=dict)
 
 
-Event = ProcessExec | ProcessExit | Lost
+Event = ProcessExec | ProcessExit | FileOpen | Connect | Lost

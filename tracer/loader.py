@@ -19,7 +19,7 @@ from tracer import bpf, decode
 
 _log = structlog.get_logger(component="loader")
 
-PROCESS_OBJECT = "process.bpf.o"
+CAPTURE_OBJECT = "tracer.bpf.o"
 # hook -> program per variant
 PROCESS_PROGRAMS = {
     "exec": {"tp_btf": "tr_exec_btf", "raw_tp": "tr_exec_raw"},
@@ -27,6 +27,23 @@ PROCESS_PROGRAMS = {
     "exit": {"tp_btf": "tr_exit_btf", "raw_tp": "tr_exit_raw"},
 }
 PROCESS_VARIANTS = ("tp_btf", "raw_tp")
+# file_open and connect programs per capture mode. Only the syscall
+# tracepoint variant exists so far; where the kernel offers LSM, fentry
+# or kprobes the daemon still uses it, and says so.
+CAPTURE_PROGRAMS = {
+    "tracepoint": (
+        "tr_open_enter_tp",
+        "tr_open_exit_tp",
+        "tr_openat_enter",
+        "tr_openat_exit",
+        "tr_openat2_enter",
+        "tr_openat2_exit",
+        "tr_creat_enter",
+        "tr_creat_exit",
+        "tr_connect_enter",
+        "tr_connect_exit",
+    ),
+}
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -56,9 +73,10 @@ class KernelCounters:
 class Sensor:
     """A loaded, attached capture object and its ring buffer."""
 
-    def __init__(self, obj: bpf.BpfObject, variant: str) -> None:
+    def __init__(self, obj: bpf.BpfObject, variant: str, capture_mode: str) -> None:
         self.obj = obj
         self.variant = variant
+        self.capture_mode = capture_mode
         self.ringbuf = bpf.RingBuffer(obj.map("tr_events"))
         self._stats = obj.map("tr_stats")
 
@@ -77,24 +95,43 @@ class Sensor:
         self.obj.close()
 
 
+def choose_capture_mode(usable: list[str]) -> str:
+    """The best mode the kernel supports and that has programs."""
+    for mode in usable:
+        if mode in CAPTURE_PROGRAMS:
+            return mode
+    raise ConfigError(
+        f"none of the capture modes this kernel supports ({', '.join(usable) or 'none'}) "
+        f"has programs here ({', '.join(CAPTURE_PROGRAMS)})"
+    )
+
+
 @contextmanager
-def process_sensor(bpf_dir: Path, variant: str, ringbuf_size: int) -> Iterator[Sensor]:
-    """Load and attach exec/fork/exit capture; detach everything on exit."""
+def capture_sensor(
+    bpf_dir: Path, variant: str, capture_mode: str, ringbuf_size: int
+) -> Iterator[Sensor]:
+    """Load and attach every capture program; detach everything on exit."""
     if variant not in PROCESS_VARIANTS:
         raise ConfigError(
             f"unknown process hook variant {variant!r}: use one of {PROCESS_VARIANTS}"
         )
+    if capture_mode not in CAPTURE_PROGRAMS:
+        raise ConfigError(
+            f"no file/connect programs for capture mode {capture_mode!r} "
+            f"(available: {', '.join(CAPTURE_PROGRAMS)})"
+        )
     check_ringbuf_size(ringbuf_size)
-    obj = bpf.BpfObject(bpf_dir / PROCESS_OBJECT)
+    obj = bpf.BpfObject(bpf_dir / CAPTURE_OBJECT)
     try:
-        chosen = {hook: progs[variant] for hook, progs in PROCESS_PROGRAMS.items()}
+        chosen = [progs[variant] for progs in PROCESS_PROGRAMS.values()]
+        chosen += CAPTURE_PROGRAMS[capture_mode]
         for prog in obj.programs.values():
-            prog.set_autoload(prog.name in chosen.values())
+            prog.set_autoload(prog.name in chosen)
         obj.map("tr_events").set_max_entries(ringbuf_size)
         obj.load()
-        for name in chosen.values():
+        for name in chosen:
             obj.attach(name)
-        sensor = Sensor(obj, variant)
+        sensor = Sensor(obj, variant, capture_mode)
     except BaseException:
         obj.close()
         raise

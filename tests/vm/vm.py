@@ -52,15 +52,11 @@ class VmError(RuntimeError):
 
 
 def _apt(*args: str) -> str:
-    return subprocess.run(
-        ["apt-cache", *args], check=True, capture_output=True, text=True
-    ).stdout
+    return subprocess.run(["apt-cache", *args], check=True, capture_output=True, text=True).stdout
 
 
 def _installed(pkg: str) -> bool:
-    r = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True
-    )
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
     return r.returncode == 0 and "install ok installed" in r.stdout
 
 
@@ -74,7 +70,8 @@ def kernel_release(series: str) -> str:
     installed = [
         m.group(1)
         for d in Path("/lib/modules").glob("*")
-        if (m := pattern.match(f"linux-image-{d.name}")) and (Path("/boot") / f"vmlinuz-{d.name}").exists()
+        if (m := pattern.match(f"linux-image-{d.name}"))
+        and (Path("/boot") / f"vmlinuz-{d.name}").exists()
     ]
     if installed:
         return max(installed, key=_release_key)

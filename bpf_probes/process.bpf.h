@@ -1,13 +1,16 @@
-// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Process lifecycle capture: exec, fork (new thread groups only) and exit
  * (only when the whole thread group is gone). Each hook has a tp_btf
  * program and a raw_tp fallback with the same body; the loader keeps one
- * per hook and disables the other before load.
+ * per hook and disables the other before load. Exec also runs the exec
+ * policy (a sigkill here stops the new program before its first
+ * instruction) and keeps tr_proc_binary current for the other kinds.
  */
-#include "common.bpf.h"
+#ifndef TRACER_PROCESS_BPF_H
+#define TRACER_PROCESS_BPF_H
 
-char LICENSE[] SEC("license") = "Dual BSD/GPL";
+#include "policy.bpf.h"
 
 /* The exec record is too large for the BPF stack: it is assembled in a
  * per-CPU slot (sched tracepoints run with preemption disabled, so a slot
@@ -25,6 +28,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tr_exec_scratch);
 } tr_exec_heap SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tr_binary);
+} tr_binary_heap SEC(".maps");
 
 static __always_inline int on_exec(struct task_struct *task, struct linux_binprm *bprm)
 {
@@ -79,6 +89,31 @@ static __always_inline int on_exec(struct task_struct *task, struct linux_binprm
 	}
 	ev->args_len = args_len;
 
+	struct tr_binary *bin = bpf_map_lookup_elem(&tr_binary_heap, &zero);
+
+	if (bin) {
+		__u32 head = ev->path_len < TR_POLICY_STR ? ev->path_len : TR_POLICY_STR;
+
+		__builtin_memset(bin, 0, sizeof(*bin));
+		bin->len = ev->path_len;
+		bpf_probe_read_kernel(bin->s, tr_bound(head, 255), ev->data);
+		bpf_map_update_elem(&tr_proc_binary, &ev->task.tgid, bin, BPF_ANY);
+	}
+	__u32 gen;
+	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_EXEC, &gen);
+
+	ev->verdict.action = TR_ACT_NONE;
+	if (cfg) {
+		struct tr_policy_input in = {
+			.str = ev->data,
+			.str_len = ev->path_len,
+			.str_field = TR_F_BINARY,
+			.uid = ev->task.uid,
+		};
+
+		tr_policy_eval(TR_PK_EXEC, cfg, gen, &in, &ev->verdict);
+	}
+
 	__u64 size = offsetof(struct tr_exec, data) + off + args_len;
 
 	if (size > sizeof(struct tr_exec))
@@ -95,6 +130,12 @@ static __always_inline int on_fork(struct task_struct *child)
 		return 0;
 
 	struct tr_fork ev = {};
+	__u32 ptgid = BPF_CORE_READ(child, real_parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	struct tr_binary *bin = bpf_map_lookup_elem(&tr_proc_binary, &ptgid);
+
+	if (bin)
+		bpf_map_update_elem(&tr_proc_binary, &ctgid, bin, BPF_ANY);
 
 	ev.hdr.kind = TR_KIND_FORK;
 	ev.hdr.size = sizeof(ev);
@@ -116,6 +157,7 @@ static __always_inline int on_exit(struct task_struct *task)
 	ev.hdr.size = sizeof(ev);
 	tr_fill_task(&ev.task, task);
 	ev.exit_code = BPF_CORE_READ(task, exit_code);
+	bpf_map_delete_elem(&tr_proc_binary, &ev.task.tgid);
 	tr_emit(TR_KIND_EXIT, &ev, sizeof(ev));
 	return 0;
 }
@@ -155,3 +197,5 @@ int BPF_PROG(tr_exit_raw, struct task_struct *task)
 {
 	return on_exit(task);
 }
+
+#endif /* TRACER_PROCESS_BPF_H */

@@ -1,0 +1,215 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * file_open capture through the syscall tracepoints (the variant every
+ * kernel has). The enter side remembers the arguments; the exit side
+ * resolves the path of the file actually opened (from the new fd's
+ * struct file, so relative paths, dirfds, `..` and symlinks all come out
+ * as the real path), evaluates the policy, and emits or kills.
+ */
+#ifndef TRACER_FILE_BPF_H
+#define TRACER_FILE_BPF_H
+
+#include "policy.bpf.h"
+
+#define TR_O_WRONLY 01
+#define TR_O_RDWR 02
+#define TR_O_CREAT 0100
+#define TR_O_TRUNC 01000
+
+struct tr_open_args {
+	const char *upath;
+	__u32 open_flags;
+	__u32 mode;
+	__u16 hook;
+};
+
+/* Arguments of opens in flight, by thread. LRU: a thread killed between
+ * enter and exit leaves an entry that ages out instead of leaking. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct tr_open_args);
+} tr_open_inflight SEC(".maps");
+
+struct tr_file_scratch {
+	struct tr_file_open ev;
+	/* tr_write_path masks offsets with TR_DATA_MASK: room behind path. */
+	char slack[TR_DATA_MASK + 1 + TR_NAME_MAX + 1 - TR_PATH_MAX];
+	struct tr_walk walk;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tr_file_scratch);
+} tr_file_heap SEC(".maps");
+
+static __always_inline int tr_open_enter(const char *upath, __u32 flags, __u32 mode, __u16 hook)
+{
+	__u32 gen;
+
+	if (!tr_policy_cfg_of(TR_PK_FILE, &gen))
+		return 0; /* no file rules: nothing to capture */
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tr_open_args a = { .upath = upath, .open_flags = flags, .mode = mode, .hook = hook };
+
+	bpf_map_update_elem(&tr_open_inflight, &id, &a, BPF_ANY);
+	return 0;
+}
+
+static __always_inline struct file *tr_fd_file(struct task_struct *task, long fd)
+{
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+static __always_inline void tr_policy_binary(struct tr_policy_input *in, __u32 tgid)
+{
+	struct tr_binary *b = bpf_map_lookup_elem(&tr_proc_binary, &tgid);
+
+	if (b) {
+		in->binary = b->s;
+		in->binary_len = b->len;
+	}
+}
+
+static __always_inline int tr_open_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
+
+	if (!pending)
+		return 0;
+	struct tr_open_args a = *pending;
+
+	bpf_map_delete_elem(&tr_open_inflight, &id);
+
+	__u32 gen, zero = 0;
+	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_FILE, &gen);
+	struct tr_file_scratch *s = bpf_map_lookup_elem(&tr_file_heap, &zero);
+
+	if (!cfg || !s)
+		return 0;
+	struct tr_file_open *ev = &s->ev;
+	struct task_struct *task = bpf_get_current_task_btf();
+	bool cut = false;
+	__u32 len = 0;
+
+	ev->hdr.kind = TR_KIND_FILE_OPEN;
+	ev->ret = ret;
+	ev->open_flags = a.open_flags;
+	ev->mode = a.mode;
+	ev->hook = a.hook;
+	ev->flags = 0;
+	if (ret >= 0) {
+		struct file *f = tr_fd_file(task, ret);
+
+		if (!f)
+			return 0;
+		len = tr_write_path(ev->path, 0, TR_PATH_MAX, &s->walk,
+				    BPF_CORE_READ(f, f_path.mnt), BPF_CORE_READ(f, f_path.dentry), &cut);
+	} else {
+		/* Nothing was opened: report the name asked for, anchored at
+		 * the cwd when relative, without resolving `..` or links. */
+		char first = 0;
+
+		ev->flags |= TR_FILE_UNRESOLVED;
+		bpf_probe_read_user(&first, 1, a.upath);
+		if (first != '/') {
+			struct fs_struct *fs = BPF_CORE_READ(task, fs);
+
+			len = tr_write_path(ev->path, 0, TR_PATH_MAX / 2, &s->walk,
+					    BPF_CORE_READ(fs, pwd.mnt), BPF_CORE_READ(fs, pwd.dentry), &cut);
+			if (len > 1)
+				ev->path[len++ & TR_DATA_MASK] = '/';
+			else
+				len = 1; /* cwd is "/" */
+		}
+		long n = bpf_probe_read_user_str(&ev->path[tr_bound(len, TR_PATH_MAX - 1)],
+						 TR_PATH_MAX / 2, a.upath);
+
+		if (n > 0)
+			len += n - 1;
+	}
+	if (len > TR_PATH_MAX) {
+		len = TR_PATH_MAX;
+		cut = true;
+	}
+	if (cut)
+		ev->flags |= TR_FILE_TRUNC_PATH;
+	ev->path_len = len;
+	tr_fill_task(&ev->task, task);
+
+	struct tr_policy_input in = {
+		.str = ev->path,
+		.str_len = len,
+		.str_field = TR_F_PATH,
+		.uid = ev->task.uid,
+		.is_write = (a.open_flags & (TR_O_WRONLY | TR_O_RDWR | TR_O_CREAT | TR_O_TRUNC)) != 0,
+	};
+
+	tr_policy_binary(&in, ev->task.tgid);
+	tr_policy_eval(TR_PK_FILE, cfg, gen, &in, &ev->verdict);
+	if (ev->verdict.action == TR_ACT_NONE || ev->verdict.action == TR_ACT_IGNORE)
+		return 0;
+
+	__u64 size = offsetof(struct tr_file_open, path) + len;
+
+	if (size > sizeof(struct tr_file_open))
+		size = sizeof(struct tr_file_open);
+	ev->hdr.size = size;
+	tr_emit(TR_KIND_FILE_OPEN, ev, size);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_openat")
+int tr_openat_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return tr_open_enter((const char *)ctx->args[1], ctx->args[2], ctx->args[3],
+			     TR_HOOK_TP_OPENAT);
+}
+
+SEC("tp/syscalls/sys_enter_open")
+int tr_open_enter_tp(struct trace_event_raw_sys_enter *ctx)
+{
+	return tr_open_enter((const char *)ctx->args[0], ctx->args[1], ctx->args[2],
+			     TR_HOOK_TP_OPEN);
+}
+
+SEC("tp/syscalls/sys_enter_creat")
+int tr_creat_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return tr_open_enter((const char *)ctx->args[0], TR_O_CREAT | TR_O_WRONLY | TR_O_TRUNC,
+			     ctx->args[1], TR_HOOK_TP_CREAT);
+}
+
+SEC("tp/syscalls/sys_enter_openat2")
+int tr_openat2_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	struct open_how how = {};
+
+	bpf_probe_read_user(&how, sizeof(how), (void *)ctx->args[2]);
+	return tr_open_enter((const char *)ctx->args[1], how.flags, how.mode, TR_HOOK_TP_OPENAT2);
+}
+
+SEC("tp/syscalls/sys_exit_openat")
+int tr_openat_exit(struct trace_event_raw_sys_exit *ctx) { return tr_open_exit(ctx->ret); }
+
+SEC("tp/syscalls/sys_exit_open")
+int tr_open_exit_tp(struct trace_event_raw_sys_exit *ctx) { return tr_open_exit(ctx->ret); }
+
+SEC("tp/syscalls/sys_exit_creat")
+int tr_creat_exit(struct trace_event_raw_sys_exit *ctx) { return tr_open_exit(ctx->ret); }
+
+SEC("tp/syscalls/sys_exit_openat2")
+int tr_openat2_exit(struct trace_event_raw_sys_exit *ctx) { return tr_open_exit(ctx->ret); }
+
+#endif /* TRACER_FILE_BPF_H */

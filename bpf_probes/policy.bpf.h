@@ -1,0 +1,320 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * In-kernel policy evaluation. policy/ compiles the YAML rules of each
+ * event kind into these maps; a lookup per field yields bit masks of the
+ * rules that the value satisfies, and the lowest set bit of their AND is
+ * the first matching rule. Exact strings are a hash lookup, prefixes and
+ * CIDRs an LPM-trie lookup (each entry also carries the bits of every
+ * shorter prefix of it, so the longest match is the union), suffixes an
+ * LPM lookup of the reversed string.
+ */
+#ifndef TRACER_POLICY_BPF_H
+#define TRACER_POLICY_BPF_H
+
+#include "common.bpf.h"
+
+#define TR_CFG_SLOTS (TR_GENS * TR_PK_MAX)
+#define TR_RULE_SLOTS (TR_GENS * TR_PK_MAX * TR_MAX_RULES)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} tr_policy_gen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TR_CFG_SLOTS);
+	__type(key, __u32);
+	__type(value, struct tr_kind_cfg);
+} tr_policy_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TR_RULE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct tr_rule);
+} tr_policy_rules SEC(".maps");
+
+/* Per rule slot: events the rule selected (and acted on). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TR_RULE_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} tr_policy_hits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct tr_str_key);
+	__type(value, struct tr_hits);
+} tr_policy_exact SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tr_lpm_str_key);
+	__type(value, struct tr_hits);
+} tr_policy_prefix SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tr_lpm_str_key);
+	__type(value, struct tr_hits);
+} tr_policy_suffix SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tr_lpm_addr_key);
+	__type(value, struct tr_hits);
+} tr_policy_cidr SEC(".maps");
+
+/* Index gen * 65536 + port; connect is the only kind with ports. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TR_GENS * 65536);
+	__type(key, __u32);
+	__type(value, struct tr_hits);
+} tr_policy_port SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct tr_uid_key);
+	__type(value, struct tr_hits);
+} tr_policy_uid SEC(".maps");
+
+/* The executable of every live process (first TR_POLICY_STR bytes), for
+ * binary selectors on file and connect events: set at exec, inherited at
+ * fork, dropped at exit; seeded from /proc by the daemon at start-up. */
+struct tr_binary {
+	__u32 len;
+	char s[256]; /* TR_POLICY_STR used; 256 so a `len & 255` read provably fits */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct tr_binary);
+} tr_proc_binary SEC(".maps");
+
+/* Inputs of one evaluation, and the keys it builds (too big for the stack). */
+struct tr_policy_scratch {
+	struct tr_str_key exact;
+	struct tr_lpm_str_key lpm;
+	struct tr_lpm_addr_key addr;
+	char tail[TR_POLICY_STR]; /* last bytes of a string, for suffixes */
+	__u32 tail_len;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tr_policy_scratch);
+} tr_policy_heap SEC(".maps");
+
+struct tr_policy_input {
+	const char *str;  /* binary or path */
+	__u32 str_len;
+	__u32 str_field;  /* TR_F_BINARY or TR_F_PATH */
+	const char *binary; /* the process's executable, for file/connect */
+	__u32 binary_len;
+	__u32 uid;
+	const __u8 *daddr; /* 16 bytes, IPv4-mapped; NULL when not an address */
+	__u32 dport;
+	bool is_write; /* file_open: O_WRONLY, O_RDWR, O_CREAT or O_TRUNC */
+};
+
+static __always_inline __u32 tr_sel(__u32 gen, __u32 kind, __u32 field)
+{
+	return gen << 16 | kind << 8 | field;
+}
+
+static __always_inline void tr_or(struct tr_hits *acc, struct tr_hits *h)
+{
+	if (h) {
+		acc->pos |= h->pos;
+		acc->neg |= h->neg;
+	}
+}
+
+static long tr_reverse_step(__u32 i, void *arg)
+{
+	struct tr_policy_scratch *s = *(struct tr_policy_scratch **)arg;
+	__u32 n = s->tail_len;
+
+	if (i >= n || n > TR_POLICY_STR)
+		return 1;
+	__u32 from = n - 1 - i;
+
+	/* Masks, not just the checks above: clang may index with a copy of
+	 * i made before the check. Both stay inside the scratch value. */
+	s->lpm.s[i & 0xff] = s->tail[from & 0xff];
+	return 0;
+}
+
+/* Hits of one string value: exact, prefix, and (if any rule has one) suffix.
+ * Rule strings are at most TR_POLICY_STR - 1 bytes, so a longer value can
+ * only match by prefix (its head) or suffix (its tail). */
+static __always_inline void tr_str_hits(struct tr_policy_scratch *s, struct tr_kind_cfg *cfg,
+					__u32 gen, __u32 kind, __u32 field,
+					const char *str, __u32 len, struct tr_hits *acc)
+{
+	__u32 head = len < TR_POLICY_STR ? len : TR_POLICY_STR;
+	__u32 sel = tr_sel(gen, kind, field);
+
+	__builtin_memset(&s->exact, 0, sizeof(s->exact));
+	s->exact.sel = sel;
+	bpf_probe_read_kernel(s->exact.s, tr_bound(head, 255), str);
+	if (len < TR_POLICY_STR)
+		tr_or(acc, bpf_map_lookup_elem(&tr_policy_exact, &s->exact));
+
+	__builtin_memcpy(s->lpm.s, s->exact.s, TR_POLICY_STR);
+	s->lpm.sel = sel;
+	s->lpm.prefixlen = 32 + 8 * head;
+	tr_or(acc, bpf_map_lookup_elem(&tr_policy_prefix, &s->lpm));
+
+	if (cfg->suffix_fields & (1 << field)) {
+		struct tr_policy_scratch *sp = s;
+
+		s->tail_len = head;
+		bpf_probe_read_kernel(s->tail, tr_bound(head, 255), str + (len - head));
+		bpf_loop(TR_POLICY_STR, tr_reverse_step, &sp, 0);
+		tr_or(acc, bpf_map_lookup_elem(&tr_policy_suffix, &s->lpm));
+	}
+}
+
+/* Fold one field's hits into the running rule mask. */
+static __always_inline __u64 tr_apply(__u64 mask, struct tr_kind_cfg *cfg, __u32 field,
+				      struct tr_hits *h)
+{
+	return mask & (cfg->free[field] | h->pos) & ~h->neg;
+}
+
+/* The event has no value for the field: rules that constrain it fail. */
+static __always_inline __u64 tr_absent(__u64 mask, struct tr_kind_cfg *cfg, __u32 field)
+{
+	return mask & ~cfg->constrained[field];
+}
+
+/* Lowest set bit's index: rules are numbered in priority order. */
+static __always_inline __u32 tr_first_bit(__u64 m)
+{
+	__u32 n = 0;
+
+	m &= -m;
+	if (m & 0xFFFFFFFF00000000ULL) n += 32;
+	if (m & 0xFFFF0000FFFF0000ULL) n += 16;
+	if (m & 0xFF00FF00FF00FF00ULL) n += 8;
+	if (m & 0xF0F0F0F0F0F0F0F0ULL) n += 4;
+	if (m & 0xCCCCCCCCCCCCCCCCULL) n += 2;
+	if (m & 0xAAAAAAAAAAAAAAAAULL) n += 1;
+	return n;
+}
+
+/* True when some rule exists for the kind (the cheap first test). */
+static __always_inline struct tr_kind_cfg *tr_policy_cfg_of(__u32 kind, __u32 *gen_out)
+{
+	__u32 zero = 0;
+	__u32 *gen = bpf_map_lookup_elem(&tr_policy_gen, &zero);
+
+	if (!gen)
+		return NULL;
+	__u32 g = *gen & 1;
+	__u32 slot = g * TR_PK_MAX + kind;
+	struct tr_kind_cfg *cfg = bpf_map_lookup_elem(&tr_policy_cfg, &slot);
+
+	if (!cfg || !cfg->rules)
+		return NULL;
+	*gen_out = g;
+	return cfg;
+}
+
+/* Evaluate kind's rules on `in`; fills `out` and counts the hit. */
+static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, __u32 gen,
+					   struct tr_policy_input *in, struct tr_verdict *out)
+{
+	__u32 zero = 0;
+	struct tr_policy_scratch *s = bpf_map_lookup_elem(&tr_policy_heap, &zero);
+	__u64 mask = cfg->rules;
+	struct tr_hits h;
+
+	out->action = TR_ACT_NONE;
+	if (!s)
+		return;
+	if (!in->is_write)
+		mask &= ~cfg->write_only;
+	if (cfg->fields & (1 << TR_F_PATH)) {
+		if (in->str && in->str_field == TR_F_PATH) {
+			h.pos = h.neg = 0;
+			tr_str_hits(s, cfg, gen, kind, TR_F_PATH, in->str, in->str_len, &h);
+			mask = tr_apply(mask, cfg, TR_F_PATH, &h);
+		} else {
+			mask = tr_absent(mask, cfg, TR_F_PATH);
+		}
+	}
+	if (mask && (cfg->fields & (1 << TR_F_BINARY))) {
+		/* exec matches its own new binary; other kinds the process's */
+		const char *bin = in->str_field == TR_F_BINARY ? in->str : in->binary;
+		__u32 bin_len = in->str_field == TR_F_BINARY ? in->str_len : in->binary_len;
+
+		if (bin) {
+			h.pos = h.neg = 0;
+			tr_str_hits(s, cfg, gen, kind, TR_F_BINARY, bin, bin_len, &h);
+			mask = tr_apply(mask, cfg, TR_F_BINARY, &h);
+		} else {
+			mask = tr_absent(mask, cfg, TR_F_BINARY);
+		}
+	}
+	if (mask && (cfg->fields & (1 << TR_F_UID))) {
+		struct tr_uid_key k = { .sel = tr_sel(gen, kind, TR_F_UID), .uid = in->uid };
+
+		h.pos = h.neg = 0;
+		tr_or(&h, bpf_map_lookup_elem(&tr_policy_uid, &k));
+		mask = tr_apply(mask, cfg, TR_F_UID, &h);
+	}
+	if (!in->daddr)
+		mask = tr_absent(tr_absent(mask, cfg, TR_F_DADDR), cfg, TR_F_DPORT);
+	if (mask && in->daddr && (cfg->fields & (1 << TR_F_DADDR))) {
+		s->addr.prefixlen = 32 + 128;
+		s->addr.sel = tr_sel(gen, kind, TR_F_DADDR);
+		__builtin_memcpy(s->addr.addr, in->daddr, 16);
+		h.pos = h.neg = 0;
+		tr_or(&h, bpf_map_lookup_elem(&tr_policy_cidr, &s->addr));
+		mask = tr_apply(mask, cfg, TR_F_DADDR, &h);
+	}
+	if (mask && in->daddr && (cfg->fields & (1 << TR_F_DPORT))) {
+		__u32 idx = gen * 65536 + (in->dport & 0xFFFF);
+
+		h.pos = h.neg = 0;
+		tr_or(&h, bpf_map_lookup_elem(&tr_policy_port, &idx));
+		mask = tr_apply(mask, cfg, TR_F_DPORT, &h);
+	}
+	if (!mask)
+		return;
+	__u32 bit = tr_first_bit(mask);
+	__u32 slot = (gen * TR_PK_MAX + kind) * TR_MAX_RULES + (bit & (TR_MAX_RULES - 1));
+	struct tr_rule *rule = bpf_map_lookup_elem(&tr_policy_rules, &slot);
+	__u64 *hits = bpf_map_lookup_elem(&tr_policy_hits, &slot);
+
+	if (!rule)
+		return;
+	if (hits)
+		*hits += 1;
+	out->policy_id = rule->policy_id;
+	out->rule = rule->index;
+	out->action = rule->action;
+	if (rule->action == TR_ACT_SIGKILL || rule->action == TR_ACT_DENY)
+		bpf_send_signal(9); /* SIGKILL; DENY reaches here only where LSM is absent */
+}
+
+#endif /* TRACER_POLICY_BPF_H */

@@ -1,0 +1,205 @@
+"""A PolicySet to the contents of the kernel's policy maps.
+
+Rules of one event kind are numbered in priority order (file order, then
+rule order) and each becomes one bit of a u64; a map entry holds the bits
+of the rules that list its value. Prefix tries return only the longest
+stored match, so each prefix entry also carries the bits of every shorter
+stored prefix of it; the lookup then yields the union.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from policy.model import Access, Action, IPNetwork, Kind, PolicySet, Rule, StringMatch
+from policy.parse import PolicyError
+
+MAX_RULES = 64  # TR_MAX_RULES
+# Map capacities, as declared in bpf_probes/policy.bpf.h.
+CAPACITY = {"exact": 4096, "prefix": 4096, "suffix": 4096, "cidr": 4096, "uid": 1024}
+
+F_BINARY, F_PATH, F_DADDR, F_DPORT, F_UID = range(5)
+F_MAX = 5
+
+Key = tuple[int, int, bytes]  # kind, field, value
+_BY_INDEX = {k.index: k for k in Kind}
+
+
+@dataclass(slots=True)
+class Hits:
+    pos: int = 0
+    neg: int = 0
+
+    def add(self, bit: int, negative: bool) -> None:
+        if negative:
+            self.neg |= bit
+        else:
+            self.pos |= bit
+
+    def merge(self, other: Hits) -> None:
+        self.pos |= other.pos
+        self.neg |= other.neg
+
+
+@dataclass(slots=True, frozen=True)
+class RuleRef:
+    """What the daemon needs to name a kernel verdict."""
+
+    policy_id: int
+    policy: str
+    index: int  # position in its policy
+    kind: Kind
+    action: Action
+    source: str
+    line: int
+    description: str
+
+
+@dataclass(slots=True)
+class KindTable:
+    rules: list[RuleRef] = field(default_factory=list)
+    free: list[int] = field(default_factory=lambda: [0] * F_MAX)
+    constrained: list[int] = field(default_factory=lambda: [0] * F_MAX)
+    write_only: int = 0
+    fields: int = 0
+    suffix_fields: int = 0
+
+    @property
+    def mask(self) -> int:
+        return (1 << len(self.rules)) - 1
+
+
+@dataclass(slots=True)
+class Compiled:
+    kinds: dict[Kind, KindTable] = field(default_factory=lambda: {k: KindTable() for k in Kind})
+    exact: dict[Key, Hits] = field(default_factory=dict)
+    prefix: dict[Key, Hits] = field(default_factory=dict)  # value: the prefix bytes
+    suffix: dict[Key, Hits] = field(default_factory=dict)  # value: the suffix, reversed
+    cidr: dict[tuple[int, bytes, int], Hits] = field(default_factory=dict)  # kind, addr16, bits
+    port: dict[int, Hits] = field(default_factory=dict)  # connect only
+    uid: dict[tuple[int, int], Hits] = field(default_factory=dict)
+    policies: dict[int, str] = field(default_factory=dict)  # policy_id -> name
+    warnings: list[str] = field(default_factory=list)
+
+
+def _mapped(net: IPNetwork) -> tuple[bytes, int]:
+    """The 16-byte key and prefix bits of a network, IPv4 as ::ffff:a.b.c.d."""
+    if isinstance(net, ipaddress.IPv4Network):
+        return b"\0" * 10 + b"\xff\xff" + net.network_address.packed, 96 + net.prefixlen
+    return net.network_address.packed, net.prefixlen
+
+
+def _close_prefixes(entries: dict[Key, Hits]) -> None:
+    """Give every entry the bits of each shorter stored prefix of it."""
+    by_sel: dict[tuple[int, int], list[bytes]] = {}
+    for kind, fld, value in entries:
+        by_sel.setdefault((kind, fld), []).append(value)
+    for (kind, fld), values in by_sel.items():
+        values.sort(key=len)
+        for i, longer in enumerate(values):
+            for shorter in values[:i]:
+                if longer.startswith(shorter) and shorter != longer:
+                    entries[(kind, fld, longer)].merge(entries[(kind, fld, shorter)])
+
+
+def _close_cidrs(entries: dict[tuple[int, bytes, int], Hits]) -> None:
+    keys = sorted(entries, key=lambda k: k[2])
+    for i, (kind, addr, bits) in enumerate(keys):
+        net = ipaddress.IPv6Network((addr, bits))
+        for k2, a2, b2 in keys[:i]:
+            if k2 == kind and b2 < bits and net.subnet_of(ipaddress.IPv6Network((a2, b2))):
+                entries[(kind, addr, bits)].merge(entries[(k2, a2, b2)])
+
+
+class _Compiler:
+    def __init__(self, out: Compiled) -> None:
+        self.out = out
+
+    def strings(self, kind: int, fld: int, m: StringMatch, bit: int, neg: bool) -> None:
+        o = self.out
+        for s in m.exact:
+            o.exact.setdefault((kind, fld, s.encode()), Hits()).add(bit, neg)
+        for s in m.prefix:
+            o.prefix.setdefault((kind, fld, s.encode()), Hits()).add(bit, neg)
+        for s in m.suffix:
+            o.suffix.setdefault((kind, fld, s.encode()[::-1]), Hits()).add(bit, neg)
+        if m.suffix:
+            o.kinds[_BY_INDEX[kind]].suffix_fields |= 1 << fld
+
+    def rule(self, table: KindTable, r: Rule, bit: int) -> None:
+        k, sel = r.kind.index, r.selectors
+        used: dict[int, tuple[bool, bool]] = {  # field -> (positive, negative)
+            F_BINARY: (bool(sel.binary), bool(sel.not_binary)),
+            F_PATH: (bool(sel.path), bool(sel.not_path)),
+            F_DADDR: (bool(sel.daddr), bool(sel.not_daddr)),
+            F_DPORT: (bool(sel.dport), bool(sel.not_dport)),
+            F_UID: (bool(sel.uid), bool(sel.not_uid)),
+        }
+        for fld, (pos, neg) in used.items():
+            if not pos:
+                table.free[fld] |= bit
+            if pos or neg:
+                table.constrained[fld] |= bit
+                table.fields |= 1 << fld
+        self.strings(k, F_BINARY, sel.binary, bit, False)
+        self.strings(k, F_BINARY, sel.not_binary, bit, True)
+        self.strings(k, F_PATH, sel.path, bit, False)
+        self.strings(k, F_PATH, sel.not_path, bit, True)
+        for nets, neg in ((sel.daddr, False), (sel.not_daddr, True)):
+            for net in nets:
+                addr, bits = _mapped(net)
+                self.out.cidr.setdefault((k, addr, bits), Hits()).add(bit, neg)
+        for ranges, neg in ((sel.dport, False), (sel.not_dport, True)):
+            for lo, hi in ranges:
+                for p in range(lo, hi + 1):
+                    self.out.port.setdefault(p, Hits()).add(bit, neg)
+        for uids, neg in ((sel.uid, False), (sel.not_uid, True)):
+            for u in uids:
+                self.out.uid.setdefault((k, u), Hits()).add(bit, neg)
+        if r.access is Access.WRITE:
+            table.write_only |= bit
+
+
+def compile_policies(ps: PolicySet, lsm_active: bool, first_policy_id: int = 1) -> Compiled:
+    """Compile, checking every limit; raises PolicyError naming the rule at fault."""
+    out = Compiled()
+    c = _Compiler(out)
+    for pid, pol in enumerate(ps.policies, start=first_policy_id):
+        out.policies[pid] = pol.name
+    ids = {name: pid for pid, name in out.policies.items()}
+    for kind in Kind:
+        table = out.kinds[kind]
+        for pol, idx, r in ps.rules_of(kind):
+            if len(table.rules) == MAX_RULES:
+                raise PolicyError(
+                    pol.source,
+                    r.line,
+                    f"more than {MAX_RULES} {kind.label} rules in the policy set",
+                )
+            action = r.action
+            if action is Action.DENY and not lsm_active:
+                out.warnings.append(
+                    f"{pol.source}:{r.line}: policy {pol.name!r}: deny needs BPF-LSM, which this "
+                    "kernel does not offer; the rule kills the process instead (sigkill)"
+                )
+                action = Action.SIGKILL
+            if action is Action.DENY and kind is Kind.EXEC:
+                action = Action.SIGKILL  # an exec is stopped by killing the new image
+            bit = 1 << len(table.rules)
+            table.rules.append(
+                RuleRef(
+                    ids[pol.name], pol.name, idx, kind, action, pol.source, r.line, r.description
+                )
+            )
+            c.rule(table, r, bit)
+    _close_prefixes(out.prefix)
+    _close_prefixes(out.suffix)
+    _close_cidrs(out.cidr)
+    for name, cap in CAPACITY.items():
+        n = len(getattr(out, name))
+        if n > cap:
+            raise PolicyError(
+                "policy set", 0, f"{n} {name} values exceed the kernel map's {cap} entries"
+            )
+    return out

@@ -1,0 +1,151 @@
+"""Writes a compiled policy set into the BPF maps, atomically.
+
+Every map is keyed by a generation (0 or 1). A new set is written into
+the idle generation while the active one keeps enforcing; one word,
+tr_policy_gen, then switches. Only after that is the old generation
+cleared. If any write fails, what was written is removed and the active
+set never changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import threading
+from dataclasses import dataclass
+
+from policy.compile import F_MAX, MAX_RULES, Compiled, Hits, RuleRef
+from policy.model import Kind
+from tracer import bpf
+
+GENS = 2
+KINDS = len(Kind)
+STR_LEN = 252  # TR_POLICY_STR
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_HITS = struct.Struct("<QQ")
+_CFG = struct.Struct(f"<Q{F_MAX}Q{F_MAX}QQII")
+_RULE = struct.Struct("<IHBB")
+_STR_KEY = struct.Struct(f"<I{STR_LEN}s")
+_LPM_STR_KEY = struct.Struct(f"<II{STR_LEN}s")
+_ADDR_KEY = struct.Struct("<II16s")
+_UID_KEY = struct.Struct("<II")
+_BINARY = struct.Struct("<I256s")
+
+
+def _sel(gen: int, kind: int, fld: int) -> int:
+    return gen << 16 | kind << 8 | fld
+
+
+def _hits(h: Hits) -> bytes:
+    return _HITS.pack(h.pos, h.neg)
+
+
+@dataclass(slots=True)
+class RuleCount:
+    rule: RuleRef
+    hits: int
+
+
+class PolicyMaps:
+    """The policy maps of one loaded capture object."""
+
+    def __init__(self, obj: bpf.BpfObject) -> None:
+        self._gen_map = obj.map("tr_policy_gen")
+        self._cfg = obj.map("tr_policy_cfg")
+        self._rules = obj.map("tr_policy_rules")
+        self._counts = obj.map("tr_policy_hits")
+        self._exact = obj.map("tr_policy_exact")
+        self._prefix = obj.map("tr_policy_prefix")
+        self._suffix = obj.map("tr_policy_suffix")
+        self._cidr = obj.map("tr_policy_cidr")
+        self._port = obj.map("tr_policy_port")
+        self._uid = obj.map("tr_policy_uid")
+        self._binary = obj.map("tr_proc_binary")
+        self._lock = threading.Lock()
+        self.active_gen = 0
+        self.active: Compiled | None = None
+        # What each generation holds, to clear it without iterating maps.
+        self._written: dict[int, list[tuple[bpf.Map, bytes]]] = {0: [], 1: []}
+        self._ports: dict[int, list[int]] = {0: [], 1: []}
+
+    def _entries(self, c: Compiled, gen: int) -> list[tuple[bpf.Map, bytes, bytes]]:
+        out: list[tuple[bpf.Map, bytes, bytes]] = []
+        for (k, f, v), h in c.exact.items():
+            out.append((self._exact, _STR_KEY.pack(_sel(gen, k, f), v), _hits(h)))
+        for m, entries in ((self._prefix, c.prefix), (self._suffix, c.suffix)):
+            for (k, f, v), h in entries.items():
+                out.append((m, _LPM_STR_KEY.pack(32 + 8 * len(v), _sel(gen, k, f), v), _hits(h)))
+        for (k, addr, bits), h in c.cidr.items():
+            out.append((self._cidr, _ADDR_KEY.pack(32 + bits, _sel(gen, k, 2), addr), _hits(h)))
+        for (k, u), h in c.uid.items():
+            out.append((self._uid, _UID_KEY.pack(_sel(gen, k, 4), u), _hits(h)))
+        return out
+
+    def _clear(self, gen: int) -> None:
+        for m, key in self._written[gen]:
+            with contextlib.suppress(FileNotFoundError):
+                m.delete(key)
+        self._written[gen] = []
+        zero = _hits(Hits())
+        for port in self._ports[gen]:
+            self._port.update(_U32.pack(gen * 65536 + port), zero)
+        self._ports[gen] = []
+        empty_cfg = _CFG.pack(0, *([0] * F_MAX), *([0] * F_MAX), 0, 0, 0)
+        for kind in Kind:
+            self._cfg.update(_U32.pack(gen * KINDS + kind.index), empty_cfg)
+
+    def apply(self, c: Compiled) -> None:
+        """Switch to `c`; on any failure the previous set stays in force."""
+        with self._lock:
+            gen = 1 - self.active_gen
+            self._clear(gen)  # leftovers of a failed apply
+            try:
+                self._write(c, gen)
+            except BaseException:
+                self._clear(gen)
+                raise
+            self._gen_map.update(_U32.pack(0), _U32.pack(gen))
+            old, self.active_gen, self.active = self.active_gen, gen, c
+            self._clear(old)
+
+    def _write(self, c: Compiled, gen: int) -> None:
+        for m, key, value in self._entries(c, gen):
+            m.update(key, value)
+            self._written[gen].append((m, key))
+        for port, h in c.port.items():
+            self._port.update(_U32.pack(gen * 65536 + port), _hits(h))
+            self._ports[gen].append(port)
+        ncpu = bpf.num_possible_cpus()
+        for kind in Kind:
+            t = c.kinds[kind]
+            for i in range(MAX_RULES):
+                slot = _U32.pack((gen * KINDS + kind.index) * MAX_RULES + i)
+                self._counts.update(slot, _U64.pack(0) * ncpu)
+                if i < len(t.rules):
+                    r = t.rules[i]
+                    self._rules.update(slot, _RULE.pack(r.policy_id, r.index, r.action.code, 0))
+            # The cfg goes last: it is what makes the kind's rules live.
+            self._cfg.update(
+                _U32.pack(gen * KINDS + kind.index),
+                _CFG.pack(t.mask, *t.free, *t.constrained, t.write_only, t.fields, t.suffix_fields),
+            )
+
+    def counts(self) -> list[RuleCount]:
+        """Hits of every rule of the active set since it was applied."""
+        with self._lock:
+            c, gen = self.active, self.active_gen
+            if c is None:
+                return []
+            out = []
+            for kind in Kind:
+                for i, r in enumerate(c.kinds[kind].rules):
+                    slot = _U32.pack((gen * KINDS + kind.index) * MAX_RULES + i)
+                    total = sum(_U64.unpack(v)[0] for v in self._counts.lookup_percpu(slot))
+                    out.append(RuleCount(r, total))
+            return out
+
+    def set_binary(self, tgid: int, path: bytes) -> None:
+        """Seed tr_proc_binary for a process that started before the daemon."""
+        self._binary.update(_U32.pack(tgid), _BINARY.pack(len(path), path[:STR_LEN]))

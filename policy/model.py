@@ -1,0 +1,100 @@
+"""What a policy says, once parsed and checked: plain values, no YAML."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import Enum
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Kind(Enum):
+    """Event kinds a rule can select, with their index in the BPF maps."""
+
+    EXEC = ("exec", 0)
+    FILE_OPEN = ("file_open", 1)
+    CONNECT = ("connect", 2)
+
+    @property
+    def label(self) -> str:
+        return self.value[0]
+
+    @property
+    def index(self) -> int:
+        return self.value[1]
+
+
+class Action(Enum):
+    POST = ("post", 1)
+    IGNORE = ("ignore", 2)
+    SIGKILL = ("sigkill", 3)
+    DENY = ("deny", 4)
+
+    @property
+    def label(self) -> str:
+        return self.value[0]
+
+    @property
+    def code(self) -> int:
+        return self.value[1]
+
+
+class Access(Enum):
+    ANY = "any"
+    WRITE = "write"
+
+
+@dataclass(slots=True, frozen=True)
+class StringMatch:
+    """Values of one string selector (binary or path)."""
+
+    exact: tuple[str, ...] = ()
+    prefix: tuple[str, ...] = ()
+    suffix: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.prefix or self.suffix)
+
+
+@dataclass(slots=True, frozen=True)
+class Selectors:
+    """Everything a rule matches on; an empty selector does not constrain."""
+
+    binary: StringMatch = StringMatch()
+    not_binary: StringMatch = StringMatch()
+    path: StringMatch = StringMatch()
+    not_path: StringMatch = StringMatch()
+    daddr: tuple[IPNetwork, ...] = ()
+    not_daddr: tuple[IPNetwork, ...] = ()
+    dport: tuple[tuple[int, int], ...] = ()  # inclusive ranges
+    not_dport: tuple[tuple[int, int], ...] = ()
+    uid: tuple[int, ...] = ()
+    not_uid: tuple[int, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class Rule:
+    kind: Kind
+    action: Action
+    selectors: Selectors
+    access: Access = Access.ANY
+    description: str = ""
+    line: int = 0  # where it starts in its file, for messages
+
+
+@dataclass(slots=True, frozen=True)
+class Policy:
+    name: str
+    rules: tuple[Rule, ...]
+    source: str = ""  # file it came from
+    description: str = ""
+
+
+@dataclass(slots=True)
+class PolicySet:
+    policies: list[Policy] = field(default_factory=list)
+
+    def rules_of(self, kind: Kind) -> list[tuple[Policy, int, Rule]]:
+        """(policy, index in policy, rule) for kind, in priority order."""
+        return [(p, i, r) for p in self.policies for i, r in enumerate(p.rules) if r.kind is kind]

@@ -1,0 +1,78 @@
+"""The policy set in force: load, validate, swap in, and name kernel verdicts."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import structlog
+
+from policy.compile import Compiled, compile_policies
+from policy.kernel import PolicyMaps, RuleCount
+from policy.model import PolicySet
+from policy.parse import parse_files, parse_text
+from tracer.decode import ACTION_NAMES, Verdict
+from tracer.events import PolicyMatch
+
+_log = structlog.get_logger(component="policy")
+
+
+class PolicyStore:
+    """Owns the active set. Every apply is all-or-nothing.
+
+    Policy ids are never reused across applies, so an event that was in
+    flight during a swap is still named after the set that selected it.
+    """
+
+    def __init__(self, maps: PolicyMaps, lsm_active: bool) -> None:
+        self._maps = maps
+        self._lsm = lsm_active
+        self._lock = threading.Lock()
+        self._next_id = 1
+        self._names: dict[int, str] = {}
+        self.sources: list[str] = []
+
+    def _apply(self, ps: PolicySet, sources: list[str]) -> list[str]:
+        with self._lock:
+            compiled: Compiled = compile_policies(ps, self._lsm, self._next_id)
+            self._maps.apply(compiled)  # raises with the old set still in force
+            self._names.update(compiled.policies)
+            self._next_id += max(1, len(ps.policies))
+            self.sources = sources
+        for w in compiled.warnings:
+            _log.warning(w)
+        _log.info(
+            "policies applied",
+            policies=[p.name for p in ps.policies],
+            rules={k.label: len(t.rules) for k, t in compiled.kinds.items()},
+        )
+        return compiled.warnings
+
+    def apply_paths(self, paths: Iterable[Path]) -> list[str]:
+        paths = list(paths)
+        return self._apply(parse_files(paths), [str(p) for p in paths])
+
+    def apply_texts(self, docs: list[tuple[str, str]]) -> list[str]:
+        """(source name, YAML text) pairs, e.g. sent over the control socket."""
+        ps = PolicySet()
+        for source, text in docs:
+            ps.policies.extend(parse_text(text, source))
+        names = [p.name for p in ps.policies]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            from policy.parse import PolicyError
+
+            raise PolicyError(
+                docs[0][0] if docs else "-", 0, f"policy defined twice: {sorted(dup)}"
+            )
+        return self._apply(ps, [s for s, _ in docs])
+
+    def match(self, v: Verdict) -> PolicyMatch | None:
+        action = ACTION_NAMES.get(v.action)
+        if action is None:
+            return None
+        return PolicyMatch(self._names.get(v.policy_id, f"#{v.policy_id}"), v.rule, action)
+
+    def counts(self) -> list[RuleCount]:
+        return self._maps.counts()

@@ -1,0 +1,68 @@
+"""Kernel numbers to the names analysts know: open flags, errno, socket families."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+_ACCMODE = {0: "O_RDONLY", 1: "O_WRONLY", 2: "O_RDWR"}
+# Kernel ABI values (asm-generic/fcntl.h, as on x86_64), not Python's os
+# constants: os.O_LARGEFILE is 0 on 64-bit, yet the kernel sets it on
+# every open. Composite flags come before their parts.
+_FLAGS = [
+    (0o4010000, "O_SYNC"),
+    (0o20200000, "O_TMPFILE"),
+    (0o100, "O_CREAT"),
+    (0o200, "O_EXCL"),
+    (0o400, "O_NOCTTY"),
+    (0o1000, "O_TRUNC"),
+    (0o2000, "O_APPEND"),
+    (0o4000, "O_NONBLOCK"),
+    (0o10000, "O_DSYNC"),
+    (0o20000, "FASYNC"),
+    (0o40000, "O_DIRECT"),
+    (0o100000, "O_LARGEFILE"),
+    (0o200000, "O_DIRECTORY"),
+    (0o400000, "O_NOFOLLOW"),
+    (0o1000000, "O_NOATIME"),
+    (0o2000000, "O_CLOEXEC"),
+    (0o10000000, "O_PATH"),
+]
+_FAMILIES: dict[int, str] = {
+    int(socket.AF_UNIX): "AF_UNIX",
+    int(socket.AF_INET): "AF_INET",
+    int(socket.AF_INET6): "AF_INET6",
+}
+_PROTOCOLS = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPV6", 132: "SCTP", 136: "UDPLITE"}
+_SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
+
+
+def open_flags(flags: int) -> tuple[str, ...]:
+    names = [_ACCMODE.get(flags & 3, "O_ACCMODE")]
+    rest = flags & ~3
+    for bit, name in _FLAGS:
+        if rest & bit == bit:
+            names.append(name)
+            rest &= ~bit
+    if rest:
+        names.append(f"0x{rest:x}")
+    return tuple(names)
+
+
+def errno_name(result: int) -> str | None:
+    """`ECONNREFUSED` for -111; None for a non-negative result."""
+    if result >= 0:
+        return None
+    return errno.errorcode.get(-result, f"E{-result}")
+
+
+def family(num: int) -> str:
+    return _FAMILIES.get(num, f"AF_{num}")
+
+
+def protocol(num: int) -> str | None:
+    return _PROTOCOLS.get(num, str(num)) if num else None
+
+
+def sock_type(num: int) -> str:
+    return _SOCK_TYPES.get(num, f"SOCK_{num}")

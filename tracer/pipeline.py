@@ -1,0 +1,140 @@
+"""decode -> enrich -> fan-out, for one batch of ring-buffer records at a time."""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import socket
+from dataclasses import replace
+from typing import Protocol
+
+import structlog
+
+from enrich import ProcessCache
+from export import Sink
+from tracer import decode, names, text
+from tracer.events import (
+    Connect,
+    ConnectInfo,
+    Event,
+    FileInfo,
+    FileOpen,
+    PolicyMatch,
+)
+
+_log = structlog.get_logger(component="pipeline")
+
+
+class Verdicts(Protocol):
+    """Names the policy rule behind a kernel verdict (policy.PolicyStore)."""
+
+    def match(self, v: decode.Verdict) -> PolicyMatch | None: ...
+
+
+class _NoPolicies:
+    def match(self, v: decode.Verdict) -> PolicyMatch | None:
+        return None
+
+
+def _addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    return str(ipaddress.IPv6Address(raw))
+
+
+class Pipeline:
+    """Decode and enrich records in kernel order, then offer events to every sink."""
+
+    def __init__(
+        self, cache: ProcessCache, sinks: list[Sink], verdicts: Verdicts | None = None
+    ) -> None:
+        self.cache = cache
+        self.sinks = sinks
+        self.verdicts: Verdicts = verdicts or _NoPolicies()
+        self.malformed: collections.Counter[str] = collections.Counter()
+        self.events: collections.Counter[str] = collections.Counter()
+        self.ignored = 0
+
+    def _emit(self, ev: Event) -> None:
+        self.events[ev.type] += 1
+        for sink in self.sinks:
+            sink.offer(ev)
+
+    def _file_open(self, rec: decode.FileOpenRecord) -> FileOpen:
+        ctx = self.cache.context(rec.task)
+        path, escaped = text.decode(rec.path)
+        return FileOpen(
+            time=ctx.time,
+            node=self.cache.node,
+            process=ctx.process,
+            parent=ctx.parent,
+            ancestors=ctx.ancestors,
+            file=FileInfo(
+                path=path,
+                flags=names.open_flags(rec.open_flags),
+                mode=rec.mode,
+                result=rec.ret,
+                error=names.errno_name(rec.ret),
+                hook=decode.HOOK_NAMES.get(rec.hook, str(rec.hook)),
+                truncated=bool(rec.flags & decode.FILE_TRUNC_PATH),
+                resolved=not rec.flags & decode.FILE_UNRESOLVED,
+                non_utf8=escaped,
+            ),
+            policy=self.verdicts.match(rec.verdict),
+        )
+
+    def _connect(self, rec: decode.ConnectRecord) -> Connect:
+        ctx = self.cache.context(rec.task)
+        inet = rec.family in (socket.AF_INET, socket.AF_INET6)
+        unix_path = None
+        if rec.family == socket.AF_UNIX:
+            # An abstract socket name starts with NUL: shown as "@name", like ss(8).
+            unix_path = text.decode(rec.unix_path)[0] if rec.unix_path else "@"
+        saddr_known = inet and rec.sport != 0
+        return Connect(
+            time=ctx.time,
+            node=self.cache.node,
+            process=ctx.process,
+            parent=ctx.parent,
+            ancestors=ctx.ancestors,
+            connect=ConnectInfo(
+                family=names.family(rec.family),
+                protocol=names.protocol(rec.protocol),
+                sock_type=names.sock_type(rec.sock_type),
+                daddr=_addr(rec.family, rec.daddr) if inet else None,
+                dport=rec.dport if inet else None,
+                saddr=_addr(rec.family, rec.saddr) if saddr_known else None,
+                sport=rec.sport if saddr_known else None,
+                unix_path=unix_path,
+                result=rec.ret,
+                error=names.errno_name(rec.ret),
+                hook=decode.HOOK_NAMES.get(rec.hook, str(rec.hook)),
+            ),
+            policy=self.verdicts.match(rec.verdict),
+        )
+
+    def feed(self, batch: list[bytes]) -> None:
+        cache = self.cache
+        for raw in batch:
+            try:
+                rec = decode.decode(raw)
+            except decode.WireError as exc:
+                self.malformed["malformed"] += 1
+                _log.warning("undecodable record dropped", error=str(exc), size=len(raw))
+                continue
+            if isinstance(rec, decode.ExecRecord):
+                ev = cache.on_exec(rec)  # always: the cache needs every exec
+                if rec.verdict.action == decode.ACTION_IGNORE:
+                    self.ignored += 1
+                    continue
+                if rec.verdict.action != decode.ACTION_NONE:
+                    ev = replace(ev, policy=self.verdicts.match(rec.verdict))
+                self._emit(ev)
+            elif isinstance(rec, decode.ForkRecord):
+                cache.on_fork(rec)
+            elif isinstance(rec, decode.ExitRecord):
+                self._emit(cache.on_exit(rec))
+            elif isinstance(rec, decode.FileOpenRecord):
+                self._emit(self._file_open(rec))
+            else:
+                self._emit(self._connect(rec))
