@@ -251,6 +251,9 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 	out->action = TR_ACT_NONE;
 	if (!s)
 		return;
+	tr_count(kind == TR_PK_EXEC ? TR_KIND_EXEC : kind == TR_PK_FILE ? TR_KIND_FILE_OPEN
+								       : TR_KIND_CONNECT,
+		 TR_STAT_EVALUATED);
 	if (!in->is_write)
 		mask &= ~cfg->write_only;
 	if (cfg->fields & (1 << TR_F_PATH)) {
@@ -301,7 +304,15 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 	}
 	if (!mask)
 		return;
-	__u32 bit = tr_first_bit(mask);
+	/* Several rules may match: enforcement wins, then ignore, then post;
+	 * among equals the first in file order. */
+	__u64 pick = mask & cfg->enforce;
+
+	if (!pick)
+		pick = mask & cfg->ignore;
+	if (!pick)
+		pick = mask;
+	__u32 bit = tr_first_bit(pick);
 	__u32 slot = (gen * TR_PK_MAX + kind) * TR_MAX_RULES + (bit & (TR_MAX_RULES - 1));
 	struct tr_rule *rule = bpf_map_lookup_elem(&tr_policy_rules, &slot);
 	__u64 *hits = bpf_map_lookup_elem(&tr_policy_hits, &slot);

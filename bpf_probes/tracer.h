@@ -42,7 +42,8 @@ enum tr_exec_flags {
 enum tr_stat {
 	TR_STAT_EMITTED = 0,
 	TR_STAT_RB_DROPPED = 1,
-	TR_STAT_COUNT = 2,
+	TR_STAT_EVALUATED = 2, /* policy evaluations: proof a filter ran */
+	TR_STAT_COUNT = 3,
 };
 
 /* ---- Policies (compiled by policy/, evaluated in policy.bpf.h) ---- */
@@ -96,6 +97,8 @@ struct tr_kind_cfg {
 	__u64 free[TR_F_MAX];        /* rules without a positive selector on the field */
 	__u64 constrained[TR_F_MAX]; /* rules with any selector on the field */
 	__u64 write_only;            /* file_open rules that match only opens for writing */
+	__u64 enforce;               /* sigkill and deny rules: they win over the rest */
+	__u64 ignore;                /* ignore rules: they win over post */
 	__u32 fields;                /* bit per field with any value: skip the others */
 	__u32 suffix_fields;         /* bit per string field with suffix values */
 };

@@ -62,6 +62,8 @@ class KindTable:
     free: list[int] = field(default_factory=lambda: [0] * F_MAX)
     constrained: list[int] = field(default_factory=lambda: [0] * F_MAX)
     write_only: int = 0
+    enforce: int = 0
+    ignore: int = 0
     fields: int = 0
     suffix_fields: int = 0
 
@@ -193,6 +195,10 @@ def compile_policies(ps: PolicySet, lsm_active: bool, first_policy_id: int = 1) 
                 )
             )
             c.rule(table, r, bit)
+            if action in (Action.SIGKILL, Action.DENY):
+                table.enforce |= bit
+            elif action is Action.IGNORE:
+                table.ignore |= bit
     _close_prefixes(out.prefix)
     _close_prefixes(out.suffix)
     _close_cidrs(out.cidr)

@@ -25,7 +25,7 @@ STR_LEN = 252  # TR_POLICY_STR
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _HITS = struct.Struct("<QQ")
-_CFG = struct.Struct(f"<Q{F_MAX}Q{F_MAX}QQII")
+_CFG = struct.Struct(f"<Q{F_MAX}Q{F_MAX}QQQQII")
 _RULE = struct.Struct("<IHBB")
 _STR_KEY = struct.Struct(f"<I{STR_LEN}s")
 _LPM_STR_KEY = struct.Struct(f"<II{STR_LEN}s")
@@ -92,7 +92,7 @@ class PolicyMaps:
         for port in self._ports[gen]:
             self._port.update(_U32.pack(gen * 65536 + port), zero)
         self._ports[gen] = []
-        empty_cfg = _CFG.pack(0, *([0] * F_MAX), *([0] * F_MAX), 0, 0, 0)
+        empty_cfg = bytes(_CFG.size)
         for kind in Kind:
             self._cfg.update(_U32.pack(gen * KINDS + kind.index), empty_cfg)
 
@@ -129,7 +129,16 @@ class PolicyMaps:
             # The cfg goes last: it is what makes the kind's rules live.
             self._cfg.update(
                 _U32.pack(gen * KINDS + kind.index),
-                _CFG.pack(t.mask, *t.free, *t.constrained, t.write_only, t.fields, t.suffix_fields),
+                _CFG.pack(
+                    t.mask,
+                    *t.free,
+                    *t.constrained,
+                    t.write_only,
+                    t.enforce,
+                    t.ignore,
+                    t.fields,
+                    t.suffix_fields,
+                ),
             )
 
     def counts(self) -> list[RuleCount]:

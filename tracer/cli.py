@@ -180,7 +180,8 @@ def _policy_command(args: argparse.Namespace) -> int:
         reply = control.request(args.control_socket, {"op": "policy_apply", "documents": docs})
         if not reply.get("ok"):
             print(
-                f"tracer: policy refused, the previous policies stay in force: {reply.get('error')}",
+                "tracer: policy refused, the previous policies stay in force: "
+                f"{reply.get('error')}",
                 file=sys.stderr,
             )
             return EXIT_FAILURE

@@ -124,6 +124,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._policies: PolicyStore | None = None
+        self._sensor: Sensor | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         _log.info("stopping", signal=signal.Signals(signum).name)
@@ -163,6 +164,13 @@ class Daemon:
                     }
                     for c in store.counts()
                 ],
+            }
+        if op == "stats":
+            assert self._sensor is not None
+            k = self._sensor.counters()
+            return {
+                "ok": True,
+                "kernel": {"emitted": k.emitted, "dropped": k.dropped, "evaluated": k.evaluated},
             }
         if op == "policy_apply":
             docs = req.get("documents")
@@ -234,6 +242,7 @@ class Daemon:
         server: control.ControlServer | None = None
         try:
             with capture_sensor(cfg.bpf_dir, variant, mode, cfg.ringbuf_size) as sensor:
+                self._sensor = sensor
                 maps = PolicyMaps(sensor.obj)
                 self._policies = store = PolicyStore(maps, lsm_active=mode == "lsm")
                 pipeline.verdicts = store

@@ -68,6 +68,7 @@ def check_ringbuf_size(size: int) -> None:
 class KernelCounters:
     emitted: dict[str, int]
     dropped: dict[str, int]
+    evaluated: dict[str, int]  # policy evaluations, by kind
 
 
 class Sensor:
@@ -82,13 +83,17 @@ class Sensor:
 
     def counters(self) -> KernelCounters:
         """Totals since load, summed over CPUs."""
-        emitted: dict[str, int] = {}
-        dropped: dict[str, int] = {}
+        out = KernelCounters({}, {}, {})
+        stats = (
+            (decode.STAT_EMITTED, out.emitted),
+            (decode.STAT_RB_DROPPED, out.dropped),
+            (decode.STAT_EVALUATED, out.evaluated),
+        )
         for kind, name in decode.KIND_NAMES.items():
-            for stat, out in ((decode.STAT_EMITTED, emitted), (decode.STAT_RB_DROPPED, dropped)):
+            for stat, dest in stats:
                 key = _U32.pack(kind * decode.STAT_COUNT + stat)
-                out[name] = sum(_U64.unpack(v)[0] for v in self._stats.lookup_percpu(key))
-        return KernelCounters(emitted, dropped)
+                dest[name] = sum(_U64.unpack(v)[0] for v in self._stats.lookup_percpu(key))
+        return out
 
     def close(self) -> None:
         self.ringbuf.close()

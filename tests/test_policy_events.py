@@ -1,0 +1,486 @@
+"""file_open and connect events, in-kernel filtering and enforcement, on the real kernel.
+
+One daemon runs the shipped policy library; each test that needs rules
+of its own applies them to the running daemon (library + its rules), the
+way an operator would, so hot reload is exercised throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Daemon, Event, is_exec, new_marker, tracer_cmd
+
+from tracer import control
+
+LIBRARY = REPO / "policy" / "library"
+PY = sys.executable
+CAT = os.path.realpath(shutil.which("cat") or "/bin/cat")
+
+
+@pytest.fixture(scope="module")
+def ctl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ctl") / "control.sock"
+
+
+@pytest.fixture(scope="module")
+def pdaemon(ctl: Path) -> Iterator[Daemon]:
+    d = Daemon("--policy", str(LIBRARY), "--control-socket", str(ctl))
+    yield d
+    assert d.stop() == 0, "".join(d.stderr)
+
+
+def apply(ctl: Path, tmp: Path, extra: str) -> subprocess.CompletedProcess[str]:
+    """`tracer policy apply` of the library plus one extra policy document."""
+    doc = tmp / "extra.yaml"
+    doc.write_text(textwrap.dedent(extra))
+    return subprocess.run(
+        tracer_cmd("policy", "apply", "--control-socket", str(ctl), str(LIBRARY), str(doc)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def must_apply(ctl: Path, tmp: Path, extra: str) -> None:
+    r = apply(ctl, tmp, extra)
+    assert r.returncode == 0, r.stderr
+
+
+def is_open_of(path: str, marker: str | None = None) -> object:
+    def pred(e: Event) -> bool:
+        if e["type"] != "file_open" or e["file"]["path"] != path:
+            return False
+        if marker is None:
+            return True
+        chain = [e["process"], e["parent"] or {}]
+        return any(marker in p.get("args", []) for p in chain)
+
+    return pred
+
+
+def test_cat_shadow_under_the_default_policy(pdaemon: Daemon) -> None:
+    marker = new_marker()
+    sh = subprocess.run(["bash", "-c", "cat /etc/shadow >/dev/null; exit 0", marker], check=True)
+    assert sh.returncode == 0
+    ev = pdaemon.wait_for(is_open_of("/etc/shadow", marker))
+    assert ev["process"]["binary"] == CAT
+    assert ev["parent"]["args"][-1] == marker
+    f = ev["file"]
+    assert f["flags"][0] == "O_RDONLY"
+    assert f["result"] >= 0 and f["error"] is None
+    assert f["resolved"] is True and f["truncated"] is False
+    assert f["hook"].startswith("tracepoint/sys_exit_open")
+    assert ev["policy"] == {"name": "credential-files", "rule": 0, "action": "post"}
+    pdaemon.sync()
+    assert len(pdaemon.matching(is_open_of("/etc/shadow", marker))) == 1
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "os.chdir('/etc'); open('./shadow').close()",
+        "fd = os.open('/etc', os.O_RDONLY); os.close(os.open('shadow', os.O_RDONLY, dir_fd=fd))",
+        "os.chdir('/usr'); open('../etc/./shadow').close()",
+        "open(sys.argv[2]).close()",  # a symlink to /etc/shadow
+    ],
+    ids=["relative", "openat-dirfd", "dotdot", "symlink"],
+)
+def test_the_real_path_is_reported(pdaemon: Daemon, tmp_path: Path, how: str) -> None:
+    link = tmp_path / "innocent-name"
+    link.symlink_to("/etc/shadow")
+    marker = new_marker()
+    code = f"import os, sys\n{how}\n"
+    subprocess.run([PY, "-c", code, marker, str(link)], check=True)
+    ev = pdaemon.wait_for(is_open_of("/etc/shadow", marker))
+    assert ev["process"]["args"][3] == marker  # python -c CODE MARKER
+
+
+def test_creat_and_openat2_are_covered(pdaemon: Daemon, ctl: Path, tmp_path: Path) -> None:
+    d = tmp_path / "watched"
+    d.mkdir()
+    must_apply(
+        ctl,
+        tmp_path,
+        f"""
+        policies:
+          - name: t-watch
+            rules:
+              - event: file_open
+                match: {{path: {{prefix: ["{d}/"]}}}}
+        """,
+    )
+    marker = new_marker()
+    code = textwrap.dedent(
+        """
+        import ctypes, os, struct, sys
+        d = sys.argv[2]
+        libc = ctypes.CDLL(None, use_errno=True)
+        os.close(libc.creat(f"{d}/by-creat".encode(), 0o600))
+        how = struct.pack("QQQ", os.O_RDONLY, 0, 0)  # struct open_how
+        fd = libc.syscall(437, -100, f"{d}/by-creat".encode(), how, len(how))  # openat2
+        assert fd >= 0, ctypes.get_errno()
+        os.close(fd)
+        """
+    )
+    subprocess.run([PY, "-c", code, marker, str(d)], check=True)
+    created = pdaemon.wait_for(is_open_of(f"{d}/by-creat", marker))
+    assert created["file"]["hook"] == "tracepoint/sys_exit_creat"
+    assert created["file"]["flags"][:3] == ["O_WRONLY", "O_CREAT", "O_TRUNC"]
+    o2 = pdaemon.wait_for(
+        lambda e: (
+            is_open_of(f"{d}/by-creat", marker)(e)
+            and e["file"]["hook"] == "tracepoint/sys_exit_openat2"
+        )
+    )
+    assert o2["file"]["flags"][0] == "O_RDONLY"
+
+
+def test_failed_open_reports_the_name_asked_for(pdaemon: Daemon, ctl: Path, tmp_path: Path) -> None:
+    d = tmp_path / "nothing-here"
+    d.mkdir()
+    must_apply(
+        ctl,
+        tmp_path,
+        f"""
+        policies:
+          - name: t-missing
+            rules:
+              - event: file_open
+                match: {{path: {{prefix: ["{d}/"]}}}}
+        """,
+    )
+    marker = new_marker()
+    code = "import os, sys\nos.chdir(sys.argv[2])\nfor p in ('absent', sys.argv[2] + '/gone'):\n"
+    code += "    try: open(p)\n    except FileNotFoundError: pass\n"
+    subprocess.run([PY, "-c", code, marker, str(d)], check=True)
+    for name in ("absent", "gone"):
+        ev = pdaemon.wait_for(is_open_of(f"{d}/{name}", marker))
+        assert ev["file"]["result"] == -2
+        assert ev["file"]["error"] == "ENOENT"
+        assert ev["file"]["resolved"] is False
+
+
+def _stats(ctl: Path) -> dict[str, dict[str, int]]:
+    reply = control.request(ctl, {"op": "stats"})
+    assert reply["ok"], reply
+    kernel: dict[str, dict[str, int]] = reply["kernel"]
+    return kernel
+
+
+def test_unselected_opens_never_reach_user_space(pdaemon: Daemon, ctl: Path) -> None:
+    before = _stats(ctl)
+    n = 100_000
+    code = textwrap.dedent(
+        f"""
+        import os
+        names = [e.path for e in os.scandir('/usr/lib') if e.is_file()][:50]
+        for i in range({n}):
+            os.close(os.open(names[i % len(names)], os.O_RDONLY))
+        """
+    )
+    subprocess.run([PY, "-c", code], check=True)
+    pdaemon.sync()
+    after = _stats(ctl)
+    # The filter ran for every one of them in the kernel...
+    assert after["evaluated"]["file_open"] - before["evaluated"]["file_open"] >= n
+    # ...and let none through.
+    leaked = pdaemon.matching(
+        lambda e: e["type"] == "file_open" and e["file"]["path"].startswith("/usr/lib/")
+    )
+    assert leaked == []
+
+
+def _listener(family: socket.AddressFamily, addr: str) -> socket.socket:
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind((addr, 0))
+    s.listen(4)
+    return s
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_connect_events_v4_v6_and_refused(pdaemon: Daemon, ctl: Path, tmp_path: Path) -> None:
+    v4 = _listener(socket.AF_INET, "127.0.0.1")
+    v6 = _listener(socket.AF_INET6, "::1")
+    p4, p6, closed = v4.getsockname()[1], v6.getsockname()[1], _closed_port()
+    must_apply(
+        ctl,
+        tmp_path,
+        f"""
+        policies:
+          - name: t-loopback
+            rules:
+              - event: connect
+                match: {{dport: [{p4}, {p6}, {closed}]}}
+        """,
+    )
+    marker = new_marker()
+    code = textwrap.dedent(
+        f"""
+        import socket
+        a = socket.create_connection(("127.0.0.1", {p4}))
+        b = socket.socket(socket.AF_INET6); b.connect(("::1", {p6}))
+        c = socket.socket()
+        try: c.connect(("127.0.0.1", {closed}))
+        except ConnectionRefusedError: pass
+        """
+    )
+    subprocess.run([PY, "-c", code, marker], check=True)
+
+    def conn(port: int) -> Event:
+        return pdaemon.wait_for(
+            lambda e: (
+                e["type"] == "connect"
+                and e["connect"]["dport"] == port
+                and marker in e["process"]["args"]
+            )
+        )
+
+    e4, e6, ec = conn(p4), conn(p6), conn(closed)
+    assert e4["connect"]["family"] == "AF_INET" and e4["connect"]["daddr"] == "127.0.0.1"
+    assert e4["connect"]["protocol"] == "TCP" and e4["connect"]["result"] == 0
+    assert e4["connect"]["saddr"] == "127.0.0.1" and e4["connect"]["sport"] > 0
+    assert e6["connect"]["family"] == "AF_INET6" and e6["connect"]["daddr"] == "::1"
+    assert e6["connect"]["result"] == 0 and e6["connect"]["saddr"] == "::1"
+    assert ec["connect"]["result"] == -111 and ec["connect"]["error"] == "ECONNREFUSED"
+    assert e4["policy"]["name"] == "t-loopback"
+    v4.close()
+    v6.close()
+
+
+def test_loopback_is_not_outbound(pdaemon: Daemon) -> None:
+    """The library's outbound rule excludes loopback, in the kernel."""
+    srv = _listener(socket.AF_INET, "127.0.0.1")
+    port = srv.getsockname()[1]
+    marker = new_marker()
+    subprocess.run(
+        [PY, "-c", f"import socket; socket.create_connection(('127.0.0.1', {port}))", marker],
+        check=True,
+    )
+    pdaemon.sync()
+    assert (
+        pdaemon.matching(lambda e: e["type"] == "connect" and marker in e["process"]["args"]) == []
+    )
+    srv.close()
+
+
+def test_sigkill_on_open_kills_before_the_content_is_read(
+    pdaemon: Daemon, ctl: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET\n")
+    must_apply(
+        ctl,
+        tmp_path,
+        f"""
+        policies:
+          - name: t-protect-secret
+            rules:
+              - event: file_open
+                match: {{path: ["{secret}"]}}
+                action: sigkill
+        """,
+    )
+    r = subprocess.run(["cat", str(secret)], capture_output=True)
+    assert r.returncode == -9
+    assert b"TOPSECRET" not in r.stdout
+    ev = pdaemon.wait_for(is_open_of(str(secret)))
+    assert ev["policy"] == {"name": "t-protect-secret", "rule": 0, "action": "sigkill"}
+
+
+def test_sigkill_on_connect_no_payload_arrives(pdaemon: Daemon, ctl: Path, tmp_path: Path) -> None:
+    srv = _listener(socket.AF_INET, "127.0.0.1")
+    port = srv.getsockname()[1]
+    received: list[bytes] = []
+
+    def serve() -> None:
+        srv.settimeout(5)
+        try:
+            conn, _ = srv.accept()
+        except TimeoutError:
+            return
+        conn.settimeout(3)
+        try:
+            while chunk := conn.recv(1024):
+                received.append(chunk)
+        except TimeoutError:
+            pass
+        conn.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    must_apply(
+        ctl,
+        tmp_path,
+        f"""
+        policies:
+          - name: t-block-port
+            rules:
+              - event: connect
+                match: {{daddr: ["127.0.0.1/32"], dport: [{port}]}}
+                action: sigkill
+        """,
+    )
+    marker = new_marker()
+    code = (
+        f"import socket; s = socket.create_connection(('127.0.0.1', {port})); s.sendall(b'PAYLOAD')"
+    )
+    r = subprocess.run([PY, "-c", code, marker])
+    t.join(10)
+    srv.close()
+    assert r.returncode == -9
+    assert b"PAYLOAD" not in b"".join(received)
+    ev = pdaemon.wait_for(lambda e: e["type"] == "connect" and marker in e["process"]["args"])
+    assert ev["policy"]["action"] == "sigkill"
+    assert ev["policy"]["name"] == "t-block-port"
+
+
+def test_sigkill_on_exec_stops_the_program(pdaemon: Daemon, ctl: Path, tmp_path: Path) -> None:
+    evil = tmp_path / "evil"
+    shutil.copy(os.path.realpath(shutil.which("touch") or "/bin/touch"), evil)
+    must_apply(
+        ctl,
+        tmp_path,
+        f"""
+        policies:
+          - name: t-no-evil
+            rules:
+              - event: exec
+                match: {{binary: ["{evil}"]}}
+                action: sigkill
+        """,
+    )
+    witness = tmp_path / "created"
+    marker = new_marker()
+    r = subprocess.run([str(evil), str(witness), marker])
+    assert r.returncode == -9
+    assert not witness.exists()
+    ev = pdaemon.wait_for(is_exec(marker))
+    assert ev["policy"] == {"name": "t-no-evil", "rule": 0, "action": "sigkill"}
+
+
+def test_a_bad_policy_is_refused_and_the_old_one_still_enforces(
+    pdaemon: Daemon, ctl: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "still-secret"
+    secret.write_text("x")
+    must_apply(
+        ctl,
+        tmp_path,
+        f"""
+        policies:
+          - name: t-guard
+            rules:
+              - event: file_open
+                match: {{path: ["{secret}"]}}
+                action: sigkill
+        """,
+    )
+    bad = apply(
+        ctl,
+        tmp_path,
+        """
+        policies:
+          - name: t-bad
+            rules:
+              - event: connect
+                match: {daddr: ["10.0.0.0/33"]}
+        """,
+    )
+    assert bad.returncode != 0
+    assert "extra.yaml:6" in bad.stderr and "bad CIDR" in bad.stderr
+    assert subprocess.run(["cat", str(secret)], capture_output=True).returncode == -9
+    assert pdaemon.proc.poll() is None
+
+
+def test_deny_falls_back_to_sigkill_with_a_warning(
+    ctl: Path, pdaemon: Daemon, tmp_path: Path
+) -> None:
+    r = apply(
+        ctl,
+        tmp_path,
+        f"""
+        policies:
+          - name: t-deny
+            rules:
+              - event: file_open
+                match: {{path: ["{tmp_path}/never"]}}
+                action: deny
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "deny needs BPF-LSM" in r.stderr
+    assert subprocess.run(["cat", str(tmp_path / "never")], capture_output=True).returncode == -9
+
+
+def test_policy_list_counts_matches(pdaemon: Daemon, ctl: Path, tmp_path: Path) -> None:
+    r = subprocess.run(
+        tracer_cmd("policy", "apply", "--control-socket", str(ctl), str(LIBRARY)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "applied" in r.stdout
+    for _ in range(3):
+        subprocess.run(["cat", "/etc/shadow"], capture_output=True, check=True)
+    pdaemon.sync()
+    listing = subprocess.run(
+        tracer_cmd("policy", "list", "--control-socket", str(ctl), "--json"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rules = json.loads(listing.stdout)
+    cred = [r for r in rules if r["policy"] == "credential-files" and r["rule"] == 0]
+    assert len(cred) == 1 and cred[0]["hits"] >= 3
+    assert {r["policy"] for r in rules} == {
+        "credential-files",
+        "exec-from-temp",
+        "outbound-connections",
+        "persistence-writes",
+    }
+
+
+def test_sighup_rereads_the_policy_directory(tmp_path: Path) -> None:
+    pdir = tmp_path / "policies"
+    pdir.mkdir()
+    target = tmp_path / "watched-file"
+    target.write_text("x")
+    (pdir / "a.yaml").write_text(
+        "policies:\n  - name: t-none\n    rules:\n      - event: exec\n"
+        "        match: {binary: [/nonexistent]}\n"
+    )
+    d = Daemon("--policy", str(pdir), "--control-socket", str(tmp_path / "c.sock"))
+    try:
+        (pdir / "a.yaml").write_text(
+            f"policies:\n  - name: t-hup\n    rules:\n      - event: file_open\n"
+            f"        match: {{path: ['{target}']}}\n"
+        )
+        d.proc.send_signal(1)  # SIGHUP
+        d.wait_log("policies=['t-hup']")
+        subprocess.run(["cat", str(target)], capture_output=True, check=True)
+        ev = d.wait_for(is_open_of(str(target)))
+        assert ev["policy"]["name"] == "t-hup"
+        (pdir / "a.yaml").write_text("policies: [ {name: broken\n")
+        d.proc.send_signal(1)
+        d.wait_log("policy reload refused")
+        assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0
