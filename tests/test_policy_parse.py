@@ -199,3 +199,13 @@ def test_enforcement_and_ignore_masks() -> None:
     )
     t = compile_policies(ps, lsm_active=False).kinds[Kind.EXEC]
     assert (t.enforce, t.ignore, t.mask) == (0b100, 0b010, 0b111)
+
+
+def test_more_values_than_a_map_holds(tmp_path: Path) -> None:
+    paths = ", ".join(f"/f{i}" for i in range(4097))
+    f = tmp_path / "huge.yaml"
+    f.write_text(
+        f"policies: [{{name: huge, rules: [{{event: file_open, match: {{path: [{paths}]}}}}]}}]\n"
+    )
+    with pytest.raises(PolicyError, match="4097 exact values exceed the kernel map's 4096 entries"):
+        compile_policies(parse_files([f]), lsm_active=False)
