@@ -38,7 +38,7 @@ bpf: apt
 	$(MAKE) -C bpf_probes OUT=$(abspath $(BPF_OUT))
 
 run: deps bpf
-	$(VENV)/bin/tracer run
+	$(VENV)/bin/tracer run --policy policy/library
 
 test: deps bpf
 	$(VENV)/bin/pytest -v -m "not vm"
