@@ -30,6 +30,19 @@ class ControlError(RuntimeError):
     pass
 
 
+def _read_line(conn: socket.socket) -> bytes:
+    """One newline-terminated message (or what came before EOF)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            raise ValueError(f"message larger than {MAX_REQUEST} bytes")
+    return data
+
+
 class ControlServer:
     def __init__(self, path: Path, handler: Handler) -> None:
         self.path = path
@@ -69,15 +82,7 @@ class ControlServer:
             self._reply(conn, {"ok": False, "error": "only root may control the daemon"})
             return
         try:
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-                if len(data) > MAX_REQUEST:
-                    raise ValueError(f"request larger than {MAX_REQUEST} bytes")
-            request = json.loads(data)
+            request = json.loads(_read_line(conn))
             if not isinstance(request, dict):
                 raise ValueError("request must be a JSON object")
         except (ValueError, OSError) as exc:
@@ -112,12 +117,7 @@ def request(path: Path, req: dict[str, Any], timeout: float = 30.0) -> dict[str,
         raise ControlError(f"cannot reach the daemon at {path}: {exc.strerror or exc}") from None
     with s:
         s.sendall(json.dumps(req).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = _read_line(s)
     try:
         reply: dict[str, Any] = json.loads(data)
     except ValueError:

@@ -49,24 +49,25 @@ class PolicyMatch:
 
 
 @dataclass(slots=True, frozen=True)
-class ProcessExec:
-    type: ClassVar[str] = "process_exec"
+class ProcessEvent:
+    """What every event about a process carries."""
+
     time: int  # wall-clock ns
     node: str
     process: Process
     parent: Process | None
     ancestors: tuple[Process, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class ProcessExec(ProcessEvent):
+    type: ClassVar[str] = "process_exec"
     policy: PolicyMatch | None = None
 
 
 @dataclass(slots=True, frozen=True)
-class ProcessExit:
+class ProcessExit(ProcessEvent):
     type: ClassVar[str] = "process_exit"
-    time: int
-    node: str
-    process: Process
-    parent: Process | None
-    ancestors: tuple[Process, ...]
     exit: ExitStatus
 
 
@@ -84,13 +85,8 @@ class FileInfo:
 
 
 @dataclass(slots=True, frozen=True)
-class FileOpen:
+class FileOpen(ProcessEvent):
     type: ClassVar[str] = "file_open"
-    time: int
-    node: str
-    process: Process
-    parent: Process | None
-    ancestors: tuple[Process, ...]
     file: FileInfo
     policy: PolicyMatch | None
 
@@ -111,13 +107,8 @@ class ConnectInfo:
 
 
 @dataclass(slots=True, frozen=True)
-class Connect:
+class Connect(ProcessEvent):
     type: ClassVar[str] = "connect"
-    time: int
-    node: str
-    process: Process
-    parent: Process | None
-    ancestors: tuple[Process, ...]
     connect: ConnectInfo
     policy: PolicyMatch | None
 
