@@ -74,7 +74,8 @@ def kernel_release(series: str) -> str:
     installed = [
         m.group(1)
         for d in Path("/lib/modules").glob("*")
-        if (m := pattern.match(f"linux-image-{d.name}")) and (Path("/boot") / f"vmlinuz-{d.name}").exists()
+        if (m := pattern.match(f"linux-image-{d.name}"))
+        and (Path("/boot") / f"vmlinuz-{d.name}").exists()
     ]
     if installed:
         return max(installed, key=_release_key)
