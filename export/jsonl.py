@@ -1,9 +1,15 @@
 """Events as JSON lines: the schema, and a writer that never blocks capture.
 
-The schema is the README's "Event schema" section; field names follow
-tracer.events. Times are RFC 3339 UTC with nanoseconds; 64-bit counters
-that may exceed 2**53 (cgroup ids) are decimal strings, as in the
-protobuf JSON mapping, so JavaScript-based consumers read them exactly.
+The schema is the README's "Event schema" section and export/tracer_v1.proto:
+a line is exactly protobuf's JSON mapping of the Event message with proto
+field names, fields without presence always printed and unset fields with
+presence omitted (never null). Hence: times are RFC 3339 UTC with 0, 3, 6 or
+9 fractional digits; 64-bit integers (cgroup ids) are decimal strings, so
+JavaScript-based consumers read them exactly; the details of an event are
+under the key named by its type. tests/test_grpc_schema.py holds the two
+encodings equal. This module builds the dicts directly and dumps them with
+orjson: protobuf's json_format is several times slower, and this is the hot
+path.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ class _ProcessDicts:
 
 
 def process_dict(p: Process) -> JsonDict:
-    return {
+    d: JsonDict = {
         "exec_id": p.exec_id,
         "pid": p.pid,
         "tid": p.tid,
@@ -51,16 +57,31 @@ def process_dict(p: Process) -> JsonDict:
         "euid": p.euid,
         "gid": p.gid,
         "egid": p.egid,
-        "auid": p.auid,
-        "user": p.user,
-        "binary": p.binary,
-        "args": list(p.args),
-        "cwd": p.cwd,
-        "start_time": rfc3339(p.start_time),
-        "parent_exec_id": p.parent_exec_id,
-        "flags": list(p.flags),
-        "cgroup_id": str(p.cgroup_id),
     }
+    # Unknown values are absent, not null: protobuf's JSON has no null for them.
+    if p.auid is not None:
+        d["auid"] = p.auid
+    if p.user is not None:
+        d["user"] = p.user
+    d["binary"] = p.binary
+    d["args"] = list(p.args)
+    d["cwd"] = p.cwd
+    d["start_time"] = rfc3339(p.start_time)
+    if p.parent_exec_id is not None:
+        d["parent_exec_id"] = p.parent_exec_id
+    d["flags"] = list(p.flags)
+    d["cgroup_id"] = str(p.cgroup_id)
+    return d
+
+
+def exit_dict(ev: ProcessExit) -> JsonDict:
+    d: JsonDict = {}
+    if ev.exit.code is not None:
+        d["code"] = ev.exit.code
+    if ev.exit.signal is not None:
+        d["signal"] = ev.exit.signal
+    d["core_dumped"] = ev.exit.core_dumped
+    return d
 
 
 class Serializer:
@@ -71,10 +92,13 @@ class Serializer:
 
     def to_dict(self, ev: Event) -> JsonDict:
         if isinstance(ev, Lost):
+            # A lost event is about no process; `ancestors` is an empty list
+            # because repeated fields are always printed.
             return {
                 "type": ev.type,
                 "time": rfc3339(ev.time),
                 "node": ev.node,
+                "ancestors": [],
                 "lost": {"kernel": ev.kernel, "daemon": ev.daemon},
             }
         get = self._procs.get
@@ -83,17 +107,15 @@ class Serializer:
             "time": rfc3339(ev.time),
             "node": ev.node,
             "process": get(ev.process),
-            "parent": get(ev.parent) if ev.parent is not None else None,
-            "ancestors": [get(a) for a in ev.ancestors],
         }
+        if ev.parent is not None:
+            d["parent"] = get(ev.parent)
+        d["ancestors"] = [get(a) for a in ev.ancestors]
         if isinstance(ev, ProcessExit):
-            d["exit"] = {
-                "code": ev.exit.code,
-                "signal": ev.exit.signal,
-                "core_dumped": ev.exit.core_dumped,
-            }
+            d["process_exit"] = exit_dict(ev)
         else:
             assert isinstance(ev, ProcessExec)
+            d["process_exec"] = {}
         return d
 
     def line(self, ev: Event) -> bytes:
