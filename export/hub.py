@@ -126,7 +126,7 @@ class Hub(QueuedWorker):
         self._subs: tuple[Subscriber, ...] = ()
         self._ids = itertools.count(1)
         self.subscriber_lost: collections.Counter[str] = collections.Counter()
-        super().__init__("grpc", self._fan_out, capacity)
+        super().__init__("grpc", self.fan_out, capacity)
 
     @property
     def subscribers(self) -> int:
@@ -154,7 +154,8 @@ class Hub(QueuedWorker):
             with self._lock:
                 self.subscriber_lost.update(counts)
 
-    def _fan_out(self, batch: list[Event]) -> None:
+    def fan_out(self, batch: list[Event]) -> None:
+        """The hub thread's work on one batch (tests call it directly)."""
         subs = self._subs
         if not subs:
             return

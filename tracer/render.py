@@ -60,8 +60,11 @@ def _paint(text: str, code: str, color: bool) -> str:
 def _clock(rfc3339: str) -> str:
     """HH:MM:SS.mmm of an RFC 3339 time (the date is left out: lines are live)."""
     hms = rfc3339[11:19]
-    frac = rfc3339[20:23] if len(rfc3339) > 20 and rfc3339[19] == "." else ""
-    return f"{hms}.{frac:0<3}"
+    frac = ""
+    if rfc3339[19:20] == ".":
+        digits = rfc3339[20:23]
+        frac = digits[: len(digits) - len(digits.lstrip("0123456789"))] if digits else ""
+    return escape(f"{hms}.{frac:0<3}")
 
 
 def _where(ev: Mapping[str, Any]) -> str:
