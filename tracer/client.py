@@ -9,6 +9,7 @@ FILE the same module (export/filters.py) evaluates them here.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import sys
@@ -81,6 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output")
     out.add_argument(
         "-o", "--output", choices=["json", "compact"], default="json", help="format (default: json)"
+    )
+    out.add_argument(
+        "-n", "--count", type=int, metavar="N", help="stop after N events (loss reports included)"
     )
     out.add_argument(
         "--color",
@@ -209,6 +213,8 @@ def _use_color(choice: str, out: IO[str]) -> bool:
 
 def _print(events: Iterable[dict[str, Any]], args: argparse.Namespace) -> None:
     out = sys.stdout
+    if args.count is not None:
+        events = itertools.islice(events, args.count)
     if args.output == "json":
         buf = out.buffer
         for ev in events:
