@@ -64,50 +64,62 @@ def lost_message(ev: Lost) -> pb.Event:
     return m
 
 
+# Tags of Event.process (4), .parent (5) and .ancestors (6), length-delimited.
+_PROCESS_TAG, _PARENT_TAG, _ANCESTOR_TAG = b"\x22", b"\x2a", b"\x32"
+
+
 class Encoder:
-    """Event -> pb.Event, reusing the message of each Process.
+    """Event -> serialized pb.Event, reusing the bytes of each Process.
 
     Parents and ancestors recur in every event of their descendants, so
-    their messages are built once (as export/jsonl.py does for dicts). Not
-    thread-safe: one thread (the hub's) converts.
+    each Process is serialized once (as export/jsonl.py builds its dict
+    once), and an event is its small head message followed by those bytes
+    as fields 4, 5 and 6: protobuf allows fields in any order, and repeated
+    fields concatenate. Copying process messages into each Event instead
+    costs twice as much (bench/grpc_stream.py). Not thread-safe: one thread
+    (the hub's) encodes.
     """
 
     def __init__(self, limit: int = 16384) -> None:
-        self._procs: dict[str, tuple[Process, pb.Process]] = {}
+        # exec_id -> (the Process, varint length + its serialized message)
+        self._procs: dict[str, tuple[Process, bytes]] = {}
         self._limit = limit
 
-    def _process(self, p: Process) -> pb.Process:
+    def _process(self, p: Process) -> bytes:
         hit = self._procs.get(p.exec_id)
         if hit is not None and hit[0] is p:
             return hit[1]
-        m = process_message(p)
+        data = process_message(p).SerializeToString()
+        sized = varint(len(data)) + data
         if len(self._procs) >= self._limit:
             self._procs.clear()
-        self._procs[p.exec_id] = (p, m)
-        return m
+        self._procs[p.exec_id] = (p, sized)
+        return sized
 
-    def message(self, ev: Event) -> pb.Event:
+    def event_bytes(self, ev: Event) -> bytes:
         if isinstance(ev, Lost):
-            return lost_message(ev)
-        get = self._process
-        m = pb.Event(
-            type=ev.type,
-            node=ev.node,
-            process=get(ev.process),
-            parent=get(ev.parent) if ev.parent is not None else None,
-            ancestors=[get(a) for a in ev.ancestors],
-        )
-        m.time.FromNanoseconds(ev.time)
+            return lost_message(ev).SerializeToString()
+        head = pb.Event(type=ev.type, node=ev.node)
+        head.time.seconds, head.time.nanos = divmod(ev.time, 1_000_000_000)
         if isinstance(ev, ProcessExit):
             st = ev.exit
-            m.process_exit.core_dumped = st.core_dumped
+            head.process_exit.core_dumped = st.core_dumped
             if st.code is not None:
-                m.process_exit.code = st.code
+                head.process_exit.code = st.code
             if st.signal is not None:
-                m.process_exit.signal = st.signal
+                head.process_exit.signal = st.signal
         else:
-            m.process_exec.SetInParent()
-        return m
+            head.process_exec.SetInParent()
+        get = self._process
+        parts = [head.SerializeToString(), _PROCESS_TAG, get(ev.process)]
+        if ev.parent is not None:
+            parts += (_PARENT_TAG, get(ev.parent))
+        for a in ev.ancestors:
+            parts += (_ANCESTOR_TAG, get(a))
+        return b"".join(parts)
+
+    def message(self, ev: Event) -> pb.Event:
+        return pb.Event.FromString(self.event_bytes(ev))
 
     def framed(self, ev: Event) -> bytes:
-        return frame(self.message(ev).SerializeToString())
+        return frame(self.event_bytes(ev))

@@ -129,11 +129,14 @@ class DropOldest(Generic[T]):
         return self._closed
 
     def close(self, discard: bool = False) -> None:
-        """No more puts; with discard, what is queued is dropped (counted) too."""
+        """No more puts (later ones are only counted); with discard, forget what is queued.
+
+        Discarding is for a consumer that is gone, whose items were not
+        lost to anyone: they are not counted.
+        """
         with self._cond:
             self._closed = True
             if discard:
-                self._dropped.update(self._kind(i) for i in self._items)
                 self._items.clear()
             self._cond.notify()
 
@@ -179,6 +182,11 @@ class QueuedWorker:
         return self._queue.take_dropped()
 
     @property
+    def backlog(self) -> int:
+        """Events offered and not yet handled."""
+        return len(self._queue)
+
+    @property
     def error(self) -> BaseException | None:
         return self._error
 
@@ -194,7 +202,8 @@ class QueuedWorker:
                 self._error = exc
                 _log.error("sink failed", sink=self.name, error=str(exc))
                 q.count_dropped(batch)
-                q.close(discard=True)
+                q.close()
+                q.count_dropped(q.take())  # what was still queued: nothing will write it
                 return
 
     def close(self, timeout: float = 10.0) -> None:
