@@ -54,6 +54,7 @@ class Subscriber:
         self._lock = threading.Lock()
         self._kernel = LossCounts()
         self._daemon = LossCounts()
+        self._gone = False  # the client left: nothing it missed is its loss
 
     def add_loss(self, kernel: dict[str, int], daemon: dict[str, int]) -> None:
         """Loss that concerns every subscriber (the kernel's, the hub's own)."""
@@ -82,6 +83,8 @@ class Subscriber:
         q = self.queue
         while True:
             items = q.take(BATCH_EVENTS)
+            if self._gone:
+                return
             lost = self._take_loss()
             if not items and lost is None:
                 if q.closed:
@@ -102,6 +105,8 @@ class Subscriber:
 
     def close(self, discard: bool = True) -> None:
         """Stop: discard what is queued (the client is gone), or let batches() drain it."""
+        if discard:
+            self._gone = True
         self.queue.close(discard=discard)
 
 

@@ -148,3 +148,14 @@ def test_drop_oldest_never_drops_a_pinned_item() -> None:
     for item in ["L", "L", "L", "L"]:  # over capacity, but kept
         q.put(item)
     assert q.take() == ["L"] * 4
+
+
+def test_events_for_a_subscriber_that_left_are_not_its_loss() -> None:
+    hub = make_hub()
+    sub = hub.subscribe(everything())
+    sub.close()  # the client went away; the hub has not unsubscribed it yet
+    hub.fan_out([exec_ev(LS)])
+    assert list(read(sub)) == []
+    hub.unsubscribe(sub)
+    assert hub.subscriber_lost == {}
+    hub.close()
