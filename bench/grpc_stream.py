@@ -6,9 +6,9 @@ synthetic  In process: events made in Python (an exec with a new process,
            a parent and 5 ancestors, then its exit) are offered to the real
            Hub, served by the real GrpcServer on a unix socket to real
            gRPC clients in other processes. No BPF: this is the API's own
-           ceiling. `max`: the feeder waits whenever the hub is 4096 events
-           behind (a lossless upper bound); `rate`: a fixed offered rate,
-           with every loss counted.
+           ceiling. `max`: the feeder waits whenever the hub or a subscriber
+           is 4096 events behind (a lossless upper bound); `rate`: a fixed
+           offered rate, with every loss counted.
 e2e        The real daemon (`tracer run`, JSON to /dev/null) under an exec
            storm (bash running /bin/true in a loop), with 1 and 10
            subscribers: delivered events/s, and the capture pipeline's own
@@ -193,7 +193,7 @@ def synthetic(subscribers: int, mode: str, rate: int, seconds: float) -> None:
                 hub.offer(ev)
                 offer_ns += time.perf_counter_ns() - a
             offered += 256
-            while hub.backlog > 4096:
+            while hub.backlog > 4096 or hub.subscriber_backlog > 4096:
                 time.sleep(0.0005)
     else:
         tick = 0.01

@@ -137,6 +137,11 @@ class Hub(QueuedWorker):
     def subscribers(self) -> int:
         return len(self._subs)
 
+    @property
+    def subscriber_backlog(self) -> int:
+        """Events queued for the subscriber furthest behind."""
+        return max((len(s.queue) for s in self._subs), default=0)
+
     def subscribe(self, event_filter: EventFilter, capacity: int | None = None) -> Subscriber:
         with self._lock:
             if len(self._subs) >= self.max_subscribers:
