@@ -1,9 +1,15 @@
 """Events as JSON lines: the schema, and a writer that never blocks capture.
 
-The schema is the README's "Event schema" section; field names follow
-tracer.events. Times are RFC 3339 UTC with nanoseconds; 64-bit counters
-that may exceed 2**53 (cgroup ids) are decimal strings, as in the
-protobuf JSON mapping, so JavaScript-based consumers read them exactly.
+The schema is the README's "Event schema" section and export/tracer_v1.proto:
+a line is exactly protobuf's JSON mapping of the Event message with proto
+field names, fields without presence always printed and unset fields with
+presence omitted (never null). Hence: times are RFC 3339 UTC with 0, 3, 6 or
+9 fractional digits; 64-bit integers (cgroup ids) are decimal strings, so
+JavaScript-based consumers read them exactly; the details of an event are
+under the key named by its type. tests/test_grpc_schema.py holds the two
+encodings equal. This module builds the dicts directly and dumps them with
+orjson: protobuf's json_format is several times slower, and this is the hot
+path.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from tracer.clock import rfc3339
-from tracer.events import Connect, Event, FileOpen, Lost, PolicyMatch, Process, ProcessExit
+from tracer.events import Connect, Event, FileOpen, Lost, Process, ProcessExit
 
 JsonDict = dict[str, Any]
 
@@ -43,7 +49,7 @@ class _ProcessDicts:
 
 
 def process_dict(p: Process) -> JsonDict:
-    return {
+    d: JsonDict = {
         "exec_id": p.exec_id,
         "pid": p.pid,
         "tid": p.tid,
@@ -51,22 +57,31 @@ def process_dict(p: Process) -> JsonDict:
         "euid": p.euid,
         "gid": p.gid,
         "egid": p.egid,
-        "auid": p.auid,
-        "user": p.user,
-        "binary": p.binary,
-        "args": list(p.args),
-        "cwd": p.cwd,
-        "start_time": rfc3339(p.start_time),
-        "parent_exec_id": p.parent_exec_id,
-        "flags": list(p.flags),
-        "cgroup_id": str(p.cgroup_id),
     }
+    # Unknown values are absent, not null: protobuf's JSON has no null for them.
+    if p.auid is not None:
+        d["auid"] = p.auid
+    if p.user is not None:
+        d["user"] = p.user
+    d["binary"] = p.binary
+    d["args"] = list(p.args)
+    d["cwd"] = p.cwd
+    d["start_time"] = rfc3339(p.start_time)
+    if p.parent_exec_id is not None:
+        d["parent_exec_id"] = p.parent_exec_id
+    d["flags"] = list(p.flags)
+    d["cgroup_id"] = str(p.cgroup_id)
+    return d
 
 
-def _policy(p: PolicyMatch | None) -> JsonDict | None:
-    if p is None:
-        return None
-    return {"name": p.name, "rule": p.rule, "action": p.action}
+def exit_dict(ev: ProcessExit) -> JsonDict:
+    d: JsonDict = {}
+    if ev.exit.code is not None:
+        d["code"] = ev.exit.code
+    if ev.exit.signal is not None:
+        d["signal"] = ev.exit.signal
+    d["core_dumped"] = ev.exit.core_dumped
+    return d
 
 
 class Serializer:
@@ -77,10 +92,13 @@ class Serializer:
 
     def to_dict(self, ev: Event) -> JsonDict:
         if isinstance(ev, Lost):
+            # A lost event is about no process; `ancestors` is an empty list
+            # because repeated fields are always printed.
             return {
                 "type": ev.type,
                 "time": rfc3339(ev.time),
                 "node": ev.node,
+                "ancestors": [],
                 "lost": {"kernel": ev.kernel, "daemon": ev.daemon},
             }
         get = self._procs.get
@@ -89,45 +107,48 @@ class Serializer:
             "time": rfc3339(ev.time),
             "node": ev.node,
             "process": get(ev.process),
-            "parent": get(ev.parent) if ev.parent is not None else None,
-            "ancestors": [get(a) for a in ev.ancestors],
         }
+        if ev.parent is not None:
+            d["parent"] = get(ev.parent)
+        d["ancestors"] = [get(a) for a in ev.ancestors]
         if isinstance(ev, ProcessExit):
-            d["exit"] = {
-                "code": ev.exit.code,
-                "signal": ev.exit.signal,
-                "core_dumped": ev.exit.core_dumped,
-            }
+            d["process_exit"] = exit_dict(ev)
             return d
         if isinstance(ev, FileOpen):
             f = ev.file
-            d["file"] = {
+            fd: JsonDict = {
                 "path": f.path,
                 "flags": list(f.flags),
                 "mode": f.mode,
                 "result": f.result,
-                "error": f.error,
-                "hook": f.hook,
-                "truncated": f.truncated,
-                "resolved": f.resolved,
-                "non_utf8": f.non_utf8,
             }
+            if f.error is not None:
+                fd["error"] = f.error
+            fd.update(hook=f.hook, truncated=f.truncated, resolved=f.resolved, non_utf8=f.non_utf8)
+            d["file_open"] = fd
         elif isinstance(ev, Connect):
             c = ev.connect
-            d["connect"] = {
-                "family": c.family,
-                "protocol": c.protocol,
-                "sock_type": c.sock_type,
-                "daddr": c.daddr,
-                "dport": c.dport,
-                "saddr": c.saddr,
-                "sport": c.sport,
-                "unix_path": c.unix_path,
-                "result": c.result,
-                "error": c.error,
-                "hook": c.hook,
+            cd: JsonDict = {"family": c.family}
+            if c.protocol is not None:
+                cd["protocol"] = c.protocol
+            cd["sock_type"] = c.sock_type
+            for name in ("daddr", "dport", "saddr", "sport", "unix_path"):
+                value = getattr(c, name)
+                if value is not None:
+                    cd[name] = value
+            cd["result"] = c.result
+            if c.error is not None:
+                cd["error"] = c.error
+            cd["hook"] = c.hook
+            d["connect"] = cd
+        else:
+            d["process_exec"] = {}
+        if ev.policy is not None:
+            d["policy"] = {
+                "name": ev.policy.name,
+                "rule": ev.policy.rule,
+                "action": ev.policy.action,
             }
-        d["policy"] = _policy(ev.policy)
         return d
 
     def line(self, ev: Event) -> bytes:

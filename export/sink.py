@@ -1,9 +1,11 @@
 """Fan-out targets that never block the capture path.
 
 The pipeline thread hands each event to every sink with offer(), which
-only appends to a bounded queue. A writer thread per sink serializes and
-writes in batches. A sink that cannot keep up loses its oldest events,
-counted by kind, and the daemon reports them in the next `lost` event.
+only appends to a bounded queue. A thread per sink takes the queue in
+batches (a writer serializes and writes them; the gRPC hub fans them out
+to subscribers' own queues of the same kind). A sink that cannot keep up
+loses its oldest events, counted by kind, and the daemon reports them in
+the next `lost` event.
 """
 
 from __future__ import annotations
@@ -11,13 +13,19 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import structlog
 
 from tracer.events import Event, Lost
 
 _log = structlog.get_logger(component="export")
+
+T = TypeVar("T")
+
+
+def _never(item: object) -> bool:
+    return False
 
 
 class Output(Protocol):
@@ -39,8 +47,175 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-class QueuedWriter:
-    """A bounded queue drained by a thread that writes `encode(event)` to `out`."""
+class DropOldest(Generic[T]):
+    """A bounded FIFO whose put() never blocks, for one consumer thread.
+
+    When it is full, the oldest item makes room and is counted by kind.
+    Pinned items (loss reports) are let in over capacity and never dropped:
+    they are how loss becomes visible. After close(), take() drains what is
+    left and then returns empty; put() only counts.
+    """
+
+    def __init__(
+        self, capacity: int, kind: Callable[[T], str], pinned: Callable[[T], bool] = _never
+    ) -> None:
+        if capacity <= 0:
+            raise ValueError(f"queue capacity must be positive, got {capacity}")
+        self.capacity = capacity
+        self._kind = kind
+        self._pinned = pinned
+        self._items: collections.deque[T] = collections.deque()
+        self._cond = threading.Condition()
+        self._dropped: collections.Counter[str] = collections.Counter()
+        self._closed = False
+        self._woken = False
+
+    def put(self, item: T) -> None:
+        with self._cond:
+            if self._closed:  # no consumer left to drain it
+                self._dropped[self._kind(item)] += 1
+                return
+            q = self._items
+            if len(q) >= self.capacity and not self._pinned(item):
+                self._drop_oldest()
+            q.append(item)
+            if len(q) == 1:
+                self._cond.notify()
+
+    def _drop_oldest(self) -> None:
+        q = self._items
+        kept = []
+        while q and self._pinned(q[0]):  # rare: a loss report at the head
+            kept.append(q.popleft())
+        if q:
+            self._dropped[self._kind(q.popleft())] += 1
+        q.extendleft(reversed(kept))
+
+    def take(self, max_items: int = 0) -> list[T]:
+        """Wait for items and return them, oldest first (at most max_items if > 0).
+
+        Returns empty when closed and drained, or when wake() was called.
+        """
+        with self._cond:
+            while not self._items and not self._closed and not self._woken:
+                self._cond.wait()
+            self._woken = False
+            q = self._items
+            if 0 < max_items < len(q):
+                return [q.popleft() for _ in range(max_items)]
+            batch = list(q)
+            q.clear()
+            return batch
+
+    def wake(self) -> None:
+        """Make the consumer's take() return now, with or without items."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify()
+
+    def take_dropped(self) -> dict[str, int]:
+        with self._cond:
+            out = dict(self._dropped)
+            self._dropped.clear()
+        return out
+
+    def count_dropped(self, items: list[T]) -> None:
+        """Count items the consumer took but could not deliver."""
+        with self._cond:
+            self._dropped.update(self._kind(i) for i in items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, discard: bool = False) -> None:
+        """No more puts (later ones are only counted); with discard, forget what is queued.
+
+        Discarding is for a consumer that is gone, whose items were not
+        lost to anyone: they are not counted.
+        """
+        with self._cond:
+            self._closed = True
+            if discard:
+                self._items.clear()
+            self._cond.notify()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _event_kind(ev: Event) -> str:
+    return ev.type
+
+
+def _is_lost(ev: Event) -> bool:
+    return isinstance(ev, Lost)
+
+
+class QueuedWorker:
+    """A sink: a DropOldest queue of events drained by a thread that calls `handle(batch)`.
+
+    If handle raises, the sink stops: the error is kept for the daemon to
+    report, and the failed batch and everything after it is counted as
+    dropped.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        handle: Callable[[list[Event]], object],
+        capacity: int = 65536,
+        on_close: Callable[[], object] | None = None,
+    ) -> None:
+        self.name = name
+        self._handle = handle
+        self._on_close = on_close
+        self._queue: DropOldest[Event] = DropOldest(capacity, _event_kind, pinned=_is_lost)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
+        self._thread.start()
+
+    def offer(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def take_dropped(self) -> dict[str, int]:
+        return self._queue.take_dropped()
+
+    @property
+    def backlog(self) -> int:
+        """Events offered and not yet handled."""
+        return len(self._queue)
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            batch = q.take()
+            if not batch and q.closed:
+                return
+            try:
+                self._handle(batch)
+            except BaseException as exc:  # noqa: BLE001 -- reported; the daemon stops
+                self._error = exc
+                _log.error("sink failed", sink=self.name, error=str(exc))
+                q.count_dropped(batch)
+                q.close()
+                q.count_dropped(q.take())  # what was still queued: nothing will write it
+                return
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Handle what is queued, then stop."""
+        self._queue.close()
+        self._thread.join(timeout)
+        if self._on_close is not None:
+            self._on_close()
+
+
+class QueuedWriter(QueuedWorker):
+    """A sink that writes `encode(event)` to `out`, a batch at a time."""
 
     def __init__(
         self,
@@ -50,71 +225,11 @@ class QueuedWriter:
         capacity: int = 65536,
         on_close: Callable[[], object] | None = None,
     ) -> None:
-        self.name = name
         self._out = out
         self._encode = encode
-        self._capacity = capacity
-        self._on_close = on_close
-        self._queue: collections.deque[Event] = collections.deque()
-        self._cond = threading.Condition()
-        self._dropped: collections.Counter[str] = collections.Counter()
-        self._closing = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
-        self._thread.start()
+        super().__init__(name, self._write, capacity, on_close)
 
-    def offer(self, event: Event) -> None:
-        with self._cond:
-            if self._error is not None:  # no writer left to drain the queue
-                self._dropped[event.type] += 1
-                return
-            q = self._queue
-            # A Lost report always gets in: it is how loss becomes visible.
-            if len(q) >= self._capacity and not isinstance(event, Lost):
-                old = q.popleft()
-                self._dropped[old.type] += 1
-            q.append(event)
-            if len(q) == 1:
-                self._cond.notify()
-
-    def take_dropped(self) -> dict[str, int]:
-        with self._cond:
-            out = dict(self._dropped)
-            self._dropped.clear()
-        return out
-
-    @property
-    def error(self) -> BaseException | None:
-        return self._error
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue and self._closing:
-                    return
-                batch = list(self._queue)
-                self._queue.clear()
-            try:
-                for ev in batch:
-                    self._out.write(self._encode(ev))
-                self._out.flush()
-            except BaseException as exc:  # noqa: BLE001 -- reported; the daemon stops
-                self._error = exc
-                _log.error("sink failed", sink=self.name, error=str(exc))
-                with self._cond:
-                    self._dropped.update(e.type for e in batch)
-                    self._closing = True
-                    self._dropped.update(e.type for e in self._queue)
-                    self._queue.clear()
-                return
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then stop."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self._thread.join(timeout)
-        if self._on_close is not None:
-            self._on_close()
+    def _write(self, batch: list[Event]) -> None:
+        for ev in batch:
+            self._out.write(self._encode(ev))
+        self._out.flush()

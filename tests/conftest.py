@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -39,6 +40,14 @@ class Daemon:
         self.events: list[Event] = []
         self.stderr: list[str] = []
         self._cond = threading.Condition()
+        # Each daemon gets its own API socket, so that test daemons never
+        # collide with each other or with one the machine runs.
+        self._sock_dir = tempfile.TemporaryDirectory(prefix="tracer-test-")
+        self.socket = Path(self._sock_dir.name) / "tracer.sock"
+        if not any(a.startswith(("--grpc-socket", "--no-grpc")) for a in args):
+            args = ("--grpc-socket", str(self.socket), *args)
+        if "--control-socket" not in args:
+            args = ("--control-socket", str(Path(self._sock_dir.name) / "control.sock"), *args)
         self.proc = subprocess.Popen(
             tracer_cmd("run", *args),
             cwd=REPO,
@@ -135,7 +144,12 @@ class Daemon:
             raise AssertionError("daemon did not stop within 15 s of SIGTERM") from None
         for t in self._threads:
             t.join(5)
+        self._sock_dir.cleanup()
         return rc
+
+    @property
+    def address(self) -> str:
+        return f"unix://{self.socket}"
 
 
 def new_marker(prefix: str = "m") -> str:

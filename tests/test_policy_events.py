@@ -59,7 +59,7 @@ def must_apply(ctl: Path, tmp: Path, extra: str) -> None:
 
 def is_open_of(path: str, marker: str | None = None) -> object:
     def pred(e: Event) -> bool:
-        if e["type"] != "file_open" or e["file"]["path"] != path:
+        if e["type"] != "file_open" or e["file_open"]["path"] != path:
             return False
         if marker is None:
             return True
@@ -76,9 +76,9 @@ def test_cat_shadow_under_the_default_policy(pdaemon: Daemon) -> None:
     ev = pdaemon.wait_for(is_open_of("/etc/shadow", marker))
     assert ev["process"]["binary"] == CAT
     assert ev["parent"]["args"][-1] == marker
-    f = ev["file"]
+    f = ev["file_open"]
     assert f["flags"][0] == "O_RDONLY"
-    assert f["result"] >= 0 and f["error"] is None
+    assert f["result"] >= 0 and "error" not in f
     assert f["resolved"] is True and f["truncated"] is False
     assert f["hook"].startswith("tracepoint/sys_exit_open")
     assert ev["policy"] == {"name": "credential-files", "rule": 0, "action": "post"}
@@ -135,15 +135,15 @@ def test_creat_and_openat2_are_covered(pdaemon: Daemon, ctl: Path, tmp_path: Pat
     )
     subprocess.run([PY, "-c", code, marker, str(d)], check=True)
     created = pdaemon.wait_for(is_open_of(f"{d}/by-creat", marker))
-    assert created["file"]["hook"] == "tracepoint/sys_exit_creat"
-    assert created["file"]["flags"][:3] == ["O_WRONLY", "O_CREAT", "O_TRUNC"]
+    assert created["file_open"]["hook"] == "tracepoint/sys_exit_creat"
+    assert created["file_open"]["flags"][:3] == ["O_WRONLY", "O_CREAT", "O_TRUNC"]
     o2 = pdaemon.wait_for(
         lambda e: (
             is_open_of(f"{d}/by-creat", marker)(e)
-            and e["file"]["hook"] == "tracepoint/sys_exit_openat2"
+            and e["file_open"]["hook"] == "tracepoint/sys_exit_openat2"
         )
     )
-    assert o2["file"]["flags"][0] == "O_RDONLY"
+    assert o2["file_open"]["flags"][0] == "O_RDONLY"
 
 
 def test_failed_open_reports_the_name_asked_for(pdaemon: Daemon, ctl: Path, tmp_path: Path) -> None:
@@ -166,9 +166,9 @@ def test_failed_open_reports_the_name_asked_for(pdaemon: Daemon, ctl: Path, tmp_
     subprocess.run([PY, "-c", code, marker, str(d)], check=True)
     for name in ("absent", "gone"):
         ev = pdaemon.wait_for(is_open_of(f"{d}/{name}", marker))
-        assert ev["file"]["result"] == -2
-        assert ev["file"]["error"] == "ENOENT"
-        assert ev["file"]["resolved"] is False
+        assert ev["file_open"]["result"] == -2
+        assert ev["file_open"]["error"] == "ENOENT"
+        assert ev["file_open"]["resolved"] is False
 
 
 def _stats(ctl: Path) -> dict[str, dict[str, int]]:
@@ -196,7 +196,7 @@ def test_unselected_opens_never_reach_user_space(pdaemon: Daemon, ctl: Path) -> 
     assert after["evaluated"]["file_open"] - before["evaluated"]["file_open"] >= n
     # ...and let none through.
     leaked = pdaemon.matching(
-        lambda e: e["type"] == "file_open" and e["file"]["path"].startswith("/usr/lib/")
+        lambda e: e["type"] == "file_open" and e["file_open"]["path"].startswith("/usr/lib/")
     )
     assert leaked == []
 

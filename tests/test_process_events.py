@@ -49,7 +49,7 @@ def test_exec_tree_through_a_shell(daemon: Daemon, tmp_path: Path) -> None:
     _chain_is_linked(ev)
     exit_ev = daemon.wait_for(is_exit(marker))
     assert exit_ev["process"]["exec_id"] == p["exec_id"]
-    assert exit_ev["exit"] == {"code": 0, "signal": None, "core_dumped": False}
+    assert exit_ev["process_exit"] == {"code": 0, "core_dumped": False}
 
 
 def test_exec_in_place_replaces_the_shell(daemon: Daemon) -> None:
@@ -83,22 +83,22 @@ def test_short_lived_process_is_complete(daemon: Daemon) -> None:
     assert ev["parent"]["pid"] == os.getpid()
     ex = daemon.wait_for(is_exit(marker))
     assert ex["process"]["exec_id"] == ev["process"]["exec_id"]
-    assert ex["exit"]["code"] == 0
+    assert ex["process_exit"]["code"] == 0
 
 
 def test_exit_code(daemon: Daemon) -> None:
     marker = new_marker()
     assert subprocess.run(["bash", "-c", "exit 3", marker]).returncode == 3
     ex = daemon.wait_for(is_exit(marker))
-    assert ex["exit"] == {"code": 3, "signal": None, "core_dumped": False}
+    assert ex["process_exit"] == {"code": 3, "core_dumped": False}
 
 
 def test_killed_by_signal(daemon: Daemon) -> None:
     marker = new_marker()
     assert subprocess.run(["bash", "-c", "kill -KILL $$", marker]).returncode == -9
     ex = daemon.wait_for(is_exit(marker))
-    assert ex["exit"]["code"] is None
-    assert ex["exit"]["signal"] == "SIGKILL"
+    assert "code" not in ex["process_exit"]
+    assert ex["process_exit"]["signal"] == "SIGKILL"
 
 
 def test_process_started_before_the_daemon(daemon: Daemon, prestarted: Prestarted) -> None:
@@ -175,8 +175,8 @@ def test_pid_reuse_does_not_merge_processes(daemon: Daemon) -> None:
     assert ea["process"]["pid"] == eb["process"]["pid"] == a.pid
     assert ea["process"]["exec_id"] != eb["process"]["exec_id"]
     xa, xb = daemon.wait_for(is_exit(first)), daemon.wait_for(is_exit(second))
-    assert (xa["process"]["exec_id"], xa["exit"]["code"]) == (ea["process"]["exec_id"], 4)
-    assert (xb["process"]["exec_id"], xb["exit"]["code"]) == (eb["process"]["exec_id"], 5)
+    assert (xa["process"]["exec_id"], xa["process_exit"]["code"]) == (ea["process"]["exec_id"], 4)
+    assert (xb["process"]["exec_id"], xb["process_exit"]["code"]) == (eb["process"]["exec_id"], 5)
 
 
 def test_hostile_argv_is_preserved(daemon: Daemon) -> None:
@@ -250,4 +250,4 @@ def test_exit_reported_by_a_non_leader_thread(daemon: Daemon) -> None:
     assert ex["process"]["exec_id"] == ev["process"]["exec_id"]
     assert "partial" not in ex["process"]["flags"]
     assert ex["process"]["tid"] != ex["process"]["pid"]
-    assert ex["exit"]["code"] == 7
+    assert ex["process_exit"]["code"] == 7

@@ -1,4 +1,4 @@
-"""`tracer` command line: run the daemon, probe the kernel."""
+"""`tracer` command line: run the daemon, probe the kernel, watch events."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from export.grpc_server import DEFAULT_SOCKET, GrpcConfig, TlsFiles
 from policy import PolicyError, compile_policies, parse_files
-from tracer import __version__, bpf, control, log
+from tracer import __version__, bpf, client, control, log
 from tracer.daemon import DEFAULT_BPF_DIR, Config, Daemon
 from tracer.loader import ConfigError
 from tracer.probe import CAPTURE_MODES, ProbeReport, probe
@@ -132,11 +133,67 @@ def _parser() -> argparse.ArgumentParser:
     pc = pol_sub.add_parser("check", help="validate policy files without a daemon")
     pc.add_argument("files", type=Path, nargs="+")
 
+    api = run.add_argument_group("gRPC API")
+    api.add_argument(
+        "--grpc-socket",
+        type=Path,
+        default=DEFAULT_SOCKET,
+        help="unix socket of the API, mode 0600 (default: %(default)s)",
+    )
+    api.add_argument(
+        "--no-grpc-socket", action="store_true", help="no unix socket (needs --grpc-listen)"
+    )
+    api.add_argument("--no-grpc", action="store_true", help="no gRPC API at all")
+    api.add_argument("--grpc-listen", metavar="HOST:PORT", help="also serve TCP, with TLS")
+    api.add_argument("--tls-cert", type=Path, help="server certificate (PEM) for --grpc-listen")
+    api.add_argument("--tls-key", type=Path, help="key of --tls-cert (PEM)")
+    api.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="accept only TCP clients with a certificate this CA signed (mTLS)",
+    )
+    api.add_argument(
+        "--grpc-queue-size",
+        type=int,
+        default=16384,
+        help="events a subscriber may fall behind before it loses the oldest (default: 16384)",
+    )
+    api.add_argument(
+        "--grpc-max-subscribers",
+        type=int,
+        default=32,
+        help="concurrent GetEvents streams (default: 32)",
+    )
+
     pr = sub.add_parser(
         "probe", help="show what this kernel supports and the mode the daemon picks"
     )
     pr.add_argument("--json", action="store_true", help="machine-readable output")
+
+    ev = sub.add_parser(
+        "events",
+        help="print the daemon's events (or a JSON lines log), filtered",
+        description=client.__doc__,
+    )
+    client.add_arguments(ev)
     return p
+
+
+def _grpc_config(args: argparse.Namespace) -> GrpcConfig | None:
+    if args.no_grpc:
+        return None
+    tls = None
+    if args.tls_cert is not None or args.tls_key is not None or args.tls_client_ca is not None:
+        if args.tls_cert is None or args.tls_key is None:
+            raise ConfigError("--tls-cert and --tls-key go together")
+        tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+    return GrpcConfig(
+        socket=None if args.no_grpc_socket else args.grpc_socket,
+        listen=args.grpc_listen,
+        tls=tls,
+        queue_capacity=args.grpc_queue_size,
+        max_subscribers=args.grpc_max_subscribers,
+    )
 
 
 def _print_probe(report: ProbeReport, as_json: bool) -> None:
@@ -208,6 +265,8 @@ def _policy_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log.configure(args.log_level)
+    if args.command == "events":
+        return client.run(args)
     try:
         if args.command == "probe":
             require_root()
@@ -229,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             capture_mode=args.capture_mode,
             policy_paths=args.policies,
             control_socket=args.control_socket,
+            grpc=_grpc_config(args),
         )
         if args.node_name:
             config.node = args.node_name
@@ -239,6 +299,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except control.ControlError as exc:
         print(f"tracer: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except (PreflightError, bpf.LibbpfError, FileNotFoundError, RuntimeError) as exc:
+    except (PreflightError, bpf.LibbpfError, FileNotFoundError, RuntimeError, OSError) as exc:
         print(f"tracer: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

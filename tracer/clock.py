@@ -32,6 +32,19 @@ class BootClock:
 
 
 def rfc3339(ns: int) -> str:
-    """UTC, nanosecond precision: 2026-11-26T11:49:43.123456789Z."""
+    """UTC, exact to the nanosecond: 2026-11-26T11:49:43.123456789Z.
+
+    The fraction has 0, 3, 6 or 9 digits, the fewest that are exact, as in
+    protobuf's JSON mapping of Timestamp: a JSON line and the JSON of the
+    same event from the gRPC API are then equal as strings, not just as
+    instants.
+    """
     secs, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    if frac == 0:
+        return base + "Z"
+    if frac % 1_000_000 == 0:
+        return f"{base}.{frac // 1_000_000:03d}Z"
+    if frac % 1_000 == 0:
+        return f"{base}.{frac // 1_000:06d}Z"
+    return f"{base}.{frac:09d}Z"

@@ -3,7 +3,8 @@
 One thread polls the ring buffer and runs decode and enrichment in
 order (the process cache must see fork/exec/exit in kernel order); each
 sink serializes and writes on its own thread, so a slow output never
-holds the ring buffer back.
+holds the ring buffer back. The gRPC API is one more sink (export/hub.py)
+with its own server threads (export/grpc_server.py).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import structlog
 
 from enrich import ProcessCache, UserNames, procfs
 from export import QueuedWriter, RotatingFile, Serializer, Sink
+from export.grpc_server import GrpcConfig, GrpcServer
+from export.hub import Hub
 from policy import PolicyError, PolicyMaps, PolicyStore
 from tracer import control, system
 from tracer.clock import BootClock
-from tracer.events import Lost
+from tracer.events import LossCounts, Lost
 from tracer.loader import (
     ConfigError,
     KernelCounters,
@@ -36,6 +39,7 @@ from tracer.loader import (
 )
 from tracer.pipeline import Pipeline
 from tracer.probe import CAPTURE_MODES, probe
+from tracer.status import CaptureState, DaemonStatus
 
 _log = structlog.get_logger(component="daemon")
 
@@ -57,6 +61,7 @@ class Config:
     ancestor_depth: int = 64
     lost_interval_s: float = 1.0
     poll_ms: int = 100
+    grpc: GrpcConfig | None = field(default_factory=GrpcConfig)  # None: no API
     capture_mode: str = "auto"  # auto | lsm | fentry | kprobe | tracepoint
     policy_paths: list[Path] = field(default_factory=list)  # files or directories
     control_socket: Path = control.DEFAULT_SOCKET
@@ -80,19 +85,50 @@ class Config:
         for p in self.policy_paths:
             if not p.exists():
                 raise ConfigError(f"policy path {p} does not exist")
+        g = self.grpc
+        if g is not None:
+            if g.listen is not None and g.tls is None:
+                raise ConfigError(
+                    f"--grpc-listen {g.listen} needs --tls-cert and --tls-key: "
+                    "tracer does not serve events over plaintext TCP"
+                )
+            if g.listen is None and g.tls is not None:
+                raise ConfigError("--tls-cert/--tls-key/--tls-client-ca need --grpc-listen")
+            if g.listen is not None and not _host_port(g.listen):
+                raise ConfigError(f"--grpc-listen wants HOST:PORT, not {g.listen!r}")
+            if g.socket is None and g.listen is None:
+                raise ConfigError("--no-grpc-socket leaves the API no listener: add --grpc-listen")
+            if g.queue_capacity <= 0 or g.max_subscribers <= 0:
+                raise ConfigError("grpc-queue-size and grpc-max-subscribers must be positive")
+
+
+def _host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and int(port) < 65536)
 
 
 class _LossReporter:
     """Turns counter deltas into one Lost event per sink, when there is loss."""
 
-    def __init__(self, sensor: Sensor, pipeline: Pipeline, clock: BootClock, node: str) -> None:
+    def __init__(
+        self,
+        sensor: Sensor,
+        pipeline: Pipeline,
+        clock: BootClock,
+        node: str,
+        by_sink: dict[str, collections.Counter[str]],
+    ) -> None:
         self._sensor = sensor
         self._pipeline = pipeline
         self._clock = clock
         self._node = node
         self._seen_kernel: dict[str, int] = {}
+        # Counts waiting to be reported (a count over 32 bits waits a round).
+        self._kernel = LossCounts()
+        self._daemon = {sink.name: LossCounts() for sink in pipeline.sinks}
         self.total_kernel: collections.Counter[str] = collections.Counter()
         self.total_daemon: collections.Counter[str] = collections.Counter()
+        self.by_sink = by_sink
 
     def _kernel_delta(self, counters: KernelCounters) -> dict[str, int]:
         delta = {}
@@ -104,17 +140,21 @@ class _LossReporter:
         return delta
 
     def report(self) -> None:
-        kernel = self._kernel_delta(self._sensor.counters())
+        self._kernel.add(self._kernel_delta(self._sensor.counters()))
+        kernel = self._kernel.take()
         self.total_kernel.update(kernel)
         shared = dict(self._pipeline.malformed)
         self._pipeline.malformed.clear()
         now = self._clock.wall(self._clock.now_boot())
         for sink in self._pipeline.sinks:
-            daemon = collections.Counter(shared)
-            daemon.update(sink.take_dropped())
+            pending = self._daemon[sink.name]
+            pending.add(shared)
+            pending.add(sink.take_dropped())
+            daemon = pending.take()
             self.total_daemon.update(daemon)
+            self.by_sink.setdefault(sink.name, collections.Counter()).update(daemon)
             if kernel or daemon:
-                sink.offer(Lost(time=now, node=self._node, kernel=kernel, daemon=dict(daemon)))
+                sink.offer(Lost(time=now, node=self._node, kernel=kernel, daemon=daemon))
 
 
 class Daemon:
@@ -122,12 +162,16 @@ class Daemon:
         config.validate()
         self.config = config
         self._stop = False
+        self._stop_signal: int | None = None
         self._reload = False
         self._policies: PolicyStore | None = None
         self._sensor: Sensor | None = None
 
+    # Signal handlers only set flags. Logging here could deadlock: the
+    # handler runs between two bytecodes of the main thread, possibly while
+    # it holds the log writer's lock in the middle of a line.
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        _log.info("stopping", signal=signal.Signals(signum).name)
+        self._stop_signal = signum
         self._stop = True
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
@@ -238,9 +282,33 @@ class Daemon:
         )
         serializer = Serializer()
         sinks = self._sinks(serializer)
+        hub = None
+        server = None
+        if cfg.grpc is not None:
+            hub = Hub(
+                cfg.node,
+                lambda: clock.wall(clock.now_boot()),
+                capacity=cfg.queue_capacity,
+                subscriber_capacity=cfg.grpc.queue_capacity,
+                max_subscribers=cfg.grpc.max_subscribers,
+            )
+            sinks.append(hub)
         pipeline = Pipeline(cache, sinks)
-        server: control.ControlServer | None = None
+        self._state = CaptureState(
+            node=cfg.node,
+            process_hooks=variant,
+            capture_mode=mode,
+            ringbuf_size=cfg.ringbuf_size,
+            hub=hub,
+            events=pipeline.events,
+        )
+        losses: _LossReporter | None = None
+        ctl: control.ControlServer | None = None
         try:
+            if hub is not None:
+                assert cfg.grpc is not None
+                # Bound before any BPF is loaded: a socket in use fails fast.
+                server = GrpcServer(cfg.grpc, hub, DaemonStatus(self._state))
             with capture_sensor(cfg.bpf_dir, variant, mode, cfg.ringbuf_size) as sensor:
                 self._sensor = sensor
                 maps = PolicyMaps(sensor.obj)
@@ -255,39 +323,63 @@ class Daemon:
                     if p.binary:
                         maps.set_binary(p.pid, p.binary)
                 n = cache.bootstrap(snapshot)
-                server = control.ControlServer(cfg.control_socket, self._control)
+                ctl = control.ControlServer(cfg.control_socket, self._control)
+                losses = _LossReporter(sensor, pipeline, clock, cfg.node, self._state.daemon_lost)
+                self._state.sensor = sensor
+                if server is not None:
+                    server.start()
                 _log.info(
                     "ready",
                     startup_ms=round((time.perf_counter() - t0) * 1000, 1),
                     procfs_processes=n,
                     node=cfg.node,
                 )
-                losses = _LossReporter(sensor, pipeline, clock, cfg.node)
                 status = self._loop(sensor, pipeline, losses)
+                self._state.stopping = True
+                if server is not None:
+                    server.stopping()
                 pipeline.feed(sensor.ringbuf.consume())
                 losses.report()
+                # Outputs drain before the server stops, so subscribers get
+                # every event up to the end; then nothing reads the sensor.
+                self._close(sinks)
+                sinks = []
+                if server is not None:
+                    server.stop()
+                    server = None
+                self._state.sensor = None
         finally:
+            if ctl is not None:
+                ctl.close()
+            self._close(sinks)
             if server is not None:
-                server.close()
-            for sink in sinks:
-                sink.close()
+                server.stop(grace=0)
+        assert losses is not None
         _log.info(
             "stopped",
             events=dict(pipeline.events),
             lost_kernel=dict(losses.total_kernel),
             lost_daemon=dict(losses.total_daemon),
+            lost_grpc_subscribers=dict(hub.subscriber_lost) if hub is not None else {},
             cache=cache.stats,
         )
         return status
 
+    @staticmethod
+    def _close(sinks: list[Sink]) -> None:
+        for sink in sinks:
+            sink.close()
+
     def _loop(self, sensor: Sensor, pipeline: Pipeline, losses: _LossReporter) -> int:
         interval = self.config.lost_interval_s
         next_report = time.monotonic() + interval
+        state = self._state
         while not self._stop:
             pipeline.feed(sensor.ringbuf.poll(self.config.poll_ms))
             if self._reload:
                 self._reload_policies()
             now = time.monotonic()
+            state.last_poll = now  # GetHealth: the loop is alive
             if now >= next_report:
                 next_report = now + interval
                 losses.report()
@@ -296,4 +388,6 @@ class Daemon:
                     if sink.error is not None:
                         _log.error("output failed, stopping", sink=sink.name, error=str(sink.error))
                         return 1
+        if self._stop_signal is not None:
+            _log.info("stopping", signal=signal.Signals(self._stop_signal).name)
         return 0

@@ -130,3 +130,31 @@ class Lost:
 
 
 Event = ProcessExec | ProcessExit | FileOpen | Connect | Lost
+
+# Lost counts are uint32 in the API, so that they are JSON numbers (uint64
+# would be strings); LossCounts keeps them exact anyway.
+LOST_COUNT_MAX = 2**32 - 1
+
+
+class LossCounts:
+    """Losses by kind, waiting to be reported in a Lost event.
+
+    take() hands out at most LOST_COUNT_MAX per kind and keeps the rest for
+    the next report: no count is ever cut. Not thread-safe; callers lock.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def add(self, counts: dict[str, int]) -> None:
+        for kind, n in counts.items():
+            if n:
+                self._counts[kind] = self._counts.get(kind, 0) + n
+
+    def __bool__(self) -> bool:
+        return bool(self._counts)
+
+    def take(self) -> dict[str, int]:
+        out = {k: min(n, LOST_COUNT_MAX) for k, n in self._counts.items()}
+        self._counts = {k: n - out[k] for k, n in self._counts.items() if n > out[k]}
+        return out

@@ -1,0 +1,310 @@
+"""gRPC streaming throughput and loss: `python bench/grpc_stream.py` (as root, for `e2e`).
+
+Two kinds of load, reported separately:
+
+synthetic  In process: events made in Python (an exec with a new process,
+           a parent and 5 ancestors, then its exit) are offered to the real
+           Hub, served by the real GrpcServer on a unix socket to real
+           gRPC clients in other processes. No BPF: this is the API's own
+           ceiling. `max`: the feeder waits whenever the hub or a subscriber
+           is 4096 events behind (a lossless upper bound); `rate`: a fixed
+           offered rate, with every loss counted.
+e2e        The real daemon (`tracer run`, JSON to /dev/null) under an exec
+           storm (bash running /bin/true in a loop), with 1 and 10
+           subscribers: delivered events/s, and the capture pipeline's own
+           loss (kernel ring buffer, and the outputs' queues).
+
+Clients count events and parse every message (GetEventsResponse) but do
+nothing else with them. Prints one line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from export.grpc_server import GrpcConfig, GrpcServer  # noqa: E402
+from export.hub import Hub  # noqa: E402
+from export.proto_gen import tracer_v1_pb2 as pb  # noqa: E402
+from export.proto_gen import tracer_v1_pb2_grpc as pb_grpc  # noqa: E402
+from tracer import log  # noqa: E402
+from tracer.events import Event, ExitStatus, Process, ProcessExec, ProcessExit  # noqa: E402
+
+END = "bench-end"
+
+
+# -- client (a separate process) --------------------------------------------------
+
+
+def client(address: str, end_marker: str, ready: Path) -> None:
+    """Count events until one whose node (or args) is end_marker; print JSON stats."""
+    by_args = end_marker.startswith("bench-end-")  # e2e: the daemon names the node
+    n = lost = 0
+    first = last = 0.0
+    with grpc.insecure_channel(address) as ch:
+        call = pb_grpc.TracerServiceStub(ch).GetEvents(pb.GetEventsRequest())
+        ready.touch()
+        for resp in call:
+            now = time.perf_counter()
+            if not n:
+                first = now
+            last = now
+            done = False
+            for ev in resp.events:
+                if ev.type == "lost":
+                    lost += sum(ev.lost.daemon.values())
+                    continue
+                n += 1
+                if ev.node == end_marker or (by_args and end_marker in ev.process.args):
+                    done = True
+            if done:
+                call.cancel()
+                break
+    print(json.dumps({"events": n, "lost": lost, "seconds": last - first}))
+
+
+def start_clients(address: str, count: int, end_marker: str) -> list[subprocess.Popen[str]]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ready-"))
+    procs = []
+    for i in range(count):
+        ready = tmp / str(i)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, __file__, "_client", address, end_marker, str(ready)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+    deadline = time.monotonic() + 30
+    while not all((tmp / str(i)).exists() for i in range(count)):
+        if time.monotonic() > deadline:
+            raise RuntimeError("clients did not start")
+        time.sleep(0.05)
+    return procs
+
+
+def wait_subscribed(address: str, n: int) -> None:
+    with grpc.insecure_channel(address) as ch:
+        s = pb_grpc.TracerServiceStub(ch)
+        while s.GetHealth(pb.GetHealthRequest()).subscribers < n:
+            time.sleep(0.05)
+
+
+def results(procs: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    out = []
+    for p in procs:
+        stdout, _ = p.communicate(timeout=120)
+        out.append(json.loads(stdout))
+    return out
+
+
+# -- synthetic --------------------------------------------------------------------
+
+
+class _Status:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def health(self) -> pb.GetHealthResponse:
+        return pb.GetHealthResponse(subscribers=self.hub.subscribers)
+
+    def info(self) -> pb.GetInfoResponse:
+        return pb.GetInfoResponse()
+
+
+def _proc(pid: int, parent: str | None, args: tuple[str, ...]) -> Process:
+    return Process(
+        exec_id=f"bench:{pid * 1000}:{pid}",
+        pid=pid,
+        tid=pid,
+        uid=1000,
+        euid=1000,
+        gid=1000,
+        egid=1000,
+        auid=1000,
+        user="alice",
+        binary=f"/usr/bin/{args[0]}",
+        args=args,
+        cwd="/home/alice/src/project",
+        start_time=time.time_ns(),
+        parent_exec_id=parent,
+        flags=(),
+        cgroup_id=12345,
+    )
+
+
+class Synthetic:
+    """Exec (new process) then exit, alternately, under a fixed 7-deep ancestry."""
+
+    def __init__(self) -> None:
+        chain: list[Process] = []
+        parent = None
+        for pid, name in enumerate(["systemd", "sshd", "sshd", "bash", "make", "bash"], 1):
+            p = _proc(pid, parent, (name, "--some", "args"))
+            chain.append(p)
+            parent = p.exec_id
+        self.parent = chain[-1]
+        self.ancestors = tuple(reversed(chain[:-1]))
+        self.i = 0
+        self._pending: Process | None = None
+
+    def next(self, node: str = "bench") -> Event:
+        now = time.time_ns()
+        if self._pending is None:
+            self.i += 1
+            p = _proc(10_000 + self.i, self.parent.exec_id, ("cc", "-c", f"file{self.i}.c", "-O2"))
+            self._pending = p
+            return ProcessExec(now, node, p, self.parent, self.ancestors)
+        p, self._pending = self._pending, None
+        return ProcessExit(now, node, p, self.parent, self.ancestors, ExitStatus(0, None))
+
+
+def synthetic(subscribers: int, mode: str, rate: int, seconds: float) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
+    sock = tmp / "t.sock"
+    hub = Hub("bench", time.time_ns, capacity=65536, subscriber_capacity=16384)
+    server = GrpcServer(GrpcConfig(socket=sock), hub, _Status(hub))
+    server.start()
+    address = f"unix://{sock}"
+    procs = start_clients(address, subscribers, END)
+    wait_subscribed(address, subscribers)
+    gen = Synthetic()
+    offered = 0
+    t0 = time.perf_counter()
+    offer_ns = 0
+    if mode == "max":
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(256):
+                ev = gen.next()
+                a = time.perf_counter_ns()
+                hub.offer(ev)
+                offer_ns += time.perf_counter_ns() - a
+            offered += 256
+            while hub.backlog > 4096 or hub.subscriber_backlog > 4096:
+                time.sleep(0.0005)
+    else:
+        tick = 0.01
+        per_tick = max(1, int(rate * tick))
+        next_t = t0
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(per_tick):
+                ev = gen.next()
+                a = time.perf_counter_ns()
+                hub.offer(ev)
+                offer_ns += time.perf_counter_ns() - a
+            offered += per_tick
+            next_t += tick
+            delay = next_t - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+    feed_s = time.perf_counter() - t0
+    for _ in range(20):  # the end marker, whatever is lost before it
+        hub.offer(gen.next(node=END))
+    stats = results(procs)
+    hub_lost = sum(hub.take_dropped().values())
+    server.stop(grace=0)
+    hub.close()
+    rates = [s["events"] / s["seconds"] for s in stats if s["seconds"]]
+    received = min(s["events"] for s in stats) - 20  # less the end markers
+    lost = sum(s["lost"] for s in stats)
+    if mode == "max":
+        label = f"lossless feed, {seconds:.0f} s"
+        outcome = f"delivered={min(rates):6.0f}/s per subscriber (slowest)"
+    else:
+        label = f"offered {offered / feed_s:.0f}/s, {seconds:.0f} s"
+        outcome = f"received {received} of {offered} (slowest subscriber)"
+    print(
+        f"synthetic  {label:<24} subscribers={subscribers:<2} {outcome} "
+        f"hub_lost={hub_lost} subscriber_lost={lost} "
+        f"offer={offer_ns / max(offered, 1) / 1000:.1f}us/event"
+    )
+
+
+# -- end to end -----------------------------------------------------------------------
+
+
+def e2e(subscribers: int, processes: int) -> None:
+    if os.geteuid() != 0:
+        print("e2e        skipped: needs root (loads BPF programs)")
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    sock = tmp / "t.sock"
+    err = open(tmp / "daemon.log", "w+")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "tracer", "run", "--grpc-socket", str(sock)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "event='ready'" not in (tmp / "daemon.log").read_text():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("daemon did not start:\n" + (tmp / "daemon.log").read_text())
+            time.sleep(0.1)
+        address = f"unix://{sock}"
+        end = f"bench-end-{uuid.uuid4().hex[:8]}"
+        procs = start_clients(address, subscribers, end)
+        wait_subscribed(address, subscribers)
+        t0 = time.perf_counter()
+        subprocess.run(
+            ["bash", "-c", f"for i in $(seq {processes}); do /bin/true x; done; /bin/true {end}"],
+            check=True,
+        )
+        storm_s = time.perf_counter() - t0
+        stats = results(procs)
+        with grpc.insecure_channel(address) as ch:
+            info = pb_grpc.TracerServiceStub(ch).GetInfo(pb.GetInfoRequest())
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+    log = (tmp / "daemon.log").read_text()
+    stopped = next(line for line in log.splitlines() if "event='stopped'" in line)
+    rates = [s["events"] / s["seconds"] for s in stats if s["seconds"]]
+    print(
+        f"e2e        exec storm {processes} procs ({2 * processes / storm_s:6.0f} events/s) "
+        f"subscribers={subscribers:<2} delivered/subscriber={min(rates):6.0f}/s (min) "
+        f"subscriber_lost={sum(s['lost'] for s in stats)} "
+        f"kernel_lost={sum(info.kernel_lost.values())} "
+        f"daemon_lost={ {k: dict(v.by_kind) for k, v in info.daemon_lost.items()} } "
+        f"final: {stopped.split('lost_kernel=')[1].split(' cache=')[0]}"
+    )
+
+
+def main() -> None:
+    # structlog's default prints to stdout; the measurements own it.
+    log.configure("warning")
+    if len(sys.argv) > 1 and sys.argv[1] == "_client":
+        client(sys.argv[2], sys.argv[3], Path(sys.argv[4]))
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=5.0, help="feed time per synthetic run")
+    p.add_argument("--processes", type=int, default=3000, help="processes per exec storm")
+    p.add_argument("--only", choices=["synthetic", "e2e"])
+    args = p.parse_args()
+    print(f"# {time.strftime('%Y-%m-%d')} {os.uname().release} {os.cpu_count()} cpus")
+    if args.only != "e2e":
+        synthetic(1, "max", 0, args.seconds)
+        synthetic(1, "rate", 50_000, args.seconds)
+        synthetic(10, "max", 0, args.seconds)
+        synthetic(10, "rate", 5_000, args.seconds)
+    if args.only != "synthetic":
+        e2e(1, args.processes)
+        e2e(10, args.processes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Subscriber filters (export/filters.py): semantics, validation, one matcher for both inputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from test_export import BASH, INIT, LS, SSHD, T0, exec_ev, exit_ev, mkproc
+
+from export.filters import (
+    EventFilter,
+    Facts,
+    FilterError,
+    facts_of_dict,
+    facts_of_event,
+    parse_selector,
+)
+from export.jsonl import Serializer
+from export.proto_gen import tracer_v1_pb2 as pb
+from tracer.events import ProcessExec
+
+
+def ef(
+    allow: list[dict[str, Any]] | None = None, deny: list[dict[str, Any]] | None = None
+) -> EventFilter:
+    req = pb.GetEventsRequest(
+        allow=[pb.Filter(**f) for f in allow or []], deny=[pb.Filter(**f) for f in deny or []]
+    )
+    return EventFilter.from_request(req)
+
+
+CURL = mkproc(300, BASH, binary="/usr/bin/curl", args=("curl", "-s", "https://example.com"))
+EXEC_CURL = facts_of_event(exec_ev(CURL))
+EXIT_CURL = facts_of_event(exit_ev(CURL))
+EXEC_LS = facts_of_event(exec_ev(LS))  # /bin/ls ls -l, pid 200
+
+
+def pod_facts(**kw: Any) -> Facts:
+    base: dict[str, Any] = {
+        "kind": "process_exec",
+        "binary": "/usr/sbin/nginx",
+        "args": "-g daemon off;",
+        "pid": 42,
+        "namespace": "web",
+        "pod": "nginx-7d9f-abcde",
+        "labels": {"app": "nginx", "tier": "front", "env": "prod"},
+        "container_id": "3f4e5d6c7b8a9f0e1d2c",
+    }
+    base.update(kw)
+    return Facts(**base)
+
+
+def test_no_filter_passes_everything() -> None:
+    f = ef()
+    assert f.passes_everything
+    assert f.matches(EXEC_CURL) and f.matches(EXIT_CURL)
+
+
+def test_fields_in_one_filter_are_anded() -> None:
+    f = ef([{"event_types": ["process_exec"], "binary_regex": ["curl"]}])
+    assert f.matches(EXEC_CURL)
+    assert not f.matches(EXIT_CURL)  # right binary, wrong type
+    assert not f.matches(EXEC_LS)  # right type, wrong binary
+
+
+def test_entries_of_one_field_are_ored() -> None:
+    f = ef([{"binary_regex": ["^/bin/ls$", "wget"], "pid": [300, 200]}])
+    assert f.matches(EXEC_LS)
+    assert not f.matches(EXEC_CURL)
+
+
+def test_allow_filters_are_ored() -> None:
+    f = ef([{"binary_regex": ["curl"]}, {"pid": [200]}])
+    assert f.matches(EXEC_CURL) and f.matches(EXEC_LS)
+    assert not f.matches(facts_of_event(exec_ev(SSHD)))
+
+
+def test_deny_wins() -> None:
+    f = ef([{"event_types": ["process_exec"]}], deny=[{"binary_regex": ["curl"]}])
+    assert f.matches(EXEC_LS)
+    assert not f.matches(EXEC_CURL)
+    only_deny = ef(deny=[{"event_types": ["process_exit"]}])
+    assert only_deny.matches(EXEC_CURL) and not only_deny.matches(EXIT_CURL)
+
+
+def test_args_regex_sees_the_arguments_after_argv0() -> None:
+    assert EXEC_CURL.args == "-s https://example.com"
+    assert ef([{"args_regex": [r"-s https://"]}]).matches(EXEC_CURL)
+    assert not ef([{"args_regex": ["^curl"]}]).matches(EXEC_CURL)
+
+
+def test_pod_fields() -> None:
+    e = pod_facts()
+    assert ef([{"namespace": ["web", "db"]}]).matches(e)
+    assert not ef([{"namespace": ["we"]}]).matches(e)  # exact, not a prefix
+    assert ef([{"pod_regex": ["^nginx-"]}]).matches(e)
+    assert ef([{"container_id": ["3f4e5d6c7b8a"]}]).matches(e)  # short id
+    assert not ef([{"container_id": ["4f"]}]).matches(e)
+    assert ef([{"labels": ["app=nginx,env in (prod,stage)"]}]).matches(e)
+    assert not ef([{"labels": ["app=nginx,tier!=front"]}]).matches(e)
+    # A process outside any pod has no namespace, pod or container.
+    host = EXEC_CURL
+    for field in ({"namespace": ["web"]}, {"pod_regex": [""]}, {"container_id": ["3"]}):
+        assert not ef([field]).matches(host), field
+        assert ef(deny=[field]).matches(host), field
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "want"),
+    [
+        ("", {}, True),
+        ("app", {"app": "x"}, True),
+        ("app", {}, False),
+        ("!app", {}, True),
+        ("!app", {"app": ""}, False),
+        ("app=web", {"app": "web"}, True),
+        ("app==web", {"app": "web"}, True),
+        ("app=web", {"app": "db"}, False),
+        ("app!=web", {}, True),  # Kubernetes: != matches a missing key
+        ("app!=web", {"app": "web"}, False),
+        ("env in (a, b)", {"env": "b"}, True),
+        ("env in (a,b)", {}, False),
+        ("env notin (a,b)", {}, True),
+        ("env notin (a,b)", {"env": "a"}, False),
+        ("app.kubernetes.io/name=web,tier", {"app.kubernetes.io/name": "web", "tier": "1"}, True),
+        ("app=", {"app": ""}, True),
+    ],
+)
+def test_label_selector_semantics(selector: str, labels: dict[str, str], want: bool) -> None:
+    assert all(r.matches(labels) for r in parse_selector(selector)) is want
+
+
+@pytest.mark.parametrize(
+    "bad", ["app===x", "a b", "env in a,b", "=x", "app=(x)", "env in ()x", "a!b"]
+)
+def test_bad_label_selectors_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_selector(bad)
+
+
+@pytest.mark.parametrize(
+    ("request_filters", "field", "words"),
+    [
+        (
+            {"allow": [{"binary_regex": ["ok", "(unclosed"]}]},
+            "allow[0].binary_regex[1]",
+            "missing )",
+        ),
+        ({"deny": [{}, {"args_regex": [r"(a)\1"]}]}, "deny[1].args_regex[0]", "invalid RE2"),
+        ({"allow": [{"pod_regex": ["(?=x)"]}]}, "allow[0].pod_regex[0]", "invalid RE2"),
+        ({"allow": [{"labels": ["app in x"]}]}, "allow[0].labels[0]", "label selector"),
+        (
+            {"allow": [{"event_types": ["process_exec", "exec"]}]},
+            "allow[0].event_types[1]",
+            "'exec'",
+        ),
+        ({"allow": [{"container_id": [""]}]}, "allow[0].container_id[0]", "empty"),
+        ({"allow": [{"binary_regex": ["x" * 5000]}]}, "allow[0].binary_regex[0]", "longer than"),
+    ],
+)
+def test_invalid_filters_name_the_field(
+    request_filters: dict[str, Any], field: str, words: str
+) -> None:
+    with pytest.raises(FilterError) as exc:
+        ef(request_filters.get("allow"), request_filters.get("deny"))
+    assert exc.value.field == field
+    assert words in str(exc.value)
+    assert str(exc.value).startswith(field + ": ")
+
+
+def test_regexes_are_re2_linear_time() -> None:
+    # A backtracking engine takes ages on this (2**40 ways); RE2 is linear.
+    f = ef([{"args_regex": ["(x+x+)+y"]}])
+    assert not f.matches(pod_facts(args="x" * 40))
+
+
+@pytest.mark.parametrize(
+    "ev",
+    [
+        exec_ev(CURL),
+        exit_ev(LS),
+        ProcessExec(time=T0, node="n1", process=INIT, parent=None, ancestors=()),
+        exec_ev(mkproc(5, args=())),
+    ],
+)
+def test_facts_are_the_same_from_an_event_and_from_its_json_line(ev: ProcessExec) -> None:
+    line = json.loads(Serializer().line(ev))
+    assert facts_of_dict(line) == facts_of_event(ev)
+
+
+def test_facts_of_a_json_line_with_pod_and_container() -> None:
+    d = {
+        "type": "connect",
+        "process": {
+            "binary": "/app",
+            "args": ["app", "--port", "80"],
+            "pid": 7,
+            "pod": {"namespace": "ns", "name": "p", "labels": {"a": "b"}},
+            "container": {"id": "abc"},
+        },
+    }
+    assert facts_of_dict(d) == Facts(
+        "connect", "/app", "--port 80", 7, "ns", "p", {"a": "b"}, "abc"
+    )

@@ -1,0 +1,148 @@
+"""One schema, two encodings: a JSON line equals protobuf's JSON mapping of the same Event.
+
+export/jsonl.py builds JSON directly (fast); export/pb.py builds protobuf
+messages. These tests hold them equal, field for field, on every shape an
+event takes. tests/test_grpc_api.py does the same on real kernel events.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from google.protobuf.json_format import MessageToDict
+from test_export import BASH, INIT, LS, SSHD, T0, exec_ev, exit_ev, mkproc
+
+from export.jsonl import Serializer
+from export.pb import JSON_OPTIONS, Encoder, frame, varint
+from export.proto_gen import tracer_v1_pb2 as pb
+from tracer import text
+from tracer.events import (
+    LOST_COUNT_MAX,
+    Event,
+    ExitStatus,
+    LossCounts,
+    Lost,
+    ProcessExec,
+    ProcessExit,
+)
+
+
+def as_json(ev: Event) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(Serializer().line(ev))
+    return out
+
+
+def as_proto_json(ev: Event) -> dict[str, Any]:
+    msg = Encoder().message(ev)
+    # Through the wire and back, as a client sees it.
+    parsed = pb.Event.FromString(msg.SerializeToString())
+    return MessageToDict(parsed, **JSON_OPTIONS)  # type: ignore[arg-type]
+
+
+HOSTILE = mkproc(
+    9,
+    SSHD,
+    binary=text.decode(b"/tmp/\xfe\\x41")[0],
+    args=("a\\b", "line1\nline2", "\x1b[31mred", 'quote"', "", "\u202eevil"),
+    flags=("non_utf8", "truncated_args"),
+    user=None,
+    auid=None,
+    cgroup_id=(1 << 64) - 1,
+)
+
+EVENTS: dict[str, Event] = {
+    "exec": exec_ev(),
+    "exit by signal with core": exit_ev(),
+    "exit with code 0": ProcessExit(
+        time=T0,
+        node="n1",
+        process=LS,
+        parent=BASH,
+        ancestors=(SSHD, INIT),
+        exit=ExitStatus(code=0, signal=None),
+    ),
+    "pid 1 without parent": ProcessExec(
+        time=T0, node="n1", process=INIT, parent=None, ancestors=()
+    ),
+    "hostile strings, unknown user, max cgroup": ProcessExec(
+        time=T0, node="n1", process=HOSTILE, parent=SSHD, ancestors=(INIT,)
+    ),
+    "whole second": exec_ev(mkproc(7, start_time=1_700_000_000_000_000_000), time=0),
+    "milliseconds": exec_ev(mkproc(7, start_time=1_700_000_000_120_000_000), time=1_000_000),
+    "microseconds": exec_ev(mkproc(7, start_time=1_700_000_000_000_001_000), time=1_000),
+    "lost": Lost(time=T0, node="n1", kernel={"process_exec": 3}, daemon={"malformed": 1}),
+    "lost, empty": Lost(time=T0, node="n1"),
+    "lost, max count": Lost(time=T0, node="n1", daemon={"process_exit": LOST_COUNT_MAX}),
+}
+
+
+@pytest.mark.parametrize("name", list(EVENTS))
+def test_json_line_equals_protobuf_json_mapping(name: str) -> None:
+    ev = EVENTS[name]
+    assert as_json(ev) == as_proto_json(ev)
+
+
+def test_the_details_are_under_the_key_named_by_the_type() -> None:
+    for ev in EVENTS.values():
+        d = as_json(ev)
+        kinds = {"process_exec", "process_exit", "file_open", "connect", "lost"}
+        assert [k for k in d if k in kinds] == [d["type"]]
+
+
+def test_the_oneof_set_is_the_type() -> None:
+    for ev in EVENTS.values():
+        msg = Encoder().message(ev)
+        assert msg.WhichOneof("event") == msg.type == ev.type
+
+
+def test_every_process_field_of_the_proto_is_in_the_json_or_not_produced_yet() -> None:
+    # A field added to the proto must be added to export/jsonl.py too (or be
+    # one the daemon does not produce yet): this lists the difference.
+    proto_fields = set(pb.Process.DESCRIPTOR.fields_by_name)
+    json_fields = set(as_json(exec_ev())["process"])
+    assert proto_fields - json_fields == {"container", "pod"}
+    assert json_fields <= proto_fields
+
+
+def test_encoder_reuses_process_messages_but_not_across_copies() -> None:
+    enc = Encoder()
+    first = enc.message(exec_ev(LS))
+    thread_exit = exit_ev(mkproc(200, BASH, binary="/bin/ls", args=("ls", "-l"), tid=205))
+    assert enc.message(thread_exit).process.tid == 205
+    assert enc.message(exec_ev(LS)).process == first.process
+
+
+@pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 16383, 16384, 2**21, 2**35 + 5])
+def test_varint_matches_protobuf(n: int) -> None:
+    # The length prefix of a string field of exactly n bytes, as protobuf
+    # writes it (policy: field 5, optional, so even "" is written).
+    if n < 2**21:
+        ref = pb.FileOpen(error="x" * n).SerializeToString()
+        assert ref == b"\x2a" + varint(n) + b"x" * n
+    # Decoding by hand: 7 bits a byte, high bit = more.
+    out, shift = 0, 0
+    for b in varint(n):
+        out |= (b & 0x7F) << shift
+        shift += 7
+    assert out == n
+
+
+def test_framed_events_concatenate_into_a_response() -> None:
+    enc = Encoder()
+    evs = list(EVENTS.values())
+    data = b"".join(frame(enc.message(ev).SerializeToString()) for ev in evs)
+    resp = pb.GetEventsResponse.FromString(data)
+    assert [m.type for m in resp.events] == [ev.type for ev in evs]
+    assert list(resp.events) == [enc.message(ev) for ev in evs]
+
+
+def test_loss_counts_never_cut_a_count() -> None:
+    c = LossCounts()
+    c.add({"process_exec": LOST_COUNT_MAX + 10, "process_exit": 2, "zero": 0})
+    assert c.take() == {"process_exec": LOST_COUNT_MAX, "process_exit": 2}
+    assert c  # the rest waits
+    assert c.take() == {"process_exec": 10}
+    assert not c
+    assert c.take() == {}

@@ -1,0 +1,161 @@
+"""The gRPC fan-out (export/hub.py) in process: queues, loss accounting, batching.
+
+No gRPC here: a subscriber's batches() is what the server sends, so these
+read it directly. tests/test_grpc_api.py covers the same over real sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from test_export import LS, T0, exec_ev, exit_ev, mkproc
+
+from export.filters import EventFilter
+from export.hub import BATCH_BYTES, Hub, Subscriber, TooManySubscribers
+from export.proto_gen import tracer_v1_pb2 as pb
+from export.sink import DropOldest
+from tracer.events import Event, Lost
+
+
+def everything() -> EventFilter:
+    return EventFilter()
+
+
+def only(kind: str) -> EventFilter:
+    return EventFilter.from_request(pb.GetEventsRequest(allow=[pb.Filter(event_types=[kind])]))
+
+
+def make_hub(**kw: int) -> Hub:
+    return Hub("n1", lambda: T0, **kw)
+
+
+def ev_at(i: int) -> Event:
+    return exec_ev(time=T0 + i) if i % 2 == 0 else exit_ev(time=T0 + i)
+
+
+def read(sub: Subscriber) -> Iterator[pb.Event]:
+    for data in sub.batches():
+        yield from pb.GetEventsResponse.FromString(data).events
+
+
+def test_a_slow_subscriber_loses_its_oldest_and_learns_the_exact_count() -> None:
+    hub = make_hub()
+    slow = hub.subscribe(everything(), capacity=10)
+    fast = hub.subscribe(everything(), capacity=1000)
+    evs = [ev_at(i) for i in range(25)]
+    hub.fan_out(evs)  # the hub thread's step, here
+    hub.close()
+    got_slow = list(read(slow))
+    got_fast = list(read(fast))
+    # The fast one has everything, and no loss report.
+    assert [e.time.ToNanoseconds() for e in got_fast] == [T0 + i for i in range(25)]
+    # The slow one: a Lost first (what it lost is older than what it has), then the newest 10.
+    assert got_slow[0].type == "lost"
+    assert dict(got_slow[0].lost.daemon) == {"process_exec": 8, "process_exit": 7}
+    assert dict(got_slow[0].lost.kernel) == {}
+    assert [e.time.ToNanoseconds() for e in got_slow[1:]] == [T0 + i for i in range(15, 25)]
+    assert hub.subscriber_lost == {"process_exec": 8, "process_exit": 7}
+
+
+def test_loss_is_counted_only_for_events_the_subscriber_asked_for() -> None:
+    hub = make_hub()
+    exits = hub.subscribe(only("process_exit"), capacity=5)
+    hub.fan_out([ev_at(i) for i in range(20)])  # 10 exits, 10 execs
+    hub.close()
+    got = list(read(exits))
+    assert dict(got[0].lost.daemon) == {"process_exit": 5}
+    assert [e.type for e in got[1:]] == ["process_exit"] * 5
+
+
+def test_shared_loss_reaches_every_subscriber_even_an_idle_one() -> None:
+    hub = make_hub()
+    a = hub.subscribe(only("process_exit"))
+    b = hub.subscribe(everything())
+    hub.offer(Lost(time=T0, node="n1", kernel={"process_exec": 4}, daemon={"malformed": 1}))
+    for sub in (a, b):
+        first = next(read(sub))  # wakes the subscriber although no event came
+        assert first.type == "lost"
+        assert dict(first.lost.kernel) == {"process_exec": 4}
+        assert dict(first.lost.daemon) == {"malformed": 1}
+    hub.close()
+
+
+def test_an_event_is_serialized_once_for_all_subscribers() -> None:
+    hub = make_hub()
+    subs = [hub.subscribe(everything()) for _ in range(3)]
+    hub.fan_out([exec_ev()])
+    items = [s.queue.take() for s in subs]
+    assert items[0][0][1] is items[1][0][1] is items[2][0][1]  # the same bytes object
+    hub.close()
+
+
+def test_batches_stay_under_the_message_limit() -> None:
+    hub = make_hub()
+    sub = hub.subscribe(everything())
+    big = mkproc(200, args=("x" * 8000,) * 1)
+    evs = [exec_ev(big, time=T0 + i) for i in range(300)]  # ~2.4 MB in all
+    hub.fan_out(evs)
+    hub.close()
+    sizes = []
+    n = 0
+    for data in sub.batches():
+        sizes.append(len(data))
+        n += len(pb.GetEventsResponse.FromString(data).events)
+    assert n == 300
+    assert len(sizes) > 1
+    assert max(sizes) <= BATCH_BYTES
+
+
+def test_too_many_subscribers_are_refused_and_leaving_frees_a_place() -> None:
+    hub = make_hub(max_subscribers=2)
+    a = hub.subscribe(everything())
+    hub.subscribe(everything())
+    with pytest.raises(TooManySubscribers):
+        hub.subscribe(everything())
+    hub.unsubscribe(a)
+    assert hub.subscribers == 1
+    hub.subscribe(everything())
+    hub.close()
+
+
+def test_a_disconnected_subscriber_gets_nothing_more() -> None:
+    hub = make_hub()
+    sub = hub.subscribe(everything())
+    hub.unsubscribe(sub)
+    hub.fan_out([exec_ev(LS)])
+    assert list(read(sub)) == []
+    assert hub.subscribers == 0
+    hub.close()
+
+
+def test_events_flow_through_the_hub_thread() -> None:
+    hub = make_hub()
+    sub = hub.subscribe(only("process_exec"))
+    for i in range(100):
+        hub.offer(ev_at(i))
+    hub.close()  # fans out what is queued, then ends the stream
+    got = list(read(sub))
+    assert [e.time.ToNanoseconds() for e in got] == [T0 + i for i in range(0, 100, 2)]
+
+
+def test_drop_oldest_never_drops_a_pinned_item() -> None:
+    q: DropOldest[str] = DropOldest(3, kind=lambda s: s[0], pinned=lambda s: s == "L")
+    for item in ["L", "a1", "b1", "a2", "b2"]:
+        q.put(item)
+    assert q.take() == ["L", "a2", "b2"]
+    assert q.take_dropped() == {"a": 1, "b": 1}
+    for item in ["L", "L", "L", "L"]:  # over capacity, but kept
+        q.put(item)
+    assert q.take() == ["L"] * 4
+
+
+def test_events_for_a_subscriber_that_left_are_not_its_loss() -> None:
+    hub = make_hub()
+    sub = hub.subscribe(everything())
+    sub.close()  # the client went away; the hub has not unsubscribed it yet
+    hub.fan_out([exec_ev(LS)])
+    assert list(read(sub)) == []
+    hub.unsubscribe(sub)
+    assert hub.subscriber_lost == {}
+    hub.close()

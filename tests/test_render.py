@@ -1,0 +1,128 @@
+"""What `tracer events` shows a person (tracer/render.py): compact lines, escaping, safe JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from test_export import exec_ev, exit_ev, mkproc
+
+from export.jsonl import Serializer
+from tracer import render
+
+
+def as_dict(ev: Any) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(Serializer().line(ev))
+    return out
+
+
+def no_control_chars(text: str) -> bool:
+    return all(ch.isprintable() for ch in text)
+
+
+def test_compact_escapes_escape_sequences_and_newlines() -> None:
+    p = mkproc(
+        9,
+        binary="/tmp/\x1b]0;pwned\x07evil",
+        args=("x", "\x1b[31mred\x1b[0m", "two\nlines", "tab\there", "cr\rhidden"),
+    )
+    line = render.compact(as_dict(exec_ev(p)), color=False)
+    assert "\x1b" not in line and "\n" not in line and "\r" not in line and "\x07" not in line
+    assert no_control_chars(line)
+    assert "\\x1b[31mred\\x1b[0m" in line
+    assert "two\\nlines" in line
+    assert "tab\\there" in line
+    assert "cr\\rhidden" in line
+    assert "/tmp/\\x1b]0;pwned\\x07evil" in line
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("\u202eexe.txt", "\\u202eexe.txt"),  # right-to-left override
+        ("a\u2028b", "a\\u2028b"),  # line separator
+        ("\x9b31m", "\\x9b31m"),  # C1 CSI
+        ("\x7f", "\\x7f"),
+        ("no\u00a0break", "no\\xa0break"),  # a space that does not look like one
+        ("\U000e0041tag", "\\U000e0041tag"),
+        ("café ünïcode", "café ünïcode"),  # printable: as is
+        ("\\x41 escaped by the daemon", "\\x41 escaped by the daemon"),
+    ],
+)
+def test_escape(raw: str, shown: str) -> None:
+    assert render.escape(raw) == shown
+
+
+def test_colors_only_when_asked_and_never_inside_kernel_strings() -> None:
+    ev = as_dict(exec_ev(mkproc(9, args=("x", "\x1b[32mfake"))))
+    plain = render.compact(ev, color=False)
+    colored = render.compact(ev, color=True)
+    assert "\x1b" not in plain
+    assert colored.count("\x1b[0m") == 2  # marker and node, which we wrote
+    assert "\\x1b[32mfake" in colored
+
+
+def test_compact_exec_and_exit_lines() -> None:
+    p = mkproc(200, binary="/bin/ls", args=("ls", "-l", "my file"))
+    line = render.compact(as_dict(exec_ev(p)))
+    assert line == "22:13:20.123 exec n1 200 /bin/ls -l 'my file'"
+    ex = render.compact(as_dict(exit_ev(p)))
+    assert ex.endswith("/bin/ls -l 'my file'  signal SIGSEGV (core dumped)")
+    assert ex.split()[1] == "exit"
+
+
+def test_compact_file_open_connect_and_pod() -> None:
+    pod = {"namespace": "shop", "name": "cart-1", "labels": {"app": "cart"}}
+    proc = {"pid": 7, "binary": "/usr/bin/cat", "args": ["cat", "/etc/shadow"], "pod": pod}
+    base = {"time": "2026-11-26T11:57:17Z", "node": "n1", "process": proc}
+    open_ev = {
+        **base,
+        "type": "file_open",
+        "file_open": {
+            "path": "/etc/shadow",
+            "flags": ["O_RDONLY"],
+            "result": -13,
+            "action": "deny",
+            "policy": "no-shadow",
+        },
+    }
+    assert render.compact(open_ev) == (
+        "11:57:17.000 open shop/cart-1 7 /usr/bin/cat /etc/shadow"
+        "  /etc/shadow O_RDONLY = -13 deny (no-shadow)"
+    )
+    conn = {
+        **base,
+        "type": "connect",
+        "connect": {
+            "family": "inet6",
+            "protocol": "tcp",
+            "daddr": "2001:db8::1",
+            "dport": 443,
+            "action": "allow",
+        },
+    }
+    assert render.compact(conn).endswith("  tcp [2001:db8::1]:443 allow")
+
+
+def test_compact_lost() -> None:
+    ev = {
+        "type": "lost",
+        "time": "2026-11-26T11:57:17.5Z",
+        "node": "n1",
+        "ancestors": [],
+        "lost": {"kernel": {"process_exec": 3}, "daemon": {"process_exit": 1, "malformed": 2}},
+    }
+    assert render.compact(ev) == (
+        "11:57:17.500 LOST n1 kernel: process_exec=3; daemon: malformed=2, process_exit=1"
+    )
+
+
+def test_json_line_is_terminal_safe_and_the_same_json() -> None:
+    for args in (("x", "\x1b[31m\n"), ("x", "\x9b31m"), ("x", "\u202e"), ("x", "\x7f"), ("x", "é")):
+        ev = as_dict(exec_ev(mkproc(9, args=args)))
+        line = render.json_line(ev)
+        text = line.decode()
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        assert json.loads(line) == ev
+        assert all(ch.isprintable() or ch == "\n" for ch in text), args

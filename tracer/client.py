@@ -1,0 +1,280 @@
+"""`tracer events`: the daemon's event stream, or a JSON lines log, for a person.
+
+Filter flags become the GetEventsRequest filters: the positive flags are
+one allow filter (all of them must match), each --deny-* flag its own deny
+filter (any of them excludes). The daemon evaluates them; with --from
+FILE the same module (export/filters.py) evaluates them here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import orjson
+from google.protobuf.json_format import MessageToDict
+
+from export.filters import KINDS, EventFilter, FilterError, facts_of_dict
+from export.grpc_server import DEFAULT_SOCKET
+from export.pb import JSON_OPTIONS
+from export.proto_gen import tracer_v1_pb2 as pb
+from export.proto_gen import tracer_v1_pb2_grpc as pb_grpc
+from tracer import render
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+# flag suffix -> (Filter field, type of one value)
+FILTER_FLAGS: dict[str, tuple[str, type]] = {
+    "type": ("event_types", str),
+    "binary": ("binary_regex", str),
+    "args": ("args_regex", str),
+    "pid": ("pid", int),
+    "namespace": ("namespace", str),
+    "pod": ("pod_regex", str),
+    "label": ("labels", str),
+    "container": ("container_id", str),
+}
+_HELP = {
+    "type": f"event type: {', '.join(KINDS)} (repeat, or comma-separate)",
+    "binary": "RE2 regex searched in the executed file's path",
+    "args": "RE2 regex searched in the arguments after argv[0], space-joined",
+    "pid": "process id",
+    "namespace": "Kubernetes namespace of the process's pod",
+    "pod": "RE2 regex searched in the pod name",
+    "label": "Kubernetes label selector, e.g. 'app=web,tier!=db'",
+    "container": "container id, or a prefix of it",
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("source")
+    src.add_argument(
+        "--address",
+        default=f"unix://{DEFAULT_SOCKET}",
+        help="daemon address: unix:///path or HOST:PORT (TLS) (default: %(default)s)",
+    )
+    src.add_argument(
+        "--from", dest="from_file", metavar="FILE", help="read a JSON lines log ('-': stdin)"
+    )
+    tls = p.add_argument_group("TLS (HOST:PORT addresses)")
+    tls.add_argument(
+        "--tls-ca", type=Path, help="CA that signed the daemon's certificate (default: system CAs)"
+    )
+    tls.add_argument(
+        "--tls-cert", type=Path, help="client certificate, for a daemon that asks for one"
+    )
+    tls.add_argument("--tls-key", type=Path, help="key of --tls-cert")
+    tls.add_argument(
+        "--tls-server-name", help="name to verify in the daemon's certificate (default: HOST)"
+    )
+    out = p.add_argument_group("output")
+    out.add_argument(
+        "-o", "--output", choices=["json", "compact"], default="json", help="format (default: json)"
+    )
+    out.add_argument(
+        "-n", "--count", type=int, metavar="N", help="stop after N events (loss reports included)"
+    )
+    out.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="color compact output (default: only on a terminal)",
+    )
+    flt = p.add_argument_group(
+        "filters",
+        "Given flags must all match; a repeated flag matches any of its values. "
+        "Each --deny-* flag excludes what it matches. Loss reports always pass.",
+    )
+    for name, (_, kind) in FILTER_FLAGS.items():
+        metavar = name.upper()
+        flt.add_argument(f"--{name}", action="append", type=kind, metavar=metavar, help=_HELP[name])
+    for name, (_, kind) in FILTER_FLAGS.items():
+        flt.add_argument(
+            f"--deny-{name}",
+            action="append",
+            type=kind,
+            metavar=name.upper(),
+            help=f"exclude events whose {name} matches",
+        )
+
+
+def _values(name: str, raw: list[Any] | None) -> list[Any]:
+    if not raw:
+        return []
+    if name == "type":  # --type process_exec,process_exit
+        return [t.strip() for v in raw for t in v.split(",") if t.strip()]
+    return raw
+
+
+def build_request(args: argparse.Namespace) -> pb.GetEventsRequest:
+    req = pb.GetEventsRequest()
+    allow = pb.Filter()
+    for name, (field, _) in FILTER_FLAGS.items():
+        getattr(allow, field).extend(_values(name, getattr(args, name)))
+        deny_values = _values(name, getattr(args, f"deny_{name}"))
+        if deny_values:
+            getattr(req.deny.add(), field).extend(deny_values)
+    if allow.ListFields():
+        req.allow.append(allow)
+    return req
+
+
+_FIELD_TO_FLAG = {field: name for name, (field, _) in FILTER_FLAGS.items()}
+_FIELD_PATH = re.compile(r"^(allow|deny)\[\d+\]\.(\w+)\[\d+\]")
+
+
+def flag_of(field_path: str) -> str:
+    """The flag a request field path came from: deny[1].binary_regex[0] -> --deny-binary."""
+    m = _FIELD_PATH.match(field_path)
+    if m is None or m[2] not in _FIELD_TO_FLAG:
+        return field_path
+    prefix = "--deny-" if m[1] == "deny" else "--"
+    return prefix + _FIELD_TO_FLAG[m[2]]
+
+
+# -- sources --------------------------------------------------------------------
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def channel(args: argparse.Namespace) -> grpc.Channel:
+    addr: str = args.address
+    if addr.startswith("unix:"):
+        if args.tls_ca or args.tls_cert or args.tls_key:
+            raise UsageError("TLS flags apply to HOST:PORT addresses, not unix sockets")
+        return grpc.insecure_channel(addr)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=_read(args.tls_ca) if args.tls_ca else None,
+        private_key=_read(args.tls_key) if args.tls_key else None,
+        certificate_chain=_read(args.tls_cert) if args.tls_cert else None,
+    )
+    options = []
+    if args.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
+    return grpc.secure_channel(addr, creds, options=options)
+
+
+def from_daemon(args: argparse.Namespace, req: pb.GetEventsRequest) -> Iterator[dict[str, Any]]:
+    with channel(args) as ch:
+        stub = pb_grpc.TracerServiceStub(ch)
+        for resp in stub.GetEvents(req, wait_for_ready=False):
+            for ev in resp.events:
+                yield MessageToDict(ev, **JSON_OPTIONS)  # type: ignore[arg-type]
+
+
+class BadLines:
+    def __init__(self) -> None:
+        self.count = 0
+
+
+def from_file(
+    lines: Iterable[bytes], name: str, event_filter: EventFilter, bad: BadLines
+) -> Iterator[dict[str, Any]]:
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            ev = orjson.loads(line)
+            if not isinstance(ev, dict) or "type" not in ev:
+                raise ValueError("no event type")
+        except ValueError as exc:
+            bad.count += 1
+            print(f"tracer: {name}:{n}: skipped, not a JSON event ({exc})", file=sys.stderr)
+            continue
+        if ev["type"] == "lost" or event_filter.matches(facts_of_dict(ev)):
+            yield ev
+
+
+# -- the command ----------------------------------------------------------------
+
+
+def _use_color(choice: str, out: IO[str]) -> bool:
+    return choice == "always" or (choice == "auto" and out.isatty())
+
+
+def _print(events: Iterable[dict[str, Any]], args: argparse.Namespace) -> None:
+    out = sys.stdout
+    if args.count is not None:
+        events = itertools.islice(events, args.count)
+    if args.output == "json":
+        buf = out.buffer
+        for ev in events:
+            buf.write(render.json_line(ev))
+            buf.flush()
+        return
+    color = _use_color(args.color, out)
+    for ev in events:
+        out.write(render.compact(ev, color) + "\n")
+        out.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    req = build_request(args)
+    try:
+        # Checked here too, so a bad flag is named as a flag, before any connection.
+        event_filter = EventFilter.from_request(req)
+    except FilterError as exc:
+        print(f"tracer: error: {flag_of(exc.field)}: {exc.problem}", file=sys.stderr)
+        return EXIT_USAGE
+    # Strings are escaped before printing; this only keeps an odd terminal
+    # encoding from turning a printable character into a crash.
+    sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    try:
+        if args.from_file is not None:
+            bad = BadLines()
+            if args.from_file == "-":
+                _print(from_file(sys.stdin.buffer, "stdin", event_filter, bad), args)
+            else:
+                try:
+                    f = open(args.from_file, "rb")
+                except OSError as exc:
+                    print(
+                        f"tracer: error: cannot read {args.from_file}: {exc.strerror}",
+                        file=sys.stderr,
+                    )
+                    return EXIT_FAILURE
+                with f:
+                    _print(from_file(f, args.from_file, event_filter, bad), args)
+            return EXIT_FAILURE if bad.count else 0
+        _print(from_daemon(args, req), args)
+        return 0
+    except UsageError as exc:
+        print(f"tracer: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            print(f"tracer: error: the daemon refused the filters: {details}", file=sys.stderr)
+            return EXIT_USAGE
+        print(
+            f"tracer: error: {args.address}: {code.name if code else 'error'}: {details}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

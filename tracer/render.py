@@ -1,0 +1,158 @@
+"""Events for a person's terminal: one compact line each, and terminal-safe JSON.
+
+Every string in an event may come from the kernel unfiltered: argv, file
+names, pod labels. A terminal obeys control characters and escape
+sequences, so none of those may reach it raw: escape() shows each
+character that is not printable (C0/C1 controls, DEL, bidi overrides and
+other format characters, line separators, non-ASCII spaces) as a visible
+escape. Colors, when enabled, are added after escaping, around text we
+wrote ourselves.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import unicodedata
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+MARKERS = {
+    "process_exec": "exec",
+    "process_exit": "exit",
+    "file_open": "open",
+    "connect": "conn",
+    "lost": "LOST",
+}
+_COLORS = {
+    "process_exec": "32",  # green
+    "process_exit": "33",  # yellow
+    "file_open": "34",  # blue
+    "connect": "35",  # magenta
+    "lost": "1;31",  # bold red
+}
+_ALARM = "31"  # red: actions other than allow
+_DIM = "2"
+
+
+def _escape_char(ch: str) -> str:
+    if ch in _NAMED:
+        return _NAMED[ch]
+    o = ord(ch)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
+def escape(text: str) -> str:
+    """`text` with every non-printable character shown as an escape."""
+    if text.isprintable():  # the common case, checked in C
+        return text
+    return "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
+
+
+def _paint(text: str, code: str, color: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if color else text
+
+
+def _clock(rfc3339: str) -> str:
+    """HH:MM:SS.mmm of an RFC 3339 time (the date is left out: lines are live)."""
+    hms = rfc3339[11:19]
+    frac = ""
+    if rfc3339[19:20] == ".":
+        digits = rfc3339[20:23]
+        frac = digits[: len(digits) - len(digits.lstrip("0123456789"))] if digits else ""
+    return escape(f"{hms}.{frac:0<3}")
+
+
+def _where(ev: Mapping[str, Any]) -> str:
+    pod = (ev.get("process") or {}).get("pod")
+    if pod:
+        return f"{escape(pod.get('namespace', ''))}/{escape(pod.get('name', ''))}"
+    return escape(ev.get("node", ""))
+
+
+def _action(details: Mapping[str, Any], color: bool) -> str:
+    action = details.get("action")
+    if not action:
+        return ""
+    text = escape(action)
+    if details.get("policy"):
+        text += f" ({escape(details['policy'])})"
+    return " " + (_paint(text, _ALARM, color) if action != "allow" else text)
+
+
+def _detail(kind: str, ev: Mapping[str, Any], color: bool) -> str:
+    d = ev.get(kind) or {}
+    if kind == "process_exit":
+        sig = d.get("signal")
+        text = f"signal {escape(sig)}" if sig else f"code {d.get('code', '?')}"
+        if d.get("core_dumped"):
+            text += " (core dumped)"
+        return text
+    if kind == "file_open":
+        flags = "|".join(escape(f) for f in d.get("flags", []))
+        result = f" = {d['result']}" if d.get("result") else ""
+        return f"{escape(d.get('path', ''))} {flags}{result}{_action(d, color)}".strip()
+    if kind == "connect":
+        daddr = escape(d.get("daddr", ""))
+        if ":" in daddr:  # IPv6
+            daddr = f"[{daddr}]"
+        proto = escape(d.get("protocol", ""))
+        result = f" = {d['result']}" if d.get("result") else ""
+        return f"{proto} {daddr}:{d.get('dport', 0)}{result}{_action(d, color)}".strip()
+    return ""
+
+
+def _lost(ev: Mapping[str, Any]) -> str:
+    lost = ev.get("lost") or {}
+    parts = []
+    for where in ("kernel", "daemon"):
+        counts = lost.get(where) or {}
+        if counts:
+            items = ", ".join(f"{escape(k)}={v}" for k, v in sorted(counts.items()))
+            parts.append(f"{where}: {items}")
+    return "; ".join(parts)
+
+
+def compact(ev: Mapping[str, Any], color: bool = False) -> str:
+    """One line: time, kind, namespace/pod or node, pid, binary, arguments, detail."""
+    kind = ev.get("type", "")
+    marker = f"{MARKERS.get(kind, escape(kind)):<4}"
+    head = f"{_clock(ev.get('time', ''))} {_paint(marker, _COLORS.get(kind, '0'), color)}"
+    where = _paint(_where(ev), _DIM, color)
+    if kind == "lost":
+        return f"{head} {where} {_lost(ev)}"
+    p = ev.get("process") or {}
+    args = " ".join(shlex.quote(escape(a)) for a in p.get("args", [])[1:])
+    line = f"{head} {where} {p.get('pid', '?')} {escape(p.get('binary', ''))}"
+    if args:
+        line += f" {args}"
+    detail = _detail(kind, ev, color)
+    if detail:
+        line += f"  {detail}"
+    return line
+
+
+def _unsafe_for_terminal(ch: str) -> bool:
+    # JSON escapes C0 controls itself; these it leaves raw.
+    o = ord(ch)
+    return o == 0x7F or (o > 0x7F and (o <= 0x9F or unicodedata.category(ch) in ("Cf", "Zl", "Zp")))
+
+
+def json_line(ev: Mapping[str, Any]) -> bytes:
+    """The event as one JSON line that is safe to show on a terminal.
+
+    orjson leaves DEL, C1 controls (U+009B is CSI to some terminals), bidi
+    overrides and line separators raw, which is valid JSON; the rare line
+    that holds one is written with every character outside printable ASCII
+    escaped instead. The JSON value is the same.
+    """
+    line = orjson.dumps(ev, option=orjson.OPT_APPEND_NEWLINE)
+    if (line.isascii() and b"\x7f" not in line) or not any(
+        _unsafe_for_terminal(ch) for ch in line.decode()
+    ):
+        return line
+    return json.dumps(ev, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
