@@ -485,20 +485,13 @@ def test_tracer_events_from_a_log_file(daemon: Daemon, tmp_path: Path) -> None:
 
 def test_a_failed_tcp_listener_leaves_no_unix_socket_behind(tmp_path: Path) -> None:
     sock = tmp_path / "t.sock"
-    busy = socket.socket()
-    busy.bind(("127.0.0.1", 0))
-    busy.listen()
-    port = busy.getsockname()[1]
-    try:
-        r = subprocess.run(
-            tracer_cmd(
-                "run", "--grpc-socket", str(sock), "--grpc-listen", f"127.0.0.1:{port}",
-                "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key",
-            ),
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-    finally:
-        busy.close()
+    r = subprocess.run(
+        tracer_cmd(
+            "run", "--grpc-socket", str(sock), "--grpc-listen", "127.0.0.1:0",
+            "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key",
+        ),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
     assert r.returncode == 1
     assert "cannot read a TLS file" in r.stderr
     assert not sock.exists()
