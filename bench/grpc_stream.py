@@ -49,13 +49,22 @@ END = "bench-end"
 # -- client (a separate process) --------------------------------------------------
 
 
-def client(address: str, end_marker: str, ready: Path) -> None:
+# What a filtered subscriber asks for: two RE2 searches per event on the hub
+# thread, both matching every synthetic event, so the same events are
+# delivered as without filters and only the filters' cost differs.
+FILTERED = pb.GetEventsRequest(
+    allow=[pb.Filter(binary_regex=["/(cc|gcc|clang)$"], args_regex=[r"-O[0-3]|-c"])]
+)
+
+
+def client(address: str, end_marker: str, ready: Path, filtered: bool) -> None:
     """Count events until one whose node (or args) is end_marker; print JSON stats."""
     by_args = end_marker.startswith("bench-end-")  # e2e: the daemon names the node
     n = lost = 0
     first = last = 0.0
+    req = FILTERED if filtered else pb.GetEventsRequest()
     with grpc.insecure_channel(address) as ch:
-        call = pb_grpc.TracerServiceStub(ch).GetEvents(pb.GetEventsRequest())
+        call = pb_grpc.TracerServiceStub(ch).GetEvents(req)
         ready.touch()
         for resp in call:
             now = time.perf_counter()
@@ -76,14 +85,24 @@ def client(address: str, end_marker: str, ready: Path) -> None:
     print(json.dumps({"events": n, "lost": lost, "seconds": last - first}))
 
 
-def start_clients(address: str, count: int, end_marker: str) -> list[subprocess.Popen[str]]:
+def start_clients(
+    address: str, count: int, end_marker: str, filtered: bool = False
+) -> list[subprocess.Popen[str]]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-ready-"))
     procs = []
     for i in range(count):
         ready = tmp / str(i)
         procs.append(
             subprocess.Popen(
-                [sys.executable, __file__, "_client", address, end_marker, str(ready)],
+                [
+                    sys.executable,
+                    __file__,
+                    "_client",
+                    address,
+                    end_marker,
+                    str(ready),
+                    "filtered" if filtered else "all",
+                ],
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -172,14 +191,16 @@ class Synthetic:
         return ProcessExit(now, node, p, self.parent, self.ancestors, ExitStatus(0, None))
 
 
-def synthetic(subscribers: int, mode: str, rate: int, seconds: float) -> None:
+def synthetic(
+    subscribers: int, mode: str, rate: int, seconds: float, filtered: bool = False
+) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
     sock = tmp / "t.sock"
     hub = Hub("bench", time.time_ns, capacity=65536, subscriber_capacity=16384)
     server = GrpcServer(GrpcConfig(socket=sock), hub, _Status(hub))
     server.start()
     address = f"unix://{sock}"
-    procs = start_clients(address, subscribers, END)
+    procs = start_clients(address, subscribers, END, filtered)
     wait_subscribed(address, subscribers)
     gen = Synthetic()
     offered = 0
@@ -221,7 +242,7 @@ def synthetic(subscribers: int, mode: str, rate: int, seconds: float) -> None:
     received = min(s["events"] for s in stats) - 20  # less the end markers
     lost = sum(s["lost"] for s in stats)
     if mode == "max":
-        label = f"lossless feed, {seconds:.0f} s"
+        label = f"lossless feed, {seconds:.0f} s{', 2 RE2' if filtered else ''}"
         outcome = f"delivered={min(rates):6.0f}/s per subscriber (slowest)"
     else:
         label = f"offered {offered / feed_s:.0f}/s, {seconds:.0f} s"
@@ -288,7 +309,7 @@ def main() -> None:
     # structlog's default prints to stdout; the measurements own it.
     log.configure("warning")
     if len(sys.argv) > 1 and sys.argv[1] == "_client":
-        client(sys.argv[2], sys.argv[3], Path(sys.argv[4]))
+        client(sys.argv[2], sys.argv[3], Path(sys.argv[4]), sys.argv[5] == "filtered")
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=5.0, help="feed time per synthetic run")
@@ -301,6 +322,7 @@ def main() -> None:
         synthetic(1, "rate", 50_000, args.seconds)
         synthetic(10, "max", 0, args.seconds)
         synthetic(10, "rate", 5_000, args.seconds)
+        synthetic(10, "max", 0, args.seconds, filtered=True)
     if args.only != "synthetic":
         e2e(1, args.processes)
         e2e(10, args.processes)

@@ -9,19 +9,26 @@ Filters read a few fields, gathered in Facts. The daemon gathers them from
 Event objects (facts_of_event), `tracer events --from FILE` from JSON lines
 (facts_of_dict), so one matcher serves both; tests hold the two equal.
 
-Regexes are RE2: matching takes linear time whatever the pattern, so a
-client cannot stall the daemon with a pathological one (Python's `re`
-backtracks, and holds the GIL while it does).
+Regexes are RE2 (through pyre2): matching takes linear time whatever the
+pattern, so a client cannot stall the daemon with a pathological one
+(Python's `re` backtracks, even on `.*a.*b` over an 8 KiB argv, and holds
+the GIL while it does). Every RE2 call releases the GIL, though, and with
+the daemon's other threads busy, getting it back costs ~25 us (measured in
+bench/grpc_stream.py), far more than the match. So results are cached:
+the same pattern (one compiled object, shared by all subscribers that use
+it) on the same short text (binaries, pod names, common command lines)
+is looked up, not matched again.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import re2
+import re2  # pyre2
 
 from export.proto_gen import tracer_v1_pb2 as pb
 from tracer.events import Event, Lost
@@ -29,8 +36,9 @@ from tracer.events import Event, Lost
 KINDS = ("process_exec", "process_exit", "file_open", "connect")
 MAX_PATTERN = 4096  # bytes of one regex or selector: requests are not unbounded work
 
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # a client's mistake is its error, not a daemon log line
+# pyre2 would quietly fall back to Python's backtracking `re` for what RE2
+# cannot do (backreferences, lookaround): refuse those patterns instead.
+re2.set_fallback_notification(re2.FALLBACK_EXCEPTION)
 
 _NO_LABELS: Mapping[str, str] = {}
 
@@ -159,33 +167,51 @@ def parse_selector(text: str) -> tuple[_Requirement, ...]:
 # -- compiled filters --------------------------------------------------------
 
 
-def _regexes(field: str, patterns: Sequence[str]) -> tuple[re2._Regexp[str], ...]:
+Search = Callable[[str], bool]  # whether the regex matches anywhere in the text
+
+CACHED_TEXT = 256  # longer texts (long command lines) are matched, not cached
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile(pattern: str) -> Search:
+    """One compiled object per pattern, so subscribers share cached results."""
+    search: Search = re2.compile(pattern).contains
+    return search
+
+
+@functools.lru_cache(maxsize=16384)
+def _cached_search(search: Search, text: str) -> bool:
+    return search(text)
+
+
+def _regexes(field: str, patterns: Sequence[str]) -> tuple[Search, ...]:
     out = []
     for i, pattern in enumerate(patterns):
         if len(pattern.encode()) > MAX_PATTERN:
             raise FilterError(f"{field}[{i}]", f"longer than {MAX_PATTERN} bytes")
         try:
-            out.append(re2.compile(pattern, _RE2_OPTIONS))
+            out.append(_compile(pattern))
         except re2.error as exc:
-            reason = exc.args[0] if exc.args else exc
-            if isinstance(reason, bytes):
-                reason = reason.decode("utf-8", "replace")
-            raise FilterError(f"{field}[{i}]", f"invalid RE2 regex {pattern!r}: {reason}") from None
+            raise FilterError(f"{field}[{i}]", f"invalid RE2 regex {pattern!r}: {exc}") from None
     return tuple(out)
 
 
-def _any_search(regexes: tuple[re2._Regexp[str], ...], text: str | None) -> bool:
-    return text is not None and any(r.search(text) for r in regexes)
+def _any_search(regexes: tuple[Search, ...], text: str | None) -> bool:
+    if text is None:
+        return False
+    if len(text) <= CACHED_TEXT:
+        return any(_cached_search(search, text) for search in regexes)
+    return any(search(text) for search in regexes)
 
 
 @dataclass(slots=True, frozen=True)
 class _Filter:
     kinds: frozenset[str]
-    binary: tuple[re2._Regexp[str], ...]
-    args: tuple[re2._Regexp[str], ...]
+    binary: tuple[Search, ...]
+    args: tuple[Search, ...]
     pids: frozenset[int]
     namespaces: frozenset[str]
-    pods: tuple[re2._Regexp[str], ...]
+    pods: tuple[Search, ...]
     selectors: tuple[tuple[_Requirement, ...], ...]
     containers: tuple[str, ...]
 

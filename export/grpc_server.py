@@ -177,10 +177,14 @@ class GrpcServer:
         )
         self._socket_id: tuple[int, int] | None = None
         self.tcp_port: int | None = None
-        if config.socket is not None:
-            self._bind_unix(config.socket)
-        if config.listen is not None:
-            self._bind_tcp(config.listen, config.tls)
+        try:
+            if config.socket is not None:
+                self._bind_unix(config.socket)
+            if config.listen is not None:
+                self._bind_tcp(config.listen, config.tls)
+        except BaseException:
+            self.stop(grace=0)  # no socket left behind by a half-made server
+            raise
 
     def _bind_unix(self, path: Path) -> None:
         path = path.absolute()

@@ -9,6 +9,7 @@ import pytest
 from test_export import BASH, INIT, LS, SSHD, T0, exec_ev, exit_ev, mkproc
 
 from export.filters import (
+    CACHED_TEXT,
     EventFilter,
     Facts,
     FilterError,
@@ -170,9 +171,20 @@ def test_invalid_filters_name_the_field(
 
 
 def test_regexes_are_re2_linear_time() -> None:
-    # A backtracking engine takes ages on this (2**40 ways); RE2 is linear.
+    # A backtracking engine would not finish this (2**5000 ways); RE2 is linear.
     f = ef([{"args_regex": ["(x+x+)+y"]}])
-    assert not f.matches(pod_facts(args="x" * 40))
+    assert not f.matches(pod_facts(args="x" * 5000))
+    assert f.matches(pod_facts(args="x" * 5000 + "y"))
+
+
+def test_short_texts_are_cached_long_ones_matched_and_both_agree() -> None:
+    f = ef([{"args_regex": ["^a.*z$"]}])
+    g = ef([{"args_regex": ["^a.*z$"]}])  # another subscriber, the same pattern
+    for n in (1, CACHED_TEXT - 2, CACHED_TEXT + 50):
+        hit, miss = "a" + "m" * n + "z", "a" + "m" * n + "y"
+        for _ in range(2):  # the second time from the cache, for the short ones
+            assert f.matches(pod_facts(args=hit)) and g.matches(pod_facts(args=hit))
+            assert not f.matches(pod_facts(args=miss)) and not g.matches(pod_facts(args=miss))
 
 
 @pytest.mark.parametrize(

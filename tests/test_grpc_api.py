@@ -481,3 +481,17 @@ def test_tracer_events_from_a_log_file(daemon: Daemon, tmp_path: Path) -> None:
     n = len(log.read_text().splitlines())
     assert f"{log}:{n}: skipped, not a JSON event" in r.stderr
     assert len([x for x in r.stdout.splitlines() if " exec " in x or " exit " in x]) == 4
+
+
+def test_a_failed_tcp_listener_leaves_no_unix_socket_behind(tmp_path: Path) -> None:
+    sock = tmp_path / "t.sock"
+    r = subprocess.run(
+        tracer_cmd(
+            "run", "--grpc-socket", str(sock), "--grpc-listen", "127.0.0.1:0",
+            "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key",
+        ),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert "cannot read a TLS file" in r.stderr
+    assert not sock.exists()

@@ -59,10 +59,15 @@ def test_read_process_of_self_start_time_is_boot_based_at_tick_resolution() -> N
 
 def test_read_process_of_a_child_sees_its_parent_and_arguments() -> None:
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()", "", "arg one"],
+        [sys.executable, "-c", "print(flush=True); import sys; sys.stdin.read()", "", "arg one"],
         stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     try:
+        # Until the child has exec'd, /proc shows the forked copy of this
+        # process (or nothing): wait for a sign of life from the new image.
+        assert child.stdout is not None
+        child.stdout.readline()
         p = read_process(child.pid)
         assert p.ppid == os.getpid()
         assert p.args[-2:] == (b"", b"arg one")  # an empty argument is kept

@@ -126,3 +126,19 @@ def test_json_line_is_terminal_safe_and_the_same_json() -> None:
         assert line.endswith(b"\n") and line.count(b"\n") == 1
         assert json.loads(line) == ev
         assert all(ch.isprintable() or ch == "\n" for ch in text), args
+
+
+def test_numbers_that_are_strings_in_a_forged_log_are_escaped_too() -> None:
+    esc = "\x1b[2J"
+    ev = {
+        "type": "connect",
+        "time": "2026-11-26T11:57:17Z",
+        "node": "n1",
+        "process": {"pid": esc, "binary": "/x", "args": []},
+        "connect": {"daddr": "1.2.3.4", "dport": esc, "result": esc},
+    }
+    line = render.compact(ev)
+    assert no_control_chars(line)
+    assert line.count("\\x1b[2J") == 3
+    lost = {"type": "lost", "time": "", "node": "n", "lost": {"kernel": {"k": esc}}}
+    assert no_control_chars(render.compact(lost))

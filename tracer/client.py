@@ -187,21 +187,31 @@ class BadLines:
 
 
 def from_file(
-    lines: Iterable[bytes], name: str, event_filter: EventFilter, bad: BadLines
+    lines: Iterable[bytes],
+    name: str,
+    event_filter: EventFilter,
+    bad: BadLines,
+    args_output_compact: bool = False,
 ) -> Iterator[dict[str, Any]]:
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             ev = orjson.loads(line)
-            if not isinstance(ev, dict) or "type" not in ev:
+            if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
                 raise ValueError("no event type")
-        except ValueError as exc:
+            if not isinstance(ev.get("process", {}), dict):
+                raise ValueError("process is not an object")
+            facts = facts_of_dict(ev)
+            if ev["type"] != "lost" and not event_filter.matches(facts):
+                continue
+            if args_output_compact:
+                render.compact(ev)  # a line of another shape fails here, not mid-output
+        except (ValueError, TypeError, AttributeError) as exc:
             bad.count += 1
             print(f"tracer: {name}:{n}: skipped, not a JSON event ({exc})", file=sys.stderr)
             continue
-        if ev["type"] == "lost" or event_filter.matches(facts_of_dict(ev)):
-            yield ev
+        yield ev
 
 
 # -- the command ----------------------------------------------------------------
@@ -241,8 +251,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.from_file is not None:
             bad = BadLines()
+            compact = args.output == "compact"
             if args.from_file == "-":
-                _print(from_file(sys.stdin.buffer, "stdin", event_filter, bad), args)
+                _print(from_file(sys.stdin.buffer, "stdin", event_filter, bad, compact), args)
             else:
                 try:
                     f = open(args.from_file, "rb")
@@ -253,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
                     )
                     return EXIT_FAILURE
                 with f:
-                    _print(from_file(f, args.from_file, event_filter, bad), args)
+                    _print(from_file(f, args.from_file, event_filter, bad, compact), args)
             return EXIT_FAILURE if bad.count else 0
         _print(from_daemon(args, req), args)
         return 0

@@ -53,6 +53,11 @@ def escape(text: str) -> str:
     return "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
 
 
+def _text(value: object) -> str:
+    """Any JSON value, escaped: a log given to --from may hold strings where numbers belong."""
+    return escape(str(value))
+
+
 def _paint(text: str, code: str, color: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if color else text
 
@@ -88,21 +93,21 @@ def _detail(kind: str, ev: Mapping[str, Any], color: bool) -> str:
     d = ev.get(kind) or {}
     if kind == "process_exit":
         sig = d.get("signal")
-        text = f"signal {escape(sig)}" if sig else f"code {d.get('code', '?')}"
+        text = f"signal {escape(sig)}" if sig else f"code {_text(d.get('code', '?'))}"
         if d.get("core_dumped"):
             text += " (core dumped)"
         return text
     if kind == "file_open":
         flags = "|".join(escape(f) for f in d.get("flags", []))
-        result = f" = {d['result']}" if d.get("result") else ""
+        result = f" = {_text(d['result'])}" if d.get("result") else ""
         return f"{escape(d.get('path', ''))} {flags}{result}{_action(d, color)}".strip()
     if kind == "connect":
         daddr = escape(d.get("daddr", ""))
         if ":" in daddr:  # IPv6
             daddr = f"[{daddr}]"
         proto = escape(d.get("protocol", ""))
-        result = f" = {d['result']}" if d.get("result") else ""
-        return f"{proto} {daddr}:{d.get('dport', 0)}{result}{_action(d, color)}".strip()
+        result = f" = {_text(d['result'])}" if d.get("result") else ""
+        return f"{proto} {daddr}:{_text(d.get('dport', 0))}{result}{_action(d, color)}".strip()
     return ""
 
 
@@ -112,7 +117,7 @@ def _lost(ev: Mapping[str, Any]) -> str:
     for where in ("kernel", "daemon"):
         counts = lost.get(where) or {}
         if counts:
-            items = ", ".join(f"{escape(k)}={v}" for k, v in sorted(counts.items()))
+            items = ", ".join(f"{escape(k)}={_text(v)}" for k, v in sorted(counts.items()))
             parts.append(f"{where}: {items}")
     return "; ".join(parts)
 
@@ -127,7 +132,7 @@ def compact(ev: Mapping[str, Any], color: bool = False) -> str:
         return f"{head} {where} {_lost(ev)}"
     p = ev.get("process") or {}
     args = " ".join(shlex.quote(escape(a)) for a in p.get("args", [])[1:])
-    line = f"{head} {where} {p.get('pid', '?')} {escape(p.get('binary', ''))}"
+    line = f"{head} {where} {_text(p.get('pid', '?'))} {escape(p.get('binary', ''))}"
     if args:
         line += f" {args}"
     detail = _detail(kind, ev, color)
