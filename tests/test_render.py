@@ -83,26 +83,42 @@ def test_compact_file_open_connect_and_pod() -> None:
             "path": "/etc/shadow",
             "flags": ["O_RDONLY"],
             "result": -13,
-            "action": "deny",
-            "policy": "no-shadow",
+            "error": "EACCES",
         },
+        "policy": {"name": "no-shadow", "rule": 0, "action": "deny"},
     }
     assert render.compact(open_ev) == (
         "11:57:17.000 open shop/cart-1 7 /usr/bin/cat /etc/shadow"
-        "  /etc/shadow O_RDONLY = -13 deny (no-shadow)"
+        "  /etc/shadow O_RDONLY = -13 EACCES deny (no-shadow)"
     )
+    # Enforcement is painted red on a terminal; a post is not.
+    assert "\x1b[31mdeny (no-shadow)" in render.compact(open_ev, color=True)
     conn = {
         **base,
         "type": "connect",
         "connect": {
-            "family": "inet6",
-            "protocol": "tcp",
+            "family": "AF_INET6",
+            "protocol": "TCP",
             "daddr": "2001:db8::1",
             "dport": 443,
-            "action": "allow",
+            "result": 0,
+        },
+        "policy": {"name": "outbound-connections", "rule": 0, "action": "post"},
+    }
+    assert render.compact(conn).endswith("  TCP [2001:db8::1]:443 post (outbound-connections)")
+    assert "\x1b[31m" not in render.compact(conn, color=True).split("443")[1]
+    unix = {
+        **conn,
+        "connect": {
+            "family": "AF_UNIX",
+            "unix_path": "@bus\x1b[2J",
+            "result": -111,
+            "error": "ECONNREFUSED",
         },
     }
-    assert render.compact(conn).endswith("  tcp [2001:db8::1]:443 allow")
+    assert render.compact(unix).endswith(
+        "  unix:@bus\\x1b[2J = -111 ECONNREFUSED post (outbound-connections)"
+    )
 
 
 def test_compact_lost() -> None:

@@ -79,14 +79,14 @@ def _where(ev: Mapping[str, Any]) -> str:
     return escape(ev.get("node", ""))
 
 
-def _action(details: Mapping[str, Any], color: bool) -> str:
-    action = details.get("action")
+def _action(ev: Mapping[str, Any], color: bool) -> str:
+    """`post (policy-name)`, in red when the rule enforced (sigkill, deny)."""
+    policy = ev.get("policy") or {}
+    action = policy.get("action")
     if not action:
         return ""
-    text = escape(action)
-    if details.get("policy"):
-        text += f" ({escape(details['policy'])})"
-    return " " + (_paint(text, _ALARM, color) if action != "allow" else text)
+    text = f"{escape(action)} ({escape(policy.get('name', ''))})"
+    return " " + (_paint(text, _ALARM, color) if action != "post" else text)
 
 
 def _detail(kind: str, ev: Mapping[str, Any], color: bool) -> str:
@@ -100,14 +100,21 @@ def _detail(kind: str, ev: Mapping[str, Any], color: bool) -> str:
     if kind == "file_open":
         flags = "|".join(escape(f) for f in d.get("flags", []))
         result = f" = {_text(d['result'])}" if d.get("result") else ""
-        return f"{escape(d.get('path', ''))} {flags}{result}{_action(d, color)}".strip()
+        err = f" {escape(d['error'])}" if d.get("error") else ""
+        return f"{escape(d.get('path', ''))} {flags}{result}{err}{_action(ev, color)}".strip()
     if kind == "connect":
-        daddr = escape(d.get("daddr", ""))
-        if ":" in daddr:  # IPv6
-            daddr = f"[{daddr}]"
-        proto = escape(d.get("protocol", ""))
+        if d.get("unix_path") is not None:
+            target = f"unix:{escape(d['unix_path'])}"
+        else:
+            daddr = escape(d.get("daddr", ""))
+            if ":" in daddr:  # IPv6
+                daddr = f"[{daddr}]"
+            target = f"{escape(d.get('protocol', ''))} {daddr}:{_text(d.get('dport', 0))}"
         result = f" = {_text(d['result'])}" if d.get("result") else ""
-        return f"{proto} {daddr}:{_text(d.get('dport', 0))}{result}{_action(d, color)}".strip()
+        err = f" {escape(d['error'])}" if d.get("error") else ""
+        return f"{target}{result}{err}{_action(ev, color)}".strip()
+    if kind == "process_exec":
+        return _action(ev, color).strip()
     return ""
 
 
