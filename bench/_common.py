@@ -1,0 +1,528 @@
+"""Shared helpers for the tracer benchmarks (not a benchmark itself).
+
+- `Reaper`: every process a benchmark starts is registered here and is
+  stopped (process group) and reaped on normal exit, on exceptions, on
+  Ctrl-C and on SIGTERM/SIGHUP of the benchmark itself.
+- `TracerDaemon`: runs `tracer run`, timestamps its stderr lines from a
+  reader thread, reads its CPU time / RSS from /proc, stops it with
+  SIGTERM and parses the final `event='stopped'` line.
+- `ExportTail`: follows the JSON-lines export file incrementally.
+
+Only the standard library and orjson (already a tracer dependency).
+"""
+
+from __future__ import annotations
+
+import ast
+import atexit
+import contextlib
+import ctypes
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+TRACER = REPO / ".venv" / "bin" / "tracer"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PR_SET_CHILD_SUBREAPER = 36
+
+
+# --------------------------------------------------------------------------- cleanup
+
+
+class Reaper:
+    """Owns every child a benchmark starts; stops them all, whatever happens.
+
+    Children are started in their own session (own process group), so a
+    terminal Ctrl-C reaches only the benchmark, which then stops them in
+    order: the daemon with SIGTERM (clean BPF detach), then SIGKILL.
+    The benchmark is made a child subreaper so that grandchildren
+    orphaned by a killed shell (e.g. 5,000 `sleep`s) come back to us and
+    are reaped rather than left as zombies.
+    """
+
+    def __init__(self) -> None:
+        self._procs: list[tuple[subprocess.Popen[bytes], int, float]] = []
+        self._lock = threading.Lock()
+        self._done = False
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        atexit.register(self.cleanup)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    @staticmethod
+    def _on_signal(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through every finally/with
+
+    def popen(
+        self, argv: Sequence[str | os.PathLike[str]], *, term_signal: int = signal.SIGKILL,
+        term_timeout: float = 10.0, **kw: object
+    ) -> subprocess.Popen[bytes]:
+        kw.setdefault("start_new_session", True)
+        p: subprocess.Popen[bytes] = subprocess.Popen(argv, **kw)  # type: ignore[call-overload]
+        with self._lock:
+            self._procs.append((p, term_signal, term_timeout))
+        return p
+
+    def stop(self, p: subprocess.Popen[bytes]) -> None:
+        """Stop one registered child and its process group now."""
+        with self._lock:
+            entry = next((e for e in self._procs if e[0] is p), None)
+            if entry is not None:
+                self._procs.remove(entry)
+        sig, timeout = (entry[1], entry[2]) if entry else (signal.SIGKILL, 10.0)
+        _stop_group(p, sig, timeout)
+
+    def cleanup(self) -> None:
+        with self._lock:
+            procs, self._procs = list(reversed(self._procs)), []
+        for p, sig, timeout in procs:
+            with contextlib.suppress(Exception):
+                _stop_group(p, sig, timeout)
+        reap_orphans()
+
+
+def _group_pids(pgid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{d}/stat").read_bytes()
+        except OSError:
+            continue
+        rest = raw[raw.rindex(b")") + 2 :].split()
+        if int(rest[2]) == pgid:  # field 5: pgrp
+            out.append(int(d))
+    return out
+
+
+def _stop_group(p: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    pgid = p.pid  # start_new_session: the child leads its own group
+    members = _group_pids(pgid)
+    if p.poll() is None and sig != signal.SIGKILL:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, sig)
+            os.kill(p.pid, signal.SIGCONT)  # in case a benchmark left it stopped
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        p.wait(30)
+    # Grandchildren orphaned by the group leader's death are ours (subreaper).
+    deadline = time.monotonic() + 30
+    for pid in members:
+        if pid == p.pid:
+            continue
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except ChildProcessError:
+                # not (yet) ours: reparenting in flight, or reaped by someone else
+                if not Path(f"/proc/{pid}").exists() or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            except InterruptedError:
+                continue
+
+
+def reap_orphans() -> None:
+    """Reap any zombie that was reparented to us (we are a subreaper)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+_STOPPED_RE = re.compile(
+    r"events=(\{.*?\}) lost_kernel=(\{.*?\}) lost_daemon=(\{.*?\})"
+    r"(?: lost_grpc_subscribers=\{.*?\})? cache=CacheStats\((.*?)\)"
+)
+_KV_RE = re.compile(r"(\w+)=('(?:[^'\\]|\\.)*'|\{.*?\}|[^ ]+)")
+
+
+def parse_kv(line: str) -> dict[str, str]:
+    return {k: v.strip("'") for k, v in _KV_RE.findall(line)}
+
+
+@dataclass
+class Stopped:
+    rc: int | None
+    events: dict[str, int] = field(default_factory=dict)
+    lost_kernel: dict[str, int] = field(default_factory=dict)
+    lost_daemon: dict[str, int] = field(default_factory=dict)
+    cache: dict[str, int] = field(default_factory=dict)
+    found: bool = False
+
+    @property
+    def lost_total(self) -> int:
+        return sum(self.lost_kernel.values()) + sum(self.lost_daemon.values())
+
+
+class DaemonFailed(RuntimeError):
+    """The daemon exited (or hung) before its ready line."""
+
+
+class TracerDaemon:
+    """One `tracer run` process writing to an export file."""
+
+    def __init__(
+        self,
+        reaper: Reaper,
+        export_file: Path,
+        extra: Sequence[str] = (),
+        tracer: Path = TRACER,
+        argv: Sequence[str] | None = None,
+    ) -> None:
+        self.reaper = reaper
+        self.export_file = export_file
+        self.argv = list(argv) if argv is not None else [
+            str(tracer), "run", "--export-file", str(export_file), "--export-max-size", "4G",
+            *extra,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lines: list[tuple[float, str]] = []  # (perf_counter, line)
+        self.ready = threading.Event()
+        self.ready_at: float | None = None
+        self.ready_fields: dict[str, str] = {}
+        self.t_spawn = 0.0
+        self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 60.0) -> float:
+        """Spawn and wait for `ready`; returns seconds from spawn to the ready line."""
+        self.t_spawn = time.perf_counter()
+        self.proc = self.reaper.popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, term_signal=signal.SIGTERM, term_timeout=30.0,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self.ready.wait(timeout) or self.ready_at is None:
+            if self._reader is not None:
+                self._reader.join(2)
+            tail = "\n".join(line for _, line in self.lines[-20:])
+            rc = self.proc.poll()
+            self.reaper.stop(self.proc)
+            raise DaemonFailed(
+                f"{self.argv[0]} not ready after {time.perf_counter() - self.t_spawn:.1f} s "
+                f"(exit status {rc}); stderr:\n{tail}"
+            )
+        return self.ready_at - self.t_spawn
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            now = time.perf_counter()
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append((now, line))
+            if not self.ready.is_set() and "event='ready'" in line:
+                self.ready_at = now
+                self.ready_fields = parse_kv(line)
+                self.ready.set()
+        if not self.ready.is_set():
+            self.ready.set()  # died before ready: wake the waiter (start() checks)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the daemon (all threads), in seconds."""
+        raw = Path(f"/proc/{self.pid}/stat").read_bytes()
+        rest = raw[raw.rindex(b")") + 2 :].split()
+        return (int(rest[11]) + int(rest[12])) / CLK_TCK  # fields 14, 15
+
+    def thread_cpu(self) -> dict[int, tuple[float, float]]:
+        """tid -> (user s, system s); the main (ring-buffer/pipeline) thread has tid == pid."""
+        out = {}
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                raw = Path(f"/proc/{self.pid}/task/{tid}/stat").read_bytes()
+            except OSError:
+                continue
+            rest = raw[raw.rindex(b")") + 2 :].split()
+            out[int(tid)] = (int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK)
+        return out
+
+    def mem_kb(self) -> dict[str, int]:
+        out = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "VmSize", "Threads"):
+                out[k] = int(v.split()[0])
+        return out
+
+    def bpf_map_rss_kb(self) -> int:
+        """Rss of the BPF map mmaps (the ring buffer: its data pages are mapped twice)."""
+        total, in_map = 0, False
+        for line in Path(f"/proc/{self.pid}/smaps").read_text().splitlines():
+            first = line.split(None, 1)[0] if line else ""
+            if "-" in first and not first.endswith(":"):
+                in_map = "anon_inode:bpf-map" in line
+            elif in_map and line.startswith("Rss:"):
+                total += int(line.split()[1])
+        return total
+
+    def stop(self, timeout: float = 60.0) -> Stopped:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        self.reaper.stop(self.proc)  # SIGKILL if it hung; deregisters
+        if self._reader is not None:
+            self._reader.join(5)
+        st = Stopped(rc=rc)
+        for _, line in reversed(self.lines):
+            if "event='stopped'" in line:
+                m = _STOPPED_RE.search(line)
+                if m:
+                    st.events = ast.literal_eval(m.group(1))
+                    st.lost_kernel = ast.literal_eval(m.group(2))
+                    st.lost_daemon = ast.literal_eval(m.group(3))
+                    st.cache = {
+                        k: int(v) for k, v in (kv.split("=") for kv in m.group(4).split(", "))
+                    }
+                    st.found = True
+                break
+        return st
+
+    def log_lines(self, level: str) -> list[str]:
+        return [line for _, line in self.lines if f"level='{level}'" in line]
+
+
+# --------------------------------------------------------------------------- export file
+
+
+class ExportTail:
+    """Reads complete JSON lines appended to the export file since the last call.
+
+    Fast path: the serializer writes `{"type":"..."` first, so types are
+    counted from the line prefix; only `lost` lines and, when `only` is
+    given, lines containing those bytes are parsed and passed to on_event
+    (a 20,000-exec storm is ~40k lines, too slow to parse all at once
+    without delaying the drain measurement).
+    """
+
+    _PREFIX = b'{"type":"'
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pos = 0
+        self._partial = b""
+        self.types: Counter[str] = Counter()
+        self.lost_kernel: Counter[str] = Counter()
+        self.lost_daemon: Counter[str] = Counter()
+        self.bad_lines = 0
+
+    def read(self, on_event: Callable[[dict], None] | None = None,
+             only: bytes | None = None) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._pos)
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        self._pos += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        n = 0
+        pre = self._PREFIX
+        for line in lines:
+            if not line:
+                continue
+            n += 1
+            t = None
+            if line.startswith(pre):
+                end = line.find(b'"', len(pre))
+                t = line[len(pre):end].decode()
+            parse = t is None or t == "lost" or (
+                on_event is not None and (only is None or only in line))
+            if not parse:
+                self.types[t] += 1  # type: ignore[index]
+                continue
+            try:
+                ev = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                self.bad_lines += 1
+                continue
+            t = ev.get("type", "?")
+            self.types[t] += 1
+            if t == "lost":
+                lost = ev.get("lost") or {}
+                self.lost_kernel.update(lost.get("kernel") or {})
+                self.lost_daemon.update(lost.get("daemon") or {})
+            if on_event is not None and (only is None or only in line):
+                on_event(ev)
+        return n
+
+    @property
+    def lost_total(self) -> int:
+        return sum(self.lost_kernel.values()) + sum(self.lost_daemon.values())
+
+
+def host_cpu() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    busy = f[0] + f[1] + f[2] + f[5] + f[6]
+    return busy / CLK_TCK, (f[7] if len(f) > 7 else 0) / CLK_TCK
+
+
+def tracer_bpf_programs() -> int | None:
+    """How many BPF programs named tr_* are loaded (any process); None without bpftool."""
+    exe = shutil.which("bpftool")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "-j", "prog", "show"], capture_output=True, timeout=30,
+                             check=True).stdout
+        return sum(1 for p in orjson.loads(out) if str(p.get("name", "")).startswith("tr_"))
+    except (subprocess.SubprocessError, orjson.JSONDecodeError, OSError):
+        return None
+
+
+def wait_quiet(
+    max_cores: float = 0.1, window: float = 2.0, windows: int = 3, timeout: float = 900.0,
+    own_cpu: Callable[[], float] | None = None, own_bpf: int = 0, log: bool = True,
+) -> float:
+    """Wait until the machine is quiet: `windows` consecutive windows in which others used
+    less than max_cores and no foreign tr_* BPF programs were loaded (this may be a shared
+    machine). own_cpu: CPU s of our own idle daemon, not counted. Returns seconds waited."""
+    t0 = time.monotonic()
+    quiet = 0
+    announced = False
+    while quiet < windows:
+        b0, _ = host_cpu()
+        c0 = own_cpu() if own_cpu else 0.0
+        time.sleep(window)
+        b1, _ = host_cpu()
+        c1 = own_cpu() if own_cpu else 0.0
+        cores = (b1 - b0 - (c1 - c0)) / window
+        progs = tracer_bpf_programs() if cores < max_cores else None
+        foreign = (progs or 0) - own_bpf
+        if cores < max_cores and foreign <= 0:
+            quiet += 1
+            continue
+        quiet = 0
+        if log and not announced:
+            print(f"    (machine busy: {cores:.2f} cores used by others"
+                  f"{f', {foreign} foreign tr_* BPF programs' if foreign > 0 else ''}; waiting)",
+                  flush=True)
+            announced = True
+        if time.monotonic() - t0 > timeout:
+            print(f"    (still busy after {timeout:.0f} s; going ahead)", flush=True)
+            break
+    return time.monotonic() - t0
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- misc
+
+
+def tmpdir(prefix: str, keep: bool = False) -> Path:
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    if not keep:
+        atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+def fmt_stats(values: Iterable[float], fmt: str = "{:.3f}") -> str:
+    v = list(values)
+    if not v:
+        return "-"
+    return (
+        f"median {fmt.format(statistics.median(v))}  min {fmt.format(min(v))}  "
+        f"max {fmt.format(max(v))}  all [{', '.join(fmt.format(x) for x in v)}]"
+    )
+
+
+def machine_summary() -> dict[str, str]:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    rev = "?"
+    with contextlib.suppress(Exception):
+        rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "tracer", "enrich", "export"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        if dirty:
+            rev += " (+uncommitted changes in tracer/enrich/export)"
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "mem_gib": f"{mem_kb / 1048576:.1f}",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "tracer_rev": rev,
+    }
+
+
+def print_header(title: str) -> None:
+    m = machine_summary()
+    print(f"== {title} ==")
+    print(
+        f"date {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}  nproc {m['nproc']}  "
+        f"cpu {m['cpu']!r}  mem {m['mem_gib']} GiB  kernel {m['kernel']}  "
+        f"python {m['python']}  tracer {m['tracer_rev']}  "
+        f"loadavg {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
+    )
+    sys.stdout.flush()
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        sys.exit("benchmarks start the tracer daemon: run as root")
