@@ -52,6 +52,14 @@ def apply(ctl: Path, tmp: Path, extra: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def one_rule(name: str, event: str, match: str, action: str = "post") -> str:
+    """A policy document with one policy of one rule (match in YAML flow style)."""
+    return (
+        f"policies:\n  - name: {name}\n    rules:\n      - event: {event}\n"
+        f"        match: {match}\n        action: {action}\n"
+    )
+
+
 def must_apply(ctl: Path, tmp: Path, extra: str) -> None:
     r = apply(ctl, tmp, extra)
     assert r.returncode == 0, r.stderr
@@ -112,13 +120,7 @@ def test_creat_and_openat2_are_covered(pdaemon: Daemon, ctl: Path, tmp_path: Pat
     must_apply(
         ctl,
         tmp_path,
-        f"""
-        policies:
-          - name: t-watch
-            rules:
-              - event: file_open
-                match: {{path: {{prefix: ["{d}/"]}}}}
-        """,
+        one_rule("t-watch", "file_open", f'{{path: {{prefix: ["{d}/"]}}}}'),
     )
     marker = new_marker()
     code = textwrap.dedent(
@@ -152,13 +154,7 @@ def test_failed_open_reports_the_name_asked_for(pdaemon: Daemon, ctl: Path, tmp_
     must_apply(
         ctl,
         tmp_path,
-        f"""
-        policies:
-          - name: t-missing
-            rules:
-              - event: file_open
-                match: {{path: {{prefix: ["{d}/"]}}}}
-        """,
+        one_rule("t-missing", "file_open", f'{{path: {{prefix: ["{d}/"]}}}}'),
     )
     marker = new_marker()
     code = "import os, sys\nos.chdir(sys.argv[2])\nfor p in ('absent', sys.argv[2] + '/gone'):\n"
@@ -223,13 +219,7 @@ def test_connect_events_v4_v6_and_refused(pdaemon: Daemon, ctl: Path, tmp_path: 
     must_apply(
         ctl,
         tmp_path,
-        f"""
-        policies:
-          - name: t-loopback
-            rules:
-              - event: connect
-                match: {{dport: [{p4}, {p6}, {closed}]}}
-        """,
+        one_rule("t-loopback", "connect", f"{{dport: [{p4}, {p6}, {closed}]}}"),
     )
     marker = new_marker()
     code = textwrap.dedent(
@@ -289,14 +279,7 @@ def test_sigkill_on_open_kills_before_the_content_is_read(
     must_apply(
         ctl,
         tmp_path,
-        f"""
-        policies:
-          - name: t-protect-secret
-            rules:
-              - event: file_open
-                match: {{path: ["{secret}"]}}
-                action: sigkill
-        """,
+        one_rule("t-protect-secret", "file_open", f'{{path: ["{secret}"]}}', "sigkill"),
     )
     r = subprocess.run(["cat", str(secret)], capture_output=True)
     assert r.returncode == -9
@@ -329,14 +312,9 @@ def test_sigkill_on_connect_no_payload_arrives(pdaemon: Daemon, ctl: Path, tmp_p
     must_apply(
         ctl,
         tmp_path,
-        f"""
-        policies:
-          - name: t-block-port
-            rules:
-              - event: connect
-                match: {{daddr: ["127.0.0.1/32"], dport: [{port}]}}
-                action: sigkill
-        """,
+        one_rule(
+            "t-block-port", "connect", f'{{daddr: ["127.0.0.1/32"], dport: [{port}]}}', "sigkill"
+        ),
     )
     marker = new_marker()
     code = (
@@ -358,14 +336,7 @@ def test_sigkill_on_exec_stops_the_program(pdaemon: Daemon, ctl: Path, tmp_path:
     must_apply(
         ctl,
         tmp_path,
-        f"""
-        policies:
-          - name: t-no-evil
-            rules:
-              - event: exec
-                match: {{binary: ["{evil}"]}}
-                action: sigkill
-        """,
+        one_rule("t-no-evil", "exec", f'{{binary: ["{evil}"]}}', "sigkill"),
     )
     witness = tmp_path / "created"
     marker = new_marker()
@@ -384,28 +355,15 @@ def test_a_bad_policy_is_refused_and_the_old_one_still_enforces(
     must_apply(
         ctl,
         tmp_path,
-        f"""
-        policies:
-          - name: t-guard
-            rules:
-              - event: file_open
-                match: {{path: ["{secret}"]}}
-                action: sigkill
-        """,
+        one_rule("t-guard", "file_open", f'{{path: ["{secret}"]}}', "sigkill"),
     )
     bad = apply(
         ctl,
         tmp_path,
-        """
-        policies:
-          - name: t-bad
-            rules:
-              - event: connect
-                match: {daddr: ["10.0.0.0/33"]}
-        """,
+        one_rule("t-bad", "connect", '{daddr: ["10.0.0.0/33"]}'),
     )
     assert bad.returncode != 0
-    assert "extra.yaml:6" in bad.stderr and "bad CIDR" in bad.stderr
+    assert "extra.yaml:5" in bad.stderr and "bad CIDR" in bad.stderr  # the match line
     assert subprocess.run(["cat", str(secret)], capture_output=True).returncode == -9
     assert pdaemon.proc.poll() is None
 
@@ -416,14 +374,7 @@ def test_deny_falls_back_to_sigkill_with_a_warning(
     r = apply(
         ctl,
         tmp_path,
-        f"""
-        policies:
-          - name: t-deny
-            rules:
-              - event: file_open
-                match: {{path: ["{tmp_path}/never"]}}
-                action: deny
-        """,
+        one_rule("t-deny", "file_open", f'{{path: ["{tmp_path}/never"]}}', "deny"),
     )
     assert r.returncode == 0, r.stderr
     assert "deny needs BPF-LSM" in r.stderr
