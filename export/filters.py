@@ -13,7 +13,7 @@ Regexes are RE2 (through pyre2): matching takes linear time whatever the
 pattern, so a client cannot stall the daemon with a pathological one
 (Python's `re` backtracks, even on `.*a.*b` over an 8 KiB argv, and holds
 the GIL while it does). Every RE2 call releases the GIL, though, and with
-the daemon's other threads busy, getting it back costs ~25 us (measured in
+the daemon's other threads busy, getting it back costs ~20 us (measured in
 bench/grpc_stream.py), far more than the match. So results are cached:
 the same pattern (one compiled object, shared by all subscribers that use
 it) on the same short text (binaries, pod names, common command lines)
