@@ -39,7 +39,7 @@ venv: $(PY_STAMP)
 deps: apt venv
 
 bpf: apt
-	$(MAKE) -C bpf_probes OUT=$(abspath $(BPF_OUT))
+	@$(MAKE) -s --no-print-directory -C bpf_probes OUT=$(abspath $(BPF_OUT))
 
 # protoc maps export/ to the virtual directory export/proto_gen/ so that the
 # generated modules import each other as the package export.proto_gen.
@@ -56,7 +56,7 @@ $(PROTO_STAMP): $(PROTO) $(PY_STAMP)
 proto: $(PROTO_STAMP)
 
 run: deps bpf proto
-	$(VENV)/bin/tracer run --policy policy/library
+	@$(VENV)/bin/tracer run --policy policy/library
 
 test: deps bpf proto
 	$(VENV)/bin/pytest -v -m "not vm"
