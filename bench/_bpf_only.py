@@ -1,7 +1,9 @@
 """Helper for bench/exec_storm.py: the tracer's BPF programs without the daemon.
 
-Loads and attaches the same process.bpf.o programs the daemon uses
-(through tracer.loader, unchanged), then either
+Opens the daemon's capture object with tracer.bpf (unchanged), attaches
+the same programs the daemon picks (--programs process: exec/fork/exit
+only; all: also the file_open/connect programs, where this tracer
+version has them), then either
 
   --drain none     never reads the ring buffer while running (it must be
                    big enough to hold the whole storm); measures the
@@ -16,7 +18,7 @@ Loads and attaches the same process.bpf.o programs the daemon uses
                    wakes up once per batch, when the buffer was empty).
 
 Prints `ready` on stderr once attached; on SIGTERM/SIGINT drains what is
-left and prints one JSON line on stdout: records by kind, kernel counters.
+left and writes one JSON object (records by kind) to --out or stdout.
 """
 
 from __future__ import annotations
@@ -32,9 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tracer import decode  # noqa: E402
+from tracer import bpf, decode, loader  # noqa: E402
 from tracer.daemon import DEFAULT_BPF_DIR  # noqa: E402
-from tracer.loader import process_sensor  # noqa: E402
 from tracer.probe import probe  # noqa: E402
 
 _stop = False
@@ -45,9 +46,21 @@ def _on_signal(signum: int, frame: object) -> None:
     _stop = True
 
 
+def chosen_programs(variant: str, which: str) -> tuple[str, list[str]]:
+    """(object file name, program names), for this version of the loader."""
+    progs = [p[variant] for p in loader.PROCESS_PROGRAMS.values()]
+    obj = getattr(loader, "CAPTURE_OBJECT", None) or loader.PROCESS_OBJECT
+    if which == "all":
+        capture = getattr(loader, "CAPTURE_PROGRAMS", {})
+        if capture:
+            progs += list(capture[loader.choose_capture_mode(list(capture))])
+    return obj, progs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--drain", choices=["none", "discard", "batch"], default="none")
+    ap.add_argument("--programs", choices=["process", "all"], default="process")
     ap.add_argument("--ringbuf-size", type=int, default=64 << 20)
     ap.add_argument("--process-hooks", default="auto", choices=["auto", "tp_btf", "raw_tp"])
     ap.add_argument("--poll-ms", type=int, default=100)
@@ -59,11 +72,21 @@ def main() -> int:
     variant = args.process_hooks
     if variant == "auto":
         variant = probe(DEFAULT_BPF_DIR).process_hooks
+    obj_name, progs = chosen_programs(variant, args.programs)
     kinds: Counter[int] = Counter()
     nbytes = 0
-    with process_sensor(DEFAULT_BPF_DIR, variant, args.ringbuf_size) as sensor:
-        print("event='ready' variant=" + variant, file=sys.stderr, flush=True)
-        rb = sensor.ringbuf
+    obj = bpf.BpfObject(DEFAULT_BPF_DIR / obj_name)
+    rb = None
+    try:
+        for prog in obj.programs.values():
+            prog.set_autoload(prog.name in progs)
+        obj.map("tr_events").set_max_entries(args.ringbuf_size)
+        obj.load()
+        for name in progs:
+            obj.attach(name)
+        rb = bpf.RingBuffer(obj.map("tr_events"))
+        print(f"event='ready' variant={variant} programs={len(progs)}", file=sys.stderr,
+              flush=True)
         if args.drain == "none":
             while not _stop:
                 time.sleep(0.2)
@@ -81,14 +104,16 @@ def main() -> int:
         for raw in rb.consume():
             kinds[int.from_bytes(raw[:4], "little")] += 1
             nbytes += len(raw)
-        c = sensor.counters()
+    finally:
+        if rb is not None:
+            rb.close()
+        obj.close()
     out = {
         "variant": variant,
         "drain": args.drain,
+        "programs": progs,
         "records": {decode.KIND_NAMES.get(k, str(k)): n for k, n in kinds.items()},
         "bytes": nbytes,
-        "kernel_emitted": c.emitted,
-        "kernel_dropped": c.dropped,
     }
     if args.out:
         args.out.write_text(json.dumps(out))

@@ -187,8 +187,44 @@ class DaemonFailed(RuntimeError):
     """The daemon exited (or hung) before its ready line."""
 
 
+_RUN_FLAGS: dict[str, frozenset[str]] = {}
+
+
+def run_flags(tracer: Path = TRACER) -> frozenset[str]:
+    """The options `tracer run` accepts (from its --help; cached)."""
+    key = str(tracer)
+    if key not in _RUN_FLAGS:
+        try:
+            out = subprocess.run([key, "run", "--help"], capture_output=True, text=True,
+                                 timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        _RUN_FLAGS[key] = frozenset(re.findall(r"--[a-z0-9][a-z0-9-]*", out))
+    return _RUN_FLAGS[key]
+
+
+def private_sockets(directory: Path, tag: str, tracer: Path = TRACER) -> list[str]:
+    """Per-run control/gRPC socket paths, for a daemon that has them: the defaults
+    under /run/tracer would collide with any other daemon on the machine."""
+    flags = run_flags(tracer)
+    out: list[str] = []
+    if "--control-socket" in flags:
+        out += ["--control-socket", str(directory / f"{tag}.ctl.sock")]
+    if "--grpc-socket" in flags:
+        out += ["--grpc-socket", str(directory / f"{tag}.grpc.sock")]
+    return out
+
+
+_ANNOUNCED = False
+
+
 class TracerDaemon:
-    """One `tracer run` process writing to an export file."""
+    """One `tracer run` process writing to an export file.
+
+    Without `argv`, the daemon gets its own control/gRPC sockets next to
+    the export file (where the CLI has them); `extra` comes last, so it
+    can override them.
+    """
 
     def __init__(
         self,
@@ -200,9 +236,10 @@ class TracerDaemon:
     ) -> None:
         self.reaper = reaper
         self.export_file = export_file
+        self._tracer_run = argv is None
         self.argv = list(argv) if argv is not None else [
             str(tracer), "run", "--export-file", str(export_file), "--export-max-size", "4G",
-            *extra,
+            *private_sockets(export_file.parent, export_file.stem, tracer), *extra,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
         self.lines: list[tuple[float, str]] = []  # (perf_counter, line)
@@ -219,6 +256,10 @@ class TracerDaemon:
 
     def start(self, timeout: float = 60.0) -> float:
         """Spawn and wait for `ready`; returns seconds from spawn to the ready line."""
+        global _ANNOUNCED
+        if not _ANNOUNCED and self._tracer_run:
+            _ANNOUNCED = True
+            print(f"daemon command: {' '.join(self.argv)}", flush=True)
         self.t_spawn = time.perf_counter()
         self.proc = self.reaper.popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -344,6 +385,8 @@ class ExportTail:
         self.lost_kernel: Counter[str] = Counter()
         self.lost_daemon: Counter[str] = Counter()
         self.bad_lines = 0
+        self.needle: bytes | None = None  # count lines holding these bytes, by type,
+        self.needle_types: Counter[str] = Counter()  # without parsing them
 
     def read(self, on_event: Callable[[dict], None] | None = None,
              only: bytes | None = None) -> int:
@@ -367,6 +410,8 @@ class ExportTail:
             if line.startswith(pre):
                 end = line.find(b'"', len(pre))
                 t = line[len(pre):end].decode()
+            if self.needle is not None and t is not None and self.needle in line:
+                self.needle_types[t] += 1
             parse = t is None or t == "lost" or (
                 on_event is not None and (only is None or only in line))
             if not parse:
@@ -398,6 +443,25 @@ def host_cpu() -> tuple[float, float]:
     # user nice system idle iowait irq softirq steal guest guest_nice
     busy = f[0] + f[1] + f[2] + f[5] + f[6]
     return busy / CLK_TCK, (f[7] if len(f) > 7 else 0) / CLK_TCK
+
+
+IRQ_KINDS = ("IWI", "RES", "CAL", "TLB", "LOC")
+
+
+def interrupts() -> dict[str, int]:
+    """Machine-wide counts (all CPUs) of some /proc/interrupts lines, plus context switches:
+    IWI irq-work (BPF ring-buffer wake-ups go through it), RES rescheduling IPIs,
+    CAL function-call IPIs, TLB shootdowns, LOC timer; ctxt from /proc/stat."""
+    out: dict[str, int] = {}
+    ncpu = os.cpu_count() or 1
+    for line in Path("/proc/interrupts").read_text().splitlines():
+        name, _, rest = line.strip().partition(":")
+        if name in IRQ_KINDS:
+            out[name] = sum(int(x) for x in rest.split()[:ncpu] if x.isdigit())
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("ctxt "):
+            out["ctxt"] = int(line.split()[1])
+    return out
 
 
 def tracer_bpf_programs() -> int | None:

@@ -18,7 +18,9 @@ the same BPF programs loaded by bench/_bpf_only.py (through tracer.loader)
 with nobody reading the ring buffer (bpf-none: kernel-side cost only), with
 a consumer that polls like the daemon but discards records (bpf-discard:
 adds the per-record wake-ups), and with a consumer that wakes on a 10 ms
-timer and drains in batches (bpf-batch: what batching would leave).
+timer and drains in batches (bpf-batch: what batching would leave). Where
+the daemon also attaches file_open/connect programs (syscall
+tracepoints), bpf-all attaches all of them with nobody reading.
 
     .venv/bin/python bench/exec_storm.py [--execs 20000] [--rounds 3] [--driver auto|bash|c]
 
@@ -31,6 +33,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -42,6 +45,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DaemonFailed,
@@ -50,6 +55,7 @@ from _common import (
     TracerDaemon,
     fmt_stats,
     host_cpu,
+    interrupts,
     print_header,
     require_root,
     tmpdir,
@@ -61,8 +67,18 @@ HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 TRUE = "/bin/true"
 QUIET = {"max_cores": 0.1, "timeout": 900.0}  # set from --quiet-* in main()
-OWN_BPF = 3  # exec, fork, exit programs of the daemon / the helper
-ARMS = ("without", "bpf-none", "bpf-discard", "bpf-batch", "daemon")
+ARMS = ("without", "bpf-none", "bpf-all", "bpf-discard", "bpf-batch", "daemon")
+
+
+def pre_quiet() -> None:
+    """Before starting a daemon/helper: a quiet machine with no tr_* programs of others,
+    so that the tr_* programs counted after our start are ours."""
+    if QUIET["max_cores"] > 0:
+        wait_quiet(QUIET["max_cores"], timeout=QUIET["timeout"])
+
+
+def own_programs() -> int:
+    return tracer_bpf_programs() or 0
 
 
 
@@ -103,7 +119,7 @@ class BpfOnly:
     run: Run
     cpu_s: float
     records: dict[str, int]
-    kernel_dropped: dict[str, int]
+    programs: int
 
     @property
     def wall_s(self) -> float:
@@ -141,6 +157,7 @@ class Run:
     host_busy_s: float  # whole machine, /proc/stat
     steal_s: float
     foreign_bpf: int = 0  # tr_* BPF programs loaded by someone else at start or end
+    irqs: dict[str, int] = field(default_factory=dict)  # /proc/interrupts deltas, ctxt
 
 
     @property
@@ -155,9 +172,10 @@ class Run:
 
     def host(self) -> str:
         foreign = f", FOREIGN tr_* BPF programs {self.foreign_bpf}" if self.foreign_bpf else ""
+        irqs = " ".join(f"{k} {v:,}" for k, v in self.irqs.items())
         return (f"[workload cpu {self.workload_cpu_s:.1f} s, other cpu on host "
                 f"{self.other_cpu_s:.1f} s = {self.noise:.2f} cores, steal {self.steal_s:.1f}"
-                f"{foreign}]")
+                f"{foreign}; {irqs}]")
 
 
 def _children_cpu() -> float:
@@ -179,6 +197,7 @@ def run_workload(
         wait_quiet(QUIET["max_cores"], timeout=QUIET["timeout"], own_cpu=companion_cpu,
                    own_bpf=own_bpf)
     progs0 = tracer_bpf_programs()
+    i0 = interrupts()
     c0 = companion_cpu() if companion_cpu else 0.0
     k0 = _children_cpu()
     b0, s0 = host_cpu()
@@ -189,12 +208,14 @@ def run_workload(
     b1, s1 = host_cpu()
     k1 = _children_cpu()
     c1 = companion_cpu() if companion_cpu else 0.0
+    i1 = interrupts()
     progs1 = tracer_bpf_programs()
     reaper.stop(p)
     if rc != 0:
         raise RuntimeError(f"workload {argv[:2]} exited {rc}")
     foreign = max((x or 0) - own_bpf for x in (progs0, progs1))
-    return Run(wall, k1 - k0, c1 - c0, b1 - b0, s1 - s0, max(foreign, 0))
+    irqs = {k: i1[k] - i0.get(k, 0) for k in i1}
+    return Run(wall, k1 - k0, c1 - c0, b1 - b0, s1 - s0, max(foreign, 0), irqs)
 
 
 def _cpu_split(before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]],
@@ -216,7 +237,7 @@ def _daemon_args(args: argparse.Namespace) -> list[str]:
     extra = ["--ringbuf-size", args.ringbuf_size]
     if args.process_hooks != "auto":
         extra += ["--process-hooks", args.process_hooks]
-    return extra
+    return extra + args.daemon_args
 
 
 class MarkerCounter:
@@ -224,21 +245,20 @@ class MarkerCounter:
 
     def __init__(self, export: Path, marker: str) -> None:
         self.tail = ExportTail(export)
-        self.want = [TRUE, marker]
-        self.marker_b = marker.encode()
-        self.seen = {"process_exec": 0, "process_exit": 0}
+        # args exactly [/bin/true, marker], as orjson writes them (no spaces): not the
+        # driver's own exec, whose argv holds the marker too. Matched as bytes, unparsed,
+        # so that counting 40,000 lines does not delay the drain measurement.
+        self.tail.needle = b'"args":[' + orjson.dumps(TRUE) + b"," + orjson.dumps(marker) + b"]"
         self.last_exit_at = 0.0
 
-    def _on_event(self, ev: dict) -> None:
-        t = ev.get("type")
-        # args exactly [/bin/true, marker]: not the driver's own exec, whose argv has it too
-        if t in self.seen and (ev.get("process") or {}).get("args") == self.want:
-            self.seen[t] += 1
+    @property
+    def seen(self) -> dict[str, int]:
+        return {t: self.tail.needle_types[t] for t in ("process_exec", "process_exit")}
 
     def read(self) -> None:
-        before = self.seen["process_exit"]
-        self.tail.read(self._on_event, self.marker_b)
-        if self.seen["process_exit"] != before:
+        before = self.tail.needle_types["process_exit"]
+        self.tail.read()
+        if self.tail.needle_types["process_exit"] != before:
             self.last_exit_at = time.perf_counter()
 
     def events(self) -> int:
@@ -263,15 +283,17 @@ def run_with_daemon(
     marker = f"storm-{uuid.uuid4().hex}"
     export = work / f"{tag}.jsonl"
     d = TracerDaemon(reaper, export, _daemon_args(args))
+    pre_quiet()
     d.start()
     time.sleep(args.settle)
+    own = own_programs()
     mc = MarkerCounter(export, marker)
     mc.read()  # whatever arrived before the workload
     events_before = mc.events()
     threads0 = d.thread_cpu()
     cpu0 = d.cpu_seconds()
     t0 = time.perf_counter()
-    run = run_workload(reaper, driver, exe, n, marker, d.cpu_seconds, OWN_BPF)
+    run = run_workload(reaper, driver, exe, n, marker, d.cpu_seconds, own)
     t_end = time.perf_counter()
     mc.last_exit_at = t_end
     ok = mc.wait_exits(n, d, args.drain_timeout)
@@ -318,21 +340,25 @@ def run_bpf_only(
     work: Path, tag: str
 ) -> BpfOnly:
     out = work / f"{tag}.json"
-    argv = [PYTHON, str(HERE / "_bpf_only.py"), "--drain", mode, "--out", str(out),
-            "--process-hooks", args.process_hooks]
+    programs = "all" if mode == "all" else "process"
+    drain = "none" if mode == "all" else mode
+    argv = [PYTHON, str(HERE / "_bpf_only.py"), "--drain", drain, "--programs", programs,
+            "--out", str(out), "--process-hooks", args.process_hooks]
     h = TracerDaemon(reaper, out, argv=argv)
+    pre_quiet()
     h.start()
     time.sleep(args.settle)
+    own = own_programs()
     cpu0 = h.cpu_seconds()
     run = run_workload(reaper, driver, exe, args.execs, f"storm-{uuid.uuid4().hex}",
-                       h.cpu_seconds, OWN_BPF)
+                       h.cpu_seconds, own)
     time.sleep(0.2)  # let a discard consumer catch up
     cpu = h.cpu_seconds() - cpu0
     st = h.stop()
     if st.rc != 0:
         raise DaemonFailed(f"bpf-only helper exited {st.rc}: {h.lines[-5:]}")
     res = json.loads(out.read_text())
-    return BpfOnly(mode, run, cpu, res["records"], res["kernel_dropped"])
+    return BpfOnly(mode, run, cpu, res["records"], len(res.get("programs", ())))
 
 
 def run_capacity(
@@ -343,14 +369,16 @@ def run_capacity(
     marker = f"storm-{uuid.uuid4().hex}"
     export = work / "capacity.jsonl"
     d = TracerDaemon(reaper, export, _daemon_args(args))
+    pre_quiet()
     d.start()
     time.sleep(args.settle)
+    own = own_programs()
     mc = MarkerCounter(export, marker)
     mc.read()
     events_before = mc.events()
     os.kill(d.pid, signal.SIGSTOP)
     try:
-        run = run_workload(reaper, driver, exe, n, marker, own_bpf=OWN_BPF)
+        run = run_workload(reaper, driver, exe, n, marker, own_bpf=own)
         cpu0 = d.cpu_seconds()
         t0 = time.perf_counter()
     finally:
@@ -376,6 +404,8 @@ def main() -> int:
     ap.add_argument("--driver", choices=["auto", "bash", "c"], default="auto",
                     help="workload loop; auto: the faster one in a calibration run")
     ap.add_argument("--calibrate-execs", type=int, default=2000)
+    ap.add_argument("--daemon-args", default="", type=shlex.split,
+                    help='more `tracer run` options, e.g. --daemon-args="--no-grpc"')
     ap.add_argument("--ringbuf-size", default="16M", help="daemon --ringbuf-size (default 16M)")
     ap.add_argument("--process-hooks", default="auto", choices=["auto", "tp_btf", "raw_tp"])
     ap.add_argument("--arms", default=",".join(ARMS),
@@ -498,8 +528,8 @@ def bench(reaper: Reaper, args: argparse.Namespace) -> int:
                 assert isinstance(b, BpfOnly)
                 bpf[arm].append(b)
                 print(f"{label} {b.wall_s:.3f} s ({args.execs / b.wall_s:,.0f} execs/s)  "
-                      f"helper cpu {b.cpu_s:.2f} s  records {b.records}  "
-                      f"kernel dropped {sum(b.kernel_dropped.values())}  {b.run.host()}")
+                      f"helper cpu {b.cpu_s:.2f} s  programs {b.programs}  records {b.records}"
+                      f"  {b.run.host()}")
             sys.stdout.flush()
 
     med_base = statistics.median(x.wall_s for x in base)
@@ -519,6 +549,18 @@ def bench(reaper: Reaper, args: argparse.Namespace) -> int:
                   f"ratio {m / med_base:.3f}  helper cpu s "
                   f"{[round(x.cpu_s, 2) for x in lst]}")
     print(f"wall with daemon (s):    {fmt_stats(x.wall_s for x in withd)}")
+    print("per exec, median over rounds (machine-wide; IWI = irq work, RES = reschedule IPI, "
+          "CAL = call-function IPI, ctxt = context switches; workload cpu ms):")
+    arm_runs: dict[str, list[Run]] = {"without": base, "daemon": [x.run for x in withd]}
+    arm_runs.update({k: [x.run for x in v] for k, v in bpf.items() if v})
+    for arm, runs in arm_runs.items():
+        ms = statistics.median(r.workload_cpu_s for r in runs) / args.execs * 1e3
+        cells = [f"workload cpu {ms:.3f}"]
+        for k in ("IWI", "RES", "CAL", "ctxt"):
+            vals = [r.irqs.get(k) for r in runs if r.irqs.get(k) is not None]
+            if vals:
+                cells.append(f"{k} {statistics.median(vals) / args.execs:.2f}")
+        print(f"  {arm:<12} " + "  ".join(cells))
     print(f"ratio median/median: {ratio:.3f} (target <= 1.10: "
           f"{'MET' if ratio <= 1.10 else 'MISSED'})  per-round with/without: "
           f"[{', '.join(f'{x:.3f}' for x in per_round)}]")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,15 +33,23 @@ import pyspy_summary
 from _common import (
     REPO,
     TRACER,
-    ExportTail,
     Reaper,
     TracerDaemon,
     print_header,
+    private_sockets,
     require_root,
     tmpdir,
+    wait_quiet,
     wait_until,
 )
-from exec_storm import TRUE, build_c, run_workload
+from exec_storm import (
+    QUIET,
+    MarkerCounter,
+    build_c,
+    own_programs,
+    pre_quiet,
+    run_workload,
+)
 from rss import count_sleeps, new_duration, spawn_sleeps
 
 PYSPY = REPO / ".venv" / "bin" / "py-spy"
@@ -57,45 +66,75 @@ def pyspy_cmd(args: argparse.Namespace, out: Path) -> list[str]:
 def storm(reaper: Reaper, args: argparse.Namespace, work: Path) -> None:
     exe = build_c(work)
     export = work / "storm.jsonl"
-    d = TracerDaemon(reaper, export)
+    d = TracerDaemon(reaper, export, args.daemon_args)
+    QUIET["max_cores"] = args.quiet_cores
+    pre_quiet()
     d.start()
     time.sleep(1.0)
-    prof = args.out or work / "storm.pyspy.txt"
-    spy = reaper.popen([*pyspy_cmd(args, prof), "-p", str(d.pid)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    own = own_programs()
+    if args.tool == "perf":
+        prof = args.out or work / "storm.perf.data"
+        cmd = ["perf", "record", "-g", "-F", str(args.rate), "-o", str(prof), "-p", str(d.pid)]
+    else:
+        prof = args.out or work / "storm.pyspy.txt"
+        cmd = [*pyspy_cmd(args, prof), "-p", str(d.pid)]
+    spy = reaper.popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
     marker = f"storm-{uuid.uuid4().hex}"
     cpu0 = d.cpu_seconds()
-    wall = run_workload(reaper, "c" if exe else "bash", exe, args.execs, marker)
-    tail = ExportTail(export)
-    want = [TRUE, marker]
-    exits = [0]
+    QUIET["max_cores"] = 0  # py-spy itself is busy now; the profile gives shares, not times
+    run = run_workload(reaper, "c" if exe else "bash", exe, args.execs, marker, own_bpf=own)
+    wall = run.wall_s
+    mc = MarkerCounter(export, marker)
 
-    def on_event(ev: dict) -> None:
-        if ev.get("type") == "process_exit" and (ev.get("process") or {}).get("args") == want:
-            exits[0] += 1
+    def all_exits() -> bool:
+        mc.read()
+        return mc.seen["process_exit"] >= args.execs
 
-    wait_until(lambda: (tail.read(on_event, marker.encode()), exits[0] >= args.execs)[1], 120, 0.05)
+    wait_until(all_exits, 120, 0.05)
+    exits = [mc.seen["process_exit"]]
     cpu = d.cpu_seconds() - cpu0
     st = d.stop()  # py-spy stops when the process exits and writes the profile
     assert spy.stderr is not None
     err = spy.stderr.read().decode(errors="replace")
     spy.wait(60)
     reaper.stop(spy)
-    print(f"workload {wall:.2f} s (under py-spy), daemon cpu {cpu:.2f} s, exits seen {exits[0]}, "
-          f"lost {st.lost_total}")
-    print("py-spy: " + " | ".join(x for x in err.splitlines() if "Samples" in x or "rror" in x))
+    print(f"workload {wall:.2f} s (under {args.tool}), daemon cpu {cpu:.2f} s, "
+          f"exits seen {exits[0]}, lost {st.lost_total}")
+    print(f"{args.tool}: " + " | ".join(
+        x for x in err.splitlines() if "Samples" in x or "rror" in x or "samples" in x))
     print(f"profile: {prof}\n")
-    pyspy_summary.summarize(pyspy_summary.load(prof), args.top)
+    if args.tool == "perf":
+        perf_summary(prof, args.top)
+    else:
+        pyspy_summary.summarize(pyspy_summary.load(prof), args.top)
+
+
+def perf_summary(data: Path, top: int) -> None:
+    """Self time of the daemon by shared object, then by symbol (kernel [k] and native)."""
+    for sort in ("dso", "dso,sym"):
+        out = subprocess.run(
+            ["perf", "report", "-i", str(data), "--no-children", "--sort", sort, "--stdio",
+             "-g", "none", "--percent-limit", "0.5"],
+            capture_output=True, text=True, check=False,
+        ).stdout
+        rows = [x for x in out.splitlines() if x.strip() and not x.startswith("#")]
+        print(f"self time by {sort} (perf, all threads of the daemon):")
+        for row in rows[:top]:
+            print("  " + row.strip())
+        print()
 
 
 def bootstrap(reaper: Reaper, args: argparse.Namespace, work: Path) -> None:
+    if args.quiet_cores > 0:
+        wait_quiet(args.quiet_cores, timeout=900)
     dur = new_duration(600)
     sh = spawn_sleeps(reaper, args.procs, dur, work / "sleeps.err")
     wait_until(lambda: count_sleeps(dur) >= args.procs, 300, 0.2)
     prof = args.out or work / "bootstrap.pyspy.txt"
     argv = [*pyspy_cmd(args, prof), "--", str(TRACER), "run", "--export-file",
-            str(work / "boot.jsonl"), "--export-max-size", "4G"]
+            str(work / "boot.jsonl"), "--export-max-size", "4G",
+            *private_sockets(work, "boot"), *args.daemon_args]
     d = TracerDaemon(reaper, work / "boot.jsonl", argv=argv)
     ready = d.start(timeout=300)
     print(f"{args.procs} sleeps; spawn->ready under py-spy {ready * 1000:.0f} ms, "
@@ -117,9 +156,15 @@ def main() -> int:
     ap.add_argument("scenario", choices=["storm", "bootstrap"])
     ap.add_argument("--execs", type=int, default=5000)
     ap.add_argument("--procs", type=int, default=5000)
-    ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    ap.add_argument("--rate", type=int, default=100, help="samples per second")
     ap.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
+    ap.add_argument("--tool", choices=["py-spy", "perf"], default="py-spy",
+                    help="storm only: py-spy (Python frames) or perf (kernel + native)")
+    ap.add_argument("--daemon-args", default="", type=shlex.split,
+                    help='more `tracer run` options, e.g. --daemon-args="--no-grpc"')
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--quiet-cores", type=float, default=0.1,
+                    help="first wait until others use less than this many cores (0: no wait)")
     ap.add_argument("--out", type=Path, help="keep the raw profile here")
     args = ap.parse_args()
     require_root()
@@ -127,7 +172,7 @@ def main() -> int:
         sys.exit("py-spy is not installed: .venv/bin/pip install py-spy")
     reaper = Reaper()
     try:
-        print_header(f"py-spy profile of the daemon: {args.scenario}")
+        print_header(f"profile of the daemon ({args.tool}): {args.scenario}")
         work = tmpdir("tracer-bench-prof-")
         (storm if args.scenario == "storm" else bootstrap)(reaper, args, work)
         return 0

@@ -20,16 +20,21 @@ from pathlib import Path
 # A leaf in one of these means the thread was blocked, not computing.
 IDLE_LEAVES = (
     "Condition.wait (threading.py",
+    "Event.wait (threading.py",
     "Thread.join",
     "epoll_wait",
     "RingBuffer.poll.<locals>.<lambda> (tracer/bpf.py",  # inside ring_buffer__poll (C)
     "_wait_for_tstate_lock",
+    "socket.accept (socket.py",  # the control socket's accept loop
+    "_serve (grpc/_server.py",  # gRPC's completion-queue poll
+    "select (selectors.py",
 )
 
 _FRAME_RE = re.compile(r"^(?P<func>.+?) \((?P<file>[^()]*?):(?P<line>\d+)\)$")
 
 
 def frame_key(frame: str, with_line: bool = False) -> str:
+    """`path:function` (`:line`), paths relative to the repository or site-packages."""
     m = _FRAME_RE.match(frame)
     if not m:
         return frame
@@ -65,9 +70,14 @@ def summarize(samples: list[tuple[str, list[str], int]], top: int, out=sys.stdou
     total_c: Counter[str] = Counter()
     line_c: Counter[str] = Counter()
     busy = 0
+    no_frames = 0
     for thread, frames, n in samples:
         threads[thread] += n
-        leaf = frames[-1] if frames else "?"
+        if not frames:  # a thread caught with no Python frame (start-up, shutdown)
+            no_frames += n
+            idle[thread] += n
+            continue
+        leaf = frames[-1]
         if any(k in leaf for k in IDLE_LEAVES):
             idle[thread] += n
             continue
@@ -77,7 +87,8 @@ def summarize(samples: list[tuple[str, list[str], int]], top: int, out=sys.stdou
         for k in {frame_key(f) for f in frames}:
             total_c[k] += n
     all_n = sum(threads.values())
-    print(f"samples: {all_n}, busy (not blocked in wait/poll): {busy}", file=out)
+    print(f"samples: {all_n}, busy (not blocked in wait/poll/accept): {busy}, "
+          f"with no Python frame: {no_frames}", file=out)
     for t, n in threads.most_common():
         print(f"  {t}: {n} samples, {idle[t]} idle, {n - idle[t]} busy", file=out)
     if not busy:

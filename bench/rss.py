@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -107,7 +108,7 @@ def variant_live(reaper: Reaper, args: argparse.Namespace, work: Path) -> bool:
     print(f"\n-- live: daemon first, then {args.procs} sleeps --")
     quiet(args)
     export = work / "live.jsonl"
-    d = TracerDaemon(reaper, export, ["--ringbuf-size", args.ringbuf_size])
+    d = TracerDaemon(reaper, export, ["--ringbuf-size", args.ringbuf_size, *args.daemon_args])
     d.start()
     time.sleep(args.settle)
     idle = Samples().take(d, args.samples, args.span)
@@ -155,7 +156,7 @@ def variant_bootstrap(reaper: Reaper, args: argparse.Namespace, work: Path) -> b
     ok = wait_until(lambda: count_sleeps(dur) >= args.procs, args.timeout, 0.2)
     print(f"{count_sleeps(dur)} sleeps running after {time.perf_counter() - t0:.1f} s")
     export = work / "bootstrap.jsonl"
-    d = TracerDaemon(reaper, export, ["--ringbuf-size", args.ringbuf_size])
+    d = TracerDaemon(reaper, export, ["--ringbuf-size", args.ringbuf_size, *args.daemon_args])
     ready = d.start(timeout=args.timeout)
     print(f"spawn->ready {ready * 1000:.0f} ms  startup_ms {d.ready_fields.get('startup_ms')}  "
           f"procfs_processes {d.ready_fields.get('procfs_processes')}")
@@ -182,6 +183,8 @@ def main() -> int:
     ap.add_argument("--span", type=float, default=3.0, help="seconds the samples span")
     ap.add_argument("--settle", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--daemon-args", default="", type=shlex.split,
+                    help='more `tracer run` options, e.g. --daemon-args="--no-grpc"')
     ap.add_argument("--ringbuf-size", default="16M", help="daemon --ringbuf-size (default 16M)")
     ap.add_argument("--quiet-cores", type=float, default=0.1,
                     help="before each measurement, wait until others use less than this many "

@@ -15,6 +15,7 @@ Target: spawn -> ready < 1 s.
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import subprocess
 import sys
@@ -50,6 +51,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--process-hooks", default="auto", choices=["auto", "tp_btf", "raw_tp"])
+    ap.add_argument("--daemon-args", default="", type=shlex.split,
+                    help='more `tracer run` options, e.g. --daemon-args="--no-grpc"')
     ap.add_argument("--pause", type=float, default=0.5, help="seconds between runs")
     ap.add_argument("--quiet-cores", type=float, default=0.1,
                     help="before each measurement, wait until others use less than this many "
@@ -76,6 +79,7 @@ def bench(reaper: Reaper, args: argparse.Namespace) -> int:
     print_header(f"startup: spawn `tracer run` -> ready, {args.runs} runs")
     work = tmpdir("tracer-bench-startup-")
     extra = [] if args.process_hooks == "auto" else ["--process-hooks", args.process_hooks]
+    extra += args.daemon_args
     py = str(Path(sys.executable))
     # reference points (also warms the page cache for the first measured run)
     quiet(args)
