@@ -51,10 +51,24 @@ static __always_inline void tr_count(__u32 kind, __u32 stat)
 		*val += 1; /* per-CPU slot: no atomics needed */
 }
 
+/* Whether this record should wake the reader. A wake-up per record
+ * (flags 0: whenever the reader has caught up) costs the traced task an
+ * irq_work and the reader a context switch per event, which made an exec
+ * storm 24% slower. So records are added silently; the reader drains on
+ * a short timer, and is woken early only once an eighth of the ring is
+ * full, which leaves a burst seven eighths of the ring to land in. */
+static __always_inline __u64 tr_wakeup(void)
+{
+	__u64 avail = bpf_ringbuf_query(&tr_events, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&tr_events, BPF_RB_RING_SIZE);
+
+	return avail >= size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 /* Emit `size` bytes of `rec` and count the outcome, so no loss is silent. */
 static __always_inline void tr_emit(__u32 kind, void *rec, __u64 size)
 {
-	if (bpf_ringbuf_output(&tr_events, rec, size, 0))
+	if (bpf_ringbuf_output(&tr_events, rec, size, tr_wakeup()))
 		tr_count(kind, TR_STAT_RB_DROPPED);
 	else
 		tr_count(kind, TR_STAT_EMITTED);

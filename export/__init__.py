@@ -1,6 +1,6 @@
 """Export: events out of the daemon, without ever blocking capture."""
 
 from export.jsonl import RotatingFile, Serializer, process_dict
-from export.sink import QueuedWriter, Sink
+from export.sink import QueuedWriter, Sink, StreamLines
 
-__all__ = ["QueuedWriter", "RotatingFile", "Serializer", "Sink", "process_dict"]
+__all__ = ["QueuedWriter", "RotatingFile", "Serializer", "Sink", "StreamLines", "process_dict"]

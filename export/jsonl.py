@@ -185,11 +185,17 @@ class RotatingFile:
         self._f = open(self.path, "ab")
         self._size = 0
 
-    def write(self, data: bytes) -> None:
-        if self._size and self._size + len(data) > self.max_bytes:
-            self._rotate()
-        self._f.write(data)
-        self._size += len(data)
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Append whole lines; a rotation falls between two lines, never inside one."""
+        start, size = 0, self._size
+        for i, line in enumerate(lines):
+            if size and size + len(line) > self.max_bytes:
+                self._f.write(b"".join(lines[start:i]))
+                self._rotate()
+                start, size = i, 0
+            size += len(line)
+        self._f.write(b"".join(lines[start:]))
+        self._size = size
 
     def flush(self) -> None:
         self._f.flush()

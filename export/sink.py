@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import BinaryIO, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -29,15 +29,32 @@ def _never(item: object) -> bool:
 
 
 class Output(Protocol):
-    def write(self, data: bytes, /) -> object: ...
+    """Where a writer puts whole lines: a batch per call, so one write per batch."""
+
+    def write_lines(self, lines: list[bytes], /) -> object: ...
 
     def flush(self) -> object: ...
+
+
+class StreamLines:
+    """An Output over a binary stream (stdout): each batch is one write."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def write_lines(self, lines: list[bytes], /) -> None:
+        self._stream.write(b"".join(lines))
+
+    def flush(self) -> None:
+        self._stream.flush()
 
 
 class Sink(Protocol):
     name: str
 
     def offer(self, event: Event) -> None: ...
+
+    def offer_many(self, events: list[Event]) -> None: ...
 
     def take_dropped(self) -> dict[str, int]: ...
 
@@ -80,6 +97,28 @@ class DropOldest(Generic[T]):
                 self._drop_oldest()
             q.append(item)
             if len(q) == 1:
+                self._cond.notify()
+
+    def put_many(self, items: list[T]) -> None:
+        """put() of each item in order, under one lock and with at most one wake-up.
+
+        A wake-up per item costs the consumer a futex round trip each time
+        and the producer a third of its time; per batch it is noise.
+        """
+        if not items:
+            return
+        with self._cond:
+            if self._closed:
+                self._dropped.update(self._kind(i) for i in items)
+                return
+            q = self._items
+            was_empty = not q
+            pinned = self._pinned
+            for item in items:
+                if len(q) >= self.capacity and not pinned(item):
+                    self._drop_oldest()
+                q.append(item)
+            if was_empty:
                 self._cond.notify()
 
     def _drop_oldest(self) -> None:
@@ -178,6 +217,9 @@ class QueuedWorker:
     def offer(self, event: Event) -> None:
         self._queue.put(event)
 
+    def offer_many(self, events: list[Event]) -> None:
+        self._queue.put_many(events)
+
     def take_dropped(self) -> dict[str, int]:
         return self._queue.take_dropped()
 
@@ -230,6 +272,6 @@ class QueuedWriter(QueuedWorker):
         super().__init__(name, self._write, capacity, on_close)
 
     def _write(self, batch: list[Event]) -> None:
-        for ev in batch:
-            self._out.write(self._encode(ev))
+        encode = self._encode
+        self._out.write_lines([encode(ev) for ev in batch])
         self._out.flush()

@@ -221,8 +221,8 @@ def test_rotating_file_rotates_whole_lines_and_keeps_backups(tmp_path: Path) -> 
     f = RotatingFile(path, max_bytes=100, backups=2)
     written = [f"{i:02d}".encode() + b"x" * 26 + b"\n" for i in range(10)]  # 29 bytes each
     assert all(len(w) == 29 for w in written)
-    for w in written:
-        f.write(w)
+    f.write_lines(written[:4])  # one batch crosses the limit: rotated inside it
+    f.write_lines(written[4:])
     f.close()
 
     b1, b2, b3 = (path.with_name(f"events.jsonl.{i}") for i in (1, 2, 3))
@@ -243,9 +243,7 @@ def test_rotating_file_puts_an_oversized_line_in_a_file_of_its_own(tmp_path: Pat
     path = tmp_path / "e.jsonl"
     f = RotatingFile(path, max_bytes=10, backups=3)
     big = b"B" * 25 + b"\n"
-    f.write(b"a\n")
-    f.write(big)
-    f.write(b"c\n")
+    f.write_lines([b"a\n", big, b"c\n"])
     f.close()
     assert lines_of(path.with_name("e.jsonl.2")) == [b"a\n"]
     assert lines_of(path.with_name("e.jsonl.1")) == [big]
@@ -255,7 +253,7 @@ def test_rotating_file_puts_an_oversized_line_in_a_file_of_its_own(tmp_path: Pat
 def test_rotating_file_does_not_rotate_an_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "e.jsonl"
     f = RotatingFile(path, max_bytes=10, backups=3)
-    f.write(b"B" * 25 + b"\n")  # too big, but there is nothing to rotate away
+    f.write_lines([b"B" * 25 + b"\n"])  # too big, but there is nothing to rotate away
     f.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl"]
     assert path.read_bytes() == b"B" * 25 + b"\n"
@@ -265,7 +263,7 @@ def test_rotating_file_counts_what_the_file_already_holds(tmp_path: Path) -> Non
     path = tmp_path / "e.jsonl"
     path.write_bytes(b"x" * 90 + b"\n")
     f = RotatingFile(path, max_bytes=100, backups=1)
-    f.write(b"y" * 20 + b"\n")
+    f.write_lines([b"y" * 20 + b"\n"])
     f.close()
     assert path.with_name("e.jsonl.1").read_bytes() == b"x" * 90 + b"\n"
     assert path.read_bytes() == b"y" * 20 + b"\n"
@@ -274,8 +272,7 @@ def test_rotating_file_counts_what_the_file_already_holds(tmp_path: Path) -> Non
 def test_rotating_file_without_backups_keeps_only_the_current_file(tmp_path: Path) -> None:
     path = tmp_path / "e.jsonl"
     f = RotatingFile(path, max_bytes=4, backups=0)
-    for w in (b"aaa\n", b"bbb\n", b"ccc\n"):
-        f.write(w)
+    f.write_lines([b"aaa\n", b"bbb\n", b"ccc\n"])
     f.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl"]
     assert path.read_bytes() == b"ccc\n"
@@ -298,12 +295,11 @@ class GatedOutput:
         self.written: list[bytes] = []
         self.flushes = 0
 
-    def write(self, data: bytes, /) -> int:
+    def write_lines(self, lines: list[bytes], /) -> None:
         self.entered.set()
         if not self.gate.wait(timeout=30):
             raise RuntimeError("test gate never opened")
-        self.written.append(data)
-        return len(data)
+        self.written.extend(lines)
 
     def flush(self) -> None:
         self.flushes += 1
@@ -315,9 +311,8 @@ class ListOutput:
         self.flushes = 0
         self.closed_with: list[bytes] | None = None
 
-    def write(self, data: bytes, /) -> int:
-        self.written.append(data)
-        return len(data)
+    def write_lines(self, lines: list[bytes], /) -> None:
+        self.written.extend(lines)
 
     def flush(self) -> None:
         self.flushes += 1
@@ -330,7 +325,7 @@ class FailingOutput:
     def __init__(self) -> None:
         self.attempts = 0
 
-    def write(self, data: bytes, /) -> int:
+    def write_lines(self, lines: list[bytes], /) -> None:
         self.attempts += 1
         raise OSError(28, "No space left on device")
 

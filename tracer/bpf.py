@@ -379,10 +379,17 @@ class RingBuffer:
         return batch
 
     def poll(self, timeout_ms: int) -> list[bytes]:
-        """Wait up to timeout_ms for data, then return every record available."""
-        return self._run(
+        """Wait up to timeout_ms for a wake-up, then return every record available.
+
+        Our programs add most records without a wake-up (tr_wakeup in
+        common.bpf.h), and ring_buffer__poll drains only on one, so the
+        records of a wait that timed out are taken with a consume().
+        """
+        batch = self._run(
             "ring_buffer__poll", lambda: int(lib().ring_buffer__poll(self._ptr, timeout_ms))
         )
+        batch.extend(self.consume())
+        return batch
 
     def consume(self) -> list[bytes]:
         """Return every record available now, without waiting."""

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from enrich import ProcessCache, UserNames, procfs
-from export import QueuedWriter, RotatingFile, Serializer, Sink
+from export import QueuedWriter, RotatingFile, Serializer, Sink, StreamLines
 from export.grpc_server import GrpcConfig, GrpcServer
 from export.hub import Hub
 from policy import PolicyError, PolicyMaps, PolicyStore
@@ -60,7 +60,9 @@ class Config:
     exit_grace_s: float = 30.0
     ancestor_depth: int = 64
     lost_interval_s: float = 1.0
-    poll_ms: int = 100
+    # The longest a record waits in the ring buffer before the reader takes
+    # it (records do not wake the reader one by one: common.bpf.h tr_wakeup).
+    poll_ms: int = 10
     grpc: GrpcConfig | None = field(default_factory=GrpcConfig)  # None: no API
     capture_mode: str = "auto"  # auto | lsm | fentry | kprobe | tracepoint
     policy_paths: list[Path] = field(default_factory=list)  # files or directories
@@ -238,7 +240,11 @@ class Daemon:
         if cfg.export_file is not None:
             f = RotatingFile(cfg.export_file, cfg.export_max_bytes, cfg.export_backups)
             return [QueuedWriter("file", f, serializer.line, cfg.queue_capacity, on_close=f.close)]
-        return [QueuedWriter("stdout", sys.stdout.buffer, serializer.line, cfg.queue_capacity)]
+        return [
+            QueuedWriter(
+                "stdout", StreamLines(sys.stdout.buffer), serializer.line, cfg.queue_capacity
+            )
+        ]
 
     def run(self) -> int:
         cfg = self.config

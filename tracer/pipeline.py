@@ -55,11 +55,6 @@ class Pipeline:
         self.events: collections.Counter[str] = collections.Counter()
         self.ignored = 0
 
-    def _emit(self, ev: Event) -> None:
-        self.events[ev.type] += 1
-        for sink in self.sinks:
-            sink.offer(ev)
-
     def _file_open(self, rec: decode.FileOpenRecord) -> FileOpen:
         ctx = self.cache.context(rec.task)
         path, escaped = text.decode(rec.path)
@@ -114,7 +109,10 @@ class Pipeline:
         )
 
     def feed(self, batch: list[bytes]) -> None:
+        """Turn one ring-buffer batch into events, and hand them to each sink at once."""
         cache = self.cache
+        out: list[Event] = []
+        emit = out.append
         for raw in batch:
             try:
                 rec = decode.decode(raw)
@@ -129,12 +127,16 @@ class Pipeline:
                     continue
                 if rec.verdict.action != decode.ACTION_NONE:
                     ev = replace(ev, policy=self.verdicts.match(rec.verdict))
-                self._emit(ev)
+                emit(ev)
             elif isinstance(rec, decode.ForkRecord):
                 cache.on_fork(rec)
             elif isinstance(rec, decode.ExitRecord):
-                self._emit(cache.on_exit(rec))
+                emit(cache.on_exit(rec))
             elif isinstance(rec, decode.FileOpenRecord):
-                self._emit(self._file_open(rec))
+                emit(self._file_open(rec))
             else:
-                self._emit(self._connect(rec))
+                emit(self._connect(rec))
+        if out:
+            self.events.update(ev.type for ev in out)
+            for sink in self.sinks:
+                sink.offer_many(out)

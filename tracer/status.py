@@ -17,7 +17,7 @@ from export.proto_gen import tracer_v1_pb2 as pb
 from tracer import __version__
 from tracer.loader import Sensor
 
-# The capture loop returns from each poll within its poll timeout (100 ms);
+# The capture loop returns from each poll within its poll timeout (10 ms);
 # this much longer without a poll means it is stuck.
 STALLED_AFTER_S = 5.0
 
