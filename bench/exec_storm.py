@@ -406,7 +406,7 @@ def main() -> int:
     ap.add_argument("--calibrate-execs", type=int, default=2000)
     ap.add_argument("--daemon-args", default="", type=shlex.split,
                     help='more `tracer run` options, e.g. --daemon-args="--no-grpc"')
-    ap.add_argument("--ringbuf-size", default="16M", help="daemon --ringbuf-size (default 16M)")
+    ap.add_argument("--ringbuf-size", default="4M", help="daemon --ringbuf-size (default 4M)")
     ap.add_argument("--process-hooks", default="auto", choices=["auto", "tp_btf", "raw_tp"])
     ap.add_argument("--arms", default=",".join(ARMS),
                     help=f"comma-separated subset of {','.join(ARMS)} (default: all); "

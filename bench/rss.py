@@ -185,7 +185,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--daemon-args", default="", type=shlex.split,
                     help='more `tracer run` options, e.g. --daemon-args="--no-grpc"')
-    ap.add_argument("--ringbuf-size", default="16M", help="daemon --ringbuf-size (default 16M)")
+    ap.add_argument("--ringbuf-size", default="4M", help="daemon --ringbuf-size (default 4M)")
     ap.add_argument("--quiet-cores", type=float, default=0.1,
                     help="before each measurement, wait until others use less than this many "
                     "cores for 6 s and load no tr_* BPF programs (0: do not wait)")

@@ -30,7 +30,7 @@
 /* The only channel to user space. Sized by the loader (--ringbuf-size). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 16 << 20);
+	__uint(max_entries, 4 << 20);
 } tr_events SEC(".maps");
 
 /* Per kind: records emitted, records lost because the ring buffer was

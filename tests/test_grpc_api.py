@@ -30,6 +30,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from export.proto_gen import tracer_v1_pb2 as pb
+from tracer.loader import RINGBUF_DEFAULT
 
 TRUE = os.path.realpath("/bin/true")
 
@@ -231,7 +232,7 @@ def test_get_health_and_info(channel: grpc.Channel, daemon: Daemon) -> None:
     assert info.kernel == os.uname().release
     assert info.process_hooks in ("tp_btf", "raw_tp")
     assert info.capture_mode in ("lsm", "fentry", "kprobe", "tracepoint")
-    assert info.ringbuf_size == 16 << 20
+    assert info.ringbuf_size == RINGBUF_DEFAULT
     assert info.kernel_emitted["process_exec"] >= 2
     assert "process_exec" in info.kernel_lost
     assert info.events["process_exec"] >= 2

@@ -14,7 +14,7 @@ from export.grpc_server import DEFAULT_SOCKET, GrpcConfig, TlsFiles
 from policy import PolicyError, compile_policies, parse_files
 from tracer import __version__, bpf, client, control, log
 from tracer.daemon import DEFAULT_BPF_DIR, Config, Daemon
-from tracer.loader import ConfigError
+from tracer.loader import RINGBUF_DEFAULT, ConfigError
 from tracer.probe import CAPTURE_MODES, ProbeReport, probe
 from tracer.system import PreflightError, require_root
 
@@ -56,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--ringbuf-size",
         type=_size,
-        default=16 << 20,
-        help="BPF ring buffer bytes, a power of two (default: 16M)",
+        default=RINGBUF_DEFAULT,
+        help=f"BPF ring buffer bytes, a power of two (default: {RINGBUF_DEFAULT >> 20}M)",
     )
     run.add_argument(
         "--process-hooks",

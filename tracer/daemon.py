@@ -30,6 +30,7 @@ from tracer import control, system
 from tracer.clock import BootClock
 from tracer.events import LossCounts, Lost
 from tracer.loader import (
+    RINGBUF_DEFAULT,
     ConfigError,
     KernelCounters,
     Sensor,
@@ -50,7 +51,7 @@ DEFAULT_BPF_DIR = Path(__file__).resolve().parent.parent / "build" / "bpf"
 class Config:
     bpf_dir: Path = DEFAULT_BPF_DIR
     node: str = field(default_factory=socket.gethostname)
-    ringbuf_size: int = 16 << 20
+    ringbuf_size: int = RINGBUF_DEFAULT
     process_hooks: str = "auto"  # auto | tp_btf | raw_tp
     export_file: Path | None = None  # None: stdout
     export_max_bytes: int = 100 << 20
