@@ -38,7 +38,7 @@ from tracer.signals import signal_name
 _PROCFS_START_SLACK_NS = 20_000_000
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Context:
     """The process side of an event: the process, its parent, its ancestors."""
 

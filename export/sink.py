@@ -191,8 +191,8 @@ def _is_lost(ev: Event) -> bool:
     return isinstance(ev, Lost)
 
 
-class QueuedWorker:
-    """A sink: a DropOldest queue of events drained by a thread that calls `handle(batch)`.
+class _Drained(Generic[T]):
+    """A DropOldest queue of T drained by a thread that calls `handle(batch)`.
 
     If handle raises, the sink stops: the error is kept for the daemon to
     report, and the failed batch and everything after it is counted as
@@ -202,23 +202,17 @@ class QueuedWorker:
     def __init__(
         self,
         name: str,
-        handle: Callable[[list[Event]], object],
-        capacity: int = 65536,
+        handle: Callable[[list[T]], object],
+        queue: DropOldest[T],
         on_close: Callable[[], object] | None = None,
     ) -> None:
         self.name = name
         self._handle = handle
         self._on_close = on_close
-        self._queue: DropOldest[Event] = DropOldest(capacity, _event_kind, pinned=_is_lost)
+        self._queue = queue
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         self._thread.start()
-
-    def offer(self, event: Event) -> None:
-        self._queue.put(event)
-
-    def offer_many(self, events: list[Event]) -> None:
-        self._queue.put_many(events)
 
     def take_dropped(self) -> dict[str, int]:
         return self._queue.take_dropped()
@@ -232,6 +226,15 @@ class QueuedWorker:
     def error(self) -> BaseException | None:
         return self._error
 
+    def _fail(self, exc: BaseException, lost: list[T]) -> None:
+        """Stop for good: keep the error, count `lost` and all still queued as dropped."""
+        self._error = exc
+        _log.error("sink failed", sink=self.name, error=str(exc))
+        q = self._queue
+        q.count_dropped(lost)
+        q.close()
+        q.count_dropped(q.take())  # nothing will write these
+
     def _run(self) -> None:
         q = self._queue
         while True:
@@ -241,11 +244,7 @@ class QueuedWorker:
             try:
                 self._handle(batch)
             except BaseException as exc:  # noqa: BLE001 -- reported; the daemon stops
-                self._error = exc
-                _log.error("sink failed", sink=self.name, error=str(exc))
-                q.count_dropped(batch)
-                q.close()
-                q.count_dropped(q.take())  # what was still queued: nothing will write it
+                self._fail(exc, batch)
                 return
 
     def close(self, timeout: float = 10.0) -> None:
@@ -256,8 +255,47 @@ class QueuedWorker:
             self._on_close()
 
 
-class QueuedWriter(QueuedWorker):
-    """A sink that writes `encode(event)` to `out`, a batch at a time."""
+class QueuedWorker(_Drained[Event]):
+    """A sink whose thread takes the events themselves, a batch at a time."""
+
+    def __init__(
+        self,
+        name: str,
+        handle: Callable[[list[Event]], object],
+        capacity: int = 65536,
+        on_close: Callable[[], object] | None = None,
+    ) -> None:
+        queue: DropOldest[Event] = DropOldest(capacity, _event_kind, pinned=_is_lost)
+        super().__init__(name, handle, queue, on_close)
+
+    def offer(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def offer_many(self, events: list[Event]) -> None:
+        self._queue.put_many(events)
+
+
+# A line queued for writing, with the kind of its event (for loss counts).
+_Line = tuple[str, bytes]
+
+
+def _line_kind(line: _Line) -> str:
+    return line[0]
+
+
+def _is_lost_line(line: _Line) -> bool:
+    return line[0] == Lost.type
+
+
+class QueuedWriter(_Drained[_Line]):
+    """A sink that writes `encode(event)` to `out`, a batch at a time.
+
+    Events are encoded by the thread that offers them and the writer
+    thread only writes. Under the GIL a second Python thread adds no
+    parallelism, only hand-off: encoding on the writer thread cost twice
+    as much CPU (cold caches, reference counts bouncing between cores:
+    bench/pipeline_cost.py), while a write releases the GIL.
+    """
 
     def __init__(
         self,
@@ -269,9 +307,24 @@ class QueuedWriter(QueuedWorker):
     ) -> None:
         self._out = out
         self._encode = encode
-        super().__init__(name, self._write, capacity, on_close)
+        queue: DropOldest[_Line] = DropOldest(capacity, _line_kind, pinned=_is_lost_line)
+        super().__init__(name, self._write, queue, on_close)
 
-    def _write(self, batch: list[Event]) -> None:
+    def offer(self, event: Event) -> None:
+        self.offer_many([event])
+
+    def offer_many(self, events: list[Event]) -> None:
+        if self._error is not None:  # stopped: count only
+            self._queue.put_many([(ev.type, b"") for ev in events])
+            return
         encode = self._encode
-        self._out.write_lines([encode(ev) for ev in batch])
+        try:
+            lines = [(ev.type, encode(ev)) for ev in events]
+        except Exception as exc:  # noqa: BLE001 -- a sink fault must not stop capture
+            self._fail(exc, [(ev.type, b"") for ev in events])
+            return
+        self._queue.put_many(lines)
+
+    def _write(self, batch: list[_Line]) -> None:
+        self._out.write_lines([line for _, line in batch])
         self._out.flush()

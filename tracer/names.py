@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 
 _ACCMODE = {0: "O_RDONLY", 1: "O_WRONLY", 2: "O_RDWR"}
@@ -37,7 +38,9 @@ _PROTOCOLS = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPV6", 132: "SCTP", 136: "U
 _SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
 
 
+@functools.lru_cache(maxsize=1024)
 def open_flags(flags: int) -> tuple[str, ...]:
+    """O_* names of open(2) flags; a program uses few combinations, hence the cache."""
     names = [_ACCMODE.get(flags & 3, "O_ACCMODE")]
     rest = flags & ~3
     for bit, name in _FLAGS:
