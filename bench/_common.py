@@ -524,8 +524,8 @@ def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05)
 # --------------------------------------------------------------------------- misc
 
 
-def tmpdir(prefix: str, keep: bool = False) -> Path:
-    d = Path(tempfile.mkdtemp(prefix=prefix))
+def tmpdir(prefix: str, keep: bool = False, base: Path | None = None) -> Path:
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     if not keep:
         atexit.register(shutil.rmtree, d, True)
     return d

@@ -155,7 +155,9 @@ class Serializer:
         return d
 
     def line(self, ev: Event) -> bytes:
-        return orjson.dumps(self._dict(ev), option=orjson.OPT_APPEND_NEWLINE)
+        # Copied down to size (see _ProcessJson): lines wait in output
+        # queues, up to --queue-size of them when an output falls behind.
+        return memoryview(orjson.dumps(self._dict(ev), option=orjson.OPT_APPEND_NEWLINE)).tobytes()
 
 
 class RotatingFile:
