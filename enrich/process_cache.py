@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from enrich.containers import Enricher
 from enrich.procfs import ProcfsProcess
 from enrich.users import UserNames
 from tracer import text
@@ -116,8 +117,10 @@ class ProcessCache:
         max_entries: int = 65536,
         exit_grace_ns: int = 30_000_000_000,
         ancestor_depth: int = 64,
+        enricher: Enricher | None = None,
     ) -> None:
         self.node = node
+        self._enricher = enricher
         self._clock = clock
         self._users = users or UserNames()
         self._max = max_entries
@@ -336,13 +339,21 @@ class ProcessCache:
         )
         entry = _Entry(process, parent, task.start_boottime)
         self._insert(entry, task.ktime)
+        process, parent_process, ancestors = self._view(entry)
         return ProcessExec(
             time=self._clock.wall(task.ktime),
             node=self.node,
             process=process,
-            parent=parent.process if parent else None,
-            ancestors=entry.ancestors(self._depth),
+            parent=parent_process,
+            ancestors=ancestors,
         )
+
+    def _view(self, entry: _Entry) -> tuple[Process, Process | None, tuple[Process, ...]]:
+        """The entry's process, parent and ancestors as events show them (enriched)."""
+        parent = entry.parent.process if entry.parent else None
+        if self._enricher is None:
+            return entry.process, parent, entry.ancestors(self._depth)
+        return self._enricher.view(entry.process, parent, entry.ancestors(self._depth))
 
     def _entry_of(self, task: Task) -> _Entry:
         entry = self._current(task)
@@ -357,14 +368,14 @@ class ProcessCache:
         return self._context(self._entry_of(task), task)
 
     def _context(self, entry: _Entry, task: Task) -> Context:
-        process = entry.process
+        process, parent, ancestors = self._view(entry)
         if task.tid != process.tid:
             process = replace(process, tid=task.tid)
         return Context(
             time=self._clock.wall(task.ktime),
             process=process,
-            parent=entry.parent.process if entry.parent else None,
-            ancestors=entry.ancestors(self._depth),
+            parent=parent,
+            ancestors=ancestors,
         )
 
     def on_exit(self, rec: ExitRecord) -> ProcessExit:

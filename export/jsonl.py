@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from tracer.clock import rfc3339
-from tracer.events import Connect, Event, FileOpen, Lost, Process, ProcessExit
+from tracer.events import Connect, Container, Event, FileOpen, Lost, Pod, Process, ProcessExit
 
 JsonDict = dict[str, Any]
 
@@ -71,6 +71,34 @@ def process_dict(p: Process) -> JsonDict:
         d["parent_exec_id"] = p.parent_exec_id
     d["flags"] = list(p.flags)
     d["cgroup_id"] = str(p.cgroup_id)
+    if p.container is not None:
+        d["container"] = container_dict(p.container)
+    if p.pod is not None:
+        d["pod"] = pod_dict(p.pod)
+    return d
+
+
+def container_dict(c: Container) -> JsonDict:
+    d: JsonDict = {"id": c.id, "runtime": c.runtime}
+    if c.name is not None:
+        d["name"] = c.name
+    if c.image is not None:
+        d["image"] = c.image
+    return d
+
+
+def pod_dict(pod: Pod) -> JsonDict:
+    d: JsonDict = {}
+    if pod.namespace is not None:
+        d["namespace"] = pod.namespace
+    if pod.name is not None:
+        d["name"] = pod.name
+    d["uid"] = pod.uid
+    d["labels"] = dict(pod.labels)
+    if pod.workload is not None:
+        d["workload"] = pod.workload
+    if pod.workload_kind is not None:
+        d["workload_kind"] = pod.workload_kind
     return d
 
 
