@@ -231,9 +231,9 @@ def test_exec_open_connect_in_a_container_carry_its_identity(
                     )
                 # The outer bash exec'd before it was moved in: only what it runs
                 # (the connecting bash, /bin/true) is in the container.
-                return marker in p["args"] and p["args"][0] != "bash" or kind == "connect" and (
-                    marker in p["args"]
-                )
+                if marker not in p["args"]:
+                    return False
+                return kind == "connect" or p["args"][0] != "bash"
 
             return pred
 
