@@ -156,8 +156,11 @@ class CgroupResolver:
             self._mount_fd = os.open(self.mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self._libc = _Libc()
         except (OSError, AttributeError) as exc:
-            _log.warning("cannot open the cgroup2 mount: container ids are off",
-                         mount=self.mount, error=str(exc))
+            _log.warning(
+                "cannot open the cgroup2 mount: container ids are off",
+                mount=self.mount,
+                error=str(exc),
+            )
 
     def path(self, cgroup_id: int) -> str | None:
         """The cgroup's path below the cgroup2 mount ("/" for the root); None if gone."""
@@ -179,8 +182,9 @@ class CgroupResolver:
     def _give_up(self, exc: OSError) -> None:
         # EPERM (no CAP_DAC_READ_SEARCH), EOPNOTSUPP (a kernel without kernfs
         # handles): no id will resolve, so stop trying, and say so once.
-        _log.warning("cgroup ids cannot be resolved: container ids are off",
-                     mount=self.mount, error=str(exc))
+        _log.warning(
+            "cgroup ids cannot be resolved: container ids are off", mount=self.mount, error=str(exc)
+        )
         self.close()
 
     def info(self, cgroup_id: int) -> CgroupInfo | None:

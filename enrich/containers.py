@@ -61,13 +61,11 @@ class Enricher:
             int, tuple[tuple[Process, ...], Mapping[str, PodMeta], tuple[Process, ...]]
         ] = {}
         # cgroup id -> (snapshot, container, pod): one pair of objects per cgroup
-        self._by_cgroup: dict[
-            int, tuple[Mapping[str, PodMeta], Container | None, Pod | None]
-        ] = {}
+        self._by_cgroup: dict[int, tuple[Mapping[str, PodMeta], Container | None, Pod | None]] = {}
 
-    def _attach(self, cgroup_id: int, snap: Mapping[str, PodMeta]) -> tuple[
-        Container | None, Pod | None
-    ]:
+    def _attach(
+        self, cgroup_id: int, snap: Mapping[str, PodMeta]
+    ) -> tuple[Container | None, Pod | None]:
         hit = self._by_cgroup.get(cgroup_id)
         if hit is not None and hit[0] is snap:
             return hit[1], hit[2]
@@ -101,8 +99,11 @@ class Enricher:
         if hit is not None and hit[0] is p and hit[1] is snap:
             return hit[2]
         container, pod = self._attach(p.cgroup_id, snap)
-        if hit is not None and hit[0] is p and hit[2].container is container and (
-            hit[2].pod is pod
+        if (
+            hit is not None
+            and hit[0] is p
+            and hit[2].container is container
+            and (hit[2].pod is pod)
         ):
             out = hit[2]
         elif container is None and pod is None:
@@ -145,13 +146,18 @@ class Enrichment:
         try:
             client = api_client(kubeconfig)
         except Exception as exc:  # noqa: BLE001 - the client's config errors have no common base
-            _log.warning("Kubernetes config unusable: pod metadata is off",
-                         kubeconfig=str(kubeconfig), error=str(exc)[:300])
+            _log.warning(
+                "Kubernetes config unusable: pod metadata is off",
+                kubeconfig=str(kubeconfig),
+                error=str(exc)[:300],
+            )
             client = None
         else:
             if client is None:
-                _log.info("no Kubernetes config (no --kubeconfig, not in a cluster): "
-                          "pod metadata is off; container ids from cgroups still work")
+                _log.info(
+                    "no Kubernetes config (no --kubeconfig, not in a cluster): "
+                    "pod metadata is off; container ids from cgroups still work"
+                )
         if client is not None:
             self.watcher = PodWatcher(client, node)
             self.watcher.start()

@@ -39,8 +39,18 @@ JsonObj = dict[str, Any]
 # Kinds whose owner is looked up (the kind -> how to GET one).
 _FOLLOWED = ("ReplicaSet", "Job")
 # Owner kinds used as the workload as they are.
-_KNOWN = frozenset({"Deployment", "StatefulSet", "DaemonSet", "CronJob", "ReplicaSet", "Job",
-                    "ReplicationController", "Node"})
+_KNOWN = frozenset(
+    {
+        "Deployment",
+        "StatefulSet",
+        "DaemonSet",
+        "CronJob",
+        "ReplicaSet",
+        "Job",
+        "ReplicationController",
+        "Node",
+    }
+)
 _STATUS_LISTS = ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses")
 
 
@@ -138,8 +148,12 @@ class Workloads:
         kind, name = owner
         if kind not in _KNOWN and kind not in self._unknown_kinds:
             self._unknown_kinds.add(kind)
-            _log.warning("unknown pod owner kind: the owner itself is the workload",
-                         kind=kind, name=name, namespace=namespace)
+            _log.warning(
+                "unknown pod owner kind: the owner itself is the workload",
+                kind=kind,
+                name=name,
+                namespace=namespace,
+            )
         if kind not in _FOLLOWED:
             return name, kind
         key = (kind, namespace, name)
@@ -154,8 +168,13 @@ class Workloads:
             top = controller_of(_dict(obj, "metadata", kind), f"{kind}.metadata")
             found = (top[1], top[0]) if top is not None else (name, kind)
         except Exception as exc:  # noqa: BLE001 - any failure of the GET: fall back, say why
-            _log.info("owner lookup failed; using the naming rule", kind=kind, name=name,
-                      namespace=namespace, error=str(exc)[:200])
+            _log.info(
+                "owner lookup failed; using the naming rule",
+                kind=kind,
+                name=name,
+                namespace=namespace,
+                error=str(exc)[:200],
+            )
             found, until = self._fallback(kind, name, labels), time.monotonic() + self._retry
         if len(self._cache) > 16384:
             self._cache.clear()
@@ -183,8 +202,14 @@ def pod_meta(obj: Any, workloads: Workloads) -> PodMeta:
         raise MalformedPod("metadata.labels: values must be strings")
     containers = containers_of(_dict(obj, "status", "pod"))
     workload, kind = workloads.of(namespace, name, meta)
-    pod = Pod(uid=uid, namespace=namespace, name=name, labels=labels,
-              workload=workload, workload_kind=kind)
+    pod = Pod(
+        uid=uid,
+        namespace=namespace,
+        name=name,
+        labels=labels,
+        workload=workload,
+        workload_kind=kind,
+    )
     return PodMeta(pod, containers)
 
 
@@ -223,7 +248,8 @@ class PodWatcher:
         self._deleted: dict[str, float] = {}  # uid -> monotonic time to forget it
         self._workloads = Workloads(self._get)
         self._stop = threading.Event()
-        self._watch: Any = None
+        self._stream: Any = None  # the kubernetes Watch in progress
+        self._rv: str | None = None  # resourceVersion to resume from; None: list first
         self._failing: str | None = None  # the error last logged, until things work again
         self._malformed_logged: set[str] = set()
         self.lists = 0  # full lists done (the first, and one per 410 Gone)
@@ -235,7 +261,7 @@ class PodWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-        w = self._watch
+        w = self._stream
         if w is not None:
             w.stop()
         self._thread.join(2.0)
@@ -245,10 +271,12 @@ class PodWatcher:
     def _get(self, kind: str, namespace: str, name: str) -> JsonObj:
         if kind == "ReplicaSet":
             resp = self._apps.read_namespaced_replica_set(
-                name, namespace, _preload_content=False, _request_timeout=(5, 10))
+                name, namespace, _preload_content=False, _request_timeout=(5, 10)
+            )
         else:
             resp = self._batch.read_namespaced_job(
-                name, namespace, _preload_content=False, _request_timeout=(5, 10))
+                name, namespace, _preload_content=False, _request_timeout=(5, 10)
+            )
         obj = orjson.loads(resp.data)
         if not isinstance(obj, dict):
             raise ValueError(f"{kind} {namespace}/{name}: not an object")
@@ -259,7 +287,8 @@ class PodWatcher:
 
     def _relist(self) -> str:
         resp = self._core.list_pod_for_all_namespaces(
-            field_selector=self._selector(), _preload_content=False, _request_timeout=(5, 60))
+            field_selector=self._selector(), _preload_content=False, _request_timeout=(5, 60)
+        )
         body = orjson.loads(resp.data)
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
             raise ValueError("pod list: no items")
@@ -283,12 +312,14 @@ class PodWatcher:
         self.ready.set()
         return rv
 
-    def _watch_from(self, rv: str) -> str:
+    def _watch(self, rv: str) -> None:
+        """Watch from rv until the stream ends; self._rv follows every event,
+        so that whatever ends the watch, the next one resumes where it stopped."""
         from kubernetes import watch
         from kubernetes.client.rest import ApiException
 
         w = watch.Watch(return_type="object")  # plain dicts: no model classes
-        self._watch = w
+        self._stream = w
         try:
             for ev in w.stream(
                 self._core.list_pod_for_all_namespaces,
@@ -300,15 +331,14 @@ class PodWatcher:
             ):
                 if self._stop.is_set():
                     break
-                rv = self._apply(ev, rv)
+                self._apply(ev)
                 self._recovered()
         except ApiException as exc:
             if exc.status == 410:
                 raise _Gone() from exc
             raise
         finally:
-            self._watch = None
-        return rv
+            self._stream = None
 
     # -- state ------------------------------------------------------------
 
@@ -327,13 +357,13 @@ class PodWatcher:
                 _log.warning("malformed pod object ignored", pod=key, error=str(exc))
             return None
 
-    def _apply(self, ev: Any, rv: str) -> str:
+    def _apply(self, ev: Any) -> None:
         if not isinstance(ev, dict):
-            return rv
+            return
         kind, obj = ev.get("type"), ev.get("object")
         meta = obj.get("metadata") if isinstance(obj, dict) else None
         if isinstance(meta, dict) and isinstance(meta.get("resourceVersion"), str):
-            rv = meta["resourceVersion"]
+            self._rv = meta["resourceVersion"]  # BOOKMARK events carry only this
         if kind in ("ADDED", "MODIFIED"):
             pm = self._parse(obj)
             if pm is not None:
@@ -345,7 +375,6 @@ class PodWatcher:
             if isinstance(uid, str) and uid in self._live:
                 self._deleted[uid] = time.monotonic() + self._grace
         self._expire()
-        return rv
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -362,8 +391,11 @@ class PodWatcher:
     def _failed(self, exc: BaseException) -> None:
         what = f"{type(exc).__name__}: {str(exc)[:300]}"
         if self._failing is None:
-            _log.warning("pod watch failed; retrying with backoff (logged once until it works)",
-                         node=self._node, error=what)
+            _log.warning(
+                "pod watch failed; retrying with backoff (logged once until it works)",
+                node=self._node,
+                error=what,
+            )
         else:
             _log.debug("pod watch failed again", error=what)
         self._failing = what
@@ -375,20 +407,19 @@ class PodWatcher:
 
     def _run(self) -> None:
         delay = self._backoff[0]
-        rv: str | None = None
         while not self._stop.is_set():
             try:
-                if rv is None:
-                    rv = self._relist()
+                if self._rv is None:
+                    self._rv = self._relist()
                     self._recovered()
                     _log.info("pods listed", node=self._node, pods=len(self._live))
                     delay = self._backoff[0]
-                rv = self._watch_from(rv)
+                self._watch(self._rv)
                 self._expire()
                 delay = self._backoff[0]
             except _Gone:
                 _log.info("pod watch expired (410 Gone): listing again", node=self._node)
-                rv = None
+                self._rv = None
             except Exception as exc:  # noqa: BLE001 - any API/network failure: back off, go on
                 if self._stop.is_set():
                     break

@@ -202,16 +202,13 @@ def test_without_a_cluster_pod_metadata_is_off_with_one_info_log(cdaemon: _Setup
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_exec_open_connect_in_a_container_carry_its_identity(
-    cdaemon: _Setup, shape: str
-) -> None:
+def test_exec_open_connect_in_a_container_carry_its_identity(cdaemon: _Setup, shape: str) -> None:
     d = cdaemon.daemon
     cg = KubeletCgroup(shape)
     marker = new_marker("ctr")
     try:
         proc = cg.run(
-            'cat "$1" >/dev/null; bash -c "echo hi > /dev/tcp/127.0.0.1/$2" "$3"; '
-            '/bin/true "$3"',
+            'cat "$1" >/dev/null; bash -c "echo hi > /dev/tcp/127.0.0.1/$2" "$3"; /bin/true "$3"',
             str(cdaemon.secret),
             str(cdaemon.port),
             marker,
