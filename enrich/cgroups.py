@@ -27,6 +27,10 @@ MOUNTINFO = "/proc/self/mountinfo"
 # include/linux/exportfs.h: FILEID_KERNFS, a handle of one u64 (the kernfs node id).
 _FILEID_KERNFS = 0xFE
 _HANDLE = struct.Struct("=IiQ")  # struct file_handle {handle_bytes, handle_type, f_handle[8]}
+# Errors that no other id would avoid: no CAP_DAC_READ_SEARCH, a kernel or
+# filesystem without kernfs handles. Anything else (ESTALE: no such cgroup
+# any more) is about the one id.
+_NEVER_WORKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF, errno.EINVAL})
 
 
 @dataclass(slots=True, frozen=True)
@@ -169,7 +173,7 @@ class CgroupResolver:
         try:
             fd = self._libc.open_by_id(self._mount_fd, cgroup_id)
         except OSError as exc:
-            if exc.errno not in (errno.ESTALE, errno.ENOENT):
+            if exc.errno in _NEVER_WORKS:
                 self._give_up(exc)
             return None
         try:
