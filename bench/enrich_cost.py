@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _common import print_header, require_root
 from fake_apiserver import kubeconfig
 from kubelet_cgroups import KubeletCgroup
+from test_export import mkproc
 
 from enrich import CgroupResolver, Enricher, PodWatcher
 from enrich.kube import api_client
@@ -157,24 +158,7 @@ def main() -> None:
         root = os.stat(cgroups.mount or "/").st_ino
 
         def proc(pid: int, parent: Process | None, cgroup_id: int) -> Process:
-            return Process(
-                exec_id=f"{NODE}:{pid}000:{pid}",
-                pid=pid,
-                tid=pid,
-                uid=0,
-                euid=0,
-                gid=0,
-                egid=0,
-                auid=None,
-                user="root",
-                binary=f"/usr/bin/p{pid}",
-                args=(f"p{pid}",),
-                cwd="/",
-                start_time=0,
-                parent_exec_id=parent.exec_id if parent else None,
-                flags=(),
-                cgroup_id=cgroup_id,
-            )
+            return mkproc(pid, parent, cgroup_id=cgroup_id)
 
         # systemd <- containerd <- shim <- ... (host) <- app parent <- app (container)
         chain: list[Process] = []

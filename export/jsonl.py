@@ -78,27 +78,26 @@ def process_dict(p: Process) -> JsonDict:
     return d
 
 
+def _known(d: JsonDict, obj: object, names: tuple[str, ...]) -> None:
+    """d[name] = obj.name for each name whose value is known (not None)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None:
+            d[name] = value
+
+
 def container_dict(c: Container) -> JsonDict:
     d: JsonDict = {"id": c.id, "runtime": c.runtime}
-    if c.name is not None:
-        d["name"] = c.name
-    if c.image is not None:
-        d["image"] = c.image
+    _known(d, c, ("name", "image"))
     return d
 
 
 def pod_dict(pod: Pod) -> JsonDict:
     d: JsonDict = {}
-    if pod.namespace is not None:
-        d["namespace"] = pod.namespace
-    if pod.name is not None:
-        d["name"] = pod.name
+    _known(d, pod, ("namespace", "name"))
     d["uid"] = pod.uid
     d["labels"] = dict(pod.labels)
-    if pod.workload is not None:
-        d["workload"] = pod.workload
-    if pod.workload_kind is not None:
-        d["workload_kind"] = pod.workload_kind
+    _known(d, pod, ("workload", "workload_kind"))
     return d
 
 

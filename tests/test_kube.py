@@ -9,7 +9,6 @@ logged once and events keep flowing).
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import uuid
@@ -20,6 +19,7 @@ import pytest
 from conftest import Daemon, Event, new_marker
 from fake_apiserver import FakeApiServer, kubeconfig, owned, pod
 from kubelet_cgroups import KubeletCgroup, new_container_id, new_uid
+from test_policy_events import _closed_port as closed_port
 
 from enrich import PodWatcher
 from enrich.kube import api_client
@@ -371,17 +371,9 @@ def test_bad_input_is_logged_once_and_events_keep_flowing(cluster: _Cluster) -> 
     assert d.proc.poll() is None
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_a_kubeconfig_pointing_nowhere_degrades_to_cgroup_ids(tmp_path: Path) -> None:
     cfg = tmp_path / "kubeconfig"
-    kubeconfig(cfg, f"http://127.0.0.1:{_closed_port()}")
+    kubeconfig(cfg, f"http://127.0.0.1:{closed_port()}")
     d = Daemon("--kubeconfig", str(cfg), "--node-name", "nowhere")
     cg = KubeletCgroup("systemd")
     try:
