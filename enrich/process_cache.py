@@ -368,11 +368,13 @@ class ProcessCache:
         return self._context(self._entry_of(task), task)
 
     def _context(self, entry: _Entry, task: Task) -> Context:
-        if task.cgroup_id != entry.process.cgroup_id:
-            # Moved to another cgroup since its exec (into a container, by
-            # hand): the record knows where it is now.
-            entry.process = replace(entry.process, cgroup_id=task.cgroup_id)
         process, parent, ancestors = self._view(entry)
+        if task.cgroup_id != process.cgroup_id and self._enricher is not None:
+            # Moved to another cgroup since its exec (into a container, by
+            # hand): this event is placed by the cgroup its record names.
+            # The cached image keeps the cgroup it started in, which is the
+            # one its children's ancestry shows.
+            process = self._enricher.process(replace(entry.process, cgroup_id=task.cgroup_id))
         if task.tid != process.tid:
             process = replace(process, tid=task.tid)
         return Context(
