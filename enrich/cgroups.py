@@ -153,6 +153,7 @@ class CgroupResolver:
         self._libc: _Libc | None = None
         self.resolved = 0  # ids looked up in the kernel (cache misses)
         self.unresolved = 0  # ids the kernel no longer knew (the cgroup is gone)
+        self.learned = 0  # ids known from cgroup_mkdir/rmdir records
         if self.mount is None:
             _log.info("no cgroup2 mount found: container ids are off")
             return
@@ -203,11 +204,25 @@ class CgroupResolver:
             found = None
         else:
             found = parse_path(path)
+        self._put(cgroup_id, found)
+        return found
+
+    def _put(self, cgroup_id: int, info: CgroupInfo | None) -> None:
         if len(self._cache) >= self._max:
             # Oldest first: dicts keep insertion order.
             del self._cache[next(iter(self._cache))]
-        self._cache[cgroup_id] = found
-        return found
+        self._cache[cgroup_id] = info
+
+    def learn(self, cgroup_id: int, path: str) -> None:
+        """A cgroup the kernel reported (made or removed) with its path.
+
+        Removed cgroups are learned too: records of their processes may
+        still be queued, and after the rmdir the kernel no longer knows the
+        id. Both go through the bounded cache like lookups.
+        """
+        if cgroup_id not in self._cache:
+            self._put(cgroup_id, parse_path(path))
+            self.learned += 1
 
     def forget(self, cgroup_id: int) -> None:
         self._cache.pop(cgroup_id, None)

@@ -115,6 +115,10 @@ class Enricher:
         self._memo[p.exec_id] = (p, snap, out)
         return out
 
+    def on_cgroup(self, cgroup_id: int, path: str) -> None:
+        """A cgroup made or removed (a kernel record): remember what its path says."""
+        self._cgroups.learn(cgroup_id, path)
+
     def view(
         self, process: Process, parent: Process | None, ancestors: tuple[Process, ...]
     ) -> View:

@@ -26,6 +26,7 @@ from tracer.clock import BootClock
 from tracer.decode import (
     EXEC_TRUNC_CWD,
     EXEC_TRUNC_PATH,
+    CgroupRecord,
     ExecRecord,
     ExitRecord,
     ForkRecord,
@@ -402,6 +403,11 @@ class ProcessCache:
                 core_dumped=bool(rec.status & 0x80),
             ),
         )
+
+    def on_cgroup(self, rec: CgroupRecord) -> None:
+        """cgroup_mkdir/rmdir: ids of containers learned as their cgroups come and go."""
+        if self._enricher is not None:
+            self._enricher.on_cgroup(rec.id, text.decode(rec.path)[0])
 
     def expire(self) -> None:
         """Evict what has outlived the grace period (call periodically)."""

@@ -8,6 +8,7 @@ process in, and check its exec, file_open and connect events.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,3 +258,28 @@ def test_host_processes_have_no_container(cdaemon: _Setup) -> None:
     subprocess.run(["/bin/true", marker], check=True)
     ev = cdaemon.daemon.wait_for(_in(marker))  # type: ignore[arg-type]
     assert "container" not in ev["process"] and "pod" not in ev["process"]
+
+
+def test_a_container_gone_before_its_records_are_read_is_still_named(cdaemon: _Setup) -> None:
+    """The cgroup_mkdir record names the container: the daemon is stopped
+    (SIGSTOP) while a container starts, runs, exits and has its cgroup
+    removed, so when it reads the exec the kernel no longer knows the id."""
+    d = cdaemon.daemon
+    marker = new_marker("gone")
+    d.proc.send_signal(signal.SIGSTOP)
+    try:
+        cg = KubeletCgroup("systemd")
+        cid = cg.cgroup_id
+        try:
+            assert cg.run('/bin/true "$1"', marker).wait(10) == 0
+        finally:
+            cg.remove()
+        assert not cg.leaf.exists()
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+    ev = d.wait_for(
+        lambda e: e["type"] == "process_exec" and e["process"]["args"] == ["/bin/true", marker]
+    )
+    assert ev["process"]["cgroup_id"] == str(cid)
+    assert ev["process"]["container"] == {"id": cg.container_id, "runtime": "containerd"}
+    assert ev["process"]["pod"] == {"uid": cg.pod_uid, "labels": {}}

@@ -136,5 +136,7 @@ class Pipeline:
                 self._emit(cache.on_exit(rec))
             elif isinstance(rec, decode.FileOpenRecord):
                 self._emit(self._file_open(rec))
-            else:
+            elif isinstance(rec, decode.ConnectRecord):
                 self._emit(self._connect(rec))
+            else:
+                cache.on_cgroup(rec)
