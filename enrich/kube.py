@@ -36,7 +36,7 @@ _log = structlog.get_logger(component="kube")
 
 JsonObj = dict[str, Any]
 
-# Kinds whose owner is looked up (the kind -> how to GET one).
+# Kinds whose own controller is the workload: fetched (PodWatcher._get) to find it.
 _FOLLOWED = ("ReplicaSet", "Job")
 # Owner kinds used as the workload as they are.
 _KNOWN = frozenset(

@@ -401,3 +401,17 @@ def test_a_missing_kubeconfig_file_is_refused_at_start(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert f"--kubeconfig {tmp_path / 'nope'} is not a file" in r.stderr
+
+
+def test_an_unusable_kubeconfig_is_logged_and_events_flow(tmp_path: Path) -> None:
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\n")  # no context
+    d = Daemon("--kubeconfig", str(cfg))
+    try:
+        line = d.wait_log("Kubernetes config unusable")
+        assert "level='warning'" in line
+        marker = new_marker("unusable")
+        subprocess.run(["/bin/true", marker], check=True)
+        d.wait_for(_exec_of(marker))
+    finally:
+        assert d.stop() == 0
