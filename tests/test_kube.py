@@ -15,14 +15,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
-from conftest import Daemon, Event, new_marker
+from conftest import Daemon, Event, new_marker, tracer_cmd
 from fake_apiserver import FakeApiServer, kubeconfig, owned, pod
+from grpc_helpers import Subscription, wait_subscribers
 from kubelet_cgroups import KubeletCgroup, new_container_id, new_uid
 from test_policy_events import _closed_port as closed_port
 
 from enrich import PodWatcher
 from enrich.kube import api_client
+from export.proto_gen import tracer_v1_pb2 as pb
 
 
 def _until(cond: Callable[[], bool], timeout: float = 1.0) -> float:
@@ -391,8 +394,6 @@ def test_a_kubeconfig_pointing_nowhere_degrades_to_cgroup_ids(tmp_path: Path) ->
 
 
 def test_a_missing_kubeconfig_file_is_refused_at_start(tmp_path: Path) -> None:
-    from conftest import tracer_cmd
-
     r = subprocess.run(
         tracer_cmd("run", "--kubeconfig", str(tmp_path / "nope")),
         capture_output=True,
@@ -415,3 +416,35 @@ def test_an_unusable_kubeconfig_is_logged_and_events_flow(tmp_path: Path) -> Non
         d.wait_for(_exec_of(marker))
     finally:
         assert d.stop() == 0
+
+
+def test_api_pod_filters_select_enriched_events_and_both_encodings_agree(
+    cluster: _Cluster,
+) -> None:
+    d = cluster.daemon
+    with grpc.insecure_channel(d.address) as channel:
+        sub = Subscription(
+            channel,
+            pb.GetEventsRequest(
+                allow=[
+                    pb.Filter(
+                        event_types=["process_exec"],
+                        namespace=["shop"],
+                        labels=["app=web,tier in (front)"],
+                        container_id=[cluster.app_cid[:12]],
+                    )
+                ]
+            ),
+        )
+        wait_subscribers(channel, 1)
+        host, inside = new_marker("host"), new_marker("inside")
+        subprocess.run(["/bin/true", host], check=True)
+        cluster.web.run('/bin/true "$1"', inside).wait(10)
+        got = sub.wait_for(_exec_of(inside))
+        d.sync()
+        line = d.wait_for(_exec_of(inside))
+        assert got == line  # the gRPC message's JSON mapping is the JSON line
+        assert got["process"]["pod"]["name"] == "web-5d8f9c7b6-x1"
+        time.sleep(0.3)
+        assert not [e for e in sub.snapshot() if host in e["process"]["args"]]
+        sub.cancel()
