@@ -231,7 +231,7 @@ class PodWatcher:
         api_client: Any,  # kubernetes.client.ApiClient
         node: str,
         deleted_grace_s: float = 60.0,
-        watch_timeout_s: int = 300,
+        watch_timeout_s: int = 60,  # also bounds how late a deleted pod is forgotten
         backoff: tuple[float, float] = (0.2, 30.0),
     ) -> None:
         from kubernetes import client
