@@ -26,7 +26,8 @@ enum tr_kind {
 	TR_KIND_EXIT = 3,
 	TR_KIND_FILE_OPEN = 4,
 	TR_KIND_CONNECT = 5,
-	TR_KIND_MAX = 6,
+	TR_KIND_CGROUP = 6,
+	TR_KIND_MAX = 7,
 };
 
 /* tr_exec.flags */
@@ -232,6 +233,24 @@ struct tr_connect {
 	__u8 daddr[16]; /* IPv4 in the first 4 bytes */
 	__u8 saddr[16];
 	char unix_path[108];
+};
+
+/* A cgroup v2 directory made or removed: lets user space map cgroup ids
+ * to containers without asking the kernel, also for cgroups that are
+ * gone by the time their processes' records are read. */
+enum tr_cgroup_op {
+	TR_CGROUP_MKDIR = 1,
+	TR_CGROUP_RMDIR = 2,
+};
+
+struct tr_cgroup {
+	struct tr_hdr hdr;
+	__u64 ktime;
+	__u64 id;       /* the cgroup id, as in tr_task.cgroup_id */
+	__u32 op;       /* enum tr_cgroup_op */
+	__u16 path_len; /* bytes, no NUL */
+	__u16 pad;
+	char path[TR_PATH_MAX]; /* below the cgroup2 root, e.g. /kubepods.slice/... */
 };
 
 #endif /* TRACER_WIRE_H */

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from enrich.containers import Enricher
 from enrich.procfs import ProcfsProcess
 from enrich.users import UserNames
 from tracer import text
@@ -25,6 +26,7 @@ from tracer.clock import BootClock
 from tracer.decode import (
     EXEC_TRUNC_CWD,
     EXEC_TRUNC_PATH,
+    CgroupRecord,
     ExecRecord,
     ExitRecord,
     ForkRecord,
@@ -116,8 +118,10 @@ class ProcessCache:
         max_entries: int = 65536,
         exit_grace_ns: int = 30_000_000_000,
         ancestor_depth: int = 64,
+        enricher: Enricher | None = None,
     ) -> None:
         self.node = node
+        self._enricher = enricher
         self._clock = clock
         self._users = users or UserNames()
         self._max = max_entries
@@ -336,13 +340,21 @@ class ProcessCache:
         )
         entry = _Entry(process, parent, task.start_boottime)
         self._insert(entry, task.ktime)
+        process, parent_process, ancestors = self._view(entry)
         return ProcessExec(
             time=self._clock.wall(task.ktime),
             node=self.node,
             process=process,
-            parent=parent.process if parent else None,
-            ancestors=entry.ancestors(self._depth),
+            parent=parent_process,
+            ancestors=ancestors,
         )
+
+    def _view(self, entry: _Entry) -> tuple[Process, Process | None, tuple[Process, ...]]:
+        """The entry's process, parent and ancestors as events show them (enriched)."""
+        parent = entry.parent.process if entry.parent else None
+        if self._enricher is None:
+            return entry.process, parent, entry.ancestors(self._depth)
+        return self._enricher.view(entry.process, parent, entry.ancestors(self._depth))
 
     def _entry_of(self, task: Task) -> _Entry:
         entry = self._current(task)
@@ -357,14 +369,20 @@ class ProcessCache:
         return self._context(self._entry_of(task), task)
 
     def _context(self, entry: _Entry, task: Task) -> Context:
-        process = entry.process
+        process, parent, ancestors = self._view(entry)
+        if task.cgroup_id != process.cgroup_id and self._enricher is not None:
+            # Moved to another cgroup since its exec (into a container, by
+            # hand): this event is placed by the cgroup its record names.
+            # The cached image keeps the cgroup it started in, which is the
+            # one its children's ancestry shows.
+            process = self._enricher.process(replace(entry.process, cgroup_id=task.cgroup_id))
         if task.tid != process.tid:
             process = replace(process, tid=task.tid)
         return Context(
             time=self._clock.wall(task.ktime),
             process=process,
-            parent=entry.parent.process if entry.parent else None,
-            ancestors=entry.ancestors(self._depth),
+            parent=parent,
+            ancestors=ancestors,
         )
 
     def on_exit(self, rec: ExitRecord) -> ProcessExit:
@@ -385,6 +403,11 @@ class ProcessCache:
                 core_dumped=bool(rec.status & 0x80),
             ),
         )
+
+    def on_cgroup(self, rec: CgroupRecord) -> None:
+        """cgroup_mkdir/rmdir: ids of containers learned as their cgroups come and go."""
+        if self._enricher is not None:
+            self._enricher.on_cgroup(rec.id, text.decode(rec.path)[0])
 
     def expire(self) -> None:
         """Evict what has outlived the grace period (call periodically)."""

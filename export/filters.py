@@ -69,9 +69,19 @@ def facts_of_event(ev: Event) -> Facts:
     """Facts of a daemon event (not a Lost: those are never filtered)."""
     assert not isinstance(ev, Lost)
     p = ev.process
-    # Events carry no container or pod yet (that enrichment is another
-    # issue): such filters match nothing, and deny nothing, until it lands.
-    return Facts(ev.type, p.binary, " ".join(p.args[1:]), p.pid)
+    pod, container = p.pod, p.container
+    if pod is None and container is None:
+        return Facts(ev.type, p.binary, " ".join(p.args[1:]), p.pid)
+    return Facts(
+        ev.type,
+        p.binary,
+        " ".join(p.args[1:]),
+        p.pid,
+        namespace=pod.namespace if pod is not None else None,
+        pod=pod.name if pod is not None else None,
+        labels=pod.labels if pod is not None else _NO_LABELS,
+        container_id=container.id if container is not None else None,
+    )
 
 
 def facts_of_dict(ev: Mapping[str, Any]) -> Facts:

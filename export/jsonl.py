@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from tracer.clock import rfc3339
-from tracer.events import Connect, Event, FileOpen, Lost, Process, ProcessExit
+from tracer.events import Connect, Container, Event, FileOpen, Lost, Pod, Process, ProcessExit
 
 JsonDict = dict[str, Any]
 
@@ -74,6 +74,33 @@ def process_dict(p: Process) -> JsonDict:
         d["parent_exec_id"] = p.parent_exec_id
     d["flags"] = list(p.flags)
     d["cgroup_id"] = str(p.cgroup_id)
+    if p.container is not None:
+        d["container"] = container_dict(p.container)
+    if p.pod is not None:
+        d["pod"] = pod_dict(p.pod)
+    return d
+
+
+def _known(d: JsonDict, obj: object, names: tuple[str, ...]) -> None:
+    """d[name] = obj.name for each name whose value is known (not None)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None:
+            d[name] = value
+
+
+def container_dict(c: Container) -> JsonDict:
+    d: JsonDict = {"id": c.id, "runtime": c.runtime}
+    _known(d, c, ("name", "image"))
+    return d
+
+
+def pod_dict(pod: Pod) -> JsonDict:
+    d: JsonDict = {}
+    _known(d, pod, ("namespace", "name"))
+    d["uid"] = pod.uid
+    d["labels"] = dict(pod.labels)
+    _known(d, pod, ("workload", "workload_kind"))
     return d
 
 

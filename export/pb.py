@@ -55,6 +55,21 @@ def process_message(p: Process) -> pb.Process:
         cgroup_id=p.cgroup_id,
     )
     m.start_time.FromNanoseconds(p.start_time)
+    c = p.container
+    if c is not None:
+        m.container.id, m.container.runtime = c.id, c.runtime
+        if c.name is not None:
+            m.container.name = c.name
+        if c.image is not None:
+            m.container.image = c.image
+    pod = p.pod
+    if pod is not None:
+        m.pod.uid = pod.uid
+        m.pod.labels.update(pod.labels)
+        for name in ("namespace", "name", "workload", "workload_kind"):
+            value = getattr(pod, name)
+            if value is not None:
+                setattr(m.pod, name, value)
     return m
 
 

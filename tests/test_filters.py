@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from test_export import BASH, INIT, LS, SSHD, T0, exec_ev, exit_ev, mkproc
+from test_grpc_schema import IN_POD, IN_POD_NO_METADATA
 
 from export.filters import (
     CACHED_TEXT,
@@ -194,6 +195,8 @@ def test_short_texts_are_cached_long_ones_matched_and_both_agree() -> None:
         exit_ev(LS),
         ProcessExec(time=T0, node="n1", process=INIT, parent=None, ancestors=()),
         exec_ev(mkproc(5, args=())),
+        exec_ev(IN_POD),
+        exec_ev(IN_POD_NO_METADATA),
     ],
 )
 def test_facts_are_the_same_from_an_event_and_from_its_json_line(ev: ProcessExec) -> None:
@@ -215,3 +218,10 @@ def test_facts_of_a_json_line_with_pod_and_container() -> None:
     assert facts_of_dict(d) == Facts(
         "connect", "/app", "--port 80", 7, "ns", "p", {"a": "b"}, "abc"
     )
+
+
+def test_pod_filters_select_enriched_events() -> None:
+    f = ef([{"namespace": ["shop"], "labels": ["app=web"], "container_id": ["fff"]}])
+    assert f.matches(facts_of_event(exec_ev(IN_POD)))
+    assert not f.matches(facts_of_event(exec_ev(IN_POD_NO_METADATA)))  # no namespace known
+    assert not f.matches(facts_of_event(exec_ev(LS)))  # on the host

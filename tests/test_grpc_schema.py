@@ -20,10 +20,12 @@ from export.proto_gen import tracer_v1_pb2 as pb
 from tracer import text
 from tracer.events import (
     LOST_COUNT_MAX,
+    Container,
     Event,
     ExitStatus,
     LossCounts,
     Lost,
+    Pod,
     ProcessExec,
     ProcessExit,
 )
@@ -52,7 +54,33 @@ HOSTILE = mkproc(
     cgroup_id=(1 << 64) - 1,
 )
 
+CID = "f" * 64
+IN_POD = mkproc(
+    300,
+    BASH,
+    container=Container(id=CID, runtime="containerd", name="app", image="nginx:1.27"),
+    pod=Pod(
+        uid="6b2c0e7e-4a8f-4d59-9f0e-2b1f6e3c9a10",
+        namespace="shop",
+        name="web-5d8f9c7b6-x1",
+        labels={"app": "web", "tier": "front"},
+        workload="web",
+        workload_kind="Deployment",
+    ),
+)
+# What the cgroup alone tells, without pod metadata.
+IN_POD_NO_METADATA = mkproc(
+    301,
+    BASH,
+    container=Container(id=CID, runtime="cri-o"),
+    pod=Pod(uid="6b2c0e7e-4a8f-4d59-9f0e-2b1f6e3c9a10"),
+)
+DOCKER = mkproc(302, BASH, container=Container(id=CID, runtime="docker"))
+
 EVENTS: dict[str, Event] = {
+    "in a pod": ProcessExec(time=T0, node="n1", process=IN_POD, parent=IN_POD, ancestors=(BASH,)),
+    "in a pod without metadata": exec_ev(IN_POD_NO_METADATA),
+    "in a container, no pod": exit_ev(DOCKER),
     "exec": exec_ev(),
     "exit by signal with core": exit_ev(),
     "exit with code 0": ProcessExit(
@@ -97,13 +125,21 @@ def test_the_oneof_set_is_the_type() -> None:
         assert msg.WhichOneof("event") == msg.type == ev.type
 
 
-def test_every_process_field_of_the_proto_is_in_the_json_or_not_produced_yet() -> None:
-    # A field added to the proto must be added to export/jsonl.py too (or be
-    # one the daemon does not produce yet): this lists the difference.
-    proto_fields = set(pb.Process.DESCRIPTOR.fields_by_name)
-    json_fields = set(as_json(exec_ev())["process"])
-    assert proto_fields - json_fields == {"container", "pod"}
-    assert json_fields <= proto_fields
+def test_every_field_of_the_proto_is_in_the_json() -> None:
+    # A field added to the proto must be added to export/jsonl.py too.
+    for msg, json_fields in (
+        (pb.Process, set(as_json(exec_ev(IN_POD))["process"])),
+        (pb.Container, set(as_json(exec_ev(IN_POD))["process"]["container"])),
+        (pb.Pod, set(as_json(exec_ev(IN_POD))["process"]["pod"])),
+    ):
+        assert json_fields == set(msg.DESCRIPTOR.fields_by_name), msg
+
+
+def test_unknown_pod_and_container_fields_are_absent() -> None:
+    p = as_json(exec_ev(IN_POD_NO_METADATA))["process"]
+    assert p["container"] == {"id": CID, "runtime": "cri-o"}
+    assert p["pod"] == {"uid": "6b2c0e7e-4a8f-4d59-9f0e-2b1f6e3c9a10", "labels": {}}
+    assert "container" not in as_json(exec_ev())["process"]
 
 
 def test_encoder_reuses_process_messages_but_not_across_copies() -> None:

@@ -158,3 +158,21 @@ def test_numbers_that_are_strings_in_a_forged_log_are_escaped_too() -> None:
     assert line.count("\\x1b[2J") == 3
     lost = {"type": "lost", "time": "", "node": "n", "lost": {"kernel": {"k": esc}}}
     assert no_control_chars(render.compact(lost))
+
+
+def test_compact_names_the_container() -> None:
+    base = {"type": "process_exec", "time": "2026-11-26T11:57:17Z", "node": "n1"}
+    cid = "ab" * 32
+    cases = [
+        ({"pod": {"namespace": "shop", "name": "cart-1", "uid": "u"},
+          "container": {"id": cid, "runtime": "containerd", "name": "app"}}, "shop/cart-1/app"),
+        ({"pod": {"uid": "6b2c0e7e"}, "container": {"id": cid, "runtime": "cri-o"}},
+         "cri-o:abababababab"),
+        ({"pod": {"uid": "6b2c0e7e"}}, "pod:6b2c0e7e"),
+        ({"pod": {"namespace": "x\x1b[2J", "name": "p\u202e", "uid": "u"},
+          "container": {"id": cid, "runtime": "docker", "name": "c\n"}}, "x\\x1b[2J/p\\u202e/c\\n"),
+        ({}, "n1"),
+    ]
+    for extra, where in cases:
+        proc = {"pid": 7, "binary": "/bin/true", "args": ["true"], **extra}
+        assert render.compact({**base, "process": proc}) == f"11:57:17.000 exec {where} 7 /bin/true"

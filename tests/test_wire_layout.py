@@ -30,6 +30,7 @@ def btf_structs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
         "struct tr_file_open d; struct tr_connect e; struct tr_kind_cfg f;\n"
         "struct tr_rule g; struct tr_str_key h; struct tr_lpm_str_key i;\n"
         "struct tr_lpm_addr_key j; struct tr_uid_key k; struct tr_hits l;\n"
+        "struct tr_cgroup m;\n"
     )
     obj = tmp / "wire.o"
     subprocess.run(
@@ -147,3 +148,10 @@ def test_fork_and_exit_records(btf_structs: dict[str, dict[str, object]]) -> Non
     }
     assert got == want
     assert btf_structs["tr_exit"]["size"] == decode.EXIT_SIZE
+
+
+def test_cgroup_record(btf_structs: dict[str, dict[str, object]]) -> None:
+    got = _btf_offsets(btf_structs["tr_cgroup"])
+    want = {"hdr": 0, **_offsets(decode.CGROUP_FIELDS, decode.CGROUP_OFFSET)}
+    want["path"] = decode.CGROUP_PATH_OFFSET
+    assert got == want

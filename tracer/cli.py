@@ -121,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         default=control.DEFAULT_SOCKET,
         help="root-only control socket (default: %(default)s)",
     )
+    run.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="pod metadata from the cluster this kubeconfig names "
+        "(default: the in-cluster config when in a pod, else none)",
+    )
 
     pol = sub.add_parser("policy", help="list, check or apply policies")
     pol_sub = pol.add_subparsers(dest="policy_command", required=True)
@@ -288,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             capture_mode=args.capture_mode,
             policy_paths=args.policies,
             control_socket=args.control_socket,
+            kubeconfig=args.kubeconfig,
             grpc=_grpc_config(args),
         )
         if args.node_name:

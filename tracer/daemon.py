@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from enrich import ProcessCache, UserNames, procfs
+from enrich import Enrichment, ProcessCache, UserNames, procfs
 from export import QueuedWriter, RotatingFile, Serializer, Sink, StreamLines
 from export.grpc_server import GrpcConfig, GrpcServer
 from export.hub import Hub
@@ -68,6 +68,7 @@ class Config:
     capture_mode: str = "auto"  # auto | lsm | fentry | kprobe | tracepoint
     policy_paths: list[Path] = field(default_factory=list)  # files or directories
     control_socket: Path = control.DEFAULT_SOCKET
+    kubeconfig: Path | None = None  # None: in-cluster config if in a pod, else no pod metadata
 
     def validate(self) -> None:
         check_ringbuf_size(self.ringbuf_size)
@@ -88,6 +89,8 @@ class Config:
         for p in self.policy_paths:
             if not p.exists():
                 raise ConfigError(f"policy path {p} does not exist")
+        if self.kubeconfig is not None and not self.kubeconfig.is_file():
+            raise ConfigError(f"--kubeconfig {self.kubeconfig} is not a file")
         g = self.grpc
         if g is not None:
             if g.listen is not None and g.tls is None:
@@ -279,6 +282,7 @@ class Daemon:
             probe_ms=round(report.seconds * 1000, 1),
         )
         clock = BootClock()
+        enrichment = Enrichment(cfg.node, cfg.kubeconfig)
         cache = ProcessCache(
             cfg.node,
             clock,
@@ -286,6 +290,7 @@ class Daemon:
             max_entries=cfg.cache_max,
             exit_grace_ns=int(cfg.exit_grace_s * 1e9),
             ancestor_depth=cfg.ancestor_depth,
+            enricher=enrichment.enricher,
         )
         serializer = Serializer()
         sinks = self._sinks(serializer)
@@ -356,6 +361,7 @@ class Daemon:
                     server = None
                 self._state.sensor = None
         finally:
+            enrichment.close()
             if ctl is not None:
                 ctl.close()
             self._close(sinks)

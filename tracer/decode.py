@@ -15,14 +15,20 @@ KIND_FORK = 2
 KIND_EXIT = 3
 KIND_FILE_OPEN = 4
 KIND_CONNECT = 5
+KIND_CGROUP = 6
 KIND_NAMES = {
     KIND_EXEC: "process_exec",
     KIND_FORK: "process_fork",
     KIND_EXIT: "process_exit",
     KIND_FILE_OPEN: "file_open",
     KIND_CONNECT: "connect",
+    KIND_CGROUP: "cgroup",
 }
-KIND_MAX = 6
+KIND_MAX = 7
+
+# enum tr_cgroup_op
+CGROUP_MKDIR = 1
+CGROUP_RMDIR = 2
 
 STAT_EMITTED = 0
 STAT_RB_DROPPED = 1
@@ -110,6 +116,13 @@ CONNECT_TAIL_FIELDS = (
     ("saddr", "16s"),
     ("unix_path", "108s"),
 )
+CGROUP_FIELDS = (
+    ("ktime", "Q"),
+    ("id", "Q"),
+    ("op", "I"),
+    ("path_len", "H"),
+    ("pad", "H"),
+)
 
 
 def _struct(fields: tuple[tuple[str, str], ...]) -> struct.Struct:
@@ -123,6 +136,7 @@ EXEC_TAIL = _struct(EXEC_TAIL_FIELDS)
 EXIT_TAIL = _struct(EXIT_TAIL_FIELDS)
 FILE_TAIL = _struct(FILE_TAIL_FIELDS)
 CONNECT_TAIL = _struct(CONNECT_TAIL_FIELDS)
+CGROUP = _struct(CGROUP_FIELDS)
 
 TASK_OFFSET = HDR.size
 VERDICT_OFFSET = TASK_OFFSET + TASK.size  # exec, file_open and connect
@@ -134,6 +148,8 @@ FILE_TAIL_OFFSET = VERDICT_OFFSET + VERDICT.size
 FILE_PATH_OFFSET = FILE_TAIL_OFFSET + FILE_TAIL.size
 CONNECT_TAIL_OFFSET = VERDICT_OFFSET + VERDICT.size
 CONNECT_SIZE = CONNECT_TAIL_OFFSET + CONNECT_TAIL.size
+CGROUP_OFFSET = HDR.size
+CGROUP_PATH_OFFSET = CGROUP_OFFSET + CGROUP.size
 
 
 class WireError(ValueError):
@@ -238,7 +254,17 @@ class ConnectRecord:
     unix_path: bytes
 
 
-Record = ExecRecord | ForkRecord | ExitRecord | FileOpenRecord | ConnectRecord
+@dataclass(slots=True, frozen=True)
+class CgroupRecord:
+    """A cgroup v2 directory made (CGROUP_MKDIR) or removed (CGROUP_RMDIR)."""
+
+    ktime: int
+    id: int
+    op: int
+    path: bytes  # below the cgroup2 root
+
+
+Record = ExecRecord | ForkRecord | ExitRecord | FileOpenRecord | ConnectRecord | CgroupRecord
 
 
 def _task(buf: bytes) -> Task:
@@ -348,4 +374,12 @@ def decode(buf: bytes) -> Record:
             saddr,
             upath[: min(plen, len(upath))],
         )
+    if kind == KIND_CGROUP:
+        if size < CGROUP_PATH_OFFSET:
+            raise WireError(f"cgroup record of {size} bytes is too short")
+        ktime, cgid, op, plen, _ = CGROUP.unpack_from(buf, CGROUP_OFFSET)
+        if CGROUP_PATH_OFFSET + plen > size:
+            raise WireError(f"cgroup path overruns the record ({plen} bytes)")
+        path = buf[CGROUP_PATH_OFFSET : CGROUP_PATH_OFFSET + plen]
+        return CgroupRecord(ktime, cgid, op, path)
     raise WireError(f"unknown record kind {kind}")

@@ -13,8 +13,39 @@ for every event (with FileInfo, ~3 us of a posted open's ~13 us).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+
+@dataclass(slots=True, frozen=True)
+class Container:
+    """The container a process runs in: id and runtime from its cgroup (enrich/cgroups.py),
+    name and image from its pod's container statuses (enrich/kube.py)."""
+
+    id: str
+    runtime: str  # containerd, cri-o, docker, podman
+    name: str | None = None  # None when no pod metadata names it
+    image: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Pod:
+    """The Kubernetes pod a process runs in.
+
+    The uid comes from the cgroup path; the rest from the API server, and
+    is None when the daemon has no pod metadata (no cluster configured, or
+    not yet known). One object per pod version, shared by its processes.
+    """
+
+    uid: str
+    namespace: str | None = None
+    name: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    # The top owner (Deployment via its ReplicaSet, StatefulSet, DaemonSet,
+    # CronJob via its Job, Job) or, for a bare pod, the pod itself.
+    workload: str | None = None
+    workload_kind: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -37,6 +68,9 @@ class Process:
     parent_exec_id: str | None
     flags: tuple[str, ...]
     cgroup_id: int
+    # None on the host (outside containers / pods); set at event time by enrich.Enricher.
+    container: Container | None = None
+    pod: Pod | None = None
 
 
 @dataclass(slots=True, frozen=True)

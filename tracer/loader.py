@@ -20,11 +20,14 @@ from tracer import bpf, decode
 _log = structlog.get_logger(component="loader")
 
 CAPTURE_OBJECT = "tracer.bpf.o"
-# hook -> program per variant
+# hook -> program per variant (tp_btf or raw_tp, chosen once for all of
+# them). The cgroup hooks feed the container enrichment (enrich/cgroups.py).
 PROCESS_PROGRAMS = {
     "exec": {"tp_btf": "tr_exec_btf", "raw_tp": "tr_exec_raw"},
     "fork": {"tp_btf": "tr_fork_btf", "raw_tp": "tr_fork_raw"},
     "exit": {"tp_btf": "tr_exit_btf", "raw_tp": "tr_exit_raw"},
+    "cgroup_mkdir": {"tp_btf": "tr_cgroup_mkdir_btf", "raw_tp": "tr_cgroup_mkdir_raw"},
+    "cgroup_rmdir": {"tp_btf": "tr_cgroup_rmdir_btf", "raw_tp": "tr_cgroup_rmdir_raw"},
 }
 PROCESS_VARIANTS = ("tp_btf", "raw_tp")
 # file_open and connect programs per capture mode. Only the syscall

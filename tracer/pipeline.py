@@ -147,8 +147,10 @@ class Pipeline:
                 emit(cache.on_exit(rec))
             elif isinstance(rec, decode.FileOpenRecord):
                 emit(self._file_open(rec))
-            else:
+            elif isinstance(rec, decode.ConnectRecord):
                 emit(self._connect(rec))
+            else:
+                cache.on_cgroup(rec)
         if out:
             self.events.update(ev.type for ev in out)
             for sink in self.sinks:

@@ -73,9 +73,17 @@ def _clock(rfc3339: str) -> str:
 
 
 def _where(ev: Mapping[str, Any]) -> str:
-    pod = (ev.get("process") or {}).get("pod")
-    if pod:
-        return f"{escape(pod.get('namespace', ''))}/{escape(pod.get('name', ''))}"
+    """namespace/pod[/container], else runtime:short-id, else pod:uid, else the node."""
+    p = ev.get("process") or {}
+    pod = p.get("pod") or {}
+    ctr = p.get("container") or {}
+    if pod.get("name"):
+        where = f"{escape(pod.get('namespace', ''))}/{escape(pod['name'])}"
+        return f"{where}/{escape(ctr['name'])}" if ctr.get("name") else where
+    if ctr.get("id"):
+        return f"{escape(ctr.get('runtime', ''))}:{escape(str(ctr['id'])[:12])}"
+    if pod.get("uid"):
+        return f"pod:{escape(pod['uid'])}"
     return escape(ev.get("node", ""))
 
 
