@@ -70,7 +70,7 @@ test-vm: deps bpf vm-deps
 	$(VENV)/bin/python tests/vm/vm.py run
 
 lint: deps proto
-	$(VENV)/bin/ruff check tracer enrich export policy tests bench
+	$(VENV)/bin/ruff check tracer enrich export policy forensics tests bench
 	$(VENV)/bin/mypy
 
 clean:

@@ -23,6 +23,7 @@ import structlog
 
 from enrich import ProcessCache, UserNames, procfs
 from export import QueuedWriter, RotatingFile, Serializer, Sink
+from export.eventlog import EventLog, EventLogConfig
 from export.grpc_server import GrpcConfig, GrpcServer
 from export.hub import Hub
 from policy import PolicyError, PolicyMaps, PolicyStore
@@ -65,6 +66,7 @@ class Config:
     capture_mode: str = "auto"  # auto | lsm | fentry | kprobe | tracepoint
     policy_paths: list[Path] = field(default_factory=list)  # files or directories
     control_socket: Path = control.DEFAULT_SOCKET
+    event_log: EventLogConfig | None = field(default_factory=EventLogConfig)  # None: no log
 
     def validate(self) -> None:
         check_ringbuf_size(self.ringbuf_size)
@@ -82,6 +84,8 @@ class Config:
                 f"--capture-mode must be auto or one of {', '.join(CAPTURE_MODES)}, "
                 f"not {self.capture_mode!r}"
             )
+        for problem in self.event_log.problems() if self.event_log else []:
+            raise ConfigError(problem)
         for p in self.policy_paths:
             if not p.exists():
                 raise ConfigError(f"policy path {p} does not exist")
@@ -209,6 +213,11 @@ class Daemon:
                     for c in store.counts()
                 ],
             }
+        if op == "event_log":
+            log = self.config.event_log
+            if log is None:
+                return {"ok": False, "error": "this daemon runs without an event log"}
+            return {"ok": True, "directory": str(log.directory.resolve())}
         if op == "stats":
             assert self._sensor is not None
             k = self._sensor.counters()
@@ -235,10 +244,19 @@ class Daemon:
 
     def _sinks(self, serializer: Serializer) -> list[Sink]:
         cfg = self.config
+        sinks: list[Sink] = []
+        if cfg.event_log is not None:
+            sinks.append(EventLog(cfg.event_log, cfg.queue_capacity))
         if cfg.export_file is not None:
             f = RotatingFile(cfg.export_file, cfg.export_max_bytes, cfg.export_backups)
-            return [QueuedWriter("file", f, serializer.line, cfg.queue_capacity, on_close=f.close)]
-        return [QueuedWriter("stdout", sys.stdout.buffer, serializer.line, cfg.queue_capacity)]
+            sinks.append(
+                QueuedWriter("file", f, serializer.line, cfg.queue_capacity, on_close=f.close)
+            )
+        else:
+            sinks.append(
+                QueuedWriter("stdout", sys.stdout.buffer, serializer.line, cfg.queue_capacity)
+            )
+        return sinks
 
     def run(self) -> int:
         cfg = self.config
