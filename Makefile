@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 BPF_OUT := build/bpf
 # Build and run-time system packages (Debian names).
-APT_PACKAGES := clang llvm bpftool libbpf-dev libbpf1 make python3 python3-venv
+# chromium: the test that renders `tracer tree -o html` headless.
+APT_PACKAGES := clang llvm bpftool libbpf-dev libbpf1 make python3 python3-venv chromium
 PY_STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 # The gRPC API: code generated from the .proto, never committed or edited.
 PROTO := export/tracer_v1.proto

@@ -48,6 +48,12 @@ class Daemon:
             args = ("--grpc-socket", str(self.socket), *args)
         if "--control-socket" not in args:
             args = ("--control-socket", str(Path(self._sock_dir.name) / "control.sock"), *args)
+        # ...and its own event log, so that tests never write /var/lib/tracer.
+        self.event_log = Path(self._sock_dir.name) / "events"
+        if "--event-log-dir" in args:
+            self.event_log = Path(args[args.index("--event-log-dir") + 1])
+        elif "--no-event-log" not in args:
+            args = ("--event-log-dir", str(self.event_log), *args)
         self.proc = subprocess.Popen(
             tracer_cmd("run", *args),
             cwd=REPO,
