@@ -125,36 +125,36 @@ class EventLog(QueuedWorker):
     def _write(self, batch: list[Event]) -> None:
         cur = self._cur
         line = self._serializer.line
-        note = cur.index.note
-        write = cur.f.write
+        limit = self.config.segment_bytes
         for ev in batch:
             data = line(ev)
-            write(data)
+            cur.f.write(data)
             cur.size += len(data)
             if isinstance(ev, Lost):
                 cur.index.note_time(ev.time)
-                continue
-            p = ev.process
-            note(
-                ev.time,
-                _BITS.get(type(ev), 0),
-                p.exec_id,
-                p.pid,
-                p.parent_exec_id,
-                p.binary,
-                p.start_time,
-                p.flags,
-                None,  # pod and namespace: events carry none yet (enrichment issue)
-                None,
-            )
+            else:
+                p = ev.process
+                cur.index.note(
+                    ev.time,
+                    _BITS.get(type(ev), 0),
+                    p.exec_id,
+                    p.pid,
+                    p.parent_exec_id,
+                    p.binary,
+                    p.start_time,
+                    p.flags,
+                    None,  # pod and namespace: events carry none yet (enrichment issue)
+                    None,
+                )
+            if cur.size >= limit:  # between two lines: a line is never split
+                self._rotate()
+                cur = self._cur
         if batch:
             cur.dirty = True
         now = time.monotonic()
         if cur.dirty and now - self._last_sync >= self.config.flush_interval_s:
             self._sync(cur)
-        if cur.size >= self.config.segment_bytes or (
-            cur.size and now - cur.opened >= self.config.segment_age_s
-        ):
+        if cur.size and now - cur.opened >= self.config.segment_age_s:
             self._rotate()
 
     def _sync(self, cur: _Open) -> None:

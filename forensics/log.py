@@ -114,7 +114,7 @@ class Problems:
                 print(f"tracer: warning: {key}: {n} lines skipped in all", file=self.out)
 
 
-_CHUNK = 1 << 16
+_CHUNK = 1 << 12  # compressed bytes: what corruption can take with it
 
 
 def _gunzip(data: bytes, name: str, problems: Problems) -> bytes:
