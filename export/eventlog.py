@@ -89,6 +89,8 @@ class EventLog(QueuedWorker):
             os.close(self._lock_fd)
             raise RuntimeError(f"event log {d} is in use by another tracer daemon") from None
         self._serializer = Serializer()
+        for tmp in d.glob("events-*.tmp"):  # a compression or sidecar a crash interrupted
+            tmp.unlink()
         leftovers = sorted(self._segments(compressed=False))
         seqs = [s for s, _ in self._segments(compressed=True)] + [s for s, _ in leftovers]
         self._next_seq = max(seqs, default=0) + 1
