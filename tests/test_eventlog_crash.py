@@ -72,11 +72,13 @@ def test_kill_9_mid_write_keeps_earlier_segments_and_the_torn_tail_is_skipped(
         raw = raw[: start + (len(raw) - start) // 2]
         left[0].write_bytes(raw)
     whole = raw.count(b"\n")
-    assert whole > 0
     r = _replay(left[0])
     assert len(r.stdout.splitlines()) == whole
-    assert r.returncode == 3, r.stderr
-    assert f"{left[0]}:{whole + 1}: last line is torn" in r.stderr
+    if raw:
+        assert r.returncode == 3, r.stderr
+        assert f"{left[0]}:{whole + 1}: last line is torn" in r.stderr
+    else:  # the kill came right after a rotation: nothing there yet
+        assert r.returncode == 0 and not r.stderr
     # A new daemon on the same log closes the leftovers: indexed, compressed, bytes kept.
     leftovers = list(log.glob("events-*.jsonl"))
     d2 = Daemon("--event-log-dir", str(log))
