@@ -21,16 +21,19 @@ import fcntl
 import gzip
 import os
 import queue
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import orjson
 import structlog
 
 from export.jsonl import Serializer
 from export.sink import QueuedWorker
+from forensics import store
 from forensics.index import HAS_EXEC, HAS_EXIT, IndexBuilder, scan, write_sidecar
 from forensics.log import SEGMENT_RE, Problems, Segment, segment_name
 from tracer.events import Event, Lost, ProcessExec, ProcessExit
@@ -197,19 +200,24 @@ class EventLog(QueuedWorker):
     # -- the closing thread -----------------------------------------------------
 
     def _close_loop(self) -> None:
+        db: sqlite3.Connection | None = None
         while True:
             path = self._closing.get()
             if path is None:
+                if db is not None:
+                    db.close()
                 return
             try:
-                self._compress(path)
-                self._retain()
-            except OSError as exc:
+                if db is None:
+                    db = store.connect(self.config.directory / store.DB_NAME)
+                self._compress(path, db)
+                self._retain(db)
+            except (OSError, sqlite3.Error) as exc:
                 # The segment stays uncompressed and readable; the next
                 # start tries again.
                 _log.error("closing a log segment failed", segment=str(path), error=str(exc))
 
-    def _compress(self, path: Path) -> None:
+    def _compress(self, path: Path, db: sqlite3.Connection) -> None:
         seg = Segment(path, int(SEGMENT_RE.match(path.name)[1]))  # type: ignore[index]
         if not seg.sidecar.exists():  # left by a crash: index it from its lines
             problems = Problems(out=None)
@@ -239,8 +247,13 @@ class EventLog(QueuedWorker):
         finally:
             os.close(dfd)
         path.unlink()
+        # Into the directory's lookup database once the segment is final
+        # (forensics/store.py); readers add it themselves if this is lost.
+        side = seg.sidecar.read_bytes()
+        data = orjson.loads(side)
+        store.add_segment(db, path.name, len(side), data)
 
-    def _retain(self) -> None:
+    def _retain(self, db: sqlite3.Connection) -> None:
         """Delete the oldest closed segments past the size or the age limit.
 
         A compressed segment's mtime is when it was closed, not before its
@@ -255,6 +268,7 @@ class EventLog(QueuedWorker):
             too_big = total > cfg.max_bytes
             if not too_big and stats[p].st_mtime >= oldest_kept:
                 break
+            store.drop_segment(db, p.name.removesuffix(".gz"))
             Segment(p).sidecar.unlink(missing_ok=True)
             p.unlink(missing_ok=True)
             total -= stats[p].st_size

@@ -1,7 +1,8 @@
 """Forensics: reading the event log, its index, and the process tree built from it."""
 
-from forensics.index import IndexBuilder, LogIndex
+from forensics.index import IndexBuilder
 from forensics.log import Problems, Segment, list_segments
+from forensics.store import LogIndex
 from forensics.tree import Forest, Node, Selection, build
 
 __all__ = [

@@ -21,8 +21,8 @@ from pathlib import Path
 from export.eventlog import DEFAULT_DIR
 from export.filters import EventFilter, FilterError, facts_of_dict
 from forensics import html, render, replay, tree
-from forensics.index import LogIndex
 from forensics.log import InputError, Problems, Segment, list_segments, parse_when
+from forensics.store import LogIndex
 from tracer import client, control
 
 COMMANDS = ("tree", "replay")
@@ -139,7 +139,7 @@ def _selection(args: argparse.Namespace) -> tree.Selection:
         raise _Usage("--at goes with --pid")
     if sel.empty():
         raise _Usage("say which process: --exec-id, --pid, --pod, --binary or --since/--until")
-    for b in sel.binaries:
+    for b in sel.binaries:  # checked here, so that a bad one is a usage error
         try:
             tree.compile_regex(b)
         except ValueError as exc:
@@ -157,8 +157,7 @@ def _tree(args: argparse.Namespace, problems: Problems) -> int:
         forest = tree.build(index, sel, problems)
     except tree.SelectionError as exc:
         problems.summary()
-        print(f"tracer: {exc} ({len(index.procs)} processes in {len(segments)} segments)",
-              file=sys.stderr)
+        print(f"tracer: {exc} (searched {len(segments)} segments)", file=sys.stderr)
         return EXIT_NO_MATCH
     out = sys.stdout
     if args.output == "json":

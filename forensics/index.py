@@ -2,25 +2,22 @@
 
 Every segment gets `events-NNNNNNNN.idx` when it is closed: its time span,
 its event count and one row per process that has events in it (pid,
-parent, binary, start, first and last event, pod). A query loads the
-sidecars (small: a row per process, not per event), picks the processes
-and reads only the segments that hold them. A segment without a valid
-sidecar (the one being written, one a crash left, a copied file) is
-scanned once instead: the index only makes reading faster, never decides
-what exists.
+parent, binary, start, first and last event, pod). The writer builds it
+with one dict update per event and writes it once per segment. A segment
+without a valid sidecar (the one being written, one a crash left, a
+copied file) is scanned instead: the index only makes reading faster,
+never decides what exists.
 
-Why sidecars and not one SQLite database: a segment and its index are
-written, compressed, expired and copied to another machine together, so
-they can never disagree; a crash can only leave a segment without its
-sidecar, which reading handles; and the writer does no database work on
-its thread at all, only a dict update per event and one file per segment.
+Sidecars travel with their segment (written, compressed, expired and
+copied together, they cannot disagree); forensics/store.py gathers them
+into one SQLite lookup per directory, so that a query does not load them
+all.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,33 +137,7 @@ def scan(seg: Segment, problems: Problems) -> IndexBuilder:
     return b
 
 
-@dataclass(slots=True)
-class ProcRow:
-    """What the index knows of one process image, over all segments."""
-
-    exec_id: str
-    pid: int
-    parent_exec_id: str | None
-    binary: str
-    start_ns: int
-    first_ns: int
-    last_ns: int
-    namespace: str | None
-    pod: str | None
-    bits: int
-    # (position in LogIndex.segments, the row's bits in that segment)
-    segments: list[tuple[int, int]] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class SegmentInfo:
-    segment: Segment
-    first_ns: int
-    last_ns: int
-    events: int
-
-
-def _load_sidecar(seg: Segment, problems: Problems) -> dict[str, Any] | None:
+def load_sidecar(seg: Segment, problems: Problems) -> dict[str, Any] | None:
     try:
         raw = seg.sidecar.read_bytes()
     except FileNotFoundError:
@@ -194,50 +165,9 @@ def _load_sidecar(seg: Segment, problems: Problems) -> dict[str, Any] | None:
         return None
 
 
-class LogIndex:
-    """The merged index of a set of segments."""
-
-    def __init__(self, segments: list[Segment], problems: Problems) -> None:
-        self.segments: list[SegmentInfo] = []
-        self.procs: dict[str, ProcRow] = {}
-        for i, seg in enumerate(segments):
-            data = _load_sidecar(seg, problems)
-            if data is None:
-                b = scan(seg, problems)
-                data = {
-                    "first_ns": b.first_ns,
-                    "last_ns": b.last_ns,
-                    "events": b.events,
-                    "processes": b.rows,
-                }
-            self.segments.append(
-                SegmentInfo(seg, int(data["first_ns"]), int(data["last_ns"]), int(data["events"]))
-            )
-            self._merge(i, data["processes"])
-
-    def _merge(self, i: int, rows: dict[str, Row]) -> None:
-        procs = self.procs
-        for exec_id, r in rows.items():
-            p = procs.get(exec_id)
-            if p is None:
-                pid, parent, binary, start, first, last, ns, pod, bits = r
-                procs[exec_id] = ProcRow(
-                    exec_id, pid, parent, binary, start, first, last, ns, pod, bits, [(i, bits)]
-                )
-                continue
-            p.first_ns = min(p.first_ns, r[4])
-            p.last_ns = max(p.last_ns, r[5])
-            p.bits |= r[8]
-            p.segments.append((i, r[8]))
-
-    @property
-    def first_ns(self) -> int:
-        return min((s.first_ns for s in self.segments if s.events), default=0)
-
-
 def segment_span(seg: Segment) -> tuple[int, int] | None:
     """(first, last) event time of a segment, from its sidecar; None when unknown."""
-    data = _load_sidecar(seg, Problems(out=None))
+    data = load_sidecar(seg, Problems(out=None))
     if data is None or not data.get("events"):
         return None
     return int(data["first_ns"]), int(data["last_ns"])

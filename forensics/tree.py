@@ -20,8 +20,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from forensics.index import HAS_EXEC, HAS_EXIT, PROCFS, LogIndex, ProcRow
+from forensics.index import HAS_EXEC, HAS_EXIT, PROCFS
 from forensics.log import JsonDict, Problems, first_exec_id, parse_line, parse_time, read_bytes
+from forensics.store import LogIndex, ProcRow
 
 # Slack between a /proc start time (clock ticks) and the kernel's.
 _PROCFS_SLACK_NS = 20_000_000
@@ -76,31 +77,6 @@ def _node_of(exec_id: str) -> str:
     return exec_id.rsplit(":", 2)[0]
 
 
-def restart_aliases(index: LogIndex) -> dict[str, str]:
-    """exec_id after a daemon restart (found in /proc) -> the same process's exec_id before it."""
-    by_pid: dict[tuple[str, int], list[ProcRow]] = {}
-    for r in index.procs.values():
-        if not r.bits & PROCFS:
-            by_pid.setdefault((_node_of(r.exec_id), r.pid), []).append(r)
-    alias: dict[str, str] = {}
-    for r in index.procs.values():
-        if not r.bits & PROCFS:
-            continue
-        best: ProcRow | None = None
-        for e in by_pid.get((_node_of(r.exec_id), r.pid), ()):
-            if (
-                e.start_ns >= r.start_ns - _PROCFS_SLACK_NS
-                and e.last_ns <= r.first_ns
-                and not e.bits & HAS_EXIT
-                and e.binary == r.binary
-                and (best is None or e.start_ns > best.start_ns)
-            ):
-                best = e
-        if best is not None:
-            alias[r.exec_id] = best.exec_id
-    return alias
-
-
 def compile_regex(pattern: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
@@ -108,115 +84,126 @@ def compile_regex(pattern: str) -> re.Pattern[str]:
         raise ValueError(f"--binary {pattern!r}: invalid regex: {exc}") from None
 
 
-def select(index: LogIndex, sel: Selection, members: dict[str, list[str]]) -> list[str]:
-    """Canonical exec_ids of the processes the selection names."""
-    regexes = [compile_regex(b) for b in sel.binaries]
-    out: list[str] = []
-    for c, mem in members.items():
-        rows = [index.procs[e] for e in mem]
-        r = rows[0]
-        if sel.exec_ids and not any(e in sel.exec_ids for e in mem):
-            continue
-        if sel.pids and r.pid not in sel.pids:
-            continue
-        if sel.pods and not any((x.namespace, x.pod) in sel.pods for x in rows):
-            continue
-        if regexes and not any(x.search(r.binary) for x in regexes):
-            continue
-        first = min(x.first_ns for x in rows)
-        last = max(x.last_ns for x in rows)
-        if sel.since_ns is not None and last < sel.since_ns:
-            continue
-        if sel.until_ns is not None and first > sel.until_ns:
-            continue
-        if sel.at_ns is not None:
-            start = min(x.start_ns or x.first_ns for x in rows)
-            exited = any(x.bits & HAS_EXIT for x in rows)
-            if start > sel.at_ns or (exited and last < sel.at_ns):
-                continue
-        out.append(c)
-    if sel.at_ns is not None:  # of a reused pid, the image that ran at that time
-        latest: dict[int, str] = {}
-        for c in out:
-            pid = index.procs[c].pid
-            if pid not in latest or index.procs[c].start_ns > index.procs[latest[pid]].start_ns:
-                latest[pid] = c
-        out = list(latest.values())
-    if not out:
-        raise SelectionError("no process in the log matches the selection")
-    return out
+class _Processes:
+    """Index rows grouped by process, across a daemon restart.
 
+    A restart gives a running process a new exec_id (found in /proc, with
+    the fork's start time): that row is joined to the image of the same
+    pid that was running before (started no earlier, not exited, same
+    binary, last seen before the /proc row's first event).
+    """
 
-def build(
-    index: LogIndex, sel: Selection, problems: Problems, events_window: bool = True
-) -> Forest:
-    alias = restart_aliases(index)
-    canon = alias.get
-    members: dict[str, list[str]] = {}  # canonical exec_id -> its exec_ids
-    for e in index.procs:
-        members.setdefault(canon(e, e), []).append(e)
-    selected = select(index, sel, members)
+    def __init__(self, index: LogIndex) -> None:
+        self.index = index
+        self._pid_groups: dict[int, dict[str, ProcRow]] = {}
+        self._canon: dict[str, str] = {}
+        self.rows: dict[str, list[ProcRow]] = {}  # canonical exec_id -> its rows
 
-    def parent_of(c: str) -> str | None:
-        for e in members.get(c, [c]):
-            r = index.procs.get(e)
-            if r is not None and r.parent_exec_id is not None:
-                return canon(r.parent_exec_id, r.parent_exec_id)
+    def _group(self, pid: int) -> None:
+        if pid in self._pid_groups:
+            return
+        group = self._pid_groups[pid] = self.index.by_pids([pid])
+        for r in group.values():
+            c = self._alias(r, group) if r.bits & PROCFS else r.exec_id
+            self._canon[r.exec_id] = c
+            self.rows.setdefault(c, []).append(r)
+
+    @staticmethod
+    def _alias(r: ProcRow, group: dict[str, ProcRow]) -> str:
+        best: ProcRow | None = None
+        node = _node_of(r.exec_id)
+        for e in group.values():
+            if (
+                not e.bits & (PROCFS | HAS_EXIT)
+                and _node_of(e.exec_id) == node
+                and e.start_ns >= r.start_ns - _PROCFS_SLACK_NS
+                and e.last_ns <= r.first_ns
+                and e.binary == r.binary
+                and (best is None or e.start_ns > best.start_ns)
+            ):
+                best = e
+        return best.exec_id if best is not None else r.exec_id
+
+    def add(self, rows: dict[str, ProcRow]) -> list[str]:
+        """Canonical exec_ids of these rows' processes."""
+        for r in rows.values():
+            self._group(r.pid)
+        return list(dict.fromkeys(self._canon[e] for e in rows))
+
+    def canon(self, exec_id: str) -> str:
+        return self._canon.get(exec_id, exec_id)
+
+    def parent(self, c: str) -> str | None:
+        for r in self.rows.get(c, ()):
+            if r.parent_exec_id is not None:
+                up = self.index.by_exec_ids([r.parent_exec_id])
+                return self.add(up)[0] if up else r.parent_exec_id
         return None
 
-    children: dict[str, list[str]] = {}
-    for c in members:
-        p = parent_of(c)
-        if p is not None:
-            children.setdefault(p, []).append(c)
 
-    subtree: list[str] = []
-    seen: set[str] = set()
-    todo = list(selected)
-    while todo:
-        c = todo.pop()
-        if c in seen:
+def _alive_at(procs: _Processes, ids: list[str], at: int) -> list[str]:
+    """Of each pid's images, the one that ran at `at` (the latest started before it)."""
+    latest: dict[int, tuple[int, str]] = {}
+    for c in ids:
+        rows = procs.rows[c]
+        start = min(x.start_ns or x.first_ns for x in rows)
+        last = max(x.last_ns for x in rows)
+        if start > at or (any(x.bits & HAS_EXIT for x in rows) and last < at):
             continue
-        seen.add(c)
-        subtree.append(c)
-        todo += children.get(c, [])
+        pid = rows[0].pid
+        if pid not in latest or start > latest[pid][0]:
+            latest[pid] = (start, c)
+    return [c for _, c in latest.values()]
+
+
+def build(index: LogIndex, sel: Selection, problems: Problems) -> Forest:
+    procs = _Processes(index)
+    hits = index.matching(
+        sel.exec_ids, sel.pids, sel.pods, sel.binaries, sel.since_ns, sel.until_ns
+    )
+    selected = procs.add(hits)
+    if sel.at_ns is not None:
+        selected = _alive_at(procs, selected, sel.at_ns)
+    if not selected:
+        raise SelectionError("no process in the log matches the selection")
+
+    subtree: list[str] = list(selected)
+    seen = set(subtree)
+    frontier = list(subtree)
+    while frontier:
+        ids = [r.exec_id for c in frontier for r in procs.rows.get(c, ())]
+        frontier = [c for c in procs.add(index.children(ids)) if c not in seen]
+        seen.update(frontier)
+        subtree += frontier
     ancestors: list[str] = []
     for c in selected:
-        p = parent_of(c)
-        while p is not None and p not in seen:
+        p = procs.parent(c)
+        while p is not None and p not in seen and p in procs.rows:
             seen.add(p)
             ancestors.append(p)
-            p = parent_of(p)
+            p = procs.parent(p)
 
-    def rows(c: str) -> list[ProcRow]:
-        return [index.procs[e] for e in members.get(c, [c]) if e in index.procs]
-
-    sub_rows = [r for c in subtree for r in rows(c)]
+    sub_rows = [r for c in subtree for r in procs.rows.get(c, ())]
     lo = min(r.first_ns for r in sub_rows)
     hi = max(r.last_ns for r in sub_rows)
     if sel.since_ns is not None:
         lo = max(lo, sel.since_ns)
     if sel.until_ns is not None:
         hi = min(hi, sel.until_ns)
-    win_lo = sel.since_ns
-    win_hi = sel.until_ns
 
-    # Segments to read: every one holding the subtree; for ancestors, only
-    # the ones overlapping the subtree's time (their context).
+    # Segments to read: every one holding the subtree; for ancestors, the
+    # ones with their exec or exit, and those overlapping the subtree's time.
     ancestor_set = set(ancestors)
     want: dict[bytes, str] = {}
     segs: set[int] = set()
-    for c in subtree:
-        for r in rows(c):
-            want[r.exec_id.encode()] = c
-            segs.update(i for i, _ in r.segments)
-    for c in ancestors:
-        for r in rows(c):
+    for c in [*subtree, *ancestors]:
+        for r in procs.rows.get(c, ()):
             want[r.exec_id.encode()] = c
             segs.update(
                 i
                 for i, bits in r.segments
-                if bits & (HAS_EXEC | HAS_EXIT)
+                if c not in ancestor_set
+                or bits & (HAS_EXEC | HAS_EXIT)
                 or (index.segments[i].last_ns >= lo and index.segments[i].first_ns <= hi)
             )
 
@@ -233,27 +220,27 @@ def build(
                 continue
             c = want[eid]
             t = parse_time(ev["time"]) or 0
-            if c in ancestor_set and not lo <= t <= hi and ev["type"] in _SHOWN:
-                continue
-            outside = (win_lo is not None and t < win_lo) or (win_hi is not None and t > win_hi)
-            if outside and ev["type"] in _SHOWN:
+            if ev["type"] in _SHOWN and (
+                (c in ancestor_set and not lo <= t <= hi)
+                or (sel.since_ns is not None and t < sel.since_ns)
+                or (sel.until_ns is not None and t > sel.until_ns)
+            ):
                 continue
             _add(nodes, c, t, ev)
 
     for c in [*subtree, *ancestors]:
         node = nodes.get(c)
         if node is not None:
-            _fill_chain(nodes, node.sample, canon)
+            _fill_chain(nodes, node.sample, procs.canon)
     for node in nodes.values():
         node.partial = _partial_reasons(node)
         node.events.sort(key=lambda te: te[0])
-    for c, mem in members.items():
-        if c in nodes:
-            nodes[c].aliases = [e for e in mem if e != c]
+        rows = procs.rows.get(node.exec_id, ())
+        node.aliases = [r.exec_id for r in rows if r.exec_id != node.exec_id]
     for c in selected:
         if c in nodes:
             nodes[c].selected = True
-    return Forest(_link(nodes, canon), [c for c in selected if c in nodes], lo, hi)
+    return Forest(_link(nodes, procs.canon), [c for c in selected if c in nodes], lo, hi)
 
 
 _KNOWN_FROM_DESCENDANTS = "known only from its descendants' events"
@@ -278,11 +265,11 @@ def _add(nodes: dict[str, Node], c: str, t: int, ev: JsonDict) -> None:
         node.events.append((t, ev))
 
 
-def _fill_chain(nodes: dict[str, Node], ev: JsonDict, canon: Callable[[str, str], str]) -> None:
+def _fill_chain(nodes: dict[str, Node], ev: JsonDict, canon: Callable[[str], str]) -> None:
     for d in [ev.get("parent"), *(ev.get("ancestors") or [])]:
         if not isinstance(d, dict) or not isinstance(d.get("exec_id"), str):
             continue
-        c = canon(d["exec_id"], d["exec_id"])
+        c = canon(d["exec_id"])
         if c not in nodes:
             nodes[c] = Node(c, d, parse_time(d.get("start_time", "")) or 0, sample=ev)
             nodes[c].partial = [_KNOWN_FROM_DESCENDANTS]
@@ -302,11 +289,11 @@ def _partial_reasons(node: Node) -> list[str]:
     return out
 
 
-def _link(nodes: dict[str, Node], canon: Callable[[str, str], str]) -> list[Node]:
+def _link(nodes: dict[str, Node], canon: Callable[[str], str]) -> list[Node]:
     roots = []
     for node in nodes.values():
         parent = node.process.get("parent_exec_id")
-        up = nodes.get(canon(parent, parent)) if isinstance(parent, str) else None
+        up = nodes.get(canon(parent)) if isinstance(parent, str) else None
         if up is None or up is node:
             roots.append(node)
         else:
