@@ -17,6 +17,7 @@ memory: one dict update per event, no I/O on its behalf.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gzip
 import os
@@ -24,9 +25,10 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -36,7 +38,7 @@ from export.sink import QueuedWorker
 from forensics import store
 from forensics.index import HAS_EXEC, HAS_EXIT, IndexBuilder, scan, write_sidecar
 from forensics.log import SEGMENT_RE, Problems, Segment, segment_name
-from tracer.events import Event, Lost, ProcessExec, ProcessExit
+from tracer.events import Event, Lost, Process, ProcessExec, ProcessExit
 
 _log = structlog.get_logger(component="eventlog")
 
@@ -79,7 +81,13 @@ class _Open:
 class EventLog(QueuedWorker):
     """The event-log sink."""
 
-    def __init__(self, config: EventLogConfig, capacity: int = 65536) -> None:
+    def __init__(
+        self,
+        config: EventLogConfig,
+        capacity: int = 65536,
+        encode: Callable[[Event], bytes] | None = None,
+    ) -> None:
+        """`encode`: the JSON-lines serializer's line(), or one shared with another output."""
         self.config = config
         d = config.directory
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -91,7 +99,7 @@ class EventLog(QueuedWorker):
         except BlockingIOError:
             os.close(self._lock_fd)
             raise RuntimeError(f"event log {d} is in use by another tracer daemon") from None
-        self._serializer = Serializer()
+        self._encode = encode or Serializer().line
         for tmp in d.glob("events-*.tmp"):  # a compression or sidecar a crash interrupted
             tmp.unlink()
         leftovers = sorted(self._segments(compressed=False))
@@ -129,17 +137,27 @@ class EventLog(QueuedWorker):
 
     def _write(self, batch: list[Event]) -> None:
         cur = self._cur
-        line = self._serializer.line
+        line = self._encode
         limit = self.config.segment_bytes
+        out: list[bytes] = []
+        size = cur.size
+        last: Process | None = None
+        row: list[Any] = []
         for ev in batch:
             data = line(ev)
-            cur.f.write(data)
-            cur.size += len(data)
+            out.append(data)
+            size += len(data)
             if isinstance(ev, Lost):
                 cur.index.note_time(ev.time)
+            elif ev.process is last and type(ev) not in _BITS:
+                # The same process as the event before (a burst of opens or
+                # connects): only its last-seen time moves.
+                if ev.time > row[5]:
+                    row[5] = ev.time
+                cur.index.note_time(ev.time)
             else:
-                p = ev.process
-                cur.index.note(
+                last = p = ev.process
+                row = cur.index.note(
                     ev.time,
                     _BITS.get(type(ev), 0),
                     p.exec_id,
@@ -151,9 +169,16 @@ class EventLog(QueuedWorker):
                     None,  # pod and namespace: events carry none yet (enrichment issue)
                     None,
                 )
-            if cur.size >= limit:  # between two lines: a line is never split
+            if size >= limit:  # between two lines: a line is never split
+                cur.f.write(b"".join(out))
+                cur.size = size
+                out.clear()
                 self._rotate()
                 cur = self._cur
+                size = 0
+                last = None
+        cur.f.write(b"".join(out))
+        cur.size = size
         if batch:
             cur.dirty = True
         now = time.monotonic()
@@ -200,6 +225,11 @@ class EventLog(QueuedWorker):
     # -- the closing thread -----------------------------------------------------
 
     def _close_loop(self) -> None:
+        # Compression is most of the log's CPU cost (gzip of every byte);
+        # at the lowest priority it takes idle CPU and gives way to capture
+        # in a burst, catching up after it. (Linux nice is per thread.)
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         db: sqlite3.Connection | None = None
         while True:
             path = self._closing.get()

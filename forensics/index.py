@@ -60,7 +60,8 @@ class IndexBuilder:
         flags: Iterable[str],
         namespace: str | None,
         pod: str | None,
-    ) -> None:
+    ) -> Row:
+        """The process's row, updated (the caller may move its last time itself)."""
         row = self.rows.get(exec_id)
         if row is None:
             bits = bit
@@ -69,7 +70,7 @@ class IndexBuilder:
                     bits |= PROCFS
                 elif f == "fork":
                     bits |= FORK
-            self.rows[exec_id] = [pid, parent, binary, start_ns, t, t, namespace, pod, bits]
+            row = self.rows[exec_id] = [pid, parent, binary, start_ns, t, t, namespace, pod, bits]
         else:
             if t > row[5]:
                 row[5] = t
@@ -78,6 +79,7 @@ class IndexBuilder:
             if bit:
                 row[8] |= bit
         self.note_time(t)
+        return row
 
     def note_time(self, t: int) -> None:
         self.events += 1

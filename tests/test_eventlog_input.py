@@ -18,6 +18,7 @@ from conftest import tracer_cmd
 
 from export.eventlog import EventLog, EventLogConfig
 from export.jsonl import Serializer
+from export.shared_lines import SharedLines
 from forensics.log import Problems, list_segments
 from forensics.log import events as read_events
 from tracer.events import ExitStatus, FileInfo, FileOpen, Process, ProcessExec, ProcessExit
@@ -228,3 +229,26 @@ def test_exit_codes_for_no_match_bad_usage_and_missing_input(tmp_path: Path) -> 
     assert r.returncode == 4  # cat had not started yet
     r = _run("tree", "--from", str(d), "--pid", "101", "-o", "text")
     assert r.returncode == 0 and "* /usr/bin/cat arg101" in r.stdout
+
+
+def test_shared_lines_serialize_each_event_once_for_two_writers() -> None:
+    ser = Serializer()
+    calls: list[int] = []
+
+    def encode(ev: object) -> bytes:
+        calls.append(id(ev))
+        return ser.line(ev)  # type: ignore[arg-type]
+
+    shared = SharedLines(encode, limit=100)
+    a, b = shared.writer(), shared.writer()
+    evs = _many(300)
+    first = [a(e) for e in evs[:50]]
+    second = [b(e) for e in evs[:50]]
+    assert first == second == [ser.line(e) for e in evs[:50]]
+    assert len(calls) == 50  # the second writer took the first one's bytes
+    for e in evs[50:]:  # one writer runs 250 events ahead: only `limit` are kept
+        a(e)
+    assert [b(e) for e in evs[50:]] == [ser.line(e) for e in evs[50:]]
+    assert len(calls) == 50 + 250 + 150  # the 150 oldest again, the last 100 taken
+    with pytest.raises(ValueError):
+        shared.writer()

@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -26,10 +27,11 @@ from export import QueuedWriter, RotatingFile, Serializer, Sink
 from export.eventlog import EventLog, EventLogConfig
 from export.grpc_server import GrpcConfig, GrpcServer
 from export.hub import Hub
+from export.shared_lines import SharedLines
 from policy import PolicyError, PolicyMaps, PolicyStore
 from tracer import control, system
 from tracer.clock import BootClock
-from tracer.events import LossCounts, Lost
+from tracer.events import Event, LossCounts, Lost
 from tracer.loader import (
     ConfigError,
     KernelCounters,
@@ -245,17 +247,17 @@ class Daemon:
     def _sinks(self, serializer: Serializer) -> list[Sink]:
         cfg = self.config
         sinks: list[Sink] = []
+        # The event log writes the output's very lines: serialized once.
+        line: Callable[[Event], bytes] = serializer.line
         if cfg.event_log is not None:
-            sinks.append(EventLog(cfg.event_log, cfg.queue_capacity))
+            shared = SharedLines(serializer.line)
+            sinks.append(EventLog(cfg.event_log, cfg.queue_capacity, shared.writer()))
+            line = shared.writer()
         if cfg.export_file is not None:
             f = RotatingFile(cfg.export_file, cfg.export_max_bytes, cfg.export_backups)
-            sinks.append(
-                QueuedWriter("file", f, serializer.line, cfg.queue_capacity, on_close=f.close)
-            )
+            sinks.append(QueuedWriter("file", f, line, cfg.queue_capacity, on_close=f.close))
         else:
-            sinks.append(
-                QueuedWriter("stdout", sys.stdout.buffer, serializer.line, cfg.queue_capacity)
-            )
+            sinks.append(QueuedWriter("stdout", sys.stdout.buffer, line, cfg.queue_capacity))
         return sinks
 
     def run(self) -> int:
