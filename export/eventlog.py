@@ -211,7 +211,7 @@ class EventLog(QueuedWorker):
         # The writer only runs when events arrive; this makes it flush a
         # quiet log on time too.
         while not self._stopped.wait(self.config.flush_interval_s):
-            self.wake()
+            self._queue.wake()  # take() returns, handle([]) runs: the timed flush
 
     def _finish(self) -> None:
         """After the writer thread ended (close()): seal, compress, stop."""

@@ -181,10 +181,6 @@ class QueuedWorker:
     def take_dropped(self) -> dict[str, int]:
         return self._queue.take_dropped()
 
-    def wake(self) -> None:
-        """Make the thread call handle() now, with what is queued, maybe nothing."""
-        self._queue.wake()
-
     @property
     def backlog(self) -> int:
         """Events offered and not yet handled."""

@@ -252,3 +252,38 @@ def test_shared_lines_serialize_each_event_once_for_two_writers() -> None:
     assert len(calls) == 50 + 250 + 150  # the 150 oldest again, the last 100 taken
     with pytest.raises(ValueError):
         shared.writer()
+
+
+def test_replay_merges_nodes_in_time_order_filters_and_paces(tmp_path: Path) -> None:
+    ser = Serializer()
+    evs = _many(6)  # 1 us apart
+    a = tmp_path / "node-a"
+    b = tmp_path / "node-b"
+    for d, part in ((a, evs[0::2]), (b, evs[1::2])):
+        d.mkdir()
+        (d / "events-00000001.jsonl").write_bytes(b"".join(ser.line(e) for e in part))
+    r = _run("replay", "--from", str(a), "--from", str(b))
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["process"]["pid"] for x in r.stdout.splitlines()] == list(
+        range(1000, 1006)
+    )
+    r = _run("replay", "--from", str(a), "--from", str(b), "--pid", "1003", "-o", "compact")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 and "/usr/bin/true" in r.stdout
+    r = _run("replay", "--from", str(a), "--binary", "([")
+    assert r.returncode == 2 and "--binary" in r.stderr
+    # Pacing: two events 0.4 s apart, replayed at real time, are 0.4 s apart.
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    late = _many(1)[0]
+    late2 = ProcessExec(time=late.time + 400_000_000, node="n1", process=late.process,
+                        parent=late.parent, ancestors=())
+    (slow / "events-00000001.jsonl").write_bytes(ser.line(late) + ser.line(late2))
+    p = subprocess.Popen(
+        tracer_cmd("replay", "--from", str(slow), "--speed", "1"), stdout=subprocess.PIPE
+    )
+    assert p.stdout is not None
+    p.stdout.readline()
+    t0 = time.monotonic()
+    p.stdout.readline()
+    assert time.monotonic() - t0 >= 0.35  # a sleep never ends early
+    assert p.wait(30) == 0
