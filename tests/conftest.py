@@ -46,8 +46,11 @@ class Daemon:
         self.socket = Path(self._sock_dir.name) / "tracer.sock"
         if not any(a.startswith(("--grpc-socket", "--no-grpc")) for a in args):
             args = ("--grpc-socket", str(self.socket), *args)
-        if "--control-socket" not in args:
-            args = ("--control-socket", str(Path(self._sock_dir.name) / "control.sock"), *args)
+        self.control_socket = Path(self._sock_dir.name) / "control.sock"
+        if "--control-socket" in args:
+            self.control_socket = Path(args[args.index("--control-socket") + 1])
+        else:
+            args = ("--control-socket", str(self.control_socket), *args)
         # ...and its own event log, so that tests never write /var/lib/tracer.
         self.event_log = Path(self._sock_dir.name) / "events"
         if "--event-log-dir" in args:

@@ -231,6 +231,15 @@ def test_tree_shows_the_attack_chain(work: Path, segment_size: str) -> None:
         svc.go()
         d.sync()
         _check_chain(log, marker, net.ports)
+        # The running daemon names its log over the control socket.
+        final = _wait_logged(log, f"back-{marker}")
+        r = subprocess.run(
+            tracer_cmd(
+                "tree", "--daemon", "--control-socket", str(d.control_socket), "--exec-id", final
+            ),
+            capture_output=True, text=True, timeout=120,
+        )
+        assert r.returncode == 0 and f"exec_id {final}" in r.stdout, r.stderr
         if segment_size == "4K":
             time.sleep(1.5)  # the closer thread compresses what rotated
             closed = list(log.glob("events-*.jsonl.gz"))
