@@ -50,12 +50,11 @@ def _node(node: Node, lo: int, hi: int) -> JsonDict:
 
 
 def _bounds(forest: Forest) -> tuple[int, int]:
-    lo, hi = forest.first_ns, forest.last_ns
+    """The axis: the selection's span, to the last exit in it; older starts are clipped."""
+    hi = forest.last_ns
 
     def walk(n: Node) -> None:
-        nonlocal lo, hi
-        if n.start_ns:
-            lo = min(lo, n.start_ns)
+        nonlocal hi
         if n.exit_ns is not None:
             hi = max(hi, n.exit_ns)
         for c in n.children:
@@ -63,7 +62,7 @@ def _bounds(forest: Forest) -> tuple[int, int]:
 
     for r in forest.roots:
         walk(r)
-    return lo, max(hi, lo + 1)
+    return forest.first_ns, max(hi, forest.first_ns + 1)
 
 
 def to_html(forest: Forest, title: str) -> bytes:
