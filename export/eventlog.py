@@ -157,6 +157,9 @@ class EventLog(QueuedWorker):
                 cur.index.note_time(ev.time)
             else:
                 last = p = ev.process
+                # Events carry no pod until the enrichment issue lands; then
+                # a process's `pod` (namespace, name) is indexed as it is.
+                pod = getattr(p, "pod", None)
                 row = cur.index.note(
                     ev.time,
                     _BITS.get(type(ev), 0),
@@ -166,8 +169,8 @@ class EventLog(QueuedWorker):
                     p.binary,
                     p.start_time,
                     p.flags,
-                    None,  # pod and namespace: events carry none yet (enrichment issue)
-                    None,
+                    getattr(pod, "namespace", None),
+                    getattr(pod, "name", None),
                 )
             if size >= limit:  # between two lines: a line is never split
                 cur.f.write(b"".join(out))

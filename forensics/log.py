@@ -211,18 +211,27 @@ _EXEC_ID = b'"exec_id":"'
 
 
 def first_exec_id(line: bytes) -> bytes | None:
-    """The `process.exec_id` of a line as the daemon writes it, without parsing the JSON.
+    """The `process.exec_id` of a line, without parsing the JSON when it can.
 
-    The serializer writes `process` right after type, time and node, with
-    no whitespace, so its exec_id is the first one; a line of another
-    shape only costs a parse that then rejects it.
+    The daemon's serializer writes `process` right after type, time and
+    node, with no whitespace, so its exec_id is the first one. A line of
+    another layout (pretty-printed, re-serialized by another tool) is
+    parsed; one without any exec_id (a loss report) is not.
     """
     i = line.find(_EXEC_ID)
-    if i < 0:
+    if i >= 0:
+        i += len(_EXEC_ID)
+        j = line.find(b'"', i)
+        if j > 0 and line[j - 1] != 0x5C:  # no backslash: the bytes are the value
+            return line[i:j]
+    elif b'"exec_id"' not in line:
         return None
-    i += len(_EXEC_ID)
-    j = line.find(b'"', i)
-    return line[i:j] if j > 0 else None
+    try:
+        ev = orjson.loads(line)
+        exec_id = ev["process"]["exec_id"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return exec_id.encode() if isinstance(exec_id, str) else None
 
 
 _secs_cache: dict[str, int] = {}

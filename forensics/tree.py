@@ -240,6 +240,8 @@ def build(index: LogIndex, sel: Selection, problems: Problems) -> Forest:
     for c in selected:
         if c in nodes:
             nodes[c].selected = True
+        else:  # in the index, but none of its lines could be read
+            problems.warn(c, "selected, but none of its events could be read from the log")
     return Forest(_link(nodes, procs.canon), [c for c in selected if c in nodes], lo, hi)
 
 

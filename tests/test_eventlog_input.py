@@ -287,3 +287,18 @@ def test_replay_merges_nodes_in_time_order_filters_and_paces(tmp_path: Path) -> 
     p.stdout.readline()
     assert time.monotonic() - t0 >= 0.35  # a sleep never ends early
     assert p.wait(30) == 0
+
+
+def test_tree_selects_by_pod_when_events_carry_one(tmp_path: Path) -> None:
+    lines = []
+    for raw in _lines():
+        ev = json.loads(raw)
+        if ev["process"]["pid"] == 101:
+            ev["process"]["pod"] = {"namespace": "shop", "name": "cart-7d9f"}
+        lines.append(json.dumps(ev).encode() + b"\n")
+    d = _segment(tmp_path, b"".join(lines))
+    r = _run("tree", "--from", str(d), "--pod", "shop/cart-7d9f", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["selected"] == [json.loads(lines[1])["process"]["exec_id"]]
+    assert _run("tree", "--from", str(d), "--pod", "shop/other").returncode == 4
+    assert _run("tree", "--from", str(d), "--pod", "nopod").returncode == 2
