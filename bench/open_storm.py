@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     REPO,
     Reaper,
     TracerDaemon,
@@ -34,7 +34,7 @@ from _common import (  # noqa: E402
     wait_until,
 )
 
-from tracer import control  # noqa: E402
+from tracer import control
 
 TARGET = "/usr/lib/os-release"
 LIBRARY = REPO / "policy" / "library"
@@ -119,7 +119,8 @@ def posted(reaper: Reaper, exe: Path, work: Path, n: int) -> None:
     print(f"  workload {workload:.3f} s; delivered {got:,} of {n:,} events in {secs:.2f} s "
           f"({'complete' if done else 'TIMED OUT'})")
     print(f"  rate {got / secs:,.0f} events/s to the JSON file (target >= 100,000)")
-    print(f"  daemon CPU {cpu1 - cpu0:.2f} s = {(cpu1 - cpu0) / max(got, 1) * 1e5:.2f} s per 100k events")
+    per_100k = (cpu1 - cpu0) / max(got, 1) * 1e5
+    print(f"  daemon CPU {cpu1 - cpu0:.2f} s = {per_100k:.2f} s per 100k events")
     print(f"  lost: kernel {st.lost_kernel}, daemon {st.lost_daemon}")
 
 

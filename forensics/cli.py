@@ -33,7 +33,14 @@ EXIT_PARTIAL = 3
 EXIT_NO_MATCH = 4
 
 
-def _add_source(p: argparse.ArgumentParser) -> None:
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with the exit codes, taking the event log as input."""
+    p = sub.add_parser(
+        name, help=summary, description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = p.add_argument_group("source (default: the local log, " + str(DEFAULT_DIR) + ")")
     src.add_argument(
         "--from",
@@ -51,16 +58,11 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     src.add_argument("--control-socket", type=Path, default=control.DEFAULT_SOCKET)
     src.add_argument("--since", help="from this time: RFC 3339, or an age like 15m, 2h")
     src.add_argument("--until", help="up to this time: RFC 3339, or an age like 15m")
+    return p
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    t = sub.add_parser(
-        "tree",
-        help="the process tree around a process, from the event log",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_source(t)
+    t = _command(sub, "tree", "the process tree around a process, from the event log")
     sel = t.add_argument_group("selection (given flags must all match; repeat to widen)")
     sel.add_argument("--exec-id", action="append", default=[], help="a process image's exec_id")
     sel.add_argument("--pid", action="append", type=int, default=[], help="process id")
@@ -76,13 +78,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--color", choices=["auto", "always", "never"], default="auto", help="color text output"
     )
 
-    r = sub.add_parser(
-        "replay",
-        help="stored events in time order, filtered like `tracer events`",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_source(r)
+    r = _command(sub, "replay", "stored events in time order, filtered like `tracer events`")
     r.add_argument(
         "--speed",
         type=float,

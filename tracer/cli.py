@@ -191,30 +191,13 @@ def _parser() -> argparse.ArgumentParser:
         help="record every event here (default: %(default)s)",
     )
     elog.add_argument("--no-event-log", action="store_true", help="record no event log")
-    elog.add_argument(
-        "--event-log-max-size",
-        type=_size,
-        default=1 << 30,
-        help="all segments together; the oldest go first (default: 1G)",
-    )
-    elog.add_argument(
-        "--event-log-max-age",
-        type=_duration,
-        default=7 * 86400.0,
-        help="delete closed segments older than this (default: 7d)",
-    )
-    elog.add_argument(
-        "--event-log-segment-size",
-        type=_size,
-        default=64 << 20,
-        help="close (compress, index) a segment past this size (default: 64M)",
-    )
-    elog.add_argument(
-        "--event-log-flush-interval",
-        type=_duration,
-        default=1.0,
-        help="the most a crash or power cut can lose (default: 1s)",
-    )
+    for flag, kind, default, text in (
+        ("--event-log-max-size", _size, 1 << 30, "all segments, oldest deleted first (1G)"),
+        ("--event-log-max-age", _duration, 7 * 86400.0, "delete closed segments older (7d)"),
+        ("--event-log-segment-size", _size, 64 << 20, "close a segment past this size (64M)"),
+        ("--event-log-flush-interval", _duration, 1.0, "the most a crash can lose (1s)"),
+    ):
+        elog.add_argument(flag, type=kind, default=default, help=text)
 
     pr = sub.add_parser(
         "probe", help="show what this kernel supports and the mode the daemon picks"
