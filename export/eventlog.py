@@ -219,8 +219,12 @@ class EventLog(QueuedWorker):
     def _finish(self) -> None:
         """After the writer thread ended (close()): seal, compress, stop."""
         self._stopped.set()
-        if self.error is None:
-            self._seal(self._cur)
+        cur = self._cur
+        if self.error is None and cur.size:
+            self._seal(cur)
+        elif not cur.size:  # a run that wrote nothing (a failed start) leaves nothing
+            cur.f.close()
+            cur.path.unlink()
         self._closing.put(None)
         self._closer.join(60)
         os.close(self._lock_fd)

@@ -134,7 +134,7 @@ def test_a_segment_left_by_a_crash_is_indexed_and_compressed_at_start(tmp_path: 
     )
     EventLog(EventLogConfig(directory=log)).close()
     assert (log / "events-00000007.jsonl.gz").exists() and (log / "events-00000007.idx").exists()
-    assert (log / "events-00000008.jsonl.gz").exists()  # the new run's own (empty) segment
+    assert not (log / "events-00000008.jsonl").exists()  # a run that wrote nothing leaves nothing
     r = _run("tree", "--from", str(log), "--pid", "101")
     assert r.returncode == 3, r  # the torn line is still there, and still skipped
     assert "events-00000007.jsonl.gz:5: last line is torn" in r.stderr
