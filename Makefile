@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 BPF_OUT := build/bpf
 # Build and run-time system packages (Debian names).
-APT_PACKAGES := clang llvm bpftool libbpf-dev libbpf1 make python3 python3-venv
+# chromium: the test that renders `tracer tree -o html` headless.
+APT_PACKAGES := clang llvm bpftool libbpf-dev libbpf1 make python3 python3-venv chromium
 PY_STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 # The gRPC API: code generated from the .proto, never committed or edited.
 PROTO := export/tracer_v1.proto
@@ -70,7 +71,7 @@ test-vm: deps bpf vm-deps
 	$(VENV)/bin/python tests/vm/vm.py run
 
 lint: deps proto
-	$(VENV)/bin/ruff check tracer enrich export policy tests bench
+	$(VENV)/bin/ruff check tracer enrich export policy forensics tests bench
 	$(VENV)/bin/mypy
 
 clean:

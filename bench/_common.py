@@ -204,10 +204,13 @@ def run_flags(tracer: Path = TRACER) -> frozenset[str]:
 
 
 def private_sockets(directory: Path, tag: str, tracer: Path = TRACER) -> list[str]:
-    """Per-run control/gRPC socket paths, for a daemon that has them: the defaults
-    under /run/tracer would collide with any other daemon on the machine."""
+    """Per-run control/gRPC socket paths and event log, for a daemon that has them:
+    the defaults under /run/tracer and /var/lib/tracer would collide with any
+    other daemon on the machine."""
     flags = run_flags(tracer)
     out: list[str] = []
+    if "--event-log-dir" in flags:
+        out += ["--event-log-dir", str(directory / f"{tag}.events")]
     if "--control-socket" in flags:
         out += ["--control-socket", str(directory / f"{tag}.ctl.sock")]
     if "--grpc-socket" in flags:

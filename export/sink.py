@@ -275,27 +275,74 @@ class QueuedWorker(_Drained[Event]):
         self._queue.put_many(events)
 
 
-# A line queued for writing, with the kind of its event (for loss counts).
-_Line = tuple[str, bytes]
+# An event and its JSON line, as queued for the threads that write lines.
+Encoded = tuple[Event, bytes]
 
 
-def _line_kind(line: _Line) -> str:
-    return line[0]
+def _encoded_kind(item: Encoded) -> str:
+    return item[0].type
 
 
-def _is_lost_line(line: _Line) -> bool:
-    return line[0] == Lost.type
+def _is_lost_encoded(item: Encoded) -> bool:
+    return isinstance(item[0], Lost)
 
 
-class QueuedWriter(_Drained[_Line]):
-    """A sink that writes `encode(event)` to `out`, a batch at a time.
+def encode_all(encode: Callable[[Event], bytes], events: list[Event]) -> list[Encoded]:
+    return [(ev, encode(ev)) for ev in events]
 
-    Events are encoded by the thread that offers them and the writer
+
+class EncodedSink(_Drained[Encoded]):
+    """A sink whose thread takes events with their JSON lines.
+
+    Lines are encoded by the thread that offers them, and the writer
     thread only writes. Under the GIL a second Python thread adds no
     parallelism, only hand-off: encoding on the writer thread cost twice
     as much CPU (cold caches, reference counts bouncing between cores:
-    bench/pipeline_cost.py), while a write releases the GIL.
+    bench/pipeline_cost.py), while a write releases the GIL. Several such
+    sinks share one encoding through LineFanout.
     """
+
+    def __init__(
+        self,
+        name: str,
+        handle: Callable[[list[Encoded]], object],
+        encode: Callable[[Event], bytes],
+        capacity: int = 65536,
+        on_close: Callable[[], object] | None = None,
+    ) -> None:
+        self._encode = encode
+        queue: DropOldest[Encoded] = DropOldest(capacity, _encoded_kind, pinned=_is_lost_encoded)
+        super().__init__(name, handle, queue, on_close)
+
+    def offer(self, event: Event) -> None:
+        self.offer_many([event])
+
+    def offer_many(self, events: list[Event]) -> None:
+        if self._error is not None:  # stopped: its closed queue only counts
+            self._queue.put_many([(ev, b"") for ev in events])
+            return
+        try:
+            items = encode_all(self._encode, events)
+        except Exception as exc:  # noqa: BLE001 -- a sink fault must not stop capture
+            self.fail(exc, events)
+            return
+        self._queue.put_many(items)
+
+    def offer_encoded(self, items: list[Encoded]) -> None:
+        """Queue events already encoded (by a LineFanout)."""
+        self._queue.put_many(items)
+
+    def fail(self, exc: BaseException, events: list[Event]) -> None:
+        """Stop: `events` could not be encoded for this sink (counted as dropped)."""
+        lost = [(ev, b"") for ev in events]
+        if self._error is None:
+            self._fail(exc, lost)
+        else:
+            self._queue.count_dropped(lost)
+
+
+class QueuedWriter(EncodedSink):
+    """A sink that writes `encode(event)` to `out`, a batch at a time."""
 
     def __init__(
         self,
@@ -306,25 +353,48 @@ class QueuedWriter(_Drained[_Line]):
         on_close: Callable[[], object] | None = None,
     ) -> None:
         self._out = out
+        super().__init__(name, self._write, encode, capacity, on_close)
+
+    def _write(self, batch: list[Encoded]) -> None:
+        self._out.write_lines([line for _, line in batch])
+        self._out.flush()
+
+
+class LineFanout:
+    """One sink over several EncodedSinks: each event is encoded once, for all of them.
+
+    The JSON output and the event log write the same line for an event;
+    encoding is most of a writer's per-event cost.
+    """
+
+    def __init__(self, encode: Callable[[Event], bytes], sinks: list[EncodedSink]) -> None:
+        self.name = "+".join(s.name for s in sinks)
         self._encode = encode
-        queue: DropOldest[_Line] = DropOldest(capacity, _line_kind, pinned=_is_lost_line)
-        super().__init__(name, self._write, queue, on_close)
+        self.sinks = sinks
 
     def offer(self, event: Event) -> None:
         self.offer_many([event])
 
     def offer_many(self, events: list[Event]) -> None:
-        if self._error is not None:  # stopped: count only
-            self._queue.put_many([(ev.type, b"") for ev in events])
-            return
-        encode = self._encode
         try:
-            lines = [(ev.type, encode(ev)) for ev in events]
+            items = encode_all(self._encode, events)
         except Exception as exc:  # noqa: BLE001 -- a sink fault must not stop capture
-            self._fail(exc, [(ev.type, b"") for ev in events])
+            for s in self.sinks:
+                s.fail(exc, events)
             return
-        self._queue.put_many(lines)
+        for s in self.sinks:
+            s.offer_encoded(items)
 
-    def _write(self, batch: list[_Line]) -> None:
-        self._out.write_lines([line for _, line in batch])
-        self._out.flush()
+    def take_dropped(self) -> dict[str, int]:
+        out: collections.Counter[str] = collections.Counter()
+        for s in self.sinks:
+            out.update(s.take_dropped())
+        return dict(out)
+
+    @property
+    def error(self) -> BaseException | None:
+        return next((s.error for s in self.sinks if s.error is not None), None)
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()

@@ -28,6 +28,8 @@ Event = dict[str, Any]
 
 
 def tracer_cmd(*args: str) -> list[str]:
+    if args[:1] == ("run",) and not {"--event-log-dir", "--no-event-log"} & set(args):
+        args = ("run", "--no-event-log", *args[1:])  # tests never write /var/lib/tracer
     return [sys.executable, "-m", "tracer", "--bpf-dir", str(BPF_DIR), *args]
 
 
@@ -46,8 +48,17 @@ class Daemon:
         self.socket = Path(self._sock_dir.name) / "tracer.sock"
         if not any(a.startswith(("--grpc-socket", "--no-grpc")) for a in args):
             args = ("--grpc-socket", str(self.socket), *args)
-        if "--control-socket" not in args:
-            args = ("--control-socket", str(Path(self._sock_dir.name) / "control.sock"), *args)
+        self.control_socket = Path(self._sock_dir.name) / "control.sock"
+        if "--control-socket" in args:
+            self.control_socket = Path(args[args.index("--control-socket") + 1])
+        else:
+            args = ("--control-socket", str(self.control_socket), *args)
+        # ...and its own event log, so that tests never write /var/lib/tracer.
+        self.event_log = Path(self._sock_dir.name) / "events"
+        if "--event-log-dir" in args:
+            self.event_log = Path(args[args.index("--event-log-dir") + 1])
+        elif "--no-event-log" not in args:
+            args = ("--event-log-dir", str(self.event_log), *args)
         self.proc = subprocess.Popen(
             tracer_cmd("run", *args),
             cwd=REPO,

@@ -10,7 +10,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from export.eventlog import DEFAULT_DIR as DEFAULT_EVENT_LOG
+from export.eventlog import EventLogConfig
 from export.grpc_server import DEFAULT_SOCKET, GrpcConfig, TlsFiles
+from forensics import cli as forensics_cli
 from policy import PolicyError, compile_policies, parse_files
 from tracer import __version__, bpf, client, control, log
 from tracer.daemon import DEFAULT_BPF_DIR, Config, Daemon
@@ -33,6 +36,21 @@ def _size(text: str) -> int:
         return int(t) * mult
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16777216 or 16M)") from None
+
+
+def _duration(text: str) -> float:
+    """Seconds, with an optional ms/s/m/h/d suffix."""
+    t = text.strip().lower()
+    for suffix, mult in (("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)):
+        if t.endswith(suffix):
+            t, unit = t.removesuffix(suffix), mult
+            break
+    else:
+        unit = 1
+    try:
+        return float(t) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 1s, 500ms, 7d)") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -171,6 +189,22 @@ def _parser() -> argparse.ArgumentParser:
         help="concurrent GetEvents streams (default: 32)",
     )
 
+    elog = run.add_argument_group("event log (tracer tree, tracer replay)")
+    elog.add_argument(
+        "--event-log-dir",
+        type=Path,
+        default=DEFAULT_EVENT_LOG,
+        help="record every event here (default: %(default)s)",
+    )
+    elog.add_argument("--no-event-log", action="store_true", help="record no event log")
+    for flag, kind, default, text in (
+        ("--event-log-max-size", _size, 1 << 30, "all segments, oldest deleted first (1G)"),
+        ("--event-log-max-age", _duration, 7 * 86400.0, "delete closed segments older (7d)"),
+        ("--event-log-segment-size", _size, 64 << 20, "close a segment past this size (64M)"),
+        ("--event-log-flush-interval", _duration, 1.0, "the most a crash can lose (1s)"),
+    ):
+        elog.add_argument(flag, type=kind, default=default, help=text)
+
     pr = sub.add_parser(
         "probe", help="show what this kernel supports and the mode the daemon picks"
     )
@@ -182,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
         description=client.__doc__,
     )
     client.add_arguments(ev)
+    forensics_cli.add_parsers(sub)
     return p
 
 
@@ -273,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.configure(args.log_level)
     if args.command == "events":
         return client.run(args)
+    if args.command in forensics_cli.COMMANDS:
+        return forensics_cli.run(args)
     try:
         if args.command == "probe":
             require_root()
@@ -296,6 +333,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             control_socket=args.control_socket,
             kubeconfig=args.kubeconfig,
             grpc=_grpc_config(args),
+            event_log=None
+            if args.no_event_log
+            else EventLogConfig(
+                directory=args.event_log_dir,
+                segment_bytes=args.event_log_segment_size,
+                max_bytes=args.event_log_max_size,
+                max_age_s=args.event_log_max_age,
+                flush_interval_s=args.event_log_flush_interval,
+            ),
         )
         if args.node_name:
             config.node = args.node_name

@@ -79,6 +79,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tls.add_argument(
         "--tls-server-name", help="name to verify in the daemon's certificate (default: HOST)"
     )
+    add_output_and_filter_arguments(p)
+
+
+def add_output_and_filter_arguments(p: argparse.ArgumentParser) -> None:
+    """-o, -n, --color and the filter flags (shared with `tracer replay`)."""
     out = p.add_argument_group("output")
     out.add_argument(
         "-o", "--output", choices=["json", "compact"], default="json", help="format (default: json)"
@@ -221,7 +226,7 @@ def _use_color(choice: str, out: IO[str]) -> bool:
     return choice == "always" or (choice == "auto" and out.isatty())
 
 
-def _print(events: Iterable[dict[str, Any]], args: argparse.Namespace) -> None:
+def print_events(events: Iterable[dict[str, Any]], args: argparse.Namespace) -> None:
     out = sys.stdout
     if args.count is not None:
         events = itertools.islice(events, args.count)
@@ -253,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
             bad = BadLines()
             compact = args.output == "compact"
             if args.from_file == "-":
-                _print(from_file(sys.stdin.buffer, "stdin", event_filter, bad, compact), args)
+                print_events(from_file(sys.stdin.buffer, "stdin", event_filter, bad, compact), args)
             else:
                 try:
                     f = open(args.from_file, "rb")
@@ -264,9 +269,9 @@ def run(args: argparse.Namespace) -> int:
                     )
                     return EXIT_FAILURE
                 with f:
-                    _print(from_file(f, args.from_file, event_filter, bad, compact), args)
+                    print_events(from_file(f, args.from_file, event_filter, bad, compact), args)
             return EXIT_FAILURE if bad.count else 0
-        _print(from_daemon(args, req), args)
+        print_events(from_daemon(args, req), args)
         return 0
     except UsageError as exc:
         print(f"tracer: error: {exc}", file=sys.stderr)

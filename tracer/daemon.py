@@ -22,7 +22,16 @@ from typing import Any
 import structlog
 
 from enrich import Enrichment, ProcessCache, UserNames, procfs
-from export import QueuedWriter, RotatingFile, Serializer, Sink, StreamLines
+from export import (
+    EncodedSink,
+    LineFanout,
+    QueuedWriter,
+    RotatingFile,
+    Serializer,
+    Sink,
+    StreamLines,
+)
+from export.eventlog import EventLog, EventLogConfig
 from export.grpc_server import GrpcConfig, GrpcServer
 from export.hub import Hub
 from policy import PolicyError, PolicyMaps, PolicyStore
@@ -69,6 +78,7 @@ class Config:
     policy_paths: list[Path] = field(default_factory=list)  # files or directories
     control_socket: Path = control.DEFAULT_SOCKET
     kubeconfig: Path | None = None  # None: in-cluster config if in a pod, else no pod metadata
+    event_log: EventLogConfig | None = field(default_factory=EventLogConfig)  # None: no log
 
     def validate(self) -> None:
         check_ringbuf_size(self.ringbuf_size)
@@ -86,6 +96,8 @@ class Config:
                 f"--capture-mode must be auto or one of {', '.join(CAPTURE_MODES)}, "
                 f"not {self.capture_mode!r}"
             )
+        for problem in self.event_log.problems() if self.event_log else []:
+            raise ConfigError(problem)
         for p in self.policy_paths:
             if not p.exists():
                 raise ConfigError(f"policy path {p} does not exist")
@@ -215,6 +227,11 @@ class Daemon:
                     for c in store.counts()
                 ],
             }
+        if op == "event_log":
+            log = self.config.event_log
+            if log is None:
+                return {"ok": False, "error": "this daemon runs without an event log"}
+            return {"ok": True, "directory": str(log.directory.resolve())}
         if op == "stats":
             assert self._sensor is not None
             k = self._sensor.counters()
@@ -240,15 +257,19 @@ class Daemon:
         self._stop = True
 
     def _sinks(self, serializer: Serializer) -> list[Sink]:
+        """The JSON output and the event log: one encoding of each event serves both."""
         cfg = self.config
+        writers: list[EncodedSink] = []
+        if cfg.event_log is not None:
+            writers.append(EventLog(cfg.event_log, cfg.queue_capacity, serializer.line))
         if cfg.export_file is not None:
             f = RotatingFile(cfg.export_file, cfg.export_max_bytes, cfg.export_backups)
-            return [QueuedWriter("file", f, serializer.line, cfg.queue_capacity, on_close=f.close)]
-        return [
-            QueuedWriter(
-                "stdout", StreamLines(sys.stdout.buffer), serializer.line, cfg.queue_capacity
-            )
-        ]
+            out = QueuedWriter("file", f, serializer.line, cfg.queue_capacity, on_close=f.close)
+        else:
+            stdout = StreamLines(sys.stdout.buffer)
+            out = QueuedWriter("stdout", stdout, serializer.line, cfg.queue_capacity)
+        writers.append(out)
+        return [LineFanout(serializer.line, writers)]
 
     def run(self) -> int:
         cfg = self.config

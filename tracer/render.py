@@ -137,6 +137,16 @@ def _lost(ev: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def detail(ev: Mapping[str, Any], color: bool = False) -> str:
+    """The event's own part (a path, an address, an exit status, the rule), escaped."""
+    return _detail(ev.get("type", ""), ev, color)
+
+
+def clock(rfc3339: str) -> str:
+    """HH:MM:SS.mmm of an RFC 3339 time, escaped."""
+    return _clock(rfc3339)
+
+
 def compact(ev: Mapping[str, Any], color: bool = False) -> str:
     """One line: time, kind, namespace/pod or node, pid, binary, arguments, detail."""
     kind = ev.get("type", "")

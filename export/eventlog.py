@@ -1,0 +1,310 @@
+"""The durable event log: every event, as JSON lines, in rotated segments on disk.
+
+A sink like the others (export/sink.py): events arrive with their lines
+from the JSON-lines Serializer, encoded once for the JSON output and the
+log (LineFanout), so `tracer events --from` reads a segment as it reads
+an export file; a writer thread appends them to the current segment
+through a buffer. Every flush interval the buffer goes to
+the file and the file to the disk (fdatasync), so a crash or a power cut
+loses at most that interval; a segment is never written again once
+closed, so earlier segments cannot be damaged. A crash can leave the last
+line torn: readers skip it with a warning (forensics/log.py).
+
+Closed segments are compressed and given their index sidecar
+(forensics/index.py) on a separate thread, which also applies retention
+(total size, age). The writer keeps the index rows of the open segment in
+memory: one dict update per event, no I/O on its behalf.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+import structlog
+
+from export.jsonl import Serializer
+from export.sink import Encoded, EncodedSink
+from forensics import store
+from forensics.index import HAS_EXEC, HAS_EXIT, IndexBuilder, scan, write_sidecar
+from forensics.log import SEGMENT_RE, Problems, Segment, segment_name
+from tracer.events import Event, Lost, Process, ProcessExec, ProcessExit
+
+_log = structlog.get_logger(component="eventlog")
+
+DEFAULT_DIR = Path("/var/lib/tracer/events")
+_BUFFER = 1 << 18  # bytes the writer holds between flushes
+_COMPRESS_LEVEL = 3  # most of gzip's ratio on JSON at a fraction of level 9's CPU
+
+
+_BITS = {ProcessExec: HAS_EXEC, ProcessExit: HAS_EXIT}
+
+
+@dataclass(slots=True)
+class EventLogConfig:
+    directory: Path = DEFAULT_DIR
+    segment_bytes: int = 64 << 20  # a segment is closed past this size...
+    segment_age_s: float = 3600.0  # ...or this age, so age-based retention has a granularity
+    max_bytes: int = 1 << 30  # all segments together, oldest deleted first
+    max_age_s: float = 7 * 86400.0
+    flush_interval_s: float = 1.0
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("segment_bytes", "max_bytes", "max_age_s", "flush_interval_s"):
+            if getattr(self, name) <= 0:
+                out.append(f"event-log {name.replace('_', '-')} must be positive")
+        return out
+
+
+@dataclass(slots=True)
+class _Open:
+    seq: int
+    path: Path
+    f: BinaryIO
+    opened: float
+    size: int = 0
+    dirty: bool = False
+    index: IndexBuilder = field(default_factory=IndexBuilder)
+
+
+class EventLog(EncodedSink):
+    """The event-log sink."""
+
+    def __init__(
+        self,
+        config: EventLogConfig,
+        capacity: int = 65536,
+        encode: Callable[[Event], bytes] | None = None,
+    ) -> None:
+        """`encode`: the JSON-lines serializer's line(); a LineFanout encodes for it instead."""
+        self.config = config
+        d = config.directory
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # One writer per directory: a second daemon on the same log would
+        # interleave segments.
+        self._lock_fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise RuntimeError(f"event log {d} is in use by another tracer daemon") from None
+        for tmp in d.glob("events-*.tmp"):  # a compression or sidecar a crash interrupted
+            tmp.unlink()
+        leftovers = sorted(self._segments(compressed=False))
+        seqs = [s for s, _ in self._segments(compressed=True)] + [s for s, _ in leftovers]
+        self._next_seq = max(seqs, default=0) + 1
+        self._last_sync = time.monotonic()
+        self._closing: queue.Queue[Path | None] = queue.Queue()
+        for _, path in leftovers:  # a crash's open segment: compress and index it now
+            self._closing.put(path)
+        self._cur = self._open()
+        self._stopped = threading.Event()
+        self._closer = threading.Thread(target=self._close_loop, name="eventlog-close", daemon=True)
+        self._closer.start()
+        super().__init__(
+            "eventlog", self._write, encode or Serializer().line, capacity, on_close=self._finish
+        )
+        self._ticker = threading.Thread(target=self._tick, name="eventlog-flush", daemon=True)
+        self._ticker.start()
+
+    # -- the writer thread ------------------------------------------------------
+
+    def _segments(self, compressed: bool) -> list[tuple[int, Path]]:
+        out = []
+        for p in self.config.directory.iterdir():
+            m = SEGMENT_RE.match(p.name)
+            if m is not None and bool(m[2]) == compressed:
+                out.append((int(m[1]), p))
+        return out
+
+    def _open(self) -> _Open:
+        seq = self._next_seq
+        self._next_seq += 1
+        path = self.config.directory / segment_name(seq)
+        f = open(path, "xb", buffering=_BUFFER)
+        os.chmod(path, 0o600)
+        return _Open(seq, path, f, time.monotonic())
+
+    def _write(self, batch: list[Encoded]) -> None:
+        cur = self._cur
+        limit = self.config.segment_bytes
+        out: list[bytes] = []
+        size = cur.size
+        last: Process | None = None
+        row: list[Any] = []
+        for ev, data in batch:
+            out.append(data)
+            size += len(data)
+            if isinstance(ev, Lost):
+                cur.index.note_time(ev.time)
+            elif ev.process is last and type(ev) not in _BITS:
+                # The same process as the event before (a burst of opens or
+                # connects): only its last-seen time moves.
+                if ev.time > row[5]:
+                    row[5] = ev.time
+                cur.index.note_time(ev.time)
+            else:
+                last = p = ev.process
+                # Events carry no pod until the enrichment issue lands; then
+                # a process's `pod` (namespace, name) is indexed as it is.
+                pod = getattr(p, "pod", None)
+                row = cur.index.note(
+                    ev.time,
+                    _BITS.get(type(ev), 0),
+                    p.exec_id,
+                    p.pid,
+                    p.parent_exec_id,
+                    p.binary,
+                    p.start_time,
+                    p.flags,
+                    getattr(pod, "namespace", None),
+                    getattr(pod, "name", None),
+                )
+            if size >= limit:  # between two lines: a line is never split
+                cur.f.write(b"".join(out))
+                cur.size = size
+                out.clear()
+                self._rotate()
+                cur = self._cur
+                size = 0
+                last = None
+        cur.f.write(b"".join(out))
+        cur.size = size
+        if batch:
+            cur.dirty = True
+        now = time.monotonic()
+        if cur.dirty and now - self._last_sync >= self.config.flush_interval_s:
+            self._sync(cur)
+        if cur.size and now - cur.opened >= self.config.segment_age_s:
+            self._rotate()
+
+    def _sync(self, cur: _Open) -> None:
+        cur.f.flush()
+        os.fdatasync(cur.f.fileno())
+        cur.dirty = False
+        self._last_sync = time.monotonic()
+
+    def _rotate(self) -> None:
+        old = self._cur
+        self._seal(old)
+        self._cur = self._open()
+
+    def _seal(self, cur: _Open) -> None:
+        """Close a segment for good: synced, its sidecar written, queued for compression."""
+        self._sync(cur)
+        cur.f.close()
+        write_sidecar(Segment(cur.path, cur.seq).sidecar, cur.index.sidecar(cur.path.name))
+        self._closing.put(cur.path)
+
+    def _tick(self) -> None:
+        # The writer only runs when events arrive; this makes it flush a
+        # quiet log on time too.
+        while not self._stopped.wait(self.config.flush_interval_s):
+            self._queue.wake()  # take() returns, handle([]) runs: the timed flush
+
+    def _finish(self) -> None:
+        """After the writer thread ended (close()): seal, compress, stop."""
+        self._stopped.set()
+        cur = self._cur
+        if self.error is None and cur.size:
+            self._seal(cur)
+        elif not cur.size:  # a run that wrote nothing (a failed start) leaves nothing
+            cur.f.close()
+            cur.path.unlink()
+        self._closing.put(None)
+        self._closer.join(60)
+        os.close(self._lock_fd)
+
+    # -- the closing thread -----------------------------------------------------
+
+    def _close_loop(self) -> None:
+        # Compression is most of the log's CPU cost (gzip of every byte);
+        # at the lowest priority it takes idle CPU and gives way to capture
+        # in a burst, catching up after it. (Linux nice is per thread.)
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        db: sqlite3.Connection | None = None
+        while True:
+            path = self._closing.get()
+            if path is None:
+                if db is not None:
+                    db.close()
+                return
+            try:
+                if db is None:
+                    db = store.connect(self.config.directory / store.DB_NAME)
+                self._compress(path, db)
+                self._retain(db)
+            except (OSError, sqlite3.Error) as exc:
+                # The segment stays uncompressed and readable; the next
+                # start tries again.
+                _log.error("closing a log segment failed", segment=str(path), error=str(exc))
+
+    def _compress(self, path: Path, db: sqlite3.Connection) -> None:
+        seg = Segment(path, int(SEGMENT_RE.match(path.name)[1]))  # type: ignore[index]
+        if not seg.sidecar.exists():  # left by a crash: index it from its lines
+            problems = Problems(out=None)
+            b = scan(seg, problems)
+            write_sidecar(seg.sidecar, b.sidecar(path.name))
+            if problems.count:
+                _log.warning(
+                    "a segment left by a crash has unreadable lines (a torn last line?)",
+                    segment=str(path),
+                    lines=problems.count,
+                )
+        gz = path.with_name(path.name + ".gz")
+        tmp = gz.with_name(gz.name + ".tmp")
+        with open(path, "rb") as src, open(tmp, "wb") as raw:
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=_COMPRESS_LEVEL, mtime=0) as z:
+                while chunk := src.read(1 << 20):
+                    z.write(chunk)
+            raw.flush()
+            os.fdatasync(raw.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, gz)
+        # The original goes only once its compressed copy is on disk; a
+        # crash in between leaves both, and readers take the original.
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        path.unlink()
+        # Into the directory's lookup database once the segment is final
+        # (forensics/store.py); readers add it themselves if this is lost.
+        side = seg.sidecar.read_bytes()
+        data = orjson.loads(side)
+        store.add_segment(db, path.name, len(side), data)
+
+    def _retain(self, db: sqlite3.Connection) -> None:
+        """Delete the oldest closed segments past the size or the age limit.
+
+        A compressed segment's mtime is when it was closed, not before its
+        last event, so age by mtime never deletes events younger than max-age.
+        """
+        cfg = self.config
+        closed = sorted(self._segments(compressed=True))
+        stats = {p: p.stat() for _, p in closed}
+        total = sum(st.st_size for st in stats.values()) + self._cur.size
+        oldest_kept = time.time() - cfg.max_age_s
+        for _, p in closed:
+            too_big = total > cfg.max_bytes
+            if not too_big and stats[p].st_mtime >= oldest_kept:
+                break
+            store.drop_segment(db, p.name.removesuffix(".gz"))
+            Segment(p).sidecar.unlink(missing_ok=True)
+            p.unlink(missing_ok=True)
+            total -= stats[p].st_size
+            _log.info("log segment expired", segment=p.name, reason="size" if too_big else "age")

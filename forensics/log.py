@@ -1,0 +1,285 @@
+"""Reading event-log segments: listing, decompressing, splitting lines, parsing.
+
+A log directory holds segments named `events-NNNNNNNN.jsonl` (the one
+being written, or one a crash left behind) and `events-NNNNNNNN.jsonl.gz`
+(closed). Any other JSON-lines file (an export file, a copy from another
+node) can be read too. Bad input never stops a read: a torn last line, a
+truncated gzip stream, a line that is not JSON or an event of a type this
+tracer does not know (a newer schema) is reported as `file:line: problem`
+and skipped; the rest is used.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+JsonDict = dict[str, Any]
+
+SEGMENT_RE = re.compile(r"^events-(\d{8})\.jsonl(\.gz)?$")
+KNOWN_TYPES = frozenset({"process_exec", "process_exit", "file_open", "connect", "lost"})
+_WARN_PER_FILE = 5  # then one summary line per file
+
+
+def segment_name(seq: int, compressed: bool = False) -> str:
+    return f"events-{seq:08d}.jsonl" + (".gz" if compressed else "")
+
+
+@dataclass(slots=True, frozen=True)
+class Segment:
+    """One file of events; `seq` orders the segments of one directory."""
+
+    path: Path
+    seq: int = 0
+
+    @property
+    def compressed(self) -> bool:
+        return self.path.name.endswith(".gz")
+
+    @property
+    def sidecar(self) -> Path:
+        """Where the segment's index is (forensics/index.py)."""
+        name = self.path.name.removesuffix(".gz").removesuffix(".jsonl")
+        return self.path.with_name(name + ".idx")
+
+
+class InputError(Exception):
+    """A source that cannot be read at all (missing, not a log)."""
+
+
+def list_segments(paths: list[Path]) -> list[Segment]:
+    """Segments of directories (in sequence order) and files (as given).
+
+    When a crash left both the original and the compressed copy of a
+    segment, the original is read: it is complete by construction.
+    """
+    out: list[Segment] = []
+    for p in paths:
+        if p.is_dir():
+            by_seq: dict[int, Path] = {}
+            for child in p.iterdir():
+                m = SEGMENT_RE.match(child.name)
+                if m is None:
+                    continue
+                seq = int(m[1])
+                if seq not in by_seq or not m[2]:
+                    by_seq[seq] = child
+            out += [Segment(by_seq[s], s) for s in sorted(by_seq)]
+        elif p.exists():
+            m = SEGMENT_RE.match(p.name)
+            out.append(Segment(p, int(m[1]) if m else 0))
+        else:
+            raise InputError(f"{p}: no such file or directory")
+    return out
+
+
+@dataclass
+class Problems:
+    """Warnings about the input, printed as they are found, and counted.
+
+    Any problem makes the result partial (see the exit codes in forensics/cli.py).
+    """
+
+    out: TextIO | None = field(default_factory=lambda: sys.stderr)
+    count: int = 0
+    _per_file: dict[str, int] = field(default_factory=dict)
+
+    def warn(self, where: str, what: str, file_key: str | None = None) -> None:
+        self.count += 1
+        key = file_key or where
+        n = self._per_file.get(key, 0) + 1
+        self._per_file[key] = n
+        if self.out is None:
+            return
+        if n <= _WARN_PER_FILE:
+            print(f"tracer: warning: {where}: {what}", file=self.out)
+        elif n == _WARN_PER_FILE + 1:
+            print(f"tracer: warning: {key}: more problems, not shown one by one", file=self.out)
+
+    def summary(self) -> None:
+        if self.out is None:
+            return
+        for key, n in self._per_file.items():
+            if n > _WARN_PER_FILE:
+                print(f"tracer: warning: {key}: {n} lines skipped in all", file=self.out)
+
+
+_CHUNK = 1 << 12  # compressed bytes: what corruption can take with it
+
+
+def _gunzip(data: bytes, name: str, problems: Problems) -> bytes:
+    """The decompressed bytes; of a damaged stream, what precedes the damage.
+
+    Fed in chunks so that corruption loses only what follows it.
+    """
+    out: list[bytes] = []
+    view = memoryview(data)
+    pos = 0
+    while pos < len(view):
+        d = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        while pos < len(view) and not d.eof:
+            try:
+                out.append(d.decompress(view[pos : pos + _CHUNK]))
+            except zlib.error as exc:
+                problems.warn(name, f"compressed data is corrupt ({exc}); the rest is lost")
+                return b"".join(out)
+            pos += _CHUNK
+        if not d.eof:
+            out.append(d.flush())
+            problems.warn(name, "compressed data ends early (a truncated copy?); the rest is lost")
+            break
+        pos -= len(d.unused_data)  # the next gzip member, if any
+    return b"".join(out)
+
+
+def read_bytes(seg: Segment, problems: Problems) -> bytes:
+    """A segment's text, without a torn last line (warned)."""
+    name = str(seg.path)
+    try:
+        data = seg.path.read_bytes()
+    except OSError as exc:
+        problems.warn(name, f"cannot read: {exc.strerror}")
+        return b""
+    if seg.compressed:
+        data = _gunzip(data, name, problems)
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        line_no = data.count(b"\n", 0, cut) + 1
+        problems.warn(
+            f"{name}:{line_no}",
+            f"last line is torn ({len(data) - cut} bytes without an end: a crash mid-write); "
+            "skipped",
+        )
+        data = data[:cut]
+    return data
+
+
+def parse_line(line: bytes, where: str, problems: Problems, file_key: str) -> JsonDict | None:
+    """The event of one line, or None (warned) when it is not one this tracer reads."""
+    try:
+        ev = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        problems.warn(where, f"not JSON ({exc}); skipped", file_key)
+        return None
+    if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
+        problems.warn(where, "not an event (no type); skipped", file_key)
+        return None
+    kind = ev["type"]
+    if kind not in KNOWN_TYPES:
+        problems.warn(
+            where,
+            f"event type {kind[:64]!r} is not known to this tracer (a newer schema?); skipped",
+            file_key,
+        )
+        return None
+    if not isinstance(ev.get("time"), str) or parse_time(ev["time"]) is None:
+        problems.warn(where, "no valid time; skipped", file_key)
+        return None
+    if kind != "lost":
+        p = ev.get("process")
+        if not isinstance(p, dict) or not isinstance(p.get("exec_id"), str):
+            problems.warn(where, "event without a process exec_id; skipped", file_key)
+            return None
+    return ev
+
+
+def events(seg: Segment, problems: Problems) -> Iterator[tuple[int, JsonDict]]:
+    """(time ns, event) of every readable line, in file order."""
+    name = str(seg.path)
+    data = read_bytes(seg, problems)
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        ev = parse_line(line, f"{name}:{n}", problems, name)
+        if ev is not None:
+            t = parse_time(ev["time"])
+            assert t is not None
+            yield t, ev
+
+
+_EXEC_ID = b'"exec_id":"'
+
+
+def first_exec_id(line: bytes) -> bytes | None:
+    """The `process.exec_id` of a line, without parsing the JSON when it can.
+
+    The daemon's serializer writes `process` right after type, time and
+    node, with no whitespace, so its exec_id is the first one. A line of
+    another layout (pretty-printed, re-serialized by another tool) is
+    parsed; one without any exec_id (a loss report) is not.
+    """
+    i = line.find(_EXEC_ID)
+    if i >= 0:
+        i += len(_EXEC_ID)
+        j = line.find(b'"', i)
+        if j > 0 and line[j - 1] != 0x5C:  # no backslash: the bytes are the value
+            return line[i:j]
+    elif b'"exec_id"' not in line:
+        return None
+    try:
+        ev = orjson.loads(line)
+        exec_id = ev["process"]["exec_id"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return exec_id.encode() if isinstance(exec_id, str) else None
+
+
+_secs_cache: dict[str, int] = {}
+
+
+def parse_time(text: str) -> int | None:
+    """ns since the epoch of an RFC 3339 UTC time as the daemon writes it; None if invalid."""
+    if len(text) < 20 or text[-1] != "Z" or text[10] != "T":
+        return None
+    base = text[:19]
+    secs = _secs_cache.get(base)
+    if secs is None:
+        try:
+            secs = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+        except ValueError:
+            return None
+        if len(_secs_cache) > 100_000:
+            _secs_cache.clear()
+        _secs_cache[base] = secs
+    frac = text[19:-1]
+    if not frac:
+        return secs * 1_000_000_000
+    if frac[0] != "." or not frac[1:].isdigit() or len(frac) > 10:
+        return None
+    return secs * 1_000_000_000 + int(frac[1:].ljust(9, "0"))
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_when(text: str, now_ns: int | None = None) -> int:
+    """A user's time: RFC 3339 (`2026-11-26T14:00:00Z`, `...14:00:00.5+01:00`), or ago (`15m`).
+
+    Raises ValueError naming the accepted forms.
+    """
+    t = text.strip()
+    if t and t[-1] in _UNITS and t[:-1].replace(".", "", 1).isdigit():
+        now = time.time_ns() if now_ns is None else now_ns
+        return now - int(float(t[:-1]) * _UNITS[t[-1]] * 1e9)
+    ns = parse_time(t)
+    if ns is not None:
+        return ns
+    try:
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        raise ValueError(
+            f"not a time: {text!r} (RFC 3339 like 2026-11-26T14:00:00Z, or an age like 15m, 2h)"
+        ) from None
+    if dt.tzinfo is None:
+        raise ValueError(f"time {text!r} has no time zone (add Z for UTC)")
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000

@@ -1,0 +1,358 @@
+"""The event-log writer and readers on synthetic events: rotation, retention, bad input.
+
+Events are built as the daemon builds them (tracer.events) and written
+by the real sink and the real Serializer; the commands run as a user
+runs them. No kernel needed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tracer_cmd
+
+from export import LineFanout, QueuedWriter, RotatingFile
+from export.eventlog import EventLog, EventLogConfig
+from export.jsonl import Serializer
+from forensics.log import Problems, list_segments
+from forensics.log import events as read_events
+from tracer.events import Event, ExitStatus, FileInfo, FileOpen, Process, ProcessExec, ProcessExit
+
+T0 = 1_790_000_000_000_000_000  # 2026-09-21, ns
+
+
+def _proc(
+    pid: int, parent: Process | None, binary: str, t: int, flags: tuple[str, ...] = ()
+) -> Process:
+    return Process(
+        exec_id=f"n1:{t}:{pid}",
+        pid=pid,
+        tid=pid,
+        uid=0,
+        euid=0,
+        gid=0,
+        egid=0,
+        auid=None,
+        user="root",
+        binary=binary,
+        args=(binary.rsplit("/", 1)[-1], f"arg{pid}"),
+        cwd="/",
+        start_time=t,
+        parent_exec_id=parent.exec_id if parent else None,
+        flags=flags,
+        cgroup_id=1,
+    )
+
+
+def _chain() -> list[ProcessExec | ProcessExit | FileOpen]:
+    """init (from /proc) -> bash -> cat, which reads a file; then exits."""
+    init = _proc(1, None, "/sbin/init", T0 - 10**12, ("procfs",))
+    bash = _proc(100, init, "/usr/bin/bash", T0)
+    cat = _proc(101, bash, "/usr/bin/cat", T0 + 1000)
+    fi = FileInfo("/etc/shadow", ("O_RDONLY",), 0, 3, None, "tp", False, True)
+    return [
+        ProcessExec(time=T0, node="n1", process=bash, parent=init, ancestors=()),
+        ProcessExec(time=T0 + 1000, node="n1", process=cat, parent=bash, ancestors=(init,)),
+        FileOpen(
+            time=T0 + 2000,
+            node="n1",
+            process=cat,
+            parent=bash,
+            ancestors=(init,),
+            file=fi,
+            policy=None,
+        ),
+        ProcessExit(
+            time=T0 + 3000,
+            node="n1",
+            process=cat,
+            parent=bash,
+            ancestors=(init,),
+            exit=ExitStatus(0, None),
+        ),
+    ]
+
+
+def _many(n: int) -> list[ProcessExec]:
+    init = _proc(1, None, "/sbin/init", T0 - 10**12, ("procfs",))
+    return [
+        ProcessExec(
+            time=T0 + i * 1000,
+            node="n1",
+            process=_proc(1000 + i, init, "/usr/bin/true", T0 + i * 1000),
+            parent=init,
+            ancestors=(),
+        )
+        for i in range(n)
+    ]
+
+
+def _write(log: Path, evs: list, **cfg: float) -> None:  # type: ignore[type-arg]
+    sink = EventLog(EventLogConfig(directory=log, **cfg))  # type: ignore[arg-type]
+    for ev in evs:
+        sink.offer(ev)
+    sink.close()
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(tracer_cmd(*args), capture_output=True, text=True, timeout=60)
+
+
+def test_segments_rotate_compress_and_index(tmp_path: Path) -> None:
+    log = tmp_path / "ev"
+    _write(log, _many(300), segment_bytes=4000, flush_interval_s=0.05)
+    names = sorted(p.name for p in log.iterdir() if not p.name.startswith("."))
+    assert not [n for n in names if n.endswith(".jsonl")], names  # all closed, compressed
+    gz = [n for n in names if n.endswith(".jsonl.gz")]
+    assert len(gz) > 5 and len([n for n in names if n.endswith(".idx")]) == len(gz)
+    problems = Problems(out=None)
+    got = [ev for seg in list_segments([log]) for _, ev in read_events(seg, problems)]
+    assert problems.count == 0
+    assert [e["process"]["pid"] for e in got] == [1000 + i for i in range(300)]
+    sidecars = [json.loads((log / n).read_bytes()) for n in names if n.endswith(".idx")]
+    assert sum(s["events"] for s in sidecars) == 300
+    # Lines are exactly the JSON-lines output.
+    ser = Serializer()
+    first = gzip.decompress((log / gz[0]).read_bytes()).splitlines(keepends=True)[0]
+    assert first == ser.line(_many(1)[0])
+
+
+def test_the_open_segment_is_flushed_on_time_and_readable_by_tracer_events(tmp_path: Path) -> None:
+    log = tmp_path / "ev"
+    sink = EventLog(EventLogConfig(directory=log, flush_interval_s=0.2))
+    try:
+        sink.offer(_many(1)[0])
+        seg = log / "events-00000001.jsonl"
+        deadline = time.monotonic() + 5
+        while seg.stat().st_size == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seg.stat().st_size > 0  # no further event was needed to flush it
+        r = _run("events", "--from", str(seg), "-o", "compact")
+        assert r.returncode == 0 and "/usr/bin/true arg1000" in r.stdout, r
+        with pytest.raises(RuntimeError, match="in use by another tracer"):
+            EventLog(EventLogConfig(directory=log))
+    finally:
+        sink.close()
+
+
+def test_retention_deletes_the_oldest_segments_first(tmp_path: Path) -> None:
+    log = tmp_path / "ev"
+    _write(log, _many(600), segment_bytes=4000, max_bytes=6000, flush_interval_s=0.05)
+    gz = sorted(log.glob("events-*.jsonl.gz"))
+    total = sum(p.stat().st_size for p in gz)
+    assert total <= 6000 and gz, [p.name for p in gz]
+    assert gz[0].name != "events-00000001.jsonl.gz"
+    assert not (log / "events-00000001.idx").exists()
+    r = _run("replay", "--from", str(log))
+    assert r.returncode == 0
+    pids = [json.loads(x)["process"]["pid"] for x in r.stdout.splitlines()]
+    assert pids and pids[-1] == 1599 and pids == sorted(pids)
+
+
+def test_a_segment_left_by_a_crash_is_indexed_and_compressed_at_start(tmp_path: Path) -> None:
+    log = tmp_path / "ev"
+    log.mkdir()
+    ser = Serializer()
+    (log / "events-00000007.jsonl").write_bytes(
+        b"".join(ser.line(e) for e in _chain()) + b'{"type":"process_ex'
+    )
+    EventLog(EventLogConfig(directory=log)).close()
+    assert (log / "events-00000007.jsonl.gz").exists() and (log / "events-00000007.idx").exists()
+    assert not (log / "events-00000008.jsonl").exists()  # a run that wrote nothing leaves nothing
+    r = _run("tree", "--from", str(log), "--pid", "101")
+    assert r.returncode == 3, r  # the torn line is still there, and still skipped
+    assert "events-00000007.jsonl.gz:5: last line is torn" in r.stderr
+    assert "/usr/bin/cat arg101" in r.stdout and "/etc/shadow" in r.stdout
+
+
+def _segment(tmp_path: Path, body: bytes, name: str = "events-00000001.jsonl") -> Path:
+    d = tmp_path / "copied"
+    d.mkdir(exist_ok=True)
+    (d / name).write_bytes(body)
+    return d
+
+
+def _lines() -> list[bytes]:
+    ser = Serializer()
+    return [ser.line(e) for e in _chain()]
+
+
+def test_torn_last_line_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    lines = _lines()
+    d = _segment(tmp_path, b"".join(lines[:3]) + lines[3][:40])
+    r = _run("replay", "--from", str(d))
+    assert r.returncode == 3
+    assert "events-00000001.jsonl:4: last line is torn" in r.stderr
+    assert len(r.stdout.splitlines()) == 3
+
+
+def test_not_json_and_newer_schema_lines_are_skipped_by_line(tmp_path: Path) -> None:
+    lines = _lines()
+    newer = json.loads(lines[2])
+    newer["type"] = "process_ptrace"
+    body = lines[0] + b"garbage {\n" + json.dumps(newer).encode() + b"\n" + b"".join(lines[1:])
+    d = _segment(tmp_path, body)
+    r = _run("tree", "--from", str(d), "--binary", "cat$")
+    assert r.returncode == 3, r
+    assert "events-00000001.jsonl:2: not JSON" in r.stderr
+    assert "events-00000001.jsonl:3: event type 'process_ptrace' is not known" in r.stderr
+    assert "newer schema" in r.stderr
+    assert "open /etc/shadow" in r.stdout  # the rest is there
+
+
+def test_truncated_and_corrupt_compressed_segments_give_what_precedes_the_damage(
+    tmp_path: Path,
+) -> None:
+    ser = Serializer()
+    body = b"".join(ser.line(e) for e in _many(8000))
+    gz = gzip.compress(body)
+    d = _segment(tmp_path, gz[: len(gz) * 2 // 3], "events-00000001.jsonl.gz")
+    r = _run("replay", "--from", str(d))
+    assert r.returncode == 3
+    assert "compressed data ends early" in r.stderr
+    n = len(r.stdout.splitlines())
+    assert 0 < n < 8000
+    bad = bytearray(gz)
+    bad[len(bad) // 2 : len(bad) // 2 + 64] = b"\xff" * 64
+    d2 = tmp_path / "corrupt"
+    d2.mkdir()
+    (d2 / "events-00000001.jsonl.gz").write_bytes(bytes(bad))
+    r = _run("replay", "--from", str(d2))
+    assert r.returncode == 3 and "events-00000001.jsonl.gz" in r.stderr, r.stderr
+    assert 0 < len(r.stdout.splitlines()) < 8000
+
+
+def test_partial_processes_are_shown_and_marked(tmp_path: Path) -> None:
+    ser = Serializer()
+    chain = _chain()
+    d = _segment(tmp_path, b"".join(ser.line(e) for e in chain[1:]))  # bash's exec is gone
+    r = _run("tree", "--from", str(d), "--pid", "101", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    root = json.loads(r.stdout)["roots"][0]
+    assert root["process"]["pid"] == 1 and root["partial"]
+    assert "started before the daemon" in root["partial_reasons"][0]
+    bash = root["children"][0]
+    assert bash["process"]["pid"] == 100 and bash["partial"]
+    assert any("known only from its descendants" in x for x in bash["partial_reasons"])
+    cat = bash["children"][0]
+    assert not cat["partial"] and cat["exit"]["code"] == 0 and cat["selected"]
+    assert [e["file_open"]["path"] for e in cat["events"]] == ["/etc/shadow"]
+
+
+def test_exit_codes_for_no_match_bad_usage_and_missing_input(tmp_path: Path) -> None:
+    d = _segment(tmp_path, b"".join(_lines()))
+    r = _run("tree", "--from", str(d), "--pid", "424242")
+    assert r.returncode == 4 and "no process in the log matches" in r.stderr
+    r = _run("tree", "--from", str(d), "--pid", "101", "--at", "yesterday")
+    assert r.returncode == 2 and "--at: not a time" in r.stderr
+    r = _run("tree", "--from", str(d))
+    assert r.returncode == 2 and "say which process" in r.stderr
+    r = _run("tree", "--from", str(tmp_path / "nope"), "--pid", "1")
+    assert r.returncode == 1 and "no such file or directory" in r.stderr
+    r = _run("tree", "--from", str(d), "--pid", "101", "--at", "2026-09-21T00:00:00Z")
+    assert r.returncode == 4  # cat had not started yet
+    r = _run("tree", "--from", str(d), "--pid", "101", "-o", "text")
+    assert r.returncode == 0 and "* /usr/bin/cat arg101" in r.stdout
+
+
+def test_line_fanout_encodes_each_event_once_for_the_output_and_the_log(tmp_path: Path) -> None:
+    ser = Serializer()
+    calls: list[int] = []
+
+    def encode(ev: Event) -> bytes:
+        calls.append(id(ev))
+        return ser.line(ev)
+
+    out = tmp_path / "out.jsonl"
+    f = RotatingFile(out, 1 << 30)
+    log = EventLog(EventLogConfig(directory=tmp_path / "ev"), encode=encode)
+    fan = LineFanout(encode, [log, QueuedWriter("file", f, encode, on_close=f.close)])
+    evs = _many(300)
+    fan.offer_many(evs[:100])
+    for ev in evs[100:]:
+        fan.offer(ev)
+    fan.close()
+    assert len(calls) == 300  # once per event, for both
+    want = [ser.line(e) for e in evs]
+    assert out.read_bytes().splitlines(keepends=True) == want
+    problems = Problems(out=None)
+    logged = [
+        ev for seg in list_segments([tmp_path / "ev"]) for _, ev in read_events(seg, problems)
+    ]
+    assert [e["process"]["pid"] for e in logged] == [e.process.pid for e in evs]
+    assert fan.error is None and fan.take_dropped() == {}
+
+
+def test_line_fanout_encode_failure_stops_both_outputs_counted(tmp_path: Path) -> None:
+    def encode(ev: Event) -> bytes:
+        raise TypeError("cannot serialize")
+
+    f = RotatingFile(tmp_path / "out.jsonl", 1 << 30)
+    log = EventLog(EventLogConfig(directory=tmp_path / "ev"), encode=encode)
+    fan = LineFanout(encode, [log, QueuedWriter("file", f, encode, on_close=f.close)])
+    fan.offer_many(_many(3))
+    fan.offer_many(_many(2))  # after the failure: counted, not written
+    fan.close()
+    assert isinstance(fan.error, TypeError)
+    assert fan.take_dropped() == {"process_exec": 10}  # 5 events, lost by each output
+    assert (tmp_path / "out.jsonl").read_bytes() == b""
+
+
+def test_replay_merges_nodes_in_time_order_filters_and_paces(tmp_path: Path) -> None:
+    ser = Serializer()
+    evs = _many(6)  # 1 us apart
+    a = tmp_path / "node-a"
+    b = tmp_path / "node-b"
+    for d, part in ((a, evs[0::2]), (b, evs[1::2])):
+        d.mkdir()
+        (d / "events-00000001.jsonl").write_bytes(b"".join(ser.line(e) for e in part))
+    r = _run("replay", "--from", str(a), "--from", str(b))
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["process"]["pid"] for x in r.stdout.splitlines()] == list(
+        range(1000, 1006)
+    )
+    r = _run("replay", "--from", str(a), "--from", str(b), "--pid", "1003", "-o", "compact")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 and "/usr/bin/true" in r.stdout
+    r = _run("replay", "--from", str(a), "--binary", "([")
+    assert r.returncode == 2 and "--binary" in r.stderr
+    # Pacing: two events 0.4 s apart, replayed at real time, are 0.4 s apart.
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    late = _many(1)[0]
+    late2 = ProcessExec(
+        time=late.time + 400_000_000,
+        node="n1",
+        process=late.process,
+        parent=late.parent,
+        ancestors=(),
+    )
+    (slow / "events-00000001.jsonl").write_bytes(ser.line(late) + ser.line(late2))
+    p = subprocess.Popen(
+        tracer_cmd("replay", "--from", str(slow), "--speed", "1"), stdout=subprocess.PIPE
+    )
+    assert p.stdout is not None
+    p.stdout.readline()
+    t0 = time.monotonic()
+    p.stdout.readline()
+    assert time.monotonic() - t0 >= 0.35  # a sleep never ends early
+    assert p.wait(30) == 0
+
+
+def test_tree_selects_by_pod_when_events_carry_one(tmp_path: Path) -> None:
+    lines = []
+    for raw in _lines():
+        ev = json.loads(raw)
+        if ev["process"]["pid"] == 101:
+            ev["process"]["pod"] = {"namespace": "shop", "name": "cart-7d9f"}
+        lines.append(json.dumps(ev).encode() + b"\n")
+    d = _segment(tmp_path, b"".join(lines))
+    r = _run("tree", "--from", str(d), "--pod", "shop/cart-7d9f", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["selected"] == [json.loads(lines[1])["process"]["exec_id"]]
+    assert _run("tree", "--from", str(d), "--pod", "shop/other").returncode == 4
+    assert _run("tree", "--from", str(d), "--pod", "nopod").returncode == 2
