@@ -430,13 +430,14 @@ class PodWatcher:
 
 def api_client(kubeconfig: Path | None) -> Any | None:
     """An ApiClient from --kubeconfig, else the in-cluster config; None without either."""
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    if kubeconfig is None and not in_cluster:
+        return None  # before the import: the client costs ~24 MB of RSS to import
     from kubernetes import client, config
 
     cfg = client.Configuration()
     if kubeconfig is not None:
         config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
-    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=cfg)
     else:
-        return None
+        config.load_incluster_config(client_configuration=cfg)
     return client.ApiClient(cfg)
