@@ -7,5 +7,6 @@
 #include "process.bpf.h"
 #include "file.bpf.h"
 #include "net.bpf.h"
+#include "hooks.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
