@@ -10,6 +10,7 @@
    daemon), and the daemon's CPU seconds per 100k events.
 
 Usage: .venv/bin/python bench/open_storm.py [--opens 1000000] [--posted 200000] [--rounds 3]
+       [--capture-mode lsm|fentry|kprobe|tracepoint]  (default: the daemon's choice)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     REPO,
     Reaper,
     TracerDaemon,
@@ -34,7 +35,7 @@ from _common import (  # noqa: E402
     wait_until,
 )
 
-from tracer import control  # noqa: E402
+from tracer import control
 
 TARGET = "/usr/lib/os-release"
 LIBRARY = REPO / "policy" / "library"
@@ -64,14 +65,16 @@ def stats(sock: Path) -> dict[str, dict[str, int]]:
     return kernel
 
 
-def filtered(reaper: Reaper, exe: Path, work: Path, n: int, rounds: int) -> None:
+def filtered(
+    reaper: Reaper, exe: Path, work: Path, n: int, rounds: int, mode: list[str]
+) -> None:
     print_header(f"filtered: {n:,} open+close of {TARGET}, no rule selects it")
     without, with_ = [], []
     sock = work / "ctl.sock"
     for r in range(rounds):
         without.append(run_loop(exe, n))
         d = TracerDaemon(reaper, work / f"filtered-{r}.jsonl",
-                         ["--policy", str(LIBRARY), "--control-socket", str(sock)])
+                         ["--policy", str(LIBRARY), "--control-socket", str(sock), *mode])
         d.start()
         before = stats(sock)
         with_.append(run_loop(exe, n))
@@ -89,7 +92,7 @@ def filtered(reaper: Reaper, exe: Path, work: Path, n: int, rounds: int) -> None
           f"added cost {per_op:.0f} ns per open+close")
 
 
-def posted(reaper: Reaper, exe: Path, work: Path, n: int) -> None:
+def posted(reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str]) -> None:
     print_header(f"posted: {n:,} open+close, every one selected by a post rule")
     pol = work / "post-all.yaml"
     pol.write_text(
@@ -100,7 +103,7 @@ def posted(reaper: Reaper, exe: Path, work: Path, n: int) -> None:
     # A 256 MiB ring buffer absorbs the burst, so the number measured is the
     # daemon's sustained delivery rate, not the kernel's buffer size.
     d = TracerDaemon(reaper, out, ["--policy", str(pol), "--ringbuf-size", "256M",
-                                   "--control-socket", str(work / "ctl2.sock")])
+                                   "--control-socket", str(work / "ctl2.sock"), *mode])
     d.start()
     cpu0 = d.cpu_seconds()
     t0 = time.perf_counter()
@@ -119,7 +122,8 @@ def posted(reaper: Reaper, exe: Path, work: Path, n: int) -> None:
     print(f"  workload {workload:.3f} s; delivered {got:,} of {n:,} events in {secs:.2f} s "
           f"({'complete' if done else 'TIMED OUT'})")
     print(f"  rate {got / secs:,.0f} events/s to the JSON file (target >= 100,000)")
-    print(f"  daemon CPU {cpu1 - cpu0:.2f} s = {(cpu1 - cpu0) / max(got, 1) * 1e5:.2f} s per 100k events")
+    per_100k = (cpu1 - cpu0) / max(got, 1) * 1e5
+    print(f"  daemon CPU {cpu1 - cpu0:.2f} s = {per_100k:.2f} s per 100k events")
     print(f"  lost: kernel {st.lost_kernel}, daemon {st.lost_daemon}")
 
 
@@ -129,6 +133,7 @@ def main() -> int:
     ap.add_argument("--opens", type=int, default=1_000_000)
     ap.add_argument("--posted", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--capture-mode", choices=["lsm", "fentry", "kprobe", "tracepoint"])
     args = ap.parse_args()
     require_root()
     for k, v in machine_summary().items():
@@ -137,8 +142,10 @@ def main() -> int:
     try:
         work = tmpdir("open-storm")
         exe = build_loop(work)
-        filtered(reaper, exe, work, args.opens, args.rounds)
-        posted(reaper, exe, work, args.posted)
+        mode = ["--capture-mode", args.capture_mode] if args.capture_mode else []
+        print(f"capture mode: {args.capture_mode or 'the daemon chooses'}")
+        filtered(reaper, exe, work, args.opens, args.rounds, mode)
+        posted(reaper, exe, work, args.posted, mode)
     finally:
         reaper.cleanup()
     return 0
