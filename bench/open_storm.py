@@ -10,6 +10,7 @@
    daemon), and the daemon's CPU seconds per 100k events.
 
 Usage: .venv/bin/python bench/open_storm.py [--opens 1000000] [--posted 200000] [--rounds 3]
+       [--capture-mode lsm|fentry|kprobe|tracepoint]  (default: the daemon's choice)
 """
 
 from __future__ import annotations
@@ -65,14 +66,16 @@ def stats(sock: Path) -> dict[str, dict[str, int]]:
     return kernel
 
 
-def filtered(reaper: Reaper, exe: Path, work: Path, n: int, rounds: int) -> None:
+def filtered(
+    reaper: Reaper, exe: Path, work: Path, n: int, rounds: int, mode: list[str]
+) -> None:
     print_header(f"filtered: {n:,} open+close of {TARGET}, no rule selects it")
     without, with_ = [], []
     sock = work / "ctl.sock"
     for r in range(rounds):
         without.append(run_loop(exe, n))
         d = TracerDaemon(reaper, work / f"filtered-{r}.jsonl",
-                         ["--policy", str(LIBRARY), "--control-socket", str(sock)])
+                         ["--policy", str(LIBRARY), "--control-socket", str(sock), *mode])
         d.start()
         before = stats(sock)
         with_.append(run_loop(exe, n))
@@ -90,7 +93,7 @@ def filtered(reaper: Reaper, exe: Path, work: Path, n: int, rounds: int) -> None
           f"added cost {per_op:.0f} ns per open+close")
 
 
-def posted(reaper: Reaper, exe: Path, work: Path, n: int) -> None:
+def posted(reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str]) -> None:
     print_header(f"posted: {n:,} open+close, every one selected by a post rule")
     # A file of our own: the rule must not post other processes' opens (other
     # benchmarks on a shared machine open /usr/lib/os-release too).
@@ -108,7 +111,7 @@ def posted(reaper: Reaper, exe: Path, work: Path, n: int) -> None:
     # A 256 MiB ring buffer absorbs the burst, so the number measured is the
     # daemon's sustained delivery rate, not the kernel's buffer size.
     d = TracerDaemon(reaper, out, ["--policy", str(pol), "--ringbuf-size", "256M",
-                                   "--control-socket", str(work / "ctl2.sock")])
+                                   "--control-socket", str(work / "ctl2.sock"), *mode])
     d.start()
     cpu0 = d.cpu_seconds()
     t0 = time.perf_counter()
@@ -156,6 +159,7 @@ def main() -> int:
     ap.add_argument("--posted", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--stages", default="filtered,posted", help="which stages to run")
+    ap.add_argument("--capture-mode", choices=["lsm", "fentry", "kprobe", "tracepoint"])
     args = ap.parse_args()
     stages = set(args.stages.split(","))
     require_root()
@@ -165,10 +169,12 @@ def main() -> int:
     try:
         work = tmpdir("open-storm")
         exe = build_loop(work)
+        mode = ["--capture-mode", args.capture_mode] if args.capture_mode else []
+        print(f"capture mode: {args.capture_mode or 'the daemon chooses'}")
         if "filtered" in stages:
-            filtered(reaper, exe, work, args.opens, args.rounds)
+            filtered(reaper, exe, work, args.opens, args.rounds, mode)
         if "posted" in stages:
-            posted(reaper, exe, work, args.posted)
+            posted(reaper, exe, work, args.posted, mode)
     finally:
         reaper.cleanup()
     return 0

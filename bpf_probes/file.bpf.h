@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * file_open capture through the syscall tracepoints (the variant every
- * kernel has). The enter side remembers the arguments; the exit side
- * resolves the path of the file actually opened (from the new fd's
- * struct file, so relative paths, dirfds, `..` and symlinks all come out
- * as the real path), evaluates the policy, and emits or kills.
+ * kernel has), and the end-of-open logic every variant shares. The enter
+ * side remembers the arguments; the exit side resolves the path of the
+ * file actually opened (from the new fd's struct file, so relative paths,
+ * dirfds, `..` and symlinks all come out as the real path), evaluates the
+ * policy (unless a security hook did, hooks.bpf.h), and emits or kills.
  */
 #ifndef TRACER_FILE_BPF_H
 #define TRACER_FILE_BPF_H
@@ -21,10 +22,15 @@ struct tr_open_args {
 	__u32 open_flags;
 	__u32 mode;
 	__u16 hook;
+	/* Set by a security hook (hooks.bpf.h) that evaluated the policy on
+	 * the struct file and selected the open: the exit reuses `verdict`. */
+	__u16 selected;
+	struct tr_verdict verdict;
 };
 
-/* Arguments of opens in flight, by thread. LRU: a thread killed between
- * enter and exit leaves an entry that ages out instead of leaking. */
+/* Opens in flight, by thread: the syscall's arguments (tracepoint and
+ * kprobe variants) and the verdict of a security hook. LRU: a thread
+ * killed between enter and exit leaves an entry that ages out. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -59,6 +65,11 @@ static __always_inline int tr_open_enter(const char *upath, __u32 flags, __u32 m
 	return 0;
 }
 
+static __always_inline bool tr_open_writes(__u32 flags)
+{
+	return (flags & (TR_O_WRONLY | TR_O_RDWR | TR_O_CREAT | TR_O_TRUNC)) != 0;
+}
+
 static __always_inline struct file *tr_fd_file(struct task_struct *task, long fd)
 {
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
@@ -81,17 +92,11 @@ static __always_inline void tr_policy_binary(struct tr_policy_input *in, __u32 t
 	}
 }
 
-static __always_inline int tr_open_exit(long ret)
+/* The end of an open: resolve the path (from the new fd, else the name
+ * asked for), evaluate the policy unless a security hook already did, and
+ * emit. `a` is a copy: the caller has deleted the in-flight entry. */
+static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
-
-	if (!pending)
-		return 0;
-	struct tr_open_args a = *pending;
-
-	bpf_map_delete_elem(&tr_open_inflight, &id);
-
 	__u32 gen, zero = 0;
 	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_FILE, &gen);
 	struct tr_file_scratch *s = bpf_map_lookup_elem(&tr_file_heap, &zero);
@@ -105,9 +110,9 @@ static __always_inline int tr_open_exit(long ret)
 
 	ev->hdr.kind = TR_KIND_FILE_OPEN;
 	ev->ret = ret;
-	ev->open_flags = a.open_flags;
-	ev->mode = a.mode;
-	ev->hook = a.hook;
+	ev->open_flags = a->open_flags;
+	ev->mode = a->mode;
+	ev->hook = a->hook;
 	ev->flags = 0;
 	if (ret >= 0) {
 		struct file *f = tr_fd_file(task, ret);
@@ -122,7 +127,7 @@ static __always_inline int tr_open_exit(long ret)
 		char first = 0;
 
 		ev->flags |= TR_FILE_UNRESOLVED;
-		bpf_probe_read_user(&first, 1, a.upath);
+		bpf_probe_read_user(&first, 1, a->upath);
 		if (first != '/') {
 			struct fs_struct *fs = BPF_CORE_READ(task, fs);
 
@@ -134,7 +139,7 @@ static __always_inline int tr_open_exit(long ret)
 				len = 1; /* cwd is "/" */
 		}
 		long n = bpf_probe_read_user_str(&ev->path[tr_bound(len, TR_PATH_MAX - 1)],
-						 TR_PATH_MAX / 2, a.upath);
+						 TR_PATH_MAX / 2, a->upath);
 
 		if (n > 0)
 			len += n - 1;
@@ -153,11 +158,15 @@ static __always_inline int tr_open_exit(long ret)
 		.str_len = len,
 		.str_field = TR_F_PATH,
 		.uid = ev->task.uid,
-		.is_write = (a.open_flags & (TR_O_WRONLY | TR_O_RDWR | TR_O_CREAT | TR_O_TRUNC)) != 0,
+		.is_write = tr_open_writes(a->open_flags),
 	};
 
-	tr_policy_binary(&in, ev->task.tgid);
-	tr_policy_eval(TR_PK_FILE, cfg, gen, &in, &ev->verdict);
+	if (a->selected) {
+		ev->verdict = a->verdict;
+	} else {
+		tr_policy_binary(&in, ev->task.tgid);
+		tr_policy_eval(TR_PK_FILE, cfg, gen, &in, &ev->verdict);
+	}
 	if (ev->verdict.action == TR_ACT_NONE || ev->verdict.action == TR_ACT_IGNORE)
 		return 0;
 
@@ -168,6 +177,20 @@ static __always_inline int tr_open_exit(long ret)
 	ev->hdr.size = size;
 	tr_emit(TR_KIND_FILE_OPEN, ev, size);
 	return 0;
+}
+
+/* Syscall-exit side of the tracepoint variant. */
+static __always_inline int tr_open_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
+
+	if (!pending)
+		return 0;
+	struct tr_open_args a = *pending;
+
+	bpf_map_delete_elem(&tr_open_inflight, &id);
+	return tr_open_finish(ret, &a);
 }
 
 SEC("tp/syscalls/sys_enter_openat")

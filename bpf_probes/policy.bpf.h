@@ -324,8 +324,10 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 	out->policy_id = rule->policy_id;
 	out->rule = rule->index;
 	out->action = rule->action;
-	if (rule->action == TR_ACT_SIGKILL || rule->action == TR_ACT_DENY)
-		bpf_send_signal(9); /* SIGKILL; DENY reaches here only where LSM is absent */
+	/* DENY is compiled in only while the LSM programs are loaded (else it
+	 * becomes SIGKILL): they refuse the call with -EPERM, no signal. */
+	if (rule->action == TR_ACT_SIGKILL)
+		bpf_send_signal(9);
 }
 
 #endif /* TRACER_POLICY_BPF_H */

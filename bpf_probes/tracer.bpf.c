@@ -8,5 +8,6 @@
 #include "file.bpf.h"
 #include "net.bpf.h"
 #include "cgroup.bpf.h"
+#include "hooks.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

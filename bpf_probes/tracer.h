@@ -79,7 +79,7 @@ enum tr_action {
 	TR_ACT_POST = 1,
 	TR_ACT_IGNORE = 2,
 	TR_ACT_SIGKILL = 3,
-	TR_ACT_DENY = 4, /* LSM hooks only */
+	TR_ACT_DENY = 4, /* only while the LSM programs are loaded: they return -EPERM */
 };
 
 /* Which rules a map entry speaks for: `pos` rules list the value, `neg`
@@ -195,6 +195,17 @@ enum tr_hook {
 	TR_HOOK_TP_OPENAT2 = 3,
 	TR_HOOK_TP_CREAT = 4,
 	TR_HOOK_TP_CONNECT = 5,
+	/* The security hook that selected the open or connect (hooks.bpf.h) */
+	TR_HOOK_LSM_FILE_OPEN = 6,
+	TR_HOOK_FENTRY_FILE_OPEN = 7,
+	TR_HOOK_KPROBE_FILE_OPEN = 8,
+	TR_HOOK_LSM_CONNECT = 9,
+	TR_HOOK_FENTRY_CONNECT = 10,
+	TR_HOOK_KPROBE_CONNECT = 11,
+	/* A failed open the security hook never saw (ENOENT, EACCES, ...),
+	 * selected at the end of do_sys_openat2 */
+	TR_HOOK_FEXIT_OPENAT2 = 12,
+	TR_HOOK_KRETPROBE_OPENAT2 = 13,
 };
 
 enum tr_file_flags {

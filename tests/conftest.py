@@ -25,6 +25,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BPF_DIR = REPO / "build" / "bpf"
 Event = dict[str, Any]
+# The emulated `make test-vm` guests verify and load programs ~30x slower.
+READY_TIMEOUT = 300.0 if os.environ.get("TRACER_IN_VM") else 30.0
 
 
 def tracer_cmd(*args: str) -> list[str]:
@@ -36,7 +38,7 @@ def tracer_cmd(*args: str) -> list[str]:
 class Daemon:
     """A running `tracer run` whose JSON lines are collected as they arrive."""
 
-    def __init__(self, *args: str, ready_timeout: float = 30.0) -> None:
+    def __init__(self, *args: str, ready_timeout: float = READY_TIMEOUT) -> None:
         if os.geteuid() != 0:
             raise RuntimeError("kernel tests load BPF programs and must run as root")
         self.events: list[Event] = []

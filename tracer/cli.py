@@ -126,6 +126,15 @@ def _parser() -> argparse.ArgumentParser:
         help="force the file/connect hook variant (default: the best this kernel has)",
     )
     run.add_argument(
+        "--exclude-capture-mode",
+        action="append",
+        default=[],
+        choices=["lsm", "fentry", "kprobe", "tracepoint"],
+        metavar="MODE",
+        help="never choose this file/connect variant (repeatable), e.g. to avoid a hook "
+        "a kernel mishandles; the best of the rest is used",
+    )
+    run.add_argument(
         "--policy",
         type=Path,
         action="append",
@@ -241,6 +250,7 @@ def _print_probe(report: ProbeReport, as_json: bool) -> None:
     if as_json:
         data = asdict(report)
         data["capture_mode"] = report.capture_mode
+        data["capture_modes"] = report.capture_modes()
         data["process_hooks"] = report.process_hooks
         print(json.dumps(data, indent=2))
         return
@@ -259,6 +269,7 @@ def _print_probe(report: ProbeReport, as_json: bool) -> None:
     print(f"process hooks   {report.process_hooks}")
     order = " > ".join(CAPTURE_MODES)
     print(f"capture mode    {report.capture_mode}  (file/connect hooks, best first: {order})")
+    print(f"capture modes   {', '.join(report.capture_modes()) or 'none'}  (usable here)")
 
 
 def _policy_command(args: argparse.Namespace) -> int:
@@ -329,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             exit_grace_s=args.exit_grace,
             ancestor_depth=args.ancestor_depth,
             capture_mode=args.capture_mode,
+            exclude_capture_modes=tuple(args.exclude_capture_mode),
             policy_paths=args.policies,
             control_socket=args.control_socket,
             kubeconfig=args.kubeconfig,

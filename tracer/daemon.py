@@ -40,6 +40,7 @@ from tracer.clock import BootClock
 from tracer.events import LossCounts, Lost
 from tracer.loader import (
     RINGBUF_DEFAULT,
+    CaptureModeUnavailable,
     ConfigError,
     KernelCounters,
     Sensor,
@@ -75,6 +76,7 @@ class Config:
     poll_ms: int = 10
     grpc: GrpcConfig | None = field(default_factory=GrpcConfig)  # None: no API
     capture_mode: str = "auto"  # auto | lsm | fentry | kprobe | tracepoint
+    exclude_capture_modes: tuple[str, ...] = ()  # never chosen by auto
     policy_paths: list[Path] = field(default_factory=list)  # files or directories
     control_socket: Path = control.DEFAULT_SOCKET
     kubeconfig: Path | None = None  # None: in-cluster config if in a pod, else no pod metadata
@@ -98,6 +100,10 @@ class Config:
             )
         for problem in self.event_log.problems() if self.event_log else []:
             raise ConfigError(problem)
+        if self.capture_mode in self.exclude_capture_modes:
+            raise ConfigError(
+                f"--capture-mode {self.capture_mode} is also in --exclude-capture-mode"
+            )
         for p in self.policy_paths:
             if not p.exists():
                 raise ConfigError(f"policy path {p} does not exist")
@@ -285,15 +291,12 @@ class Daemon:
                 "this kernel can attach neither tp_btf nor raw_tp programs; "
                 "run `tracer probe` for details"
             )
-        usable = [m for m in CAPTURE_MODES if report.types[m].usable]
-        if cfg.capture_mode != "auto":
-            if cfg.capture_mode not in usable:
-                raise system.PreflightError(
-                    f"capture mode {cfg.capture_mode} is not available on this kernel "
-                    f"(available: {', '.join(usable) or 'none'}); run `tracer probe`"
-                )
-            usable = [cfg.capture_mode]
-        mode = choose_capture_mode(usable)
+        try:
+            mode = choose_capture_mode(
+                report.capture_modes(), cfg.capture_mode, cfg.exclude_capture_modes
+            )
+        except CaptureModeUnavailable as exc:
+            raise system.PreflightError(str(exc)) from None
         _log.info(
             "capture mode chosen",
             process_hooks=variant,

@@ -64,6 +64,14 @@ HOOK_NAMES = {
     3: "tracepoint/sys_exit_openat2",
     4: "tracepoint/sys_exit_creat",
     5: "tracepoint/sys_connect",
+    6: "lsm/file_open",
+    7: "fentry/security_file_open",
+    8: "kprobe/security_file_open",
+    9: "lsm/socket_connect",
+    10: "fentry/security_socket_connect",
+    11: "kprobe/security_socket_connect",
+    12: "fexit/do_sys_openat2",
+    13: "kretprobe/do_sys_openat2",
 }
 
 AUID_UNSET = 0xFFFFFFFF

@@ -30,21 +30,32 @@ PROCESS_PROGRAMS = {
     "cgroup_rmdir": {"tp_btf": "tr_cgroup_rmdir_btf", "raw_tp": "tr_cgroup_rmdir_raw"},
 }
 PROCESS_VARIANTS = ("tp_btf", "raw_tp")
-# file_open and connect programs per capture mode. Only the syscall
-# tracepoint variant exists so far; where the kernel offers LSM, fentry
-# or kprobes the daemon still uses it, and says so.
+# file_open and connect programs per capture mode (bpf_probes/hooks.bpf.h
+# for lsm, fentry and kprobe). Attached in this order: the exit programs
+# first, so that no selected call can start before its exit is watched
+# (a verdict left in flight would be reported with another call's result).
+_FEXIT = ("tr_fexit_openat2", "tr_fexit_connect")
 CAPTURE_PROGRAMS = {
+    "lsm": (*_FEXIT, "tr_lsm_file_open", "tr_lsm_connect"),
+    "fentry": (*_FEXIT, "tr_fentry_file_open", "tr_fentry_connect"),
+    "kprobe": (
+        "tr_kret_openat2",
+        "tr_kret_connect",
+        "tr_kprobe_openat2",
+        "tr_kprobe_file_open",
+        "tr_kprobe_connect",
+    ),
     "tracepoint": (
-        "tr_open_enter_tp",
         "tr_open_exit_tp",
-        "tr_openat_enter",
         "tr_openat_exit",
-        "tr_openat2_enter",
         "tr_openat2_exit",
-        "tr_creat_enter",
         "tr_creat_exit",
-        "tr_connect_enter",
         "tr_connect_exit",
+        "tr_open_enter_tp",
+        "tr_openat_enter",
+        "tr_openat2_enter",
+        "tr_creat_enter",
+        "tr_connect_enter",
     ),
 }
 _U32 = struct.Struct("<I")
@@ -109,15 +120,29 @@ class Sensor:
         self.obj.close()
 
 
-def choose_capture_mode(usable: list[str]) -> str:
-    """The best mode the kernel supports and that has programs."""
-    for mode in usable:
-        if mode in CAPTURE_PROGRAMS:
-            return mode
-    raise ConfigError(
-        f"none of the capture modes this kernel supports ({', '.join(usable) or 'none'}) "
-        f"has programs here ({', '.join(CAPTURE_PROGRAMS)})"
-    )
+class CaptureModeUnavailable(RuntimeError):
+    """The kernel cannot run the capture mode asked for (or any left)."""
+
+
+def choose_capture_mode(
+    usable: list[str], forced: str = "auto", excluded: tuple[str, ...] = ()
+) -> str:
+    """The mode to load: the forced one if the kernel can run it, else the
+    best the kernel can run that is not excluded (usable is best first)."""
+    if forced != "auto":
+        if forced not in usable:
+            raise CaptureModeUnavailable(
+                f"capture mode {forced} is not available on this kernel "
+                f"(available: {', '.join(usable) or 'none'}); run `tracer probe`"
+            )
+        return forced
+    left = [m for m in usable if m not in excluded]
+    if not left:
+        raise CaptureModeUnavailable(
+            f"no capture mode left: this kernel has {', '.join(usable) or 'none'}, "
+            f"--exclude-capture-mode removed {', '.join(excluded)}"
+        )
+    return left[0]
 
 
 @contextmanager

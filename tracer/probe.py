@@ -43,13 +43,29 @@ class ProbeReport:
     types: dict[str, TypeSupport] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def _usable(self, kind: str) -> bool:
+        return self.types.get(kind, TypeSupport(False, False)).usable
+
+    def capture_modes(self) -> list[str]:
+        """The file/connect variants this kernel can run, best first.
+
+        lsm also needs BPF-LSM active (a program attached to an LSM hook
+        that is not in `lsm=` loads and attaches but is never called) and
+        fexit, which its programs use for the result of the syscall.
+        """
+        needs = {
+            "lsm": self.bpf_lsm_enabled and self._usable("lsm") and self._usable("fentry"),
+            "fentry": self._usable("fentry"),
+            "kprobe": self._usable("kprobe"),
+            "tracepoint": self._usable("tracepoint"),
+        }
+        return [m for m in CAPTURE_MODES if needs[m]]
+
     @property
     def capture_mode(self) -> str:
         """The best variant for file/connect hooks that works here."""
-        for mode in CAPTURE_MODES:
-            if self.types.get(mode, TypeSupport(False, False)).usable:
-                return mode
-        return "none"
+        modes = self.capture_modes()
+        return modes[0] if modes else "none"
 
     @property
     def process_hooks(self) -> str:

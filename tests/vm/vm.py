@@ -7,7 +7,9 @@ the host's root file system shared read-only, so the guest runs this very
 checkout, its virtualenv and its built objects.
 
     vm.py setup            install qemu, busybox and the kernels; prepare modules
-    vm.py run [-k 6.12]    boot each kernel and run pytest inside it
+    vm.py run [-k 6.12] [--modes lsm,kprobe] [PYTEST ARGS]
+                           boot each kernel and run pytest inside it (default:
+                           the VM suite, file/connect tests under every mode)
 
 Software emulation only: KVM fails in the kernel's decompressor here. A
 guest that does not finish in --timeout seconds is killed and counted as
@@ -29,6 +31,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "build" / "vm"
 CACHE = Path("/var/cache/tracer-vm")
+# The file/connect tests run once per variant in every guest.
+CAPTURE_MODES = ("lsm", "fentry", "kprobe", "tracepoint")
+# What runs in each guest: what differs between kernels and variants. The
+# probe and loader fallback; the file/connect/policy suite once per capture
+# mode (tests/capture.py); the exec/fork/exit suite (tp_btf and raw_tp,
+# the same programs under every capture mode). Suites that only exercise
+# user space (gRPC, export, parsing, rendering) run on the host alone: an
+# emulated guest runs Python ~30 times slower.
+VM_SUITE = (
+    "tests/test_probe_vm.py",
+    "tests/test_policy_events.py",
+    "tests/test_process_events.py",
+)
 LSM_CMDLINE = "lsm=lockdown,capability,landlock,yama,bpf lockdown=integrity"
 HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "xz-utils", "kmod")
 # Kernel series -> package name pattern (the generic flavour: -cloud- has no 9p).
@@ -138,7 +153,9 @@ class Result:
     note: str
 
 
-def run_guest(release: str, pytest_args: list[str], timeout: int) -> Result:
+def run_guest(
+    release: str, pytest_args: list[str], timeout: int, modes: tuple[str, ...] = CAPTURE_MODES
+) -> Result:
     kernel = Path("/boot") / f"vmlinuz-{release}"
     if not kernel.exists():
         raise VmError(f"{kernel} missing: run `make vm-deps` (tests/vm/vm.py setup)")
@@ -153,6 +170,7 @@ def run_guest(release: str, pytest_args: list[str], timeout: int) -> Result:
             "mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf;",
             f"cd {REPO} &&",
             "PYTHONDONTWRITEBYTECODE=1 TRACER_IN_VM=1",
+            f"TRACER_CAPTURE_MODES={','.join(modes)}",
             f"{REPO / '.venv' / 'bin' / 'pytest'} -p no:cacheprovider -q",
             f"--junitxml={junit}",
             *pytest_args,
@@ -209,15 +227,23 @@ def main() -> int:
     s.add_argument("-k", "--kernel", action="append", choices=sorted(SERIES), dest="series")
     r = sub.add_parser("run")
     r.add_argument("-k", "--kernel", action="append", choices=sorted(SERIES), dest="series")
-    r.add_argument("--timeout", type=int, default=1200, help="seconds per guest")
-    r.add_argument("pytest_args", nargs="*", default=["tests"])
+    r.add_argument("--timeout", type=int, default=1800, help="seconds per guest")
+    r.add_argument(
+        "--modes",
+        default=",".join(CAPTURE_MODES),
+        help="capture modes the file/connect tests run under (comma-separated)",
+    )
+    r.add_argument("pytest_args", nargs="*", default=list(VM_SUITE))
     args = p.parse_args()
     series = args.series or list(SERIES)
     try:
         if args.cmd == "setup":
             setup(series)
             return 0
-        results = [run_guest(kernel_release(s), args.pytest_args, args.timeout) for s in series]
+        modes = tuple(args.modes.split(","))
+        results = [
+            run_guest(kernel_release(s), args.pytest_args, args.timeout, modes) for s in series
+        ]
     except (VmError, subprocess.CalledProcessError) as exc:
         print(f"vm: error: {exc}", file=sys.stderr)
         return 1

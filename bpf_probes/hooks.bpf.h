@@ -1,0 +1,242 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * file_open and connect through the security hooks, in three variants:
+ * BPF-LSM (`lsm/file_open`, `lsm/socket_connect`: the only one that can
+ * refuse the call), fentry and kprobe on `security_file_open` and
+ * `security_socket_connect`. The loader enables exactly one variant.
+ *
+ * The hook sees the struct file (or the socket and the kernel's copy of
+ * the address) before the syscall completes: it evaluates the policy,
+ * kills (sigkill) or refuses (deny, LSM) right there, and remembers the
+ * verdict of a selected call by thread. The result (fd or -errno, the
+ * local address) exists only when the syscall returns, so each variant
+ * also hooks the return of the syscall-level function, the cheapest
+ * place that sees it:
+ *  - lsm and fentry: fexit on do_sys_openat2 and __sys_connect. A
+ *    trampoline costs about as much as the fentry itself, and fexit also
+ *    sees the function's arguments, so no entry hook is needed: the open
+ *    flags and mode come from `struct open_how` (the syscall's own values;
+ *    the struct file has O_CLOEXEC stripped) and the name asked for from
+ *    `filename`, for opens that fail before the security hook runs.
+ *  - kprobe: kretprobe on the same functions, plus a kprobe at the entry
+ *    of do_sys_openat2 for those arguments (a kretprobe cannot see them).
+ * The syscall exit tracepoints would see the result too, but enabling
+ * them moves every task onto the slow syscall-exit path for every
+ * syscall; these fire only for opens and connects.
+ *
+ * open, openat, openat2 and creat all go through do_sys_openat2. The
+ * security hooks also fire for opens and connects the kernel makes on its
+ * own account (an exec opening the binary, io_uring): those never reach
+ * the exit program, so the hooks act only inside the matching syscall.
+ */
+#ifndef TRACER_HOOKS_BPF_H
+#define TRACER_HOOKS_BPF_H
+
+#include "net.bpf.h"
+
+#define TR_EPERM 1
+
+#if defined(__TARGET_ARCH_x86)
+#define TR_NR_OPEN 2
+#define TR_NR_CREAT 85
+#define TR_NR_OPENAT 257
+#define TR_NR_OPENAT2 437
+#define TR_NR_CONNECT 42
+/* Forced on by the kernel for open/openat/creat on 64-bit: dropped so
+ * that flags are what the program passed, as the tracepoints report. */
+#define TR_O_LARGEFILE 0100000
+
+static __always_inline long tr_syscall_nr(void)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	return BPF_CORE_READ(regs, orig_ax);
+}
+#elif defined(__TARGET_ARCH_arm64)
+#define TR_NR_OPEN -1 /* arm64 has openat and openat2 only */
+#define TR_NR_CREAT -1
+#define TR_NR_OPENAT 56
+#define TR_NR_OPENAT2 437
+#define TR_NR_CONNECT 203
+#define TR_O_LARGEFILE 0400000
+
+static __always_inline long tr_syscall_nr(void)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	return BPF_CORE_READ(regs, syscallno);
+}
+#else
+#error "tracer: syscall numbers for this architecture are missing"
+#endif
+
+static __always_inline bool tr_in_open_syscall(void)
+{
+	long nr = tr_syscall_nr();
+
+	return nr == TR_NR_OPENAT || nr == TR_NR_OPEN || nr == TR_NR_OPENAT2 || nr == TR_NR_CREAT;
+}
+
+/* Policy on the file being opened; returns the action taken. */
+static __always_inline __u8 tr_file_hook(struct file *file, __u16 hook)
+{
+	__u32 gen, zero = 0;
+	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_FILE, &gen);
+
+	if (!cfg || !tr_in_open_syscall())
+		return TR_ACT_NONE;
+	struct tr_file_scratch *s = bpf_map_lookup_elem(&tr_file_heap, &zero);
+
+	if (!s)
+		return TR_ACT_NONE;
+	bool cut = false;
+	__u32 len = tr_write_path(s->ev.path, 0, TR_PATH_MAX, &s->walk,
+				  BPF_CORE_READ(file, f_path.mnt), BPF_CORE_READ(file, f_path.dentry),
+				  &cut);
+
+	if (len > TR_PATH_MAX)
+		len = TR_PATH_MAX;
+	struct tr_policy_input in = {
+		.str = s->ev.path,
+		.str_len = len,
+		.str_field = TR_F_PATH,
+		.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
+		/* O_CREAT and O_TRUNC are still in f_flags here; the kernel
+		 * strips them only after the open succeeded. */
+		.is_write = tr_open_writes(BPF_CORE_READ(file, f_flags)),
+	};
+	struct tr_verdict v = {};
+
+	tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
+	tr_policy_eval(TR_PK_FILE, cfg, gen, &in, &v);
+	if (v.action == TR_ACT_NONE || v.action == TR_ACT_IGNORE)
+		return TR_ACT_NONE;
+	/* The exit resolves the path again from the new fd (or reports the
+	 * name asked for when the open failed): only for selected opens, and
+	 * it spares every in-flight entry a 4 KiB path. */
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tr_open_args *a = bpf_map_lookup_elem(&tr_open_inflight, &id);
+
+	if (a) {
+		a->hook = hook;
+		a->verdict = v;
+		a->selected = 1;
+	} else {
+		struct tr_open_args n = { .hook = hook, .selected = 1, .verdict = v };
+
+		bpf_map_update_elem(&tr_open_inflight, &id, &n, BPF_ANY);
+	}
+	return v.action;
+}
+
+SEC("lsm/file_open")
+int BPF_PROG(tr_lsm_file_open, struct file *file, int ret)
+{
+	if (ret)
+		return ret; /* another LSM refused already */
+	return tr_file_hook(file, TR_HOOK_LSM_FILE_OPEN) == TR_ACT_DENY ? -TR_EPERM : 0;
+}
+
+SEC("fentry/security_file_open")
+int BPF_PROG(tr_fentry_file_open, struct file *file)
+{
+	tr_file_hook(file, TR_HOOK_FENTRY_FILE_OPEN);
+	return 0;
+}
+
+SEC("kprobe/security_file_open")
+int BPF_KPROBE(tr_kprobe_file_open, struct file *file)
+{
+	tr_file_hook(file, TR_HOOK_KPROBE_FILE_OPEN);
+	return 0;
+}
+
+/* lsm and fentry: the end of every open, with its arguments. */
+SEC("fexit/do_sys_openat2")
+int BPF_PROG(tr_fexit_openat2, int dfd, const char *filename, struct open_how *how, long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
+	struct tr_open_args a = { .hook = TR_HOOK_FEXIT_OPENAT2 };
+
+	if (pending) {
+		a = *pending;
+		bpf_map_delete_elem(&tr_open_inflight, &id);
+	} else if (ret >= 0) {
+		return 0; /* opened, and the security hook selected nothing */
+	}
+	/* Unselected failures are evaluated on the name asked for, as the
+	 * tracepoint variant does: the hook never saw most of them. */
+	a.upath = filename;
+	a.open_flags = BPF_CORE_READ(how, flags) & ~TR_O_LARGEFILE;
+	a.mode = BPF_CORE_READ(how, mode);
+	return tr_open_finish(ret, &a);
+}
+
+/* kprobe: the arguments at the entry, the result at the return. */
+SEC("kprobe/do_sys_openat2")
+int BPF_KPROBE(tr_kprobe_openat2, int dfd, const char *filename, struct open_how *how)
+{
+	return tr_open_enter(filename, BPF_CORE_READ(how, flags) & ~TR_O_LARGEFILE,
+			     BPF_CORE_READ(how, mode), TR_HOOK_KRETPROBE_OPENAT2);
+}
+
+SEC("kretprobe/do_sys_openat2")
+int BPF_KRETPROBE(tr_kret_openat2, long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
+
+	if (!pending)
+		return 0;
+	struct tr_open_args a = *pending;
+
+	bpf_map_delete_elem(&tr_open_inflight, &id);
+	if (!a.selected && ret >= 0)
+		return 0;
+	return tr_open_finish(ret, &a);
+}
+
+static __always_inline __u8 tr_connect_hook(struct socket *sock, struct sockaddr *address,
+					    __u16 hook)
+{
+	if (tr_syscall_nr() != TR_NR_CONNECT)
+		return TR_ACT_NONE;
+	return tr_connect_eval(address, false, -1, sock, hook);
+}
+
+SEC("lsm/socket_connect")
+int BPF_PROG(tr_lsm_connect, struct socket *sock, struct sockaddr *address, int addrlen, int ret)
+{
+	if (ret)
+		return ret;
+	return tr_connect_hook(sock, address, TR_HOOK_LSM_CONNECT) == TR_ACT_DENY ? -TR_EPERM : 0;
+}
+
+SEC("fentry/security_socket_connect")
+int BPF_PROG(tr_fentry_connect, struct socket *sock, struct sockaddr *address, int addrlen)
+{
+	tr_connect_hook(sock, address, TR_HOOK_FENTRY_CONNECT);
+	return 0;
+}
+
+SEC("kprobe/security_socket_connect")
+int BPF_KPROBE(tr_kprobe_connect, struct socket *sock, struct sockaddr *address, int addrlen)
+{
+	tr_connect_hook(sock, address, TR_HOOK_KPROBE_CONNECT);
+	return 0;
+}
+
+SEC("fexit/__sys_connect")
+int BPF_PROG(tr_fexit_connect, int fd, struct sockaddr *uservaddr, int addrlen, int ret)
+{
+	return tr_connect_finish(ret);
+}
+
+SEC("kretprobe/__sys_connect")
+int BPF_KRETPROBE(tr_kret_connect, int ret)
+{
+	return tr_connect_finish(ret);
+}
+
+#endif /* TRACER_HOOKS_BPF_H */
