@@ -179,8 +179,10 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 	return 0;
 }
 
-/* Syscall-exit side of the tracepoint variant. */
-static __always_inline int tr_open_exit(long ret)
+/* Exit side of the variants that keep the arguments from the entry
+ * (tracepoint; kprobe, where `hooked`: a security hook evaluated every
+ * open that reached the file, so a success it did not select is done). */
+static __always_inline int tr_open_exit(long ret, bool hooked)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
@@ -190,6 +192,8 @@ static __always_inline int tr_open_exit(long ret)
 	struct tr_open_args a = *pending;
 
 	bpf_map_delete_elem(&tr_open_inflight, &id);
+	if (hooked && !a.selected && ret >= 0)
+		return 0;
 	return tr_open_finish(ret, &a);
 }
 
@@ -224,15 +228,15 @@ int tr_openat2_enter(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tp/syscalls/sys_exit_openat")
-int tr_openat_exit(struct trace_event_raw_sys_exit *ctx) { return tr_open_exit(ctx->ret); }
+int tr_openat_exit(struct trace_event_raw_sys_exit *ctx) { return tr_open_exit(ctx->ret, false); }
 
 SEC("tp/syscalls/sys_exit_open")
-int tr_open_exit_tp(struct trace_event_raw_sys_exit *ctx) { return tr_open_exit(ctx->ret); }
+int tr_open_exit_tp(struct trace_event_raw_sys_exit *ctx) { return tr_open_exit(ctx->ret, false); }
 
 SEC("tp/syscalls/sys_exit_creat")
-int tr_creat_exit(struct trace_event_raw_sys_exit *ctx) { return tr_open_exit(ctx->ret); }
+int tr_creat_exit(struct trace_event_raw_sys_exit *ctx) { return tr_open_exit(ctx->ret, false); }
 
 SEC("tp/syscalls/sys_exit_openat2")
-int tr_openat2_exit(struct trace_event_raw_sys_exit *ctx) { return tr_open_exit(ctx->ret); }
+int tr_openat2_exit(struct trace_event_raw_sys_exit *ctx) { return tr_open_exit(ctx->ret, false); }
 
 #endif /* TRACER_FILE_BPF_H */

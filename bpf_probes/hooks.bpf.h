@@ -45,13 +45,7 @@
 /* Forced on by the kernel for open/openat/creat on 64-bit: dropped so
  * that flags are what the program passed, as the tracepoints report. */
 #define TR_O_LARGEFILE 0100000
-
-static __always_inline long tr_syscall_nr(void)
-{
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-
-	return BPF_CORE_READ(regs, orig_ax);
-}
+#define TR_PT_REGS_SYSCALL_NR orig_ax
 #elif defined(__TARGET_ARCH_arm64)
 #define TR_NR_OPEN -1 /* arm64 has openat and openat2 only */
 #define TR_NR_CREAT -1
@@ -59,16 +53,18 @@ static __always_inline long tr_syscall_nr(void)
 #define TR_NR_OPENAT2 437
 #define TR_NR_CONNECT 203
 #define TR_O_LARGEFILE 0400000
+#define TR_PT_REGS_SYSCALL_NR syscallno
+#else
+#error "tracer: syscall numbers for this architecture are missing"
+#endif
 
+/* The syscall the current task is in (user tasks; kernel threads read 0). */
 static __always_inline long tr_syscall_nr(void)
 {
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 
-	return BPF_CORE_READ(regs, syscallno);
+	return BPF_CORE_READ(regs, TR_PT_REGS_SYSCALL_NR);
 }
-#else
-#error "tracer: syscall numbers for this architecture are missing"
-#endif
 
 static __always_inline bool tr_in_open_syscall(void)
 {
@@ -184,17 +180,7 @@ int BPF_KPROBE(tr_kprobe_openat2, int dfd, const char *filename, struct open_how
 SEC("kretprobe/do_sys_openat2")
 int BPF_KRETPROBE(tr_kret_openat2, long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
-
-	if (!pending)
-		return 0;
-	struct tr_open_args a = *pending;
-
-	bpf_map_delete_elem(&tr_open_inflight, &id);
-	if (!a.selected && ret >= 0)
-		return 0;
-	return tr_open_finish(ret, &a);
+	return tr_open_exit(ret, true);
 }
 
 static __always_inline __u8 tr_connect_hook(struct socket *sock, struct sockaddr *address,
