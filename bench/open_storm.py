@@ -67,15 +67,20 @@ def stats(sock: Path) -> dict[str, dict[str, int]]:
 
 
 def filtered(
-    reaper: Reaper, exe: Path, work: Path, n: int, rounds: int, mode: list[str]
+    reaper: Reaper, exe: Path, work: Path, n: int, rounds: int, mode: list[str],
+    rules: bool = True,
 ) -> None:
-    print_header(f"filtered: {n:,} open+close of {TARGET}, no rule selects it")
+    """With rules (the default library), or without any (the hooks' own cost:
+    attached, they return at once when no file rule exists)."""
+    what = "no rule selects it" if rules else "no policy loaded (hooks only)"
+    print_header(f"filtered: {n:,} open+close of {TARGET}, {what}")
     without, with_ = [], []
     sock = work / "ctl.sock"
+    policy = ["--policy", str(LIBRARY)] if rules else []
     for r in range(rounds):
         without.append(run_loop(exe, n))
         d = TracerDaemon(reaper, work / f"filtered-{r}.jsonl",
-                         ["--policy", str(LIBRARY), "--control-socket", str(sock), *mode])
+                         [*policy, "--control-socket", str(sock), *mode])
         d.start()
         before = stats(sock)
         with_.append(run_loop(exe, n))
@@ -158,7 +163,9 @@ def main() -> int:
     ap.add_argument("--opens", type=int, default=1_000_000)
     ap.add_argument("--posted", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--stages", default="filtered,posted", help="which stages to run")
+    ap.add_argument(
+        "--stages", default="filtered,posted", help="which of hooks-only,filtered,posted to run"
+    )
     ap.add_argument("--capture-mode", choices=["lsm", "fentry", "kprobe", "tracepoint"])
     args = ap.parse_args()
     stages = set(args.stages.split(","))
@@ -171,6 +178,8 @@ def main() -> int:
         exe = build_loop(work)
         mode = ["--capture-mode", args.capture_mode] if args.capture_mode else []
         print(f"capture mode: {args.capture_mode or 'the daemon chooses'}")
+        if "hooks-only" in stages:
+            filtered(reaper, exe, work, args.opens, args.rounds, mode, rules=False)
         if "filtered" in stages:
             filtered(reaper, exe, work, args.opens, args.rounds, mode)
         if "posted" in stages:
