@@ -13,6 +13,7 @@ Only the standard library and orjson (already a tracer dependency).
 
 from __future__ import annotations
 
+import argparse
 import ast
 import atexit
 import contextlib
@@ -525,6 +526,32 @@ def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05)
 
 
 # --------------------------------------------------------------------------- misc
+
+
+def add_quiet_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--quiet-cores", type=float, default=0.1,
+                    help="before each measurement, wait until others use less than this many "
+                    "cores for 6 s and load no tr_* BPF programs (0: do not wait)")
+    ap.add_argument("--quiet-timeout", type=float, default=900.0)
+
+
+def quiet(args: argparse.Namespace) -> None:
+    """wait_quiet() as the --quiet-* options say."""
+    if args.quiet_cores > 0:
+        wait_quiet(args.quiet_cores, timeout=args.quiet_timeout)
+
+
+def run_bench(bench: Callable[[Reaper, argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run `bench` as root with a Reaper that stops every child, also on Ctrl-C."""
+    require_root()
+    reaper = Reaper()
+    try:
+        return bench(reaper, args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        reaper.cleanup()
 
 
 def tmpdir(prefix: str, keep: bool = False, base: Path | None = None) -> Path:

@@ -53,11 +53,12 @@ from _common import (
     ExportTail,
     Reaper,
     TracerDaemon,
+    add_quiet_arguments,
     fmt_stats,
     host_cpu,
     interrupts,
     print_header,
-    require_root,
+    run_bench,
     tmpdir,
     tracer_bpf_programs,
     wait_quiet,
@@ -413,10 +414,7 @@ def main() -> int:
                     "'without' and 'daemon' are required")
     ap.add_argument("--no-capacity", action="store_true", help="skip the backlog-drain run")
     ap.add_argument("--capacity-only", action="store_true", help="only the backlog-drain run")
-    ap.add_argument("--quiet-cores", type=float, default=0.1,
-                    help="before each run, wait until others use less than this many cores "
-                    "for 6 s (0: do not wait; default 0.1)")
-    ap.add_argument("--quiet-timeout", type=float, default=900.0)
+    add_quiet_arguments(ap)
     ap.add_argument("--max-noise", type=float, default=0.15,
                     help="repeat a run if others used more than this many cores (default 0.15)")
     ap.add_argument("--retries", type=int, default=6, help="repeats of a noisy/failed run")
@@ -427,15 +425,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write all results here as JSON")
     args = ap.parse_args()
     QUIET.update(max_cores=args.quiet_cores, timeout=args.quiet_timeout)
-    require_root()
-    reaper = Reaper()
-    try:
-        return bench(reaper, args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        reaper.cleanup()
+    return run_bench(bench, args)
 
 
 def attempt(label: str, args: argparse.Namespace, fn: Callable[[], object]) -> object:

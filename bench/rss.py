@@ -35,10 +35,11 @@ from _common import (
     ExportTail,
     Reaper,
     TracerDaemon,
+    add_quiet_arguments,
     print_header,
-    require_root,
+    quiet,
+    run_bench,
     tmpdir,
-    wait_quiet,
     wait_until,
 )
 
@@ -186,25 +187,9 @@ def main() -> int:
     ap.add_argument("--daemon-args", default="", type=shlex.split,
                     help='more `tracer run` options, e.g. --daemon-args="--no-grpc"')
     ap.add_argument("--ringbuf-size", default="4M", help="daemon --ringbuf-size (default 4M)")
-    ap.add_argument("--quiet-cores", type=float, default=0.1,
-                    help="before each measurement, wait until others use less than this many "
-                    "cores for 6 s and load no tr_* BPF programs (0: do not wait)")
-    ap.add_argument("--quiet-timeout", type=float, default=900.0)
+    add_quiet_arguments(ap)
     args = ap.parse_args()
-    require_root()
-    reaper = Reaper()
-    try:
-        return bench(reaper, args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        reaper.cleanup()
-
-
-def quiet(args: argparse.Namespace) -> None:
-    if args.quiet_cores > 0:
-        wait_quiet(args.quiet_cores, timeout=args.quiet_timeout)
+    return run_bench(bench, args)
 
 
 def bench(reaper: Reaper, args: argparse.Namespace) -> int:
