@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import BinaryIO, Generic, Protocol, TypeVar
 
 import structlog
@@ -287,8 +287,18 @@ def _is_lost_encoded(item: Encoded) -> bool:
     return isinstance(item[0], Lost)
 
 
-def encode_all(encode: Callable[[Event], bytes], events: list[Event]) -> list[Encoded]:
-    return [(ev, encode(ev)) for ev in events]
+def _encode_for(
+    encode: Callable[[Event], bytes], events: list[Event], sinks: Sequence[EncodedSink]
+) -> None:
+    """Encode `events` once and queue them to every sink; a fault stops only these sinks."""
+    try:
+        items = [(ev, encode(ev)) for ev in events]
+    except Exception as exc:  # noqa: BLE001 -- a sink fault must not stop capture
+        for s in sinks:
+            s.fail(exc, events)
+        return
+    for s in sinks:
+        s.offer_encoded(items)
 
 
 class EncodedSink(_Drained[Encoded]):
@@ -318,15 +328,7 @@ class EncodedSink(_Drained[Encoded]):
         self.offer_many([event])
 
     def offer_many(self, events: list[Event]) -> None:
-        if self._error is not None:  # stopped: its closed queue only counts
-            self._queue.put_many([(ev, b"") for ev in events])
-            return
-        try:
-            items = encode_all(self._encode, events)
-        except Exception as exc:  # noqa: BLE001 -- a sink fault must not stop capture
-            self.fail(exc, events)
-            return
-        self._queue.put_many(items)
+        _encode_for(self._encode, events, (self,))
 
     def offer_encoded(self, items: list[Encoded]) -> None:
         """Queue events already encoded (by a LineFanout)."""
@@ -376,14 +378,7 @@ class LineFanout:
         self.offer_many([event])
 
     def offer_many(self, events: list[Event]) -> None:
-        try:
-            items = encode_all(self._encode, events)
-        except Exception as exc:  # noqa: BLE001 -- a sink fault must not stop capture
-            for s in self.sinks:
-                s.fail(exc, events)
-            return
-        for s in self.sinks:
-            s.offer_encoded(items)
+        _encode_for(self._encode, events, self.sinks)
 
     def take_dropped(self) -> dict[str, int]:
         out: collections.Counter[str] = collections.Counter()
