@@ -26,7 +26,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,9 +37,9 @@ import structlog
 from export.jsonl import Serializer
 from export.sink import Encoded, EncodedSink
 from forensics import store
-from forensics.index import HAS_EXEC, HAS_EXIT, IndexBuilder, scan, write_sidecar
+from forensics.index import HAS_EXEC, HAS_EXIT, Fields, IndexBuilder, scan, write_sidecar
 from forensics.log import SEGMENT_RE, Problems, Segment, segment_name
-from tracer.events import Event, Lost, Process, ProcessExec, ProcessExit
+from tracer.events import Event, Lost, Process, ProcessEvent, ProcessExec, ProcessExit
 
 _log = structlog.get_logger(component="eventlog")
 
@@ -49,6 +49,27 @@ _COMPRESS_LEVEL = 3  # most of gzip's ratio on JSON at a fraction of level 9's C
 
 
 _BITS = {ProcessExec: HAS_EXEC, ProcessExit: HAS_EXIT}
+
+
+def _fields(p: Process) -> Fields:
+    pod = p.pod
+    return (
+        p.exec_id,
+        p.pid,
+        p.parent_exec_id,
+        p.binary,
+        p.start_time,
+        p.flags,
+        pod.namespace if pod is not None else None,
+        pod.name if pod is not None else None,
+    )
+
+
+def _lineage(ev: ProcessEvent) -> Iterator[Fields]:
+    if ev.parent is not None:
+        yield _fields(ev.parent)
+        for a in ev.ancestors:
+            yield _fields(a)
 
 
 @dataclass(slots=True)
@@ -157,21 +178,7 @@ class EventLog(EncodedSink):
                 cur.index.note_time(ev.time)
             else:
                 last = p = ev.process
-                # Events carry no pod until the enrichment issue lands; then
-                # a process's `pod` (namespace, name) is indexed as it is.
-                pod = getattr(p, "pod", None)
-                row = cur.index.note(
-                    ev.time,
-                    _BITS.get(type(ev), 0),
-                    p.exec_id,
-                    p.pid,
-                    p.parent_exec_id,
-                    p.binary,
-                    p.start_time,
-                    p.flags,
-                    getattr(pod, "namespace", None),
-                    getattr(pod, "name", None),
-                )
+                row = cur.index.note(ev.time, _BITS.get(type(ev), 0), _fields(p), _lineage(ev))
             if size >= limit:  # between two lines: a line is never split
                 cur.f.write(b"".join(out))
                 cur.size = size

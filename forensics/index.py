@@ -1,8 +1,9 @@
 """The event log's index: which processes each segment holds, in a sidecar file.
 
 Every segment gets `events-NNNNNNNN.idx` when it is closed: its time span,
-its event count and one row per process that has events in it (pid,
-parent, binary, start, first and last event, pod). The writer builds it
+its event count and one row per process that has events in it or is
+an ancestor of one (pid, parent, binary, start, first and last event,
+pod). The writer builds it
 with one dict update per event and writes it once per segment. A segment
 without a valid sidecar (the one being written, one a crash left, a
 copied file) is scanned instead: the index only makes reading faster,
@@ -25,7 +26,7 @@ import orjson
 
 from forensics.log import JsonDict, Problems, Segment, events, parse_time
 
-FORMAT = 1
+FORMAT = 2  # 2: rows for ancestors named only by descendants' events
 
 # Row bits.
 HAS_EXEC = 1
@@ -35,10 +36,20 @@ FORK = 8
 
 # A row: [pid, parent_exec_id, binary, start_ns, first_ns, last_ns, namespace, pod, bits]
 Row = list[Any]
+# What an event says of one process:
+# (exec_id, pid, parent_exec_id, binary, start_ns, flags, namespace, pod)
+Fields = tuple[str, int, str | None, str, int, Iterable[str], str | None, str | None]
 
 
 class IndexBuilder:
-    """Collects the rows of one segment as its events go by (one dict update each)."""
+    """Collects the rows of one segment as its events go by (one dict update each).
+
+    A segment has a row for each process with events in it, and for each
+    ancestor its events name. A process that ran before the daemon and did
+    nothing since (a shell, a service) has no events of its own; its row
+    lets `tracer tree` select it, walk up through it, and join it to its
+    image from before a daemon restart.
+    """
 
     __slots__ = ("events", "first_ns", "last_ns", "rows")
 
@@ -48,29 +59,21 @@ class IndexBuilder:
         self.first_ns = 0
         self.last_ns = 0
 
-    def note(
-        self,
-        t: int,
-        bit: int,
-        exec_id: str,
-        pid: int,
-        parent: str | None,
-        binary: str,
-        start_ns: int,
-        flags: Iterable[str],
-        namespace: str | None,
-        pod: str | None,
-    ) -> Row:
-        """The process's row, updated (the caller may move its last time itself)."""
-        row = self.rows.get(exec_id)
+    def note(self, t: int, bit: int, fields: Fields, lineage: Iterable[Fields] = ()) -> Row:
+        """The process's row, updated (the caller may move its last time itself).
+
+        `lineage` (parent first, then ancestors) is read only when the
+        process is new to the segment, and only up to the first ancestor
+        already known: that one's own ancestors were noted with it.
+        """
+        rows = self.rows
+        row = rows.get(fields[0])
         if row is None:
-            bits = bit
-            for f in flags:
-                if f == "procfs":
-                    bits |= PROCFS
-                elif f == "fork":
-                    bits |= FORK
-            row = self.rows[exec_id] = [pid, parent, binary, start_ns, t, t, namespace, pod, bits]
+            row = rows[fields[0]] = _new_row(t, bit, fields)
+            for a in lineage:
+                if a[0] in rows:
+                    break
+                rows[a[0]] = _new_row(t, 0, a)
         else:
             if t > row[5]:
                 row[5] = t
@@ -94,20 +97,10 @@ class IndexBuilder:
             self.note_time(t)
             return
         kind = ev.get("type")
-        pod = p.get("pod") or {}
-        start = p.get("start_time")
-        self.note(
-            t,
-            HAS_EXEC if kind == "process_exec" else HAS_EXIT if kind == "process_exit" else 0,
-            str(p.get("exec_id")),
-            int(p.get("pid") or 0),
-            p.get("parent_exec_id"),
-            str(p.get("binary", "")),
-            (parse_time(start) or 0) if isinstance(start, str) else 0,
-            p.get("flags") or (),
-            pod.get("namespace"),
-            pod.get("name"),
-        )
+        bit = HAS_EXEC if kind == "process_exec" else HAS_EXIT if kind == "process_exit" else 0
+        chain = [ev.get("parent"), *(ev.get("ancestors") or ())]
+        lineage = (_dict_fields(a) for a in chain if isinstance(a, dict))
+        self.note(t, bit, _dict_fields(p), lineage)
 
     def sidecar(self, segment_name: str) -> bytes:
         return orjson.dumps(
@@ -120,6 +113,32 @@ class IndexBuilder:
                 "processes": self.rows,
             }
         )
+
+
+def _new_row(t: int, bit: int, fields: Fields) -> Row:
+    _, pid, parent, binary, start_ns, flags, namespace, pod = fields
+    bits = bit
+    for f in flags:
+        if f == "procfs":
+            bits |= PROCFS
+        elif f == "fork":
+            bits |= FORK
+    return [pid, parent, binary, start_ns, t, t, namespace, pod, bits]
+
+
+def _dict_fields(p: JsonDict) -> Fields:
+    pod = p.get("pod") or {}
+    start = p.get("start_time")
+    return (
+        str(p.get("exec_id")),
+        int(p.get("pid") or 0),
+        p.get("parent_exec_id"),
+        str(p.get("binary", "")),
+        (parse_time(start) or 0) if isinstance(start, str) else 0,
+        p.get("flags") or (),
+        pod.get("namespace"),
+        pod.get("name"),
+    )
 
 
 def write_sidecar(path: Path, data: bytes) -> None:

@@ -19,6 +19,7 @@ from conftest import tracer_cmd
 from export import LineFanout, QueuedWriter, RotatingFile
 from export.eventlog import EventLog, EventLogConfig
 from export.jsonl import Serializer
+from forensics.index import HAS_EXEC, HAS_EXIT, PROCFS, scan
 from forensics.log import Problems, list_segments
 from forensics.log import events as read_events
 from tracer.events import Event, ExitStatus, FileInfo, FileOpen, Process, ProcessExec, ProcessExit
@@ -120,6 +121,30 @@ def test_segments_rotate_compress_and_index(tmp_path: Path) -> None:
     ser = Serializer()
     first = gzip.decompress((log / gz[0]).read_bytes()).splitlines(keepends=True)[0]
     assert first == ser.line(_many(1)[0])
+
+
+def test_the_index_has_ancestors_named_only_by_descendants(tmp_path: Path) -> None:
+    # init has no events of its own: only bash's and cat's name it.
+    log = tmp_path / "ev"
+    _write(log, _chain())
+    (seg,) = list_segments([log])
+    sidecar = json.loads(seg.sidecar.read_bytes())
+    rows = sidecar["processes"]
+    assert sorted(r[0] for r in rows.values()) == [1, 100, 101]
+    init = rows[f"n1:{T0 - 10**12}:1"]
+    assert init[1] is None and init[2] == "/sbin/init" and init[8] == PROCFS
+    assert init[4] == init[5] == T0  # seen when bash, its first descendant, was
+    assert rows[f"n1:{T0 + 1000}:101"][8] == HAS_EXEC | HAS_EXIT
+    assert sidecar["events"] == 4  # an ancestor's row is not an event
+    # A segment without its sidecar is scanned into the same index.
+    assert json.loads(scan(seg, Problems(out=None)).sidecar(seg.path.name.removesuffix(".gz"))) \
+        == sidecar
+    # And `tracer tree` selects it by pid, with its descendants under it.
+    r = _run("tree", "--from", str(log), "-o", "json", "--pid", "1")
+    assert r.returncode == 0, r.stderr
+    (root,) = json.loads(r.stdout)["roots"]
+    assert root["process"]["binary"] == "/sbin/init"
+    assert [c["process"]["pid"] for c in root["children"]] == [100]
 
 
 def test_the_open_segment_is_flushed_on_time_and_readable_by_tracer_events(tmp_path: Path) -> None:

@@ -93,9 +93,13 @@ def _policy(work: Path, ports: Ports) -> Path:
 
 
 class _Service:
-    """The 'service': a python process that, when told, spawns the shell of the chain."""
+    """The 'service': a python process that, when told, spawns the shell of the chain.
 
-    def __init__(self, marker: str, ports: Ports) -> None:
+    A lingering service stays up after the chain until `finish`: it then
+    has no events of its own in the log, only its descendants name it.
+    """
+
+    def __init__(self, marker: str, ports: Ports, linger: bool = False) -> None:
         chain = (
             f"{PY} -c 'import sys, urllib.request; "
             "sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' "
@@ -105,12 +109,20 @@ class _Service:
             "import subprocess, sys\n"
             "sys.stdin.readline()\n"
             f"subprocess.run(['sh', '-c', {chain!r}], check=True)\n"
+            "sys.stdin.readline()\n"
         )
+        self.linger = linger
         self.proc = subprocess.Popen([PY, "-c", code, f"svc-{marker}"], stdin=subprocess.PIPE)
 
     def go(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
+        if not self.linger:
+            self.finish()
+
+    def finish(self) -> None:
+        assert self.proc.stdin is not None
         self.proc.stdin.close()
         assert self.proc.wait(30) == 0
 
@@ -258,7 +270,9 @@ def test_tree_across_a_daemon_restart(work: Path) -> None:
     policy = _policy(work, net.ports)
     first = _daemon(log, policy)
     try:
-        svc = _Service(marker, net.ports)  # its exec goes to the first daemon's log
+        # Its exec goes to the first daemon's log; it lingers after the
+        # chain, so the second daemon's log names it only as an ancestor.
+        svc = _Service(marker, net.ports, linger=True)
         first.wait_for(lambda e: e["type"] == "process_exec" and f"svc-{marker}" in
                        e["process"]["args"])
     finally:
@@ -268,6 +282,9 @@ def test_tree_across_a_daemon_restart(work: Path) -> None:
         svc.go()
         second.sync()
         _check_chain(log, marker, net.ports)
+        svc.finish()
+        second.sync()
+        _check_chain(log, marker, net.ports)  # and with its exit logged
     finally:
         assert second.stop() == 0
         net.close()
