@@ -52,8 +52,9 @@ def chosen_programs(variant: str, which: str) -> tuple[str, list[str]]:
     obj = getattr(loader, "CAPTURE_OBJECT", None) or loader.PROCESS_OBJECT
     if which == "all":
         capture = getattr(loader, "CAPTURE_PROGRAMS", {})
-        if capture:
-            progs += list(capture[loader.choose_capture_mode(list(capture))])
+        if capture:  # the mode the daemon would choose on this kernel
+            usable = probe(DEFAULT_BPF_DIR).capture_modes()
+            progs += list(capture[loader.choose_capture_mode(usable)])
     return obj, progs
 
 
