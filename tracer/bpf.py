@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import os
+import platform
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,12 +58,34 @@ class LibbpfError(OSError):
         return str(self.args[1])
 
 
+# The callback gets a pointer to the caller's va_list state (x86_64: the
+# 24-byte __va_list_tag; arm64: a 32-byte copy of the struct). Formatting
+# consumes it; saving and restoring those bytes is what va_copy does.
+_VA_LIST_BYTES = {"x86_64": 24, "aarch64": 32}.get(platform.machine(), 0)
+_FIRST_TRY = 4096
+
+
+def _format(fmt: bytes, va_list: int | None) -> bytes:
+    """The whole message: a verifier log runs to megabytes, and its last
+    lines (the error) are the ones that matter."""
+    assert _libc is not None
+    buf = ctypes.create_string_buffer(_FIRST_TRY)
+    if not va_list or not _VA_LIST_BYTES:
+        _libc.vsnprintf(buf, len(buf), fmt, va_list)
+        return buf.value
+    saved = ctypes.string_at(va_list, _VA_LIST_BYTES)
+    n = _libc.vsnprintf(buf, len(buf), fmt, va_list)
+    if n >= len(buf):
+        ctypes.memmove(va_list, saved, len(saved))
+        buf = ctypes.create_string_buffer(n + 1)
+        _libc.vsnprintf(buf, len(buf), fmt, va_list)
+    return buf.value
+
+
 def _on_print(level: int, fmt: bytes | None, va_list: int | None) -> int:
     if fmt is None or _libc is None:
         return 0
-    buf = ctypes.create_string_buffer(4096)
-    _libc.vsnprintf(buf, len(buf), fmt, va_list)
-    text = buf.value.decode("utf-8", "replace").rstrip("\n")
+    text = _format(fmt, va_list).decode("utf-8", "replace").rstrip("\n")
     lines: list[str] | None = getattr(_capture, "lines", None)
     if lines is not None and level <= _libbpf.LIBBPF_INFO:
         lines.extend(text.splitlines())
