@@ -170,17 +170,49 @@ int BPF_PROG(tr_fexit_openat2, int dfd, const char *filename, struct open_how *h
 }
 
 /* kprobe: the arguments at the entry, the result at the return. */
+static __always_inline int tr_kprobe_open_enter(const char *upath, __u32 flags, __u32 mode,
+						__u16 hook)
+{
+	__u32 gen;
+
+	if (!tr_policy_cfg_of(TR_PK_FILE, &gen))
+		return 0; /* no file rules: nothing to capture */
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tr_open_args a = { .upath = upath, .open_flags = flags, .mode = mode, .hook = hook };
+
+	bpf_map_update_elem(&tr_open_inflight, &id, &a, BPF_ANY);
+	return 0;
+}
+
+/* Exit side of the kprobe variant, which keeps the arguments from the
+ * entry: its security hook evaluated every open that reached the file,
+ * so a success it did not select is done. */
+static __always_inline int tr_kprobe_open_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
+
+	if (!pending)
+		return 0;
+	struct tr_open_args a = *pending;
+
+	bpf_map_delete_elem(&tr_open_inflight, &id);
+	if (!a.selected && ret >= 0)
+		return 0;
+	return tr_open_finish(ret, &a);
+}
+
 SEC("kprobe/do_sys_openat2")
 int BPF_KPROBE(tr_kprobe_openat2, int dfd, const char *filename, struct open_how *how)
 {
-	return tr_open_enter(filename, BPF_CORE_READ(how, flags) & ~TR_O_LARGEFILE,
-			     BPF_CORE_READ(how, mode), TR_HOOK_KRETPROBE_OPENAT2);
+	return tr_kprobe_open_enter(filename, BPF_CORE_READ(how, flags) & ~TR_O_LARGEFILE,
+				    BPF_CORE_READ(how, mode), TR_HOOK_KRETPROBE_OPENAT2);
 }
 
 SEC("kretprobe/do_sys_openat2")
 int BPF_KRETPROBE(tr_kret_openat2, long ret)
 {
-	return tr_open_exit(ret, true);
+	return tr_kprobe_open_exit(ret);
 }
 
 static __always_inline __u8 tr_connect_hook(struct socket *sock, struct sockaddr *address,

@@ -51,10 +51,6 @@ CAPTURE_PROGRAMS = {
         "tr_openat2_exit",
         "tr_creat_exit",
         "tr_connect_exit",
-        "tr_open_enter_tp",
-        "tr_openat_enter",
-        "tr_openat2_enter",
-        "tr_creat_enter",
         "tr_connect_enter",
     ),
 }
