@@ -162,6 +162,18 @@ static long tr_reverse_step(__u32 i, void *arg)
 	return 0;
 }
 
+/* Bit n of a 256-bit set. */
+static __always_inline bool tr_bit(const __u64 *set, __u32 n)
+{
+	__u32 w = n >> 6;
+
+	/* Opaque to clang, so the mask below is what bounds the index: it
+	 * would otherwise fold it into a copy of n from before the caller's
+	 * range check, which the verifier refuses. */
+	barrier_var(w);
+	return (set[w & 3] >> (n & 63)) & 1;
+}
+
 /* Hits of one string value: exact, prefix, and (if any rule has one) suffix.
  * Rule strings are at most TR_POLICY_STR - 1 bytes, so a longer value can
  * only match by prefix (its head) or suffix (its tail). */
@@ -175,7 +187,7 @@ static __always_inline void tr_str_hits(struct tr_policy_scratch *s, struct tr_k
 	__builtin_memset(&s->exact, 0, sizeof(s->exact));
 	s->exact.sel = sel;
 	bpf_probe_read_kernel(s->exact.s, tr_bound(head, 255), str);
-	if (len < TR_POLICY_STR)
+	if (len < TR_POLICY_STR && tr_bit(cfg->exact_lens[field & 1], len))
 		tr_or(acc, bpf_map_lookup_elem(&tr_policy_exact, &s->exact));
 
 	__builtin_memcpy(s->lpm.s, s->exact.s, TR_POLICY_STR);
@@ -183,7 +195,10 @@ static __always_inline void tr_str_hits(struct tr_policy_scratch *s, struct tr_k
 	s->lpm.prefixlen = 32 + 8 * head;
 	tr_or(acc, bpf_map_lookup_elem(&tr_policy_prefix, &s->lpm));
 
-	if (cfg->suffix_fields & (1 << field)) {
+	/* A value longer than the head is tested whatever its last byte. */
+	if ((cfg->suffix_fields & (1 << field)) &&
+	    (len > head || (len && tr_bit(cfg->suffix_ends[field & 1],
+					  (__u8)s->exact.s[(len - 1) & 0xff])))) {
 		struct tr_policy_scratch *sp = s;
 
 		s->tail_len = head;

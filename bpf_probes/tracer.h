@@ -74,6 +74,9 @@ enum tr_field {
 	TR_F_MAX = 5,
 };
 
+/* The string fields (binary, path) come first. */
+#define TR_STR_FIELDS 2
+
 enum tr_action {
 	TR_ACT_NONE = 0, /* no rule selected the event */
 	TR_ACT_POST = 1,
@@ -102,6 +105,14 @@ struct tr_kind_cfg {
 	__u64 ignore;                /* ignore rules: they win over post */
 	__u32 fields;                /* bit per field with any value: skip the others */
 	__u32 suffix_fields;         /* bit per string field with suffix values */
+	/* Per string field (binary, path), 256 bits each: bit n of
+	 * exact_lens when some exact value is n bytes long; bit c of
+	 * suffix_ends when some suffix value ends in byte c. A value no bit
+	 * admits skips that lookup: hashing the exact key and reversing the
+	 * value for the suffix trie were a third of an evaluation that
+	 * matches nothing. */
+	__u64 exact_lens[TR_STR_FIELDS][4];
+	__u64 suffix_ends[TR_STR_FIELDS][4];
 };
 
 struct tr_rule {

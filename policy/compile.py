@@ -21,6 +21,7 @@ CAPACITY = {"exact": 4096, "prefix": 4096, "suffix": 4096, "cidr": 4096, "uid": 
 
 F_BINARY, F_PATH, F_DADDR, F_DPORT, F_UID = range(5)
 F_MAX = 5
+STR_FIELDS = 2  # binary and path: the fields with string values
 
 Key = tuple[int, int, bytes]  # kind, field, value
 _BY_INDEX = {k.index: k for k in Kind}
@@ -66,6 +67,11 @@ class KindTable:
     ignore: int = 0
     fields: int = 0
     suffix_fields: int = 0
+    # Per string field, 256-bit sets: the lengths of its exact values and
+    # the last bytes of its suffix values (the kernel skips a lookup that
+    # no value could answer).
+    exact_lens: list[int] = field(default_factory=lambda: [0] * STR_FIELDS)
+    suffix_ends: list[int] = field(default_factory=lambda: [0] * STR_FIELDS)
 
     @property
     def mask(self) -> int:
@@ -120,14 +126,19 @@ class _Compiler:
 
     def strings(self, kind: int, fld: int, m: StringMatch, bit: int, neg: bool) -> None:
         o = self.out
+        t = o.kinds[_BY_INDEX[kind]]
         for s in m.exact:
-            o.exact.setdefault((kind, fld, s.encode()), Hits()).add(bit, neg)
+            b = s.encode()
+            o.exact.setdefault((kind, fld, b), Hits()).add(bit, neg)
+            t.exact_lens[fld] |= 1 << len(b)
         for s in m.prefix:
             o.prefix.setdefault((kind, fld, s.encode()), Hits()).add(bit, neg)
         for s in m.suffix:
-            o.suffix.setdefault((kind, fld, s.encode()[::-1]), Hits()).add(bit, neg)
+            b = s.encode()
+            o.suffix.setdefault((kind, fld, b[::-1]), Hits()).add(bit, neg)
+            t.suffix_ends[fld] |= 1 << b[-1]
         if m.suffix:
-            o.kinds[_BY_INDEX[kind]].suffix_fields |= 1 << fld
+            t.suffix_fields |= 1 << fld
 
     def rule(self, table: KindTable, r: Rule, bit: int) -> None:
         k, sel = r.kind.index, r.selectors

@@ -14,7 +14,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from policy.compile import F_MAX, MAX_RULES, Compiled, Hits, RuleRef
+from policy.compile import F_MAX, MAX_RULES, STR_FIELDS, Compiled, Hits, RuleRef
 from policy.model import Kind
 from tracer import bpf
 
@@ -25,7 +25,7 @@ STR_LEN = 252  # TR_POLICY_STR
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _HITS = struct.Struct("<QQ")
-_CFG = struct.Struct(f"<Q{F_MAX}Q{F_MAX}QQQQII")
+_CFG = struct.Struct(f"<Q{F_MAX}Q{F_MAX}QQQQII{4 * STR_FIELDS}Q{4 * STR_FIELDS}Q")
 _RULE = struct.Struct("<IHBB")
 _STR_KEY = struct.Struct(f"<I{STR_LEN}s")
 _LPM_STR_KEY = struct.Struct(f"<II{STR_LEN}s")
@@ -36,6 +36,11 @@ _BINARY = struct.Struct("<I256s")
 
 def _sel(gen: int, kind: int, fld: int) -> int:
     return gen << 16 | kind << 8 | fld
+
+
+def _words(sets: list[int]) -> list[int]:
+    """256-bit sets as the kernel's __u64[4] each, low word first."""
+    return [(v >> (64 * i)) & 0xFFFF_FFFF_FFFF_FFFF for v in sets for i in range(4)]
 
 
 def _hits(h: Hits) -> bytes:
@@ -138,6 +143,8 @@ class PolicyMaps:
                     t.ignore,
                     t.fields,
                     t.suffix_fields,
+                    *_words(t.exact_lens),
+                    *_words(t.suffix_ends),
                 ),
             )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -133,9 +134,11 @@ def test_the_real_path_is_reported(pdaemon: Daemon, tmp_path: Path, how: str) ->
     assert ev["process"]["args"][3] == marker  # python -c CODE MARKER
 
 
-def test_creat_and_openat2_are_covered(
+def test_every_open_syscall_reports_its_flags_and_mode(
     pdaemon: Daemon, ctl: Path, tmp_path: Path, mode: str
 ) -> None:
+    # Each syscall passes flags and mode in different argument registers
+    # (openat's mode is the fourth: r10 on x86_64), openat2 in a struct.
     d = tmp_path / "watched"
     d.mkdir()
     must_apply(
@@ -146,28 +149,45 @@ def test_creat_and_openat2_are_covered(
     marker = new_marker()
     code = textwrap.dedent(
         """
-        import ctypes, os, struct, sys
+        import ctypes, os, platform, struct, sys
         d = sys.argv[2]
         libc = ctypes.CDLL(None, use_errno=True)
         os.close(libc.creat(f"{d}/by-creat".encode(), 0o600))
-        how = struct.pack("QQQ", os.O_RDONLY, 0, 0)  # struct open_how
+        os.close(os.open(f"{d}/by-openat", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+        how = struct.pack("QQQ", os.O_RDONLY | os.O_NOFOLLOW, 0, 0)  # struct open_how
         fd = libc.syscall(437, -100, f"{d}/by-creat".encode(), how, len(how))  # openat2
         assert fd >= 0, ctypes.get_errno()
         os.close(fd)
+        if platform.machine() == "x86_64":  # open(2) exists there only
+            fd = libc.syscall(2, f"{d}/by-openat".encode(), os.O_RDWR | os.O_APPEND, 0)
+            assert fd >= 0, ctypes.get_errno()
+            os.close(fd)
         """
     )
     subprocess.run([PY, "-c", code, marker, str(d)], check=True)
     created = pdaemon.wait_for(is_open_of(f"{d}/by-creat", marker))
     assert created["file_open"]["hook"] == open_hook(mode, "creat")
     assert created["file_open"]["flags"][:3] == ["O_WRONLY", "O_CREAT", "O_TRUNC"]
+    assert created["file_open"]["mode"] == 0o600
+    at = pdaemon.wait_for(is_open_of(f"{d}/by-openat", marker))
+    assert at["file_open"]["hook"] == open_hook(mode, "openat")
+    assert {"O_WRONLY", "O_CREAT", "O_EXCL"} <= set(at["file_open"]["flags"]), at
+    assert at["file_open"]["mode"] == 0o640
     o2 = pdaemon.wait_for(
         lambda e: (
-            is_open_of(f"{d}/by-creat", marker)(e)
-            and e["file_open"]["hook"] == open_hook(mode, "openat2")
-            and e["file_open"]["flags"][0] == "O_RDONLY"
+            is_open_of(f"{d}/by-creat", marker)(e) and "O_NOFOLLOW" in e["file_open"]["flags"]
         )
     )
-    assert o2["file_open"]["flags"] == ["O_RDONLY"]
+    assert o2["file_open"]["hook"] == open_hook(mode, "openat2")
+    assert o2["file_open"]["flags"] == ["O_RDONLY", "O_NOFOLLOW"]
+    if platform.machine() == "x86_64":
+        o = pdaemon.wait_for(
+            lambda e: (
+                is_open_of(f"{d}/by-openat", marker)(e) and "O_APPEND" in e["file_open"]["flags"]
+            )
+        )
+        assert o["file_open"]["hook"] == open_hook(mode, "open")
+        assert o["file_open"]["flags"] == ["O_RDWR", "O_APPEND"], o
 
 
 def test_failed_open_reports_the_name_asked_for(
@@ -197,6 +217,48 @@ def _stats(ctl: Path) -> dict[str, dict[str, int]]:
     assert reply["ok"], reply
     kernel: dict[str, dict[str, int]] = reply["kernel"]
     return kernel
+
+
+def test_exact_and_suffix_values_select_exactly_their_paths(
+    pdaemon: Daemon, ctl: Path, tmp_path: Path, mode: str
+) -> None:
+    # The kernel skips the exact lookup for a length no exact value has,
+    # and the suffix lookup for a last byte no suffix ends in: the misses
+    # here share a length or a last byte with a value, and a path longer
+    # than the 252-byte head is matched by its tail.
+    d = tmp_path / "sel"
+    deep = d.joinpath(*["n" * 60] * 4)
+    deep.mkdir(parents=True)
+    exact = d / "exact-file"
+    suffix = ".tracer-key"
+    must_apply(
+        ctl,
+        tmp_path,
+        one_rule(
+            "t-strings",
+            "file_open",
+            f'{{path: {{exact: ["{exact}"], suffix: ["{suffix}"]}}}}',
+        ),
+    )
+    wanted = [exact, d / f"a{suffix}", deep / f"b{suffix}"]
+    unwanted = [d / "exact-filX", d / "exact-fil", d / "a.tracer-kez", d / "a.tracer-keyy",
+                deep / "b.tracer-kez"]
+    assert len(str(deep / f"b{suffix}")) > 252
+    for f in wanted + unwanted:
+        f.write_text("x")
+    marker = new_marker()
+    code = "import sys\nfor p in sys.argv[2:]:\n    open(p).close()\n"
+    subprocess.run([PY, "-c", code, marker, *map(str, wanted + unwanted)], check=True)
+    for f in wanted:
+        pdaemon.wait_for(is_open_of(str(f), marker))
+    pdaemon.sync()
+    got = {
+        e["file_open"]["path"]
+        for e in pdaemon.matching(
+            lambda e: e["type"] == "file_open" and e["file_open"]["path"].startswith(str(d))
+        )
+    }
+    assert got == {str(f) for f in wanted}
 
 
 def test_unselected_opens_never_reach_user_space(pdaemon: Daemon, ctl: Path) -> None:
