@@ -8,6 +8,8 @@
 2. Posted: the same storm with a rule that posts every open. Prints the
    events/s the daemon delivers to its JSON file, the loss (kernel and
    daemon), and the daemon's CPU seconds per 100k events.
+3. Program cost (`--stages program-cost`): ns per run of each BPF program
+   over the filtered storm, from the kernel's own run statistics.
 
 Usage: .venv/bin/python bench/open_storm.py [--opens 1000000] [--posted 200000] [--rounds 3]
        [--capture-mode lsm|fentry|kprobe|tracepoint]  (default: the daemon's choice)
@@ -16,6 +18,7 @@ Usage: .venv/bin/python bench/open_storm.py [--opens 1000000] [--posted 200000] 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -98,6 +101,41 @@ def filtered(
           f"added cost {per_op:.0f} ns per open+close")
 
 
+def _daemon_prog_ids(pid: int) -> set[int]:
+    ids = set()
+    for fd in Path(f"/proc/{pid}/fdinfo").iterdir():
+        for line in fd.read_text().splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return ids
+
+
+def program_cost(reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str]) -> None:
+    """ns per run of each of the daemon's programs (kernel.bpf_stats_enabled),
+    over n opens no rule selects. The statistics add their own clock reads
+    to every run, so this pass is separate from the timed rounds."""
+    print_header(f"program cost: {n:,} open+close of {TARGET}, no rule selects it")
+    d = TracerDaemon(reaper, work / "progcost.jsonl",
+                     ["--policy", str(LIBRARY), "--control-socket", str(work / "ctl3.sock"),
+                      *mode])
+    d.start()
+    knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = knob.read_text().strip()
+    knob.write_text("1")
+    try:
+        run_loop(exe, n)
+    finally:
+        knob.write_text(old)
+    ids = _daemon_prog_ids(d.pid)
+    shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], check=True,
+                                      capture_output=True).stdout)
+    d.stop()
+    for p in sorted(shown, key=lambda p: -p.get("run_cnt", 0)):
+        if p["id"] in ids and p.get("run_cnt", 0) >= n:
+            print(f"  {p['name']:<24} {p['run_cnt']:>10,} runs  "
+                  f"{p['run_time_ns'] / p['run_cnt']:6.0f} ns per run")
+
+
 def posted(reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str]) -> None:
     print_header(f"posted: {n:,} open+close, every one selected by a post rule")
     # A file of our own: the rule must not post other processes' opens (other
@@ -164,7 +202,8 @@ def main() -> int:
     ap.add_argument("--posted", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument(
-        "--stages", default="filtered,posted", help="which of hooks-only,filtered,posted to run"
+        "--stages", default="filtered,posted",
+        help="which of hooks-only,filtered,program-cost,posted to run"
     )
     ap.add_argument("--capture-mode", choices=["lsm", "fentry", "kprobe", "tracepoint"])
     args = ap.parse_args()
@@ -182,6 +221,8 @@ def main() -> int:
             filtered(reaper, exe, work, args.opens, args.rounds, mode, rules=False)
         if "filtered" in stages:
             filtered(reaper, exe, work, args.opens, args.rounds, mode)
+        if "program-cost" in stages:
+            program_cost(reaper, exe, work, args.opens, mode)
         if "posted" in stages:
             posted(reaper, exe, work, args.posted, mode)
     finally:
