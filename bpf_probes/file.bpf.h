@@ -29,8 +29,8 @@ struct tr_open_args {
 };
 
 /* Opens in flight, by thread: the syscall's arguments (kprobe variant)
- * and the verdict of a security hook. LRU: a thread
- * killed between enter and exit leaves an entry that ages out. */
+ * and the verdict of a security hook. LRU: a thread killed between enter
+ * and exit leaves an entry that ages out. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);

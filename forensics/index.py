@@ -3,8 +3,8 @@
 Every segment gets `events-NNNNNNNN.idx` when it is closed: its time span,
 its event count and one row per process that has events in it or is
 an ancestor of one (pid, parent, binary, start, first and last event,
-pod). The writer builds it
-with one dict update per event and writes it once per segment. A segment
+pod). The writer builds it with one dict update per event and writes it
+once per segment. A segment
 without a valid sidecar (the one being written, one a crash left, a
 copied file) is scanned instead: the index only makes reading faster,
 never decides what exists.

@@ -66,7 +66,6 @@ class KindTable:
     enforce: int = 0
     ignore: int = 0
     fields: int = 0
-    suffix_fields: int = 0
     # Per string field, 256-bit sets: the lengths of its exact values and
     # the last bytes of its suffix values (the kernel skips a lookup that
     # no value could answer).
@@ -76,6 +75,11 @@ class KindTable:
     @property
     def mask(self) -> int:
         return (1 << len(self.rules)) - 1
+
+    @property
+    def suffix_fields(self) -> int:
+        """Bit per string field with suffix values."""
+        return sum(1 << fld for fld, ends in enumerate(self.suffix_ends) if ends)
 
 
 @dataclass(slots=True)
@@ -137,8 +141,6 @@ class _Compiler:
             b = s.encode()
             o.suffix.setdefault((kind, fld, b[::-1]), Hits()).add(bit, neg)
             t.suffix_ends[fld] |= 1 << b[-1]
-        if m.suffix:
-            t.suffix_fields |= 1 << fld
 
     def rule(self, table: KindTable, r: Rule, bit: int) -> None:
         k, sel = r.kind.index, r.selectors
