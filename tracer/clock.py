@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 
@@ -40,7 +41,7 @@ def rfc3339(ns: int) -> str:
     instants.
     """
     secs, frac = divmod(ns, 1_000_000_000)
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    base = _second(secs)
     if frac == 0:
         return base + "Z"
     if frac % 1_000_000 == 0:
@@ -48,3 +49,10 @@ def rfc3339(ns: int) -> str:
     if frac % 1_000 == 0:
         return f"{base}.{frac // 1_000:06d}Z"
     return f"{base}.{frac:09d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _second(secs: int) -> str:
+    # Events arrive in bursts within the same second; formatting the
+    # second was two thirds of an event's timestamp cost.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
