@@ -21,7 +21,17 @@ from typing import Any, BinaryIO
 import orjson
 
 from tracer.clock import rfc3339
-from tracer.events import Connect, Container, Event, FileOpen, Lost, Pod, Process, ProcessExit
+from tracer.events import (
+    Connect,
+    Container,
+    Event,
+    FileOpen,
+    Lost,
+    Pod,
+    PolicyMatch,
+    Process,
+    ProcessExit,
+)
 
 JsonDict = dict[str, Any]
 
@@ -32,22 +42,42 @@ class _ProcessJson:
     Parents and ancestors recur in every event of their descendants, so
     orjson embeds these bytes (a Fragment) instead of serializing the same
     dicts again in every line; bytes are also a third of a dict's memory.
+    The ancestry of a busy process is joined once into one Fragment for
+    the whole list; only a few hundred are kept (a deep one is several
+    KB), which covers the processes in a burst.
     """
 
-    def __init__(self, limit: int = 16384) -> None:
-        self._cache: dict[str, tuple[Process, orjson.Fragment]] = {}
+    def __init__(self, limit: int = 16384, chains: int = 256) -> None:
+        self._cache: dict[str, tuple[Process, bytes, orjson.Fragment]] = {}
+        self._chains: dict[int, tuple[tuple[Process, ...], orjson.Fragment]] = {}
         self._limit = limit
+        self._chain_limit = chains
 
-    def get(self, p: Process) -> orjson.Fragment:
+    def _entry(self, p: Process) -> tuple[Process, bytes, orjson.Fragment]:
         hit = self._cache.get(p.exec_id)
         if hit is not None and hit[0] is p:
-            return hit[1]
+            return hit
         # orjson's result keeps its 4 KiB working buffer; a copy of the
         # bytes is ~300 bytes. Without it 5,000 processes cost 35 MiB more.
-        frag = orjson.Fragment(memoryview(orjson.dumps(process_dict(p))).tobytes())
+        data = memoryview(orjson.dumps(process_dict(p))).tobytes()
         if len(self._cache) >= self._limit:
             self._cache.clear()
-        self._cache[p.exec_id] = (p, frag)
+        hit = self._cache[p.exec_id] = (p, data, orjson.Fragment(data))
+        return hit
+
+    def get(self, p: Process) -> orjson.Fragment:
+        return self._entry(p)[2]
+
+    def chain(self, ancestors: tuple[Process, ...]) -> orjson.Fragment:
+        hit = self._chains.get(id(ancestors))
+        if hit is not None and hit[0] is ancestors:
+            return hit[1]
+        entry = self._entry
+        frag = orjson.Fragment(b"[" + b",".join([entry(a)[1] for a in ancestors]) + b"]")
+        if len(self._chains) >= self._chain_limit:
+            self._chains.clear()
+        # The tuple is held, so its id cannot be reused while it is cached.
+        self._chains[id(ancestors)] = (ancestors, frag)
         return frag
 
 
@@ -119,6 +149,18 @@ class Serializer:
 
     def __init__(self) -> None:
         self._procs = _ProcessJson()
+        self._policies: dict[PolicyMatch, orjson.Fragment] = {}
+
+    def _policy(self, m: PolicyMatch) -> orjson.Fragment:
+        # Few rules, many events: PolicyStore hands out one PolicyMatch per
+        # rule, so its JSON is made once.
+        frag = self._policies.get(m)
+        if frag is None:
+            if len(self._policies) >= 4096:
+                self._policies.clear()
+            body = {"name": m.name, "rule": m.rule, "action": m.action}
+            frag = self._policies[m] = orjson.Fragment(orjson.dumps(body))
+        return frag
 
     def _dict(self, ev: Event) -> JsonDict:
         if isinstance(ev, Lost):
@@ -140,7 +182,7 @@ class Serializer:
         }
         if ev.parent is not None:
             d["parent"] = get(ev.parent)
-        d["ancestors"] = [get(a) for a in ev.ancestors]
+        d["ancestors"] = self._procs.chain(ev.ancestors)
         if isinstance(ev, ProcessExit):
             d["process_exit"] = exit_dict(ev)
             return d
@@ -148,13 +190,16 @@ class Serializer:
             f = ev.file
             fd: JsonDict = {
                 "path": f.path,
-                "flags": list(f.flags),
+                "flags": f.flags,  # orjson writes a tuple as an array
                 "mode": f.mode,
                 "result": f.result,
             }
             if f.error is not None:
                 fd["error"] = f.error
-            fd.update(hook=f.hook, truncated=f.truncated, resolved=f.resolved, non_utf8=f.non_utf8)
+            fd["hook"] = f.hook
+            fd["truncated"] = f.truncated
+            fd["resolved"] = f.resolved
+            fd["non_utf8"] = f.non_utf8
             d["file_open"] = fd
         elif isinstance(ev, Connect):
             c = ev.connect
@@ -174,11 +219,7 @@ class Serializer:
         else:
             d["process_exec"] = {}
         if ev.policy is not None:
-            d["policy"] = {
-                "name": ev.policy.name,
-                "rule": ev.policy.rule,
-                "action": ev.policy.action,
-            }
+            d["policy"] = self._policy(ev.policy)
         return d
 
     def line(self, ev: Event) -> bytes:

@@ -31,6 +31,7 @@ class PolicyStore:
         self._lock = threading.Lock()
         self._next_id = 1
         self._names: dict[int, str] = {}
+        self._matches: dict[Verdict, PolicyMatch] = {}
         self.sources: list[str] = []
 
     def _apply(self, ps: PolicySet, sources: list[str]) -> list[str]:
@@ -69,10 +70,22 @@ class PolicyStore:
         return self._apply(ps, [s for s, _ in docs])
 
     def match(self, v: Verdict) -> PolicyMatch | None:
+        # One PolicyMatch per verdict, made once: this runs for every
+        # selected event. A policy id is never reused and its name never
+        # changes, so a named match stays right.
+        m = self._matches.get(v)
+        if m is not None:
+            return m
         action = ACTION_NAMES.get(v.action)
         if action is None:
             return None
-        return PolicyMatch(self._names.get(v.policy_id, f"#{v.policy_id}"), v.rule, action)
+        name = self._names.get(v.policy_id)
+        if name is None:  # in flight while its set was being applied
+            return PolicyMatch(f"#{v.policy_id}", v.rule, action)
+        if len(self._matches) >= 4096:  # a bound, whatever the records say
+            self._matches.clear()
+        m = self._matches[v] = PolicyMatch(name, v.rule, action)
+        return m
 
     def counts(self) -> list[RuleCount]:
         return self._maps.counts()
