@@ -378,12 +378,8 @@ class ProcessCache:
             process = self._enricher.process(replace(entry.process, cgroup_id=task.cgroup_id))
         if task.tid != process.tid:
             process = replace(process, tid=task.tid)
-        return Context(
-            time=self._clock.wall(task.ktime),
-            process=process,
-            parent=parent,
-            ancestors=ancestors,
-        )
+        # Positional: this runs for every file and connect event (see tracer.pipeline).
+        return Context(self._clock.wall(task.ktime), process, parent, ancestors)
 
     def on_exit(self, rec: ExitRecord) -> ProcessExit:
         task = rec.task

@@ -74,6 +74,12 @@ HOOK_NAMES = {
     13: "kretprobe/do_sys_openat2",
 }
 
+
+def hook_name(hook: int) -> str:
+    name = HOOK_NAMES.get(hook)
+    return name if name is not None else str(hook)
+
+
 AUID_UNSET = 0xFFFFFFFF
 
 # (field, struct format) in C order; tests/test_wire_layout.py checks
