@@ -3,12 +3,12 @@
 A sink like the others (export/sink.py): events arrive with their lines
 from the JSON-lines Serializer, encoded once for the JSON output and the
 log (LineFanout), so `tracer events --from` reads a segment as it reads
-an export file; a writer thread appends them to the current segment
-through a buffer. Every flush interval the buffer goes to
-the file and the file to the disk (fdatasync), so a crash or a power cut
-loses at most that interval; a segment is never written again once
-closed, so earlier segments cannot be damaged. A crash can leave the last
-line torn: readers skip it with a warning (forensics/log.py).
+an export file; a writer thread appends each batch to the current
+segment in one writev, so a crash of the daemon loses only what was still
+queued. Every flush interval the file goes to the disk (fdatasync), so a
+power cut loses at most that interval; a segment is never written again
+once closed, so earlier segments cannot be damaged. A power cut can leave
+the last line torn: readers skip it with a warning (forensics/log.py).
 
 Closed segments are compressed and given their index sidecar
 (forensics/index.py) on a separate thread, which also applies retention
@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 import orjson
 import structlog
 
+from export._writev import writev_all
 from export.jsonl import Serializer
 from export.sink import Encoded, EncodedSink
 from forensics import store
@@ -44,7 +45,6 @@ from tracer.events import Event, Lost, Process, ProcessEvent, ProcessExec, Proce
 _log = structlog.get_logger(component="eventlog")
 
 DEFAULT_DIR = Path("/var/lib/tracer/events")
-_BUFFER = 1 << 18  # bytes the writer holds between flushes
 _COMPRESS_LEVEL = 3  # most of gzip's ratio on JSON at a fraction of level 9's CPU
 
 
@@ -154,7 +154,7 @@ class EventLog(EncodedSink):
         seq = self._next_seq
         self._next_seq += 1
         path = self.config.directory / segment_name(seq)
-        f = open(path, "xb", buffering=_BUFFER)
+        f = open(path, "xb", buffering=0)  # batches go out whole, by writev
         os.chmod(path, 0o600)
         return _Open(seq, path, f, time.monotonic())
 
@@ -180,14 +180,14 @@ class EventLog(EncodedSink):
                 last = p = ev.process
                 row = cur.index.note(ev.time, _BITS.get(type(ev), 0), _fields(p), _lineage(ev))
             if size >= limit:  # between two lines: a line is never split
-                cur.f.write(b"".join(out))
+                writev_all(cur.f.fileno(), out)
                 cur.size = size
                 out.clear()
                 self._rotate()
                 cur = self._cur
                 size = 0
                 last = None
-        cur.f.write(b"".join(out))
+        writev_all(cur.f.fileno(), out)
         cur.size = size
         if batch:
             cur.dirty = True
@@ -198,7 +198,6 @@ class EventLog(EncodedSink):
             self._rotate()
 
     def _sync(self, cur: _Open) -> None:
-        cur.f.flush()
         os.fdatasync(cur.f.fileno())
         cur.dirty = False
         self._last_sync = time.monotonic()

@@ -26,8 +26,8 @@ def test_kill_9_mid_write_keeps_earlier_segments_and_the_torn_tail_is_skipped(
     tmp_path: Path,
 ) -> None:
     log = tmp_path / "events"
-    # A long flush interval: the writer's buffer goes to the file only when
-    # full, at any byte, so the kill very likely leaves a torn last line.
+    # A long flush interval: nothing is synced to the disk while the kill
+    # comes, as after a crash between two syncs.
     d = Daemon(
         "--policy", str(LIBRARY), "--event-log-dir", str(log),
         "--event-log-segment-size", "4M", "--event-log-flush-interval", "60s",
@@ -62,7 +62,7 @@ def test_kill_9_mid_write_keeps_earlier_segments_and_the_torn_tail_is_skipped(
         assert len(r.stdout.splitlines()) == json.loads(sidecar.read_bytes())["events"] > 0
     left = [open_seg]
     # The segment being written. The writer hands the kernel whole lines
-    # (its buffer flushes between lines), so a kill tears a line only if it
+    # (a batch per writev), so a kill tears a line only if it
     # interrupts the write() itself; a power cut can lose the unsynced end
     # of the file at any byte. That is simulated here by cutting the last
     # line in two, whatever the kill left.
