@@ -185,31 +185,40 @@ static long tr_walk_write(__u32 i, void *arg)
 }
 
 /*
- * Write the absolute path of (vfsmnt, dentry) into buf at offset `off`
- * (masked) and return its length, at most `max` bytes. Crosses mount
- * points through struct mount and stops at the root of the mount
- * namespace; sets *truncated when the walk needs more than
- * 2 * TR_PATH_DEPTH steps or the path is longer than `max`.
+ * First half of a path walk: collect the components of (vfsmnt, dentry)
+ * up to the root of the mount namespace, crossing mount points through
+ * struct mount, without copying a name. w->name[w->n - 1] is then the
+ * top component and w->name[0] the leaf; w->complete says the root was
+ * reached within 2 * TR_PATH_DEPTH steps.
  */
-static __always_inline __u32 tr_write_path(char *buf, __u32 off, __u32 max,
-					   struct tr_walk *w,
-					   struct vfsmount *vfsmnt,
-					   struct dentry *dentry, bool *truncated)
+static __always_inline void tr_walk_collect(struct tr_walk *w, char *buf,
+					    struct vfsmount *vfsmnt, struct dentry *dentry)
 {
 	struct tr_walk_ctx ctx = { .w = w, .buf = buf };
 
 	w->mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
 	w->dentry = dentry;
 	w->mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
-	w->off = off;
-	w->max = max;
 	w->n = 0;
-	w->len = 0;
 	w->complete = 0;
-	w->truncated = 0;
-
 	/* Mount crossings take steps too, hence twice the depth. */
 	bpf_loop(2 * TR_PATH_DEPTH, tr_walk_up, &ctx, 0);
+}
+
+/*
+ * Second half: write the collected path into buf at offset `off` (masked)
+ * and return its length, at most `max` bytes; sets *truncated when the
+ * walk did not reach the root or the path is longer than `max`.
+ */
+static __always_inline __u32 tr_walk_emit(struct tr_walk *w, char *buf, __u32 off, __u32 max,
+					  bool *truncated)
+{
+	struct tr_walk_ctx ctx = { .w = w, .buf = buf };
+
+	w->off = off;
+	w->max = max;
+	w->len = 0;
+	w->truncated = 0;
 	if (!w->complete)
 		*truncated = true;
 	if (w->n == 0) {
@@ -220,6 +229,16 @@ static __always_inline __u32 tr_write_path(char *buf, __u32 off, __u32 max,
 	if (w->truncated)
 		*truncated = true;
 	return w->len;
+}
+
+/* The absolute path of (vfsmnt, dentry): both halves of the walk. */
+static __always_inline __u32 tr_write_path(char *buf, __u32 off, __u32 max,
+					   struct tr_walk *w,
+					   struct vfsmount *vfsmnt,
+					   struct dentry *dentry, bool *truncated)
+{
+	tr_walk_collect(w, buf, vfsmnt, dentry);
+	return tr_walk_emit(w, buf, off, max, truncated);
 }
 
 #endif /* TRACER_COMMON_BPF_H */

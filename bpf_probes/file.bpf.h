@@ -79,6 +79,39 @@ static __always_inline void tr_policy_binary(struct tr_policy_input *in, __u32 t
 	}
 }
 
+/*
+ * True when the collected walk shows that no rule can select the file:
+ * every rule left needs a path hit, the top component's first byte is
+ * admitted by no exact or prefix value, and the leaf's last byte ends no
+ * suffix value. Copying the names and the lookups were ~160 ns of an
+ * unselected open's ~440. Counted as evaluated, which it was.
+ */
+static __always_inline bool tr_path_unselected(struct tr_kind_cfg *cfg, struct tr_walk *w,
+					       bool is_write)
+{
+	__u64 mask = cfg->rules;
+	__u32 n = w->n;
+	unsigned char top = 0, last = 0;
+
+	if (!is_write)
+		mask &= ~cfg->write_only;
+	if ((mask & cfg->free[TR_F_PATH]) || !w->complete || n == 0 || n > TR_PATH_DEPTH)
+		return false;
+	__u32 leaf_len = w->name_len[0] & TR_NAME_MAX;
+
+	if (!leaf_len)
+		return false;
+	bpf_probe_read_kernel(&top, 1, w->name[(n - 1) & (TR_PATH_DEPTH - 1)]);
+	bpf_probe_read_kernel(&last, 1, w->name[0] + leaf_len - 1);
+	if ((cfg->suffix_fields & (1 << TR_F_PATH)) &&
+	    tr_bit(cfg->suffix_ends[TR_F_PATH & 1], last))
+		return false;
+	if (mask & cfg->path_heads[top])
+		return false;
+	tr_count(TR_KIND_FILE_OPEN, TR_STAT_EVALUATED);
+	return true;
+}
+
 /* The end of an open: resolve the path (from the new fd, else the name
  * asked for), evaluate the policy unless a security hook already did, and
  * emit. `a` is a copy: the caller has deleted the in-flight entry. */
@@ -106,8 +139,12 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 
 		if (!f)
 			return 0;
-		len = tr_write_path(ev->path, 0, TR_PATH_MAX, &s->walk,
-				    BPF_CORE_READ(f, f_path.mnt), BPF_CORE_READ(f, f_path.dentry), &cut);
+		tr_walk_collect(&s->walk, ev->path, BPF_CORE_READ(f, f_path.mnt),
+				BPF_CORE_READ(f, f_path.dentry));
+		if (!a->selected &&
+		    tr_path_unselected(cfg, &s->walk, tr_open_writes(a->open_flags)))
+			return 0;
+		len = tr_walk_emit(&s->walk, ev->path, 0, TR_PATH_MAX, &cut);
 	} else {
 		/* Nothing was opened: report the name asked for, anchored at
 		 * the cwd when relative, without resolving `..` or links. */

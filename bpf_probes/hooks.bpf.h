@@ -86,9 +86,15 @@ static __always_inline __u8 tr_file_hook(struct file *file, __u16 hook)
 	if (!s)
 		return TR_ACT_NONE;
 	bool cut = false;
-	__u32 len = tr_write_path(s->ev.path, 0, TR_PATH_MAX, &s->walk,
-				  BPF_CORE_READ(file, f_path.mnt), BPF_CORE_READ(file, f_path.dentry),
-				  &cut);
+	/* O_CREAT and O_TRUNC are still in f_flags here; the kernel strips
+	 * them only after the open succeeded. */
+	bool is_write = tr_open_writes(BPF_CORE_READ(file, f_flags));
+
+	tr_walk_collect(&s->walk, s->ev.path, BPF_CORE_READ(file, f_path.mnt),
+			BPF_CORE_READ(file, f_path.dentry));
+	if (tr_path_unselected(cfg, &s->walk, is_write))
+		return TR_ACT_NONE;
+	__u32 len = tr_walk_emit(&s->walk, s->ev.path, 0, TR_PATH_MAX, &cut);
 
 	if (len > TR_PATH_MAX)
 		len = TR_PATH_MAX;
@@ -97,9 +103,7 @@ static __always_inline __u8 tr_file_hook(struct file *file, __u16 hook)
 		.str_len = len,
 		.str_field = TR_F_PATH,
 		.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
-		/* O_CREAT and O_TRUNC are still in f_flags here; the kernel
-		 * strips them only after the open succeeded. */
-		.is_write = tr_open_writes(BPF_CORE_READ(file, f_flags)),
+		.is_write = is_write,
 	};
 	struct tr_verdict v = {};
 

@@ -113,6 +113,12 @@ struct tr_kind_cfg {
 	 * matches nothing. */
 	__u64 exact_lens[TR_STR_FIELDS][4];
 	__u64 suffix_ends[TR_STR_FIELDS][4];
+	/* Rule bit set in path_heads[c] when one of the rule's exact or
+	 * prefix path values admits a first component starting with byte c
+	 * (c = 0: the path "/"). With the leaf's last byte against
+	 * suffix_ends, this turns most opens away after the walk has found
+	 * the components and before it copies their names. */
+	__u64 path_heads[256];
 };
 
 struct tr_rule {

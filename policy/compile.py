@@ -71,6 +71,9 @@ class KindTable:
     # no value could answer).
     exact_lens: list[int] = field(default_factory=lambda: [0] * STR_FIELDS)
     suffix_ends: list[int] = field(default_factory=lambda: [0] * STR_FIELDS)
+    # path_heads[c]: rules with an exact or prefix path value that admits a
+    # path whose first component starts with byte c (0: the path "/").
+    path_heads: list[int] = field(default_factory=lambda: [0] * 256)
 
     @property
     def mask(self) -> int:
@@ -135,12 +138,28 @@ class _Compiler:
             b = s.encode()
             o.exact.setdefault((kind, fld, b), Hits()).add(bit, neg)
             t.exact_lens[fld] |= 1 << len(b)
+            if fld == F_PATH and not neg:
+                self._head(t, b, bit, prefix=False)
         for s in m.prefix:
-            o.prefix.setdefault((kind, fld, s.encode()), Hits()).add(bit, neg)
+            b = s.encode()
+            o.prefix.setdefault((kind, fld, b), Hits()).add(bit, neg)
+            if fld == F_PATH and not neg:
+                self._head(t, b, bit, prefix=True)
         for s in m.suffix:
             b = s.encode()
             o.suffix.setdefault((kind, fld, b[::-1]), Hits()).add(bit, neg)
             t.suffix_ends[fld] |= 1 << b[-1]
+
+    @staticmethod
+    def _head(t: KindTable, value: bytes, bit: int, prefix: bool) -> None:
+        """Mark the first bytes of a top path component that `value` admits."""
+        if len(value) >= 2 and value[0] == ord("/"):
+            t.path_heads[value[1]] |= bit
+        elif value == b"/" and not prefix:
+            t.path_heads[0] |= bit
+        else:  # "/" or "" as a prefix (anything), or not absolute: assume any
+            for c in range(256):
+                t.path_heads[c] |= bit
 
     def rule(self, table: KindTable, r: Rule, bit: int) -> None:
         k, sel = r.kind.index, r.selectors

@@ -25,7 +25,7 @@ STR_LEN = 252  # TR_POLICY_STR
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _HITS = struct.Struct("<QQ")
-_CFG = struct.Struct(f"<Q{F_MAX}Q{F_MAX}QQQQII{4 * STR_FIELDS}Q{4 * STR_FIELDS}Q")
+_CFG = struct.Struct(f"<Q{F_MAX}Q{F_MAX}QQQQII{4 * STR_FIELDS}Q{4 * STR_FIELDS}Q256Q")
 _RULE = struct.Struct("<IHBB")
 _STR_KEY = struct.Struct(f"<I{STR_LEN}s")
 _LPM_STR_KEY = struct.Struct(f"<II{STR_LEN}s")
@@ -145,6 +145,7 @@ class PolicyMaps:
                     t.suffix_fields,
                     *_words(t.exact_lens),
                     *_words(t.suffix_ends),
+                    *t.path_heads,
                 ),
             )
 

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from tracer import control
 LIBRARY = REPO / "policy" / "library"
 PY = sys.executable
 CAT = os.path.realpath(shutil.which("cat") or "/bin/cat")
+PY_BINARY = os.path.realpath(PY)
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +261,93 @@ def test_exact_and_suffix_values_select_exactly_their_paths(
         )
     }
     assert got == {str(f) for f in wanted}
+
+
+@pytest.fixture
+def other_top() -> Iterator[Path]:
+    """A scratch directory whose first path component is not /tmp's."""
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/run")
+    d = Path(tempfile.mkdtemp(prefix="tracer-top-", dir=base))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_the_walk_prefilter_never_hides_a_selected_open(
+    pdaemon: Daemon, ctl: Path, tmp_path: Path, other_top: Path, mode: str
+) -> None:
+    # After finding the path's components, the kernel turns an open away
+    # when no rule left admits the first byte of its top component (exact
+    # and prefix values) or the last byte of its leaf (suffix values), and
+    # every rule needs a path hit. Each selected open below is one a
+    # careless prefilter would drop.
+    assert tmp_path.parts[1][0] != other_top.parts[1][0]
+    o = other_top
+    rules = f"""
+        policies:
+          - name: t-prefilter
+            rules:
+              - event: file_open
+                match: {{path: {{prefix: ["{tmp_path}/pre/"]}}}}
+              - event: file_open
+                match: {{path: {{suffix: [".tracer-sfx"]}}}}
+              - event: file_open
+                access: write
+                match: {{path: {{prefix: ["{o}/w/"]}}}}
+        """
+    must_apply(ctl, tmp_path, rules)
+    for sub in (tmp_path / "pre", o / "w"):
+        sub.mkdir()
+    reads = {
+        tmp_path / "pre" / "f": True,  # top admitted, prefix matches
+        tmp_path / "prX": False,  # top admitted, prefix does not match
+        o / "a.tracer-sfx": True,  # top not admitted; the leaf's last byte is
+        o / "a.tracer-sfy": False,
+        o / "w" / "f": False,  # the only rule for o/w/ is for writes
+        o / "other": False,
+    }
+    writes = {o / "w" / "g": True}
+    for f in [*reads, *writes]:
+        f.write_text("x")
+    marker = new_marker()
+    before = _stats(ctl)["evaluated"]["file_open"]
+    code = (
+        "import sys\n"
+        "for p in sys.argv[2:]:\n"
+        "    open(p[2:], 'a' if p.startswith('w:') else 'r').close()\n"
+    )
+    args = [f"r:{f}" for f in reads] + [f"w:{f}" for f in writes]
+    subprocess.run([PY, "-c", code, marker, *args], check=True)
+    wanted = {str(f) for f, sel in [*reads.items(), *writes.items()] if sel}
+    for path in wanted:
+        pdaemon.wait_for(is_open_of(path, marker))
+    # A rule with no positive path selector (binary and not_path) selects
+    # an open whatever its bytes: cat of a file nothing above selects.
+    cat = tmp_path / f"cat-{marker}"
+    shutil.copy(CAT, cat)
+    must_apply(
+        ctl,
+        tmp_path,
+        rules
+        + f"""
+              - event: file_open
+                match: {{binary: {{exact: ["{cat}"]}}, not_path: {{prefix: ["/etc", "/usr"]}}}}
+        """,
+    )
+    subprocess.run([str(cat), str(o / "other")], check=True, capture_output=True)
+    by_cat = is_open_of(str(o / "other"))
+    pdaemon.wait_for(lambda e: by_cat(e) and e["process"]["binary"] == str(cat))
+    pdaemon.sync()
+    got = {
+        (e["file_open"]["path"], e["process"]["binary"])
+        for e in pdaemon.matching(
+            lambda e: e["type"] == "file_open"
+            and e["file_open"]["path"].startswith((str(tmp_path), str(o)))
+            and (marker in e["process"]["args"] or e["process"]["binary"] == str(cat))
+        )
+    }
+    assert got == {(p, PY_BINARY) for p in wanted} | {(str(o / "other"), str(cat))}
+    # Turned away or evaluated, every open went through the filter.
+    assert _stats(ctl)["evaluated"]["file_open"] - before >= len(reads) + len(writes) + 1
 
 
 def test_unselected_opens_never_reach_user_space(pdaemon: Daemon, ctl: Path) -> None:
