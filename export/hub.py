@@ -164,6 +164,15 @@ class Hub(QueuedWorker):
             with self._lock:
                 self.subscriber_lost.update(counts)
 
+    def offer_many(self, events: list[Event]) -> None:
+        # Nobody subscribed: nothing to queue. A stream starts with the
+        # events after its subscription, so none is lost to anyone.
+        if self._subs:
+            super().offer_many(events)
+
+    def offer(self, event: Event) -> None:
+        self.offer_many([event])
+
     def fan_out(self, batch: list[Event]) -> None:
         """The hub thread's work on one batch (tests call it directly)."""
         subs = self._subs

@@ -113,11 +113,14 @@ class DropOldest(Generic[T]):
                 return
             q = self._items
             was_empty = not q
-            pinned = self._pinned
-            for item in items:
-                if len(q) >= self.capacity and not pinned(item):
-                    self._drop_oldest()
-                q.append(item)
+            if len(q) + len(items) <= self.capacity:
+                q.extend(items)  # the usual case: room for all, no item-by-item test
+            else:
+                pinned = self._pinned
+                for item in items:
+                    if len(q) >= self.capacity and not pinned(item):
+                        self._drop_oldest()
+                    q.append(item)
             if was_empty:
                 self._cond.notify()
 

@@ -139,6 +139,28 @@ def test_events_flow_through_the_hub_thread() -> None:
     assert [e.time.ToNanoseconds() for e in got] == [T0 + i for i in range(0, 100, 2)]
 
 
+def test_with_no_subscriber_nothing_is_queued_and_a_stream_starts_at_its_subscription() -> None:
+    hub = make_hub()
+    hub.offer_many([ev_at(i) for i in range(10)])
+    assert hub.backlog == 0 and hub.take_dropped() == {}
+    sub = hub.subscribe(everything())
+    hub.offer_many([ev_at(i) for i in range(10, 14)])
+    hub.close()
+    assert [e.time.ToNanoseconds() for e in read(sub)] == [T0 + i for i in range(10, 14)]
+
+
+def test_a_batch_past_capacity_drops_the_oldest_as_single_puts_would() -> None:
+    q: DropOldest[int] = DropOldest(5, lambda i: "odd" if i % 2 else "even", lambda i: i < 0)
+    q.put_many([0, 1, 2])
+    # 5 fills the queue and pushes 0 out; the pinned -1 gets in over
+    # capacity; 6 pushes 1 out.
+    q.put_many([3, 4, 5, -1, 6])
+    assert q.take() == [2, 3, 4, 5, -1, 6]
+    assert q.take_dropped() == {"even": 1, "odd": 1}
+    q.put_many([7, 8])  # room: nothing dropped
+    assert q.take() == [7, 8] and q.take_dropped() == {}
+
+
 def test_drop_oldest_never_drops_a_pinned_item() -> None:
     q: DropOldest[str] = DropOldest(3, kind=lambda s: s[0], pinned=lambda s: s == "L")
     for item in ["L", "a1", "b1", "a2", "b2"]:
