@@ -204,6 +204,20 @@ def test_process_dict_is_rebuilt_for_a_new_process_object_with_the_same_exec_id(
     assert parse(s.line(exec_ev(LS)))["process"]["tid"] == 200
 
 
+def test_the_process_side_is_rebuilt_when_parent_ancestry_or_node_change() -> None:
+    # A process outlives its parent: the same process object is then shown
+    # under its new parent (and a shorter ancestry).
+    s = Serializer()
+    first = parse(s.line(exec_ev(LS)))
+    assert [first["parent"]["pid"], *(a["pid"] for a in first["ancestors"])] == [100, 50, 1]
+    orphan = ProcessExec(time=T0, node="n1", process=LS, parent=INIT, ancestors=())
+    d = parse(s.line(orphan))
+    assert d["parent"]["pid"] == 1 and d["ancestors"] == []
+    assert parse(s.line(ProcessExec(T0, "n2", LS, None, ())))["node"] == "n2"
+    assert "parent" not in parse(s.line(ProcessExec(T0, "n2", LS, None, ())))
+    assert parse(s.line(exec_ev(LS))) == first
+
+
 def test_process_dict_matches_serializer_output() -> None:
     d = parse(Serializer().line(exec_ev()))
     assert d["process"] == json.loads(json.dumps(process_dict(LS)))
