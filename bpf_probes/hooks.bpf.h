@@ -73,13 +73,31 @@ static __always_inline bool tr_in_open_syscall(void)
 	return nr == TR_NR_OPENAT || nr == TR_NR_OPEN || nr == TR_NR_OPENAT2 || nr == TR_NR_CREAT;
 }
 
+/*
+ * True inside a stacking filesystem's open of its backing file. Overlayfs
+ * (the root file system of most containers) opens the real file in a
+ * layer from inside the open of the file the program named, under the
+ * mounter's credentials (override_creds), and that open passes the
+ * security hook too, with the layer's path. The policy must judge the
+ * path the program used: rules with `not_path` selected every open on an
+ * overlay because the second call's path matched none of their values.
+ * Outside such kernel-internal overrides a task's credentials and its
+ * real credentials are the same object.
+ */
+static __always_inline bool tr_backing_open(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	return BPF_CORE_READ(task, cred) != BPF_CORE_READ(task, real_cred);
+}
+
 /* Policy on the file being opened; returns the action taken. */
 static __always_inline __u8 tr_file_hook(struct file *file, __u16 hook)
 {
 	__u32 gen, zero = 0;
 	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_FILE, &gen);
 
-	if (!cfg || !tr_in_open_syscall())
+	if (!cfg || !tr_in_open_syscall() || tr_backing_open())
 		return TR_ACT_NONE;
 	struct tr_file_scratch *s = bpf_map_lookup_elem(&tr_file_heap, &zero);
 
