@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -135,12 +135,31 @@ def _host_port(text: str) -> bool:
     return bool(sep and host and port.isdigit() and int(port) < 65536)
 
 
+class _Counted(Protocol):
+    """What the loss reporter reads from the sensor (tracer.loader.Sensor)."""
+
+    def counters(self) -> KernelCounters: ...
+
+
+def _outputs(sinks: list[Sink]) -> list[Sink]:
+    """Every output on its own: the writers behind a LineFanout lose events separately."""
+    out: list[Sink] = []
+    for sink in sinks:
+        out.extend(sink.sinks if isinstance(sink, LineFanout) else [sink])
+    return out
+
+
 class _LossReporter:
-    """Turns counter deltas into one Lost event per sink, when there is loss."""
+    """Turns counter deltas into one Lost event per output, when there is loss.
+
+    Each output is told what it lost itself, plus what every output lost
+    (the kernel's drops, undecodable records): the JSON file must not
+    report events that only the event log's queue dropped.
+    """
 
     def __init__(
         self,
-        sensor: Sensor,
+        sensor: _Counted,
         pipeline: Pipeline,
         clock: BootClock,
         node: str,
@@ -153,7 +172,8 @@ class _LossReporter:
         self._seen_kernel: dict[str, int] = {}
         # Counts waiting to be reported (a count over 32 bits waits a round).
         self._kernel = LossCounts()
-        self._daemon = {sink.name: LossCounts() for sink in pipeline.sinks}
+        self._outputs = _outputs(pipeline.sinks)
+        self._daemon = {out.name: LossCounts() for out in self._outputs}
         self.total_kernel: collections.Counter[str] = collections.Counter()
         self.total_daemon: collections.Counter[str] = collections.Counter()
         self.by_sink = by_sink
@@ -174,15 +194,15 @@ class _LossReporter:
         shared = dict(self._pipeline.malformed)
         self._pipeline.malformed.clear()
         now = self._clock.wall(self._clock.now_boot())
-        for sink in self._pipeline.sinks:
-            pending = self._daemon[sink.name]
+        for out in self._outputs:
+            pending = self._daemon[out.name]
             pending.add(shared)
-            pending.add(sink.take_dropped())
+            pending.add(out.take_dropped())
             daemon = pending.take()
             self.total_daemon.update(daemon)
-            self.by_sink.setdefault(sink.name, collections.Counter()).update(daemon)
+            self.by_sink.setdefault(out.name, collections.Counter()).update(daemon)
             if kernel or daemon:
-                sink.offer(Lost(time=now, node=self._node, kernel=kernel, daemon=daemon))
+                out.offer(Lost(time=now, node=self._node, kernel=kernel, daemon=daemon))
 
 
 class Daemon:
