@@ -89,12 +89,10 @@ static __always_inline void tr_policy_binary(struct tr_policy_input *in, __u32 t
 static __always_inline bool tr_path_unselected(struct tr_kind_cfg *cfg, struct tr_walk *w,
 					       bool is_write)
 {
-	__u64 mask = cfg->rules;
+	__u64 mask = tr_rules_for(cfg, is_write);
 	__u32 n = w->n;
 	unsigned char top = 0, last = 0;
 
-	if (!is_write)
-		mask &= ~cfg->write_only;
 	if ((mask & cfg->free[TR_F_PATH]) || !w->complete || n == 0 || n > TR_PATH_DEPTH)
 		return false;
 	__u32 leaf_len = w->name_len[0] & TR_NAME_MAX;
@@ -125,6 +123,7 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 		return 0;
 	struct tr_file_open *ev = &s->ev;
 	struct task_struct *task = bpf_get_current_task_btf();
+	bool is_write = tr_open_writes(a->open_flags);
 	bool cut = false;
 	__u32 len = 0;
 
@@ -141,8 +140,7 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 			return 0;
 		tr_walk_collect(&s->walk, ev->path, BPF_CORE_READ(f, f_path.mnt),
 				BPF_CORE_READ(f, f_path.dentry));
-		if (!a->selected &&
-		    tr_path_unselected(cfg, &s->walk, tr_open_writes(a->open_flags)))
+		if (!a->selected && tr_path_unselected(cfg, &s->walk, is_write))
 			return 0;
 		len = tr_walk_emit(&s->walk, ev->path, 0, TR_PATH_MAX, &cut);
 	} else {
@@ -183,7 +181,7 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 		.str_len = len,
 		.str_field = TR_F_PATH,
 		.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
-		.is_write = tr_open_writes(a->open_flags),
+		.is_write = is_write,
 	};
 
 	if (a->selected) {

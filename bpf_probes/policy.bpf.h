@@ -254,13 +254,20 @@ static __always_inline struct tr_kind_cfg *tr_policy_cfg_of(__u32 kind, __u32 *g
 	return cfg;
 }
 
+/* The rules an event can match before any field is looked at: a read
+ * cannot match a rule for writes only. */
+static __always_inline __u64 tr_rules_for(struct tr_kind_cfg *cfg, bool is_write)
+{
+	return is_write ? cfg->rules : cfg->rules & ~cfg->write_only;
+}
+
 /* Evaluate kind's rules on `in`; fills `out` and counts the hit. */
 static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, __u32 gen,
 					   struct tr_policy_input *in, struct tr_verdict *out)
 {
 	__u32 zero = 0;
 	struct tr_policy_scratch *s = bpf_map_lookup_elem(&tr_policy_heap, &zero);
-	__u64 mask = cfg->rules;
+	__u64 mask = tr_rules_for(cfg, in->is_write);
 	struct tr_hits h;
 
 	out->action = TR_ACT_NONE;
@@ -269,8 +276,6 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 	tr_count(kind == TR_PK_EXEC ? TR_KIND_EXEC : kind == TR_PK_FILE ? TR_KIND_FILE_OPEN
 								       : TR_KIND_CONNECT,
 		 TR_STAT_EVALUATED);
-	if (!in->is_write)
-		mask &= ~cfg->write_only;
 	if (cfg->fields & (1 << TR_F_PATH)) {
 		if (in->str && in->str_field == TR_F_PATH) {
 			h.pos = h.neg = 0;

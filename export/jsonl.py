@@ -233,13 +233,15 @@ class Serializer:
     def line(self, ev: Event) -> bytes:
         if isinstance(ev, Lost):
             return self._lost(ev)
-        # Event types and RFC 3339 times need no JSON escaping.
+        # Event types and RFC 3339 times need no JSON escaping; the details
+        # sit under the key named by the type.
+        kind = ev.type.encode()
         policy = getattr(ev, "policy", None)
         return b'{"type":"%b","time":"%b"%b,"%b":%b%b}\n' % (
-            ev.type.encode(),
+            kind,
             rfc3339(ev.time).encode(),
             self._procs.context(ev),
-            ev.type.encode(),
+            kind,
             orjson.dumps(self._details(ev)),
             self._policy(policy) if policy is not None else b"",
         )
