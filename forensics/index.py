@@ -177,7 +177,7 @@ def load_sidecar(seg: Segment, problems: Problems) -> dict[str, Any] | None:
                 f"index format {fmt!r} is not {FORMAT} (another tracer version); scanning",
             )
             return None
-        expected = seg.path.name.removesuffix(".gz")
+        expected = seg.plain_name
         if data.get("segment") != expected or not isinstance(data.get("processes"), dict):
             raise ValueError(f"not the index of {expected}")
         return data

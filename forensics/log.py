@@ -1,10 +1,11 @@
 """Reading event-log segments: listing, decompressing, splitting lines, parsing.
 
 A log directory holds segments named `events-NNNNNNNN.jsonl` (the one
-being written, or one a crash left behind) and `events-NNNNNNNN.jsonl.gz`
-(closed). Any other JSON-lines file (an export file, a copy from another
-node) can be read too. Bad input never stops a read: a torn last line, a
-truncated gzip stream, a line that is not JSON or an event of a type this
+being written, or one a crash left behind) and `events-NNNNNNNN.jsonl.zst`
+(closed; `.jsonl.gz` from tracer versions before zstd, still read). Any
+other JSON-lines file (an export file, a copy from another node) can be
+read too. Bad input never stops a read: a torn last line, a truncated
+compressed stream, a line that is not JSON or an event of a type this
 tracer does not know (a newer schema) is reported as `file:line: problem`
 and skipped; the rest is used.
 """
@@ -16,23 +17,25 @@ import re
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import orjson
+import zstandard
 
 JsonDict = dict[str, Any]
 
-SEGMENT_RE = re.compile(r"^events-(\d{8})\.jsonl(\.gz)?$")
+SEGMENT_RE = re.compile(r"^events-(\d{8})\.jsonl(\.zst|\.gz)?$")
+COMPRESSED_SUFFIX = ".zst"  # what the daemon writes; ".gz" is read for older logs
 KNOWN_TYPES = frozenset({"process_exec", "process_exit", "file_open", "connect", "lost"})
 _WARN_PER_FILE = 5  # then one summary line per file
 
 
 def segment_name(seq: int, compressed: bool = False) -> str:
-    return f"events-{seq:08d}.jsonl" + (".gz" if compressed else "")
+    return f"events-{seq:08d}.jsonl" + (COMPRESSED_SUFFIX if compressed else "")
 
 
 @dataclass(slots=True, frozen=True)
@@ -44,13 +47,18 @@ class Segment:
 
     @property
     def compressed(self) -> bool:
-        return self.path.name.endswith(".gz")
+        return self.path.suffix in _DECOMPRESSORS
+
+    @property
+    def plain_name(self) -> str:
+        """The name without the compression suffix: the segment's name in its
+        sidecar and the lookup database, compressed or not."""
+        return self.path.stem if self.compressed else self.path.name
 
     @property
     def sidecar(self) -> Path:
         """Where the segment's index is (forensics/index.py)."""
-        name = self.path.name.removesuffix(".gz").removesuffix(".jsonl")
-        return self.path.with_name(name + ".idx")
+        return self.path.with_name(self.plain_name.removesuffix(".jsonl") + ".idx")
 
 
 class InputError(Exception):
@@ -117,8 +125,29 @@ class Problems:
 _CHUNK = 1 << 12  # compressed bytes: what corruption can take with it
 
 
-def _gunzip(data: bytes, name: str, problems: Problems) -> bytes:
-    """The decompressed bytes; of a damaged stream, what precedes the damage.
+class _Decompressor(Protocol):
+    """What zlib's and zstandard's streaming decompressors have in common."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: memoryview, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+def _decompress(
+    data: bytes,
+    name: str,
+    problems: Problems,
+    new: Callable[[], _Decompressor],
+    error: type[Exception],
+) -> bytes:
+    """The decompressed bytes of one or more concatenated frames (gzip
+    members); of a damaged stream, what precedes the damage.
 
     Fed in chunks so that corruption loses only what follows it.
     """
@@ -126,11 +155,11 @@ def _gunzip(data: bytes, name: str, problems: Problems) -> bytes:
     view = memoryview(data)
     pos = 0
     while pos < len(view):
-        d = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        d = new()
         while pos < len(view) and not d.eof:
             try:
                 out.append(d.decompress(view[pos : pos + _CHUNK]))
-            except zlib.error as exc:
+            except error as exc:
                 problems.warn(name, f"compressed data is corrupt ({exc}); the rest is lost")
                 return b"".join(out)
             pos += _CHUNK
@@ -138,8 +167,14 @@ def _gunzip(data: bytes, name: str, problems: Problems) -> bytes:
             out.append(d.flush())
             problems.warn(name, "compressed data ends early (a truncated copy?); the rest is lost")
             break
-        pos -= len(d.unused_data)  # the next gzip member, if any
+        pos -= len(d.unused_data)  # the next frame, if any
     return b"".join(out)
+
+
+_DECOMPRESSORS: dict[str, tuple[Callable[[], _Decompressor], type[Exception]]] = {
+    ".zst": (lambda: zstandard.ZstdDecompressor().decompressobj(), zstandard.ZstdError),
+    ".gz": (lambda: zlib.decompressobj(zlib.MAX_WBITS | 16), zlib.error),
+}
 
 
 def read_bytes(seg: Segment, problems: Problems) -> bytes:
@@ -151,7 +186,7 @@ def read_bytes(seg: Segment, problems: Problems) -> bytes:
         problems.warn(name, f"cannot read: {exc.strerror}")
         return b""
     if seg.compressed:
-        data = _gunzip(data, name, problems)
+        data = _decompress(data, name, problems, *_DECOMPRESSORS[seg.path.suffix])
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
         line_no = data.count(b"\n", 0, cut) + 1

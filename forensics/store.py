@@ -167,7 +167,7 @@ class LogIndex:
         )
 
     def _add(self, src: int, seg: Segment, problems: Problems) -> None:
-        name = seg.path.name.removesuffix(".gz")
+        name = seg.plain_name
         if src >= 0:
             try:
                 size = seg.sidecar.stat().st_size

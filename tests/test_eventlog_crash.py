@@ -39,7 +39,7 @@ def test_kill_9_mid_write_keeps_earlier_segments_and_the_torn_tail_is_skipped(
     )
     try:
         deadline = time.monotonic() + 60
-        while len(list(log.glob("events-*.jsonl.gz"))) < 2:
+        while len(list(log.glob("events-*.jsonl.zst"))) < 2:
             assert time.monotonic() < deadline, sorted(p.name for p in log.iterdir())
             time.sleep(0.2)
         d.proc.kill()  # SIGKILL, mid-write
@@ -83,12 +83,12 @@ def test_kill_9_mid_write_keeps_earlier_segments_and_the_torn_tail_is_skipped(
     leftovers = list(log.glob("events-*.jsonl"))
     d2 = Daemon("--event-log-dir", str(log))
     try:
-        gz = left[0].with_name(left[0].name + ".gz")
+        gz = left[0].with_name(left[0].name + ".zst")
         deadline = time.monotonic() + 30
         while any(p.exists() for p in leftovers) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(p.exists() for p in leftovers)
-        assert all(p.with_name(p.name + ".gz").exists() for p in leftovers)
+        assert all(p.with_name(p.name + ".zst").exists() for p in leftovers)
         assert not list(log.glob("*.tmp"))  # a compression the kill interrupted
         r2 = _replay(gz)
         assert r2.stdout == r.stdout and r2.returncode == r.returncode

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zstandard
 from conftest import tracer_cmd
 
 from export import LineFanout, QueuedWriter, RotatingFile
@@ -109,8 +110,8 @@ def test_segments_rotate_compress_and_index(tmp_path: Path) -> None:
     _write(log, _many(300), segment_bytes=4000, flush_interval_s=0.05)
     names = sorted(p.name for p in log.iterdir() if not p.name.startswith("."))
     assert not [n for n in names if n.endswith(".jsonl")], names  # all closed, compressed
-    gz = [n for n in names if n.endswith(".jsonl.gz")]
-    assert len(gz) > 5 and len([n for n in names if n.endswith(".idx")]) == len(gz)
+    packed = [n for n in names if n.endswith(".jsonl.zst")]
+    assert len(packed) > 5 and len([n for n in names if n.endswith(".idx")]) == len(packed)
     problems = Problems(out=None)
     got = [ev for seg in list_segments([log]) for _, ev in read_events(seg, problems)]
     assert problems.count == 0
@@ -119,7 +120,7 @@ def test_segments_rotate_compress_and_index(tmp_path: Path) -> None:
     assert sum(s["events"] for s in sidecars) == 300
     # Lines are exactly the JSON-lines output.
     ser = Serializer()
-    first = gzip.decompress((log / gz[0]).read_bytes()).splitlines(keepends=True)[0]
+    first = zstandard.decompress((log / packed[0]).read_bytes()).splitlines(keepends=True)[0]
     assert first == ser.line(_many(1)[0])
 
 
@@ -137,7 +138,7 @@ def test_the_index_has_ancestors_named_only_by_descendants(tmp_path: Path) -> No
     assert rows[f"n1:{T0 + 1000}:101"][8] == HAS_EXEC | HAS_EXIT
     assert sidecar["events"] == 4  # an ancestor's row is not an event
     # A segment without its sidecar is scanned into the same index.
-    assert json.loads(scan(seg, Problems(out=None)).sidecar(seg.path.name.removesuffix(".gz"))) \
+    assert json.loads(scan(seg, Problems(out=None)).sidecar(seg.plain_name)) \
         == sidecar
     # And `tracer tree` selects it by pid, with its descendants under it.
     r = _run("tree", "--from", str(log), "-o", "json", "--pid", "1")
@@ -168,10 +169,10 @@ def test_the_open_segment_is_flushed_on_time_and_readable_by_tracer_events(tmp_p
 def test_retention_deletes_the_oldest_segments_first(tmp_path: Path) -> None:
     log = tmp_path / "ev"
     _write(log, _many(600), segment_bytes=4000, max_bytes=6000, flush_interval_s=0.05)
-    gz = sorted(log.glob("events-*.jsonl.gz"))
-    total = sum(p.stat().st_size for p in gz)
-    assert total <= 6000 and gz, [p.name for p in gz]
-    assert gz[0].name != "events-00000001.jsonl.gz"
+    packed = sorted(log.glob("events-*.jsonl.zst"))
+    total = sum(p.stat().st_size for p in packed)
+    assert total <= 6000 and packed, [p.name for p in packed]
+    assert packed[0].name != "events-00000001.jsonl.zst"
     assert not (log / "events-00000001.idx").exists()
     r = _run("replay", "--from", str(log))
     assert r.returncode == 0
@@ -187,11 +188,11 @@ def test_a_segment_left_by_a_crash_is_indexed_and_compressed_at_start(tmp_path: 
         b"".join(ser.line(e) for e in _chain()) + b'{"type":"process_ex'
     )
     EventLog(EventLogConfig(directory=log)).close()
-    assert (log / "events-00000007.jsonl.gz").exists() and (log / "events-00000007.idx").exists()
+    assert (log / "events-00000007.jsonl.zst").exists() and (log / "events-00000007.idx").exists()
     assert not (log / "events-00000008.jsonl").exists()  # a run that wrote nothing leaves nothing
     r = _run("tree", "--from", str(log), "--pid", "101")
     assert r.returncode == 3, r  # the torn line is still there, and still skipped
-    assert "events-00000007.jsonl.gz:5: last line is torn" in r.stderr
+    assert "events-00000007.jsonl.zst:5: last line is torn" in r.stderr
     assert "/usr/bin/cat arg101" in r.stdout and "/etc/shadow" in r.stdout
 
 
@@ -230,25 +231,38 @@ def test_not_json_and_newer_schema_lines_are_skipped_by_line(tmp_path: Path) -> 
     assert "open /etc/shadow" in r.stdout  # the rest is there
 
 
+# zstd is what the daemon writes; gzip what tracer wrote before it, still read.
+_PACKERS = {
+    ".zst": lambda b: zstandard.ZstdCompressor(write_checksum=True).compress(b),
+    ".gz": gzip.compress,
+}
+
+
+@pytest.mark.parametrize("suffix", list(_PACKERS))
 def test_truncated_and_corrupt_compressed_segments_give_what_precedes_the_damage(
-    tmp_path: Path,
+    tmp_path: Path, suffix: str
 ) -> None:
     ser = Serializer()
     body = b"".join(ser.line(e) for e in _many(8000))
-    gz = gzip.compress(body)
-    d = _segment(tmp_path, gz[: len(gz) * 2 // 3], "events-00000001.jsonl.gz")
+    packed = _PACKERS[suffix](body)
+    name = "events-00000001.jsonl" + suffix
+    d0 = _segment(tmp_path, packed, name)
+    r = _run("replay", "--from", str(d0))
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 8000, r.stderr
+    (d0 / name).unlink()
+    d = _segment(tmp_path, packed[: len(packed) * 2 // 3], name)
     r = _run("replay", "--from", str(d))
     assert r.returncode == 3
     assert "compressed data ends early" in r.stderr
     n = len(r.stdout.splitlines())
     assert 0 < n < 8000
-    bad = bytearray(gz)
+    bad = bytearray(packed)
     bad[len(bad) // 2 : len(bad) // 2 + 64] = b"\xff" * 64
     d2 = tmp_path / "corrupt"
     d2.mkdir()
-    (d2 / "events-00000001.jsonl.gz").write_bytes(bytes(bad))
+    (d2 / name).write_bytes(bytes(bad))
     r = _run("replay", "--from", str(d2))
-    assert r.returncode == 3 and "events-00000001.jsonl.gz" in r.stderr, r.stderr
+    assert r.returncode == 3 and f"{name}: compressed data is corrupt" in r.stderr, r.stderr
     assert 0 < len(r.stdout.splitlines()) < 8000
 
 

@@ -254,7 +254,7 @@ def test_tree_shows_the_attack_chain(work: Path, segment_size: str) -> None:
         assert r.returncode == 0 and f"exec_id {final}" in r.stdout, r.stderr
         if segment_size == "4K":
             time.sleep(1.5)  # the closer thread compresses what rotated
-            closed = list(log.glob("events-*.jsonl.gz"))
+            closed = list(log.glob("events-*.jsonl.zst"))
             assert len(closed) > 3, sorted(p.name for p in log.iterdir())
     finally:
         assert d.stop() == 0
@@ -288,7 +288,7 @@ def test_tree_across_a_daemon_restart(work: Path) -> None:
     finally:
         assert second.stop() == 0
         net.close()
-    seqs = sorted(p.name for p in log.glob("events-*.jsonl.gz"))
+    seqs = sorted(p.name for p in log.glob("events-*.jsonl.zst"))
     assert len(seqs) == 2, seqs
 
 
