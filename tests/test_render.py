@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -176,3 +177,59 @@ def test_compact_names_the_container() -> None:
     for extra, where in cases:
         proc = {"pid": 7, "binary": "/bin/true", "args": ["true"], **extra}
         assert render.compact({**base, "process": proc}) == f"11:57:17.000 exec {where} 7 /bin/true"
+
+
+_OUR_COLORS = re.compile(r"\x1b\[[0-9;]+m")  # ours; a forged one is shown as text
+_FORGED = [None, True, 7, -1.5, "\x1b[2Jx", [], ["\x1b]0;t\x07", 3], {}, {"k": ["\x9b"]}]
+
+
+def _each_place(value: Any, path: tuple[Any, ...] = ()) -> Any:
+    """Every (path, container) in a JSON value, the top one included."""
+    yield path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _each_place(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _each_place(v, (*path, i))
+
+
+def _with(ev: Any, path: tuple[Any, ...], value: Any) -> Any:
+    out = json.loads(json.dumps(ev))
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return out
+
+
+def test_compact_shows_any_json_at_any_place_without_failing() -> None:
+    # A log given to --from may be forged or from another tool: every field
+    # of every event kind, replaced by every kind of JSON value, still
+    # gives one line, with nothing a terminal would obey.
+    events = [
+        as_dict(exec_ev(mkproc(9, args=("x", "y")))),
+        as_dict(exit_ev(mkproc(9))),
+        {"type": "file_open", "time": "2026-11-26T11:57:17Z", "node": "n1",
+         "process": {"pid": 7, "binary": "/b", "args": ["b"], "pod": {"name": "p"},
+                     "container": {"id": "c", "name": "n"}},
+         "file_open": {"path": "/p", "flags": ["O_RDONLY"], "result": -13, "error": "EACCES"},
+         "policy": {"name": "x", "action": "deny"}},
+        {"type": "connect", "time": "2026-11-26T11:57:17Z", "node": "n1", "process": {"pid": 7},
+         "connect": {"daddr": "::1", "dport": 1, "protocol": "TCP", "unix_path": None,
+                     "result": -111, "error": "ECONNREFUSED"}},
+        {"type": "lost", "time": "2026-11-26T11:57:17Z", "node": "n1",
+         "lost": {"kernel": {"file_open": 1}, "daemon": {}}},
+    ]
+    tried = 0
+    for ev in events:
+        for path in _each_place(ev):
+            if not path:
+                continue
+            for value in _FORGED:
+                forged = _with(ev, path, value)
+                for color in (False, True):
+                    line = render.compact(forged, color)
+                    assert no_control_chars(_OUR_COLORS.sub("", line)), (path, value, line)
+                    tried += 1
+    assert tried > 1000

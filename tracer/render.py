@@ -55,15 +55,26 @@ def escape(text: str) -> str:
 
 def _text(value: object) -> str:
     """Any JSON value, escaped: a log given to --from may hold strings where numbers belong."""
-    return escape(str(value))
+    return escape(value if isinstance(value, str) else "" if value is None else str(value))
+
+
+def _obj(value: object) -> Mapping[str, Any]:
+    """A JSON object, else an empty one: a forged or foreign log may put any
+    value anywhere, and a line is shown with what it has, not a traceback."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _paint(text: str, code: str, color: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if color else text
 
 
-def _clock(rfc3339: str) -> str:
+def _clock(value: object) -> str:
     """HH:MM:SS.mmm of an RFC 3339 time (the date is left out: lines are live)."""
+    rfc3339 = value if isinstance(value, str) else ""
     hms = rfc3339[11:19]
     frac = ""
     if rfc3339[19:20] == ".":
@@ -74,52 +85,52 @@ def _clock(rfc3339: str) -> str:
 
 def _where(ev: Mapping[str, Any]) -> str:
     """namespace/pod[/container], else runtime:short-id, else pod:uid, else the node."""
-    p = ev.get("process") or {}
-    pod = p.get("pod") or {}
-    ctr = p.get("container") or {}
+    p = _obj(ev.get("process"))
+    pod = _obj(p.get("pod"))
+    ctr = _obj(p.get("container"))
     if pod.get("name"):
-        where = f"{escape(pod.get('namespace', ''))}/{escape(pod['name'])}"
-        return f"{where}/{escape(ctr['name'])}" if ctr.get("name") else where
+        where = f"{_text(pod.get('namespace'))}/{_text(pod['name'])}"
+        return f"{where}/{_text(ctr['name'])}" if ctr.get("name") else where
     if ctr.get("id"):
-        return f"{escape(ctr.get('runtime', ''))}:{escape(str(ctr['id'])[:12])}"
+        return f"{_text(ctr.get('runtime'))}:{_text(str(ctr['id'])[:12])}"
     if pod.get("uid"):
-        return f"pod:{escape(pod['uid'])}"
-    return escape(ev.get("node", ""))
+        return f"pod:{_text(pod['uid'])}"
+    return _text(ev.get("node"))
 
 
 def _action(ev: Mapping[str, Any], color: bool) -> str:
     """`post (policy-name)`, in red when the rule enforced (sigkill, deny)."""
-    policy = ev.get("policy") or {}
+    policy = _obj(ev.get("policy"))
     action = policy.get("action")
     if not action:
         return ""
-    text = f"{escape(action)} ({escape(policy.get('name', ''))})"
+    text = f"{_text(action)} ({_text(policy.get('name'))})"
     return " " + (_paint(text, _ALARM, color) if action != "post" else text)
 
 
 def _detail(kind: str, ev: Mapping[str, Any], color: bool) -> str:
-    d = ev.get(kind) or {}
+    d = _obj(ev.get(kind))
     if kind == "process_exit":
         sig = d.get("signal")
-        text = f"signal {escape(sig)}" if sig else f"code {_text(d.get('code', '?'))}"
+        text = f"signal {_text(sig)}" if sig else f"code {_text(d.get('code', '?'))}"
         if d.get("core_dumped"):
             text += " (core dumped)"
         return text
     if kind == "file_open":
-        flags = "|".join(escape(f) for f in d.get("flags", []))
+        flags = "|".join(_text(f) for f in _list(d.get("flags")))
         result = f" = {_text(d['result'])}" if d.get("result") else ""
-        err = f" {escape(d['error'])}" if d.get("error") else ""
-        return f"{escape(d.get('path', ''))} {flags}{result}{err}{_action(ev, color)}".strip()
+        err = f" {_text(d['error'])}" if d.get("error") else ""
+        return f"{_text(d.get('path'))} {flags}{result}{err}{_action(ev, color)}".strip()
     if kind == "connect":
         if d.get("unix_path") is not None:
-            target = f"unix:{escape(d['unix_path'])}"
+            target = f"unix:{_text(d['unix_path'])}"
         else:
-            daddr = escape(d.get("daddr", ""))
+            daddr = _text(d.get("daddr"))
             if ":" in daddr:  # IPv6
                 daddr = f"[{daddr}]"
-            target = f"{escape(d.get('protocol', ''))} {daddr}:{_text(d.get('dport', 0))}"
+            target = f"{_text(d.get('protocol'))} {daddr}:{_text(d.get('dport', 0))}"
         result = f" = {_text(d['result'])}" if d.get("result") else ""
-        err = f" {escape(d['error'])}" if d.get("error") else ""
+        err = f" {_text(d['error'])}" if d.get("error") else ""
         return f"{target}{result}{err}{_action(ev, color)}".strip()
     if kind == "process_exec":
         return _action(ev, color).strip()
@@ -127,19 +138,19 @@ def _detail(kind: str, ev: Mapping[str, Any], color: bool) -> str:
 
 
 def _lost(ev: Mapping[str, Any]) -> str:
-    lost = ev.get("lost") or {}
+    lost = _obj(ev.get("lost"))
     parts = []
     for where in ("kernel", "daemon"):
-        counts = lost.get(where) or {}
+        counts = _obj(lost.get(where))
         if counts:
-            items = ", ".join(f"{escape(k)}={_text(v)}" for k, v in sorted(counts.items()))
+            items = ", ".join(f"{_text(k)}={_text(v)}" for k, v in sorted(counts.items()))
             parts.append(f"{where}: {items}")
     return "; ".join(parts)
 
 
 def detail(ev: Mapping[str, Any], color: bool = False) -> str:
     """The event's own part (a path, an address, an exit status, the rule), escaped."""
-    return _detail(ev.get("type", ""), ev, color)
+    return _detail(_text(ev.get("type")), ev, color)
 
 
 def clock(rfc3339: str) -> str:
@@ -149,15 +160,15 @@ def clock(rfc3339: str) -> str:
 
 def compact(ev: Mapping[str, Any], color: bool = False) -> str:
     """One line: time, kind, namespace/pod or node, pid, binary, arguments, detail."""
-    kind = ev.get("type", "")
-    marker = f"{MARKERS.get(kind, escape(kind)):<4}"
-    head = f"{_clock(ev.get('time', ''))} {_paint(marker, _COLORS.get(kind, '0'), color)}"
+    kind = _text(ev.get("type"))
+    marker = f"{MARKERS.get(kind, kind):<4}"
+    head = f"{_clock(ev.get('time'))} {_paint(marker, _COLORS.get(kind, '0'), color)}"
     where = _paint(_where(ev), _DIM, color)
     if kind == "lost":
         return f"{head} {where} {_lost(ev)}"
-    p = ev.get("process") or {}
-    args = " ".join(shlex.quote(escape(a)) for a in p.get("args", [])[1:])
-    line = f"{head} {where} {_text(p.get('pid', '?'))} {escape(p.get('binary', ''))}"
+    p = _obj(ev.get("process"))
+    args = " ".join(shlex.quote(_text(a)) for a in _list(p.get("args"))[1:])
+    line = f"{head} {where} {_text(p.get('pid', '?'))} {_text(p.get('binary'))}"
     if args:
         line += f" {args}"
     detail = _detail(kind, ev, color)
