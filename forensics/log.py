@@ -5,9 +5,10 @@ being written, or one a crash left behind) and `events-NNNNNNNN.jsonl.zst`
 (closed; `.jsonl.gz` from tracer versions before zstd, still read). Any
 other JSON-lines file (an export file, a copy from another node) can be
 read too. Bad input never stops a read: a torn last line, a truncated
-compressed stream, a line that is not JSON or an event of a type this
-tracer does not know (a newer schema) is reported as `file:line: problem`
-and skipped; the rest is used.
+compressed stream, a line that is not JSON, an event of a type this
+tracer does not know (a newer schema) or with a field of the wrong JSON
+type (a forged or damaged line) is reported as `file:line: problem` and
+skipped; the rest is used.
 """
 
 from __future__ import annotations
@@ -199,6 +200,110 @@ def read_bytes(seg: Segment, problems: Problems) -> bytes:
     return data
 
 
+class _Map:
+    """A JSON object with any keys, each value of one shape (labels, loss counts)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: _Shape) -> None:
+        self.value = value
+
+
+_Shape = type | dict[str, Any] | list[Any] | _Map
+_POD: _Shape = {
+    "namespace": str, "name": str, "uid": str, "labels": _Map(str), "workload": str,
+    "workload_kind": str,
+}
+_PROCESS: _Shape = {
+    "exec_id": str, "pid": int, "tid": int, "uid": int, "euid": int, "gid": int, "egid": int,
+    "auid": int, "user": str, "binary": str, "args": [str], "cwd": str, "start_time": str,
+    "parent_exec_id": str, "flags": [str], "cgroup_id": str,
+    "container": {"id": str, "runtime": str, "name": str, "image": str}, "pod": _POD,
+}
+# The JSON-lines schema (export/tracer_v1.proto's JSON form) as far as
+# readers use it. A field may be absent (a partial line, an older
+# version); present, it has this type, or the line is skipped and the
+# field named: a forged or damaged line must not stop a reader midway.
+_EVENT: dict[str, _Shape] = {
+    "node": str, "process": _PROCESS, "parent": _PROCESS, "ancestors": [_PROCESS],
+    "process_exec": {},
+    "process_exit": {"code": int, "signal": str, "core_dumped": bool},
+    "file_open": {
+        "path": str, "flags": [str], "mode": int, "result": int, "error": str, "hook": str,
+        "truncated": bool, "resolved": bool, "non_utf8": bool,
+    },
+    "connect": {
+        "family": str, "protocol": str, "sock_type": str, "daddr": str, "dport": int,
+        "saddr": str, "sport": int, "unix_path": str, "result": int, "error": str, "hook": str,
+    },
+    "lost": {"kernel": _Map(int), "daemon": _Map(int)},
+    "policy": {"name": str, "rule": int, "action": str},
+}
+_JSON_NAMES = {str: "a string", int: "a number", bool: "true or false", dict: "an object",
+               list: "a list", float: "a number", type(None): "null"}
+
+
+def _what(value: object) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+class _Misfit(Exception):
+    """A value of the wrong type; `path` is filled in on the way out, so
+    that a line that fits (nearly all) builds no field names."""
+
+    def __init__(self, value: object, want: str) -> None:
+        super().__init__(f"is {_what(value)}, not {want}")
+        self.path: list[str] = []
+
+    def where(self) -> str:
+        return "".join(reversed(self.path)).lstrip(".")
+
+
+def _fit(value: object, shape: _Shape) -> None:
+    """Raise _Misfit where `value` departs from `shape`."""
+    if isinstance(shape, type):
+        if type(value) is not shape:  # bool is an int to Python, not to JSON
+            raise _Misfit(value, _JSON_NAMES[shape])
+    elif isinstance(shape, list):
+        if type(value) is not list:
+            raise _Misfit(value, "a list")
+        item = shape[0]
+        if isinstance(item, type) and all(type(x) is item for x in value):
+            return
+        for i, x in enumerate(value):
+            try:
+                _fit(x, item)
+            except _Misfit as exc:
+                exc.path.append(f"[{i}]")
+                raise
+    elif type(value) is not dict:
+        raise _Misfit(value, "an object")
+    elif isinstance(shape, _Map):
+        for k, v in value.items():
+            try:
+                _fit(v, shape.value)
+            except _Misfit as exc:
+                # Any key: shown as a Python literal, so no byte of it reaches a terminal raw.
+                exc.path.append(f"[{k[:64]!r}]")
+                raise
+    else:
+        _fit_fields(value, shape)
+
+
+def _fit_fields(value: dict[str, Any], fields: dict[str, _Shape]) -> None:
+    # A line holds seven or so processes of ~17 fields, nearly all scalars:
+    # a scalar of the right type costs one lookup and one comparison here.
+    for k, v in value.items():
+        shape = fields.get(k)
+        if shape is None or type(v) is shape:
+            continue
+        try:
+            _fit(v, shape)
+        except _Misfit as exc:
+            exc.path.append(f".{k}")
+            raise
+
+
 def parse_line(line: bytes, where: str, problems: Problems, file_key: str) -> JsonDict | None:
     """The event of one line, or None (warned) when it is not one this tracer reads."""
     try:
@@ -225,7 +330,20 @@ def parse_line(line: bytes, where: str, problems: Problems, file_key: str) -> Js
         if not isinstance(p, dict) or not isinstance(p.get("exec_id"), str):
             problems.warn(where, "event without a process exec_id; skipped", file_key)
             return None
+    if (bad := schema_problem(ev)) is not None:
+        problems.warn(where, f"{bad}; skipped", file_key)
+        return None
     return ev
+
+
+def schema_problem(ev: JsonDict) -> str | None:
+    """The first field of a parsed line whose JSON type is not the schema's, as
+    `process.args[2] is a number, not a string`; None when they all fit."""
+    try:
+        _fit_fields(ev, _EVENT)
+    except _Misfit as exc:
+        return f"{exc.where()} {exc}"
+    return None
 
 
 def events(seg: Segment, problems: Problems) -> Iterator[tuple[int, JsonDict]]:

@@ -231,6 +231,50 @@ def test_not_json_and_newer_schema_lines_are_skipped_by_line(tmp_path: Path) -> 
     assert "open /etc/shadow" in r.stdout  # the rest is there
 
 
+def _forged(line: bytes, path: tuple[str | int, ...], value: object) -> bytes:
+    ev = json.loads(line)
+    node = ev
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return json.dumps(ev).encode() + b"\n"
+
+
+def test_lines_with_fields_of_the_wrong_type_are_skipped_and_the_field_named(
+    tmp_path: Path,
+) -> None:
+    # Valid JSON of the wrong shape (a forged or damaged log): every reader
+    # names the line and the field, and goes on; none stops with a traceback.
+    # (Five: the readers show five problems a file, then a count.)
+    lines = _lines()
+    opened = next(x for x in lines if b'"file_open"' in x)
+    forged = {
+        "process.pid is a string, not a number": _forged(opened, ("process", "pid"), "7"),
+        "process.args[1] is a number, not a string": _forged(opened, ("process", "args"), ["a", 1]),
+        "ancestors[0].binary is a number, not a string":
+            _forged(opened, ("ancestors", 0, "binary"), 5),
+        "policy is a list, not an object": _forged(opened, ("policy",), []),
+        "process.pod.labels['\\x1b[2J'] is a number, not a string":
+            _forged(opened, ("process", "pod"), {"labels": {"\x1b[2J": 1}}),
+    }
+    body = b"".join(lines) + b"".join(forged.values())
+    d = _segment(tmp_path, body)
+    first = len(lines) + 1
+    for args, rc in (
+        (["replay", "-o", "compact", "--from", str(d)], 3),
+        (["replay", "-o", "compact", "--type", "file_open", "--from", str(d)], 3),
+        (["tree", "--binary", "cat$", "--from", str(d)], 3),
+        (["events", "-o", "compact", "--from", str(d / "events-00000001.jsonl")], 1),
+    ):
+        r = _run(*args)
+        assert r.returncode == rc and "Traceback" not in r.stderr, (args, r.stderr)
+        for n, problem in enumerate(forged, first):
+            assert f"events-00000001.jsonl:{n}: " in r.stderr and problem in r.stderr, (
+                args, problem, r.stderr)
+        assert "\x1b" not in r.stderr
+        assert "/etc/shadow" in r.stdout, args  # the good lines are all there
+
+
 # zstd is what the daemon writes; gzip what tracer wrote before it, still read.
 _PACKERS = {
     ".zst": lambda b: zstandard.ZstdCompressor(write_checksum=True).compress(b),

@@ -26,6 +26,7 @@ from export.grpc_server import DEFAULT_SOCKET
 from export.pb import JSON_OPTIONS
 from export.proto_gen import tracer_v1_pb2 as pb
 from export.proto_gen import tracer_v1_pb2_grpc as pb_grpc
+from forensics.log import schema_problem
 from tracer import render
 
 EXIT_USAGE = 2
@@ -196,7 +197,6 @@ def from_file(
     name: str,
     event_filter: EventFilter,
     bad: BadLines,
-    args_output_compact: bool = False,
 ) -> Iterator[dict[str, Any]]:
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -205,14 +205,11 @@ def from_file(
             ev = orjson.loads(line)
             if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
                 raise ValueError("no event type")
-            if not isinstance(ev.get("process", {}), dict):
-                raise ValueError("process is not an object")
-            facts = facts_of_dict(ev)
-            if ev["type"] != "lost" and not event_filter.matches(facts):
+            if (problem := schema_problem(ev)) is not None:
+                raise ValueError(problem)
+            if ev["type"] != "lost" and not event_filter.matches(facts_of_dict(ev)):
                 continue
-            if args_output_compact:
-                render.compact(ev)  # a line of another shape fails here, not mid-output
-        except (ValueError, TypeError, AttributeError) as exc:
+        except ValueError as exc:
             bad.count += 1
             print(f"tracer: {name}:{n}: skipped, not a JSON event ({exc})", file=sys.stderr)
             continue
@@ -256,9 +253,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.from_file is not None:
             bad = BadLines()
-            compact = args.output == "compact"
             if args.from_file == "-":
-                print_events(from_file(sys.stdin.buffer, "stdin", event_filter, bad, compact), args)
+                print_events(from_file(sys.stdin.buffer, "stdin", event_filter, bad), args)
             else:
                 try:
                     f = open(args.from_file, "rb")
@@ -269,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
                     )
                     return EXIT_FAILURE
                 with f:
-                    print_events(from_file(f, args.from_file, event_filter, bad, compact), args)
+                    print_events(from_file(f, args.from_file, event_filter, bad), args)
             return EXIT_FAILURE if bad.count else 0
         print_events(from_daemon(args, req), args)
         return 0
