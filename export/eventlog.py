@@ -2,18 +2,23 @@
 
 A sink like the others (export/sink.py): events arrive with their lines
 from the JSON-lines Serializer, encoded once for the JSON output and the
-log (LineFanout), so `tracer events --from` reads a segment as it reads
-an export file; a writer thread appends each batch to the current
-segment in one writev, so a crash of the daemon loses only what was still
-queued. Every flush interval the file goes to the disk (fdatasync), so a
-power cut loses at most that interval; a segment is never written again
-once closed, so earlier segments cannot be damaged. A power cut can leave
-the last line torn: readers skip it with a warning (forensics/log.py).
+log (LineFanout), so a segment holds exactly the lines of an export file.
+A writer thread compresses each batch into a zstd frame of its own and
+appends it to the current segment, so a crash of the daemon loses only
+what was still queued, and every segment, the open one too, is a
+sequence of whole frames that any zstd reader takes. Compressing as it
+writes, the log puts 0.2-1% of the JSON's bytes on the node's disk, not
+all of them and then again compressed. Every flush interval the file
+goes to the disk (fdatasync), so a power cut loses at most that
+interval; a segment is never written again once closed, so earlier
+segments cannot be damaged. A power cut can leave the last frame torn:
+readers take what precedes it and say so (forensics/log.py).
 
-Closed segments are compressed and given their index sidecar
-(forensics/index.py) on a separate thread, which also applies retention
-(total size, age). The writer keeps the index rows of the open segment in
-memory: one dict update per event, no I/O on its behalf.
+The writer keeps the index rows of the open segment in memory (one dict
+update per event, no I/O on its behalf) and writes them as the segment's
+sidecar (forensics/index.py) when it closes it; a separate thread adds
+closed segments to the directory's lookup database and applies retention
+(total size, age).
 """
 
 from __future__ import annotations
@@ -49,6 +54,12 @@ DEFAULT_DIR = Path("/var/lib/tracer/events")
 # packs 5x tighter than gzip -3 at a sixth of its CPU (BENCHMARKS.md).
 _COMPRESS_LEVEL = 3
 _CHUNK = 4 << 20
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """One per thread (they are not thread-safe). The checksum lets a reader
+    tell a damaged copy from a good one."""
+    return zstandard.ZstdCompressor(level=_COMPRESS_LEVEL, write_checksum=True)
 
 
 _BITS = {ProcessExec: HAS_EXEC, ProcessExit: HAS_EXIT}
@@ -98,7 +109,8 @@ class _Open:
     path: Path
     f: BinaryIO
     opened: float
-    size: int = 0
+    size: int = 0  # of JSON: what the segment size limit counts, what a reader holds in memory
+    disk: int = 0  # compressed: what retention counts
     dirty: bool = False
     index: IndexBuilder = field(default_factory=IndexBuilder)
 
@@ -126,13 +138,16 @@ class EventLog(EncodedSink):
             raise RuntimeError(f"event log {d} is in use by another tracer daemon") from None
         for tmp in d.glob("events-*.tmp"):  # a compression or sidecar a crash interrupted
             tmp.unlink()
-        leftovers = sorted(self._segments(compressed=False))
-        seqs = [s for s, _ in self._segments(compressed=True)] + [s for s, _ in leftovers]
-        self._next_seq = max(seqs, default=0) + 1
+        segments = self._segments()
+        self._next_seq = max((seg.seq for seg in segments), default=0) + 1
         self._last_sync = time.monotonic()
+        self._z = _compressor()  # the writer thread's
         self._closing: queue.Queue[Path | None] = queue.Queue()
-        for _, path in leftovers:  # a crash's open segment: compress and index it now
-            self._closing.put(path)
+        for seg in segments:
+            # The open segment of a crash (no sidecar), or one an older
+            # version left uncompressed: indexed and compressed now.
+            if not seg.compressed or not seg.sidecar.exists():
+                self._closing.put(seg.path)
         self._cur = self._open()
         self._stopped = threading.Event()
         self._closer = threading.Thread(target=self._close_loop, name="eventlog-close", daemon=True)
@@ -145,19 +160,19 @@ class EventLog(EncodedSink):
 
     # -- the writer thread ------------------------------------------------------
 
-    def _segments(self, compressed: bool) -> list[tuple[int, Path]]:
+    def _segments(self) -> list[Segment]:
         out = []
         for p in self.config.directory.iterdir():
             m = SEGMENT_RE.match(p.name)
-            if m is not None and bool(m[2]) == compressed:
-                out.append((int(m[1]), p))
-        return out
+            if m is not None:
+                out.append(Segment(p, int(m[1])))
+        return sorted(out, key=lambda seg: seg.seq)
 
     def _open(self) -> _Open:
         seq = self._next_seq
         self._next_seq += 1
-        path = self.config.directory / segment_name(seq)
-        f = open(path, "xb", buffering=0)  # batches go out whole, by writev
+        path = self.config.directory / segment_name(seq, compressed=True)
+        f = open(path, "xb", buffering=0)  # frames go out whole
         os.chmod(path, 0o600)
         return _Open(seq, path, f, time.monotonic())
 
@@ -183,14 +198,15 @@ class EventLog(EncodedSink):
                 last = p = ev.process
                 row = cur.index.note(ev.time, _BITS.get(type(ev), 0), _fields(p), _lineage(ev))
             if size >= limit:  # between two lines: a line is never split
-                writev_all(cur.f.fileno(), out)
+                self._append(cur, out)
                 cur.size = size
                 out.clear()
                 self._rotate()
                 cur = self._cur
                 size = 0
                 last = None
-        writev_all(cur.f.fileno(), out)
+        if out:
+            self._append(cur, out)
         cur.size = size
         if batch:
             cur.dirty = True
@@ -199,6 +215,13 @@ class EventLog(EncodedSink):
             self._sync(cur)
         if cur.size and now - cur.opened >= self.config.segment_age_s:
             self._rotate()
+
+    def _append(self, cur: _Open, lines: list[bytes]) -> None:
+        """One frame: readable on its own, so a crash tears at most the last one.
+        (zstd releases the GIL while it compresses.)"""
+        frame = self._z.compress(b"".join(lines))
+        writev_all(cur.f.fileno(), [frame])
+        cur.disk += len(frame)
 
     def _sync(self, cur: _Open) -> None:
         os.fdatasync(cur.f.fileno())
@@ -211,10 +234,11 @@ class EventLog(EncodedSink):
         self._cur = self._open()
 
     def _seal(self, cur: _Open) -> None:
-        """Close a segment for good: synced, its sidecar written, queued for compression."""
+        """Close a segment for good: synced, its sidecar written, queued for the database."""
         self._sync(cur)
         cur.f.close()
-        write_sidecar(Segment(cur.path, cur.seq).sidecar, cur.index.sidecar(cur.path.name))
+        seg = Segment(cur.path, cur.seq)
+        write_sidecar(seg.sidecar, cur.index.sidecar(seg.plain_name))
         self._closing.put(cur.path)
 
     def _tick(self) -> None:
@@ -224,7 +248,7 @@ class EventLog(EncodedSink):
             self._queue.wake()  # take() returns, handle([]) runs: the timed flush
 
     def _finish(self) -> None:
-        """After the writer thread ended (close()): seal, compress, stop."""
+        """After the writer thread ended (close()): seal, stop."""
         self._stopped.set()
         cur = self._cur
         if self.error is None and cur.size:
@@ -239,9 +263,8 @@ class EventLog(EncodedSink):
     # -- the closing thread -----------------------------------------------------
 
     def _close_loop(self) -> None:
-        # Compression is most of the log's CPU cost (zstd of every byte);
-        # at the lowest priority it takes idle CPU and gives way to capture
-        # in a burst, catching up after it. (Linux nice is per thread.)
+        # At the lowest priority this takes idle CPU and gives way to
+        # capture in a burst, catching up after it. (Linux nice is per thread.)
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         db: sqlite3.Connection | None = None
@@ -254,34 +277,42 @@ class EventLog(EncodedSink):
             try:
                 if db is None:
                     db = store.connect(self.config.directory / store.DB_NAME)
-                self._compress(path, db)
+                self._close(path, db)
                 self._retain(db)
             except (OSError, sqlite3.Error) as exc:
-                # The segment stays uncompressed and readable; the next
-                # start tries again.
+                # The segment stays readable as it is; the next start tries again.
                 _log.error("closing a log segment failed", segment=str(path), error=str(exc))
 
-    def _compress(self, path: Path, db: sqlite3.Connection) -> None:
+    def _close(self, path: Path, db: sqlite3.Connection) -> None:
+        """A closed segment into the directory's lookup database (forensics/store.py),
+        indexed first if a crash left it without its sidecar, and compressed
+        if an older version wrote it as plain JSON lines."""
         seg = Segment(path, int(SEGMENT_RE.match(path.name)[1]))  # type: ignore[index]
         if not seg.sidecar.exists():  # left by a crash: index it from its lines
             problems = Problems(out=None)
             b = scan(seg, problems)
-            write_sidecar(seg.sidecar, b.sidecar(path.name))
+            write_sidecar(seg.sidecar, b.sidecar(seg.plain_name))
             if problems.count:
                 _log.warning(
-                    "a segment left by a crash has unreadable lines (a torn last line?)",
+                    "a segment left by a crash has unreadable lines (a torn last frame or line?)",
                     segment=str(path),
                     lines=problems.count,
                 )
+        if not seg.compressed:
+            self._compress(seg)
+        # Readers add the segment themselves if this is lost.
+        side = seg.sidecar.read_bytes()
+        store.add_segment(db, seg.plain_name, len(side), orjson.loads(side))
+
+    def _compress(self, seg: Segment) -> None:
+        path = seg.path
         packed = path.with_name(segment_name(seg.seq, compressed=True))
         tmp = packed.with_name(packed.name + ".tmp")
-        # The checksum lets a reader tell a damaged copy from a good one.
-        z = zstandard.ZstdCompressor(level=_COMPRESS_LEVEL, write_checksum=True)
         with open(path, "rb") as src, open(tmp, "wb") as raw:
             # Large chunks: each read and write takes the GIL back, a wait of
             # up to a switch interval (5 ms) while the capture thread is busy.
-            z.copy_stream(src, raw, size=os.fstat(src.fileno()).st_size,
-                          read_size=_CHUNK, write_size=_CHUNK)
+            _compressor().copy_stream(src, raw, size=os.fstat(src.fileno()).st_size,
+                                      read_size=_CHUNK, write_size=_CHUNK)
             raw.flush()
             os.fdatasync(raw.fileno())
         os.chmod(tmp, 0o600)
@@ -294,11 +325,6 @@ class EventLog(EncodedSink):
         finally:
             os.close(dfd)
         path.unlink()
-        # Into the directory's lookup database once the segment is final
-        # (forensics/store.py); readers add it themselves if this is lost.
-        side = seg.sidecar.read_bytes()
-        data = orjson.loads(side)
-        store.add_segment(db, path.name, len(side), data)
 
     def _retain(self, db: sqlite3.Connection) -> None:
         """Delete the oldest closed segments past the size or the age limit.
@@ -307,11 +333,12 @@ class EventLog(EncodedSink):
         last event, so age by mtime never deletes events younger than max-age.
         """
         cfg = self.config
-        closed = sorted(self._segments(compressed=True))
-        stats = {p: p.stat() for _, p in closed}
-        total = sum(st.st_size for st in stats.values()) + self._cur.size
+        cur = self._cur  # the writer's; a segment it seals meanwhile counts as open once more
+        closed = [seg.path for seg in self._segments() if seg.compressed and seg.seq < cur.seq]
+        stats = {p: p.stat() for p in closed}
+        total = sum(st.st_size for st in stats.values()) + cur.disk
         oldest_kept = time.time() - cfg.max_age_s
-        for _, p in closed:
+        for p in closed:
             too_big = total > cfg.max_bytes
             if not too_big and stats[p].st_mtime >= oldest_kept:
                 break

@@ -158,12 +158,13 @@ def _decompress(
     while pos < len(view):
         d = new()
         while pos < len(view) and not d.eof:
+            chunk = view[pos : pos + _CHUNK]
             try:
-                out.append(d.decompress(view[pos : pos + _CHUNK]))
+                out.append(d.decompress(chunk))
             except error as exc:
                 problems.warn(name, f"compressed data is corrupt ({exc}); the rest is lost")
                 return b"".join(out)
-            pos += _CHUNK
+            pos += len(chunk)  # the last chunk is short: unused_data counts back from its end
         if not d.eof:
             out.append(d.flush())
             problems.warn(name, "compressed data ends early (a truncated copy?); the rest is lost")

@@ -8,6 +8,7 @@ runs them. No kernel needed.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import subprocess
 import time
@@ -153,7 +154,7 @@ def test_the_open_segment_is_flushed_on_time_and_readable_by_tracer_events(tmp_p
     sink = EventLog(EventLogConfig(directory=log, flush_interval_s=0.2))
     try:
         sink.offer(_many(1)[0])
-        seg = log / "events-00000001.jsonl"
+        seg = log / "events-00000001.jsonl.zst"
         deadline = time.monotonic() + 5
         while seg.stat().st_size == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -287,8 +288,11 @@ def test_truncated_and_corrupt_compressed_segments_give_what_precedes_the_damage
     tmp_path: Path, suffix: str
 ) -> None:
     ser = Serializer()
-    body = b"".join(ser.line(e) for e in _many(8000))
-    packed = _PACKERS[suffix](body)
+    lines = [ser.line(e) for e in _many(8000)]
+    # Frames (gzip members) as the daemon writes them, one per batch: large
+    # ones, and small ones of which several end within one read chunk.
+    cuts = [0, 3000, 7990, *range(7991, 8001)]
+    packed = b"".join(_PACKERS[suffix](b"".join(lines[a:b])) for a, b in itertools.pairwise(cuts))
     name = "events-00000001.jsonl" + suffix
     d0 = _segment(tmp_path, packed, name)
     r = _run("replay", "--from", str(d0))

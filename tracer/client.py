@@ -26,7 +26,7 @@ from export.grpc_server import DEFAULT_SOCKET
 from export.pb import JSON_OPTIONS
 from export.proto_gen import tracer_v1_pb2 as pb
 from export.proto_gen import tracer_v1_pb2_grpc as pb_grpc
-from forensics.log import schema_problem
+from forensics.log import Problems, Segment, read_bytes, schema_problem
 from tracer import render
 
 EXIT_USAGE = 2
@@ -216,6 +216,17 @@ def from_file(
         yield ev
 
 
+def _lines_of(f: IO[bytes], name: str, bad: BadLines) -> Iterable[bytes]:
+    """A file's lines; an event-log segment's (.zst, .gz) decompressed first."""
+    seg = Segment(Path(name))
+    if not seg.compressed:
+        return f
+    problems = Problems()
+    data = read_bytes(seg, problems)  # a damaged end: what precedes it, and a warning
+    bad.count += problems.count
+    return data.splitlines()
+
+
 # -- the command ----------------------------------------------------------------
 
 
@@ -265,7 +276,8 @@ def run(args: argparse.Namespace) -> int:
                     )
                     return EXIT_FAILURE
                 with f:
-                    print_events(from_file(f, args.from_file, event_filter, bad), args)
+                    lines = _lines_of(f, args.from_file, bad)
+                    print_events(from_file(lines, args.from_file, event_filter, bad), args)
             return EXIT_FAILURE if bad.count else 0
         print_events(from_daemon(args, req), args)
         return 0
