@@ -14,7 +14,9 @@ path.
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -251,7 +253,9 @@ class RotatingFile:
     """Appends whole lines to `path`; past max_bytes, path -> path.1 -> path.2 ...
 
     Rotation happens between writes, so a line is never split across
-    files. `backups` old files are kept.
+    files. `backups` old files are kept. Only a regular file rotates: a
+    device or a FIFO (`--export-file /dev/null`, a pipe to a shipper) has
+    no size to limit, and renaming it would put a file in its place.
     """
 
     def __init__(self, path: Path, max_bytes: int, backups: int = 5) -> None:
@@ -262,7 +266,8 @@ class RotatingFile:
         self.backups = backups
         path.parent.mkdir(parents=True, exist_ok=True)
         self._f = self._open()
-        self._size = self._f.tell()
+        self._rotates = stat.S_ISREG(os.fstat(self._f.fileno()).st_mode)
+        self._size = self._f.tell() if self._rotates else 0
 
     def _open(self) -> BinaryIO:
         # Unbuffered: a batch goes to the kernel in one writev (_writev.py).
@@ -284,8 +289,9 @@ class RotatingFile:
     def write_lines(self, lines: list[bytes]) -> None:
         """Append whole lines; a rotation falls between two lines, never inside one."""
         start, size = 0, self._size
+        limit = self.max_bytes if self._rotates else math.inf
         for i, line in enumerate(lines):
-            if size and size + len(line) > self.max_bytes:
+            if size and size + len(line) > limit:
                 writev_all(self._f.fileno(), lines[start:i])
                 self._rotate()
                 start, size = i, 0

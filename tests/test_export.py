@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import threading
 import time
 from pathlib import Path
@@ -295,6 +297,37 @@ def test_rotating_file_without_backups_keeps_only_the_current_file(tmp_path: Pat
 def test_rotating_file_rejects_a_non_positive_limit(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positive"):
         RotatingFile(tmp_path / "e.jsonl", max_bytes=0)
+
+
+def test_a_device_is_written_and_never_rotated(tmp_path: Path) -> None:
+    # `--export-file /dev/null` once renamed the machine's /dev/null to
+    # /dev/null.1 and wrote a regular file in its place. Our own null
+    # device here, so that a regression cannot do that again.
+    null = tmp_path / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    f = RotatingFile(null, max_bytes=100, backups=2)
+    for _ in range(5):
+        f.write_lines([b"x" * 60 + b"\n"] * 3)
+    f.close()
+    assert stat.S_ISCHR(null.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null"]
+
+
+def test_a_fifo_gets_every_line_and_is_never_rotated(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    f = RotatingFile(fifo, max_bytes=100)
+    lines = [f"line {i}\n".encode() for i in range(200)]
+    for i in range(0, 200, 7):
+        f.write_lines(lines[i : i + 7])
+    f.close()
+    reader.join(10)
+    assert got == [b"".join(lines)]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
 
 
 # -- QueuedWriter --------------------------------------------------------------
