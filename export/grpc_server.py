@@ -13,8 +13,6 @@ The API has no call that changes anything in the daemon.
 from __future__ import annotations
 
 import os
-import socket
-import stat
 import tempfile
 from collections.abc import Iterator
 from concurrent import futures
@@ -30,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from export.filters import EventFilter, FilterError
 from export.hub import Hub, TooManySubscribers
 from export.proto_gen import tracer_v1_pb2 as pb
+from tracer import sockpath
 
 _log = structlog.get_logger(component="grpc")
 
@@ -132,27 +131,6 @@ class TracerService:
         )
 
 
-def _refuse_live_socket(path: Path) -> None:
-    """Fail if `path` is something other than a stale socket we may replace."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ListenError(
-            f"--grpc-socket {path} exists and is not a socket; refusing to replace it"
-        )
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(str(path))
-        except OSError:
-            return  # nobody listens: a leftover of a daemon that did not stop cleanly
-    raise ListenError(
-        f"another process listens on {path}: is another tracer running? "
-        "Stop it, or give this one another --grpc-socket"
-    )
-
-
 class GrpcServer:
     """Owns the grpc.Server, its listeners and the health status."""
 
@@ -189,7 +167,8 @@ class GrpcServer:
     def _bind_unix(self, path: Path) -> None:
         path = path.absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
-        _refuse_live_socket(path)
+        if (problem := sockpath.takeover_problem(path, "--grpc-socket")) is not None:
+            raise ListenError(problem)
         # Bound in a directory only we can enter, chmod'ed, then moved into
         # place: at no moment can anyone else connect to it.
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tracer-sock-") as private:
@@ -198,8 +177,7 @@ class GrpcServer:
                 raise ListenError(f"cannot listen on unix socket {path}")
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
-        st = path.lstat()
-        self._socket_id = (st.st_dev, st.st_ino)
+        self._socket_id = sockpath.identity(path)
 
     def _bind_tcp(self, listen: str, tls: TlsFiles | None) -> None:
         if tls is None:
@@ -249,9 +227,4 @@ class GrpcServer:
         self._server.stop(grace).wait(grace + 1)
         path = self.config.socket
         if path is not None and self._socket_id is not None:
-            try:
-                st = path.lstat()
-                if (st.st_dev, st.st_ino) == self._socket_id:  # not a successor's
-                    path.unlink()
-            except FileNotFoundError:
-                pass
+            sockpath.remove_if_ours(path, self._socket_id)

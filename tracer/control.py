@@ -1,8 +1,10 @@
 """The local control socket: root-only requests to the running daemon.
 
-One JSON object per line each way. The socket is created mode 0600 in a
-0700 directory, and the peer's credentials are checked as well: only
-uid 0 is served, whatever the file modes say.
+One JSON object per line each way. The socket is created mode 0600 (in a
+0700 directory when the daemon makes it), and the peer's credentials are
+checked as well: only uid 0 is served, whatever the file modes say. An
+existing directory keeps its mode: `--control-socket /tmp/x.sock` must
+not close /tmp to everyone else.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
+from tracer import sockpath
 
 _log = structlog.get_logger(component="control")
 
@@ -47,15 +51,19 @@ class ControlServer:
     def __init__(self, path: Path, handler: Handler) -> None:
         self.path = path
         self._handler = handler
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
-        path.unlink(missing_ok=True)
+        if not path.parent.is_dir():
+            path.parent.mkdir(mode=0o700, parents=True)
+            os.chmod(path.parent, 0o700)  # mkdir's mode is cut by the umask
+        if (problem := sockpath.takeover_problem(path, "--control-socket")) is not None:
+            raise ControlError(problem)
+        path.unlink(missing_ok=True)  # a leftover socket
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # no window in which the socket is wider than 0600
         try:
             self._sock.bind(str(path))
         finally:
             os.umask(old)
+        self._ident = sockpath.identity(path)
         self._sock.listen(8)
         self._sock.settimeout(0.5)
         self._stop = False
@@ -104,7 +112,7 @@ class ControlServer:
         self._stop = True
         self._sock.close()
         self._thread.join(2)
-        self.path.unlink(missing_ok=True)
+        sockpath.remove_if_ours(self.path, self._ident)
 
 
 def request(path: Path, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
