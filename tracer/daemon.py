@@ -10,6 +10,7 @@ with its own server threads (export/grpc_server.py).
 from __future__ import annotations
 
 import collections
+import gc
 import signal
 import socket
 import sys
@@ -389,6 +390,12 @@ class Daemon:
                 if server is not None:
                     server.start()
                 heap.trim()  # what loading and the /proc scan freed: ~11 MB
+                # Everything made so far (modules, the policy, the cache of
+                # every process on the machine) lives as long as the daemon;
+                # left to the cyclic GC, each full collection would walk it
+                # again: 0.7 us of every posted event's 9 (open storm).
+                # Objects are still freed by reference count when dropped.
+                gc.freeze()
                 _log.info(
                     "ready",
                     startup_ms=round((time.perf_counter() - t0) * 1000, 1),
