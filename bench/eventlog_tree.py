@@ -29,6 +29,7 @@ from _common import REPO, machine_summary, print_header, tmpdir
 
 sys.path.insert(0, str(REPO))
 from export.eventlog import EventLog, EventLogConfig
+from forensics.log import SEGMENT_RE
 from tracer.clock import rfc3339
 from tracer.events import (
     Connect,
@@ -164,11 +165,12 @@ def main() -> int:
         secs = time.perf_counter() - t0
         files = sorted(log.iterdir())
         size = sum(p.stat().st_size for p in files)
-        segs = [p for p in files if p.name.endswith(".jsonl.gz")]
+        segs = [p for p in files if SEGMENT_RE.match(p.name)]
         idx = sum(p.stat().st_size for p in files if p.name.endswith(".idx"))
         db = sum(p.stat().st_size for p in files if p.name.startswith("index.sqlite"))
         print(f"  {secs:.1f} s ({args.events / secs:,.0f} events/s, serializing included); "
-              f"{len(segs)} segments, {size / 2**20:.1f} MiB on disk: "
+              f"{size / 2**20:.1f} MiB on disk: {len(segs)} segments of "
+              f"{sum(p.stat().st_size for p in segs) / 2**20:.1f} MiB, "
               f"{idx / 2**20:.1f} MiB of sidecars, {db / 2**20:.1f} MiB index.sqlite; "
               f"{len(workers):,} worker processes")
         tracer = [sys.executable, "-m", "tracer", "tree", "--from", str(log)]
