@@ -270,8 +270,12 @@ class RotatingFile:
         self._size = self._f.tell() if self._rotates else 0
 
     def _open(self) -> BinaryIO:
+        # Root's only when we create it: every line holds command lines,
+        # and people pass passwords as arguments. A file that exists keeps
+        # the mode its owner gave it.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         # Unbuffered: a batch goes to the kernel in one writev (_writev.py).
-        return open(self.path, "ab", buffering=0)
+        return open(fd, "ab", buffering=0)
 
     def _rotate(self) -> None:
         self._f.close()

@@ -299,6 +299,21 @@ def test_rotating_file_rejects_a_non_positive_limit(tmp_path: Path) -> None:
         RotatingFile(tmp_path / "e.jsonl", max_bytes=0)
 
 
+def test_export_files_are_created_for_root_only(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    f = RotatingFile(path, max_bytes=100, backups=1)
+    f.write_lines([b"x" * 60 + b"\n"] * 3)  # rotates
+    f.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.with_name("e.jsonl.1").stat().st_mode) == 0o600
+    # A file that exists keeps its owner's choice.
+    shared = tmp_path / "shared.jsonl"
+    shared.touch()
+    os.chmod(shared, 0o640)
+    RotatingFile(shared, max_bytes=100).close()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o640
+
+
 def test_a_device_is_written_and_never_rotated(tmp_path: Path) -> None:
     # `--export-file /dev/null` once renamed the machine's /dev/null to
     # /dev/null.1 and wrote a regular file in its place. Our own null
