@@ -3,7 +3,7 @@
 from policy.compile import Compiled, compile_policies
 from policy.kernel import PolicyMaps, RuleCount
 from policy.model import Action, Kind, Policy, PolicySet, Rule
-from policy.parse import PolicyError, parse_files, parse_text
+from policy.parse import PolicyError, parse_documents, parse_files, parse_text, read_documents
 from policy.store import PolicyStore
 
 __all__ = [
@@ -18,6 +18,8 @@ __all__ = [
     "Rule",
     "RuleCount",
     "compile_policies",
+    "parse_documents",
     "parse_files",
     "parse_text",
+    "read_documents",
 ]

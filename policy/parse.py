@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import stat
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -259,26 +260,70 @@ def parse_text(text: str, source: str) -> list[Policy]:
     return list(r.each(top["policies"], "policies", r.policy))
 
 
-def parse_files(paths: list[Path]) -> PolicySet:
-    """Every policy of every file (directories: their *.yaml, sorted), all or nothing."""
+def read_documents(paths: list[Path], strict: bool = False) -> list[tuple[str, str]]:
+    """(file name, text) of each file named and of each directory's *.yaml
+    and *.yml, sorted. `strict` (the daemon's own loading): refuse a file,
+    or the directory holding it, that users other than its owner may
+    write, since whoever writes a policy decides what a root daemon sees
+    and kills."""
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
             files.extend(sorted([*p.glob("*.yaml"), *p.glob("*.yml")]))
         else:
             files.append(p)
-    out = PolicySet()
-    seen: dict[str, str] = {}
+    docs = []
     for f in files:
         try:
-            text = f.read_text(encoding="utf-8")
+            if strict:
+                _refuse_shared(f)
+            docs.append((str(f), f.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as exc:
             raise PolicyError(str(f), 0, f"cannot read: {exc}") from None
-        for pol in parse_text(text, str(f)):
+    return docs
+
+
+def _refuse_shared(f: Path) -> None:
+    """Refuse a policy file that a user other than root could change: by
+    writing it, or by replacing it in any directory up to / (as sshd's
+    StrictModes checks its files)."""
+    path = f.resolve()
+    for part in (path, *path.parents):
+        st = part.stat()
+        is_dir = part != path
+        if is_dir and st.st_mode & stat.S_ISVTX and st.st_uid == 0:
+            continue  # sticky, as /tmp: others cannot replace what is not theirs
+        who = (
+            f"its owner, uid {st.st_uid}" if st.st_uid != 0
+            else f"its group, gid {st.st_gid}" if st.st_mode & stat.S_IWGRP and st.st_gid != 0
+            else "everyone" if st.st_mode & stat.S_IWOTH
+            else None
+        )
+        if who is not None:
+            what = f"directory {part}" if is_dir else "the file"
+            raise PolicyError(
+                str(f), 0,
+                f"{what} can be changed by {who} (mode {stat.S_IMODE(st.st_mode):04o}), "
+                "not only root; whoever changes a policy decides what this daemon "
+                "sees and kills",
+            )
+
+
+def parse_documents(docs: list[tuple[str, str]]) -> PolicySet:
+    """Every policy of (file name, YAML text) pairs, all or nothing."""
+    out = PolicySet()
+    seen: dict[str, str] = {}
+    for source, text in docs:
+        for pol in parse_text(text, source):
             if pol.name in seen:
                 raise PolicyError(
-                    str(f), 0, f"policy {pol.name!r} is also defined in {seen[pol.name]}"
+                    source, 0, f"policy {pol.name!r} is also defined in {seen[pol.name]}"
                 )
-            seen[pol.name] = str(f)
+            seen[pol.name] = source
             out.policies.append(pol)
     return out
+
+
+def parse_files(paths: list[Path], strict: bool = False) -> PolicySet:
+    """Every policy of every file (directories: their *.yaml, sorted), all or nothing."""
+    return parse_documents(read_documents(paths, strict))

@@ -11,7 +11,7 @@ import structlog
 from policy.compile import Compiled, compile_policies
 from policy.kernel import PolicyMaps, RuleCount
 from policy.model import PolicySet
-from policy.parse import parse_files, parse_text
+from policy.parse import parse_documents, parse_files
 from tracer.decode import ACTION_NAMES, Verdict
 from tracer.events import PolicyMatch
 
@@ -51,23 +51,13 @@ class PolicyStore:
         return compiled.warnings
 
     def apply_paths(self, paths: Iterable[Path]) -> list[str]:
+        """The daemon's policy paths (start-up, SIGHUP): files that others may write are refused."""
         paths = list(paths)
-        return self._apply(parse_files(paths), [str(p) for p in paths])
+        return self._apply(parse_files(paths, strict=True), [str(p) for p in paths])
 
     def apply_texts(self, docs: list[tuple[str, str]]) -> list[str]:
         """(source name, YAML text) pairs, e.g. sent over the control socket."""
-        ps = PolicySet()
-        for source, text in docs:
-            ps.policies.extend(parse_text(text, source))
-        names = [p.name for p in ps.policies]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            from policy.parse import PolicyError
-
-            raise PolicyError(
-                docs[0][0] if docs else "-", 0, f"policy defined twice: {sorted(dup)}"
-            )
-        return self._apply(ps, [s for s, _ in docs])
+        return self._apply(parse_documents(docs), [s for s, _ in docs])
 
     def match(self, v: Verdict) -> PolicyMatch | None:
         # One PolicyMatch per verdict, made once: this runs for every

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,3 +241,45 @@ def test_path_heads_admit_the_first_bytes_each_rule_can_match() -> None:
     # Suffix and negative values say nothing about the first component.
     assert heads[ord("u")] == heads[ord("x")] == everything
     assert all(h & everything for h in heads)
+
+
+_ONE = "policies:\n  - name: p\n    rules:\n      - event: file_open\n        match: {path: [/x]}\n"
+
+
+@pytest.mark.parametrize(
+    ("setup", "problem"),
+    [
+        (lambda d, f: os.chmod(f, 0o666), "the file can be changed by everyone (mode 0666)"),
+        (lambda d, f: (os.chmod(f, 0o664), os.chown(f, 0, 100)), "its group, gid 100"),
+        (lambda d, f: os.chown(f, 1000, 0), "its owner, uid 1000"),
+        (lambda d, f: os.chmod(d, 0o777), "directory {d} can be changed by everyone"),
+        (lambda d, f: os.chown(d, 1000, 0), "directory {d} can be changed by its owner"),
+    ],
+)
+def test_the_daemon_refuses_policies_others_could_change(
+    tmp_path: Path, setup: Any, problem: str
+) -> None:
+    # Whoever can write a policy decides what a root daemon sees and kills.
+    d = tmp_path / "policies"
+    d.mkdir()
+    f = d / "p.yaml"
+    f.write_text(_ONE)
+    os.chmod(f, 0o644)
+    assert len(parse_files([d], strict=True).policies) == 1  # as made: root's, 0644
+    setup(d, f)
+    with pytest.raises(PolicyError, match=re.escape(problem.format(d=d))):
+        parse_files([d], strict=True)
+    with pytest.raises(PolicyError, match=re.escape(problem.format(d=d))):
+        parse_files([f], strict=True)
+    assert len(parse_files([d]).policies) == 1  # `tracer policy check` only reads
+
+
+def test_root_group_and_sticky_directories_are_root_only_enough(tmp_path: Path) -> None:
+    d = tmp_path / "shared"
+    d.mkdir()
+    os.chmod(d, 0o1777)  # as /tmp: others cannot replace a file of root's
+    f = d / "p.yaml"
+    f.write_text(_ONE)
+    os.chmod(f, 0o664)  # group root: a clone made under umask 002
+    os.chown(f, 0, 0)
+    assert len(parse_files([f], strict=True).policies) == 1

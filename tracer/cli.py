@@ -14,7 +14,7 @@ from export.eventlog import DEFAULT_DIR as DEFAULT_EVENT_LOG
 from export.eventlog import EventLogConfig
 from export.grpc_server import DEFAULT_SOCKET, GrpcConfig, TlsFiles
 from forensics import cli as forensics_cli
-from policy import PolicyError, compile_policies, parse_files
+from policy import PolicyError, compile_policies, parse_files, read_documents
 from tracer import __version__, bpf, client, control, log
 from tracer.daemon import DEFAULT_BPF_DIR, Config, Daemon
 from tracer.loader import RINGBUF_DEFAULT, ConfigError
@@ -280,12 +280,7 @@ def _policy_command(args: argparse.Namespace) -> int:
         print(f"ok: {len(ps.policies)} policies, rules per event: {counts}")
         return 0
     if args.policy_command == "apply":
-        docs = []
-        for f in args.files:
-            if f.is_dir():
-                docs += [[str(p), p.read_text()] for p in sorted(f.glob("*.y*ml"))]
-            else:
-                docs.append([str(f), f.read_text()])
+        docs = [list(d) for d in read_documents(args.files)]
         reply = control.request(args.control_socket, {"op": "policy_apply", "documents": docs})
         if not reply.get("ok"):
             print(
