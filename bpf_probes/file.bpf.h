@@ -81,19 +81,21 @@ static __always_inline void tr_policy_binary(struct tr_policy_input *in, __u32 t
 
 /*
  * True when the collected walk shows that no rule can select the file:
- * every rule left needs a path hit, the top component's first byte is
- * admitted by no exact or prefix value, and the leaf's last byte ends no
- * suffix value. Copying the names and the lookups were ~160 ns of an
- * unselected open's ~440. Counted as evaluated, which it was.
+ * the top component's first byte is admitted by no exact or prefix path
+ * value, the leaf's last byte ends no suffix value, and each rule that
+ * needs no path hit (binary or uid only, `not_path`) fails on the
+ * process's binary or uid. Copying the names and the lookups were ~160 ns
+ * of an unselected open's ~440. Counted as evaluated, which it was.
  */
-static __always_inline bool tr_path_unselected(struct tr_kind_cfg *cfg, struct tr_walk *w,
-					       bool is_write)
+static __always_inline bool tr_path_unselected(struct tr_kind_cfg *cfg, __u32 gen,
+					       struct tr_walk *w, bool is_write)
 {
 	__u64 mask = tr_rules_for(cfg, is_write);
+	__u64 loose = mask & cfg->free[TR_F_PATH];
 	__u32 n = w->n;
 	unsigned char top = 0, last = 0;
 
-	if ((mask & cfg->free[TR_F_PATH]) || !w->complete || n == 0 || n > TR_PATH_DEPTH)
+	if (!w->complete || n == 0 || n > TR_PATH_DEPTH)
 		return false;
 	__u32 leaf_len = w->name_len[0] & TR_NAME_MAX;
 
@@ -106,7 +108,22 @@ static __always_inline bool tr_path_unselected(struct tr_kind_cfg *cfg, struct t
 		return false;
 	if (mask & cfg->path_heads[top])
 		return false;
+	if (loose) {
+		__u32 zero = 0;
+		struct tr_policy_scratch *ps = bpf_map_lookup_elem(&tr_policy_heap, &zero);
+		struct tr_policy_input in = {
+			.str_field = TR_F_PATH,
+			.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
+		};
+
+		if (!ps)
+			return false;
+		tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
+		if (tr_eval_who(ps, cfg, gen, TR_PK_FILE, &in, loose))
+			return false;
+	}
 	tr_count(TR_KIND_FILE_OPEN, TR_STAT_EVALUATED);
+	tr_count(TR_KIND_FILE_OPEN, TR_STAT_PREFILTERED);
 	return true;
 }
 
@@ -140,7 +157,7 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 			return 0;
 		tr_walk_collect(&s->walk, ev->path, BPF_CORE_READ(f, f_path.mnt),
 				BPF_CORE_READ(f, f_path.dentry));
-		if (!a->selected && tr_path_unselected(cfg, &s->walk, is_write))
+		if (!a->selected && tr_path_unselected(cfg, gen, &s->walk, is_write))
 			return 0;
 		len = tr_walk_emit(&s->walk, ev->path, 0, TR_PATH_MAX, &cut);
 	} else {

@@ -110,7 +110,7 @@ static __always_inline __u8 tr_file_hook(struct file *file, __u16 hook)
 
 	tr_walk_collect(&s->walk, s->ev.path, BPF_CORE_READ(file, f_path.mnt),
 			BPF_CORE_READ(file, f_path.dentry));
-	if (tr_path_unselected(cfg, &s->walk, is_write))
+	if (tr_path_unselected(cfg, gen, &s->walk, is_write))
 		return TR_ACT_NONE;
 	__u32 len = tr_walk_emit(&s->walk, s->ev.path, 0, TR_PATH_MAX, &cut);
 

@@ -261,6 +261,36 @@ static __always_inline __u64 tr_rules_for(struct tr_kind_cfg *cfg, bool is_write
 	return is_write ? cfg->rules : cfg->rules & ~cfg->write_only;
 }
 
+/* The rules of `mask` that the acting process's binary and uid leave in. */
+static __always_inline __u64 tr_eval_who(struct tr_policy_scratch *s, struct tr_kind_cfg *cfg,
+					 __u32 gen, __u32 kind, struct tr_policy_input *in,
+					 __u64 mask)
+{
+	struct tr_hits h;
+
+	if (mask && (cfg->fields & (1 << TR_F_BINARY))) {
+		/* exec matches its own new binary; other kinds the process's */
+		const char *bin = in->str_field == TR_F_BINARY ? in->str : in->binary;
+		__u32 bin_len = in->str_field == TR_F_BINARY ? in->str_len : in->binary_len;
+
+		if (bin) {
+			h.pos = h.neg = 0;
+			tr_str_hits(s, cfg, gen, kind, TR_F_BINARY, bin, bin_len, &h);
+			mask = tr_apply(mask, cfg, TR_F_BINARY, &h);
+		} else {
+			mask = tr_absent(mask, cfg, TR_F_BINARY);
+		}
+	}
+	if (mask && (cfg->fields & (1 << TR_F_UID))) {
+		struct tr_uid_key k = { .sel = tr_sel(gen, kind, TR_F_UID), .uid = in->uid };
+
+		h.pos = h.neg = 0;
+		tr_or(&h, bpf_map_lookup_elem(&tr_policy_uid, &k));
+		mask = tr_apply(mask, cfg, TR_F_UID, &h);
+	}
+	return mask;
+}
+
 /* Evaluate kind's rules on `in`; fills `out` and counts the hit. */
 static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, __u32 gen,
 					   struct tr_policy_input *in, struct tr_verdict *out)
@@ -285,26 +315,7 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 			mask = tr_absent(mask, cfg, TR_F_PATH);
 		}
 	}
-	if (mask && (cfg->fields & (1 << TR_F_BINARY))) {
-		/* exec matches its own new binary; other kinds the process's */
-		const char *bin = in->str_field == TR_F_BINARY ? in->str : in->binary;
-		__u32 bin_len = in->str_field == TR_F_BINARY ? in->str_len : in->binary_len;
-
-		if (bin) {
-			h.pos = h.neg = 0;
-			tr_str_hits(s, cfg, gen, kind, TR_F_BINARY, bin, bin_len, &h);
-			mask = tr_apply(mask, cfg, TR_F_BINARY, &h);
-		} else {
-			mask = tr_absent(mask, cfg, TR_F_BINARY);
-		}
-	}
-	if (mask && (cfg->fields & (1 << TR_F_UID))) {
-		struct tr_uid_key k = { .sel = tr_sel(gen, kind, TR_F_UID), .uid = in->uid };
-
-		h.pos = h.neg = 0;
-		tr_or(&h, bpf_map_lookup_elem(&tr_policy_uid, &k));
-		mask = tr_apply(mask, cfg, TR_F_UID, &h);
-	}
+	mask = tr_eval_who(s, cfg, gen, kind, in, mask);
 	if (!in->daddr)
 		mask = tr_absent(tr_absent(mask, cfg, TR_F_DADDR), cfg, TR_F_DPORT);
 	if (mask && in->daddr && (cfg->fields & (1 << TR_F_DADDR))) {

@@ -44,7 +44,8 @@ enum tr_stat {
 	TR_STAT_EMITTED = 0,
 	TR_STAT_RB_DROPPED = 1,
 	TR_STAT_EVALUATED = 2, /* policy evaluations: proof a filter ran */
-	TR_STAT_COUNT = 3,
+	TR_STAT_PREFILTERED = 3, /* of those, opens settled before the path was copied */
+	TR_STAT_COUNT = 4,
 };
 
 /* ---- Policies (compiled by policy/, evaluated in policy.bpf.h) ---- */

@@ -357,6 +357,21 @@ def test_the_walk_prefilter_never_hides_a_selected_open(
     assert excluded == [], [e["file_open"]["path"] for e in excluded]
     # Turned away or evaluated, every open went through the filter.
     assert _stats(ctl)["evaluated"]["file_open"] - before >= len(reads) + len(writes) + 1
+    # The cat rule needs no path hit, yet it does not switch the prefilter
+    # off for everyone else: another binary's opens of a file no path rule
+    # admits are still turned away before their path is copied.
+    n = 200
+    before = _stats(ctl)
+    loop = f"import sys\nfor _ in range({n}):\n    open(sys.argv[2]).close()\n"
+    subprocess.run([PY, "-c", loop, marker, str(o / "other")], check=True)
+    after = _stats(ctl)
+    assert after["prefiltered"]["file_open"] - before["prefiltered"]["file_open"] >= n
+    pdaemon.sync()
+    assert not pdaemon.matching(
+        lambda e: e["type"] == "file_open"
+        and marker in e["process"]["args"]
+        and e["file_open"]["path"] == str(o / "other")
+    )
 
 
 def test_unselected_opens_never_reach_user_space(pdaemon: Daemon, ctl: Path) -> None:

@@ -268,7 +268,12 @@ class Daemon:
             k = self._sensor.counters()
             return {
                 "ok": True,
-                "kernel": {"emitted": k.emitted, "dropped": k.dropped, "evaluated": k.evaluated},
+                "kernel": {
+                    "emitted": k.emitted,
+                    "dropped": k.dropped,
+                    "evaluated": k.evaluated,
+                    "prefiltered": k.prefiltered,
+                },
             }
         if op == "policy_apply":
             docs = req.get("documents")

@@ -85,6 +85,7 @@ class KernelCounters:
     emitted: dict[str, int]
     dropped: dict[str, int]
     evaluated: dict[str, int]  # policy evaluations, by kind
+    prefiltered: dict[str, int]  # of those, opens settled before their path was copied
 
 
 class Sensor:
@@ -99,11 +100,12 @@ class Sensor:
 
     def counters(self) -> KernelCounters:
         """Totals since load, summed over CPUs."""
-        out = KernelCounters({}, {}, {})
+        out = KernelCounters({}, {}, {}, {})
         stats = (
             (decode.STAT_EMITTED, out.emitted),
             (decode.STAT_RB_DROPPED, out.dropped),
             (decode.STAT_EVALUATED, out.evaluated),
+            (decode.STAT_PREFILTERED, out.prefiltered),
         )
         for kind, name in decode.KIND_NAMES.items():
             for stat, dest in stats:
