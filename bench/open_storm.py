@@ -13,6 +13,8 @@
 
 Usage: .venv/bin/python bench/open_storm.py [--opens 1000000] [--posted 200000] [--rounds 3]
        [--capture-mode lsm|fentry|kprobe|tracepoint]  (default: the daemon's choice)
+       [--extra-policy FILE]  (loaded with the library in the filtered stages, e.g.
+                               bench/policy-binary-only.yaml: a rule with no path)
 """
 
 from __future__ import annotations
@@ -71,15 +73,19 @@ def stats(sock: Path) -> dict[str, dict[str, int]]:
 
 def filtered(
     reaper: Reaper, exe: Path, work: Path, n: int, rounds: int, mode: list[str],
-    rules: bool = True,
+    rules: bool = True, extra: list[Path] | None = None,
 ) -> None:
     """With rules (the default library), or without any (the hooks' own cost:
     attached, they return at once when no file rule exists)."""
     what = "no rule selects it" if rules else "no policy loaded (hooks only)"
+    if rules and extra:
+        what += " (library and " + ", ".join(p.name for p in extra) + ")"
     print_header(f"filtered: {n:,} open+close of {TARGET}, {what}")
     without, with_ = [], []
     sock = work / "ctl.sock"
     policy = ["--policy", str(LIBRARY)] if rules else []
+    if rules:
+        policy += [a for p in extra or [] for a in ("--policy", str(p))]
     for r in range(rounds):
         without.append(run_loop(exe, n))
         d = TracerDaemon(reaper, work / f"filtered-{r}.jsonl",
@@ -206,6 +212,7 @@ def main() -> int:
         help="which of hooks-only,filtered,program-cost,posted to run"
     )
     ap.add_argument("--capture-mode", choices=["lsm", "fentry", "kprobe", "tracepoint"])
+    ap.add_argument("--extra-policy", type=Path, action="append", default=[])
     args = ap.parse_args()
     stages = set(args.stages.split(","))
     require_root()
@@ -220,7 +227,8 @@ def main() -> int:
         if "hooks-only" in stages:
             filtered(reaper, exe, work, args.opens, args.rounds, mode, rules=False)
         if "filtered" in stages:
-            filtered(reaper, exe, work, args.opens, args.rounds, mode)
+            filtered(reaper, exe, work, args.opens, args.rounds, mode,
+                     extra=args.extra_policy)
         if "program-cost" in stages:
             program_cost(reaper, exe, work, args.opens, mode)
         if "posted" in stages:
