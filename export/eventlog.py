@@ -54,6 +54,9 @@ DEFAULT_DIR = Path("/var/lib/tracer/events")
 # packs 5x tighter than gzip -3 at a sixth of its CPU (BENCHMARKS.md).
 _COMPRESS_LEVEL = 3
 _CHUNK = 4 << 20
+# A batch is a frame, up to this much JSON: a writer that fell behind takes
+# its whole queue (65,536 lines of ~5 KB) and must not join it in one piece.
+_FRAME_BYTES = 4 << 20
 
 
 def _compressor() -> zstandard.ZstdCompressor:
@@ -181,11 +184,16 @@ class EventLog(EncodedSink):
         limit = self.config.segment_bytes
         out: list[bytes] = []
         size = cur.size
+        framed = size  # where the lines in `out` start
         last: Process | None = None
         row: list[Any] = []
         for ev, data in batch:
             out.append(data)
             size += len(data)
+            if size - framed >= _FRAME_BYTES:  # a backlog: frames of bounded memory
+                self._append(cur, out)
+                out.clear()
+                framed = size
             if isinstance(ev, Lost):
                 cur.index.note_time(ev.time)
             elif ev.process is last and type(ev) not in _BITS:
@@ -198,12 +206,13 @@ class EventLog(EncodedSink):
                 last = p = ev.process
                 row = cur.index.note(ev.time, _BITS.get(type(ev), 0), _fields(p), _lineage(ev))
             if size >= limit:  # between two lines: a line is never split
-                self._append(cur, out)
+                if out:
+                    self._append(cur, out)
                 cur.size = size
                 out.clear()
                 self._rotate()
                 cur = self._cur
-                size = 0
+                size = framed = 0
                 last = None
         if out:
             self._append(cur, out)

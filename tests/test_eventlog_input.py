@@ -18,7 +18,7 @@ import pytest
 import zstandard
 from conftest import tracer_cmd
 
-from export import LineFanout, QueuedWriter, RotatingFile
+from export import LineFanout, QueuedWriter, RotatingFile, eventlog
 from export.eventlog import EventLog, EventLogConfig
 from export.jsonl import Serializer
 from forensics.index import HAS_EXEC, HAS_EXIT, PROCFS, scan
@@ -123,6 +123,31 @@ def test_segments_rotate_compress_and_index(tmp_path: Path) -> None:
     ser = Serializer()
     first = zstandard.decompress((log / packed[0]).read_bytes()).splitlines(keepends=True)[0]
     assert first == ser.line(_many(1)[0])
+
+
+def test_a_backlog_is_written_in_frames_of_bounded_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer that fell behind takes its whole queue at once; the frames it
+    # makes of it stay small (memory), and all of them read back in order.
+    monkeypatch.setattr(eventlog, "_FRAME_BYTES", 4096)
+    log = tmp_path / "ev"
+    evs = _many(300)
+    sink = EventLog(EventLogConfig(directory=log))
+    sink.offer_many(evs)
+    sink.close()
+    (seg,) = list_segments([log])
+    data, sizes = seg.path.read_bytes(), []
+    while data:
+        d = zstandard.ZstdDecompressor().decompressobj()
+        sizes.append(len(d.decompress(data)))
+        data = d.unused_data
+    longest = max(len(Serializer().line(e)) for e in evs)
+    total = sum(len(Serializer().line(e)) for e in evs)
+    assert sum(sizes) == total and len(sizes) >= total // (4096 + longest)
+    assert max(sizes) < 4096 + longest
+    got = [ev["process"]["pid"] for _, ev in read_events(seg, Problems(out=None))]
+    assert got == [1000 + i for i in range(300)]
 
 
 def test_the_index_has_ancestors_named_only_by_descendants(tmp_path: Path) -> None:
