@@ -226,7 +226,8 @@ _PROCESS: _Shape = {
 # version); present, it has this type, or the line is skipped and the
 # field named: a forged or damaged line must not stop a reader midway.
 _EVENT: dict[str, _Shape] = {
-    "node": str, "process": _PROCESS, "parent": _PROCESS, "ancestors": [_PROCESS],
+    "type": str, "time": str, "node": str,
+    "process": _PROCESS, "parent": _PROCESS, "ancestors": [_PROCESS],
     "process_exec": {},
     "process_exit": {"code": int, "signal": str, "core_dumped": bool},
     "file_open": {
