@@ -265,7 +265,10 @@ def e2e(subscribers: int, processes: int) -> None:
     sock = tmp / "t.sock"
     err = open(tmp / "daemon.log", "w+")
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "tracer", "run", "--grpc-socket", str(sock)],
+        # Its own control socket and event log: the defaults would collide
+        # with any other daemon on the machine.
+        [sys.executable, "-m", "tracer", "run", "--grpc-socket", str(sock),
+         "--control-socket", str(tmp / "ctl.sock"), "--event-log-dir", str(tmp / "events")],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=err,
