@@ -22,7 +22,7 @@ class _Kernel:
         self.dropped: dict[str, int] = {}
 
     def counters(self) -> KernelCounters:
-        return KernelCounters(emitted={}, dropped=dict(self.dropped), evaluated={})
+        return KernelCounters(emitted={}, dropped=dict(self.dropped), evaluated={}, prefiltered={})
 
 
 def _lost(lines: list[bytes]) -> list[dict[str, dict[str, int]]]:
