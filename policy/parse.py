@@ -9,6 +9,7 @@ that silently matches nothing is worse than a refusal.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import stat
 from collections.abc import Callable
@@ -262,10 +263,9 @@ def parse_text(text: str, source: str) -> list[Policy]:
 
 def read_documents(paths: list[Path], strict: bool = False) -> list[tuple[str, str]]:
     """(file name, text) of each file named and of each directory's *.yaml
-    and *.yml, sorted. `strict` (the daemon's own loading): refuse a file,
-    or the directory holding it, that users other than its owner may
-    write, since whoever writes a policy decides what a root daemon sees
-    and kills."""
+    and *.yml, sorted. `strict` (the daemon's own loading): refuse a file
+    that a user other than root could change, since whoever changes a
+    policy decides what a root daemon sees and kills."""
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
@@ -285,10 +285,11 @@ def read_documents(paths: list[Path], strict: bool = False) -> list[tuple[str, s
 
 def _refuse_shared(f: Path) -> None:
     """Refuse a policy file that a user other than root could change: by
-    writing it, or by replacing it in any directory up to / (as sshd's
-    StrictModes checks its files)."""
+    writing it, or by replacing it (or a symlink to it) in any directory
+    up to / (as sshd's StrictModes checks its files)."""
     path = f.resolve()
-    for part in (path, *path.parents):
+    named = Path(os.path.abspath(f))  # a symlink's own directories count too
+    for part in dict.fromkeys((path, *path.parents, *named.parents)):
         st = part.stat()
         is_dir = part != path
         if is_dir and st.st_mode & stat.S_ISVTX and st.st_uid == 0:

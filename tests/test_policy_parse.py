@@ -283,3 +283,17 @@ def test_root_group_and_sticky_directories_are_root_only_enough(tmp_path: Path) 
     os.chmod(f, 0o664)  # group root: a clone made under umask 002
     os.chown(f, 0, 0)
     assert len(parse_files([f], strict=True).policies) == 1
+
+
+def test_a_symlink_in_a_directory_others_own_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "root-only"
+    real.mkdir()
+    (real / "p.yaml").write_text(_ONE)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "p.yaml").symlink_to(real / "p.yaml")
+    assert len(parse_files([theirs / "p.yaml"], strict=True).policies) == 1
+    os.chown(theirs, 1000, 1000)  # they could point the link anywhere
+    problem = f"directory {theirs} can be changed by its owner"
+    with pytest.raises(PolicyError, match=re.escape(problem)):
+        parse_files([theirs / "p.yaml"], strict=True)
