@@ -146,12 +146,12 @@ class EventLog(EncodedSink):
         self._next_seq = max((seg.seq for seg in segments), default=0) + 1
         self._last_sync = time.monotonic()
         self._z = _compressor()  # the writer thread's
-        self._closing: queue.Queue[Path | None] = queue.Queue()
+        self._closing: queue.Queue[Segment | None] = queue.Queue()
         for seg in segments:
             # The open segment of a crash (no sidecar), or one an older
             # version left uncompressed: indexed and compressed now.
             if not seg.compressed or not seg.sidecar.exists():
-                self._closing.put(seg.path)
+                self._closing.put(seg)
         self._cur = self._open()
         self._stopped = threading.Event()
         self._closer = threading.Thread(target=self._close_loop, name="eventlog-close", daemon=True)
@@ -249,7 +249,7 @@ class EventLog(EncodedSink):
         cur.f.close()
         seg = Segment(cur.path, cur.seq)
         write_sidecar(seg.sidecar, cur.index.sidecar(seg.plain_name))
-        self._closing.put(cur.path)
+        self._closing.put(seg)
 
     def _tick(self) -> None:
         # The writer only runs when events arrive; this makes it flush a
@@ -279,25 +279,24 @@ class EventLog(EncodedSink):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         db: sqlite3.Connection | None = None
         while True:
-            path = self._closing.get()
-            if path is None:
+            seg = self._closing.get()
+            if seg is None:
                 if db is not None:
                     db.close()
                 return
             try:
                 if db is None:
                     db = store.connect(self.config.directory / store.DB_NAME)
-                self._close(path, db)
+                self._close(seg, db)
                 self._retain(db)
             except (OSError, sqlite3.Error) as exc:
                 # The segment stays readable as it is; the next start tries again.
-                _log.error("closing a log segment failed", segment=str(path), error=str(exc))
+                _log.error("closing a log segment failed", segment=str(seg.path), error=str(exc))
 
-    def _close(self, path: Path, db: sqlite3.Connection) -> None:
+    def _close(self, seg: Segment, db: sqlite3.Connection) -> None:
         """A closed segment into the directory's lookup database (forensics/store.py),
         indexed first if a crash left it without its sidecar, and compressed
         if an older version wrote it as plain JSON lines."""
-        seg = Segment(path, int(SEGMENT_RE.match(path.name)[1]))  # type: ignore[index]
         if not seg.sidecar.exists():  # left by a crash: index it from its lines
             problems = Problems(out=None)
             b = scan(seg, problems)
@@ -305,7 +304,7 @@ class EventLog(EncodedSink):
             if problems.count:
                 _log.warning(
                     "a segment left by a crash has unreadable lines (a torn last frame or line?)",
-                    segment=str(path),
+                    segment=str(seg.path),
                     lines=problems.count,
                 )
         if not seg.compressed:
