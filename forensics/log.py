@@ -1,9 +1,9 @@
 """Reading event-log segments: listing, decompressing, splitting lines, parsing.
 
-A log directory holds segments named `events-NNNNNNNN.jsonl` (the one
-being written, or one a crash left behind) and `events-NNNNNNNN.jsonl.zst`
-(closed; `.jsonl.gz` from tracer versions before zstd, still read). Any
-other JSON-lines file (an export file, a copy from another node) can be
+A log directory holds segments named `events-NNNNNNNN.jsonl.zst`: zstd
+frames of JSON lines, the one being written included (`.jsonl` and
+`.jsonl.gz` from tracer versions before, still read). Any other
+JSON-lines file (an export file, a copy from another node) can be
 read too. Bad input never stops a read: a torn last line, a truncated
 compressed stream, a line that is not JSON, an event of a type this
 tracer does not know (a newer schema) or with a field of the wrong JSON
