@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     REPO,
-    ExportTail,
+    OutputWatch,
     Reaper,
     TracerDaemon,
     machine_summary,
@@ -162,42 +162,22 @@ def posted(reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str]) -> No
     d = TracerDaemon(reaper, out, ["--policy", str(pol), "--ringbuf-size", "256M",
                                    "--control-socket", str(work / "ctl2.sock"), *mode])
     d.start()
-    cpu0 = d.cpu_seconds()
-    t0 = time.perf_counter()
+    watch = OutputWatch(out, "file_open", n, d.cpu_seconds)
+    watch.start()
     workload = run_loop(exe, n, str(target))
-
-    # Read incrementally: re-reading the whole file (GBs of JSON) every
-    # half second competed with the daemon for the CPU it was measuring.
-    tail = ExportTail(out)
-
-    def delivered() -> int:
-        tail.read()
-        return tail.types["file_open"]
-
     # Done when all arrived, or when nothing more arrives for 5 s (an
     # output that fell behind drops events; the stop line counts them).
-    last = [0, time.monotonic()]
-
-    def finished() -> bool:
-        got = delivered()
-        if got != last[0]:
-            last[:] = [got, time.monotonic()]
-        return got >= n or time.monotonic() - last[1] > 5
-
-    wait_until(finished, timeout=600, interval=0.2)
-    done = delivered() >= n
-    t1 = time.perf_counter() if done else last[1]
-    cpu1 = d.cpu_seconds()
+    got = watch.wait(timeout=600)
     st = d.stop()
-    got = delivered()
-    secs = t1 - t0
-    print(f"  workload {workload:.3f} s; delivered {got:,} of {n:,} events in {secs:.2f} s "
-          f"({'complete' if done else 'TIMED OUT'})")
-    print(f"  rate {got / secs:,.0f} events/s to the JSON file (target >= 100,000)")
-    per_100k = (cpu1 - cpu0) / max(got, 1) * 1e5
-    print(f"  daemon CPU {cpu1 - cpu0:.2f} s = {per_100k:.2f} s per 100k events")
+    watch.scan()  # whatever the stop flushed
+    secs = got.seconds
+    print(f"  workload {workload:.3f} s; delivered {watch.count:,} of {n:,} events in {secs:.2f} s "
+          f"({'complete' if got.complete else 'INCOMPLETE'})")
+    print(f"  rate {got.count / secs:,.0f} events/s to the JSON file (target >= 100,000)")
+    per_100k = got.cpu / max(got.count, 1) * 1e5
+    print(f"  daemon CPU {got.cpu:.2f} s = {per_100k:.2f} s per 100k events")
     size = out.stat().st_size
-    print(f"  JSON {size / max(got, 1):,.0f} bytes a line, {size / secs / 1e6:,.0f} MB/s")
+    print(f"  JSON {size / max(watch.count, 1):,.0f} bytes a line, {size / secs / 1e6:,.0f} MB/s")
     print(f"  lost: kernel {st.lost_kernel}, daemon {st.lost_daemon}")
 
 
