@@ -88,23 +88,28 @@ def main() -> int:
         rb = bpf.RingBuffer(obj.map("tr_events"))
         print(f"event='ready' variant={variant} programs={len(progs)}", file=sys.stderr,
               flush=True)
+        def count(batch: list[bytes]) -> int:
+            nonlocal nbytes
+            for raw in batch:
+                kinds[int.from_bytes(raw[:4], "little")] += 1
+                nbytes += len(raw)
+            return len(batch)
+
+        def consume_all() -> None:
+            while count(rb.consume()) == rb.batch_max:
+                pass
+
         if args.drain == "none":
             while not _stop:
                 time.sleep(0.2)
         elif args.drain == "batch":
             while not _stop:
                 time.sleep(args.batch_ms / 1000)
-                for raw in rb.consume():
-                    kinds[int.from_bytes(raw[:4], "little")] += 1
-                    nbytes += len(raw)
-        else:
+                consume_all()
+        elif args.drain == "discard":
             while not _stop:
-                for raw in rb.poll(args.poll_ms):
-                    kinds[int.from_bytes(raw[:4], "little")] += 1
-                    nbytes += len(raw)
-        for raw in rb.consume():
-            kinds[int.from_bytes(raw[:4], "little")] += 1
-            nbytes += len(raw)
+                count(rb.poll(args.poll_ms))
+        consume_all()
     finally:
         if rb is not None:
             rb.close()

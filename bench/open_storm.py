@@ -38,7 +38,6 @@ from _common import (
     print_header,
     require_root,
     tmpdir,
-    wait_until,
 )
 
 from tracer import control
@@ -163,11 +162,13 @@ def posted(reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str]) -> No
                                    "--control-socket", str(work / "ctl2.sock"), *mode])
     d.start()
     watch = OutputWatch(out, "file_open", n, d.cpu_seconds)
+    threads0 = d.thread_cpu()
     watch.start()
     workload = run_loop(exe, n, str(target))
     # Done when all arrived, or when nothing more arrives for 5 s (an
     # output that fell behind drops events; the stop line counts them).
     got = watch.wait(timeout=600)
+    threads1 = d.thread_cpu()
     st = d.stop()
     watch.scan()  # whatever the stop flushed
     secs = got.seconds
@@ -176,6 +177,14 @@ def posted(reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str]) -> No
     print(f"  rate {got.count / secs:,.0f} events/s to the JSON file (target >= 100,000)")
     per_100k = got.cpu / max(got.count, 1) * 1e5
     print(f"  daemon CPU {got.cpu:.2f} s = {per_100k:.2f} s per 100k events")
+    # The capture thread (tid == pid) against the span: below 100% it waited
+    # (for the GIL, or for a CPU) rather than computed.
+    for tid, (u1, s1) in sorted(threads1.items(), key=lambda kv: -sum(kv[1])):
+        u0, s0 = threads0.get(tid, (0.0, 0.0))
+        if u1 + s1 - u0 - s0 >= 0.01:
+            who = "capture thread" if tid == d.pid else f"thread {tid}"
+            print(f"    {who}: user {u1 - u0:.2f} s, sys {s1 - s0:.2f} s "
+                  f"= {(u1 + s1 - u0 - s0) / secs:.0%} of the span")
     size = out.stat().st_size
     print(f"  JSON {size / max(watch.count, 1):,.0f} bytes a line, {size / secs / 1e6:,.0f} MB/s")
     print(f"  lost: kernel {st.lost_kernel}, daemon {st.lost_daemon}")

@@ -23,7 +23,7 @@ IDLE_LEAVES = (
     "Event.wait (threading.py",
     "Thread.join",
     "epoll_wait",
-    "RingBuffer.poll.<locals>.<lambda> (tracer/bpf.py",  # inside ring_buffer__poll (C)
+    "RingBuffer.poll (tracer/bpf.py",  # the leaf only while in poll(2)
     "_wait_for_tstate_lock",
     "socket.accept (socket.py",  # the control socket's accept loop
     "_serve (grpc/_server.py",  # gRPC's completion-queue poll

@@ -12,6 +12,7 @@ import ctypes
 import errno as _errno
 import os
 import platform
+import select
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from tracer import _libbpf
 _log = structlog.get_logger(component="libbpf")
 
 _lib: ctypes.CDLL | None = None
+_held: ctypes.PyDLL | None = None
 _libc: ctypes.CDLL | None = None
 _lib_lock = threading.Lock()
 _capture = threading.local()
@@ -98,10 +100,11 @@ def _on_print(level: int, fmt: bytes | None, va_list: int | None) -> int:
 
 def lib() -> ctypes.CDLL:
     """The loaded libbpf, with its log routed to structlog (loaded once)."""
-    global _lib, _libc, _print_cb
+    global _lib, _held, _libc, _print_cb
     with _lib_lock:
         if _lib is None:
             lib = _libbpf.load()
+            _held = _libbpf.load_held()
             _libc = _libbpf.load_libc()
             _print_cb = _libbpf.PRINT_FN(_on_print)
             lib.libbpf_set_print(_print_cb)
@@ -367,56 +370,67 @@ class BpfObject:
         self.close()
 
 
+# What the sample callback returns to stop ring_buffer__consume() at a full
+# batch; libbpf passes it through as the call's result.
+_BATCH_FULL = -_errno.ENOSPC
+
+
 class RingBuffer:
     """Drains a BPF ring buffer map in batches.
 
-    poll() returns the records copied out during one ring_buffer__poll()
-    call, so the per-record cost in Python is a single bytes copy; the
-    caller processes the batch after the C loop has returned.
+    consume() returns the records libbpf copied out during one
+    ring_buffer__consume() call, so the per-record cost in Python is one
+    callback and one bytes copy, and the caller processes the batch after
+    the C loop has returned. A batch holds at most `batch_max` records: a
+    backlog of a whole ring (100,000s of records) is taken in steps, each
+    one processed before the next is copied.
     """
 
-    def __init__(self, m: Map) -> None:
+    def __init__(self, m: Map, batch_max: int = 16384) -> None:
         self._batch: list[bytes] = []
+        self.batch_max = batch_max
         self._error: BaseException | None = None
         self._cb = _libbpf.SAMPLE_FN(self._on_sample)
+        self._wait = select.poll()
+        self._wait.register(m.fd, select.POLLIN)
         with _Call(f"ring buffer on map {m.name}") as c:
             self._ptr: int | None = c.check_ptr(lib().ring_buffer__new(m.fd, self._cb, None, None))
 
     def _on_sample(self, ctx: int | None, data: int, size: int) -> int:
         try:
             self._batch.append(ctypes.string_at(data, size))
-            return 0
+            # Negative stops libbpf's loop after this record (kept, consumed).
+            return _BATCH_FULL if len(self._batch) >= self.batch_max else 0
         except BaseException as exc:  # noqa: BLE001 -- ctypes would print and drop it
             self._error = exc
             return -1
 
-    def _run(self, op: str, call: Callable[[], int]) -> list[bytes]:
-        with _Call(op) as c:
-            ret = call()
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Every record available; if there is none, first wait up to timeout_ms.
+
+        The wait is poll(2) on the map. It sleeps until the timeout or a
+        forced wake-up: our programs add records silently until an eighth
+        of the ring is full (tr_wakeup in common.bpf.h), so a quiet stream
+        is drained on the timer. The GIL is released only while waiting.
+        """
+        batch = self.consume()
+        if not batch:
+            self._wait.poll(timeout_ms)
+            batch = self.consume()
+        return batch
+
+    def consume(self) -> list[bytes]:
+        """Every record available now (up to batch_max), without waiting."""
+        assert _held is not None and self._ptr
+        with _Call("ring_buffer__consume") as c:
+            ret = int(_held.ring_buffer__consume(self._ptr))
         batch, self._batch = self._batch, []
         if self._error is not None:
             err, self._error = self._error, None
             raise err
-        if ret < 0 and -ret != _errno.EINTR:
+        if ret < 0 and ret != _BATCH_FULL:
             raise c.fail(ret)
         return batch
-
-    def poll(self, timeout_ms: int) -> list[bytes]:
-        """Wait up to timeout_ms for a wake-up, then return every record available.
-
-        Our programs add most records without a wake-up (tr_wakeup in
-        common.bpf.h), and ring_buffer__poll drains only on one, so the
-        records of a wait that timed out are taken with a consume().
-        """
-        batch = self._run(
-            "ring_buffer__poll", lambda: int(lib().ring_buffer__poll(self._ptr, timeout_ms))
-        )
-        batch.extend(self.consume())
-        return batch
-
-    def consume(self) -> list[bytes]:
-        """Return every record available now, without waiting."""
-        return self._run("ring_buffer__consume", lambda: int(lib().ring_buffer__consume(self._ptr)))
 
     def close(self) -> None:
         if self._ptr:

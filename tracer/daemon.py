@@ -58,6 +58,8 @@ _log = structlog.get_logger(component="daemon")
 # enough that a burst's garbage does not stay resident for long, rarely
 # enough that the pages are not faulted back in under a steady load.
 _TRIM_INTERVAL_S = 30.0
+# How long the final drain at stop may take.
+_STOP_DRAIN_S = 5.0
 
 DEFAULT_BPF_DIR = Path(__file__).resolve().parent.parent / "build" / "bpf"
 
@@ -411,7 +413,7 @@ class Daemon:
                 self._state.stopping = True
                 if server is not None:
                     server.stopping()
-                pipeline.feed(sensor.ringbuf.consume())
+                self._drain(sensor, pipeline)
                 losses.report()
                 # Outputs drain before the server stops, so subscribers get
                 # every event up to the end; then nothing reads the sensor.
@@ -443,6 +445,24 @@ class Daemon:
     def _close(sinks: list[Sink]) -> None:
         for sink in sinks:
             sink.close()
+
+    @staticmethod
+    def _drain(sensor: Sensor, pipeline: Pipeline) -> None:
+        """What the ring holds at stop, a batch at a time. A storm that outruns
+        us could keep the daemon from ever stopping, so this gives up after
+        _STOP_DRAIN_S and says so."""
+        deadline = time.monotonic() + _STOP_DRAIN_S
+        while True:
+            batch = sensor.ringbuf.consume()
+            pipeline.feed(batch)
+            if len(batch) < sensor.ringbuf.batch_max:
+                return
+            if time.monotonic() >= deadline:
+                _log.warning(
+                    "stopped with records still in the ring buffer: they are not reported",
+                    drained_s=_STOP_DRAIN_S,
+                )
+                return
 
     def _loop(self, sensor: Sensor, pipeline: Pipeline, losses: _LossReporter) -> int:
         interval = self.config.lost_interval_s
