@@ -170,17 +170,20 @@ class Serializer:
 
     def __init__(self) -> None:
         self._procs = _ProcessJson()
-        self._policies: dict[PolicyMatch, bytes] = {}
+        self._policies: dict[int, tuple[PolicyMatch, bytes]] = {}  # by id(match)
 
     def _policy(self, m: PolicyMatch) -> bytes:
         # Few rules, many events: PolicyStore hands out one PolicyMatch per
-        # rule, so its JSON is made once.
-        data = self._policies.get(m)
-        if data is None:
-            if len(self._policies) >= 4096:
-                self._policies.clear()
-            body = {"name": m.name, "rule": m.rule, "action": m.action}
-            data = self._policies[m] = b',"policy":' + orjson.dumps(body)
+        # rule, so its JSON is made once. Keyed by identity, as there; the
+        # entry holds the match, so its id cannot be reused while cached.
+        hit = self._policies.get(id(m))
+        if hit is not None and hit[0] is m:
+            return hit[1]
+        if len(self._policies) >= 4096:
+            self._policies.clear()
+        body = {"name": m.name, "rule": m.rule, "action": m.action}
+        data = b',"policy":' + orjson.dumps(body)
+        self._policies[id(m)] = (m, data)
         return data
 
     @staticmethod
@@ -239,13 +242,22 @@ class Serializer:
         # sit under the key named by the type.
         kind = ev.type.encode()
         policy = getattr(ev, "policy", None)
-        return b'{"type":"%b","time":"%b"%b,"%b":%b%b}\n' % (
-            kind,
-            rfc3339(ev.time).encode(),
-            self._procs.context(ev),
-            kind,
-            orjson.dumps(self._details(ev)),
-            self._policy(policy) if policy is not None else b"",
+        # join, not %: it sizes the 4-5 KB line once instead of growing it.
+        return b"".join(
+            (
+                b'{"type":"',
+                kind,
+                b'","time":"',
+                rfc3339(ev.time).encode(),
+                b'"',
+                self._procs.context(ev),
+                b',"',
+                kind,
+                b'":',
+                orjson.dumps(self._details(ev)),
+                self._policy(policy) if policy is not None else b"",
+                b"}\n",
+            )
         )
 
 
