@@ -169,6 +169,7 @@ def posted(reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str]) -> No
     # output that fell behind drops events; the stop line counts them).
     got = watch.wait(timeout=600)
     threads1 = d.thread_cpu()
+    peak_kb, ring_kb = d.mem_kb()["VmHWM"], d.bpf_map_rss_kb()
     st = d.stop()
     watch.scan()  # whatever the stop flushed
     secs = got.seconds
@@ -188,6 +189,10 @@ def posted(reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str]) -> No
     size = out.stat().st_size
     print(f"  JSON {size / max(watch.count, 1):,.0f} bytes a line, {size / secs / 1e6:,.0f} MB/s")
     print(f"  lost: kernel {st.lost_kernel}, daemon {st.lost_daemon}")
+    # The ring's pages are mapped twice (wrap-around), so RSS counts them
+    # twice: the rest is the daemon's own peak (queued lines, mostly).
+    print(f"  peak RSS {peak_kb / 1024:,.0f} MiB, of which the ring buffer mapping "
+          f"{ring_kb / 1024:,.0f} MiB: {(peak_kb - ring_kb) / 1024:,.0f} MiB besides")
 
 
 def main() -> int:
