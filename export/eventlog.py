@@ -41,7 +41,7 @@ import zstandard
 
 from export._writev import writev_all
 from export.jsonl import Serializer
-from export.sink import Encoded, EncodedSink
+from export.sink import QUEUE_BYTES, Encoded, EncodedSink
 from forensics import store
 from forensics.index import HAS_EXEC, HAS_EXIT, Fields, IndexBuilder, scan, write_sidecar
 from forensics.log import SEGMENT_RE, Problems, Segment, segment_name
@@ -127,6 +127,7 @@ class EventLog(EncodedSink):
         config: EventLogConfig,
         capacity: int = 65536,
         encode: Callable[[Event], bytes] | None = None,
+        max_bytes: int = QUEUE_BYTES,
     ) -> None:
         """`encode`: the JSON-lines serializer's line(); a LineFanout encodes for it instead."""
         self.config = config
@@ -157,7 +158,12 @@ class EventLog(EncodedSink):
         self._closer = threading.Thread(target=self._close_loop, name="eventlog-close", daemon=True)
         self._closer.start()
         super().__init__(
-            "eventlog", self._write, encode or Serializer().line, capacity, on_close=self._finish
+            "eventlog",
+            self._write,
+            encode or Serializer().line,
+            capacity,
+            on_close=self._finish,
+            max_bytes=max_bytes,
         )
         self._ticker = threading.Thread(target=self._tick, name="eventlog-flush", daemon=True)
         self._ticker.start()
@@ -319,7 +325,7 @@ class EventLog(EncodedSink):
         tmp = packed.with_name(packed.name + ".tmp")
         with open(path, "rb") as src, open(tmp, "wb") as raw:
             # Large chunks: each read and write takes the GIL back, a wait of
-            # up to a switch interval (5 ms) while the capture thread is busy.
+            # up to a switch interval while the capture thread is busy.
             _compressor().copy_stream(src, raw, size=os.fstat(src.fileno()).st_size,
                                       read_size=_CHUNK, write_size=_CHUNK)
             raw.flush()

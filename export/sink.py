@@ -23,6 +23,10 @@ _log = structlog.get_logger(component="export")
 
 T = TypeVar("T")
 
+# The lines an output that writes them may hold queued: 65,536 lines of the
+# usual 4-5 KB, and a bound on memory whatever the lines' size.
+QUEUE_BYTES = 256 << 20
+
 
 def _never(item: object) -> bool:
     return False
@@ -67,20 +71,33 @@ class Sink(Protocol):
 class DropOldest(Generic[T]):
     """A bounded FIFO whose put() never blocks, for one consumer thread.
 
-    When it is full, the oldest item makes room and is counted by kind.
-    Pinned items (loss reports) are let in over capacity and never dropped:
-    they are how loss becomes visible. After close(), take() drains what is
-    left and then returns empty; put() only counts.
+    Bounded in items and, given `size`, in bytes: a count alone let 65,536
+    lines of 50 KB (a deep ancestry of long command lines, which any user
+    can arrange) take 3 GB. When it is full, the oldest items make room and
+    are counted by kind; one item larger than the whole byte bound still
+    gets in, alone. Pinned items (loss reports) are let in over the bounds
+    and never dropped: they are how loss becomes visible. After close(),
+    take() drains what is left and then returns empty; put() only counts.
     """
 
     def __init__(
-        self, capacity: int, kind: Callable[[T], str], pinned: Callable[[T], bool] = _never
+        self,
+        capacity: int,
+        kind: Callable[[T], str],
+        pinned: Callable[[T], bool] = _never,
+        size: Callable[[T], int] | None = None,
+        max_bytes: int = 0,
     ) -> None:
         if capacity <= 0:
             raise ValueError(f"queue capacity must be positive, got {capacity}")
+        if size is not None and max_bytes <= 0:
+            raise ValueError(f"queue byte bound must be positive, got {max_bytes}")
         self.capacity = capacity
         self._kind = kind
         self._pinned = pinned
+        self._size = size
+        self.max_bytes = max_bytes if size is not None else 0
+        self._bytes = 0  # of the queued items, when sized
         self._items: collections.deque[T] = collections.deque()
         self._cond = threading.Condition()
         self._dropped: collections.Counter[str] = collections.Counter()
@@ -88,50 +105,66 @@ class DropOldest(Generic[T]):
         self._woken = False
 
     def put(self, item: T) -> None:
-        with self._cond:
-            if self._closed:  # no consumer left to drain it
-                self._dropped[self._kind(item)] += 1
-                return
-            q = self._items
-            if len(q) >= self.capacity and not self._pinned(item):
-                self._drop_oldest()
-            q.append(item)
-            if len(q) == 1:
-                self._cond.notify()
+        self.put_many([item])
 
-    def put_many(self, items: list[T]) -> None:
+    def put_many(self, items: list[T], nbytes: int | None = None) -> None:
         """put() of each item in order, under one lock and with at most one wake-up.
 
         A wake-up per item costs the consumer a futex round trip each time
         and the producer a third of its time; per batch it is noise.
+        `nbytes`, the items' total size, saves summing it again when the
+        caller knows it.
         """
         if not items:
             return
+        size = self._size
+        if size is not None and nbytes is None:
+            nbytes = sum(map(size, items))
         with self._cond:
-            if self._closed:
+            if self._closed:  # no consumer left to drain it
                 self._dropped.update(self._kind(i) for i in items)
                 return
             q = self._items
             was_empty = not q
-            if len(q) + len(items) <= self.capacity:
+            if len(q) + len(items) <= self.capacity and (
+                size is None or self._bytes + (nbytes or 0) <= self.max_bytes
+            ):
                 q.extend(items)  # the usual case: room for all, no item-by-item test
+                self._bytes += nbytes or 0
             else:
-                pinned = self._pinned
                 for item in items:
-                    if len(q) >= self.capacity and not pinned(item):
-                        self._drop_oldest()
-                    q.append(item)
+                    self._make_room(item)
             if was_empty:
                 self._cond.notify()
 
-    def _drop_oldest(self) -> None:
+    def _make_room(self, item: T) -> None:
+        """Append item, first dropping the oldest unpinned items while it does not fit."""
+        q = self._items
+        n = self._size(item) if self._size is not None else 0
+        limit = self.max_bytes - n if self._size is not None else None
+        if not self._pinned(item):
+            # One out per one in: pinned items over capacity stay extra.
+            if len(q) >= self.capacity:
+                self._drop_oldest()
+            while limit is not None and self._bytes > limit and self._drop_oldest():
+                pass
+        q.append(item)
+        self._bytes += n
+
+    def _drop_oldest(self) -> bool:
+        """Drop the oldest unpinned item; False if every item is pinned."""
         q = self._items
         kept = []
         while q and self._pinned(q[0]):  # rare: a loss report at the head
             kept.append(q.popleft())
-        if q:
-            self._dropped[self._kind(q.popleft())] += 1
+        dropped = bool(q)
+        if dropped:
+            old = q.popleft()
+            self._dropped[self._kind(old)] += 1
+            if self._size is not None:
+                self._bytes -= self._size(old)
         q.extendleft(reversed(kept))
+        return dropped
 
     def take(self, max_items: int = 0) -> list[T]:
         """Wait for items and return them, oldest first (at most max_items if > 0).
@@ -144,9 +177,13 @@ class DropOldest(Generic[T]):
             self._woken = False
             q = self._items
             if 0 < max_items < len(q):
-                return [q.popleft() for _ in range(max_items)]
+                batch = [q.popleft() for _ in range(max_items)]
+                if self._size is not None:
+                    self._bytes -= sum(map(self._size, batch))
+                return batch
             batch = list(q)
             q.clear()
+            self._bytes = 0
             return batch
 
     def wake(self) -> None:
@@ -180,6 +217,7 @@ class DropOldest(Generic[T]):
             self._closed = True
             if discard:
                 self._items.clear()
+                self._bytes = 0
             self._cond.notify()
 
     def __len__(self) -> int:
@@ -290,18 +328,24 @@ def _is_lost_encoded(item: Encoded) -> bool:
     return isinstance(item[0], Lost)
 
 
+def _encoded_size(item: Encoded) -> int:
+    return len(item[1])
+
+
 def _encode_for(
     encode: Callable[[Event], bytes], events: list[Event], sinks: Sequence[EncodedSink]
 ) -> None:
     """Encode `events` once and queue them to every sink; a fault stops only these sinks."""
     try:
-        items = [(ev, encode(ev)) for ev in events]
+        lines = [encode(ev) for ev in events]
     except Exception as exc:  # noqa: BLE001 -- a sink fault must not stop capture
         for s in sinks:
             s.fail(exc, events)
         return
+    items = list(zip(events, lines, strict=True))
+    nbytes = sum(map(len, lines))
     for s in sinks:
-        s.offer_encoded(items)
+        s.offer_encoded(items, nbytes)
 
 
 class EncodedSink(_Drained[Encoded]):
@@ -322,9 +366,12 @@ class EncodedSink(_Drained[Encoded]):
         encode: Callable[[Event], bytes],
         capacity: int = 65536,
         on_close: Callable[[], object] | None = None,
+        max_bytes: int = QUEUE_BYTES,
     ) -> None:
         self._encode = encode
-        queue: DropOldest[Encoded] = DropOldest(capacity, _encoded_kind, pinned=_is_lost_encoded)
+        queue: DropOldest[Encoded] = DropOldest(
+            capacity, _encoded_kind, _is_lost_encoded, _encoded_size, max_bytes
+        )
         super().__init__(name, handle, queue, on_close)
 
     def offer(self, event: Event) -> None:
@@ -333,9 +380,9 @@ class EncodedSink(_Drained[Encoded]):
     def offer_many(self, events: list[Event]) -> None:
         _encode_for(self._encode, events, (self,))
 
-    def offer_encoded(self, items: list[Encoded]) -> None:
-        """Queue events already encoded (by a LineFanout)."""
-        self._queue.put_many(items)
+    def offer_encoded(self, items: list[Encoded], nbytes: int | None = None) -> None:
+        """Queue events already encoded (by a LineFanout); nbytes: their lines' total."""
+        self._queue.put_many(items, nbytes)
 
     def fail(self, exc: BaseException, events: list[Event]) -> None:
         """Stop: `events` could not be encoded for this sink (counted as dropped)."""
@@ -356,9 +403,10 @@ class QueuedWriter(EncodedSink):
         encode: Callable[[Event], bytes],
         capacity: int = 65536,
         on_close: Callable[[], object] | None = None,
+        max_bytes: int = QUEUE_BYTES,
     ) -> None:
         self._out = out
-        super().__init__(name, self._write, encode, capacity, on_close)
+        super().__init__(name, self._write, encode, capacity, on_close, max_bytes)
 
     def _write(self, batch: list[Encoded]) -> None:
         self._out.write_lines([line for _, line in batch])

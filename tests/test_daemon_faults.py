@@ -63,6 +63,12 @@ def test_unparseable_size_names_the_value() -> None:
     assert "'lots'" in r.stderr
 
 
+def test_queue_byte_bound_must_be_positive() -> None:
+    r = _run("run", "--queue-max-bytes", "0")
+    assert r.returncode == 2
+    assert "queue-max-bytes must be positive" in r.stderr
+
+
 def test_missing_objects_say_how_to_build_them(tmp_path: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "tracer", "--bpf-dir", str(tmp_path), "run"],

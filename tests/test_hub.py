@@ -161,6 +161,22 @@ def test_a_batch_past_capacity_drops_the_oldest_as_single_puts_would() -> None:
     assert q.take() == [7, 8] and q.take_dropped() == {}
 
 
+def test_a_byte_bound_drops_the_oldest_until_the_newest_fits() -> None:
+    q: DropOldest[str] = DropOldest(100, lambda s: s[0], lambda s: s == "L", len, 10)
+    q.put_many(["a123", "b123"])
+    q.put_many(["c123"])  # 12 bytes > 10: a goes
+    assert q.take() == ["b123", "c123"]
+    assert q.take_dropped() == {"a": 1}
+    q.put_many(["d123456789"])  # a taken batch frees its bytes: exactly the bound fits
+    assert q.take() == ["d123456789"] and q.take_dropped() == {}
+    q.put_many(["e1", "L", "f1"])
+    q.put("g" * 25)  # larger than the bound: gets in alone, past the pinned L
+    assert q.take() == ["L", "g" * 25]
+    assert q.take_dropped() == {"e": 1, "f": 1}
+    q.put_many(["h1234", "i1234"])  # the oversize item left with its batch
+    assert q.take() == ["h1234", "i1234"] and q.take_dropped() == {}
+
+
 def test_drop_oldest_never_drops_a_pinned_item() -> None:
     q: DropOldest[str] = DropOldest(3, kind=lambda s: s[0], pinned=lambda s: s == "L")
     for item in ["L", "a1", "b1", "a2", "b2"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import json
 
-from test_export import GatedOutput, ListOutput, ev_at
+from test_export import T0, GatedOutput, ListOutput, ev_at, exec_ev
 
 from enrich import ProcessCache, UserNames
 from export import LineFanout, QueuedWriter, Serializer
@@ -55,3 +55,23 @@ def test_a_writer_behind_a_fanout_reports_only_its_own_drops() -> None:
     assert _lost(slow.written) == [{"kernel": {"file_open": 2}, "daemon": drops}]
     assert by_output == {"file": {}, "eventlog": drops}
     assert len(fast.written) == 12  # 11 events and the lost line
+
+
+def test_an_output_behind_holds_its_byte_bound_of_lines_and_counts_the_rest() -> None:
+    ser = Serializer()
+    evs = [exec_ev(time=T0 + i) for i in range(21)]  # lines of one length
+    size = len(ser.line(evs[0]))
+    fast, slow = ListOutput(), GatedOutput()
+    file = QueuedWriter("file", fast, ser.line)
+    log = QueuedWriter("eventlog", slow, ser.line, capacity=65536, max_bytes=5 * size)
+    fanout = LineFanout(ser.line, [file, log])
+    try:
+        fanout.offer(evs[0])
+        assert slow.entered.wait(10)  # the log's writer is stuck on event 0
+        fanout.offer_many(evs[1:])  # 5 lines' worth fit: 15 drop
+        assert log.take_dropped() == {"process_exec": 15}
+    finally:
+        slow.gate.set()
+        fanout.close()
+    assert slow.written == [ser.line(evs[i]) for i in (0, 16, 17, 18, 19, 20)]
+    assert len(fast.written) == 21 and file.take_dropped() == {}

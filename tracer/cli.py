@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from export import QUEUE_BYTES
 from export.eventlog import DEFAULT_DIR as DEFAULT_EVENT_LOG
 from export.eventlog import EventLogConfig
 from export.grpc_server import DEFAULT_SOCKET, GrpcConfig, TlsFiles
@@ -100,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=65536,
         help="events an output may fall behind before it loses the oldest",
+    )
+    run.add_argument(
+        "--queue-max-bytes",
+        type=_size,
+        default=QUEUE_BYTES,
+        help="bytes of lines an output may fall behind before it loses the oldest (default: 256M)",
     )
     run.add_argument(
         "--cache-size",
@@ -331,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             export_max_bytes=args.export_max_size,
             export_backups=args.export_backups,
             queue_capacity=args.queue_size,
+            queue_max_bytes=args.queue_max_bytes,
             cache_max=args.cache_size,
             exit_grace_s=args.exit_grace,
             ancestor_depth=args.ancestor_depth,

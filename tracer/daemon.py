@@ -24,6 +24,7 @@ import structlog
 
 from enrich import Enrichment, ProcessCache, UserNames, procfs
 from export import (
+    QUEUE_BYTES,
     EncodedSink,
     LineFanout,
     QueuedWriter,
@@ -81,6 +82,7 @@ class Config:
     export_max_bytes: int = 100 << 20
     export_backups: int = 5
     queue_capacity: int = 65536
+    queue_max_bytes: int = QUEUE_BYTES  # of lines, per output that writes them
     cache_max: int = 65536
     exit_grace_s: float = 30.0
     ancestor_depth: int = 64
@@ -102,7 +104,7 @@ class Config:
             raise ConfigError(
                 f"--process-hooks must be auto, tp_btf or raw_tp, not {self.process_hooks!r}"
             )
-        for name in ("queue_capacity", "cache_max", "export_max_bytes"):
+        for name in ("queue_capacity", "queue_max_bytes", "cache_max", "export_max_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
         if self.ancestor_depth < 0:
@@ -306,13 +308,19 @@ class Daemon:
         cfg = self.config
         writers: list[EncodedSink] = []
         if cfg.event_log is not None:
-            writers.append(EventLog(cfg.event_log, cfg.queue_capacity, serializer.line))
+            writers.append(
+                EventLog(cfg.event_log, cfg.queue_capacity, serializer.line, cfg.queue_max_bytes)
+            )
         if cfg.export_file is not None:
             f = RotatingFile(cfg.export_file, cfg.export_max_bytes, cfg.export_backups)
-            out = QueuedWriter("file", f, serializer.line, cfg.queue_capacity, on_close=f.close)
+            out = QueuedWriter(
+                "file", f, serializer.line, cfg.queue_capacity, f.close, cfg.queue_max_bytes
+            )
         else:
             stdout = StreamLines(sys.stdout.buffer)
-            out = QueuedWriter("stdout", stdout, serializer.line, cfg.queue_capacity)
+            out = QueuedWriter(
+                "stdout", stdout, serializer.line, cfg.queue_capacity, None, cfg.queue_max_bytes
+            )
         writers.append(out)
         return [LineFanout(serializer.line, writers)]
 

@@ -120,10 +120,10 @@ class Pipeline:
     def feed(self, batch: list[bytes]) -> None:
         """Turn ring-buffer records into events, handed to the sinks a chunk at a time.
 
-        A backlog drains as one batch of up to the whole ring (100,000s of
-        records). Offered at once, it would overflow the output queues
-        before their threads had a turn; a chunk is ~2 ms of work, less
-        than the GIL's 5 ms switch interval, so outputs keep pace.
+        A backlog drains in batches of up to 16,384 records (RingBuffer).
+        Offered at once, one would fill the output queues before their
+        threads had a turn; a chunk is ~2 ms of work, which the writers
+        take on while the next one is decoded, so outputs keep pace.
         """
         for i in range(0, len(batch), _CHUNK):
             self._feed(batch[i : i + _CHUNK])
