@@ -30,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from enrich import ProcessCache, UserNames, procfs
-from export import QueuedWriter, Serializer, StreamLines
+from export import EncodedSink, QueuedWriter, Serializer, StreamLines
+from export.eventlog import EventLog, EventLogConfig
 from tracer import decode
 from tracer.clock import BootClock
 from tracer.pipeline import Pipeline
@@ -58,6 +59,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=256, help="records per ring-buffer batch")
+    ap.add_argument("--eventlog", type=Path, metavar="DIR",
+                    help="write the event log there instead of JSON lines to /dev/null")
     args = ap.parse_args()
 
     clock = BootClock()
@@ -75,11 +78,15 @@ def main() -> int:
     ]
     depth = 1 + len(cache.context(decode.decode(records[0]).task).ancestors)
 
-    devnull = open(os.devnull, "wb")
-    sink = QueuedWriter(
-        "devnull", StreamLines(devnull), Serializer().line, 1 << 20, on_close=devnull.close
-    )
-    writer = next(t for t in threading.enumerate() if t.name == "sink-devnull")
+    sink: EncodedSink
+    if args.eventlog is not None:
+        sink = EventLog(EventLogConfig(directory=args.eventlog), 1 << 20, Serializer().line)
+    else:
+        devnull = open(os.devnull, "wb")
+        sink = QueuedWriter(
+            "devnull", StreamLines(devnull), Serializer().line, 1 << 20, on_close=devnull.close
+        )
+    writer = next(t for t in threading.enumerate() if t.name == f"sink-{sink.name}")
     assert writer.ident is not None
     writer_cpu = _thread_cpu(writer.ident)
     pipeline = Pipeline(cache, [sink])
@@ -101,7 +108,7 @@ def main() -> int:
     dropped = sum(sink.take_dropped().values())
     print(f"events {n:,} (file_open, {depth} ancestors incl. parent), batch {args.batch}")
     print(f"pipeline thread (decode, enrich, encode, offer): {(c1 - c0) / n * 1e6:.2f} us/event")
-    print(f"writer thread (write):                           {w / n * 1e6:.2f} us/event")
+    print(f"writer thread ({sink.name}):{' ' * (34 - len(sink.name))}{w / n * 1e6:.2f} us/event")
     total = (c1 - c0 + w) / n
     print(f"together {total * 1e6:.2f} us/event = {1 / total:,.0f} events/s on one core")
     rate = n / (t1 - t0)
