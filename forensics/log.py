@@ -348,8 +348,8 @@ def schema_problem(ev: JsonDict) -> str | None:
     return None
 
 
-def events(seg: Segment, problems: Problems) -> Iterator[tuple[int, JsonDict]]:
-    """(time ns, event) of every readable line, in file order."""
+def _readable(seg: Segment, problems: Problems) -> Iterator[tuple[int, bytes, JsonDict]]:
+    """(time ns, line, event) of every readable line, in file order."""
     name = str(seg.path)
     data = read_bytes(seg, problems)
     for n, line in enumerate(data.splitlines(), 1):
@@ -359,7 +359,20 @@ def events(seg: Segment, problems: Problems) -> Iterator[tuple[int, JsonDict]]:
         if ev is not None:
             t = parse_time(ev["time"])
             assert t is not None
-            yield t, ev
+            yield t, line, ev
+
+
+def events(seg: Segment, problems: Problems) -> Iterator[tuple[int, JsonDict]]:
+    """(time ns, event) of every readable line, in file order."""
+    for t, _, ev in _readable(seg, problems):
+        yield t, ev
+
+
+def event_lines(seg: Segment, problems: Problems) -> Iterator[tuple[int, bytes]]:
+    """(time ns, line) of every readable line, in file order: for a reader that
+    holds a segment's worth at once, as a parsed event takes several times its line."""
+    for t, line, _ in _readable(seg, problems):
+        yield t, line
 
 
 _EXEC_ID = b'"exec_id":"'

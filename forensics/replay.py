@@ -13,9 +13,12 @@ import heapq
 import time
 from collections.abc import Iterator
 from itertools import groupby
+from operator import itemgetter
+
+import orjson
 
 from forensics.index import segment_span
-from forensics.log import JsonDict, Problems, Segment, events
+from forensics.log import JsonDict, Problems, Segment, event_lines
 
 
 def _one_source(
@@ -27,13 +30,18 @@ def _one_source(
             (since is not None and span[1] < since) or (until is not None and span[0] > until)
         ):
             continue
+        # Lines, not parsed events, wait for the sort: replaying a 76 MB
+        # file peaked at 457 MB holding events, at 195 MB holding lines.
+        # Each line is parsed again as it goes out (it was checked on the
+        # way in), which still came out faster (1.5 s against 2.1).
         batch = [
-            (t, ev)
-            for t, ev in events(seg, problems)
+            (t, line)
+            for t, line in event_lines(seg, problems)
             if (since is None or t >= since) and (until is None or t <= until)
         ]
-        batch.sort(key=lambda te: te[0])
-        yield from batch
+        batch.sort(key=itemgetter(0))
+        for t, line in batch:
+            yield t, orjson.loads(line)
 
 
 def stored(
