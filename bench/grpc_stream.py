@@ -144,6 +144,11 @@ class _Status:
         return pb.GetInfoResponse()
 
 
+class _NoPolicies:
+    def apply_policy_texts(self, docs: list[tuple[str, str]]) -> list[str]:
+        raise ValueError("this benchmark's server has no policies")
+
+
 def _proc(pid: int, parent: str | None, args: tuple[str, ...]) -> Process:
     return Process(
         exec_id=f"bench:{pid * 1000}:{pid}",
@@ -197,7 +202,7 @@ def synthetic(
     tmp = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
     sock = tmp / "t.sock"
     hub = Hub("bench", time.time_ns, capacity=65536, subscriber_capacity=16384)
-    server = GrpcServer(GrpcConfig(socket=sock), hub, _Status(hub))
+    server = GrpcServer(GrpcConfig(socket=sock), hub, _Status(hub), _NoPolicies())
     server.start()
     address = f"unix://{sock}"
     procs = start_clients(address, subscribers, END, filtered)

@@ -48,6 +48,13 @@ class StatusSource(Protocol):
     def info(self) -> pb.GetInfoResponse: ...
 
 
+class PolicyControl(Protocol):
+    def apply_policy_texts(self, docs: list[tuple[str, str]]) -> list[str]:
+        """Replace the policy set with (name, YAML) documents; returns warnings.
+        Raises ValueError naming what is wrong, with nothing applied."""
+        ...
+
+
 @dataclass(slots=True)
 class TlsFiles:
     cert: Path
@@ -69,9 +76,13 @@ def _identity(data: bytes) -> bytes:
 
 
 class TracerService:
-    def __init__(self, hub: Hub, status: StatusSource) -> None:
+    def __init__(
+        self, hub: Hub, status: StatusSource, policies: PolicyControl, mtls: bool
+    ) -> None:
         self._hub = hub
         self._status = status
+        self._policies = policies
+        self._mtls = mtls
 
     def get_events(
         self, request: pb.GetEventsRequest, context: grpc.ServicerContext
@@ -108,6 +119,36 @@ class TracerService:
     ) -> pb.GetInfoResponse:
         return self._status.info()
 
+    def _may_change(self, context: grpc.ServicerContext) -> bool:
+        """On the unix socket (mode 0600: root), or with a client certificate
+        that the TLS handshake checked against --tls-client-ca."""
+        if context.peer().startswith("unix:"):
+            return True
+        cert = context.auth_context().get("x509_pem_cert")
+        return self._mtls and bool(cert)
+
+    def apply_policies(
+        self, request: pb.ApplyPoliciesRequest, context: grpc.ServicerContext
+    ) -> pb.ApplyPoliciesResponse:
+        peer = context.peer()
+        if not self._may_change(context):
+            _log.warning("policy change refused: caller not authenticated", peer=peer)
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "policies change only over the unix socket or from a TCP client whose "
+                "certificate the daemon checks (--tls-client-ca)",
+            )
+        docs = [(d.name, d.yaml) for d in request.documents]
+        if not docs:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no policy documents")
+        try:
+            warnings = self._policies.apply_policy_texts(docs)
+        except ValueError as exc:
+            _log.warning("policy change refused", peer=peer, error=str(exc))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        _log.info("policies applied over the API", peer=peer, documents=[n for n, _ in docs])
+        return pb.ApplyPoliciesResponse(warnings=warnings)
+
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             SERVICE,
@@ -127,6 +168,11 @@ class TracerService:
                     request_deserializer=pb.GetInfoRequest.FromString,
                     response_serializer=pb.GetInfoResponse.SerializeToString,
                 ),
+                "ApplyPolicies": grpc.unary_unary_rpc_method_handler(
+                    self.apply_policies,
+                    request_deserializer=pb.ApplyPoliciesRequest.FromString,
+                    response_serializer=pb.ApplyPoliciesResponse.SerializeToString,
+                ),
             },
         )
 
@@ -134,7 +180,9 @@ class TracerService:
 class GrpcServer:
     """Owns the grpc.Server, its listeners and the health status."""
 
-    def __init__(self, config: GrpcConfig, hub: Hub, status: StatusSource) -> None:
+    def __init__(
+        self, config: GrpcConfig, hub: Hub, status: StatusSource, policies: PolicyControl
+    ) -> None:
         if config.socket is None and config.listen is None:
             raise ValueError("no listener: give a socket path or a TCP address")
         self.config = config
@@ -144,7 +192,9 @@ class GrpcServer:
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
             maximum_concurrent_rpcs=workers,
         )
-        self._server.add_generic_rpc_handlers((TracerService(hub, status).handler(),))
+        mtls = config.tls is not None and config.tls.client_ca is not None
+        service = TracerService(hub, status, policies, mtls)
+        self._server.add_generic_rpc_handlers((service.handler(),))
         self._health = health.HealthServicer(
             experimental_non_blocking=True,
             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),

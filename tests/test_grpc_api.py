@@ -188,6 +188,99 @@ def test_tracer_events_over_mtls(mtls_daemon: tuple[Daemon, str], pki: Pki) -> N
     assert re.fullmatch(rf"\S+ exit \S+ \d+ {TRUE} {marker}  code 0\n", out), out
 
 
+# -- policies ------------------------------------------------------------------
+
+
+def _post_rule(name: str, path: Path) -> str:
+    return (
+        f"policies:\n  - name: {name}\n    rules:\n      - event: file_open\n"
+        f"        match: {{path: ['{path}']}}\n"
+    )
+
+
+def _apply(ch: grpc.Channel, *docs: tuple[str, str]) -> pb.ApplyPoliciesResponse:
+    req = pb.ApplyPoliciesRequest(
+        documents=[pb.PolicyDocument(name=n, yaml=y) for n, y in docs]
+    )
+    resp: pb.ApplyPoliciesResponse = stub(ch).ApplyPolicies(req, timeout=30)
+    return resp
+
+
+def _opened_by_cat(d: Daemon, path: Path) -> Event:
+    marker = new_marker("cat")
+    subprocess.run(["cat", str(path), marker], capture_output=True)  # the marker: no such file
+    return d.wait_for(
+        lambda e: e["type"] == "file_open"
+        and e["file_open"]["path"] == str(path)
+        and marker in e["process"]["args"]
+    )
+
+
+def test_policies_apply_over_the_unix_socket_whole_or_not_at_all(
+    daemon: Daemon, channel: grpc.Channel, tmp_path: Path
+) -> None:
+    watched = tmp_path / "watched"
+    watched.write_text("x\n")
+    assert list(_apply(channel, ("api-good.yaml", _post_rule("api-watch", watched))).warnings) == []
+    assert _opened_by_cat(daemon, watched)["policy"]["name"] == "api-watch"
+    bad = _post_rule("api-other", tmp_path / "other") + (
+        "      - event: connect\n        match: {daddr: ['10.0.0.0/33']}\n"
+    )
+    with pytest.raises(grpc.RpcError) as exc:
+        _apply(channel, ("api-bad.yaml", bad))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "api-bad.yaml:7" in str(exc.value.details()) and "CIDR" in str(exc.value.details())
+    # Nothing of the refused set was applied: the old rule still selects.
+    assert _opened_by_cat(daemon, watched)["policy"]["name"] == "api-watch"
+    with pytest.raises(grpc.RpcError) as exc:
+        _apply(channel)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_policies_apply_over_mtls_from_the_cli_and_not_without_a_certificate(
+    mtls_daemon: tuple[Daemon, str], pki: Pki, tmp_path: Path
+) -> None:
+    _, address = mtls_daemon
+    doc = tmp_path / "remote.yaml"
+    doc.write_text(_post_rule("remote", tmp_path / "remote-watched"))
+    base = tracer_cmd("policy", "apply", "--address", address, "--tls-ca", str(pki.ca))
+    ok = subprocess.run(
+        [*base, "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key), str(doc)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "applied 1 file(s)\n"
+    rogue = subprocess.run(
+        [*base, "--tls-cert", str(pki.rogue_cert), "--tls-key", str(pki.rogue_key), str(doc)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert rogue.returncode == 1
+    assert "cannot reach the daemon" in rogue.stderr and "Traceback" not in rogue.stderr
+
+
+def test_tls_without_client_certificates_serves_events_but_refuses_policy_changes(
+    pki: Pki, tmp_path: Path
+) -> None:
+    d = Daemon(
+        "--no-grpc-socket",
+        "--grpc-listen", "127.0.0.1:0",
+        "--tls-cert", str(pki.server_cert),
+        "--tls-key", str(pki.server_key),
+    )  # fmt: skip
+    try:
+        m = re.search(r"tcp='127\.0\.0\.1:(\d+)'", d.wait_log("grpc listening"))
+        assert m
+        with tls_channel(f"127.0.0.1:{m[1]}", pki, None, None) as ch:
+            assert stub(ch).GetInfo(pb.GetInfoRequest(), timeout=10).node
+            with pytest.raises(grpc.RpcError) as exc:
+                _apply(ch, ("x.yaml", _post_rule("x", tmp_path / "x")))
+            assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "--tls-client-ca" in str(exc.value.details())
+        d.wait_log("policy change refused: caller not authenticated")
+    finally:
+        assert d.stop() == 0
+
+
 # -- standard tooling ------------------------------------------------------------
 
 
@@ -212,7 +305,7 @@ def test_reflection_describes_the_api(channel: grpc.Channel) -> None:
     # A client that knows nothing of tracer learns the whole schema.
     pool = descriptor_pool.DescriptorPool(db)
     svc = pool.FindServiceByName("tracer.v1.TracerService")
-    assert {m.name for m in svc.methods} == {"GetEvents", "GetHealth", "GetInfo"}
+    assert {m.name for m in svc.methods} == {"GetEvents", "GetHealth", "GetInfo", "ApplyPolicies"}
     event = pool.FindMessageTypeByName("tracer.v1.Event")
     assert [f.name for f in event.oneofs_by_name["event"].fields] == [
         "process_exec", "process_exit", "file_open", "connect", "lost",

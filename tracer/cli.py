@@ -167,9 +167,19 @@ def _parser() -> argparse.ArgumentParser:
     pl = pol_sub.add_parser("list", help="the running daemon's rules and how often each matched")
     pl.add_argument("--control-socket", type=Path, default=control.DEFAULT_SOCKET)
     pl.add_argument("--json", action="store_true")
-    pa = pol_sub.add_parser("apply", help="replace the running daemon's policies with FILEs")
+    pa = pol_sub.add_parser(
+        "apply",
+        help="replace the running daemon's policies with FILEs",
+        description="Locally through the daemon's control socket; with --address, "
+        "through its API (ApplyPolicies), which over TCP needs a client certificate "
+        "the daemon checks (mTLS).",
+    )
     pa.add_argument("files", type=Path, nargs="+")
     pa.add_argument("--control-socket", type=Path, default=control.DEFAULT_SOCKET)
+    pa.add_argument(
+        "--address", help="apply through the gRPC API at unix:///path or HOST:PORT (TLS)"
+    )
+    client.add_tls_arguments(pa)
     pc = pol_sub.add_parser("check", help="validate policy files without a daemon")
     pc.add_argument("files", type=Path, nargs="+")
 
@@ -279,6 +289,14 @@ def _print_probe(report: ProbeReport, as_json: bool) -> None:
     print(f"capture modes   {', '.join(report.capture_modes()) or 'none'}  (usable here)")
 
 
+def _apply_local(sock: Path, docs: list[tuple[str, str]]) -> list[str]:
+    """Through the root-only control socket; client.Refused when refused."""
+    reply = control.request(sock, {"op": "policy_apply", "documents": [list(d) for d in docs]})
+    if not reply.get("ok"):
+        raise client.Refused(str(reply.get("error")))
+    return [str(w) for w in reply.get("warnings", [])]
+
+
 def _policy_command(args: argparse.Namespace) -> int:
     if args.policy_command == "check":
         ps = parse_files(args.files)
@@ -287,16 +305,22 @@ def _policy_command(args: argparse.Namespace) -> int:
         print(f"ok: {len(ps.policies)} policies, rules per event: {counts}")
         return 0
     if args.policy_command == "apply":
-        docs = [list(d) for d in read_documents(args.files)]
-        reply = control.request(args.control_socket, {"op": "policy_apply", "documents": docs})
-        if not reply.get("ok"):
+        docs = read_documents(args.files)
+        try:
+            if args.address is not None:
+                warnings = client.apply_policies(args, docs)
+            else:
+                warnings = _apply_local(args.control_socket, docs)
+        except client.UsageError as exc:
+            print(f"tracer: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except client.Refused as exc:
             print(
-                "tracer: policy refused, the previous policies stay in force: "
-                f"{reply.get('error')}",
+                f"tracer: policy refused, the previous policies stay in force: {exc}",
                 file=sys.stderr,
             )
             return EXIT_FAILURE
-        for w in reply.get("warnings", []):
+        for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         print(f"applied {len(docs)} file(s)")
         return 0

@@ -59,6 +59,10 @@ class UsageError(Exception):
     pass
 
 
+class Refused(Exception):
+    """The daemon refused a request; the message is its reason."""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("source")
     src.add_argument(
@@ -69,6 +73,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--from", dest="from_file", metavar="FILE", help="read a JSON lines log ('-': stdin)"
     )
+    add_tls_arguments(p)
+    add_output_and_filter_arguments(p)
+
+
+def add_tls_arguments(p: argparse.ArgumentParser) -> None:
+    """The client side of TLS for a HOST:PORT --address (shared with `tracer policy apply`)."""
     tls = p.add_argument_group("TLS (HOST:PORT addresses)")
     tls.add_argument(
         "--tls-ca", type=Path, help="CA that signed the daemon's certificate (default: system CAs)"
@@ -80,7 +90,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tls.add_argument(
         "--tls-server-name", help="name to verify in the daemon's certificate (default: HOST)"
     )
-    add_output_and_filter_arguments(p)
 
 
 def add_output_and_filter_arguments(p: argparse.ArgumentParser) -> None:
@@ -177,6 +186,28 @@ def channel(args: argparse.Namespace) -> grpc.Channel:
     if args.tls_server_name:
         options.append(("grpc.ssl_target_name_override", args.tls_server_name))
     return grpc.secure_channel(addr, creds, options=options)
+
+
+def apply_policies(args: argparse.Namespace, docs: list[tuple[str, str]]) -> list[str]:
+    """Replace the daemon's policy set through the API (ApplyPolicies); its warnings.
+
+    Refused: the daemon refused it (its reason; the previous set stays).
+    ConnectionError: the daemon was not reached.
+    """
+    req = pb.ApplyPoliciesRequest(
+        documents=[pb.PolicyDocument(name=name, yaml=text) for name, text in docs]
+    )
+    with channel(args) as ch:
+        try:
+            resp = pb_grpc.TracerServiceStub(ch).ApplyPolicies(req, timeout=60)
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details()
+            if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED):
+                raise Refused(details or code.name) from None
+            raise ConnectionError(
+                f"cannot reach the daemon at {args.address}: {code.name}: {details}"
+            ) from None
+    return list(resp.warnings)
 
 
 def from_daemon(args: argparse.Namespace, req: pb.GetEventsRequest) -> Iterator[dict[str, Any]]:

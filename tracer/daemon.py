@@ -248,6 +248,13 @@ class Daemon:
         except (PolicyError, OSError) as exc:
             _log.error("policy reload refused; the previous policies stay in force", error=str(exc))
 
+    def apply_policy_texts(self, docs: list[tuple[str, str]]) -> list[str]:
+        """A new policy set from (name, YAML) documents, for the control socket
+        and the API (PolicyControl); PolicyError with the old set in force."""
+        store = self._policies
+        assert store is not None  # both start after the store exists
+        return store.apply_texts(docs)
+
     def _control(self, req: dict[str, Any]) -> dict[str, Any]:
         store = self._policies
         assert store is not None
@@ -294,7 +301,7 @@ class Daemon:
             ):
                 return {"ok": False, "error": "documents must be a list of [name, yaml] pairs"}
             try:
-                warnings = store.apply_texts([(d[0], d[1]) for d in docs])
+                warnings = self.apply_policy_texts([(d[0], d[1]) for d in docs])
             except PolicyError as exc:
                 return {"ok": False, "error": str(exc)}
             return {"ok": True, "warnings": warnings}
@@ -391,7 +398,7 @@ class Daemon:
             if hub is not None:
                 assert cfg.grpc is not None
                 # Bound before any BPF is loaded: a socket in use fails fast.
-                server = GrpcServer(cfg.grpc, hub, DaemonStatus(self._state))
+                server = GrpcServer(cfg.grpc, hub, DaemonStatus(self._state), self)
             with capture_sensor(cfg.bpf_dir, variant, mode, cfg.ringbuf_size) as sensor:
                 self._sensor = sensor
                 maps = PolicyMaps(sensor.obj)
