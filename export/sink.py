@@ -406,7 +406,7 @@ class QueuedWriter(EncodedSink):
         max_bytes: int = QUEUE_BYTES,
     ) -> None:
         self._out = out
-        super().__init__(name, self._write, encode, capacity, on_close, max_bytes)
+        super().__init__(name, self._write, encode, capacity, on_close, max_bytes=max_bytes)
 
     def _write(self, batch: list[Encoded]) -> None:
         self._out.write_lines([line for _, line in batch])

@@ -316,17 +316,31 @@ class Daemon:
         writers: list[EncodedSink] = []
         if cfg.event_log is not None:
             writers.append(
-                EventLog(cfg.event_log, cfg.queue_capacity, serializer.line, cfg.queue_max_bytes)
+                EventLog(
+                    cfg.event_log,
+                    cfg.queue_capacity,
+                    serializer.line,
+                    max_bytes=cfg.queue_max_bytes,
+                )
             )
         if cfg.export_file is not None:
             f = RotatingFile(cfg.export_file, cfg.export_max_bytes, cfg.export_backups)
             out = QueuedWriter(
-                "file", f, serializer.line, cfg.queue_capacity, f.close, cfg.queue_max_bytes
+                "file",
+                f,
+                serializer.line,
+                cfg.queue_capacity,
+                on_close=f.close,
+                max_bytes=cfg.queue_max_bytes,
             )
         else:
             stdout = StreamLines(sys.stdout.buffer)
             out = QueuedWriter(
-                "stdout", stdout, serializer.line, cfg.queue_capacity, None, cfg.queue_max_bytes
+                "stdout",
+                stdout,
+                serializer.line,
+                cfg.queue_capacity,
+                max_bytes=cfg.queue_max_bytes,
             )
         writers.append(out)
         return [LineFanout(serializer.line, writers)]
