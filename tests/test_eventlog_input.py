@@ -455,6 +455,20 @@ def test_replay_merges_nodes_in_time_order_filters_and_paces(tmp_path: Path) -> 
     assert p.wait(30) == 0
 
 
+def test_replay_puts_a_segment_in_time_order(tmp_path: Path) -> None:
+    """The kernel's order across CPUs can be a little off: each segment is sorted."""
+    ser = Serializer()
+    evs = _many(5)
+    log = tmp_path / "log"
+    log.mkdir()
+    shuffled = [evs[i] for i in (2, 0, 4, 1, 3)]
+    (log / "events-00000001.jsonl").write_bytes(b"".join(ser.line(e) for e in shuffled))
+    r = _run("replay", "--from", str(log))
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(x)["process"]["pid"] for x in r.stdout.splitlines()]
+    assert got == [e.process.pid for e in evs]
+
+
 def test_tree_selects_by_pod_when_events_carry_one(tmp_path: Path) -> None:
     lines = []
     for raw in _lines():
