@@ -73,6 +73,7 @@ test-vm: deps bpf vm-deps
 lint: deps proto
 	$(VENV)/bin/ruff check tracer enrich export policy forensics tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf build $(VENV) $(PROTO_GEN)

@@ -1,6 +1,6 @@
 """Helper for bench/exec_storm.py: the tracer's BPF programs without the daemon.
 
-Opens the daemon's capture object with tracer.bpf (unchanged), attaches
+Opens the daemon's capture object with tracer.core.bpf (unchanged), attaches
 the same programs the daemon picks (--programs process: exec/fork/exit
 only; all: also the file_open/connect programs, where this tracer
 version has them), then either
@@ -34,9 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tracer import bpf, decode, loader  # noqa: E402
+from tracer.core import bpf, decode, loader  # noqa: E402
+from tracer.core.probe import probe  # noqa: E402
 from tracer.daemon import DEFAULT_BPF_DIR  # noqa: E402
-from tracer.probe import probe  # noqa: E402
 
 _stop = False
 

@@ -38,7 +38,7 @@ from test_export import mkproc
 
 from enrich import CgroupResolver, Enricher, PodWatcher
 from enrich.kube import api_client
-from tracer.events import Process
+from tracer.core.events import Process
 
 NODE = "bench-node"
 

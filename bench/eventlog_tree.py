@@ -30,8 +30,8 @@ from _common import REPO, machine_summary, print_header, tmpdir
 sys.path.insert(0, str(REPO))
 from export.eventlog import EventLog, EventLogConfig
 from forensics.log import SEGMENT_RE
-from tracer.clock import rfc3339
-from tracer.events import (
+from tracer.core.clock import rfc3339
+from tracer.core.events import (
     Connect,
     ConnectInfo,
     Event,

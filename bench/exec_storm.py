@@ -14,7 +14,7 @@ the records pile up in the ring buffer, then resumes it and times how fast
 it works through the backlog (its throughput when busy, big batches).
 
 Three extra arms (on by default; --arms to choose) split the overhead:
-the same BPF programs loaded by bench/_bpf_only.py (through tracer.loader)
+the same BPF programs loaded by bench/_bpf_only.py (through tracer.core.loader)
 with nobody reading the ring buffer (bpf-none: kernel-side cost only), with
 a consumer that polls like the daemon but discards records (bpf-discard:
 adds the per-record wake-ups), and with a consumer that wakes on a 10 ms

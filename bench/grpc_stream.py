@@ -41,7 +41,7 @@ from export.hub import Hub  # noqa: E402
 from export.proto_gen import tracer_v1_pb2 as pb  # noqa: E402
 from export.proto_gen import tracer_v1_pb2_grpc as pb_grpc  # noqa: E402
 from tracer import log  # noqa: E402
-from tracer.events import Event, ExitStatus, Process, ProcessExec, ProcessExit  # noqa: E402
+from tracer.core.events import Event, ExitStatus, Process, ProcessExec, ProcessExit  # noqa: E402
 
 END = "bench-end"
 

@@ -29,7 +29,7 @@ from rss import count_sleeps, new_duration, spawn_sleeps  # noqa: E402
 
 from enrich import ProcessCache, UserNames, procfs  # noqa: E402
 from export import jsonl  # noqa: E402
-from tracer.clock import BootClock  # noqa: E402
+from tracer.core.clock import BootClock  # noqa: E402
 
 
 def measure(fn):  # type: ignore[no-untyped-def]

@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/pipeline_cost.py [--events 200000] [--batch 256]
 
-Builds real wire records (tracer.decode's layouts) of file_open events by
+Builds real wire records (tracer.core.decode's layouts) of file_open events by
 the processes of this host, as the open storm's posted stage produces
 them, and feeds them in ring-buffer-sized batches through the daemon's
 own Pipeline (process cache bootstrapped from /proc) into the real JSON
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from enrich import ProcessCache, UserNames, procfs
 from export import EncodedSink, QueuedWriter, Serializer, StreamLines
 from export.eventlog import EventLog, EventLogConfig
-from tracer import decode
-from tracer.clock import BootClock
+from tracer.core import decode
+from tracer.core.clock import BootClock
 from tracer.pipeline import Pipeline
 
 

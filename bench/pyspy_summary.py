@@ -23,7 +23,7 @@ IDLE_LEAVES = (
     "Event.wait (threading.py",
     "Thread.join",
     "epoll_wait",
-    "RingBuffer.poll (tracer/bpf.py",  # the leaf only while in poll(2)
+    "RingBuffer.poll (tracer/core/bpf.py",  # the leaf only while in poll(2)
     "_wait_for_tstate_lock",
     "socket.accept (socket.py",  # the control socket's accept loop
     "_serve (grpc/_server.py",  # gRPC's completion-queue poll

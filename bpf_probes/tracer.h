@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * The wire contract between the BPF programs and the Python decoder
- * (tracer/_wire.py). Every record in the ring buffer starts with
+ * (tracer/core/decode.py). Every record in the ring buffer starts with
  * struct tr_hdr; `kind` selects the rest. Layout changes here must be
- * mirrored in tracer/_wire.py: tests/test_wire_layout.py compares both
+ * mirrored in tracer/core/decode.py: tests/test_wire_layout.py compares both
  * against the BTF that clang emits for this header.
  */
 #ifndef TRACER_WIRE_H

@@ -21,7 +21,7 @@ import structlog
 
 from enrich.cgroups import CgroupResolver
 from enrich.kube import PodMeta, PodWatcher, api_client
-from tracer.events import Container, Pod, Process
+from tracer.core.events import Container, Pod, Process
 
 _log = structlog.get_logger(component="enrich")
 

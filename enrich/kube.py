@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 import structlog
 
-from tracer.events import Pod
+from tracer.core.events import Pod
 
 _log = structlog.get_logger(component="kube")
 

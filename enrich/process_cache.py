@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 from enrich.containers import Enricher
 from enrich.procfs import ProcfsProcess
 from enrich.users import UserNames
-from tracer import text
-from tracer.clock import BootClock
-from tracer.decode import (
+from tracer.core import text
+from tracer.core.clock import BootClock
+from tracer.core.decode import (
     EXEC_TRUNC_CWD,
     EXEC_TRUNC_PATH,
     CgroupRecord,
@@ -32,8 +32,8 @@ from tracer.decode import (
     ForkRecord,
     Task,
 )
-from tracer.events import ExitStatus, Process, ProcessExec, ProcessExit
-from tracer.signals import signal_name
+from tracer.core.events import ExitStatus, Process, ProcessExec, ProcessExit
+from tracer.core.names import signal_name
 
 # /proc reports start times in clock ticks (10 ms): a procfs entry and a
 # kernel record of the same process can differ by that much.

@@ -6,7 +6,7 @@ import os
 import pwd
 import time
 
-from tracer import text
+from tracer.core import text
 
 PASSWD = "/etc/passwd"
 

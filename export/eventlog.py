@@ -45,7 +45,7 @@ from export.sink import QUEUE_BYTES, Encoded, EncodedSink
 from forensics import store
 from forensics.index import HAS_EXEC, HAS_EXIT, Fields, IndexBuilder, scan, write_sidecar
 from forensics.log import SEGMENT_RE, Problems, Segment, segment_name
-from tracer.events import Event, Lost, Process, ProcessEvent, ProcessExec, ProcessExit
+from tracer.core.events import Event, Lost, Process, ProcessEvent, ProcessExec, ProcessExit
 
 _log = structlog.get_logger(component="eventlog")
 

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import re2  # pyre2
 
 from export.proto_gen import tracer_v1_pb2 as pb
-from tracer.events import Event, Lost
+from tracer.core.events import Event, Lost
 
 KINDS = ("process_exec", "process_exit", "file_open", "connect")
 MAX_PATTERN = 4096  # bytes of one regex or selector: requests are not unbounded work

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from export.filters import EventFilter, FilterError
 from export.hub import Hub, TooManySubscribers
 from export.proto_gen import tracer_v1_pb2 as pb
-from tracer import sockpath
+from tracer.core import sockpath
 
 _log = structlog.get_logger(component="grpc")
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from export.filters import EventFilter, facts_of_event
 from export.pb import Encoder, frame, lost_message
 from export.sink import DropOldest, QueuedWorker
-from tracer.events import Event, LossCounts, Lost
+from tracer.core.events import Event, LossCounts, Lost
 
 # A message carries at most this many events, and goes over this size only
 # for a single event: gRPC clients refuse messages over 4 MiB by default.

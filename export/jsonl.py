@@ -23,8 +23,8 @@ from typing import Any, BinaryIO
 import orjson
 
 from export._writev import writev_all
-from tracer.clock import rfc3339
-from tracer.events import (
+from tracer.core.clock import rfc3339
+from tracer.core.events import (
     Connect,
     Container,
     Event,

@@ -9,7 +9,7 @@ serialized once, however many subscribers receive it.
 from __future__ import annotations
 
 from export.proto_gen import tracer_v1_pb2 as pb
-from tracer.events import Connect, Event, FileOpen, Lost, PolicyMatch, Process, ProcessExit
+from tracer.core.events import Connect, Event, FileOpen, Lost, PolicyMatch, Process, ProcessExit
 
 # JSON options under which protobuf's JSON mapping of an Event is the JSON
 # line of export/jsonl.py (use as MessageToDict(msg, **JSON_OPTIONS)).

@@ -17,7 +17,7 @@ from typing import BinaryIO, Generic, Protocol, TypeVar
 
 import structlog
 
-from tracer.events import Event, Lost
+from tracer.core.events import Event, Lost
 
 _log = structlog.get_logger(component="export")
 

@@ -16,8 +16,8 @@ import orjson
 
 from forensics.render import event_line, headline
 from forensics.tree import Forest, Node
-from tracer.clock import rfc3339
-from tracer.render import escape
+from tracer.core.clock import rfc3339
+from tracer.core.terminal import escape
 
 JsonDict = dict[str, Any]
 

@@ -96,7 +96,7 @@ def list_segments(paths: list[Path]) -> list[Segment]:
 class Problems:
     """Warnings about the input, printed as they are found, and counted.
 
-    Any problem makes the result partial (see the exit codes in forensics/cli.py).
+    Any problem makes the result partial (see the exit codes in tracer/forensics_cli.py).
     """
 
     out: TextIO | None = field(default_factory=lambda: sys.stderr)

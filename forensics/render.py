@@ -1,6 +1,6 @@
 """A process forest as a terminal tree (`-o text`) or nested JSON (`-o json`).
 
-Text goes through tracer/render.py's escaping, as `tracer events -o
+Text goes through tracer/core/terminal.py's escaping, as `tracer events -o
 compact` does: argv and paths come from the kernel unfiltered.
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 
 from forensics.tree import Forest, Node
-from tracer import render
-from tracer.clock import rfc3339
-from tracer.render import escape
+from tracer.core import terminal
+from tracer.core.clock import rfc3339
+from tracer.core.terminal import escape
 
 JsonDict = dict[str, Any]
 
@@ -45,8 +45,8 @@ def headline(node: Node) -> str:
 
 def event_line(ev: JsonDict, color: bool = False) -> str:
     """HH:MM:SS.mmm kind detail, escaped."""
-    marker = render.MARKERS.get(ev["type"], escape(ev["type"]))
-    return f"{render.clock(ev.get('time', ''))} {marker} {render.detail(ev, color)}"
+    marker = terminal.MARKERS.get(ev["type"], escape(ev["type"]))
+    return f"{terminal.clock(ev.get('time', ''))} {marker} {terminal.detail(ev, color)}"
 
 
 def to_text(forest: Forest, color: bool = False) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from policy.compile import F_MAX, MAX_RULES, STR_FIELDS, Compiled, Hits, RuleRef
 from policy.model import Kind
-from tracer import bpf
+from tracer.core import bpf
 
 GENS = 2
 KINDS = len(Kind)

@@ -12,8 +12,8 @@ from policy.compile import Compiled, compile_policies
 from policy.kernel import PolicyMaps, RuleCount
 from policy.model import PolicySet
 from policy.parse import parse_documents, parse_files
-from tracer.decode import ACTION_NAMES, Verdict
-from tracer.events import PolicyMatch
+from tracer.core.decode import ACTION_NAMES, Verdict
+from tracer.core.events import PolicyMatch
 
 _log = structlog.get_logger(component="policy")
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from conftest import tracer_cmd
 
-from tracer.loader import CaptureModeUnavailable, choose_capture_mode
+from tracer.core.loader import CaptureModeUnavailable, choose_capture_mode
 
 ALL = ["lsm", "fentry", "kprobe", "tracepoint"]
 

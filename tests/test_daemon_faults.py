@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import BPF_DIR, Daemon, is_exec, new_marker, tracer_cmd
 
-from tracer import bpf
-from tracer.loader import capture_sensor
+from tracer.core import bpf
+from tracer.core.loader import capture_sensor
 
 
 def _prog_ids_of(pid: int | str) -> set[int]:

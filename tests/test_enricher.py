@@ -14,7 +14,7 @@ from test_export import BASH, mkproc
 
 from enrich import CgroupResolver, Enricher, PodWatcher
 from enrich.kube import api_client
-from tracer.events import Container, Pod
+from tracer.core.events import Container, Pod
 
 
 @pytest.fixture

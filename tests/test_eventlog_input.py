@@ -1,6 +1,6 @@
 """The event-log writer and readers on synthetic events: rotation, retention, bad input.
 
-Events are built as the daemon builds them (tracer.events) and written
+Events are built as the daemon builds them (tracer.core.events) and written
 by the real sink and the real Serializer; the commands run as a user
 runs them. No kernel needed.
 """
@@ -24,7 +24,15 @@ from export.jsonl import Serializer
 from forensics.index import HAS_EXEC, HAS_EXIT, PROCFS, scan
 from forensics.log import Problems, list_segments
 from forensics.log import events as read_events
-from tracer.events import Event, ExitStatus, FileInfo, FileOpen, Process, ProcessExec, ProcessExit
+from tracer.core.events import (
+    Event,
+    ExitStatus,
+    FileInfo,
+    FileOpen,
+    Process,
+    ProcessExec,
+    ProcessExit,
+)
 
 T0 = 1_790_000_000_000_000_000  # 2026-09-21, ns
 

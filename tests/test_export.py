@@ -15,8 +15,8 @@ import pytest
 
 from export.jsonl import RotatingFile, Serializer, process_dict
 from export.sink import QueuedWriter
-from tracer import text
-from tracer.events import Event, ExitStatus, Lost, Process, ProcessExec, ProcessExit
+from tracer.core import text
+from tracer.core.events import Event, ExitStatus, Lost, Process, ProcessExec, ProcessExit
 
 # Protobuf's Timestamp JSON: the fewest of 0, 3, 6 or 9 fractional digits that are exact.
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6}|\.\d{9})?Z$")

@@ -20,7 +20,7 @@ from export.filters import (
 )
 from export.jsonl import Serializer
 from export.proto_gen import tracer_v1_pb2 as pb
-from tracer.events import ProcessExec
+from tracer.core.events import ProcessExec
 
 
 def ef(

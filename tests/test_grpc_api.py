@@ -30,7 +30,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from export.proto_gen import tracer_v1_pb2 as pb
-from tracer.loader import RINGBUF_DEFAULT
+from tracer.core.loader import RINGBUF_DEFAULT
 
 TRUE = os.path.realpath("/bin/true")
 

@@ -17,8 +17,8 @@ from test_export import BASH, INIT, LS, SSHD, T0, exec_ev, exit_ev, mkproc
 from export.jsonl import Serializer
 from export.pb import JSON_OPTIONS, Encoder, frame, varint
 from export.proto_gen import tracer_v1_pb2 as pb
-from tracer import text
-from tracer.events import (
+from tracer.core import text
+from tracer.core.events import (
     LOST_COUNT_MAX,
     Container,
     Event,

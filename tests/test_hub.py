@@ -15,7 +15,7 @@ from export.filters import EventFilter
 from export.hub import BATCH_BYTES, Hub, Subscriber, TooManySubscribers
 from export.proto_gen import tracer_v1_pb2 as pb
 from export.sink import DropOldest
-from tracer.events import Event, Lost
+from tracer.core.events import Event, Lost
 
 
 def everything() -> EventFilter:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer import bpf
+from tracer.core import bpf
 
 REPO = Path(__file__).resolve().parent.parent
 

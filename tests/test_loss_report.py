@@ -9,9 +9,9 @@ from test_export import T0, GatedOutput, ListOutput, ev_at, exec_ev
 
 from enrich import ProcessCache, UserNames
 from export import LineFanout, QueuedWriter, Serializer
-from tracer.clock import BootClock
+from tracer.core.clock import BootClock
+from tracer.core.loader import KernelCounters
 from tracer.daemon import _LossReporter
-from tracer.loader import KernelCounters
 from tracer.pipeline import Pipeline
 
 

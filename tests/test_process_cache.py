@@ -1,6 +1,6 @@
 """The process cache (enrich/process_cache.py) and user names (enrich/users.py).
 
-Records are built as tracer/decode.py would return them; the clock is a
+Records are built as tracer/core/decode.py would return them; the clock is a
 BootClock whose "now" the test sets, so grace periods are exact.
 """
 
@@ -17,9 +17,9 @@ import pytest
 from enrich.process_cache import ProcessCache
 from enrich.procfs import ProcfsProcess
 from enrich.users import UserNames
-from tracer import text
-from tracer.clock import BootClock
-from tracer.decode import (
+from tracer.core import text
+from tracer.core.clock import BootClock
+from tracer.core.decode import (
     EXEC_TRUNC_ARGS,
     EXEC_TRUNC_CWD,
     ExecRecord,
@@ -27,7 +27,7 @@ from tracer.decode import (
     ForkRecord,
     Task,
 )
-from tracer.events import Process, ProcessExec, ProcessExit
+from tracer.core.events import Process, ProcessExec, ProcessExit
 
 NODE = "node-a"
 OFFSET = 1_700_000_000_000_000_000  # wall ns at boot

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from conftest import Daemon, Event, Prestarted, is_exec, is_exit, new_marker
 
-from tracer import text
+from tracer.core import text
 
 BASH = os.path.realpath(shutil.which("bash") or "/bin/bash")
 TRUE = os.path.realpath("/bin/true")

@@ -1,4 +1,4 @@
-"""What `tracer events` shows a person (tracer/render.py): compact lines, escaping, safe JSON."""
+"""What `tracer events` shows a person (tracer/core/terminal.py): lines, escaping, safe JSON."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from test_export import exec_ev, exit_ev, mkproc
 
 from export.jsonl import Serializer
-from tracer import render
+from tracer.core import terminal as render
 
 
 def as_dict(ev: Any) -> dict[str, Any]:

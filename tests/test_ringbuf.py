@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 from conftest import BPF_DIR, new_marker
 
-from tracer import decode
-from tracer.loader import Sensor, capture_sensor
+from tracer.core import decode
+from tracer.core.loader import Sensor, capture_sensor
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
-"""Kernel bytes to text (tracer/text.py) and to records (tracer/decode.py).
+"""Kernel bytes to text (tracer/core/text.py) and to records (tracer/core/decode.py).
 
 Pure Python: records are packed by hand with the struct layouts that
-tracer/decode.py declares (tests/test_wire_layout.py checks those layouts
+tracer/core/decode.py declares (tests/test_wire_layout.py checks those layouts
 against the BPF side).
 """
 
@@ -11,9 +11,9 @@ import random
 
 import pytest
 
-from tracer import decode as wire
-from tracer import text
-from tracer.decode import (
+from tracer.core import decode as wire
+from tracer.core import text
+from tracer.core.decode import (
     EXEC_DATA_OFFSET,
     EXEC_TAIL,
     EXEC_TRUNC_ARGS,

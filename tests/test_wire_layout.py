@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from policy import kernel
-from tracer import decode
+from tracer.core import decode
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build" / "bpf"

@@ -14,13 +14,13 @@ from export import QUEUE_BYTES
 from export.eventlog import DEFAULT_DIR as DEFAULT_EVENT_LOG
 from export.eventlog import EventLogConfig
 from export.grpc_server import DEFAULT_SOCKET, GrpcConfig, TlsFiles
-from forensics import cli as forensics_cli
 from policy import PolicyError, compile_policies, parse_files, read_documents
-from tracer import __version__, bpf, client, control, log
+from tracer import __version__, client, control, forensics_cli, log
+from tracer.core import bpf
+from tracer.core.loader import RINGBUF_DEFAULT, ConfigError
+from tracer.core.probe import CAPTURE_MODES, ProbeReport, probe
+from tracer.core.system import PreflightError, require_root
 from tracer.daemon import DEFAULT_BPF_DIR, Config, Daemon
-from tracer.loader import RINGBUF_DEFAULT, ConfigError
-from tracer.probe import CAPTURE_MODES, ProbeReport, probe
-from tracer.system import PreflightError, require_root
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1

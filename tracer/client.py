@@ -27,7 +27,7 @@ from export.pb import JSON_OPTIONS
 from export.proto_gen import tracer_v1_pb2 as pb
 from export.proto_gen import tracer_v1_pb2_grpc as pb_grpc
 from forensics.log import Problems, Segment, read_bytes, schema_problem
-from tracer import render
+from tracer.core import terminal
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -272,12 +272,12 @@ def print_events(events: Iterable[dict[str, Any]], args: argparse.Namespace) -> 
     if args.output == "json":
         buf = out.buffer
         for ev in events:
-            buf.write(render.json_line(ev))
+            buf.write(terminal.json_line(ev))
             buf.flush()
         return
     color = _use_color(args.color, out)
     for ev in events:
-        out.write(render.compact(ev, color) + "\n")
+        out.write(terminal.compact(ev, color) + "\n")
         out.flush()
 
 

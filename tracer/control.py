@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from tracer import sockpath
+from tracer.core import sockpath
 
 _log = structlog.get_logger(component="control")
 

@@ -37,10 +37,11 @@ from export.eventlog import EventLog, EventLogConfig
 from export.grpc_server import GrpcConfig, GrpcServer
 from export.hub import Hub
 from policy import PolicyError, PolicyMaps, PolicyStore
-from tracer import control, heap, system
-from tracer.clock import BootClock
-from tracer.events import LossCounts, Lost
-from tracer.loader import (
+from tracer import control, heap
+from tracer.core import system
+from tracer.core.clock import BootClock
+from tracer.core.events import LossCounts, Lost
+from tracer.core.loader import (
     RINGBUF_DEFAULT,
     CaptureModeUnavailable,
     ConfigError,
@@ -50,8 +51,8 @@ from tracer.loader import (
     check_ringbuf_size,
     choose_capture_mode,
 )
+from tracer.core.probe import CAPTURE_MODES, probe
 from tracer.pipeline import Pipeline
-from tracer.probe import CAPTURE_MODES, probe
 from tracer.status import CaptureState, DaemonStatus
 
 _log = structlog.get_logger(component="daemon")
@@ -148,7 +149,7 @@ def _host_port(text: str) -> bool:
 
 
 class _Counted(Protocol):
-    """What the loss reporter reads from the sensor (tracer.loader.Sensor)."""
+    """What the loss reporter reads from the sensor (tracer.core.loader.Sensor)."""
 
     def counters(self) -> KernelCounters: ...
 

@@ -12,8 +12,8 @@ import structlog
 
 from enrich import ProcessCache
 from export import Sink
-from tracer import decode, names, text
-from tracer.events import (
+from tracer.core import decode, names, text
+from tracer.core.events import (
     Connect,
     ConnectInfo,
     Event,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from export.hub import Hub
 from export.proto_gen import tracer_v1_pb2 as pb
 from tracer import __version__
-from tracer.loader import Sensor
+from tracer.core.loader import Sensor
 
 # The capture loop returns from each poll within its poll timeout (10 ms);
 # this much longer without a poll means it is stuck.

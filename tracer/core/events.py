@@ -122,7 +122,7 @@ class FileInfo:
     hook: str
     truncated: bool  # path cut at 4096 bytes or 64 components
     resolved: bool  # False: the open failed; the path is the name asked for
-    non_utf8: bool = False  # path escaped (tracer.text)
+    non_utf8: bool = False  # path escaped (tracer.core.text)
 
 
 @dataclass(slots=True)

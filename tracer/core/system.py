@@ -10,8 +10,8 @@ from pathlib import Path
 
 import structlog
 
-from tracer import _libbpf
-from tracer.probe import BTF_PATH
+from tracer.core import _libbpf
+from tracer.core.probe import BTF_PATH
 
 _log = structlog.get_logger(component="system")
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer import bpf
+from tracer.core import bpf
 
 # Preference order of the capture variants for file/connect hooks.
 CAPTURE_MODES = ("lsm", "fentry", "kprobe", "tracepoint")

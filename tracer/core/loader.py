@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from tracer import bpf, decode
+from tracer.core import bpf, decode
 
 _log = structlog.get_logger(component="loader")
 

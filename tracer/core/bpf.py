@@ -21,7 +21,7 @@ from typing import Any, Self
 
 import structlog
 
-from tracer import _libbpf
+from tracer.core import _libbpf
 
 _log = structlog.get_logger(component="libbpf")
 

@@ -1,9 +1,10 @@
-"""Kernel numbers to the names analysts know: open flags, errno, socket families."""
+"""Kernel numbers to the names analysts know: open flags, errno, socket families, signals."""
 
 from __future__ import annotations
 
 import errno
 import functools
+import signal
 import socket
 
 _ACCMODE = {0: "O_RDONLY", 1: "O_WRONLY", 2: "O_RDWR"}
@@ -69,3 +70,12 @@ def protocol(num: int) -> str | None:
 
 def sock_type(num: int) -> str:
     return _SOCK_TYPES.get(num, f"SOCK_{num}")
+
+
+def signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        if signal.SIGRTMIN <= num <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{num - signal.SIGRTMIN}"
+        return f"SIG{num}"

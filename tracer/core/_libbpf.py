@@ -1,6 +1,6 @@
 """ctypes declarations of the part of libbpf 1.x that tracer uses.
 
-Only prototypes live here; tracer.bpf wraps them in objects that own
+Only prototypes live here; tracer.core.bpf wraps them in objects that own
 their handles and turn failures into exceptions. Every function follows
 libbpf 1.0 error conventions: pointers are NULL and ints negative on
 error, with errno set.
