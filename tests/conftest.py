@@ -215,3 +215,45 @@ def daemon(daemon_pair: tuple[Daemon, Prestarted]) -> Daemon:
 @pytest.fixture
 def prestarted(daemon_pair: tuple[Daemon, Prestarted]) -> Prestarted:
     return daemon_pair[1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="loads BPF programs or runs the daemon: run as root")
+    for item in items:
+        if item.get_closest_marker("kernel"):
+            item.add_marker(skip)
+
+
+def _checkout_status() -> set[str] | None:
+    """`git status --porcelain` of the checkout, or None outside a git checkout."""
+    try:
+        r = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=all"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return set(r.stdout.splitlines()) if r.returncode == 0 else None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_STATUS_KEY] = _checkout_status()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Tests never write into the checkout: what the run added fails it."""
+    before = session.config.stash.get(_STATUS_KEY, None)
+    after = _checkout_status()
+    if before is None or after is None:
+        return
+    added = sorted(after - before)
+    if added:
+        print("\nerror: the tests left these in the checkout:\n  " + "\n  ".join(added))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_STATUS_KEY = pytest.StashKey[set[str] | None]()

@@ -39,6 +39,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(tracer_cmd(*args), capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.kernel
 def test_forcing_a_mode_this_kernel_lacks_is_one_clear_line() -> None:
     report = json.loads(_run("probe", "--json").stdout)
     missing = [m for m in ALL if m not in report["capture_modes"]]

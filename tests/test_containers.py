@@ -20,6 +20,8 @@ from test_policy_events import one_rule
 
 from enrich import CgroupInfo, CgroupResolver, cgroup2_mount, parse_path
 
+pytestmark = pytest.mark.kernel
+
 CID = "3f2a" + "0123456789abcdef" * 3 + "0123456789ab"
 assert len(CID) == 64
 UID = "6b2c0e7e-4a8f-4d59-9f0e-2b1f6e3c9a10"

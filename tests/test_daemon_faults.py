@@ -17,6 +17,8 @@ from conftest import BPF_DIR, Daemon, is_exec, new_marker, tracer_cmd
 from tracer.core import bpf
 from tracer.core.loader import capture_sensor
 
+pytestmark = pytest.mark.kernel
+
 
 def _prog_ids_of(pid: int | str) -> set[int]:
     """Ids of the BPF programs a process holds open: ours alone, whatever else runs."""

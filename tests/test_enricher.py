@@ -16,6 +16,8 @@ from enrich import CgroupResolver, Enricher, PodWatcher
 from enrich.kube import api_client
 from tracer.core.events import Container, Pod
 
+pytestmark = pytest.mark.kernel
+
 
 @pytest.fixture
 def cg() -> Iterator[KubeletCgroup]:

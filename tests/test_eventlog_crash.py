@@ -8,10 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import zstandard
 from conftest import REPO, Daemon, new_marker, tracer_cmd
 
 from forensics.log import list_segments
+
+pytestmark = pytest.mark.kernel
 
 LIBRARY = REPO / "policy" / "library"
 

@@ -29,6 +29,8 @@ from typing import Any
 import pytest
 from conftest import REPO, Daemon, new_marker, tracer_cmd
 
+pytestmark = pytest.mark.kernel
+
 LIBRARY = REPO / "policy" / "library"
 PY = sys.executable
 Node = dict[str, Any]

@@ -32,6 +32,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from export.proto_gen import tracer_v1_pb2 as pb
 from tracer.core.loader import RINGBUF_DEFAULT
 
+pytestmark = pytest.mark.kernel
+
 TRUE = os.path.realpath("/bin/true")
 
 

@@ -27,6 +27,8 @@ from enrich import PodWatcher
 from enrich.kube import api_client
 from export.proto_gen import tracer_v1_pb2 as pb
 
+pytestmark = pytest.mark.kernel
+
 
 def _until(cond: Callable[[], bool], timeout: float = 1.0) -> float:
     """Seconds until cond() held; fails after timeout."""

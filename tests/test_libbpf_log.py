@@ -14,6 +14,8 @@ import pytest
 
 from tracer.core import bpf
 
+pytestmark = pytest.mark.kernel
+
 REPO = Path(__file__).resolve().parent.parent
 
 _SRC = r"""

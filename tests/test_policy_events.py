@@ -28,6 +28,8 @@ from conftest import REPO, Daemon, Event, is_exec, new_marker, tracer_cmd
 
 from tracer import control
 
+pytestmark = pytest.mark.kernel
+
 LIBRARY = REPO / "policy" / "library"
 PY = sys.executable
 CAT = os.path.realpath(shutil.which("cat") or "/bin/cat")
@@ -548,7 +550,7 @@ def test_sigkill_on_exec_stops_the_program(pdaemon: Daemon, ctl: Path, tmp_path:
     )
     witness = tmp_path / "created"
     marker = new_marker()
-    r = subprocess.run([str(evil), str(witness), marker])
+    r = subprocess.run([str(evil), str(witness), marker], cwd=tmp_path)
     assert r.returncode == -9
     assert not witness.exists()
     ev = pdaemon.wait_for(is_exec(marker))

@@ -11,7 +11,7 @@ import pytest
 from capture import open_hook
 from conftest import Daemon, new_marker, tracer_cmd
 
-pytestmark = pytest.mark.vm
+pytestmark = [pytest.mark.vm, pytest.mark.kernel]
 
 
 def test_probe_finds_kprobe_fentry_and_lsm() -> None:

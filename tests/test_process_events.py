@@ -13,9 +13,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from conftest import Daemon, Event, Prestarted, is_exec, is_exit, new_marker
 
 from tracer.core import text
+
+pytestmark = pytest.mark.kernel
 
 BASH = os.path.realpath(shutil.which("bash") or "/bin/bash")
 TRUE = os.path.realpath("/bin/true")

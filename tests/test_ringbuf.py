@@ -12,6 +12,8 @@ from conftest import BPF_DIR, new_marker
 from tracer.core import decode
 from tracer.core.loader import Sensor, capture_sensor
 
+pytestmark = pytest.mark.kernel
+
 
 @pytest.fixture
 def sensor() -> Iterator[Sensor]:

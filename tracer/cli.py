@@ -19,7 +19,7 @@ from tracer import __version__, client, control, forensics_cli, log
 from tracer.core import bpf
 from tracer.core.loader import RINGBUF_DEFAULT, ConfigError
 from tracer.core.probe import CAPTURE_MODES, ProbeReport, probe
-from tracer.core.system import PreflightError, require_root
+from tracer.core.system import PreflightError, ensure_mounts, require_root
 from tracer.daemon import DEFAULT_BPF_DIR, Config, Daemon
 
 EXIT_USAGE = 2
@@ -350,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "probe":
             require_root()
+            ensure_mounts()  # what the daemon mounts, so the probe sees what it will
             _print_probe(probe(args.bpf_dir), args.json)
             return 0
         if args.command == "policy":

@@ -51,6 +51,11 @@ SERIES = {
     "6.12": re.compile(r"^linux-image-(6\.12\.\d+\+deb12-amd64)$"),
     "6.1": re.compile(r"^linux-image-(6\.1\.0-\d+-amd64)$"),
 }
+# What apt-cache is asked for: it takes POSIX regular expressions, where
+# \d matches nothing, so it gets a plain prefix and SERIES picks the names.
+_APT_SEARCH = {"6.12": r"^linux-image-6\.12\.", "6.1": r"^linux-image-6\.1\.0-"}
+# An emulated guest runs Python ~30 times slower: the per-test timeout too.
+_GUEST_TEST_TIMEOUT_S = 1200
 # What vng's initramfs loads to mount the host's root; its busybox insmod
 # cannot read .ko.xz, so these few are decompressed.
 BOOT_MODULES = (
@@ -60,6 +65,9 @@ BOOT_MODULES = (
     "net/9p/9pnet_virtio",
     "drivers/virtio/virtio_mmio",
 )
+
+
+_APT_ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
 
 
 class VmError(RuntimeError):
@@ -90,14 +98,22 @@ def kernel_release(series: str) -> str:
     ]
     if installed:
         return max(installed, key=_release_key)
-    names = _apt("search", "--names-only", pattern.pattern).split("\n")
-    found = [m.group(1) for line in names if (m := pattern.match(line.split(" ")[0]))]
+    found = _in_apt(series)
+    if not found and os.geteuid() == 0:
+        # A fresh host's lists may predate the kernel (or be empty).
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=_APT_ENV)
+        found = _in_apt(series)
     if not found:
         raise VmError(
-            f"no Debian kernel package for {series} in apt (looked for {pattern.pattern}); "
-            "run apt-get update"
+            f"no Debian kernel package for {series} in apt (looked for {pattern.pattern} "
+            "after apt-get update)"
         )
     return max(found, key=_release_key)
+
+
+def _in_apt(series: str) -> list[str]:
+    names = _apt("search", "--names-only", _APT_SEARCH[series]).split("\n")
+    return [m.group(1) for line in names if (m := SERIES[series].match(line.split(" ")[0]))]
 
 
 def setup(series: list[str]) -> None:
@@ -108,12 +124,11 @@ def setup(series: list[str]) -> None:
     missing += [f"linux-image-{r}" for r in releases.values() if not _installed(f"linux-image-{r}")]
     if missing:
         print(f"vm: installing {' '.join(missing)}", flush=True)
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=_APT_ENV)
         subprocess.run(
             ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
             check=True,
-            env=env,
+            env=_APT_ENV,
             stdout=subprocess.DEVNULL,
         )
     for release in releases.values():
@@ -172,7 +187,7 @@ def run_guest(
             "PYTHONDONTWRITEBYTECODE=1 TRACER_IN_VM=1",
             f"TRACER_CAPTURE_MODES={','.join(modes)}",
             f"{REPO / '.venv' / 'bin' / 'pytest'} -p no:cacheprovider -q",
-            f"--junitxml={junit}",
+            f"--junitxml={junit} --timeout={_GUEST_TEST_TIMEOUT_S}",
             *pytest_args,
             f"; echo $? > {rc_file}",
         ]
