@@ -34,9 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tracer.config import DEFAULT_BPF_DIR  # noqa: E402
 from tracer.core import bpf, decode, loader  # noqa: E402
 from tracer.core.probe import probe  # noqa: E402
-from tracer.daemon import DEFAULT_BPF_DIR  # noqa: E402
 
 _stop = False
 

@@ -1,16 +1,20 @@
 """Export: events out of the daemon, without ever blocking capture."""
 
+from export.config import QUEUE_BYTES, EventLogConfig, GrpcConfig, TlsFiles
 from export.jsonl import RotatingFile, Serializer, process_dict
-from export.sink import QUEUE_BYTES, EncodedSink, LineFanout, QueuedWriter, Sink, StreamLines
+from export.sink import EncodedSink, LineFanout, QueuedWriter, Sink, StreamLines
 
 __all__ = [
     "QUEUE_BYTES",
     "EncodedSink",
+    "EventLogConfig",
+    "GrpcConfig",
     "LineFanout",
     "QueuedWriter",
     "RotatingFile",
     "Serializer",
     "Sink",
     "StreamLines",
+    "TlsFiles",
     "process_dict",
 ]

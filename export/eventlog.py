@@ -40,8 +40,9 @@ import structlog
 import zstandard
 
 from export._writev import writev_all
+from export.config import QUEUE_BYTES, EventLogConfig
 from export.jsonl import Serializer
-from export.sink import QUEUE_BYTES, Encoded, EncodedSink
+from export.sink import Encoded, EncodedSink
 from forensics import store
 from forensics.index import HAS_EXEC, HAS_EXIT, Fields, IndexBuilder, scan, write_sidecar
 from forensics.log import SEGMENT_RE, Problems, Segment, segment_name
@@ -49,7 +50,6 @@ from tracer.core.events import Event, Lost, Process, ProcessEvent, ProcessExec, 
 
 _log = structlog.get_logger(component="eventlog")
 
-DEFAULT_DIR = Path("/var/lib/tracer/events")
 # On our lines (the same ancestry over and over) zstd packs 5x tighter
 # than gzip -3 at a sixth of its CPU; in frames of a batch, level 1 keeps
 # level 3's ratio (0.33 against 0.32%) at 15% less CPU (BENCHMARKS.md).
@@ -88,23 +88,6 @@ def _lineage(ev: ProcessEvent) -> Iterator[Fields]:
         yield _fields(ev.parent)
         for a in ev.ancestors:
             yield _fields(a)
-
-
-@dataclass(slots=True)
-class EventLogConfig:
-    directory: Path = DEFAULT_DIR
-    segment_bytes: int = 64 << 20  # a segment is closed past this size...
-    segment_age_s: float = 3600.0  # ...or this age, so age-based retention has a granularity
-    max_bytes: int = 1 << 30  # all segments together, oldest deleted first
-    max_age_s: float = 7 * 86400.0
-    flush_interval_s: float = 1.0
-
-    def problems(self) -> list[str]:
-        out = []
-        for name in ("segment_bytes", "max_bytes", "max_age_s", "flush_interval_s"):
-            if getattr(self, name) <= 0:
-                out.append(f"event-log {name.replace('_', '-')} must be positive")
-        return out
 
 
 @dataclass(slots=True)

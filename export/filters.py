@@ -31,9 +31,10 @@ from typing import Any, NamedTuple
 import re2  # pyre2
 
 from export.proto_gen import tracer_v1_pb2 as pb
-from tracer.core.events import Event, Lost
+from tracer.core.events import EVENT_TYPES, Event, Lost
 
-KINDS = ("process_exec", "process_exit", "file_open", "connect")
+# Filters select process events; `lost` always passes.
+KINDS = tuple(t for t in EVENT_TYPES if t != Lost.type)
 MAX_PATTERN = 4096  # bytes of one regex or selector: requests are not unbounded work
 
 # pyre2 would quietly fall back to Python's backtracking `re` for what RE2

@@ -16,7 +16,6 @@ import os
 import tempfile
 from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +24,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from export.config import GrpcConfig, TlsFiles
 from export.filters import EventFilter, FilterError
 from export.hub import Hub, TooManySubscribers
 from export.proto_gen import tracer_v1_pb2 as pb
@@ -33,7 +33,6 @@ from tracer.core import sockpath
 _log = structlog.get_logger(component="grpc")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["TracerService"].full_name
-DEFAULT_SOCKET = Path("/run/tracer/tracer.sock")
 
 
 class ListenError(RuntimeError):
@@ -53,22 +52,6 @@ class PolicyControl(Protocol):
         """Replace the policy set with (name, YAML) documents; returns warnings.
         Raises ValueError naming what is wrong, with nothing applied."""
         ...
-
-
-@dataclass(slots=True)
-class TlsFiles:
-    cert: Path
-    key: Path
-    client_ca: Path | None = None  # set: clients must present a certificate it signed
-
-
-@dataclass(slots=True)
-class GrpcConfig:
-    socket: Path | None = DEFAULT_SOCKET
-    listen: str | None = None  # HOST:PORT, needs tls
-    tls: TlsFiles | None = None
-    queue_capacity: int = 16384  # per subscriber
-    max_subscribers: int = 32
 
 
 def _identity(data: bytes) -> bytes:

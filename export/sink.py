@@ -17,16 +17,12 @@ from typing import BinaryIO, Generic, Protocol, TypeVar
 
 import structlog
 
+from export.config import QUEUE_BYTES
 from tracer.core.events import Event, Lost
 
 _log = structlog.get_logger(component="export")
 
 T = TypeVar("T")
-
-# The lines an output that writes them may hold queued: 65,536 lines of the
-# usual 4-5 KB, and a bound on memory whatever the lines' size.
-QUEUE_BYTES = 256 << 20
-
 
 def _never(item: object) -> bool:
     return False

@@ -87,6 +87,7 @@ def test_not_root_is_refused_with_the_reason() -> None:
     # Imports first (the interpreter lives under /root), then drop to nobody.
     code = (
         "import os, sys\n"
+        "import tracer.daemon, tracer.core.system\n"
         "from tracer.cli import main\n"
         "os.setgroups([]); os.setegid(65534); os.seteuid(65534)\n"
         f"sys.exit(main(['--bpf-dir', {str(BPF_DIR)!r}, 'run']))\n"

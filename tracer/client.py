@@ -21,38 +21,14 @@ import grpc
 import orjson
 from google.protobuf.json_format import MessageToDict
 
-from export.filters import KINDS, EventFilter, FilterError, facts_of_dict
-from export.grpc_server import DEFAULT_SOCKET
+from export.filters import EventFilter, FilterError, facts_of_dict
 from export.pb import JSON_OPTIONS
 from export.proto_gen import tracer_v1_pb2 as pb
 from export.proto_gen import tracer_v1_pb2_grpc as pb_grpc
 from forensics.log import Problems, Segment, read_bytes, schema_problem
+from tracer import exitcodes
+from tracer.arguments import FILTER_FLAGS
 from tracer.core import terminal
-
-EXIT_USAGE = 2
-EXIT_FAILURE = 1
-
-# flag suffix -> (Filter field, type of one value)
-FILTER_FLAGS: dict[str, tuple[str, type]] = {
-    "type": ("event_types", str),
-    "binary": ("binary_regex", str),
-    "args": ("args_regex", str),
-    "pid": ("pid", int),
-    "namespace": ("namespace", str),
-    "pod": ("pod_regex", str),
-    "label": ("labels", str),
-    "container": ("container_id", str),
-}
-_HELP = {
-    "type": f"event type: {', '.join(KINDS)} (repeat, or comma-separate)",
-    "binary": "RE2 regex searched in the executed file's path",
-    "args": "RE2 regex searched in the arguments after argv[0], space-joined",
-    "pid": "process id",
-    "namespace": "Kubernetes namespace of the process's pod",
-    "pod": "RE2 regex searched in the pod name",
-    "label": "Kubernetes label selector, e.g. 'app=web,tier!=db'",
-    "container": "container id, or a prefix of it",
-}
 
 
 class UsageError(Exception):
@@ -61,68 +37,6 @@ class UsageError(Exception):
 
 class Refused(Exception):
     """The daemon refused a request; the message is its reason."""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_argument_group("source")
-    src.add_argument(
-        "--address",
-        default=f"unix://{DEFAULT_SOCKET}",
-        help="daemon address: unix:///path or HOST:PORT (TLS) (default: %(default)s)",
-    )
-    src.add_argument(
-        "--from", dest="from_file", metavar="FILE", help="read a JSON lines log ('-': stdin)"
-    )
-    add_tls_arguments(p)
-    add_output_and_filter_arguments(p)
-
-
-def add_tls_arguments(p: argparse.ArgumentParser) -> None:
-    """The client side of TLS for a HOST:PORT --address (shared with `tracer policy apply`)."""
-    tls = p.add_argument_group("TLS (HOST:PORT addresses)")
-    tls.add_argument(
-        "--tls-ca", type=Path, help="CA that signed the daemon's certificate (default: system CAs)"
-    )
-    tls.add_argument(
-        "--tls-cert", type=Path, help="client certificate, for a daemon that asks for one"
-    )
-    tls.add_argument("--tls-key", type=Path, help="key of --tls-cert")
-    tls.add_argument(
-        "--tls-server-name", help="name to verify in the daemon's certificate (default: HOST)"
-    )
-
-
-def add_output_and_filter_arguments(p: argparse.ArgumentParser) -> None:
-    """-o, -n, --color and the filter flags (shared with `tracer replay`)."""
-    out = p.add_argument_group("output")
-    out.add_argument(
-        "-o", "--output", choices=["json", "compact"], default="json", help="format (default: json)"
-    )
-    out.add_argument(
-        "-n", "--count", type=int, metavar="N", help="stop after N events (loss reports included)"
-    )
-    out.add_argument(
-        "--color",
-        choices=["auto", "always", "never"],
-        default="auto",
-        help="color compact output (default: only on a terminal)",
-    )
-    flt = p.add_argument_group(
-        "filters",
-        "Given flags must all match; a repeated flag matches any of its values. "
-        "Each --deny-* flag excludes what it matches. Loss reports always pass.",
-    )
-    for name, (_, kind) in FILTER_FLAGS.items():
-        metavar = name.upper()
-        flt.add_argument(f"--{name}", action="append", type=kind, metavar=metavar, help=_HELP[name])
-    for name, (_, kind) in FILTER_FLAGS.items():
-        flt.add_argument(
-            f"--deny-{name}",
-            action="append",
-            type=kind,
-            metavar=name.upper(),
-            help=f"exclude events whose {name} matches",
-        )
 
 
 def _values(name: str, raw: list[Any] | None) -> list[Any]:
@@ -288,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         event_filter = EventFilter.from_request(req)
     except FilterError as exc:
         print(f"tracer: error: {flag_of(exc.field)}: {exc.problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     # Strings are escaped before printing; this only keeps an odd terminal
     # encoding from turning a printable character into a crash.
     sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
@@ -305,27 +219,27 @@ def run(args: argparse.Namespace) -> int:
                         f"tracer: error: cannot read {args.from_file}: {exc.strerror}",
                         file=sys.stderr,
                     )
-                    return EXIT_FAILURE
+                    return exitcodes.FAILURE
                 with f:
                     lines = _lines_of(f, args.from_file, bad)
                     print_events(from_file(lines, args.from_file, event_filter, bad), args)
-            return EXIT_FAILURE if bad.count else 0
+            return exitcodes.FAILURE if bad.count else 0
         print_events(from_daemon(args, req), args)
         return 0
     except UsageError as exc:
         print(f"tracer: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     except grpc.RpcError as exc:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             print(f"tracer: error: the daemon refused the filters: {details}", file=sys.stderr)
-            return EXIT_USAGE
+            return exitcodes.USAGE
         print(
             f"tracer: error: {args.address}: {code.name if code else 'error'}: {details}",
             file=sys.stderr,
         )
-        return EXIT_FAILURE
+        return exitcodes.FAILURE
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:

@@ -12,11 +12,8 @@ from __future__ import annotations
 import collections
 import gc
 import signal
-import socket
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
@@ -24,7 +21,6 @@ import structlog
 
 from enrich import Enrichment, ProcessCache, UserNames, procfs
 from export import (
-    QUEUE_BYTES,
     EncodedSink,
     LineFanout,
     QueuedWriter,
@@ -33,25 +29,23 @@ from export import (
     Sink,
     StreamLines,
 )
-from export.eventlog import EventLog, EventLogConfig
-from export.grpc_server import GrpcConfig, GrpcServer
+from export.eventlog import EventLog
+from export.grpc_server import GrpcServer
 from export.hub import Hub
 from policy import PolicyError, PolicyMaps, PolicyStore
 from tracer import control, heap
+from tracer.config import Config
 from tracer.core import system
 from tracer.core.clock import BootClock
 from tracer.core.events import LossCounts, Lost
 from tracer.core.loader import (
-    RINGBUF_DEFAULT,
     CaptureModeUnavailable,
-    ConfigError,
     KernelCounters,
     Sensor,
     capture_sensor,
-    check_ringbuf_size,
     choose_capture_mode,
 )
-from tracer.core.probe import CAPTURE_MODES, probe
+from tracer.core.probe import probe
 from tracer.pipeline import Pipeline
 from tracer.status import CaptureState, DaemonStatus
 
@@ -69,84 +63,6 @@ _TRIM_INTERVAL_S = 30.0
 _SWITCH_INTERVAL_S = 0.001
 # How long the final drain at stop may take.
 _STOP_DRAIN_S = 5.0
-
-DEFAULT_BPF_DIR = Path(__file__).resolve().parent.parent / "build" / "bpf"
-
-
-@dataclass(slots=True)
-class Config:
-    bpf_dir: Path = DEFAULT_BPF_DIR
-    node: str = field(default_factory=socket.gethostname)
-    ringbuf_size: int = RINGBUF_DEFAULT
-    process_hooks: str = "auto"  # auto | tp_btf | raw_tp
-    export_file: Path | None = None  # None: stdout
-    export_max_bytes: int = 100 << 20
-    export_backups: int = 5
-    queue_capacity: int = 65536
-    queue_max_bytes: int = QUEUE_BYTES  # of lines, per output that writes them
-    cache_max: int = 65536
-    exit_grace_s: float = 30.0
-    ancestor_depth: int = 64
-    lost_interval_s: float = 1.0
-    # The longest a record waits in the ring buffer before the reader takes
-    # it (records do not wake the reader one by one: common.bpf.h tr_wakeup).
-    poll_ms: int = 10
-    grpc: GrpcConfig | None = field(default_factory=GrpcConfig)  # None: no API
-    capture_mode: str = "auto"  # auto | lsm | fentry | kprobe | tracepoint
-    exclude_capture_modes: tuple[str, ...] = ()  # never chosen by auto
-    policy_paths: list[Path] = field(default_factory=list)  # files or directories
-    control_socket: Path = control.DEFAULT_SOCKET
-    kubeconfig: Path | None = None  # None: in-cluster config if in a pod, else no pod metadata
-    event_log: EventLogConfig | None = field(default_factory=EventLogConfig)  # None: no log
-
-    def validate(self) -> None:
-        check_ringbuf_size(self.ringbuf_size)
-        if self.process_hooks not in ("auto", "tp_btf", "raw_tp"):
-            raise ConfigError(
-                f"--process-hooks must be auto, tp_btf or raw_tp, not {self.process_hooks!r}"
-            )
-        for name in ("queue_capacity", "queue_max_bytes", "cache_max", "export_max_bytes"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name.replace('_', '-')} must be positive")
-        if self.ancestor_depth < 0:
-            raise ConfigError("ancestor-depth must be zero or more")
-        if self.capture_mode not in ("auto", *CAPTURE_MODES):
-            raise ConfigError(
-                f"--capture-mode must be auto or one of {', '.join(CAPTURE_MODES)}, "
-                f"not {self.capture_mode!r}"
-            )
-        for problem in self.event_log.problems() if self.event_log else []:
-            raise ConfigError(problem)
-        if self.capture_mode in self.exclude_capture_modes:
-            raise ConfigError(
-                f"--capture-mode {self.capture_mode} is also in --exclude-capture-mode"
-            )
-        for p in self.policy_paths:
-            if not p.exists():
-                raise ConfigError(f"policy path {p} does not exist")
-        if self.kubeconfig is not None and not self.kubeconfig.is_file():
-            raise ConfigError(f"--kubeconfig {self.kubeconfig} is not a file")
-        g = self.grpc
-        if g is not None:
-            if g.listen is not None and g.tls is None:
-                raise ConfigError(
-                    f"--grpc-listen {g.listen} needs --tls-cert and --tls-key: "
-                    "tracer does not serve events over plaintext TCP"
-                )
-            if g.listen is None and g.tls is not None:
-                raise ConfigError("--tls-cert/--tls-key/--tls-client-ca need --grpc-listen")
-            if g.listen is not None and not _host_port(g.listen):
-                raise ConfigError(f"--grpc-listen wants HOST:PORT, not {g.listen!r}")
-            if g.socket is None and g.listen is None:
-                raise ConfigError("--no-grpc-socket leaves the API no listener: add --grpc-listen")
-            if g.queue_capacity <= 0 or g.max_subscribers <= 0:
-                raise ConfigError("grpc-queue-size and grpc-max-subscribers must be positive")
-
-
-def _host_port(text: str) -> bool:
-    host, sep, port = text.rpartition(":")
-    return bool(sep and host and port.isdigit() and int(port) < 65536)
-
 
 class _Counted(Protocol):
     """What the loss reporter reads from the sensor (tracer.core.loader.Sensor)."""

@@ -1,14 +1,6 @@
 """`tracer tree` and `tracer replay`: the event log, after the fact.
 
-Exit codes, the same for both commands:
-
-  0  done, and every line of the input was read
-  1  no input could be read (no log directory, the daemon did not answer)
-  2  bad usage (an unknown flag, a malformed time or regex)
-  3  done, but some input was skipped (torn last line, corrupt or
-     truncated segment, a line that is not JSON, an event of a newer
-     schema): the output is partial, the warnings on stderr say where
-  4  (tree) no process in the log matches the selection
+Their flags are in tracer/arguments.py, their exit codes in tracer/exitcodes.py.
 """
 
 from __future__ import annotations
@@ -18,75 +10,12 @@ import os
 import sys
 from pathlib import Path
 
-from export.eventlog import DEFAULT_DIR
 from export.filters import EventFilter, FilterError, facts_of_dict
 from forensics import html, render, replay, tree
 from forensics.log import InputError, Problems, Segment, list_segments, parse_when
 from forensics.store import LogIndex
-from tracer import client, control
-
-COMMANDS = ("tree", "replay")
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_PARTIAL = 3
-EXIT_NO_MATCH = 4
-
-
-def _command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
-) -> argparse.ArgumentParser:
-    """A subcommand whose --help ends with the exit codes, taking the event log as input."""
-    p = sub.add_parser(
-        name, help=summary, description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    src = p.add_argument_group("source (default: the local log, " + str(DEFAULT_DIR) + ")")
-    src.add_argument(
-        "--from",
-        dest="sources",
-        type=Path,
-        action="append",
-        metavar="PATH",
-        help="a log directory or segment file, e.g. copied from another node (repeatable)",
-    )
-    src.add_argument(
-        "--daemon",
-        action="store_true",
-        help="the log of the daemon listening on --control-socket",
-    )
-    src.add_argument("--control-socket", type=Path, default=control.DEFAULT_SOCKET)
-    src.add_argument("--since", help="from this time: RFC 3339, or an age like 15m, 2h")
-    src.add_argument("--until", help="up to this time: RFC 3339, or an age like 15m")
-    return p
-
-
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    t = _command(sub, "tree", "the process tree around a process, from the event log")
-    sel = t.add_argument_group("selection (given flags must all match; repeat to widen)")
-    sel.add_argument("--exec-id", action="append", default=[], help="a process image's exec_id")
-    sel.add_argument("--pid", action="append", type=int, default=[], help="process id")
-    sel.add_argument("--at", help="with --pid: the process that had the pid at this time")
-    sel.add_argument(
-        "--pod", action="append", default=[], metavar="NS/NAME", help="Kubernetes pod"
-    )
-    sel.add_argument(
-        "--binary", action="append", default=[], help="regex searched in the executed file's path"
-    )
-    t.add_argument("-o", "--output", choices=["text", "json", "html"], default="text")
-    t.add_argument(
-        "--color", choices=["auto", "always", "never"], default="auto", help="color text output"
-    )
-
-    r = _command(sub, "replay", "stored events in time order, filtered like `tracer events`")
-    r.add_argument(
-        "--speed",
-        type=float,
-        default=0.0,
-        help="pace at this many times real time (1: as recorded); 0: as fast as possible "
-        "(default)",
-    )
-    client.add_output_and_filter_arguments(r)
+from tracer import client, control, exitcodes
+from tracer.arguments import EVENT_LOG_DIR
 
 
 def _segments(args: argparse.Namespace) -> list[Segment]:
@@ -98,7 +27,7 @@ def _segments(args: argparse.Namespace) -> list[Segment]:
             raise InputError(f"the daemon has no event log: {reply.get('error')}")
         paths = [Path(reply["directory"])]
     else:
-        paths = args.sources or [DEFAULT_DIR]
+        paths = args.sources or [EVENT_LOG_DIR]
     return list_segments(paths)
 
 
@@ -154,7 +83,7 @@ def _tree(args: argparse.Namespace, problems: Problems) -> int:
     except tree.SelectionError as exc:
         problems.summary()
         print(f"tracer: {exc} (searched {len(segments)} segments)", file=sys.stderr)
-        return EXIT_NO_MATCH
+        return exitcodes.NO_MATCH
     out = sys.stdout
     if args.output == "json":
         out.buffer.write(render.to_json(forest))
@@ -165,7 +94,7 @@ def _tree(args: argparse.Namespace, problems: Problems) -> int:
         color = args.color == "always" or (args.color == "auto" and out.isatty())
         out.write(render.to_text(forest, color))
     out.flush()
-    return EXIT_OK
+    return exitcodes.OK
 
 
 def _replay(args: argparse.Namespace, problems: Problems) -> int:
@@ -185,7 +114,7 @@ def _replay(args: argparse.Namespace, problems: Problems) -> int:
         if ev["type"] == "lost" or event_filter.matches(facts_of_dict(ev))
     )
     client.print_events(wanted, args)
-    return EXIT_OK
+    return exitcodes.OK
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,16 +124,16 @@ def run(args: argparse.Namespace) -> int:
         rc = (_tree if args.command == "tree" else _replay)(args, problems)
     except _Usage as exc:
         print(f"tracer: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     except (InputError, control.ControlError) as exc:
         print(f"tracer: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exitcodes.FAILURE
     except KeyboardInterrupt:
-        return EXIT_OK
+        return exitcodes.OK
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+        return exitcodes.OK
     problems.summary()
-    if rc == EXIT_OK and problems.count:
-        return EXIT_PARTIAL
+    if rc == exitcodes.OK and problems.count:
+        return exitcodes.PARTIAL
     return rc

@@ -73,6 +73,16 @@ class Process:
     pod: Pod | None = None
 
 
+@dataclass(slots=True)
+class Context:
+    """Who did it: the process side of an event (enrich's process cache makes it)."""
+
+    time: int  # wall-clock ns of the event
+    process: Process
+    parent: Process | None
+    ancestors: tuple[Process, ...]
+
+
 @dataclass(slots=True, frozen=True)
 class ExitStatus:
     code: int | None  # None when a signal ended the process
@@ -171,6 +181,7 @@ class Lost:
 
 
 Event = ProcessExec | ProcessExit | FileOpen | Connect | Lost
+EVENT_TYPES = tuple(c.type for c in (ProcessExec, ProcessExit, FileOpen, Connect, Lost))
 
 # Lost counts are uint32 in the API, so that they are JSON numbers (uint64
 # would be strings); LossCounts keeps them exact anyway.

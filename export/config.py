@@ -1,0 +1,110 @@
+"""Settings of the exports that reach the command line: the event log and the gRPC API.
+
+Light on purpose (no gRPC, no zstd): the CLI reads these fields' defaults
+and help to build its flags without loading what they configure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer.core.options import option, parse_duration, parse_size
+
+# The lines an output that writes them may hold queued (export/sink.py):
+# 65,536 lines of the usual 4-5 KB, and a bound on memory whatever their size.
+QUEUE_BYTES = 256 << 20
+
+
+@dataclass(slots=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # set: clients must present a certificate it signed
+
+
+@dataclass(slots=True)
+class GrpcConfig:
+    socket: Path | None = option(
+        Path("/run/tracer/tracer.sock"),
+        flag="--grpc-socket",
+        parse=Path,
+        help="unix socket of the API, mode 0600",
+    )
+    listen: str | None = option(  # HOST:PORT, needs tls
+        None, flag="--grpc-listen", metavar="HOST:PORT", help="also serve TCP, with TLS"
+    )
+    tls: TlsFiles | None = None
+    queue_capacity: int = option(
+        16384,
+        flag="--grpc-queue-size",
+        parse=int,
+        help="events a subscriber may fall behind before it loses the oldest",
+    )
+    max_subscribers: int = option(
+        32, flag="--grpc-max-subscribers", parse=int, help="concurrent GetEvents streams"
+    )
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.listen is not None and self.tls is None:
+            out.append(
+                f"--grpc-listen {self.listen} needs --tls-cert and --tls-key: "
+                "tracer does not serve events over plaintext TCP"
+            )
+        if self.listen is None and self.tls is not None:
+            out.append("--tls-cert/--tls-key/--tls-client-ca need --grpc-listen")
+        if self.listen is not None and not _host_port(self.listen):
+            out.append(f"--grpc-listen wants HOST:PORT, not {self.listen!r}")
+        if self.socket is None and self.listen is None:
+            out.append("--no-grpc-socket leaves the API no listener: add --grpc-listen")
+        if self.queue_capacity <= 0 or self.max_subscribers <= 0:
+            out.append("grpc-queue-size and grpc-max-subscribers must be positive")
+        return out
+
+
+def _host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and int(port) < 65536)
+
+
+@dataclass(slots=True)
+class EventLogConfig:
+    directory: Path = option(
+        Path("/var/lib/tracer/events"),
+        flag="--event-log-dir",
+        parse=Path,
+        help="record every event here",
+    )
+    segment_bytes: int = option(  # a segment is closed past this size...
+        64 << 20,
+        flag="--event-log-segment-size",
+        parse=parse_size,
+        help="close a segment past this size",
+    )
+    segment_age_s: float = 3600.0  # ...or this age, so age-based retention has a granularity
+    max_bytes: int = option(
+        1 << 30,
+        flag="--event-log-max-size",
+        parse=parse_size,
+        help="all segments together, oldest deleted first",
+    )
+    max_age_s: float = option(
+        7 * 86400.0,
+        flag="--event-log-max-age",
+        parse=parse_duration,
+        help="delete closed segments older than this",
+    )
+    flush_interval_s: float = option(
+        1.0,
+        flag="--event-log-flush-interval",
+        parse=parse_duration,
+        help="the most a crash can lose",
+    )
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("segment_bytes", "max_bytes", "max_age_s", "flush_interval_s"):
+            if getattr(self, name) <= 0:
+                out.append(f"event-log {name.replace('_', '-')} must be positive")
+        return out
