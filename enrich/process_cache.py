@@ -32,22 +32,11 @@ from tracer.core.decode import (
     ForkRecord,
     Task,
 )
-from tracer.core.events import ExitStatus, Process, ProcessExec, ProcessExit
-from tracer.core.names import signal_name
+from tracer.core.events import Context, Process
 
 # /proc reports start times in clock ticks (10 ms): a procfs entry and a
 # kernel record of the same process can differ by that much.
 _PROCFS_START_SLACK_NS = 20_000_000
-
-
-@dataclass(slots=True)
-class Context:
-    """The process side of an event: the process, its parent, its ancestors."""
-
-    time: int  # wall-clock ns of the event
-    process: Process
-    parent: Process | None
-    ancestors: tuple[Process, ...]
 
 
 @dataclass(slots=True)
@@ -314,7 +303,8 @@ class ProcessCache:
             entry = _Entry(process, parent, task.start_boottime)
         self._insert(entry, task.ktime)
 
-    def on_exec(self, rec: ExecRecord) -> ProcessExec:
+    def on_exec(self, rec: ExecRecord) -> Context:
+        """The new image enters the cache; who ran it, for the exec event."""
         task = rec.task
         old = self._current(task)
         if old is not None:
@@ -341,13 +331,7 @@ class ProcessCache:
         entry = _Entry(process, parent, task.start_boottime)
         self._insert(entry, task.ktime)
         process, parent_process, ancestors = self._view(entry)
-        return ProcessExec(
-            time=self._clock.wall(task.ktime),
-            node=self.node,
-            process=process,
-            parent=parent_process,
-            ancestors=ancestors,
-        )
+        return Context(self._clock.wall(task.ktime), process, parent_process, ancestors)
 
     def _view(self, entry: _Entry) -> tuple[Process, Process | None, tuple[Process, ...]]:
         """The entry's process, parent and ancestors as events show them (enriched)."""
@@ -378,27 +362,15 @@ class ProcessCache:
             process = self._enricher.process(replace(entry.process, cgroup_id=task.cgroup_id))
         if task.tid != process.tid:
             process = replace(process, tid=task.tid)
-        # Positional: this runs for every file and connect event (see tracer.pipeline).
+        # Positional: this runs for every file and connect event (see tracer.core.build).
         return Context(self._clock.wall(task.ktime), process, parent, ancestors)
 
-    def on_exit(self, rec: ExitRecord) -> ProcessExit:
+    def on_exit(self, rec: ExitRecord) -> Context:
+        """The process leaves (after a grace period); who it was, for the exit event."""
         task = rec.task
         entry = self._entry_of(task)
         self._retire(entry, task.ktime)
-        ctx = self._context(entry, task)
-        sig = rec.signal
-        return ProcessExit(
-            time=ctx.time,
-            node=self.node,
-            process=ctx.process,
-            parent=ctx.parent,
-            ancestors=ctx.ancestors,
-            exit=ExitStatus(
-                code=rec.code,
-                signal=signal_name(sig) if sig else None,
-                core_dumped=bool(rec.status & 0x80),
-            ),
-        )
+        return self._context(entry, task)
 
     def on_cgroup(self, rec: CgroupRecord) -> None:
         """cgroup_mkdir/rmdir: ids of containers learned as their cgroups come and go."""

@@ -17,7 +17,7 @@ import pytest
 from enrich.process_cache import ProcessCache
 from enrich.procfs import ProcfsProcess
 from enrich.users import UserNames
-from tracer.core import text
+from tracer.core import build, text
 from tracer.core.clock import BootClock
 from tracer.core.decode import (
     EXEC_TRUNC_ARGS,
@@ -123,7 +123,7 @@ def exec_(
     rec = ExecRecord(
         task(pid, ppid, start, ktime), binary, cwd, args if args is not None else (binary,), flags
     )
-    return cache.on_exec(rec)
+    return build.process_exec(cache.on_exec(rec), NODE, None)
 
 
 def exit_(
@@ -135,7 +135,8 @@ def exit_(
     status: int = 0,
     tid: int | None = None,
 ) -> ProcessExit:
-    return cache.on_exit(ExitRecord(task(pid, ppid, start, ktime, tid=tid), status))
+    rec = ExitRecord(task(pid, ppid, start, ktime, tid=tid), status)
+    return build.process_exit(rec, cache.on_exit(rec), NODE)
 
 
 # pid 1 and a login shell under sshd, as a /proc snapshot would show them.

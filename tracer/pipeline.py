@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import collections
-import ipaddress
-import socket
-from dataclasses import replace
 from typing import Protocol
 
 import structlog
 
 from enrich import ProcessCache
 from export import Sink
-from tracer.core import decode, names, text
-from tracer.core.events import (
-    Connect,
-    ConnectInfo,
-    Event,
-    FileInfo,
-    FileOpen,
-    PolicyMatch,
-)
+from tracer.core import build, decode
+from tracer.core.events import Event, PolicyMatch
 
 _log = structlog.get_logger(component="pipeline")
 
@@ -39,12 +29,6 @@ class _NoPolicies:
         return None
 
 
-def _addr(family: int, raw: bytes) -> str:
-    if family == socket.AF_INET:
-        return str(ipaddress.IPv4Address(raw[:4]))
-    return str(ipaddress.IPv6Address(raw))
-
-
 class Pipeline:
     """Decode and enrich records in kernel order, then offer events to every sink."""
 
@@ -57,65 +41,6 @@ class Pipeline:
         self.malformed: collections.Counter[str] = collections.Counter()
         self.events: collections.Counter[str] = collections.Counter()
         self.ignored = 0
-
-    # Events are built with positional arguments, in field order: keyword
-    # arguments cost a dataclass __init__ 2-3 times as much, and these run
-    # for every event (0.6 us of a posted open's ~7).
-
-    def _file_open(self, rec: decode.FileOpenRecord) -> FileOpen:
-        ctx = self.cache.context(rec.task)
-        path, escaped = text.decode(rec.path)
-        info = FileInfo(
-            path,
-            names.open_flags(rec.open_flags),
-            rec.mode,
-            rec.ret,
-            names.errno_name(rec.ret),
-            decode.hook_name(rec.hook),
-            bool(rec.flags & decode.FILE_TRUNC_PATH),
-            not rec.flags & decode.FILE_UNRESOLVED,  # resolved
-            escaped,  # non_utf8
-        )
-        return FileOpen(
-            ctx.time,
-            self.cache.node,
-            ctx.process,
-            ctx.parent,
-            ctx.ancestors,
-            info,
-            self.verdicts.match(rec.verdict),
-        )
-
-    def _connect(self, rec: decode.ConnectRecord) -> Connect:
-        ctx = self.cache.context(rec.task)
-        inet = rec.family in (socket.AF_INET, socket.AF_INET6)
-        unix_path = None
-        if rec.family == socket.AF_UNIX:
-            # An abstract socket name starts with NUL: shown as "@name", like ss(8).
-            unix_path = text.decode(rec.unix_path)[0] if rec.unix_path else "@"
-        saddr_known = inet and rec.sport != 0
-        info = ConnectInfo(
-            names.family(rec.family),
-            names.protocol(rec.protocol),
-            names.sock_type(rec.sock_type),
-            _addr(rec.family, rec.daddr) if inet else None,  # daddr
-            rec.dport if inet else None,
-            _addr(rec.family, rec.saddr) if saddr_known else None,  # saddr
-            rec.sport if saddr_known else None,
-            unix_path,
-            rec.ret,
-            names.errno_name(rec.ret),
-            decode.hook_name(rec.hook),
-        )
-        return Connect(
-            ctx.time,
-            self.cache.node,
-            ctx.process,
-            ctx.parent,
-            ctx.ancestors,
-            info,
-            self.verdicts.match(rec.verdict),
-        )
 
     def feed(self, batch: list[bytes]) -> None:
         """Turn ring-buffer records into events, handed to the sinks a chunk at a time.
@@ -130,6 +55,8 @@ class Pipeline:
 
     def _feed(self, batch: list[bytes]) -> None:
         cache = self.cache
+        node = cache.node
+        match = self.verdicts.match
         out: list[Event] = []
         emit = out.append
         for raw in batch:
@@ -140,21 +67,21 @@ class Pipeline:
                 _log.warning("undecodable record dropped", error=str(exc), size=len(raw))
                 continue
             if isinstance(rec, decode.ExecRecord):
-                ev = cache.on_exec(rec)  # always: the cache needs every exec
-                if rec.verdict.action == decode.ACTION_IGNORE:
+                ctx = cache.on_exec(rec)  # always: the cache needs every exec
+                action = rec.verdict.action
+                if action == decode.ACTION_IGNORE:
                     self.ignored += 1
                     continue
-                if rec.verdict.action != decode.ACTION_NONE:
-                    ev = replace(ev, policy=self.verdicts.match(rec.verdict))
-                emit(ev)
+                policy = match(rec.verdict) if action != decode.ACTION_NONE else None
+                emit(build.process_exec(ctx, node, policy))
             elif isinstance(rec, decode.ForkRecord):
                 cache.on_fork(rec)
             elif isinstance(rec, decode.ExitRecord):
-                emit(cache.on_exit(rec))
+                emit(build.process_exit(rec, cache.on_exit(rec), node))
             elif isinstance(rec, decode.FileOpenRecord):
-                emit(self._file_open(rec))
+                emit(build.file_open(rec, cache.context(rec.task), node, match(rec.verdict)))
             elif isinstance(rec, decode.ConnectRecord):
-                emit(self._connect(rec))
+                emit(build.connect(rec, cache.context(rec.task), node, match(rec.verdict)))
             else:
                 cache.on_cgroup(rec)
         if out:

@@ -1,0 +1,86 @@
+"""Every kind of event, built in one place: a decoded record, who did it, and the rule.
+
+The process cache (enrich/) says who did it (a Context); the policy store
+names the rule behind the kernel's verdict; these functions put the two
+together with what the record itself says. Events are built with
+positional arguments in field order: keyword arguments cost a dataclass
+__init__ two to three times as much, and these run for every event.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from tracer.core import decode, names, text
+from tracer.core.decode import ConnectRecord, ExitRecord, FileOpenRecord
+from tracer.core.events import (
+    Connect,
+    ConnectInfo,
+    Context,
+    ExitStatus,
+    FileInfo,
+    FileOpen,
+    PolicyMatch,
+    ProcessExec,
+    ProcessExit,
+)
+
+
+def process_exec(ctx: Context, node: str, policy: PolicyMatch | None) -> ProcessExec:
+    return ProcessExec(ctx.time, node, ctx.process, ctx.parent, ctx.ancestors, policy)
+
+
+def process_exit(rec: ExitRecord, ctx: Context, node: str) -> ProcessExit:
+    sig = rec.signal
+    status = ExitStatus(
+        rec.code, names.signal_name(sig) if sig else None, bool(rec.status & 0x80)
+    )
+    return ProcessExit(ctx.time, node, ctx.process, ctx.parent, ctx.ancestors, status)
+
+
+def file_open(
+    rec: FileOpenRecord, ctx: Context, node: str, policy: PolicyMatch | None
+) -> FileOpen:
+    path, escaped = text.decode(rec.path)
+    info = FileInfo(
+        path,
+        names.open_flags(rec.open_flags),
+        rec.mode,
+        rec.ret,
+        names.errno_name(rec.ret),
+        decode.hook_name(rec.hook),
+        bool(rec.flags & decode.FILE_TRUNC_PATH),  # truncated
+        not rec.flags & decode.FILE_UNRESOLVED,  # resolved
+        escaped,  # non_utf8
+    )
+    return FileOpen(ctx.time, node, ctx.process, ctx.parent, ctx.ancestors, info, policy)
+
+
+def _addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    return str(ipaddress.IPv6Address(raw))
+
+
+def connect(rec: ConnectRecord, ctx: Context, node: str, policy: PolicyMatch | None) -> Connect:
+    inet = rec.family in (socket.AF_INET, socket.AF_INET6)
+    unix_path = None
+    if rec.family == socket.AF_UNIX:
+        # An abstract socket name starts with NUL: shown as "@name", like ss(8).
+        unix_path = text.decode(rec.unix_path)[0] if rec.unix_path else "@"
+    saddr_known = inet and rec.sport != 0
+    info = ConnectInfo(
+        names.family(rec.family),
+        names.protocol(rec.protocol),
+        names.sock_type(rec.sock_type),
+        _addr(rec.family, rec.daddr) if inet else None,  # daddr
+        rec.dport if inet else None,
+        _addr(rec.family, rec.saddr) if saddr_known else None,  # saddr
+        rec.sport if saddr_known else None,
+        unix_path,
+        rec.ret,
+        names.errno_name(rec.ret),
+        decode.hook_name(rec.hook),
+    )
+    return Connect(ctx.time, node, ctx.process, ctx.parent, ctx.ancestors, info, policy)
