@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import Daemon, Event, new_marker
+from factories import one_rule
 from kubelet_cgroups import SHAPES, KubeletCgroup
-from test_policy_events import one_rule
 
 from enrich import CgroupInfo, CgroupResolver, cgroup2_mount, parse_path
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from factories import BASH, mkproc
 from fake_apiserver import FakeApiServer, pod
 from kubelet_cgroups import KubeletCgroup
-from test_export import BASH, mkproc
 
 from enrich import CgroupResolver, Enricher, PodWatcher
 from enrich.kube import api_client

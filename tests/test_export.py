@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import threading
 import time
@@ -12,77 +11,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import (
+    BASH,
+    INIT,
+    LS,
+    PROCESS_KEYS,
+    RFC3339,
+    SSHD,
+    T0,
+    FailingOutput,
+    GatedOutput,
+    ListOutput,
+    ev_at,
+    exec_ev,
+    exit_ev,
+    mkproc,
+)
 
 from export.jsonl import RotatingFile, Serializer, process_dict
 from export.sink import QueuedWriter
 from tracer.core import text
-from tracer.core.events import Event, ExitStatus, Lost, Process, ProcessExec, ProcessExit
-
-# Protobuf's Timestamp JSON: the fewest of 0, 3, 6 or 9 fractional digits that are exact.
-RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6}|\.\d{9})?Z$")
-PROCESS_KEYS = {
-    "exec_id",
-    "pid",
-    "tid",
-    "uid",
-    "euid",
-    "gid",
-    "egid",
-    "auid",
-    "user",
-    "binary",
-    "args",
-    "cwd",
-    "start_time",
-    "parent_exec_id",
-    "flags",
-    "cgroup_id",
-}
-T0 = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z
-
-
-def mkproc(pid: int, parent: Process | None = None, **kw: Any) -> Process:
-    fields: dict[str, Any] = {
-        "exec_id": f"n1:{pid * 1000}:{pid}",
-        "pid": pid,
-        "tid": pid,
-        "uid": 1000,
-        "euid": 0,
-        "gid": 1001,
-        "egid": 1002,
-        "auid": 1000,
-        "user": "alice",
-        "binary": f"/bin/p{pid}",
-        "args": (f"p{pid}", "--flag"),
-        "cwd": "/home/alice",
-        "start_time": T0 - 5_000_000_000,
-        "parent_exec_id": parent.exec_id if parent else None,
-        "flags": (),
-        "cgroup_id": (1 << 63) + 3,  # beyond 2**53: must not lose precision
-    }
-    fields.update(kw)
-    return Process(**fields)
-
-
-INIT = mkproc(1, auid=None, user="root", uid=0, flags=("procfs",))
-SSHD = mkproc(50, INIT)
-BASH = mkproc(100, SSHD)
-LS = mkproc(200, BASH, binary="/bin/ls", args=("ls", "-l"))
-
-
-def exec_ev(p: Process = LS, time: int = T0) -> ProcessExec:
-    return ProcessExec(time=time, node="n1", process=p, parent=BASH, ancestors=(SSHD, INIT))
-
-
-def exit_ev(p: Process = LS, time: int = T0) -> ProcessExit:
-    return ProcessExit(
-        time=time,
-        node="n1",
-        process=p,
-        parent=BASH,
-        ancestors=(SSHD, INIT),
-        exit=ExitStatus(code=None, signal="SIGSEGV", core_dumped=True),
-    )
+from tracer.core.events import Event, ExitStatus, Lost, ProcessExec, ProcessExit
 
 
 def parse(line: bytes) -> dict[str, Any]:
@@ -349,60 +298,8 @@ def test_a_fifo_gets_every_line_and_is_never_rotated(tmp_path: Path) -> None:
 # -- QueuedWriter --------------------------------------------------------------
 
 
-class GatedOutput:
-    """An output whose write() blocks until the test opens the gate."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-        self.written: list[bytes] = []
-        self.flushes = 0
-
-    def write_lines(self, lines: list[bytes], /) -> None:
-        self.entered.set()
-        if not self.gate.wait(timeout=30):
-            raise RuntimeError("test gate never opened")
-        self.written.extend(lines)
-
-    def flush(self) -> None:
-        self.flushes += 1
-
-
-class ListOutput:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.flushes = 0
-        self.closed_with: list[bytes] | None = None
-
-    def write_lines(self, lines: list[bytes], /) -> None:
-        self.written.extend(lines)
-
-    def flush(self) -> None:
-        self.flushes += 1
-
-    def close(self) -> None:
-        self.closed_with = list(self.written)
-
-
-class FailingOutput:
-    def __init__(self) -> None:
-        self.attempts = 0
-
-    def write_lines(self, lines: list[bytes], /) -> None:
-        self.attempts += 1
-        raise OSError(28, "No space left on device")
-
-    def flush(self) -> None:
-        pass
-
-
 def stamps(lines: list[bytes]) -> list[tuple[str, str]]:
     return [(d["type"], d["time"]) for d in map(parse, lines)]
-
-
-def ev_at(i: int) -> Event:
-    """Event number i: exec for even, exit for odd, told apart by time."""
-    return exec_ev(time=T0 + i) if i % 2 == 0 else exit_ev(time=T0 + i)
 
 
 def stamp(ev: Event) -> tuple[str, str]:

@@ -6,8 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from test_export import BASH, INIT, LS, SSHD, T0, exec_ev, exit_ev, mkproc
-from test_grpc_schema import IN_POD, IN_POD_NO_METADATA
+from factories import BASH, IN_POD, IN_POD_NO_METADATA, INIT, LS, SSHD, T0, exec_ev, exit_ev, mkproc
 
 from export.filters import (
     CACHED_TEXT,

@@ -11,21 +11,35 @@ import json
 from typing import Any
 
 import pytest
+from factories import (
+    BASH,
+    CID,
+    DOCKER,
+    HOSTILE,
+    IN_POD,
+    IN_POD_NO_METADATA,
+    INIT,
+    LS,
+    SSHD,
+    T0,
+    events,
+    exec_ev,
+    exit_ev,
+    mkproc,
+)
 from google.protobuf.json_format import MessageToDict
-from test_export import BASH, INIT, LS, SSHD, T0, exec_ev, exit_ev, mkproc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from export.jsonl import Serializer
 from export.pb import JSON_OPTIONS, Encoder, frame, varint
 from export.proto_gen import tracer_v1_pb2 as pb
-from tracer.core import text
 from tracer.core.events import (
     LOST_COUNT_MAX,
-    Container,
     Event,
     ExitStatus,
     LossCounts,
     Lost,
-    Pod,
     ProcessExec,
     ProcessExit,
 )
@@ -42,40 +56,6 @@ def as_proto_json(ev: Event) -> dict[str, Any]:
     parsed = pb.Event.FromString(msg.SerializeToString())
     return MessageToDict(parsed, **JSON_OPTIONS)  # type: ignore[arg-type]
 
-
-HOSTILE = mkproc(
-    9,
-    SSHD,
-    binary=text.decode(b"/tmp/\xfe\\x41")[0],
-    args=("a\\b", "line1\nline2", "\x1b[31mred", 'quote"', "", "\u202eevil"),
-    flags=("non_utf8", "truncated_args"),
-    user=None,
-    auid=None,
-    cgroup_id=(1 << 64) - 1,
-)
-
-CID = "f" * 64
-IN_POD = mkproc(
-    300,
-    BASH,
-    container=Container(id=CID, runtime="containerd", name="app", image="nginx:1.27"),
-    pod=Pod(
-        uid="6b2c0e7e-4a8f-4d59-9f0e-2b1f6e3c9a10",
-        namespace="shop",
-        name="web-5d8f9c7b6-x1",
-        labels={"app": "web", "tier": "front"},
-        workload="web",
-        workload_kind="Deployment",
-    ),
-)
-# What the cgroup alone tells, without pod metadata.
-IN_POD_NO_METADATA = mkproc(
-    301,
-    BASH,
-    container=Container(id=CID, runtime="cri-o"),
-    pod=Pod(uid="6b2c0e7e-4a8f-4d59-9f0e-2b1f6e3c9a10"),
-)
-DOCKER = mkproc(302, BASH, container=Container(id=CID, runtime="docker"))
 
 EVENTS: dict[str, Event] = {
     "in a pod": ProcessExec(time=T0, node="n1", process=IN_POD, parent=IN_POD, ancestors=(BASH,)),
@@ -104,6 +84,27 @@ EVENTS: dict[str, Event] = {
     "lost, empty": Lost(time=T0, node="n1"),
     "lost, max count": Lost(time=T0, node="n1", daemon={"process_exit": LOST_COUNT_MAX}),
 }
+
+
+# Property-based: any event the daemon can build, every kind, with and
+# without container, pod, policy and each optional field.
+_ANY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_ANY
+@given(events())
+def test_any_event_json_line_equals_protobuf_json_mapping(ev: Event) -> None:
+    assert as_json(ev) == as_proto_json(ev)
+
+
+@_ANY
+@given(st.lists(events(), min_size=1, max_size=4))
+def test_any_events_as_the_hub_sends_them_parse_to_the_same_messages(evs: list[Event]) -> None:
+    """The hub joins cached bytes (processes serialized once, events framed by
+    hand): a client's parse of those bytes is the message protobuf builds."""
+    enc = Encoder()
+    resp = pb.GetEventsResponse.FromString(b"".join(enc.framed(ev) for ev in evs))
+    assert list(resp.events) == [Encoder().message(ev) for ev in evs]
 
 
 @pytest.mark.parametrize("name", list(EVENTS))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from test_export import LS, T0, exec_ev, exit_ev, mkproc
+from factories import LS, T0, exec_ev, exit_ev, mkproc
 
 from export.filters import EventFilter
 from export.hub import BATCH_BYTES, Hub, Subscriber, TooManySubscribers

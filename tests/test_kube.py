@@ -18,10 +18,10 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import Daemon, Event, new_marker, tracer_cmd
+from factories import closed_port
 from fake_apiserver import FakeApiServer, kubeconfig, owned, pod
 from grpc_helpers import Subscription, wait_subscribers
 from kubelet_cgroups import KubeletCgroup, new_container_id, new_uid
-from test_policy_events import _closed_port as closed_port
 
 from enrich import PodWatcher
 from enrich.kube import api_client

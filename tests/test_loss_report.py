@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import json
 
-from test_export import T0, GatedOutput, ListOutput, ev_at, exec_ev
+from factories import T0, GatedOutput, ListOutput, ev_at, exec_ev
 
 from enrich import ProcessCache, UserNames
 from export import LineFanout, QueuedWriter, Serializer

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from capture import CONNECT_HOOK, MODES, failed_open_hook, open_hook
 from conftest import REPO, Daemon, Event, is_exec, new_marker, tracer_cmd
+from factories import closed_port, one_rule
 
 from tracer import control
 
@@ -63,14 +64,6 @@ def apply(ctl: Path, tmp: Path, extra: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
-    )
-
-
-def one_rule(name: str, event: str, match: str, action: str = "post") -> str:
-    """A policy document with one policy of one rule (match in YAML flow style)."""
-    return (
-        f"policies:\n  - name: {name}\n    rules:\n      - event: {event}\n"
-        f"        match: {match}\n        action: {action}\n"
     )
 
 
@@ -409,20 +402,12 @@ def _listener(family: socket.AddressFamily, addr: str) -> socket.socket:
     return s
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_connect_events_v4_v6_and_refused(
     pdaemon: Daemon, ctl: Path, tmp_path: Path, mode: str
 ) -> None:
     v4 = _listener(socket.AF_INET, "127.0.0.1")
     v6 = _listener(socket.AF_INET6, "::1")
-    p4, p6, closed = v4.getsockname()[1], v6.getsockname()[1], _closed_port()
+    p4, p6, closed = v4.getsockname()[1], v6.getsockname()[1], closed_port()
     must_apply(
         ctl,
         tmp_path,

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 import pytest
-from test_export import exec_ev, exit_ev, mkproc
+from factories import exec_ev, exit_ev, mkproc
 
 from export.jsonl import Serializer
 from tracer.core import terminal as render
