@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from policy import kernel
+from policy import compile, kernel
+from policy.model import Action, Kind
 from tracer.core import decode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +32,8 @@ def btf_structs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
         "struct tr_rule g; struct tr_str_key h; struct tr_lpm_str_key i;\n"
         "struct tr_lpm_addr_key j; struct tr_uid_key k; struct tr_hits l;\n"
         "struct tr_cgroup m;\n"
+        # Enums reach BTF only through a typed variable.
+        + "".join(f"enum {e} e_{e};\n" for e in _ENUMS)
     )
     obj = tmp / "wire.o"
     subprocess.run(
@@ -53,7 +56,20 @@ def btf_structs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
         ["bpftool", "-j", "btf", "dump", "file", str(obj)], check=True, capture_output=True
     ).stdout
     types = json.loads(out)["types"]
-    return {t["name"]: t for t in types if t.get("kind") == "STRUCT" and t.get("name")}
+    return {t["name"]: t for t in types if t.get("kind") in ("STRUCT", "ENUM") and t.get("name")}
+
+
+_ENUMS = (
+    "tr_kind",
+    "tr_exec_flags",
+    "tr_stat",
+    "tr_pkind",
+    "tr_field",
+    "tr_action",
+    "tr_hook",
+    "tr_file_flags",
+    "tr_cgroup_op",
+)
 
 
 def _offsets(fields: tuple[tuple[str, str], ...], base: int = 0) -> dict[str, int]:
@@ -155,3 +171,66 @@ def test_cgroup_record(btf_structs: dict[str, dict[str, object]]) -> None:
     want = {"hdr": 0, **_offsets(decode.CGROUP_FIELDS, decode.CGROUP_OFFSET)}
     want["path"] = decode.CGROUP_PATH_OFFSET
     assert got == want
+
+
+def _enum(btf: dict[str, dict[str, object]], name: str) -> dict[str, int]:
+    values = btf[name]["values"]
+    assert isinstance(values, list)
+    return {v["name"]: v["val"] for v in values}
+
+
+def test_record_kinds_flags_and_counters(btf_structs: dict[str, dict[str, object]]) -> None:
+    """The numbers tracer.h gives its enums are the ones Python decodes with."""
+    kinds = _enum(btf_structs, "tr_kind")
+    assert {k: v for k, v in kinds.items() if k != "TR_KIND_MAX"} == {
+        f"TR_KIND_{name.upper().removeprefix('PROCESS_')}": code
+        for code, name in decode.KIND_NAMES.items()
+    }
+    assert kinds["TR_KIND_MAX"] > max(decode.KIND_NAMES)
+    assert _enum(btf_structs, "tr_stat") == {
+        "TR_STAT_EMITTED": decode.STAT_EMITTED,
+        "TR_STAT_RB_DROPPED": decode.STAT_RB_DROPPED,
+        "TR_STAT_EVALUATED": decode.STAT_EVALUATED,
+        "TR_STAT_PREFILTERED": decode.STAT_PREFILTERED,
+        "TR_STAT_COUNT": decode.STAT_COUNT,
+    }
+    assert _enum(btf_structs, "tr_exec_flags") == {
+        "TR_EXEC_TRUNC_ARGS": decode.EXEC_TRUNC_ARGS,
+        "TR_EXEC_TRUNC_PATH": decode.EXEC_TRUNC_PATH,
+        "TR_EXEC_TRUNC_CWD": decode.EXEC_TRUNC_CWD,
+        "TR_EXEC_NO_MM": decode.EXEC_NO_MM,
+    }
+    assert _enum(btf_structs, "tr_file_flags") == {
+        "TR_FILE_TRUNC_PATH": decode.FILE_TRUNC_PATH,
+        "TR_FILE_UNRESOLVED": decode.FILE_UNRESOLVED,
+    }
+    assert _enum(btf_structs, "tr_cgroup_op") == {
+        "TR_CGROUP_MKDIR": decode.CGROUP_MKDIR,
+        "TR_CGROUP_RMDIR": decode.CGROUP_RMDIR,
+    }
+    # Every hook the programs can name has a name in the decoder.
+    assert sorted(_enum(btf_structs, "tr_hook").values()) == sorted(decode.HOOK_NAMES)
+
+
+def test_policy_enums(btf_structs: dict[str, dict[str, object]]) -> None:
+    actions = _enum(btf_structs, "tr_action")
+    assert actions == {
+        f"TR_ACT_{(name or 'none').upper()}": code for code, name in decode.ACTION_NAMES.items()
+    }
+    assert {a.label: a.code for a in Action} == {
+        name: code for code, name in decode.ACTION_NAMES.items() if name
+    }
+    pkinds = _enum(btf_structs, "tr_pkind")
+    assert {f"TR_PK_{k.name.removesuffix('_OPEN')}": k.index for k in Kind} == {
+        k: v for k, v in pkinds.items() if k != "TR_PK_MAX"
+    }
+    assert pkinds["TR_PK_MAX"] == kernel.KINDS
+    fields = _enum(btf_structs, "tr_field")
+    assert fields == {
+        "TR_F_BINARY": compile.F_BINARY,
+        "TR_F_PATH": compile.F_PATH,
+        "TR_F_DADDR": compile.F_DADDR,
+        "TR_F_DPORT": compile.F_DPORT,
+        "TR_F_UID": compile.F_UID,
+        "TR_F_MAX": compile.F_MAX,
+    }
