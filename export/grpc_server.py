@@ -7,7 +7,9 @@ Listeners and their defaults are the security model:
   reachable with looser permissions, whatever the umask;
 - TCP only with TLS, and optionally only for clients whose certificate a
   given CA signed (mTLS). Plaintext TCP is refused at start-up.
-The API has no call that changes anything in the daemon.
+One call changes the daemon, ApplyPolicies: it is served only to callers
+on the unix socket and to TCP clients whose certificate the client CA
+signed.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from policy.compile import F_MAX, MAX_RULES, STR_FIELDS, Compiled, Hits, RuleRef
 from policy.model import Kind
 from tracer.core import bpf
 
-GENS = 2
 KINDS = len(Kind)
 STR_LEN = 252  # TR_POLICY_STR
 

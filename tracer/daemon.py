@@ -56,10 +56,9 @@ _log = structlog.get_logger(component="daemon")
 _TRIM_INTERVAL_S = 30.0
 # How long a thread waits for the GIL before it makes the holder give it up
 # (Python's default is 5 ms). The capture thread always wants the GIL; each
-# output writer needs it back after every write or compression, and at 5 ms a
-# turn the event log fell behind in the posted open storm: 50,000 queued
-# lines, 260 MB of heap. At 1 ms the writers keep pace (49 MB), at the same
-# event rate and CPU.
+# output writer needs it back after every write or compression, and waiting
+# a default turn each time lets a writer fall behind under a storm, its
+# queue growing the heap (BENCHMARKS.md, "a GIL switch interval").
 _SWITCH_INTERVAL_S = 0.001
 # How long the final drain at stop may take.
 _STOP_DRAIN_S = 5.0

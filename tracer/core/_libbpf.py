@@ -19,8 +19,6 @@ LIBBPF_WARN = 0
 LIBBPF_INFO = 1
 LIBBPF_DEBUG = 2
 
-# enum bpf_prog_type / bpf_attach_type values used by the probe.
-BPF_PROG_TYPE_TRACING = 26
 
 PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
@@ -63,20 +61,13 @@ def load() -> ctypes.CDLL:
     _declare(lib, "bpf_program__name", cp, vp)
     _declare(lib, "bpf_program__section_name", cp, vp)
     _declare(lib, "bpf_program__set_autoload", i, vp, ctypes.c_bool)
-    _declare(lib, "bpf_program__autoload", ctypes.c_bool, vp)
     _declare(lib, "bpf_program__fd", i, vp)
     _declare(lib, "bpf_program__attach", vp, vp)
-    _declare(lib, "bpf_program__attach_tracepoint", vp, vp, cp, cp)
-    _declare(lib, "bpf_program__attach_raw_tracepoint", vp, vp, cp)
-    _declare(lib, "bpf_program__attach_kprobe", vp, vp, ctypes.c_bool, cp)
-    _declare(lib, "bpf_program__attach_trace", vp, vp)
-    _declare(lib, "bpf_program__attach_lsm", vp, vp)
     _declare(lib, "bpf_link__destroy", i, vp)
     _declare(lib, "bpf_map__set_max_entries", i, vp, u32)
     _declare(lib, "bpf_map__max_entries", u32, vp)
     _declare(lib, "bpf_map__fd", i, vp)
     _declare(lib, "bpf_map__value_size", u32, vp)
-    _declare(lib, "bpf_map__key_size", u32, vp)
     _declare(lib, "bpf_map__name", cp, vp)
     _declare(lib, "bpf_map_lookup_elem", i, i, vp, vp)
     _declare(lib, "bpf_map_update_elem", i, i, vp, vp, ctypes.c_uint64)

@@ -185,10 +185,6 @@ class Program:
         self.name: str = lib().bpf_program__name(ptr).decode()
         self.section: str = lib().bpf_program__section_name(ptr).decode()
 
-    @property
-    def autoload(self) -> bool:
-        return bool(lib().bpf_program__autoload(self._ptr))
-
     def set_autoload(self, on: bool) -> None:
         """Must be called before BpfObject.load()."""
         with _Call(f"set autoload of {self.name}") as c:
@@ -207,33 +203,6 @@ class Program:
         """Attach where the section name says (tp/, raw_tp/, tp_btf/, kprobe/, fentry/, lsm/)."""
         return self._attach(self.section, lambda: lib().bpf_program__attach(self._ptr))
 
-    def attach_tracepoint(self, category: str, name: str) -> Link:
-        return self._attach(
-            f"tracepoint {category}/{name}",
-            lambda: lib().bpf_program__attach_tracepoint(
-                self._ptr, category.encode(), name.encode()
-            ),
-        )
-
-    def attach_raw_tracepoint(self, name: str) -> Link:
-        return self._attach(
-            f"raw_tp {name}",
-            lambda: lib().bpf_program__attach_raw_tracepoint(self._ptr, name.encode()),
-        )
-
-    def attach_kprobe(self, function: str, retprobe: bool = False) -> Link:
-        return self._attach(
-            f"kprobe {function}",
-            lambda: lib().bpf_program__attach_kprobe(self._ptr, retprobe, function.encode()),
-        )
-
-    def attach_trace(self) -> Link:
-        """fentry/fexit/tp_btf: the target is fixed at load time."""
-        return self._attach("trace", lambda: lib().bpf_program__attach_trace(self._ptr))
-
-    def attach_lsm(self) -> Link:
-        return self._attach("lsm", lambda: lib().bpf_program__attach_lsm(self._ptr))
-
 
 class Map:
     def __init__(self, ptr: int) -> None:
@@ -244,11 +213,6 @@ class Map:
     def fd(self) -> int:
         fd: int = lib().bpf_map__fd(self._ptr)
         return fd
-
-    @property
-    def key_size(self) -> int:
-        n: int = lib().bpf_map__key_size(self._ptr)
-        return n
 
     @property
     def value_size(self) -> int:

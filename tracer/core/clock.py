@@ -55,6 +55,6 @@ def rfc3339(ns: int) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _second(secs: int) -> str:
-    # Events arrive in bursts within the same second; formatting the
-    # second was two thirds of an event's timestamp cost.
+    # Events arrive in bursts within the same second, and formatting the
+    # second is most of a timestamp's cost.
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))

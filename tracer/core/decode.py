@@ -24,7 +24,6 @@ KIND_NAMES = {
     KIND_CONNECT: "connect",
     KIND_CGROUP: "cgroup",
 }
-KIND_MAX = 7
 
 # enum tr_cgroup_op
 CGROUP_MKDIR = 1
