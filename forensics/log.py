@@ -1,8 +1,8 @@
 """Reading event-log segments: listing, decompressing, splitting lines, parsing.
 
 A log directory holds segments named `events-NNNNNNNN.jsonl.zst`: zstd
-frames of JSON lines, the one being written included (`.jsonl` and
-`.jsonl.gz` from tracer versions before, still read). Any other
+frames of JSON lines, the one being written included (and plain
+`.jsonl` segments). Any other
 JSON-lines file (an export file, a copy from another node) can be
 read too. Bad input never stops a read: a torn last line, a truncated
 compressed stream, a line that is not JSON, an event of a type this
@@ -17,7 +17,6 @@ import calendar
 import re
 import sys
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,8 +28,8 @@ import zstandard
 
 JsonDict = dict[str, Any]
 
-SEGMENT_RE = re.compile(r"^events-(\d{8})\.jsonl(\.zst|\.gz)?$")
-COMPRESSED_SUFFIX = ".zst"  # what the daemon writes; ".gz" is read for older logs
+SEGMENT_RE = re.compile(r"^events-(\d{8})\.jsonl(\.zst)?$")
+COMPRESSED_SUFFIX = ".zst"
 KNOWN_TYPES = frozenset({"process_exec", "process_exit", "file_open", "connect", "lost"})
 _WARN_PER_FILE = 5  # then one summary line per file
 
@@ -147,8 +146,8 @@ def _decompress(
     new: Callable[[], _Decompressor],
     error: type[Exception],
 ) -> bytes:
-    """The decompressed bytes of one or more concatenated frames (gzip
-    members); of a damaged stream, what precedes the damage.
+    """The decompressed bytes of one or more concatenated frames; of a
+    damaged stream, what precedes the damage.
 
     Fed in chunks so that corruption loses only what follows it.
     """
@@ -175,7 +174,6 @@ def _decompress(
 
 _DECOMPRESSORS: dict[str, tuple[Callable[[], _Decompressor], type[Exception]]] = {
     ".zst": (lambda: zstandard.ZstdDecompressor().decompressobj(), zstandard.ZstdError),
-    ".gz": (lambda: zlib.decompressobj(zlib.MAX_WBITS | 16), zlib.error),
 }
 
 

@@ -162,7 +162,7 @@ def from_file(
 
 
 def _lines_of(f: IO[bytes], name: str, bad: BadLines) -> Iterable[bytes]:
-    """A file's lines; an event-log segment's (.zst, .gz) decompressed first."""
+    """A file's lines; an event-log segment's (.zst) decompressed first."""
     seg = Segment(Path(name))
     if not seg.compressed:
         return f
