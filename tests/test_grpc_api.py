@@ -14,6 +14,7 @@ import re
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import grpc
 import pytest
 from conftest import Daemon, Event, new_marker, tracer_cmd
+from factories import closed_port, one_rule
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import Pki, Subscription, make_pki, stub, wait_subscribers
@@ -402,6 +404,62 @@ def test_json_lines_and_grpc_carry_the_same_events(channel: grpc.Channel, daemon
     for e in from_grpc:
         # The JSON line is protobuf's JSON mapping of the message, exactly.
         assert e == from_json[key(e)]
+
+
+def test_file_open_and_connect_events_with_their_policy_are_the_same_in_json_and_grpc(
+    tmp_path: Path,
+) -> None:
+    """Both kinds the policy selects, succeeded and failed, with their rule:
+    the JSON line is the gRPC message's JSON mapping."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    (watched / "there").write_text("x")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port, closed = listener.getsockname()[1], closed_port()
+    policy = tmp_path / "p.yaml"
+    files = one_rule("t-files", "file_open", f'{{path: {{prefix: ["{watched}/"]}}}}')
+    net = one_rule("t-net", "connect", f"{{dport: [{port}, {closed}]}}")
+    policy.write_text(files + net.removeprefix("policies:\n"))
+    marker = new_marker("kinds")
+    script = (
+        "import socket\n"
+        f"open({str(watched / 'there')!r}).close()\n"
+        "try:\n"
+        f"    open({str(watched / 'missing')!r})\n"
+        "except FileNotFoundError:\n"
+        "    pass\n"
+        f"socket.create_connection(('127.0.0.1', {port})).close()\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {closed}))\n"
+        "except ConnectionRefusedError:\n"
+        "    pass\n"
+    )
+    kinds = ("file_open", "connect")
+    d = Daemon("--policy", str(policy))
+    try:
+        with grpc.insecure_channel(d.address) as ch:
+            sub = Subscription(ch, pb.GetEventsRequest(allow=[marker_filter(marker)]))
+            wait_subscribers(ch, 1)
+            try:
+                subprocess.run([sys.executable, "-c", script, marker], check=True)
+                sub.wait_for(with_marker(marker, "process_exit"))
+                d.wait_for(with_marker(marker, "process_exit"))
+                from_grpc = [e for e in sub.snapshot() if e["type"] in kinds]
+            finally:
+                sub.cancel()
+        from_json = [e for e in d.matching(with_marker(marker)) if e["type"] in kinds]
+    finally:
+        listener.close()
+        assert d.stop() == 0, "".join(d.stderr)
+    assert [(e["type"], e["policy"]["name"]) for e in from_grpc] == [
+        ("file_open", "t-files"),
+        ("file_open", "t-files"),
+        ("connect", "t-net"),
+        ("connect", "t-net"),
+    ]
+    assert [e["file_open"].get("error") for e in from_grpc[:2]] == [None, "ENOENT"]
+    assert [e["connect"].get("error") for e in from_grpc[2:]] == [None, "ECONNREFUSED"]
+    assert from_grpc == from_json
 
 
 def test_a_stalled_subscriber_loses_only_its_own_events_and_is_told_how_many() -> None:
