@@ -181,7 +181,15 @@ class Serializer:
             return hit[1]
         if len(self._policies) >= 4096:
             self._policies.clear()
-        body = {"name": m.name, "rule": m.rule, "action": m.action}
+        body = {
+            "name": m.name,
+            "rule": m.rule,
+            "action": m.action,
+            "severity": m.severity,
+            "tags": m.tags,
+            "message": m.message,
+            "mode": m.mode,
+        }
         data = b',"policy":' + orjson.dumps(body)
         self._policies[id(m)] = (m, data)
         return data

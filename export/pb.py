@@ -82,6 +82,8 @@ def lost_message(ev: Lost) -> pb.Event:
 def _policy(m: pb.Event, p: PolicyMatch | None) -> None:
     if p is not None:
         m.policy.name, m.policy.rule, m.policy.action = p.name, p.rule, p.action
+        m.policy.severity, m.policy.message, m.policy.mode = p.severity, p.message, p.mode
+        m.policy.tags.extend(p.tags)
 
 
 def _file_open(m: pb.FileOpen, ev: FileOpen) -> None:

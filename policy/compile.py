@@ -12,10 +12,21 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from policy.model import Access, Action, IPNetwork, Kind, PolicySet, Rule, StringMatch
+from policy.model import (
+    Access,
+    Action,
+    IPNetwork,
+    Kind,
+    Mode,
+    PolicySet,
+    Rule,
+    Severity,
+    StringMatch,
+)
 from policy.parse import PolicyError
 
 MAX_RULES = 64  # TR_MAX_RULES
+STR_LEN = 252  # TR_POLICY_STR: bytes of a string value the kernel compares
 # Map capacities, as declared in bpf_probes/policy.bpf.h.
 CAPACITY = {"exact": 4096, "prefix": 4096, "suffix": 4096, "cidr": 4096, "uid": 1024}
 
@@ -51,10 +62,23 @@ class RuleRef:
     policy: str
     index: int  # position in its policy
     kind: Kind
-    action: Action
+    action: Action  # what the rule does, or in monitor mode would do
     source: str
     line: int
     description: str
+    severity: Severity = Severity.INFO
+    tags: tuple[str, ...] = ()
+    message: str = ""
+    mode: Mode = Mode.ENFORCE
+
+    @property
+    def kernel_action(self) -> Action:
+        """What the kernel does: in monitor mode a sigkill or deny rule only posts.
+        It keeps its enforcing rank (KindTable.enforce), so the event is named
+        after the rule that would have acted, as in enforce mode."""
+        if self.mode is Mode.MONITOR and self.action in (Action.SIGKILL, Action.DENY):
+            return Action.POST
+        return self.action
 
 
 @dataclass(slots=True)
@@ -223,7 +247,18 @@ def compile_policies(ps: PolicySet, lsm_active: bool, first_policy_id: int = 1) 
             bit = 1 << len(table.rules)
             table.rules.append(
                 RuleRef(
-                    ids[pol.name], pol.name, idx, kind, action, pol.source, r.line, r.description
+                    ids[pol.name],
+                    pol.name,
+                    idx,
+                    kind,
+                    action,
+                    pol.source,
+                    r.line,
+                    r.description,
+                    pol.severity,
+                    pol.tags,
+                    pol.message,
+                    pol.mode,
                 )
             )
             c.rule(table, r, bit)

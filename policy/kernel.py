@@ -14,12 +14,11 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from policy.compile import F_MAX, MAX_RULES, STR_FIELDS, Compiled, Hits, RuleRef
+from policy.compile import F_MAX, MAX_RULES, STR_FIELDS, STR_LEN, Compiled, Hits, RuleRef
 from policy.model import Kind
 from tracer.core import bpf
 
 KINDS = len(Kind)
-STR_LEN = 252  # TR_POLICY_STR
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -129,7 +128,8 @@ class PolicyMaps:
                 self._counts.update(slot, _U64.pack(0) * ncpu)
                 if i < len(t.rules):
                     r = t.rules[i]
-                    self._rules.update(slot, _RULE.pack(r.policy_id, r.index, r.action.code, 0))
+                    code = r.kernel_action.code
+                    self._rules.update(slot, _RULE.pack(r.policy_id, r.index, code, 0))
             # The cfg goes last: it is what makes the kind's rules live.
             self._cfg.update(
                 _U32.pack(gen * KINDS + kind.index),

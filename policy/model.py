@@ -40,6 +40,19 @@ class Action(Enum):
         return self.value[1]
 
 
+class Severity(Enum):
+    INFO = "info"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class Mode(Enum):
+    ENFORCE = "enforce"
+    MONITOR = "monitor"  # sigkill and deny rules post what they would have done
+
+
 class Access(Enum):
     ANY = "any"
     WRITE = "write"
@@ -89,6 +102,10 @@ class Policy:
     rules: tuple[Rule, ...]
     source: str = ""  # file it came from
     description: str = ""
+    severity: Severity = Severity.INFO
+    tags: tuple[str, ...] = ()
+    message: str = ""  # what an event it selects means, for a person
+    mode: Mode = Mode.ENFORCE
 
 
 @dataclass(slots=True)

@@ -25,16 +25,24 @@ from policy.model import (
     Action,
     IPNetwork,
     Kind,
+    Mode,
     Policy,
     PolicySet,
     Rule,
     Selectors,
+    Severity,
     StringMatch,
 )
 
 # Longest string the kernel-side maps hold (TR_POLICY_STR - 1 in tracer.h).
 MAX_STRING = 251
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
+# An ATT&CK technique id, T1003 or T1003.008; a tag that starts like one must be one.
+ATTACK_RE = re.compile(r"^T\d{4}(\.\d{3})?$")
+_LOOKS_ATTACK = re.compile(r"^[Tt]\d")
+TAG_RE = re.compile(r"^[\w.:/+-]{1,64}$")
+MAX_TAGS = 16
+MAX_MESSAGE = 256
 
 # Which selectors each event kind accepts.
 _SELECTORS: dict[Kind, frozenset[str]] = {
@@ -227,8 +235,26 @@ class _Reader:
             line=node.start_mark.line + 1,
         )
 
+    def tag(self, node: Node) -> str:
+        t = self.string(node, "a tag")
+        if _LOOKS_ATTACK.match(t) and not ATTACK_RE.match(t):
+            raise self.fail(node, f"tag {t!r} is not an ATT&CK technique id (T1003, T1003.008)")
+        if not TAG_RE.match(t):
+            raise self.fail(node, f"tag {t!r}: use 1-64 letters, digits and . _ : / + -")
+        return t
+
+    def choice(self, node: Node, what: str, choices: dict[str, T]) -> T:
+        text = self.string(node, what)
+        if text not in choices:
+            raise self.fail(node, f"{what} must be one of {', '.join(choices)}, not {text!r}")
+        return choices[text]
+
     def policy(self, node: Node) -> Policy:
-        m = self.mapping(node, "a policy", frozenset({"name", "description", "rules"}))
+        m = self.mapping(
+            node,
+            "a policy",
+            frozenset({"name", "description", "rules", "severity", "tags", "message", "mode"}),
+        )
         if "name" not in m:
             raise self.fail(node, "a policy needs a `name`")
         name = self.string(m["name"], "name")
@@ -236,11 +262,25 @@ class _Reader:
             raise self.fail(m["name"], f"policy name {name!r}: use 1-63 of a-z 0-9 . _ -")
         if "rules" not in m:
             raise self.fail(node, f"policy {name!r} has no `rules`")
+        tags = self.each(m["tags"], "tags", self.tag) if "tags" in m else ()
+        if len(tags) > MAX_TAGS:
+            raise self.fail(m["tags"], f"{len(tags)} tags; a policy has at most {MAX_TAGS}")
+        message = self.string(m["message"], "message") if "message" in m else ""
+        if len(message) > MAX_MESSAGE:
+            raise self.fail(m["message"], f"message is longer than {MAX_MESSAGE} characters")
         return Policy(
             name=name,
             rules=self.each(m["rules"], "rules", self.rule),
             source=self.source,
             description=self.string(m["description"], "description") if "description" in m else "",
+            severity=self.choice(m["severity"], "severity", {s.value: s for s in Severity})
+            if "severity" in m
+            else Severity.INFO,
+            tags=tuple(dict.fromkeys(tags)),
+            message=message,
+            mode=self.choice(m["mode"], "mode", {x.value: x for x in Mode})
+            if "mode" in m
+            else Mode.ENFORCE,
         )
 
 

@@ -30,7 +30,10 @@ class PolicyStore:
         self._lsm = lsm_active
         self._lock = threading.Lock()
         self._next_id = 1
-        self._names: dict[int, str] = {}
+        # (policy id, rule index) -> the match events of that rule carry, for
+        # the set in force and the one before it (verdicts still in flight).
+        self._rules: dict[tuple[int, int], PolicyMatch] = {}
+        self._previous_first_id = 1
         self._matches: dict[int, tuple[Verdict, PolicyMatch]] = {}  # by id(verdict)
         self.sources: list[str] = []
 
@@ -38,7 +41,10 @@ class PolicyStore:
         with self._lock:
             compiled: Compiled = compile_policies(ps, self._lsm, self._next_id)
             self._maps.apply(compiled)  # raises with the old set still in force
-            self._names.update(compiled.policies)
+            keep = self._previous_first_id
+            self._rules = {k: m for k, m in self._rules.items() if k[0] >= keep}
+            self._rules.update(_matches_of(compiled))
+            self._previous_first_id = self._next_id
             self._next_id += max(1, len(ps.policies))
             self.sources = sources
         for w in compiled.warnings:
@@ -72,14 +78,30 @@ class PolicyStore:
         action = ACTION_NAMES.get(v.action)
         if action is None:
             return None
-        name = self._names.get(v.policy_id)
-        if name is None:  # in flight while its set was being applied
+        m = self._rules.get((v.policy_id, v.rule))
+        if m is None:  # of a set two applies old, still in flight
             return PolicyMatch(f"#{v.policy_id}", v.rule, action)
         if len(self._matches) >= 4096:  # a bound, whatever the records say
             self._matches.clear()
-        m = PolicyMatch(name, v.rule, action)
         self._matches[id(v)] = (v, m)
         return m
 
     def counts(self) -> list[RuleCount]:
         return self._maps.counts()
+
+
+def _matches_of(c: Compiled) -> dict[tuple[int, int], PolicyMatch]:
+    """One PolicyMatch per rule, shared by every event the rule selects."""
+    return {
+        (r.policy_id, r.index): PolicyMatch(
+            r.policy,
+            r.index,
+            r.action.label,
+            r.severity.value,
+            r.tags,
+            r.message,
+            r.mode.value,
+        )
+        for t in c.kinds.values()
+        for r in t.rules
+    }

@@ -235,6 +235,22 @@ def one_rule(name: str, event: str, match: str, action: str = "post") -> str:
     )
 
 
+def policy_json(name: str, rule: int, action: str, **kw: object) -> dict[str, object]:
+    """An event's `policy` object as the daemon writes it (defaults of a policy
+    that says nothing of severity, tags, message or mode)."""
+    out: dict[str, object] = {
+        "name": name,
+        "rule": rule,
+        "action": action,
+        "severity": "info",
+        "tags": [],
+        "message": "",
+        "mode": "enforce",
+    }
+    out.update(kw)
+    return out
+
+
 def closed_port() -> int:
     """A loopback TCP port nothing listens on (a connect to it is refused)."""
     s = socket.socket()
@@ -306,6 +322,10 @@ _POLICY = st.none() | st.builds(
     name=_TEXT,
     rule=st.integers(0, 63),
     action=st.sampled_from(["post", "sigkill", "deny"]),
+    severity=st.sampled_from(["info", "low", "medium", "high", "critical"]),
+    tags=st.lists(_TEXT, max_size=3).map(tuple),
+    message=_TEXT,
+    mode=st.sampled_from(["enforce", "monitor"]),
 )
 _OPEN_FLAGS = ["O_RDONLY", "O_CREAT", "O_CLOEXEC"]
 _ERRNO = st.sampled_from([(3, None), (0, None), (-2, "ENOENT"), (-13, "EACCES")])

@@ -25,6 +25,7 @@ from factories import (
     events,
     exec_ev,
     exit_ev,
+    file_open_ev,
     mkproc,
 )
 from google.protobuf.json_format import MessageToDict
@@ -40,6 +41,7 @@ from tracer.core.events import (
     ExitStatus,
     LossCounts,
     Lost,
+    PolicyMatch,
     ProcessExec,
     ProcessExit,
 )
@@ -132,6 +134,7 @@ def test_every_field_of_the_proto_is_in_the_json() -> None:
         (pb.Process, set(as_json(exec_ev(IN_POD))["process"])),
         (pb.Container, set(as_json(exec_ev(IN_POD))["process"]["container"])),
         (pb.Pod, set(as_json(exec_ev(IN_POD))["process"]["pod"])),
+        (pb.PolicyMatch, set(as_json(file_open_ev(policy=PolicyMatch("p", 0, "post")))["policy"])),
     ):
         assert json_fields == set(msg.DESCRIPTOR.fields_by_name), msg
 

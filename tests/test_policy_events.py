@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from capture import CONNECT_HOOK, MODES, failed_open_hook, open_hook
 from conftest import REPO, Daemon, Event, is_exec, new_marker, tracer_cmd
-from factories import closed_port, one_rule
+from factories import closed_port, one_rule, policy_json
 
 from tracer import control
 
@@ -106,7 +106,7 @@ def test_cat_shadow_under_the_default_policy(pdaemon: Daemon, mode: str) -> None
     assert f["result"] >= 0 and "error" not in f
     assert f["resolved"] is True and f["truncated"] is False
     assert f["hook"] == open_hook(mode)
-    assert ev["policy"] == {"name": "credential-files", "rule": 0, "action": "post"}
+    assert ev["policy"] == policy_json("credential-files", 0, "post")
     pdaemon.sync()
     assert len(pdaemon.matching(is_open_of("/etc/shadow", marker))) == 1
 
@@ -479,7 +479,7 @@ def test_sigkill_on_open_kills_before_the_content_is_read(
     assert r.returncode == -9
     assert b"TOPSECRET" not in r.stdout
     ev = pdaemon.wait_for(is_open_of(str(secret)))
-    assert ev["policy"] == {"name": "t-protect-secret", "rule": 0, "action": "sigkill"}
+    assert ev["policy"] == policy_json("t-protect-secret", 0, "sigkill")
 
 
 def test_sigkill_on_connect_no_payload_arrives(pdaemon: Daemon, ctl: Path, tmp_path: Path) -> None:
@@ -539,7 +539,7 @@ def test_sigkill_on_exec_stops_the_program(pdaemon: Daemon, ctl: Path, tmp_path:
     assert r.returncode == -9
     assert not witness.exists()
     ev = pdaemon.wait_for(is_exec(marker))
-    assert ev["policy"] == {"name": "t-no-evil", "rule": 0, "action": "sigkill"}
+    assert ev["policy"] == policy_json("t-no-evil", 0, "sigkill")
 
 
 @once
@@ -582,12 +582,12 @@ def test_deny_on_open(ctl: Path, pdaemon: Daemon, tmp_path: Path, mode: str) -> 
     if mode == "lsm":
         assert "deny needs BPF-LSM" not in r.stderr
         assert run.returncode == 0 and run.stdout.split() == ["refused", "1", "alive"]
-        assert ev["policy"] == {"name": "t-deny", "rule": 0, "action": "deny"}
+        assert ev["policy"] == policy_json("t-deny", 0, "deny")
         assert ev["file_open"]["result"] == -1 and ev["file_open"]["error"] == "EPERM"
     else:
         assert "deny needs BPF-LSM" in r.stderr
         assert run.returncode == -9 and run.stdout == ""
-        assert ev["policy"] == {"name": "t-deny", "rule": 0, "action": "sigkill"}
+        assert ev["policy"] == policy_json("t-deny", 0, "sigkill")
 
 
 def test_deny_on_connect(ctl: Path, pdaemon: Daemon, tmp_path: Path, mode: str) -> None:
@@ -612,7 +612,7 @@ def test_deny_on_connect(ctl: Path, pdaemon: Daemon, tmp_path: Path, mode: str) 
         assert run.returncode == 0 and run.stdout.split() == ["refused", "1", "alive"]
         with pytest.raises(TimeoutError):
             srv.accept()  # nothing ever reached the listener
-        assert ev["policy"] == {"name": "t-deny-port", "rule": 0, "action": "deny"}
+        assert ev["policy"] == policy_json("t-deny-port", 0, "deny")
         assert ev["connect"]["result"] == -1 and ev["connect"]["error"] == "EPERM"
     else:
         assert "deny needs BPF-LSM" in r.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from capture import open_hook
 from conftest import Daemon, new_marker, tracer_cmd
+from factories import policy_json
 
 pytestmark = [pytest.mark.vm, pytest.mark.kernel]
 
@@ -57,6 +58,6 @@ def test_loader_falls_back(tmp_path: Path, excluded: tuple[str, ...], expected: 
         )
         assert ev["file_open"]["path"] == str(target)
         assert ev["file_open"]["hook"] == open_hook(expected)
-        assert ev["policy"] == {"name": "t-fallback", "rule": 0, "action": "post"}
+        assert ev["policy"] == policy_json("t-fallback", 0, "post")
     finally:
         assert d.stop() == 0

@@ -162,11 +162,14 @@ def _policy(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reply["rules"], indent=2))
         return exitcodes.OK
-    print(f"{'policy':<28} {'rule':>4} {'event':<10} {'action':<8} {'hits':>10}  source")
+    print(
+        f"{'policy':<28} {'rule':>4} {'event':<10} {'action':<8} {'mode':<8} {'severity':<9}"
+        f" {'hits':>10}  source"
+    )
     for r in reply["rules"]:
         print(
             f"{r['policy']:<28} {r['rule']:>4} {r['event']:<10} {r['action']:<8} "
-            f"{r['hits']:>10}  {r['source']}"
+            f"{r.get('mode', ''):<8} {r.get('severity', ''):<9} {r['hits']:>10}  {r['source']}"
         )
     return exitcodes.OK
 

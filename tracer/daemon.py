@@ -185,6 +185,8 @@ class Daemon:
                         "rule": c.rule.index,
                         "event": c.rule.kind.label,
                         "action": c.rule.action.label,
+                        "mode": c.rule.mode.value,
+                        "severity": c.rule.severity.value,
                         "source": f"{c.rule.source}:{c.rule.line}",
                         "description": c.rule.description,
                         "hits": c.hits,

@@ -92,11 +92,16 @@ class ExitStatus:
 
 @dataclass(slots=True, frozen=True)
 class PolicyMatch:
-    """The rule that selected an event, and what it did."""
+    """The rule that selected an event, what it did, and how bad its policy says that is."""
 
     name: str
     rule: int  # index of the rule in its policy
     action: str  # post, sigkill, deny
+    severity: str = "info"  # info, low, medium, high, critical
+    tags: tuple[str, ...] = ()  # ATT&CK technique ids and free tags
+    message: str = ""
+    # monitor: a sigkill or deny rule that did not act; `action` is what it would have done.
+    mode: str = "enforce"
 
 
 @dataclass(slots=True)

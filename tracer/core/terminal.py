@@ -99,13 +99,21 @@ def _where(ev: Mapping[str, Any]) -> str:
 
 
 def _action(ev: Mapping[str, Any], color: bool) -> str:
-    """`post (policy-name)`, in red when the rule enforced (sigkill, deny)."""
+    """`post high (policy-name: message)`, in red when the rule enforced (sigkill,
+    deny); a monitor-mode rule that did not act says `would sigkill`."""
     policy = _obj(ev.get("policy"))
     action = policy.get("action")
     if not action:
         return ""
-    text = f"{_text(action)} ({_text(policy.get('name'))})"
-    return " " + (_paint(text, _ALARM, color) if action != "post" else text)
+    monitor = policy.get("mode") == "monitor"
+    severity = policy.get("severity")
+    message = policy.get("message")
+    text = ("would " if monitor else "") + _text(action)
+    if severity and severity != "info":
+        text += f" {_text(severity)}"
+    text += f" ({_text(policy.get('name'))}" + (f": {_text(message)})" if message else ")")
+    enforced = action != "post" and not monitor
+    return " " + (_paint(text, _ALARM, color) if enforced else text)
 
 
 def _detail(kind: str, ev: Mapping[str, Any], color: bool) -> str:
