@@ -120,6 +120,12 @@ def _log_command(sub: Subparsers, name: str, summary: str, epilog: str) -> argpa
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_log_source(p)
+    return p
+
+
+def add_log_source(p: argparse.ArgumentParser) -> None:
+    """Which event log to read (tree, replay, policy test)."""
     src = p.add_argument_group(f"source (default: the local log, {EVENT_LOG_DIR})")
     src.add_argument(
         "--from",
@@ -137,7 +143,6 @@ def _log_command(sub: Subparsers, name: str, summary: str, epilog: str) -> argpa
     src.add_argument("--control-socket", type=Path, default=control.DEFAULT_SOCKET)
     src.add_argument("--since", help="from this time: RFC 3339, or an age like 15m, 2h")
     src.add_argument("--until", help="up to this time: RFC 3339, or an age like 15m")
-    return p
 
 
 def add_log_parsers(sub: Subparsers, epilog: str) -> None:

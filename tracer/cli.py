@@ -65,6 +65,22 @@ def _parser() -> argparse.ArgumentParser:
     arguments.add_tls_arguments(pa)
     pc = pol_sub.add_parser("check", help="validate policy files without a daemon")
     pc.add_argument("files", type=Path, nargs="+")
+    pt = pol_sub.add_parser(
+        "test",
+        help="what FILEs would have posted, ignored or killed in a recorded event log",
+        description="Replays an event log through the policies of FILEs, evaluated as the "
+        "kernel evaluates them, and prints per rule how many events it would have selected "
+        "and a few of them. A log holds every exec and exit, but only the opens and "
+        "connects the recording daemon's own policies selected.",
+        epilog=exitcodes.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pt.add_argument("files", type=Path, nargs="+")
+    arguments.add_log_source(pt)
+    pt.add_argument("--json", action="store_true", help="machine-readable output")
+    pt.add_argument(
+        "--examples", type=int, default=3, metavar="N", help="events shown per rule (default: 3)"
+    )
 
     pr = sub.add_parser(
         "probe", help="show what this kernel supports and the mode the daemon picks"
@@ -188,7 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tracer import client
 
         return client.run(args)
-    if args.command in ("tree", "replay"):
+    if args.command in ("tree", "replay") or (
+        args.command == "policy" and args.policy_command == "test"
+    ):
         from tracer import forensics_cli
 
         return forensics_cli.run(args)

@@ -1,4 +1,4 @@
-"""`tracer tree` and `tracer replay`: the event log, after the fact.
+"""`tracer tree`, `tracer replay` and `tracer policy test`: the event log, after the fact.
 
 Their flags are in tracer/arguments.py, their exit codes in tracer/exitcodes.py.
 """
@@ -9,13 +9,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from export.filters import EventFilter, FilterError, facts_of_dict
 from forensics import html, render, replay, tree
-from forensics.log import InputError, Problems, Segment, list_segments, parse_when
+from forensics.log import InputError, JsonDict, Problems, Segment, list_segments, parse_when
 from forensics.store import LogIndex
 from tracer import client, control, exitcodes
 from tracer.arguments import EVENT_LOG_DIR
+from tracer.core import terminal
 
 
 def _segments(args: argparse.Namespace) -> list[Segment]:
@@ -117,11 +119,80 @@ def _replay(args: argparse.Namespace, problems: Problems) -> int:
     return exitcodes.OK
 
 
+def _summary(ev: JsonDict) -> str:
+    """What a person needs to recognise one event of a rule's: who and on what."""
+    proc = ev.get("process") or {}
+    what = ""
+    if ev["type"] == "file_open":
+        what = str((ev.get("file_open") or {}).get("path", ""))
+    elif ev["type"] == "connect":
+        c = ev.get("connect") or {}
+        what = f"{c.get('daddr')}:{c.get('dport')}" if c.get("daddr") else str(c.get("unix_path"))
+    return f"{ev.get('time', '')} pid {proc.get('pid')} {proc.get('binary', '')} {what}".rstrip()
+
+
+def _policy_test(args: argparse.Namespace, problems: Problems) -> int:
+    """`tracer policy test`: what a policy set would have done to a recorded log."""
+    from policy import PolicyError, parse_files
+    from policy.evaluate import Evaluator
+
+    if args.examples < 0:
+        raise _Usage("--examples must be 0 or more")
+    try:
+        evaluator = Evaluator(parse_files(args.files))
+    except PolicyError as exc:
+        raise _Usage(str(exc)) from None
+    since, until = _when(args.since, "--since"), _when(args.until, "--until")
+    per_rule: dict[tuple[str, int], dict[str, Any]] = {}
+    read = 0
+    for _, ev in replay.stored(_segments(args), problems, since, until):
+        read += 1
+        v = evaluator.verdict(ev)
+        if v is None:
+            continue
+        entry = per_rule.setdefault(
+            (v.policy.name, v.index),
+            {
+                "policy": v.policy.name,
+                "rule": v.index,
+                "event": v.rule.kind.label,
+                "action": v.rule.action.label,
+                "mode": v.policy.mode.value,
+                "severity": v.policy.severity.value,
+                "source": f"{v.policy.source}:{v.rule.line}",
+                "events": 0,
+                "examples": [],
+            },
+        )
+        entry["events"] += 1
+        if len(entry["examples"]) < args.examples:
+            entry["examples"].append(ev if args.json else _summary(ev))
+    rules = sorted(per_rule.values(), key=lambda e: (e["policy"], e["rule"]))
+    if args.json:
+        sys.stdout.buffer.write(
+            terminal.json_line({"events_read": read, "rules": rules})  # escaped, like events
+        )
+        return exitcodes.OK
+    print(f"{read} events read; rules that would have selected some:")
+    if not rules:
+        print("  none")
+    for r in rules:
+        mode = " (monitor)" if r["mode"] == "monitor" else ""
+        print(
+            f"  {terminal.escape(r['policy'])} rule {r['rule']} ({r['event']}, "
+            f"{r['action']}{mode}): {r['events']} events  {terminal.escape(r['source'])}"
+        )
+        for ex in r["examples"]:
+            print(f"      {terminal.escape(ex)}")
+    return exitcodes.OK
+
+
 def run(args: argparse.Namespace) -> int:
     sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     problems = Problems()
+    command = {"tree": _tree, "replay": _replay, "policy": _policy_test}[args.command]
     try:
-        rc = (_tree if args.command == "tree" else _replay)(args, problems)
+        rc = command(args, problems)
     except _Usage as exc:
         print(f"tracer: error: {exc}", file=sys.stderr)
         return exitcodes.USAGE

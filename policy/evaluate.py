@@ -1,0 +1,151 @@
+"""A policy set evaluated in Python on recorded events, as the kernel evaluates it live.
+
+For `tracer policy test` (what would this set have posted, ignored or
+killed?) over an event log. It follows bpf_probes/policy.bpf.h: the same
+fields per event kind, the same string semantics (a value longer than the
+maps' strings can only match by prefix of its head or suffix of its tail),
+reads cannot match write-only rules, a selector on a value the event lacks
+never matches, and when several rules match enforcement wins, then ignore,
+then post, the first in file order among equals. What it cannot see is an
+open or connect the recording daemon never posted: a log holds every exec
+and exit, but only the opens and connects its own policies selected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from policy.compile import STR_LEN
+from policy.model import Access, Action, Kind, Policy, PolicySet, Rule, StringMatch
+from tracer.core import text
+
+_WRITE_FLAGS = frozenset({"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"})
+_RANK = {Action.SIGKILL: 0, Action.DENY: 0, Action.IGNORE: 1, Action.POST: 2}
+_KIND_OF_TYPE = {"process_exec": Kind.EXEC, "file_open": Kind.FILE_OPEN, "connect": Kind.CONNECT}
+
+
+@dataclass(slots=True, frozen=True)
+class Verdict:
+    policy: Policy
+    index: int  # of the rule in its policy
+    rule: Rule
+
+
+@dataclass(slots=True, frozen=True)
+class _Facts:
+    """What the kernel evaluates an event on (None: the event has no such value)."""
+
+    binary: bytes | None  # as the kernel saw them: escaped strings unescaped
+    path: bytes | None
+    uid: int | None
+    daddr: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    dport: int | None
+    is_write: bool
+
+
+def _str_hit(m: StringMatch, raw: bytes) -> bool:
+    head, tail = raw[:STR_LEN], raw[-STR_LEN:]
+    return (
+        (len(raw) < STR_LEN and any(raw == s.encode() for s in m.exact))
+        or any(head.startswith(s.encode()) for s in m.prefix)
+        or any(tail.endswith(s.encode()) for s in m.suffix)
+    )
+
+
+def _strings(pos: StringMatch, neg: StringMatch, value: bytes | None) -> bool:
+    if not pos and not neg:
+        return True
+    if value is None:
+        return False
+    return (not pos or _str_hit(pos, value)) and not (neg and _str_hit(neg, value))
+
+
+def _values(pos: tuple[Any, ...], neg: tuple[Any, ...], value: Any, hit: Any) -> bool:
+    if not pos and not neg:
+        return True
+    if value is None:
+        return False
+    return (not pos or any(hit(v, value) for v in pos)) and not any(hit(v, value) for v in neg)
+
+
+def _in_net(net: Any, addr: Any) -> bool:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped  # the kernel holds IPv4 as ::ffff:a.b.c.d
+    return addr.version == net.version and addr in net
+
+
+def _in_range(r: tuple[int, int], port: int) -> bool:
+    return r[0] <= port <= r[1]
+
+
+def _matches(rule: Rule, f: _Facts) -> bool:
+    s = rule.selectors
+    if rule.access is Access.WRITE and not f.is_write:
+        return False
+    return (
+        _strings(s.binary, s.not_binary, f.binary)
+        and _strings(s.path, s.not_path, f.path)
+        and _values(s.uid, s.not_uid, f.uid, lambda a, b: a == b)
+        and _values(s.daddr, s.not_daddr, f.daddr, _in_net)
+        and _values(s.dport, s.not_dport, f.dport if f.daddr is not None else None, _in_range)
+    )
+
+
+def _raw(value: object, escaped: bool) -> bytes | None:
+    """A string of the event as the kernel's bytes (text.decode escaped non-UTF-8)."""
+    if not isinstance(value, str):
+        return None
+    return text.encode(value) if escaped else value.encode()
+
+
+def _facts(kind: Kind, ev: Mapping[str, Any]) -> _Facts | None:
+    proc = ev.get("process")
+    if not isinstance(proc, Mapping):
+        return None
+    flags = proc.get("flags")
+    binary = _raw(proc.get("binary"), isinstance(flags, list) and "non_utf8" in flags)
+    uid = proc.get("uid") if isinstance(proc.get("uid"), int) else None
+    if kind is Kind.EXEC:
+        return _Facts(binary, None, uid, None, None, False)
+    if kind is Kind.FILE_OPEN:
+        fo = ev.get("file_open")
+        path = _raw(fo.get("path"), fo.get("non_utf8") is True) if isinstance(fo, Mapping) else None
+        if not isinstance(fo, Mapping) or path is None:
+            return None
+        open_flags = fo.get("flags")
+        writes = isinstance(open_flags, list) and not _WRITE_FLAGS.isdisjoint(open_flags)
+        return _Facts(binary, path, uid, None, None, writes)
+    c = ev.get("connect")
+    if not isinstance(c, Mapping):
+        return None
+    try:
+        daddr = ipaddress.ip_address(c["daddr"]) if isinstance(c.get("daddr"), str) else None
+    except ValueError:
+        daddr = None
+    dport = c.get("dport") if isinstance(c.get("dport"), int) else None
+    return _Facts(binary, _raw(c.get("unix_path"), False), uid, daddr, dport, False)
+
+
+class Evaluator:
+    """A policy set's verdict on recorded events (dicts of the JSON-lines schema)."""
+
+    def __init__(self, policies: PolicySet) -> None:
+        self._rules = {k: policies.rules_of(k) for k in Kind}
+
+    def verdict(self, ev: Mapping[str, Any]) -> Verdict | None:
+        """The rule that would have selected the event, or None (not selected)."""
+        kind = _KIND_OF_TYPE.get(ev.get("type"))  # type: ignore[arg-type]
+        if kind is None:
+            return None
+        facts = _facts(kind, ev)
+        if facts is None:
+            return None
+        best: tuple[int, int] | None = None
+        found: Verdict | None = None
+        for order, (pol, idx, rule) in enumerate(self._rules[kind]):
+            if (best is None or (_RANK[rule.action], order) < best) and _matches(rule, facts):
+                best, found = (_RANK[rule.action], order), Verdict(pol, idx, rule)
+        return found
