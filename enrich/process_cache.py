@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from enrich.containers import Enricher
 from enrich.procfs import ProcfsProcess
+from enrich.redact import Redactor
 from enrich.users import UserNames
 from tracer.core import text
 from tracer.core.clock import BootClock
@@ -108,8 +109,10 @@ class ProcessCache:
         exit_grace_ns: int = 30_000_000_000,
         ancestor_depth: int = 64,
         enricher: Enricher | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.node = node
+        self._redactor = redactor
         self._enricher = enricher
         self._clock = clock
         self._users = users or UserNames()
@@ -148,6 +151,11 @@ class ProcessCache:
             args_s.append(s)
         if escaped:
             flags.append("non_utf8")
+        args_t = tuple(args_s)
+        if self._redactor is not None:
+            args_t, redacted = self._redactor.args(bin_s, args_t)
+            if redacted:
+                flags.append("redacted")
         return Process(
             exec_id=exec_id,
             pid=task.pid,
@@ -159,7 +167,7 @@ class ProcessCache:
             auid=task.auid,
             user=self._users.name(task.uid),
             binary=bin_s,
-            args=tuple(args_s),
+            args=args_t,
             cwd=cwd_s,
             start_time=self._clock.wall(start_boot),
             parent_exec_id=parent.process.exec_id if parent else None,

@@ -134,6 +134,14 @@ class Config:
         "(default: the in-cluster config when in a pod, else none)",
     )
     event_log: EventLogConfig | None = field(default_factory=EventLogConfig)  # None: no log
+    redact: bool = True  # --no-redact
+    redact_rules: Path | None = option(  # None: the default rules (enrich/redact.py)
+        None,
+        flag="--redact-rules",
+        parse=Path,
+        help="mask secrets in command lines with these RE2 rules (YAML) instead of the "
+        "default set",
+    )
 
     def validate(self) -> None:
         check_ringbuf_size(self.ringbuf_size)
@@ -149,6 +157,8 @@ class Config:
         for p in self.policy_paths:
             if not p.exists():
                 raise ConfigError(f"policy path {p} does not exist")
+        if self.redact_rules is not None and not self.redact:
+            raise ConfigError("--redact-rules and --no-redact are alternatives")
         if self.kubeconfig is not None and not self.kubeconfig.is_file():
             raise ConfigError(f"--kubeconfig {self.kubeconfig} is not a file")
         for problem in [
@@ -222,6 +232,11 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         type=Path,
         help="accept only TCP clients with a certificate this CA signed (mTLS)",
     )
+    run.add_argument(
+        "--no-redact",
+        action="store_true",
+        help="keep secrets in command lines (passwords, tokens) as they are",
+    )
     elog = run.add_argument_group("event log (tracer tree, tracer replay)")
     _add_fields(elog, EventLogConfig, "event_log_")
     elog.add_argument("--no-event-log", action="store_true", help="record no event log")
@@ -251,7 +266,9 @@ def from_args(args: argparse.Namespace) -> Config:
     event_log = None
     if not args.no_event_log:
         event_log = EventLogConfig(**_given(args, EventLogConfig, "event_log_"))
-    config = Config(grpc=grpc, event_log=event_log, **_given(args, Config, ""))
+    config = Config(
+        grpc=grpc, event_log=event_log, redact=not args.no_redact, **_given(args, Config, "")
+    )
     if getattr(args, "bpf_dir", None) is not None:
         config.bpf_dir = args.bpf_dir
     return config

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from enrich import Enrichment, ProcessCache, UserNames, procfs
+from enrich import Enrichment, ProcessCache, RedactError, UserNames, procfs, redactor
 from export import (
     EncodedSink,
     LineFanout,
@@ -40,6 +40,7 @@ from tracer.core.clock import BootClock
 from tracer.core.events import LossCounts, Lost
 from tracer.core.loader import (
     CaptureModeUnavailable,
+    ConfigError,
     KernelCounters,
     Sensor,
     capture_sensor,
@@ -137,6 +138,10 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         config.validate()
         self.config = config
+        try:
+            self._redactor = redactor(config.redact_rules, config.redact)
+        except RedactError as exc:
+            raise ConfigError(str(exc)) from None
         self._stop = False
         self._stop_signal: int | None = None
         self._reload = False
@@ -301,6 +306,7 @@ class Daemon:
             exit_grace_ns=int(cfg.exit_grace_s * 1e9),
             ancestor_depth=cfg.ancestor_depth,
             enricher=enrichment.enricher,
+            redactor=self._redactor,
         )
         serializer = Serializer()
         sinks = self._sinks(serializer)
