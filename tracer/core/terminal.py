@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -186,18 +185,21 @@ def compact(ev: Mapping[str, Any], color: bool = False) -> str:
 
 
 def _unsafe_for_terminal(ch: str) -> bool:
-    # JSON escapes C0 controls itself; these it leaves raw.
+    # JSON escapes C0 controls itself; the rest of what escape() shows as an
+    # escape (DEL, C1, format and bidi, separators, private use, unassigned)
+    # it leaves raw.
     o = ord(ch)
-    return o == 0x7F or (o > 0x7F and (o <= 0x9F or unicodedata.category(ch) in ("Cf", "Zl", "Zp")))
+    return o == 0x7F or (o > 0x7F and not ch.isprintable())
 
 
 def json_line(ev: Mapping[str, Any]) -> bytes:
     """The event as one JSON line that is safe to show on a terminal.
 
     orjson leaves DEL, C1 controls (U+009B is CSI to some terminals), bidi
-    overrides and line separators raw, which is valid JSON; the rare line
-    that holds one is written with every character outside printable ASCII
-    escaped instead. The JSON value is the same.
+    overrides, line separators and other non-printable characters raw,
+    which is valid JSON; the rare line that holds one is written with every
+    character outside printable ASCII escaped instead. The JSON value is the
+    same.
     """
     line = orjson.dumps(ev, option=orjson.OPT_APPEND_NEWLINE)
     if (line.isascii() and b"\x7f" not in line) or not any(
