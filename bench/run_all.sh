@@ -21,4 +21,7 @@ if [ -x .venv/bin/py-spy ]; then
   run profile_storm     $py bench/profile_daemon.py storm --execs 5000
   run profile_bootstrap $py bench/profile_daemon.py bootstrap --procs 5000
 fi
+# tracer beside bpftrace and auditd (installs them if missing); --record adds
+# the table to BENCHMARKS.md with the date, the commit and the machine.
+run peers $py bench/peers.py --record
 echo "results in $out"
