@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from enrich.redact import Redactor  # noqa: E402
-from tracer.core import text  # noqa: E402
+from enrich.redact import Redactor
+from tracer.core import text
 
 CASES = {
     "no secret (6 args)": ("/usr/bin/python3", "-m", "http.server", "--bind", "0.0.0.0", "80"),

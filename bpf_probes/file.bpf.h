@@ -104,7 +104,7 @@ static __always_inline bool tr_path_unselected(struct tr_kind_cfg *cfg, __u32 ge
 	bpf_probe_read_kernel(&top, 1, w->name[(n - 1) & (TR_PATH_DEPTH - 1)]);
 	bpf_probe_read_kernel(&last, 1, w->name[0] + leaf_len - 1);
 	if ((cfg->suffix_fields & (1 << TR_F_PATH)) &&
-	    tr_bit(cfg->suffix_ends[TR_F_PATH & 1], last))
+	    tr_bit(cfg->suffix_ends[TR_F_PATH & 3], last))
 		return false;
 	if (mask & cfg->path_heads[top])
 		return false;

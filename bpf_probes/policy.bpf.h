@@ -187,7 +187,7 @@ static __always_inline void tr_str_hits(struct tr_policy_scratch *s, struct tr_k
 	__builtin_memset(&s->exact, 0, sizeof(s->exact));
 	s->exact.sel = sel;
 	bpf_probe_read_kernel(s->exact.s, tr_bound(head, 255), str);
-	if (len < TR_POLICY_STR && tr_bit(cfg->exact_lens[field & 1], len))
+	if (len < TR_POLICY_STR && tr_bit(cfg->exact_lens[field & 3], len))
 		tr_or(acc, bpf_map_lookup_elem(&tr_policy_exact, &s->exact));
 
 	__builtin_memcpy(s->lpm.s, s->exact.s, TR_POLICY_STR);
@@ -197,7 +197,7 @@ static __always_inline void tr_str_hits(struct tr_policy_scratch *s, struct tr_k
 
 	/* A value longer than the head is tested whatever its last byte. */
 	if ((cfg->suffix_fields & (1 << field)) &&
-	    (len > head || (len && tr_bit(cfg->suffix_ends[field & 1],
+	    (len > head || (len && tr_bit(cfg->suffix_ends[field & 3],
 					  (__u8)s->exact.s[(len - 1) & 0xff])))) {
 		struct tr_policy_scratch *sp = s;
 
@@ -261,6 +261,94 @@ static __always_inline __u64 tr_rules_for(struct tr_kind_cfg *cfg, bool is_write
 	return is_write ? cfg->rules : cfg->rules & ~cfg->write_only;
 }
 
+/* State of one walk up the current task's ancestors (bpf_loop callback). */
+struct tr_lineage {
+	struct tr_policy_scratch *s;
+	struct tr_kind_cfg *cfg;
+	struct task_struct *task;
+	struct tr_hits hits;
+	__u32 gen;
+	__u32 kind;
+};
+
+/* One ancestor: exact and prefix hits of its binary (ancestor_binary takes
+ * no suffix values: one walk step stays two lookups, and needs no nested
+ * loop). */
+static long tr_lineage_step(__u32 i, void *arg)
+{
+	struct tr_lineage *l = arg;
+	/* A local, not l->task: BPF_CORE_READ would relocate our own struct. */
+	struct task_struct *cur = l->task;
+	struct task_struct *up = BPF_CORE_READ(cur, real_parent);
+	__u32 tgid = BPF_CORE_READ(up, tgid);
+	struct tr_policy_scratch *s = l->s;
+
+	if (!up || up == cur || tgid == 0)
+		return 1;
+	l->task = up;
+	struct tr_binary *b = bpf_map_lookup_elem(&tr_proc_binary, &tgid);
+
+	if (!b)
+		return 0;
+	__u32 len = b->len, head = len < TR_POLICY_STR ? len : TR_POLICY_STR;
+
+	__builtin_memset(&s->exact, 0, sizeof(s->exact));
+	s->exact.sel = tr_sel(l->gen, l->kind, TR_F_ANCESTOR_BINARY);
+	bpf_probe_read_kernel(s->exact.s, tr_bound(head, 255), b->s);
+	if (len < TR_POLICY_STR && tr_bit(l->cfg->exact_lens[TR_F_ANCESTOR_BINARY & 3], len))
+		tr_or(&l->hits, bpf_map_lookup_elem(&tr_policy_exact, &s->exact));
+	__builtin_memcpy(s->lpm.s, s->exact.s, TR_POLICY_STR);
+	s->lpm.sel = s->exact.sel;
+	s->lpm.prefixlen = 32 + 8 * head;
+	tr_or(&l->hits, bpf_map_lookup_elem(&tr_policy_prefix, &s->lpm));
+	return 0;
+}
+
+/*
+ * Who the process descends from, and its effective uid: the parent's
+ * executable (tr_proc_binary by the parent's tgid), the executables of the
+ * TR_ANCESTOR_DEPTH nearest ancestors, the euid. Evaluated last, on what
+ * the cheaper fields left: most events never get here. For an exec, the
+ * parent is the process that forked the one now executing.
+ */
+static __always_inline __u64 tr_eval_lineage(struct tr_policy_scratch *s,
+					     struct tr_kind_cfg *cfg, __u32 gen, __u32 kind,
+					     __u64 mask)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct tr_hits h;
+
+	if (mask && (cfg->fields & (1 << TR_F_EUID))) {
+		struct tr_uid_key k = {
+			.sel = tr_sel(gen, kind, TR_F_EUID),
+			.uid = BPF_CORE_READ(task, cred, euid.val),
+		};
+
+		h.pos = h.neg = 0;
+		tr_or(&h, bpf_map_lookup_elem(&tr_policy_uid, &k));
+		mask = tr_apply(mask, cfg, TR_F_EUID, &h);
+	}
+	if (mask && (cfg->fields & (1 << TR_F_PARENT_BINARY))) {
+		__u32 ptgid = BPF_CORE_READ(task, real_parent, tgid);
+		struct tr_binary *b = bpf_map_lookup_elem(&tr_proc_binary, &ptgid);
+
+		if (b) {
+			h.pos = h.neg = 0;
+			tr_str_hits(s, cfg, gen, kind, TR_F_PARENT_BINARY, b->s, b->len, &h);
+			mask = tr_apply(mask, cfg, TR_F_PARENT_BINARY, &h);
+		} else {
+			mask = tr_absent(mask, cfg, TR_F_PARENT_BINARY);
+		}
+	}
+	if (mask && (cfg->fields & (1 << TR_F_ANCESTOR_BINARY))) {
+		struct tr_lineage l = { .s = s, .cfg = cfg, .task = task, .gen = gen, .kind = kind };
+
+		bpf_loop(TR_ANCESTOR_DEPTH, tr_lineage_step, &l, 0);
+		mask = tr_apply(mask, cfg, TR_F_ANCESTOR_BINARY, &l.hits);
+	}
+	return mask;
+}
+
 /* The rules of `mask` that the acting process's binary and uid leave in. */
 static __always_inline __u64 tr_eval_who(struct tr_policy_scratch *s, struct tr_kind_cfg *cfg,
 					 __u32 gen, __u32 kind, struct tr_policy_input *in,
@@ -288,6 +376,9 @@ static __always_inline __u64 tr_eval_who(struct tr_policy_scratch *s, struct tr_
 		tr_or(&h, bpf_map_lookup_elem(&tr_policy_uid, &k));
 		mask = tr_apply(mask, cfg, TR_F_UID, &h);
 	}
+	if (mask && (cfg->fields & ((1 << TR_F_EUID) | (1 << TR_F_PARENT_BINARY) |
+				    (1 << TR_F_ANCESTOR_BINARY))))
+		mask = tr_eval_lineage(s, cfg, gen, kind, mask);
 	return mask;
 }
 

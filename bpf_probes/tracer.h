@@ -69,14 +69,19 @@ enum tr_pkind {
 enum tr_field {
 	TR_F_BINARY = 0,
 	TR_F_PATH = 1,
-	TR_F_DADDR = 2,
-	TR_F_DPORT = 3,
-	TR_F_UID = 4,
-	TR_F_MAX = 5,
+	TR_F_PARENT_BINARY = 2,   /* the executable of the process's parent */
+	TR_F_ANCESTOR_BINARY = 3, /* of any of its TR_ANCESTOR_DEPTH nearest ancestors */
+	TR_F_DADDR = 4,
+	TR_F_DPORT = 5,
+	TR_F_UID = 6,
+	TR_F_EUID = 7,
+	TR_F_MAX = 8,
 };
 
-/* The string fields (binary, path) come first. */
-#define TR_STR_FIELDS 2
+/* The string fields (binary, path, parent and ancestor binary) come first. */
+#define TR_STR_FIELDS 4
+/* Ancestors (parent first) an ancestor_binary selector looks at. */
+#define TR_ANCESTOR_DEPTH 8
 
 enum tr_action {
 	TR_ACT_NONE = 0, /* no rule selected the event */

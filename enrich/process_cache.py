@@ -370,6 +370,22 @@ class ProcessCache:
             process = self._enricher.process(replace(entry.process, cgroup_id=task.cgroup_id))
         if task.tid != process.tid:
             process = replace(process, tid=task.tid)
+        if (
+            task.uid != process.uid
+            or task.euid != process.euid
+            or task.gid != process.gid
+            or task.egid != process.egid
+        ):
+            # Credentials changed since the exec (setuid and the like): the
+            # event is about what the process could do when it happened.
+            process = replace(
+                process,
+                uid=task.uid,
+                euid=task.euid,
+                gid=task.gid,
+                egid=task.egid,
+                user=self._users.name(task.uid),
+            )
         # Positional: this runs for every file and connect event (see tracer.core.build).
         return Context(self._clock.wall(task.ktime), process, parent, ancestors)
 

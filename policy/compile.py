@@ -30,9 +30,10 @@ STR_LEN = 252  # TR_POLICY_STR: bytes of a string value the kernel compares
 # Map capacities, as declared in bpf_probes/policy.bpf.h.
 CAPACITY = {"exact": 4096, "prefix": 4096, "suffix": 4096, "cidr": 4096, "uid": 1024}
 
-F_BINARY, F_PATH, F_DADDR, F_DPORT, F_UID = range(5)
-F_MAX = 5
-STR_FIELDS = 2  # binary and path: the fields with string values
+# enum tr_field (tracer.h); the fields with string values come first.
+F_BINARY, F_PATH, F_PARENT_BINARY, F_ANCESTOR_BINARY, F_DADDR, F_DPORT, F_UID, F_EUID = range(8)
+F_MAX = 8
+STR_FIELDS = 4
 
 Key = tuple[int, int, bytes]  # kind, field, value
 _BY_INDEX = {k.index: k for k in Kind}
@@ -117,7 +118,7 @@ class Compiled:
     suffix: dict[Key, Hits] = field(default_factory=dict)  # value: the suffix, reversed
     cidr: dict[tuple[int, bytes, int], Hits] = field(default_factory=dict)  # kind, addr16, bits
     port: dict[int, Hits] = field(default_factory=dict)  # connect only
-    uid: dict[tuple[int, int], Hits] = field(default_factory=dict)
+    uid: dict[tuple[int, int, int], Hits] = field(default_factory=dict)  # kind, field, uid
     policies: dict[int, str] = field(default_factory=dict)  # policy_id -> name
     warnings: list[str] = field(default_factory=list)
 
@@ -193,6 +194,9 @@ class _Compiler:
             F_DADDR: (bool(sel.daddr), bool(sel.not_daddr)),
             F_DPORT: (bool(sel.dport), bool(sel.not_dport)),
             F_UID: (bool(sel.uid), bool(sel.not_uid)),
+            F_EUID: (bool(sel.euid), bool(sel.not_euid)),
+            F_PARENT_BINARY: (bool(sel.parent_binary), bool(sel.not_parent_binary)),
+            F_ANCESTOR_BINARY: (bool(sel.ancestor_binary), bool(sel.not_ancestor_binary)),
         }
         for fld, (pos, neg) in used.items():
             if not pos:
@@ -204,6 +208,10 @@ class _Compiler:
         self.strings(k, F_BINARY, sel.not_binary, bit, True)
         self.strings(k, F_PATH, sel.path, bit, False)
         self.strings(k, F_PATH, sel.not_path, bit, True)
+        self.strings(k, F_PARENT_BINARY, sel.parent_binary, bit, False)
+        self.strings(k, F_PARENT_BINARY, sel.not_parent_binary, bit, True)
+        self.strings(k, F_ANCESTOR_BINARY, sel.ancestor_binary, bit, False)
+        self.strings(k, F_ANCESTOR_BINARY, sel.not_ancestor_binary, bit, True)
         for nets, neg in ((sel.daddr, False), (sel.not_daddr, True)):
             for net in nets:
                 addr, bits = _mapped(net)
@@ -212,9 +220,14 @@ class _Compiler:
             for lo, hi in ranges:
                 for p in range(lo, hi + 1):
                     self.out.port.setdefault(p, Hits()).add(bit, neg)
-        for uids, neg in ((sel.uid, False), (sel.not_uid, True)):
+        for fld, uids, neg in (
+            (F_UID, sel.uid, False),
+            (F_UID, sel.not_uid, True),
+            (F_EUID, sel.euid, False),
+            (F_EUID, sel.not_euid, True),
+        ):
             for u in uids:
-                self.out.uid.setdefault((k, u), Hits()).add(bit, neg)
+                self.out.uid.setdefault((k, fld, u), Hits()).add(bit, neg)
         if r.access is Access.WRITE:
             table.write_only |= bit
 

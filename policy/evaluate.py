@@ -22,6 +22,7 @@ from policy.compile import STR_LEN
 from policy.model import Access, Action, Kind, Policy, PolicySet, Rule, StringMatch
 from tracer.core import text
 
+ANCESTOR_DEPTH = 8  # TR_ANCESTOR_DEPTH
 _WRITE_FLAGS = frozenset({"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"})
 _RANK = {Action.SIGKILL: 0, Action.DENY: 0, Action.IGNORE: 1, Action.POST: 2}
 _KIND_OF_TYPE = {"process_exec": Kind.EXEC, "file_open": Kind.FILE_OPEN, "connect": Kind.CONNECT}
@@ -41,6 +42,9 @@ class _Facts:
     binary: bytes | None  # as the kernel saw them: escaped strings unescaped
     path: bytes | None
     uid: int | None
+    euid: int | None
+    parent: bytes | None  # the parent's executable
+    ancestors: tuple[bytes, ...]  # parent first, at most ANCESTOR_DEPTH
     daddr: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     dport: int | None
     is_write: bool
@@ -81,14 +85,25 @@ def _in_range(r: tuple[int, int], port: int) -> bool:
     return r[0] <= port <= r[1]
 
 
+def _ancestry(pos: StringMatch, neg: StringMatch, chain: tuple[bytes, ...]) -> bool:
+    """Any of the ancestors for the positive values (none known: no hit), none for the negative."""
+    return (not pos or any(_str_hit(pos, b) for b in chain)) and not (
+        neg and any(_str_hit(neg, b) for b in chain)
+    )
+
+
 def _matches(rule: Rule, f: _Facts) -> bool:
     s = rule.selectors
     if rule.access is Access.WRITE and not f.is_write:
         return False
+    same = lambda a, b: a == b  # noqa: E731
     return (
         _strings(s.binary, s.not_binary, f.binary)
         and _strings(s.path, s.not_path, f.path)
-        and _values(s.uid, s.not_uid, f.uid, lambda a, b: a == b)
+        and _strings(s.parent_binary, s.not_parent_binary, f.parent)
+        and _ancestry(s.ancestor_binary, s.not_ancestor_binary, f.ancestors)
+        and _values(s.uid, s.not_uid, f.uid, same)
+        and _values(s.euid, s.not_euid, f.euid, same)
         and _values(s.daddr, s.not_daddr, f.daddr, _in_net)
         and _values(s.dport, s.not_dport, f.dport if f.daddr is not None else None, _in_range)
     )
@@ -101,15 +116,24 @@ def _raw(value: object, escaped: bool) -> bytes | None:
     return text.encode(value) if escaped else value.encode()
 
 
+def _binary(proc: Mapping[str, Any]) -> bytes | None:
+    flags = proc.get("flags")
+    return _raw(proc.get("binary"), isinstance(flags, list) and "non_utf8" in flags)
+
+
 def _facts(kind: Kind, ev: Mapping[str, Any]) -> _Facts | None:
     proc = ev.get("process")
     if not isinstance(proc, Mapping):
         return None
-    flags = proc.get("flags")
-    binary = _raw(proc.get("binary"), isinstance(flags, list) and "non_utf8" in flags)
+    binary = _binary(proc)
     uid = proc.get("uid") if isinstance(proc.get("uid"), int) else None
+    euid = proc.get("euid") if isinstance(proc.get("euid"), int) else None
+    lineage = [ev.get("parent"), *(ev.get("ancestors") or [])][:ANCESTOR_DEPTH]
+    chain = tuple(b for p in lineage if isinstance(p, Mapping) and (b := _binary(p)) is not None)
+    parent = _binary(lineage[0]) if isinstance(lineage[0], Mapping) else None
+    who = (uid, euid, parent, chain)
     if kind is Kind.EXEC:
-        return _Facts(binary, None, uid, None, None, False)
+        return _Facts(binary, None, *who, None, None, False)
     if kind is Kind.FILE_OPEN:
         fo = ev.get("file_open")
         path = _raw(fo.get("path"), fo.get("non_utf8") is True) if isinstance(fo, Mapping) else None
@@ -117,7 +141,7 @@ def _facts(kind: Kind, ev: Mapping[str, Any]) -> _Facts | None:
             return None
         open_flags = fo.get("flags")
         writes = isinstance(open_flags, list) and not _WRITE_FLAGS.isdisjoint(open_flags)
-        return _Facts(binary, path, uid, None, None, writes)
+        return _Facts(binary, path, *who, None, None, writes)
     c = ev.get("connect")
     if not isinstance(c, Mapping):
         return None
@@ -126,7 +150,7 @@ def _facts(kind: Kind, ev: Mapping[str, Any]) -> _Facts | None:
     except ValueError:
         daddr = None
     dport = c.get("dport") if isinstance(c.get("dport"), int) else None
-    return _Facts(binary, _raw(c.get("unix_path"), False), uid, daddr, dport, False)
+    return _Facts(binary, _raw(c.get("unix_path"), False), *who, daddr, dport, False)
 
 
 class Evaluator:

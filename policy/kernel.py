@@ -14,7 +14,16 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from policy.compile import F_MAX, MAX_RULES, STR_FIELDS, STR_LEN, Compiled, Hits, RuleRef
+from policy.compile import (
+    F_DADDR,
+    F_MAX,
+    MAX_RULES,
+    STR_FIELDS,
+    STR_LEN,
+    Compiled,
+    Hits,
+    RuleRef,
+)
 from policy.model import Kind
 from tracer.core import bpf
 
@@ -81,9 +90,10 @@ class PolicyMaps:
             for (k, f, v), h in entries.items():
                 out.append((m, _LPM_STR_KEY.pack(32 + 8 * len(v), _sel(gen, k, f), v), _hits(h)))
         for (k, addr, bits), h in c.cidr.items():
-            out.append((self._cidr, _ADDR_KEY.pack(32 + bits, _sel(gen, k, 2), addr), _hits(h)))
-        for (k, u), h in c.uid.items():
-            out.append((self._uid, _UID_KEY.pack(_sel(gen, k, 4), u), _hits(h)))
+            key = _ADDR_KEY.pack(32 + bits, _sel(gen, k, F_DADDR), addr)
+            out.append((self._cidr, key, _hits(h)))
+        for (k, f, u), h in c.uid.items():
+            out.append((self._uid, _UID_KEY.pack(_sel(gen, k, f), u), _hits(h)))
         return out
 
     def _clear(self, gen: int) -> None:

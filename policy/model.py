@@ -84,6 +84,14 @@ class Selectors:
     not_dport: tuple[tuple[int, int], ...] = ()
     uid: tuple[int, ...] = ()
     not_uid: tuple[int, ...] = ()
+    euid: tuple[int, ...] = ()
+    not_euid: tuple[int, ...] = ()
+    # Who the process descends from: its parent's executable, and any of its
+    # nearest ancestors' (exact and prefix values only).
+    parent_binary: StringMatch = StringMatch()
+    not_parent_binary: StringMatch = StringMatch()
+    ancestor_binary: StringMatch = StringMatch()
+    not_ancestor_binary: StringMatch = StringMatch()
 
 
 @dataclass(slots=True, frozen=True)

@@ -44,25 +44,22 @@ TAG_RE = re.compile(r"^[\w.:/+-]{1,64}$")
 MAX_TAGS = 16
 MAX_MESSAGE = 256
 
+# Who did it: every event kind accepts these, each also as not_...
+_ACTOR = frozenset(
+    f"{neg}{name}"
+    for name in ("binary", "parent_binary", "ancestor_binary", "uid", "euid")
+    for neg in ("", "not_")
+)
 # Which selectors each event kind accepts.
 _SELECTORS: dict[Kind, frozenset[str]] = {
-    Kind.EXEC: frozenset({"binary", "not_binary", "uid", "not_uid"}),
-    Kind.FILE_OPEN: frozenset({"path", "not_path", "binary", "not_binary", "uid", "not_uid"}),
-    Kind.CONNECT: frozenset(
-        {
-            "daddr",
-            "not_daddr",
-            "dport",
-            "not_dport",
-            "path",
-            "not_path",
-            "binary",
-            "not_binary",
-            "uid",
-            "not_uid",
-        }
-    ),
+    Kind.EXEC: _ACTOR,
+    Kind.FILE_OPEN: _ACTOR | {"path", "not_path"},
+    Kind.CONNECT: _ACTOR | {"daddr", "not_daddr", "dport", "not_dport", "path", "not_path"},
 }
+_STRING_SELECTORS = frozenset(
+    f"{neg}{name}" for name in ("binary", "path", "parent_binary", "ancestor_binary")
+    for neg in ("", "not_")
+)
 _KINDS = {k.label: k for k in Kind}
 _ACTIONS = {a.label: a for a in Action}
 T = TypeVar("T")
@@ -191,8 +188,11 @@ class _Reader:
         m = self.mapping(node, f"match of a {kind.label} rule", _SELECTORS[kind])
         kw: dict[str, object] = {}
         for key, v in m.items():
-            if key in ("binary", "not_binary", "path", "not_path"):
-                kw[key] = self.string_match(v, key)
+            if key in _STRING_SELECTORS:
+                sm = self.string_match(v, key)
+                if key.endswith("ancestor_binary") and sm.suffix:
+                    raise self.fail(v, f"{key} takes exact and prefix values, not suffix")
+                kw[key] = sm
             elif key in ("daddr", "not_daddr"):
                 kw[key] = self.each(v, key, partial(self.cidr, what=key))
             elif key in ("dport", "not_dport"):

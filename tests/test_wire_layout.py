@@ -229,8 +229,11 @@ def test_policy_enums(btf_structs: dict[str, dict[str, object]]) -> None:
     assert fields == {
         "TR_F_BINARY": compile.F_BINARY,
         "TR_F_PATH": compile.F_PATH,
+        "TR_F_PARENT_BINARY": compile.F_PARENT_BINARY,
+        "TR_F_ANCESTOR_BINARY": compile.F_ANCESTOR_BINARY,
         "TR_F_DADDR": compile.F_DADDR,
         "TR_F_DPORT": compile.F_DPORT,
         "TR_F_UID": compile.F_UID,
+        "TR_F_EUID": compile.F_EUID,
         "TR_F_MAX": compile.F_MAX,
     }
