@@ -101,7 +101,7 @@ def test_every_policy_has_a_case(home: Path) -> None:
     assert covered == set(POLICIES)
 
 
-_NOT_FILES = {"exec-from-temp", "outbound-connections"}
+_NOT_FILES = {"exec-from-temp", "outbound-connections", "service-shells"}
 
 
 @pytest.mark.parametrize("policy", sorted(set(POLICIES) - _NOT_FILES))
@@ -151,3 +151,18 @@ def test_outbound_connections(daemon: Daemon) -> None:
     assert _policy_of(caught) == {"outbound-connections"}
     assert caught[0]["connect"]["daddr"] == "10.250.0.1"
     assert _selected(daemon, _run(connect.replace("ADDR", "'127.0.0.1'"))) == []
+
+
+def test_service_shells(daemon: Daemon, tmp_path: Path) -> None:
+    """A shell whose parent is a web server; the same shell from an ordinary one is not."""
+    nginx = tmp_path / "nginx"
+    shutil.copy(os.path.realpath(shutil.which("bash") or "/bin/bash"), nginx)
+    marker = new_marker("websh")
+    subprocess.run([str(nginx), "-c", "/bin/sh -c 'exit 0'; exit 0", marker], check=True)
+    # (nginx itself runs from the test's temporary directory: exec-from-temp's.)
+    shells = [e for e in _selected(daemon, marker) if e["process"]["binary"] != str(nginx)]
+    assert _policy_of(shells) == {"service-shells"}
+    assert shells[0]["parent"]["binary"] == str(nginx)
+    marker = new_marker("plainsh")
+    subprocess.run(["bash", "-c", "/bin/sh -c 'exit 0'; exit 0", marker], check=True)
+    assert _selected(daemon, marker) == []
