@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from capture import MODES
 from conftest import Daemon, Event, new_marker
 
 from policy import PolicyError, parse_text
@@ -26,9 +27,11 @@ def ctl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ctl") / "control.sock"
 
 
-@pytest.fixture(scope="module")
-def daemon(ctl: Path) -> Iterator[Daemon]:
-    d = Daemon("--control-socket", str(ctl))
+@pytest.fixture(scope="module", params=MODES)
+def daemon(ctl: Path, request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """Under every capture mode the kernel has (tests/capture.py): the hooks
+    call the same evaluation, each from its own place."""
+    d = Daemon("--control-socket", str(ctl), "--capture-mode", request.param)
     yield d
     assert d.stop() == 0, "".join(d.stderr)
 

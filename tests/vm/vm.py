@@ -42,6 +42,7 @@ CAPTURE_MODES = ("lsm", "fentry", "kprobe", "tracepoint")
 VM_SUITE = (
     "tests/test_probe_vm.py",
     "tests/test_policy_events.py",
+    "tests/test_policy_selectors.py",
     "tests/test_process_events.py",
 )
 LSM_CMDLINE = "lsm=lockdown,capability,landlock,yama,bpf lockdown=integrity"
