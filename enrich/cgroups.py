@@ -224,6 +224,9 @@ class CgroupResolver:
             self._put(cgroup_id, parse_path(path))
             self.learned += 1
 
+    def forget(self, cgroup_id: int) -> None:
+        self._cache.pop(cgroup_id, None)
+
     def close(self) -> None:
         if self._mount_fd >= 0:
             os.close(self._mount_fd)
