@@ -14,6 +14,7 @@
 #include "common.bpf.h"
 
 #define TR_CFG_SLOTS (TR_GENS * TR_PK_MAX)
+#define TR_NO_GLOB 0xFFFFFFFF
 #define TR_RULE_SLOTS (TR_GENS * TR_PK_MAX * TR_MAX_RULES)
 
 struct {
@@ -76,6 +77,14 @@ struct {
 	__type(value, struct tr_hits);
 } tr_policy_cidr SEC(".maps");
 
+/* Index (gen * TR_PK_MAX + kind) * TR_GLOBS + n. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TR_GENS * TR_PK_MAX * TR_GLOBS);
+	__type(key, __u32);
+	__type(value, struct tr_glob);
+} tr_policy_globs SEC(".maps");
+
 /* Index gen * 65536 + port; connect is the only kind with ports. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -106,6 +115,22 @@ struct {
 	__type(value, struct tr_binary);
 } tr_proc_binary SEC(".maps");
 
+/*
+ * Glob matching state (policy/glob.py has the same algorithm). It lives in
+ * map memory (tr_policy_scratch), not on the stack: the verifier treats
+ * values loaded from a map as unknown, so the bpf_loop callback converges
+ * after one pass instead of being re-verified for every counter value.
+ */
+struct tr_globber {
+	__u64 path;            /* the path's address (a pointer kept in a map is a scalar) */
+	__u64 cand;            /* rules whose glob heads the path starts with */
+	__u64 pos, neg;        /* rules whose globs matched */
+	__u32 plen, slot, idx, nglobs;
+	__u32 cur;             /* the slot of the glob being matched, or TR_NO_GLOB */
+	__u32 pi, gi, steps;
+	__s32 star_g, star_p, dstar_g, dstar_p;
+};
+
 /* Inputs of one evaluation, and the keys it builds (too big for the stack). */
 struct tr_policy_scratch {
 	struct tr_str_key exact;
@@ -113,6 +138,7 @@ struct tr_policy_scratch {
 	struct tr_lpm_addr_key addr;
 	char tail[TR_POLICY_STR]; /* last bytes of a string, for suffixes */
 	__u32 tail_len;
+	struct tr_globber glob;
 };
 
 struct {
@@ -206,6 +232,138 @@ static __always_inline void tr_str_hits(struct tr_policy_scratch *s, struct tr_k
 		bpf_loop(TR_POLICY_STR, tr_reverse_step, &sp, 0);
 		tr_or(acc, bpf_map_lookup_elem(&tr_policy_suffix, &s->lpm));
 	}
+}
+
+/* One step of the glob state machine: it runs every candidate glob in
+ * turn, one step per bpf_loop iteration, with the last `*` (within a
+ * component) and the last `**` (across components) as backtrack points. */
+
+static __always_inline char tr_gch(struct tr_glob *g, __u32 i)
+{
+	return i < g->len ? g->pat[i & (TR_GLOB_LEN - 1)] : 0;
+}
+
+/* A byte of the path, 0 past its end. */
+static __always_inline char tr_pch(struct tr_globber *m, __u32 i)
+{
+	char c = 0;
+
+	if (i < m->plen)
+		bpf_probe_read_kernel(&c, 1, (const char *)m->path + i);
+	return c;
+}
+
+static long tr_glob_step(__u32 i, void *arg)
+{
+	struct tr_globber *m = *(struct tr_globber **)arg;
+	__u32 slot = m->cur;
+
+	if (slot == TR_NO_GLOB) {
+		if (m->idx >= m->nglobs || m->idx >= TR_GLOBS)
+			return 1;
+		slot = m->slot + m->idx;
+		m->idx++;
+		struct tr_glob *next = bpf_map_lookup_elem(&tr_policy_globs, &slot);
+
+		if (next && (m->cand & next->rule)) {
+			m->cur = slot;
+			m->pi = m->gi = m->steps = 0;
+			m->star_g = m->star_p = m->dstar_g = m->dstar_p = -1;
+		}
+		return 0;
+	}
+	struct tr_glob *g = bpf_map_lookup_elem(&tr_policy_globs, &slot);
+
+	if (!g || ++m->steps > TR_GLOB_STEPS) {
+		m->cur = TR_NO_GLOB; /* too long to decide: no match (policy/glob.py agrees) */
+		return 0;
+	}
+	__u32 pi = m->pi, gi = m->gi, plen = m->plen, glen = g->len;
+	char gc = tr_gch(g, gi);
+	char pc = tr_pch(m, pi);
+
+	if (gc == '*' && tr_gch(g, gi + 1) == '*') {
+		gi += 2;
+		if (tr_gch(g, gi) == '/')
+			gi++; /* `**` followed by a slash may match nothing, the slash included */
+		if (gi >= glen)
+			goto matched; /* a trailing ** matches whatever is left */
+		m->gi = gi;
+		m->dstar_g = gi;
+		m->dstar_p = pi;
+		m->star_g = -1;
+		return 0;
+	}
+	if (gc == '*') {
+		m->gi = gi + 1;
+		m->star_g = gi + 1;
+		m->star_p = pi;
+		return 0;
+	}
+	if (pi < plen && gi < glen && (gc == pc || (gc == '?' && pc != '/'))) {
+		m->pi = pi + 1;
+		m->gi = gi + 1;
+		return 0;
+	}
+	if (pi == plen && gi == glen)
+		goto matched;
+	if (m->star_g >= 0 && m->star_p < (__s32)plen && tr_pch(m, m->star_p) != '/') {
+		m->star_p++;
+		m->pi = m->star_p;
+		m->gi = m->star_g;
+		return 0;
+	}
+	if (m->dstar_g >= 0 && m->dstar_p < (__s32)plen) {
+		/* To the next component, a byte a step: ** takes whole components. */
+		m->dstar_p++;
+		if (tr_pch(m, m->dstar_p - 1) == '/') {
+			m->pi = m->dstar_p;
+			m->gi = m->dstar_g;
+			m->star_g = -1;
+		}
+		return 0;
+	}
+	m->cur = TR_NO_GLOB; /* no match */
+	return 0;
+matched:
+	if (g->neg)
+		m->neg |= g->rule;
+	else
+		m->pos |= g->rule;
+	m->cur = TR_NO_GLOB;
+	return 0;
+}
+
+/* Hits of the kind's globs on a path: only the globs of rules still in
+ * `mask` whose literal head the path starts with (one LPM lookup) run.
+ * s->exact holds the path's head, as tr_str_hits left it. */
+static __always_inline void tr_glob_hits(struct tr_policy_scratch *s, struct tr_kind_cfg *cfg,
+					 __u32 gen, __u32 kind, const char *path, __u32 len,
+					 __u64 mask, struct tr_hits *acc)
+{
+	__u32 head = len < TR_POLICY_STR ? len : TR_POLICY_STR;
+	struct tr_hits cand = {};
+
+	/* The path's head (a suffix lookup may have reversed lpm.s since). */
+	__builtin_memcpy(s->lpm.s, s->exact.s, TR_POLICY_STR);
+	s->lpm.sel = tr_sel(gen, kind, TR_F_GLOB_HEAD);
+	s->lpm.prefixlen = 32 + 8 * head;
+	tr_or(&cand, bpf_map_lookup_elem(&tr_policy_prefix, &s->lpm));
+	if (!(cand.pos & mask))
+		return;
+	struct tr_globber *m = &s->glob;
+
+	m->path = (__u64)path;
+	m->cur = TR_NO_GLOB;
+	m->cand = cand.pos & mask;
+	m->pos = m->neg = 0;
+	m->plen = len < TR_PATH_MAX ? len : TR_PATH_MAX;
+	m->slot = (gen * TR_PK_MAX + kind) * TR_GLOBS;
+	m->idx = 0;
+	m->nglobs = cfg->nglobs;
+	bpf_loop(TR_GLOBS * (TR_GLOB_STEPS + 2), tr_glob_step, &m, 0);
+	acc->pos |= m->pos;
+	acc->neg |= m->neg;
 }
 
 /* Fold one field's hits into the running rule mask. */
@@ -401,6 +559,8 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 		if (in->str && in->str_field == TR_F_PATH) {
 			h.pos = h.neg = 0;
 			tr_str_hits(s, cfg, gen, kind, TR_F_PATH, in->str, in->str_len, &h);
+			if (kind == TR_PK_FILE && cfg->nglobs && (mask & cfg->glob_rules))
+				tr_glob_hits(s, cfg, gen, kind, in->str, in->str_len, mask, &h);
 			mask = tr_apply(mask, cfg, TR_F_PATH, &h);
 		} else {
 			mask = tr_absent(mask, cfg, TR_F_PATH);

@@ -82,6 +82,14 @@ enum tr_field {
 #define TR_STR_FIELDS 4
 /* Ancestors (parent first) an ancestor_binary selector looks at. */
 #define TR_ANCESTOR_DEPTH 8
+/* Path globs (policy/glob.py): per event kind, their length, and the most
+ * steps one match may take before it counts as no match. A glob's literal
+ * head is stored in the prefix trie under this pseudo-field, so only the
+ * globs whose head the path starts with are run. */
+#define TR_GLOBS 16
+#define TR_GLOB_LEN 128
+#define TR_GLOB_STEPS 8192
+#define TR_F_GLOB_HEAD TR_F_MAX
 
 enum tr_action {
 	TR_ACT_NONE = 0, /* no rule selected the event */
@@ -125,6 +133,16 @@ struct tr_kind_cfg {
 	 * suffix_ends, this turns most opens away after the walk has found
 	 * the components and before it copies their names. */
 	__u64 path_heads[256];
+	__u64 glob_rules; /* rules with a glob value (path or not_path) */
+	__u32 nglobs;     /* glob slots in use for the kind */
+	__u32 pad;
+};
+
+struct tr_glob {
+	__u64 rule; /* the rule bit it speaks for */
+	__u32 neg;  /* a not_path value */
+	__u32 len;
+	char pat[TR_GLOB_LEN];
 };
 
 struct tr_rule {

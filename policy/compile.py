@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from policy.glob import head as glob_head
 from policy.model import (
     Access,
     Action,
@@ -34,6 +35,8 @@ CAPACITY = {"exact": 4096, "prefix": 4096, "suffix": 4096, "cidr": 4096, "uid": 
 F_BINARY, F_PATH, F_PARENT_BINARY, F_ANCESTOR_BINARY, F_DADDR, F_DPORT, F_UID, F_EUID = range(8)
 F_MAX = 8
 STR_FIELDS = 4
+F_GLOB_HEAD = F_MAX  # glob heads' pseudo-field in the prefix trie (TR_F_GLOB_HEAD)
+MAX_GLOBS = 16  # per event kind (TR_GLOBS)
 
 Key = tuple[int, int, bytes]  # kind, field, value
 _BY_INDEX = {k.index: k for k in Kind}
@@ -99,6 +102,9 @@ class KindTable:
     # path_heads[c]: rules with an exact or prefix path value that admits a
     # path whose first component starts with byte c (0: the path "/").
     path_heads: list[int] = field(default_factory=lambda: [0] * 256)
+    # (rule bit, a not_path value, pattern) per glob, in slot order.
+    globs: list[tuple[int, bool, bytes]] = field(default_factory=list)
+    glob_rules: int = 0
 
     @property
     def mask(self) -> int:
@@ -174,6 +180,14 @@ class _Compiler:
             b = s.encode()
             o.suffix.setdefault((kind, fld, b[::-1]), Hits()).add(bit, neg)
             t.suffix_ends[fld] |= 1 << b[-1]
+        for s in m.glob:
+            # The head selects which globs run; a not_path glob must run too.
+            h = glob_head(s).encode()
+            o.prefix.setdefault((kind, F_GLOB_HEAD, h), Hits()).add(bit, False)
+            t.globs.append((bit, neg, s.encode()))
+            t.glob_rules |= bit
+            if not neg:
+                self._head(t, h, bit, prefix=True)
 
     @staticmethod
     def _head(t: KindTable, value: bytes, bit: int, prefix: bool) -> None:
@@ -279,6 +293,11 @@ def compile_policies(ps: PolicySet, lsm_active: bool, first_policy_id: int = 1) 
                 table.enforce |= bit
             elif action is Action.IGNORE:
                 table.ignore |= bit
+    for kind, t in out.kinds.items():
+        if len(t.globs) > MAX_GLOBS:
+            raise PolicyError(
+                "policy set", 0, f"{len(t.globs)} {kind.label} globs; the kernel holds {MAX_GLOBS}"
+            )
     _close_prefixes(out.prefix)
     _close_prefixes(out.suffix)
     _close_cidrs(out.cidr)

@@ -18,11 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from policy import glob
 from policy.compile import STR_LEN
 from policy.model import Access, Action, Kind, Policy, PolicySet, Rule, StringMatch
 from tracer.core import text
 
 ANCESTOR_DEPTH = 8  # TR_ANCESTOR_DEPTH
+PATH_MAX = 4096  # TR_PATH_MAX: what the kernel's glob walks of a path
 _WRITE_FLAGS = frozenset({"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"})
 _RANK = {Action.SIGKILL: 0, Action.DENY: 0, Action.IGNORE: 1, Action.POST: 2}
 _KIND_OF_TYPE = {"process_exec": Kind.EXEC, "file_open": Kind.FILE_OPEN, "connect": Kind.CONNECT}
@@ -56,6 +58,10 @@ def _str_hit(m: StringMatch, raw: bytes) -> bool:
         (len(raw) < STR_LEN and any(raw == s.encode() for s in m.exact))
         or any(head.startswith(s.encode()) for s in m.prefix)
         or any(tail.endswith(s.encode()) for s in m.suffix)
+        or any(
+            head.startswith(glob.head(g).encode()) and glob.match(g.encode(), raw[:PATH_MAX])
+            for g in m.glob
+        )
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from policy.compile import (
     F_DADDR,
     F_MAX,
+    MAX_GLOBS,
     MAX_RULES,
     STR_FIELDS,
     STR_LEN,
@@ -24,6 +25,7 @@ from policy.compile import (
     Hits,
     RuleRef,
 )
+from policy.glob import GLOB_LEN
 from policy.model import Kind
 from tracer.core import bpf
 
@@ -32,7 +34,8 @@ KINDS = len(Kind)
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _HITS = struct.Struct("<QQ")
-_CFG = struct.Struct(f"<Q{F_MAX}Q{F_MAX}QQQQII{4 * STR_FIELDS}Q{4 * STR_FIELDS}Q256Q")
+_CFG = struct.Struct(f"<Q{F_MAX}Q{F_MAX}QQQQII{4 * STR_FIELDS}Q{4 * STR_FIELDS}Q256QQII")
+_GLOB = struct.Struct(f"<QII{GLOB_LEN + 1}s")
 _RULE = struct.Struct("<IHBB")
 _STR_KEY = struct.Struct(f"<I{STR_LEN}s")
 _LPM_STR_KEY = struct.Struct(f"<II{STR_LEN}s")
@@ -75,6 +78,7 @@ class PolicyMaps:
         self._port = obj.map("tr_policy_port")
         self._uid = obj.map("tr_policy_uid")
         self._binary = obj.map("tr_proc_binary")
+        self._globs = obj.map("tr_policy_globs")
         self._lock = threading.Lock()
         self.active_gen = 0
         self.active: Compiled | None = None
@@ -140,6 +144,9 @@ class PolicyMaps:
                     r = t.rules[i]
                     code = r.kernel_action.code
                     self._rules.update(slot, _RULE.pack(r.policy_id, r.index, code, 0))
+            for n, (bit, neg, pattern) in enumerate(t.globs):
+                slot = _U32.pack((gen * KINDS + kind.index) * MAX_GLOBS + n)
+                self._globs.update(slot, _GLOB.pack(bit, int(neg), len(pattern), pattern))
             # The cfg goes last: it is what makes the kind's rules live.
             self._cfg.update(
                 _U32.pack(gen * KINDS + kind.index),
@@ -155,6 +162,9 @@ class PolicyMaps:
                     *_words(t.exact_lens),
                     *_words(t.suffix_ends),
                     *t.path_heads,
+                    t.glob_rules,
+                    len(t.globs),
+                    0,
                 ),
             )
 

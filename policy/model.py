@@ -65,9 +65,10 @@ class StringMatch:
     exact: tuple[str, ...] = ()
     prefix: tuple[str, ...] = ()
     suffix: tuple[str, ...] = ()
+    glob: tuple[str, ...] = ()  # file_open paths only (policy/glob.py)
 
     def __bool__(self) -> bool:
-        return bool(self.exact or self.prefix or self.suffix)
+        return bool(self.exact or self.prefix or self.suffix or self.glob)
 
 
 @dataclass(slots=True, frozen=True)

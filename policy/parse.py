@@ -20,6 +20,7 @@ from typing import TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from policy.glob import problem as glob_problem
 from policy.model import (
     Access,
     Action,
@@ -147,7 +148,7 @@ class _Reader:
             return StringMatch(
                 exact=self.each(node, what, lambda n: self.path_string(n, what, True))
             )
-        m = self.mapping(node, what, frozenset({"exact", "prefix", "suffix"}))
+        m = self.mapping(node, what, frozenset({"exact", "prefix", "suffix", "glob"}))
         return StringMatch(
             exact=self.each(m["exact"], f"{what}.exact", lambda n: self.path_string(n, what, True))
             if "exact" in m
@@ -162,7 +163,17 @@ class _Reader:
             )
             if "suffix" in m
             else (),
+            glob=self.each(m["glob"], f"{what}.glob", lambda n: self.glob(n, what))
+            if "glob" in m
+            else (),
         )
+
+    def glob(self, node: Node, what: str) -> str:
+        g = self.path_string(node, f"{what}.glob", True)
+        bad = glob_problem(g)
+        if bad is not None:
+            raise self.fail(node, f"{what}.glob {g!r}: {bad}")
+        return g
 
     def cidr(self, node: Node, what: str) -> IPNetwork:
         text = self.string(node, what)
@@ -192,6 +203,8 @@ class _Reader:
                 sm = self.string_match(v, key)
                 if key.endswith("ancestor_binary") and sm.suffix:
                     raise self.fail(v, f"{key} takes exact and prefix values, not suffix")
+                if sm.glob and (kind is not Kind.FILE_OPEN or not key.endswith("path")):
+                    raise self.fail(v, f"{key}: globs are for file_open paths only")
                 kw[key] = sm
             elif key in ("daddr", "not_daddr"):
                 kw[key] = self.each(v, key, partial(self.cidr, what=key))

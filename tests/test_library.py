@@ -118,6 +118,16 @@ def test_a_file_policy_catches_its_case_and_not_the_near_miss(
     assert _selected(daemon, _run(near)) == []
 
 
+def test_a_users_own_systemd_unit_is_a_persistence_write(daemon: Daemon) -> None:
+    """The glob: any home's ~/.config/systemd/user (the open fails: nothing is written)."""
+    unit = f"/home/tracer-test-{os.getpid()}/.config/systemd/user/evil.service"
+    caught = _selected(daemon, _run(_write(unit)))
+    assert _policy_of(caught) == {"systemd-unit-writes"}
+    assert caught[0]["file_open"]["path"] == unit
+    near = f"/home/tracer-test-{os.getpid()}/.config/systemd/evil.service"
+    assert _selected(daemon, _run(_write(near))) == []
+
+
 def test_exec_from_temp(daemon: Daemon, tmp_path: Path) -> None:
     dropped = Path("/tmp") / new_marker("drop")
     dropped.mkdir()

@@ -13,7 +13,7 @@ import pytest
 from capture import MODES
 from conftest import Daemon, Event, new_marker
 
-from policy import PolicyError, parse_text
+from policy import PolicyError, glob, parse_text
 from tracer import control
 
 pytestmark = pytest.mark.kernel
@@ -128,3 +128,69 @@ def test_ancestor_binary_takes_no_suffix() -> None:
             "        match: {ancestor_binary: {suffix: [/nginx]}}\n",
             "f.yaml",
         )
+
+
+def test_globs_select_in_the_kernel_as_policy_glob_says(
+    daemon: Daemon, ctl: Path, tmp_path: Path
+) -> None:
+    """Each path opened once: the kernel's verdict is policy/glob.py's, near misses included."""
+    root = tmp_path / "g"
+    globs = {
+        "t-keys": f"{root}/home/*/.ssh/id_*",
+        "t-cron": f"{root}/etc/cron*/**",
+        "t-units": f"{root}/home/*/.config/systemd/user/*.service",
+    }
+    paths = [
+        "home/alice/.ssh/id_rsa",
+        "home/alice/.ssh/id_rsa.pub",  # still id_*: selected
+        "home/alice/.ssh/known_hosts",
+        "home/a/b/.ssh/id_rsa",  # * is one component
+        "etc/cron.d/job",
+        "etc/cron.daily/x/y",
+        "etc/crontab",  # no component below
+        "home/bob/.config/systemd/user/evil.service",
+        "home/bob/.config/systemd/user/evil.timer",
+    ]
+    for rel in paths:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    doc = "policies:\n" + "".join(
+        f"  - name: {name}\n    rules:\n      - event: file_open\n"
+        f"        match: {{path: {{glob: [\"{g}\"]}}, not_path: {{glob: [\"{root}/**/*.pub\"]}}}}\n"
+        for name, g in globs.items()
+    )
+    _apply(ctl, doc)
+    marker = new_marker("glob")
+    opens = "".join(f"open({str(root / rel)!r}).close()\n" for rel in paths)
+    subprocess.run([sys.executable, "-c", opens, marker], check=True)
+    got = {
+        e["file_open"]["path"]: e["policy"]["name"]
+        for e in _selected(daemon, marker)
+        if e["type"] == "file_open"
+    }
+    want = {}
+    for rel in paths:
+        p = str(root / rel).encode()
+        if glob.match(f"{root}/**/*.pub".encode(), p):
+            continue
+        for name, g in globs.items():
+            if glob.match(g.encode(), p):
+                want[str(root / rel)] = name
+                break
+    assert got == want
+    assert set(want.values()) == set(globs)  # every glob selected something
+
+
+@pytest.mark.parametrize(
+    ("match", "problem"),
+    [
+        ('{path: {glob: ["/a**/b"]}}', "** must be a whole path component"),
+        ('{path: {glob: ["home/*"]}}', "must be an absolute path"),
+        ('{binary: {glob: ["/usr/*/sh"]}}', "globs are for file_open paths only"),
+    ],
+)
+def test_bad_globs_are_refused(match: str, problem: str) -> None:
+    with pytest.raises(PolicyError, match=None) as exc:
+        rule = f"      - event: file_open\n        match: {match}\n"
+        parse_text(f"policies:\n  - name: p\n    rules:\n{rule}", "f.yaml")
+    assert problem in str(exc.value)

@@ -28,7 +28,7 @@ def btf_structs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     src.write_text(
         '#include "vmlinux.h"\n#include "tracer.h"\n'
         "struct tr_exec a; struct tr_fork b; struct tr_exit c;\n"
-        "struct tr_file_open d; struct tr_connect e; struct tr_kind_cfg f;\n"
+        "struct tr_file_open d; struct tr_connect e; struct tr_kind_cfg f; struct tr_glob n;\n"
         "struct tr_rule g; struct tr_str_key h; struct tr_lpm_str_key i;\n"
         "struct tr_lpm_addr_key j; struct tr_uid_key k; struct tr_hits l;\n"
         "struct tr_cgroup m;\n"
@@ -139,6 +139,7 @@ def test_connect_record(btf_structs: dict[str, dict[str, object]]) -> None:
     ("name", "fmt"),
     [
         ("tr_kind_cfg", kernel._CFG),
+        ("tr_glob", kernel._GLOB),
         ("tr_rule", kernel._RULE),
         ("tr_str_key", kernel._STR_KEY),
         ("tr_lpm_str_key", kernel._LPM_STR_KEY),
