@@ -335,7 +335,13 @@ class _Loader(yaml.SafeLoader):
 def _compose(text: str, source: str) -> Node | None:
     if len(text) > MAX_BYTES:  # characters, at least as many bytes
         raise PolicyError(source, 0, f"larger than {MAX_BYTES} bytes: not a policy file")
-    loader = _Loader(text, source)
+    try:
+        loader = _Loader(text, source)
+    except yaml.reader.ReaderError as exc:  # checked up front, for the whole text
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        raise PolicyError(
+            source, line, f"invalid YAML: character U+{exc.character:04X} is not allowed"
+        ) from None
     try:
         node: Node | None = loader.get_single_node()
         return node
