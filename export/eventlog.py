@@ -46,6 +46,7 @@ from export.sink import Encoded, EncodedSink
 from forensics import store
 from forensics.index import HAS_EXEC, HAS_EXIT, Fields, IndexBuilder, scan, write_sidecar
 from forensics.log import SEGMENT_RE, Problems, Segment, segment_name
+from tracer.core import safefile
 from tracer.core.events import Event, Lost, Process, ProcessEvent, ProcessExec, ProcessExit
 
 _log = structlog.get_logger(component="eventlog")
@@ -90,6 +91,19 @@ def _lineage(ev: ProcessEvent) -> Iterator[Fields]:
             yield _fields(a)
 
 
+def _private_directory(d: Path) -> None:
+    """The log directory: root's, 0700 (made so, or fixed), not a link, in directories only
+    root can change. Every line names processes and holds their command lines."""
+    d.parent.mkdir(parents=True, exist_ok=True)
+    os.close(safefile.open_private_dir(d))
+    shared = safefile.shared_directory([d.parent])
+    if shared is not None:
+        raise safefile.UnsafeFile(
+            f"event log {d}: {shared}, not only root: they could swap the log for a link; "
+            "use a directory only root can change, like the default /var/lib/tracer/events"
+        )
+
+
 @dataclass(slots=True)
 class _Open:
     seq: int
@@ -115,10 +129,10 @@ class EventLog(EncodedSink):
         """`encode`: the JSON-lines serializer's line(); a LineFanout encodes for it instead."""
         self.config = config
         d = config.directory
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_directory(d)
         # One writer per directory: a second daemon on the same log would
         # interleave segments.
-        self._lock_fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -165,8 +179,8 @@ class EventLog(EncodedSink):
         seq = self._next_seq
         self._next_seq += 1
         path = self.config.directory / segment_name(seq, compressed=True)
-        f = open(path, "xb", buffering=0)  # frames go out whole
-        os.chmod(path, 0o600)
+        fd = os.open(path, os.O_WRONLY | safefile.CREATE_FLAGS, 0o600)
+        f = open(fd, "wb", buffering=0)  # frames go out whole
         return _Open(seq, path, f, time.monotonic())
 
     def _write(self, batch: list[Encoded]) -> None:
@@ -306,14 +320,15 @@ class EventLog(EncodedSink):
         path = seg.path
         packed = path.with_name(segment_name(seg.seq, compressed=True))
         tmp = packed.with_name(packed.name + ".tmp")
-        with open(path, "rb") as src, open(tmp, "wb") as raw:
+        tmp.unlink(missing_ok=True)  # a crash's: made anew, never adopted
+        raw_fd = os.open(tmp, os.O_WRONLY | safefile.CREATE_FLAGS, 0o600)
+        with open(path, "rb") as src, open(raw_fd, "wb") as raw:
             # Large chunks: each read and write takes the GIL back, a wait of
             # up to a switch interval while the capture thread is busy.
             _compressor().copy_stream(src, raw, size=os.fstat(src.fileno()).st_size,
                                       read_size=_CHUNK, write_size=_CHUNK)
             raw.flush()
             os.fdatasync(raw.fileno())
-        os.chmod(tmp, 0o600)
         os.replace(tmp, packed)
         # The original goes only once its compressed copy is on disk; a
         # crash in between leaves both, and readers take the original.

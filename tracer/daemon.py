@@ -279,15 +279,7 @@ class Daemon:
         """The JSON output and the event log: one encoding of each event serves both."""
         cfg = self.config
         writers: list[EncodedSink] = []
-        if cfg.event_log is not None:
-            writers.append(
-                EventLog(
-                    cfg.event_log,
-                    cfg.queue_capacity,
-                    serializer.line,
-                    max_bytes=cfg.queue_max_bytes,
-                )
-            )
+        # The export file first: one refused stops the start before the log has begun.
         if cfg.export_file is not None:
             f = RotatingFile(cfg.export_file, cfg.export_max_bytes, cfg.export_backups)
             out = QueuedWriter(
@@ -306,6 +298,15 @@ class Daemon:
                 serializer.line,
                 cfg.queue_capacity,
                 max_bytes=cfg.queue_max_bytes,
+            )
+        if cfg.event_log is not None:
+            writers.append(
+                EventLog(
+                    cfg.event_log,
+                    cfg.queue_capacity,
+                    serializer.line,
+                    max_bytes=cfg.queue_max_bytes,
+                )
             )
         writers.append(out)
         return [LineFanout(serializer.line, writers)]

@@ -107,17 +107,15 @@ def open_private_dir(path: Path) -> int:
         if is_link_error(exc) or exc.errno == errno.ENOTDIR:
             what = kind(os.lstat(path).st_mode)
             raise UnsafeFile(
-                exc.errno,
-                f"{path} is {what}, not a directory: give the path of a directory of root's",
+                f"{path} is {what}, not a directory: give the path of a directory of root's"
             ) from None
         raise
     try:
         st = os.fstat(fd)
         if st.st_uid != 0:
             raise UnsafeFile(
-                errno.EPERM,
                 f"{path} is owned by uid {st.st_uid}, not root: whoever owns it decides what "
-                "this daemon writes there; remove it or `chown root` it",
+                "this daemon writes there; remove it or `chown root` it"
             )
         if stat.S_IMODE(st.st_mode) != 0o700:
             os.fchmod(fd, 0o700)
