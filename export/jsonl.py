@@ -273,7 +273,7 @@ class Serializer:
         )
 
 
-class ExportFileError(RuntimeError):
+class ExportFileError(OSError):
     """An export file the daemon will not write; the message names the problem and the fix."""
 
 
@@ -363,9 +363,25 @@ class RotatingFile:
         return True
 
     def _rotate(self) -> None:
-        """The current file becomes name.1; a new one is opened. If that fails,
-        the lines go on into the old file (now name.1): logged and counted, and
-        tried again after another max_bytes."""
+        """The current file becomes name.1 and a new one is opened. If either fails,
+        the lines go on into the file open now: logged and counted, and tried
+        again after another max_bytes."""
+        try:
+            new = self._shift_and_open()
+        except OSError as exc:  # ExportFileError included
+            self.rotate_errors += 1
+            _log.error(
+                "export file rotation failed; writing on in the file open now",
+                file=str(self.path),
+                error=str(exc),
+                failures=self.rotate_errors,
+            )
+        else:
+            self._f.close()
+            self._f = new
+        self._size = 0
+
+    def _shift_and_open(self) -> BinaryIO:
         name = self.path.name
         for i in range(self.backups - 1, 0, -1):
             if self._exists(f"{name}.{i}"):
@@ -374,20 +390,7 @@ class RotatingFile:
             self._rename(name, f"{name}.1")
         else:
             os.unlink(name, dir_fd=self._dir)
-        try:
-            new = self._open()
-        except ExportFileError as exc:
-            self.rotate_errors += 1
-            _log.error(
-                "export file rotation failed; writing on in the previous file",
-                error=str(exc),
-                failures=self.rotate_errors,
-            )
-            self._size = 0
-            return
-        self._f.close()
-        self._f = new
-        self._size = 0
+        return self._open()
 
     def write_lines(self, lines: list[bytes]) -> None:
         """Append whole lines; a rotation falls between two lines, never inside one."""
