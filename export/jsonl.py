@@ -287,8 +287,8 @@ class RotatingFile:
 
     Every line holds command lines, and people pass passwords as
     arguments; and a root daemon that writes where a link points writes
-    where its maker chose (a user's `.bashrc` got the lines, and a `$(...)`
-    in an argv ran at their next login). So the file is never opened
+    where its maker chose (into a user's `.bashrc`, a `$(...)` in an argv
+    would run at their next login). So the file is never opened
     through a symlink, a file found in its place must be root's and
     unreadable to others, and its directory (and those above it) must be
     root's to change: all checked on what was opened (fstat), and every

@@ -83,10 +83,10 @@ def _outputs(sinks: list[Sink]) -> list[Sink]:
 class _Reloader:
     """Runs SIGHUP's policy reload on a thread of its own.
 
-    Reading, parsing and compiling the files take as long as the files
-    make them take; on the capture thread that time was capture stopped
-    (and a file that raised an unexpected error stopped the daemon). The
-    capture loop only asks; requests during a reload make one more.
+    Reading, parsing and compiling take as long as the files make them
+    take; on the capture thread that would be time without capture, and an
+    unexpected error would end the capture loop. The capture loop only
+    asks; requests during a reload make one more.
     """
 
     def __init__(self, reload: Callable[[], None]) -> None:

@@ -1,6 +1,6 @@
 """Files a root process opens: never through a link, never one others made or could change.
 
-A root daemon that follows a symlink, or adopts a file someone else
+A root process that follows a symlink, or adopts a file someone else
 created in its place, writes where that someone chose (an
 `authorized_keys`, a `.bashrc`) or shows them what it writes. So every
 file here is opened with O_NOFOLLOW, checked through the descriptor it
