@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -258,6 +259,7 @@ def watched() -> Iterator[tuple[Daemon, Path]]:
     d = Daemon("--policy", str(pol))
     yield d, area
     assert d.stop() == 0, "".join(d.stderr)
+    shutil.rmtree(top)
 
 
 def _creations(d: Daemon, area: Path) -> dict[str, tuple[set[str], int]]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -225,10 +227,11 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def policy_dir() -> Path:
+def policy_dir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="tracer-hup-"))
     (d / "a.yaml").write_text(_ONE)
-    return d
+    yield d
+    shutil.rmtree(d)
 
 
 def _applied(d: Daemon) -> int:
