@@ -282,19 +282,41 @@ class EventLog(EncodedSink):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         db: sqlite3.Connection | None = None
         while True:
-            seg = self._closing.get()
-            if seg is None:
+            # Whatever is queued goes into the database in one transaction.
+            batch = [self._closing.get()]
+            while batch[-1] is not None:
+                try:
+                    batch.append(self._closing.get_nowait())
+                except queue.Empty:
+                    break
+            segs = [seg for seg in batch if seg is not None]
+            try:
+                if segs and db is None:
+                    db = store.connect(self.config.directory / store.DB_NAME)
+                if db is not None and segs:
+                    with store.transaction(db):
+                        for seg in segs:
+                            try:
+                                self._close(seg, db)
+                            except OSError as exc:
+                                _log.error(
+                                    "closing a log segment failed",
+                                    segment=str(seg.path),
+                                    error=str(exc),
+                                )
+                        self._retain(db)
+            except (OSError, sqlite3.Error) as exc:
+                # The segments stay readable as they are; readers index what
+                # the database lacks.
+                _log.error(
+                    "adding log segments to the index failed",
+                    segments=[str(seg.path) for seg in segs],
+                    error=str(exc),
+                )
+            if batch[-1] is None:
                 if db is not None:
                     db.close()
                 return
-            try:
-                if db is None:
-                    db = store.connect(self.config.directory / store.DB_NAME)
-                self._close(seg, db)
-                self._retain(db)
-            except (OSError, sqlite3.Error) as exc:
-                # The segment stays readable as it is; the next start tries again.
-                _log.error("closing a log segment failed", segment=str(seg.path), error=str(exc))
 
     def _close(self, seg: Segment, db: sqlite3.Connection) -> None:
         """A closed segment into the directory's lookup database (forensics/store.py),

@@ -34,7 +34,7 @@ import re
 import sqlite3
 import stat
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,12 +124,28 @@ def _insert(conn: sqlite3.Connection, table: str, name: str, data: dict[str, Any
     )
 
 
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One transaction, or a part of the one already open. In rollback-journal mode
+    each commit costs a few fsyncs, so a writer with many segments at once (a
+    backlog, tiny segments) adds them in one."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def add_segment(
     conn: sqlite3.Connection, name: str, sidecar_bytes: int, data: dict[str, Any], schema: str = ""
 ) -> None:
-    """One segment's rows, in one transaction; a segment already there is replaced."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    """One segment's rows, all or none; a segment already there is replaced."""
+    with transaction(conn):
         conn.execute(f"DELETE FROM {schema}procs WHERE seg = ?", (name,))
         conn.execute(f"DELETE FROM {schema}segments WHERE name = ?", (name,))
         conn.execute(
@@ -137,17 +153,12 @@ def add_segment(
             (name, sidecar_bytes, data["first_ns"], data["last_ns"], data["events"]),
         )
         _insert(conn, f"{schema}procs", name, data)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def drop_segment(conn: sqlite3.Connection, name: str) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute("DELETE FROM procs WHERE seg = ?", (name,))
-    conn.execute("DELETE FROM segments WHERE name = ?", (name,))
-    conn.execute("COMMIT")
+    with transaction(conn):
+        conn.execute("DELETE FROM procs WHERE seg = ?", (name,))
+        conn.execute("DELETE FROM segments WHERE name = ?", (name,))
 
 
 @dataclass(slots=True)
