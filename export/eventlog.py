@@ -46,6 +46,7 @@ from export.sink import Encoded, EncodedSink
 from forensics import store
 from forensics.index import HAS_EXEC, HAS_EXIT, Fields, IndexBuilder, scan, write_sidecar
 from forensics.log import SEGMENT_RE, Problems, Segment, segment_name
+from tracer.core import safefile
 from tracer.core.events import Event, Lost, Process, ProcessEvent, ProcessExec, ProcessExit
 
 _log = structlog.get_logger(component="eventlog")
@@ -90,6 +91,19 @@ def _lineage(ev: ProcessEvent) -> Iterator[Fields]:
             yield _fields(a)
 
 
+def _private_directory(d: Path) -> None:
+    """The log directory: root's, 0700 (made so, or fixed), not a link, in directories only
+    root can change. Every line names processes and holds their command lines."""
+    d.parent.mkdir(parents=True, exist_ok=True)
+    os.close(safefile.open_private_dir(d))
+    shared = safefile.shared_directory([d.parent])
+    if shared is not None:
+        raise safefile.UnsafeFile(
+            f"event log {d}: {shared}, not only root: they could swap the log for a link; "
+            "use a directory only root can change, like the default /var/lib/tracer/events"
+        )
+
+
 @dataclass(slots=True)
 class _Open:
     seq: int
@@ -115,10 +129,10 @@ class EventLog(EncodedSink):
         """`encode`: the JSON-lines serializer's line(); a LineFanout encodes for it instead."""
         self.config = config
         d = config.directory
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_directory(d)
         # One writer per directory: a second daemon on the same log would
         # interleave segments.
-        self._lock_fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -165,8 +179,8 @@ class EventLog(EncodedSink):
         seq = self._next_seq
         self._next_seq += 1
         path = self.config.directory / segment_name(seq, compressed=True)
-        f = open(path, "xb", buffering=0)  # frames go out whole
-        os.chmod(path, 0o600)
+        fd = os.open(path, os.O_WRONLY | safefile.CREATE_FLAGS, 0o600)
+        f = open(fd, "wb", buffering=0)  # frames go out whole
         return _Open(seq, path, f, time.monotonic())
 
     def _write(self, batch: list[Encoded]) -> None:
@@ -268,19 +282,41 @@ class EventLog(EncodedSink):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         db: sqlite3.Connection | None = None
         while True:
-            seg = self._closing.get()
-            if seg is None:
+            # Whatever is queued goes into the database in one transaction.
+            batch = [self._closing.get()]
+            while batch[-1] is not None:
+                try:
+                    batch.append(self._closing.get_nowait())
+                except queue.Empty:
+                    break
+            segs = [seg for seg in batch if seg is not None]
+            try:
+                if segs and db is None:
+                    db = store.connect(self.config.directory / store.DB_NAME)
+                if db is not None and segs:
+                    with store.transaction(db):
+                        for seg in segs:
+                            try:
+                                self._close(seg, db)
+                            except OSError as exc:
+                                _log.error(
+                                    "closing a log segment failed",
+                                    segment=str(seg.path),
+                                    error=str(exc),
+                                )
+                        self._retain(db)
+            except (OSError, sqlite3.Error) as exc:
+                # The segments stay readable as they are; readers index what
+                # the database lacks.
+                _log.error(
+                    "adding log segments to the index failed",
+                    segments=[str(seg.path) for seg in segs],
+                    error=str(exc),
+                )
+            if batch[-1] is None:
                 if db is not None:
                     db.close()
                 return
-            try:
-                if db is None:
-                    db = store.connect(self.config.directory / store.DB_NAME)
-                self._close(seg, db)
-                self._retain(db)
-            except (OSError, sqlite3.Error) as exc:
-                # The segment stays readable as it is; the next start tries again.
-                _log.error("closing a log segment failed", segment=str(seg.path), error=str(exc))
 
     def _close(self, seg: Segment, db: sqlite3.Connection) -> None:
         """A closed segment into the directory's lookup database (forensics/store.py),
@@ -306,14 +342,15 @@ class EventLog(EncodedSink):
         path = seg.path
         packed = path.with_name(segment_name(seg.seq, compressed=True))
         tmp = packed.with_name(packed.name + ".tmp")
-        with open(path, "rb") as src, open(tmp, "wb") as raw:
+        tmp.unlink(missing_ok=True)  # a crash's: made anew, never adopted
+        raw_fd = os.open(tmp, os.O_WRONLY | safefile.CREATE_FLAGS, 0o600)
+        with open(path, "rb") as src, open(raw_fd, "wb") as raw:
             # Large chunks: each read and write takes the GIL back, a wait of
             # up to a switch interval while the capture thread is busy.
             _compressor().copy_stream(src, raw, size=os.fstat(src.fileno()).st_size,
                                       read_size=_CHUNK, write_size=_CHUNK)
             raw.flush()
             os.fdatasync(raw.fileno())
-        os.chmod(tmp, 0o600)
         os.replace(tmp, packed)
         # The original goes only once its compressed copy is on disk; a
         # crash in between leaves both, and readers take the original.

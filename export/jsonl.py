@@ -14,6 +14,7 @@ path.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import stat
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+import structlog
 
 from export._writev import writev_all
+from tracer.core import safefile
 from tracer.core.clock import rfc3339
 from tracer.core.events import (
     Connect,
@@ -38,6 +41,7 @@ from tracer.core.events import (
 )
 
 JsonDict = dict[str, Any]
+_log = structlog.get_logger(component="export")
 
 
 class _ProcessJson:
@@ -269,6 +273,10 @@ class Serializer:
         )
 
 
+class ExportFileError(OSError):
+    """An export file the daemon will not write; the message names the problem and the fix."""
+
+
 class RotatingFile:
     """Appends whole lines to `path`; past max_bytes, path -> path.1 -> path.2 ...
 
@@ -276,6 +284,15 @@ class RotatingFile:
     files. `backups` old files are kept. Only a regular file rotates: a
     device or a FIFO (`--export-file /dev/null`, a pipe to a shipper) has
     no size to limit, and renaming it would put a file in its place.
+
+    Every line holds command lines, and people pass passwords as
+    arguments; and a root daemon that writes where a link points writes
+    where its maker chose (into a user's `.bashrc`, a `$(...)` in an argv
+    would run at their next login). So the file is never opened
+    through a symlink, a file found in its place must be root's and
+    unreadable to others, and its directory (and those above it) must be
+    root's to change: all checked on what was opened (fstat), and every
+    name resolved relative to the directory opened at the start.
     """
 
     def __init__(self, path: Path, max_bytes: int, backups: int = 5) -> None:
@@ -284,31 +301,96 @@ class RotatingFile:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = self._open()
+        self.rotate_errors = 0  # rotations that failed: the lines went on in the old file
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory = path.parent.resolve()
+        try:
+            shared = safefile.shared_directory([directory, path.parent])
+        except OSError as exc:
+            raise ExportFileError(
+                f"export file {path}: cannot check its directory: {exc}"
+            ) from None
+        if shared is not None:
+            raise ExportFileError(
+                f"export file {path}: {shared}, not only root: they could replace the file "
+                "with a link to any file; use a directory only root can write, like /var/log"
+            )
+        self._dir = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._f = self._open()
+        except BaseException:
+            os.close(self._dir)
+            raise
         self._rotates = stat.S_ISREG(os.fstat(self._f.fileno()).st_mode)
         self._size = self._f.tell() if self._rotates else 0
 
     def _open(self) -> BinaryIO:
-        # Root's only when we create it: every line holds command lines,
-        # and people pass passwords as arguments. A file that exists keeps
-        # the mode its owner gave it.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """The file, created root's only, or the one there if it is safe to write; else
+        ExportFileError saying why."""
+        name = self.path.name
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        try:
+            try:
+                fd = safefile.create(name, self._dir, flags)
+            except FileExistsError:
+                fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=self._dir)
+        except OSError as exc:
+            if safefile.is_link_error(exc):
+                problem = "is a symbolic link; give the path of the file itself"
+            elif exc.errno == errno.EISDIR:
+                problem = "is a directory; give a file name"
+            else:
+                problem = f"cannot be opened: {exc.strerror}"
+            raise ExportFileError(f"export file {self.path} {problem}") from None
+        try:
+            unfit = _unsafe_export(os.fstat(fd))
+            if unfit is not None:
+                raise ExportFileError(f"export file {self.path} {unfit}")
+        except BaseException:
+            os.close(fd)
+            raise
         # Unbuffered: a batch goes to the kernel in one writev (_writev.py).
         return open(fd, "ab", buffering=0)
 
+    def _rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+
+    def _exists(self, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=self._dir, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
     def _rotate(self) -> None:
-        self._f.close()
-        for i in range(self.backups - 1, 0, -1):
-            src = self.path.with_name(f"{self.path.name}.{i}")
-            if src.exists():
-                os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
-        if self.backups > 0:
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        """The current file becomes name.1 and a new one is opened. If either fails,
+        the lines go on into the file open now: logged and counted, and tried
+        again after another max_bytes."""
+        try:
+            new = self._shift_and_open()
+        except OSError as exc:  # ExportFileError included
+            self.rotate_errors += 1
+            _log.error(
+                "export file rotation failed; writing on in the file open now",
+                file=str(self.path),
+                error=str(exc),
+                failures=self.rotate_errors,
+            )
         else:
-            self.path.unlink(missing_ok=True)
-        self._f = self._open()
+            self._f.close()
+            self._f = new
         self._size = 0
+
+    def _shift_and_open(self) -> BinaryIO:
+        name = self.path.name
+        for i in range(self.backups - 1, 0, -1):
+            if self._exists(f"{name}.{i}"):
+                self._rename(f"{name}.{i}", f"{name}.{i + 1}")
+        if self.backups > 0:
+            self._rename(name, f"{name}.1")
+        else:
+            os.unlink(name, dir_fd=self._dir)
+        return self._open()
 
     def write_lines(self, lines: list[bytes]) -> None:
         """Append whole lines; a rotation falls between two lines, never inside one."""
@@ -328,3 +410,24 @@ class RotatingFile:
 
     def close(self) -> None:
         self._f.close()
+        os.close(self._dir)
+
+
+def _unsafe_export(st: os.stat_result) -> str | None:
+    """What makes an opened export file unfit, as the end of a sentence; None if fit."""
+    mode = st.st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+        return f"is {safefile.kind(mode)}; give a regular file, a FIFO or a device"
+    if st.st_uid != 0:
+        return (
+            f"is owned by uid {st.st_uid}, not root: someone else made it; remove it "
+            "(the daemon creates it, mode 0600) or `chown root` it"
+        )
+    # A device is the kernel's (/dev/null is 0666); a file or a pipe is readable
+    # by whoever its mode lets read it.
+    if not stat.S_ISCHR(mode) and stat.S_IMODE(mode) & 0o077:
+        return (
+            f"has mode {stat.S_IMODE(mode):04o}: users other than root could read every "
+            "command line in it; `chmod 600` it"
+        )
+    return None

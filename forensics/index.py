@@ -144,7 +144,9 @@ def _dict_fields(p: JsonDict) -> Fields:
 def write_sidecar(path: Path, data: bytes) -> None:
     """Atomically: a reader sees the whole sidecar or none."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+    tmp.unlink(missing_ok=True)  # a crash's: made anew, never adopted or followed
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with open(os.open(tmp, flags, 0o600), "wb") as f:
         f.write(data)
         f.flush()
         os.fdatasync(f.fileno())

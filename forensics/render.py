@@ -1,15 +1,13 @@
 """A process forest as a terminal tree (`-o text`) or nested JSON (`-o json`).
 
-Text goes through tracer/core/terminal.py's escaping, as `tracer events -o
-compact` does: argv and paths come from the kernel unfiltered.
+Both go through tracer/core/terminal.py's escaping, as `tracer events`'s
+outputs do: argv and paths come from the kernel unfiltered.
 """
 
 from __future__ import annotations
 
 import shlex
 from typing import Any
-
-import orjson
 
 from forensics.tree import Forest, Node
 from tracer.core import terminal
@@ -95,4 +93,6 @@ def forest_dict(forest: Forest) -> JsonDict:
 
 
 def to_json(forest: Forest) -> bytes:
-    return orjson.dumps(forest_dict(forest), option=orjson.OPT_APPEND_NEWLINE)
+    """One JSON document, safe on a terminal as `tracer events -o json` is: argv and
+    paths may hold C1 controls, bidi overrides and DEL, which JSON leaves raw."""
+    return terminal.json_line(forest_dict(forest))

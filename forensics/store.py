@@ -13,7 +13,16 @@ pod.
 The database is a cache of the sidecars, never the only copy: a reader
 adds any segment it lacks (a crash between sidecar and database, a
 directory copied without it) and ignores rows of segments that are gone.
-A directory it cannot write gets the same tables in memory.
+
+Only the daemon writes the database, in the log directory it made. A
+reader never writes into the directory it reads (a log copied from
+another node may hold a symlink named index.sqlite, and a root reader
+that created it would write where the link points): it opens the
+database read-only, and only a regular file of root's, not through a
+link, in a directory only root can change; otherwise it does without.
+What the database lacks, a reader adds to tables of its own in memory.
+The daemon keeps it in rollback-journal mode, which a read-only reader
+can read without creating files next to it (WAL needs a -shm file).
 """
 
 from __future__ import annotations
@@ -23,13 +32,16 @@ import functools
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+import stat
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from forensics.index import Row, load_sidecar, scan
 from forensics.log import Problems, Segment
+from tracer.core import safefile
 
 DB_NAME = "index.sqlite"
 _SCHEMA = """
@@ -49,15 +61,59 @@ _COLUMNS = "seg, exec_id, pid, parent, binary, start_ns, first_ns, last_ns, name
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """The directory's database, created (mode 0600: it names processes) if missing."""
-    if not path.exists():
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    """The daemon's database in its own log directory, created (mode 0600: it names
+    processes) if missing. One found there must be a regular file of root's."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | safefile.CREATE_FLAGS, 0o600))
+    except FileExistsError:
+        fd = os.open(path, safefile.READ_FLAGS)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
+            raise safefile.UnsafeFile(
+                f"{path} is {safefile.kind(st.st_mode)} of uid {st.st_uid}, "
+                "not a regular file of root's: remove it"
+            ) from None
     conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-    with contextlib.suppress(sqlite3.OperationalError):  # read-only: stays in rollback mode
-        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA journal_mode=DELETE")  # readers open it read-only (see above)
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(_SCHEMA)
+    # One transaction: in rollback mode each commit costs a few fsyncs.
+    conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
     return conn
+
+
+_SQLITE_MAGIC = b"SQLite format 3\0"
+
+
+def readonly_uri(path: Path) -> str | None:
+    """A read-only URI of the database at `path` when a reader may use it, else None.
+
+    It must be a regular file of root's that others cannot write, not a
+    link, in a directory only root can change (so the name cannot be
+    swapped between this check and SQLite's open), in rollback-journal
+    mode (a WAL database makes even a read-only reader create files).
+    """
+    try:
+        fd = os.open(path, safefile.READ_FLAGS)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or safefile.changed_by(st) is not None:
+            return None
+        header = os.pread(fd, 20, 0)
+    finally:
+        os.close(fd)
+    if header[:16] != _SQLITE_MAGIC or header[18:20] != b"\x01\x01":
+        return None
+    try:
+        if safefile.shared_directory([path.parent]) is not None:
+            return None
+    except OSError:
+        return None
+    return f"file:{urllib.parse.quote(str(path))}?mode=ro"
 
 
 def _insert(conn: sqlite3.Connection, table: str, name: str, data: dict[str, Any]) -> None:
@@ -68,12 +124,28 @@ def _insert(conn: sqlite3.Connection, table: str, name: str, data: dict[str, Any
     )
 
 
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One transaction, or a part of the one already open. In rollback-journal mode
+    each commit costs a few fsyncs, so a writer with many segments at once (a
+    backlog, tiny segments) adds them in one."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def add_segment(
     conn: sqlite3.Connection, name: str, sidecar_bytes: int, data: dict[str, Any], schema: str = ""
 ) -> None:
-    """One segment's rows, in one transaction; a segment already there is replaced."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    """One segment's rows, all or none; a segment already there is replaced."""
+    with transaction(conn):
         conn.execute(f"DELETE FROM {schema}procs WHERE seg = ?", (name,))
         conn.execute(f"DELETE FROM {schema}segments WHERE name = ?", (name,))
         conn.execute(
@@ -81,17 +153,12 @@ def add_segment(
             (name, sidecar_bytes, data["first_ns"], data["last_ns"], data["events"]),
         )
         _insert(conn, f"{schema}procs", name, data)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def drop_segment(conn: sqlite3.Connection, name: str) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute("DELETE FROM procs WHERE seg = ?", (name,))
-    conn.execute("DELETE FROM segments WHERE name = ?", (name,))
-    conn.execute("COMMIT")
+    with transaction(conn):
+        conn.execute("DELETE FROM procs WHERE seg = ?", (name,))
+        conn.execute("DELETE FROM segments WHERE name = ?", (name,))
 
 
 @dataclass(slots=True)
@@ -135,7 +202,7 @@ class LogIndex:
     def __init__(self, segments: list[Segment], problems: Problems) -> None:
         self.segments: list[SegmentInfo] = []
         self._pos: dict[tuple[int, str], int] = {}
-        conn = sqlite3.connect(":memory:", isolation_level=None)
+        conn = sqlite3.connect("file::memory:", uri=True, timeout=30, isolation_level=None)
         conn.create_function("search", 2, _search, deterministic=True)
         conn.execute(f"CREATE TABLE scanned ({_COLUMNS})")
         self._conn = conn
@@ -147,24 +214,38 @@ class LogIndex:
             src = -1
             if seg.seq and parent not in dirs:  # a log directory's segment
                 src = dirs[parent] = len(dirs)
-                self._attach(src, parent)
-                views.append(f"SELECT {src} AS src, * FROM d{src}.procs")
+                views += self._attach(src, parent)
             elif seg.seq:
                 src = dirs[parent]
             self._add(src, seg, problems)
         conn.execute(f"CREATE TEMP VIEW procs_all AS {' UNION ALL '.join(views)}")
 
-    def _attach(self, src: int, directory: Path) -> None:
-        db = directory / DB_NAME
+    def _attach(self, src: int, directory: Path) -> list[str]:
+        """The directory's tables: `d{src}` in memory for what this reader adds, and
+        the directory's database read-only as `r{src}` when it may be used. Their parts
+        of the procs_all view."""
+        self._conn.execute(f"ATTACH DATABASE ':memory:' AS d{src}")
+        self._conn.executescript(_SCHEMA.replace("EXISTS ", f"EXISTS d{src}."))
+        self._known[src] = {}
+        views = [f"SELECT {src} AS src, * FROM d{src}.procs"]
+        uri = readonly_uri(directory / DB_NAME)
+        if uri is None:
+            return views
         try:
-            connect(db).close()  # creates it, with its schema, if it can
-            self._conn.execute(f"ATTACH DATABASE ? AS d{src}", (str(db),))
-        except (sqlite3.Error, OSError):  # a read-only copy: the same tables in memory
-            self._conn.execute(f"ATTACH DATABASE ':memory:' AS d{src}")
-            self._conn.executescript(_SCHEMA.replace("EXISTS ", f"EXISTS d{src}."))
-        self._known[src] = dict(
-            self._conn.execute(f"SELECT name, sidecar_bytes FROM d{src}.segments")
-        )
+            self._conn.execute(f"ATTACH DATABASE ? AS r{src}", (uri,))
+            self._known[src] = dict(
+                self._conn.execute(f"SELECT name, sidecar_bytes FROM r{src}.segments")
+            )
+        except sqlite3.Error:  # not ours after all, or a crash's hot journal: without it
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute(f"DETACH DATABASE r{src}")
+            return views
+        # A segment this reader re-added (its sidecar changed) is in d, not r.
+        return [
+            *views,
+            f"SELECT {src} AS src, * FROM r{src}.procs "
+            f"WHERE seg NOT IN (SELECT name FROM d{src}.segments)",
+        ]
 
     def _add(self, src: int, seg: Segment, problems: Problems) -> None:
         name = seg.plain_name
@@ -175,18 +256,16 @@ class LogIndex:
                 size = -1
             if size >= 0 and self._known[src].get(name) == size:
                 first, last, n = self._conn.execute(
-                    f"SELECT first_ns, last_ns, events FROM d{src}.segments WHERE name = ?",
+                    f"SELECT first_ns, last_ns, events FROM r{src}.segments WHERE name = ?",
                     (name,),
                 ).fetchone()
                 self._register(src, name, seg, first, last, n)
                 return
             data = load_sidecar(seg, problems) if size >= 0 else None
             if data is not None:
-                with contextlib.suppress(sqlite3.Error):  # read-only: scanned below instead
-                    add_segment(self._conn, name, size, data, f"d{src}.")
-                    self._register(src, name, seg, data["first_ns"], data["last_ns"],
-                                   data["events"])
-                    return
+                add_segment(self._conn, name, size, data, f"d{src}.")
+                self._register(src, name, seg, data["first_ns"], data["last_ns"], data["events"])
+                return
         # No index: the open segment, a crash's leftover, a plain file.
         b = scan(seg, problems)
         key = f"{src}:{seg.path}"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
+from yaml.events import AliasEvent, NodeEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from policy.glob import problem as glob_problem
@@ -34,6 +35,7 @@ from policy.model import (
     Severity,
     StringMatch,
 )
+from tracer.core import safefile
 
 # Longest string the kernel-side maps hold (TR_POLICY_STR - 1 in tracer.h).
 MAX_STRING = 251
@@ -61,6 +63,13 @@ _STRING_SELECTORS = frozenset(
     f"{neg}{name}" for name in ("binary", "path", "parent_binary", "ancestor_binary")
     for neg in ("", "not_")
 )
+# Bounds on what a file may make the parser do (PyYAML's composer recurses
+# once per level, and aliases make a small file a large graph). A policy
+# set is a few kilobytes; the kernel maps hold 4,096 values each, a few
+# hundred KB of YAML at most. At the bounds a parse takes about 0.6 s.
+MAX_BYTES = 1 << 20
+MAX_NODES = 25_000
+MAX_DEPTH = 64
 _KINDS = {k.label: k for k in Kind}
 _ACTIONS = {a.label: a for a in Action}
 T = TypeVar("T")
@@ -297,21 +306,84 @@ class _Reader:
         )
 
 
-def parse_text(text: str, source: str) -> list[Policy]:
+class _Loader(yaml.SafeLoader):
+    """Composes nodes only, refusing anchors and aliases and bounding nodes and depth.
+
+    A policy needs none of YAML's references, and a reference is how a
+    small file becomes a large graph. Nesting is checked before PyYAML's
+    recursive composer descends, so no file reaches Python's recursion
+    limit.
+    """
+
+    def __init__(self, text: str, source: str) -> None:
+        super().__init__(text)
+        self._source = source
+        self._depth = 0
+        self._nodes = 0
+
+    def _refuse(self, event: NodeEvent, message: str) -> PolicyError:
+        mark = event.start_mark
+        return PolicyError(self._source, mark.line + 1 if mark is not None else 0, message)
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        event: NodeEvent = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, AliasEvent):
+            raise self._refuse(event, f"alias *{event.anchor} is not accepted: write the value out")
+        if event.anchor is not None:
+            raise self._refuse(
+                event, f"anchor &{event.anchor} is not accepted: policies use no YAML references"
+            )
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise self._refuse(event, f"more than {MAX_NODES} YAML values in one file")
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise self._refuse(event, f"nested more than {MAX_DEPTH} levels deep")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _compose(text: str, source: str) -> Node | None:
+    if len(text) > MAX_BYTES:  # characters, at least as many bytes
+        raise PolicyError(source, 0, f"larger than {MAX_BYTES} bytes: not a policy file")
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _Loader(text, source)
+    except yaml.reader.ReaderError as exc:  # checked up front, for the whole text
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        raise PolicyError(
+            source, line, f"invalid YAML: character U+{exc.character:04X} is not allowed"
+        ) from None
+    try:
+        node: Node | None = loader.get_single_node()
+        return node
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
         raise PolicyError(source, line, f"invalid YAML: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise PolicyError(source, 0, f"invalid YAML: {exc}") from None
-    if root is None:
-        raise PolicyError(source, 1, "empty file: expected `policies:`")
-    r = _Reader(source)
-    top = r.mapping(root, "the file", frozenset({"policies"}))
-    if "policies" not in top:
-        raise PolicyError(source, 1, "expected a top-level `policies:` list")
-    return list(r.each(top["policies"], "policies", r.policy))
+    finally:
+        loader.dispose()
+
+
+def parse_text(text: str, source: str) -> list[Policy]:
+    """The policies of one YAML document; PolicyError (file:line: problem) for any other input."""
+    try:
+        root = _compose(text, source)
+        if root is None:
+            raise PolicyError(source, 1, "empty file: expected `policies:`")
+        r = _Reader(source)
+        top = r.mapping(root, "the file", frozenset({"policies"}))
+        if "policies" not in top:
+            raise PolicyError(source, 1, "expected a top-level `policies:` list")
+        return list(r.each(top["policies"], "policies", r.policy))
+    except PolicyError:
+        raise
+    except (RecursionError, MemoryError, ValueError, TypeError) as exc:
+        # Not expected: the checks above cover what a file can say. Still a
+        # refusal of the file, never an exception that stops the daemon.
+        raise PolicyError(source, 0, f"cannot be read as a policy ({type(exc).__name__})") from None
 
 
 def read_documents(paths: list[Path], strict: bool = False) -> list[tuple[str, str]]:
@@ -328,39 +400,87 @@ def read_documents(paths: list[Path], strict: bool = False) -> list[tuple[str, s
     docs = []
     for f in files:
         try:
-            if strict:
-                _refuse_shared(f)
-            docs.append((str(f), f.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
+            data = _read_strict(f) if strict else _read(f)
+            docs.append((str(f), data.decode("utf-8")))
+        except UnicodeDecodeError as exc:
+            raise PolicyError(
+                str(f), 0, f"not UTF-8 text: {exc.reason} at byte {exc.start}"
+            ) from None
+        except OSError as exc:
             raise PolicyError(str(f), 0, f"cannot read: {exc}") from None
     return docs
 
 
-def _refuse_shared(f: Path) -> None:
+def _read(f: Path) -> bytes:
+    with open(f, "rb") as fh:
+        data = fh.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise PolicyError(str(f), 0, f"larger than {MAX_BYTES} bytes: not a policy file")
+    return data
+
+
+def _read_strict(f: Path) -> bytes:
+    """The bytes of a policy file only root could have written, checked on the
+    descriptor they are read from.
+
+    A symlink is followed only when root owns it (a ConfigMap volume is a
+    chain of root's links); then the file it names is opened with
+    O_NOFOLLOW, so a link swapped in after the checks fails the open.
+    """
+    named = Path(os.path.abspath(f))
+    try:
+        if named.is_symlink() and os.lstat(named).st_uid != 0:
+            raise PolicyError(
+                str(f), 0,
+                f"the symlink is owned by uid {os.lstat(named).st_uid}, not root: its owner can "
+                "point it at any file; whoever changes a policy decides what this daemon "
+                "sees and kills",
+            )
+        path = named.resolve(strict=True)
+        fd = os.open(path, safefile.READ_FLAGS)
+    except OSError as exc:
+        if safefile.is_link_error(exc):
+            raise PolicyError(
+                str(f), 0, "changed while being opened (now a symlink); refused"
+            ) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PolicyError(str(f), 0, f"is {safefile.kind(st.st_mode)}, not a regular file")
+        _refuse_shared(f, st, path, named)
+        chunks = []
+        size = 0
+        while size <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > MAX_BYTES:
+        raise PolicyError(str(f), 0, f"larger than {MAX_BYTES} bytes: not a policy file")
+    return b"".join(chunks)
+
+
+def _refuse_shared(f: Path, st: os.stat_result, path: Path, named: Path) -> None:
     """Refuse a policy file that a user other than root could change: by
     writing it, or by replacing it (or a symlink to it) in any directory
     up to / (as sshd's StrictModes checks its files)."""
-    path = f.resolve()
-    named = Path(os.path.abspath(f))  # a symlink's own directories count too
-    for part in dict.fromkeys((path, *path.parents, *named.parents)):
-        st = part.stat()
-        is_dir = part != path
-        if is_dir and st.st_mode & stat.S_ISVTX and st.st_uid == 0:
-            continue  # sticky, as /tmp: others cannot replace what is not theirs
-        who = (
-            f"its owner, uid {st.st_uid}" if st.st_uid != 0
-            else f"its group, gid {st.st_gid}" if st.st_mode & stat.S_IWGRP and st.st_gid != 0
-            else "everyone" if st.st_mode & stat.S_IWOTH
-            else None
+    problem = None
+    who = safefile.changed_by(st)
+    if who is not None:
+        problem = f"the file can be changed by {who} (mode {stat.S_IMODE(st.st_mode):04o})"
+    else:
+        # A symlink's own directories count too: they decide where it points.
+        problem = safefile.shared_directory([path.parent, named.parent])
+    if problem is not None:
+        raise PolicyError(
+            str(f), 0,
+            f"{problem}, not only root; whoever changes a policy decides what this daemon "
+            "sees and kills",
         )
-        if who is not None:
-            what = f"directory {part}" if is_dir else "the file"
-            raise PolicyError(
-                str(f), 0,
-                f"{what} can be changed by {who} (mode {stat.S_IMODE(st.st_mode):04o}), "
-                "not only root; whoever changes a policy decides what this daemon "
-                "sees and kills",
-            )
 
 
 def parse_documents(docs: list[tuple[str, str]]) -> PolicySet:

@@ -13,7 +13,9 @@ import collections
 import gc
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, Protocol
 
@@ -76,6 +78,45 @@ def _outputs(sinks: list[Sink]) -> list[Sink]:
     for sink in sinks:
         out.extend(sink.sinks if isinstance(sink, LineFanout) else [sink])
     return out
+
+
+class _Reloader:
+    """Runs SIGHUP's policy reload on a thread of its own.
+
+    Reading, parsing and compiling take as long as the files make them
+    take; on the capture thread that would be time without capture, and an
+    unexpected error would end the capture loop. The capture loop only
+    asks; requests during a reload make one more.
+    """
+
+    def __init__(self, reload: Callable[[], None]) -> None:
+        self._reload = reload
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="policy-reload", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            if self._stopping:
+                return
+            self._wanted.clear()
+            try:
+                self._reload()
+            except Exception as exc:  # noqa: BLE001 -- the thread outlives any one reload
+                _log.error(
+                    "policy reload failed; the previous policies stay in force",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join(timeout)
 
 
 class _LossReporter:
@@ -145,6 +186,7 @@ class Daemon:
         self._stop = False
         self._stop_signal: int | None = None
         self._reload = False
+        self._reloader: _Reloader | None = None
         self._policies: PolicyStore | None = None
         self._sensor: Sensor | None = None
 
@@ -159,8 +201,8 @@ class Daemon:
         self._reload = True
 
     def _reload_policies(self) -> None:
-        """SIGHUP: re-read the policy paths; on any error the old set stays."""
-        self._reload = False
+        """SIGHUP (on the reload thread): re-read the policy paths; on any error the old set
+        stays."""
         if self._policies is None or not self.config.policy_paths:
             _log.info("SIGHUP: no policy paths to reload")
             return
@@ -237,15 +279,7 @@ class Daemon:
         """The JSON output and the event log: one encoding of each event serves both."""
         cfg = self.config
         writers: list[EncodedSink] = []
-        if cfg.event_log is not None:
-            writers.append(
-                EventLog(
-                    cfg.event_log,
-                    cfg.queue_capacity,
-                    serializer.line,
-                    max_bytes=cfg.queue_max_bytes,
-                )
-            )
+        # The export file first: one refused stops the start before the log has begun.
         if cfg.export_file is not None:
             f = RotatingFile(cfg.export_file, cfg.export_max_bytes, cfg.export_backups)
             out = QueuedWriter(
@@ -264,6 +298,15 @@ class Daemon:
                 serializer.line,
                 cfg.queue_capacity,
                 max_bytes=cfg.queue_max_bytes,
+            )
+        if cfg.event_log is not None:
+            writers.append(
+                EventLog(
+                    cfg.event_log,
+                    cfg.queue_capacity,
+                    serializer.line,
+                    max_bytes=cfg.queue_max_bytes,
+                )
             )
         writers.append(out)
         return [LineFanout(serializer.line, writers)]
@@ -344,6 +387,7 @@ class Daemon:
                 pipeline.verdicts = store
                 if cfg.policy_paths:
                     store.apply_paths(cfg.policy_paths)
+                self._reloader = _Reloader(self._reload_policies)
                 # Attached first, then /proc: a process that starts in between
                 # is in the ring buffer, and its records win over the snapshot.
                 snapshot = list(procfs.scan())
@@ -385,6 +429,8 @@ class Daemon:
                     server = None
                 self._state.sensor = None
         finally:
+            if self._reloader is not None:
+                self._reloader.stop()
             enrichment.close()
             if ctl is not None:
                 ctl.close()
@@ -433,7 +479,9 @@ class Daemon:
         while not self._stop:
             pipeline.feed(sensor.ringbuf.poll(self.config.poll_ms))
             if self._reload:
-                self._reload_policies()
+                self._reload = False
+                assert self._reloader is not None
+                self._reloader.request()
             now = time.monotonic()
             state.last_poll = now  # GetHealth: the loop is alive
             if now >= next_report:
