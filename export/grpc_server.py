@@ -41,7 +41,7 @@ from export.config import GrpcConfig, TlsFiles
 from export.filters import EventFilter, FilterError
 from export.hub import Hub, TooManySubscribers
 from export.proto_gen import tracer_v1_pb2 as pb
-from tracer.core import sockpath
+from tracer.core import sockpath, unixpeers
 
 _log = structlog.get_logger(component="grpc")
 
@@ -89,13 +89,18 @@ class _Access:
     unix: bool
     mtls: bool
     admins: frozenset[str]
+    bound_name: str = ""  # the unix socket's, as the kernel knows it
 
     def caller(self, context: grpc.ServicerContext) -> tuple[str, str | None]:
         """(who, why not): who the caller is, for the log, and the reason it may
         not change policies (None: it may)."""
         if self.unix:
             # Mode 0600, owned by root: only root (or CAP_DAC_OVERRIDE) connects.
-            return "root on the unix socket", None
+            # The caller is one of the processes connected at this moment.
+            peers = ", ".join(
+                f"pid {p.pid} uid {p.uid} ({p.comm})" for p in unixpeers.connected(self.bound_name)
+            )
+            return f"root on the unix socket (connected: {peers or 'unknown'})", None
         # Each value is a list of bytes (the stubs say bytes).
         auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
         subject = _first(auth, "x509_subject")
@@ -443,10 +448,6 @@ class GrpcServer:
         return server
 
     def _bind_unix(self, path: Path) -> None:
-        # Root's alone: the per-address limit would only limit root.
-        server = self._server(
-            "unix", _Access(unix=True, mtls=False, admins=frozenset()), per_peer=1 << 30
-        )
         path = path.absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
         if (problem := sockpath.takeover_problem(path, "--grpc-socket")) is not None:
@@ -455,6 +456,9 @@ class GrpcServer:
         # place: at no moment can anyone else connect to it.
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tracer-sock-") as private:
             tmp = Path(private) / "s"
+            access = _Access(unix=True, mtls=False, admins=frozenset(), bound_name=str(tmp))
+            # Root's alone: a per-address limit would only limit root.
+            server = self._server("unix", access, per_peer=1 << 30)
             if server.add_insecure_port(f"unix:{tmp}") == 0:
                 raise ListenError(f"cannot listen on unix socket {path}")
             os.chmod(tmp, 0o600)

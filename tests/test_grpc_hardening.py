@@ -4,6 +4,7 @@ clearing the policy set."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
@@ -268,17 +269,24 @@ def test_the_policy_set_is_cleared_only_when_asked_explicitly(
     # ...`clear` empties it, and the log says who did.
     _apply(channel, pb.ApplyPoliciesRequest(clear=True))
     line = daemon.wait_log("cleared=True")
-    assert "policies changed over the API" in line and "by='root on the unix socket'" in line
+    assert "policies changed over the API" in line
+    assert f"by='root on the unix socket (connected: pid {os.getpid()} uid 0 " in line
     assert _policy_of_open(daemon, watched) is None
-    # The CLI does the same over the control socket and the API.
+    # The CLI does the same over the control socket and the API; the log names its pid.
     _apply(channel, pb.ApplyPoliciesRequest(documents=[doc]))
-    for how in (["--control-socket", str(daemon.control_socket)], ["--address", daemon.address]):
-        r = subprocess.run(
+    for how, log in (
+        (["--control-socket", str(daemon.control_socket)], "over the control socket"),
+        (["--address", daemon.address], "over the API"),
+    ):
+        cli = subprocess.Popen(
             tracer_cmd("policy", "apply", "--clear", *how),
-            capture_output=True, text=True, timeout=60,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        assert r.returncode == 0, r.stderr
-        assert r.stdout == "removed every policy\n"
+        out, err = cli.communicate(timeout=60)
+        assert cli.returncode == 0, err
+        assert out == "removed every policy\n"
+        line = daemon.wait_log(f"pid {cli.pid} uid 0" if "API" in log else f"peer_pid={cli.pid}")
+        assert log in line
     assert _policy_of_open(daemon, watched) is None
     r = subprocess.run(
         tracer_cmd("policy", "apply", "--control-socket", str(daemon.control_socket)),
