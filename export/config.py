@@ -42,8 +42,33 @@ class GrpcConfig:
         help="events a subscriber may fall behind before it loses the oldest",
     )
     max_subscribers: int = option(
-        32, flag="--grpc-max-subscribers", parse=int, help="concurrent GetEvents streams"
+        32,
+        flag="--grpc-max-subscribers",
+        parse=int,
+        help="concurrent GetEvents streams, per listener",
     )
+    max_peer_streams: int = option(
+        8,
+        flag="--grpc-max-streams-per-peer",
+        parse=int,
+        help="concurrent streams of any kind from one TCP client address",
+    )
+    admins: tuple[str, ...] = option(
+        (),
+        flag="--grpc-admin",
+        metavar="SUBJECT",
+        repeat=True,
+        help="a client certificate that may change policies over TCP, by subject "
+        "(CN=ops,O=example), common name or subject alternative name (repeatable; "
+        "default: none, TCP is read-only)",
+    )
+    # TCP with TLS but no client certificates (--grpc-insecure-no-client-auth):
+    # anyone who reaches the port reads; read-only.
+    no_client_auth: bool = False
+
+    @property
+    def listeners(self) -> int:
+        return (self.socket is not None) + (self.listen is not None)
 
     def problems(self) -> list[str]:
         out = []
@@ -60,6 +85,22 @@ class GrpcConfig:
             out.append("--no-grpc-socket leaves the API no listener: add --grpc-listen")
         if self.queue_capacity <= 0 or self.max_subscribers <= 0:
             out.append("grpc-queue-size and grpc-max-subscribers must be positive")
+        if self.max_peer_streams <= 0:
+            out.append("--grpc-max-streams-per-peer must be positive")
+        tls = self.tls
+        if self.listen is not None and tls is not None:
+            if tls.client_ca is None and not self.no_client_auth:
+                out.append(
+                    f"--grpc-listen {self.listen} serves only clients with a certificate: "
+                    "give --tls-client-ca (or, to serve every client that reaches the port, "
+                    "read-only, --grpc-insecure-no-client-auth)"
+                )
+            if tls.client_ca is not None and self.no_client_auth:
+                out.append("--grpc-insecure-no-client-auth contradicts --tls-client-ca")
+        if self.admins and (tls is None or tls.client_ca is None):
+            out.append("--grpc-admin names client certificates: it needs --tls-client-ca")
+        if self.no_client_auth and self.listen is None:
+            out.append("--grpc-insecure-no-client-auth needs --grpc-listen")
         return out
 
 

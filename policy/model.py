@@ -115,6 +115,7 @@ class Policy:
     tags: tuple[str, ...] = ()
     message: str = ""  # what an event it selects means, for a person
     mode: Mode = Mode.ENFORCE
+    line: int = 0  # of its name in its file, for messages
 
 
 @dataclass(slots=True)

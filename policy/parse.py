@@ -303,6 +303,7 @@ class _Reader:
             mode=self.choice(m["mode"], "mode", {x.value: x for x in Mode})
             if "mode" in m
             else Mode.ENFORCE,
+            line=m["name"].start_mark.line + 1,
         )
 
 
@@ -486,14 +487,14 @@ def _refuse_shared(f: Path, st: os.stat_result, path: Path, named: Path) -> None
 def parse_documents(docs: list[tuple[str, str]]) -> PolicySet:
     """Every policy of (file name, YAML text) pairs, all or nothing."""
     out = PolicySet()
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = {}  # name -> where
     for source, text in docs:
         for pol in parse_text(text, source):
             if pol.name in seen:
                 raise PolicyError(
-                    source, 0, f"policy {pol.name!r} is also defined in {seen[pol.name]}"
+                    source, pol.line, f"policy {pol.name!r} is also defined at {seen[pol.name]}"
                 )
-            seen[pol.name] = source
+            seen[pol.name] = f"{source}:{pol.line}"
             out.policies.append(pol)
     return out
 

@@ -115,6 +115,11 @@ class Pki:
     client_key: Path
     rogue_cert: Path  # a client certificate from another CA
     rogue_key: Path
+    admin_cert: Path  # from the CA too: CN=ops-admin, SAN URI ADMIN_URI
+    admin_key: Path
+
+
+ADMIN_URI = "spiffe://tracer.test/ops"
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -173,10 +178,18 @@ def make_pki(d: Path) -> Pki:
     client = _cert("analyst", client_key, ("tracer test CA", ca_key))
     rogue_key = _key()
     rogue = _cert("analyst", rogue_key, ("rogue CA", rogue_ca_key))
+    admin_key = _key()
+    admin = _cert(
+        "ops-admin",
+        admin_key,
+        ("tracer test CA", ca_key),
+        sans=[x509.UniformResourceIdentifier(ADMIN_URI)],
+    )
     _write(d / "ca.pem", ca, None)
     _write(d / "server.pem", server, server_key)
     _write(d / "client.pem", client, client_key)
     _write(d / "rogue.pem", rogue, rogue_key)
+    _write(d / "admin.pem", admin, admin_key)
     del rogue_ca
     return Pki(
         ca=d / "ca.pem",
@@ -186,4 +199,6 @@ def make_pki(d: Path) -> Pki:
         client_key=d / "client.key",
         rogue_cert=d / "rogue.pem",
         rogue_key=d / "rogue.key",
+        admin_cert=d / "admin.pem",
+        admin_key=d / "admin.key",
     )

@@ -26,7 +26,7 @@ from conftest import Daemon, Event, new_marker, tracer_cmd
 from factories import closed_port, one_rule
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_helpers import Pki, Subscription, make_pki, stub, wait_subscribers
+from grpc_helpers import ADMIN_URI, Pki, Subscription, make_pki, stub, wait_subscribers
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -135,6 +135,7 @@ def mtls_daemon(pki: Pki) -> Iterator[tuple[Daemon, str]]:
         "--tls-cert", str(pki.server_cert),
         "--tls-key", str(pki.server_key),
         "--tls-client-ca", str(pki.ca),
+        "--grpc-admin", ADMIN_URI,
     )  # fmt: skip
     line = d.wait_log("grpc listening")
     m = re.search(r"tcp='127\.0\.0\.1:(\d+)'", line)
@@ -241,19 +242,39 @@ def test_policies_apply_over_the_unix_socket_whole_or_not_at_all(
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_policies_apply_over_mtls_from_the_cli_and_not_without_a_certificate(
+def test_policies_apply_over_mtls_only_from_an_admin_certificate(
     mtls_daemon: tuple[Daemon, str], pki: Pki, tmp_path: Path
 ) -> None:
-    _, address = mtls_daemon
+    d, address = mtls_daemon
     doc = tmp_path / "remote.yaml"
     doc.write_text(_post_rule("remote", tmp_path / "remote-watched"))
     base = tracer_cmd("policy", "apply", "--address", address, "--tls-ca", str(pki.ca))
     ok = subprocess.run(
-        [*base, "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key), str(doc)],
+        [*base, "--tls-cert", str(pki.admin_cert), "--tls-key", str(pki.admin_key), str(doc)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout == "applied 1 file(s)\n"
+    # Who changed what is in the daemon's log.
+    line = d.wait_log("policies changed over the API")
+    assert "by='certificate CN=ops-admin'" in line and "remote.yaml" in line
+    # The CA signed this one too, but no --grpc-admin names it: it reads, it does not change.
+    reader = subprocess.run(
+        [*base, "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key), str(doc)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert reader.returncode == 1
+    assert "certificate CN=analyst may read but not change policies" in reader.stderr
+    with tls_channel(address, pki, pki.client_cert, pki.client_key) as ch:
+        assert stub(ch).GetInfo(pb.GetInfoRequest(), timeout=10).node
+        for req in (
+            pb.ApplyPoliciesRequest(clear=True),
+            pb.ApplyPoliciesRequest(documents=[pb.PolicyDocument(name="x", yaml="policies: []")]),
+        ):
+            with pytest.raises(grpc.RpcError) as exc:
+                stub(ch).ApplyPolicies(req, timeout=10)
+            assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    d.wait_log("policy change refused")
     rogue = subprocess.run(
         [*base, "--tls-cert", str(pki.rogue_cert), "--tls-key", str(pki.rogue_key), str(doc)],
         capture_output=True, text=True, timeout=60,
@@ -262,16 +283,17 @@ def test_policies_apply_over_mtls_from_the_cli_and_not_without_a_certificate(
     assert "cannot reach the daemon" in rogue.stderr and "Traceback" not in rogue.stderr
 
 
-def test_tls_without_client_certificates_serves_events_but_refuses_policy_changes(
+def test_tcp_without_client_certificates_needs_a_loud_flag_and_is_read_only(
     pki: Pki, tmp_path: Path
 ) -> None:
-    d = Daemon(
-        "--no-grpc-socket",
-        "--grpc-listen", "127.0.0.1:0",
-        "--tls-cert", str(pki.server_cert),
-        "--tls-key", str(pki.server_key),
-    )  # fmt: skip
+    tls = ("--grpc-listen", "127.0.0.1:0", "--tls-cert", str(pki.server_cert),
+           "--tls-key", str(pki.server_key))  # fmt: skip
+    r = subprocess.run(tracer_cmd("run", *tls), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "--tls-client-ca" in r.stderr and "--grpc-insecure-no-client-auth" in r.stderr
+    d = Daemon("--no-grpc-socket", *tls, "--grpc-insecure-no-client-auth")
     try:
+        d.wait_log("TLS WITHOUT CLIENT CERTIFICATES")
         m = re.search(r"tcp='127\.0\.0\.1:(\d+)'", d.wait_log("grpc listening"))
         assert m
         with tls_channel(f"127.0.0.1:{m[1]}", pki, None, None) as ch:
@@ -279,8 +301,8 @@ def test_tls_without_client_certificates_serves_events_but_refuses_policy_change
             with pytest.raises(grpc.RpcError) as exc:
                 _apply(ch, ("x.yaml", _post_rule("x", tmp_path / "x")))
             assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            assert "--tls-client-ca" in str(exc.value.details())
-        d.wait_log("policy change refused: caller not authenticated")
+            assert "read-only" in str(exc.value.details())
+        d.wait_log("policy change refused")
     finally:
         assert d.stop() == 0
 
@@ -643,6 +665,7 @@ def test_a_failed_tcp_listener_leaves_no_unix_socket_behind(tmp_path: Path) -> N
         tracer_cmd(
             "run", "--grpc-socket", str(sock), "--grpc-listen", "127.0.0.1:0",
             "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key",
+            "--tls-client-ca", "/nonexistent-ca.pem",
         ),
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip

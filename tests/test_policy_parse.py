@@ -117,9 +117,17 @@ def test_relative_path_and_wrong_selector_for_kind() -> None:
 def test_bad_names_and_duplicates(tmp_path: Path) -> None:
     assert "policy name" in str(refused("policies: [{name: 'Bad Name', rules: [{event: exec}]}]"))
     (tmp_path / "a.yaml").write_text("policies: [{name: same, rules: [{event: exec}]}]\n")
-    (tmp_path / "b.yaml").write_text("policies: [{name: same, rules: [{event: exec}]}]\n")
-    with pytest.raises(PolicyError, match="also defined in"):
+    (tmp_path / "b.yaml").write_text(
+        "policies:\n  - name: other\n    rules: [{event: exec}]\n"
+        "  - name: same\n    rules: [{event: exec}]\n"
+    )
+    with pytest.raises(PolicyError) as exc:
         parse_files([tmp_path])
+    # The duplicate is named where it is, and the first definition where it is.
+    assert exc.value.line == 4
+    assert str(exc.value) == (
+        f"{tmp_path / 'b.yaml'}:4: policy 'same' is also defined at {tmp_path / 'a.yaml'}:1"
+    )
 
 
 def test_more_rules_than_the_kernel_holds(tmp_path: Path) -> None:

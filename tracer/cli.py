@@ -52,12 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pa = pol_sub.add_parser(
         "apply",
-        help="replace the running daemon's policies with FILEs",
+        help="replace the running daemon's policies with FILEs (or none: --clear)",
         description="Locally through the daemon's control socket; with --address, "
         "through its API (ApplyPolicies), which over TCP needs a client certificate "
-        "the daemon checks (mTLS).",
+        "the daemon checks (mTLS) and names with --grpc-admin.",
     )
-    pa.add_argument("files", type=Path, nargs="+")
+    pa.add_argument("files", type=Path, nargs="*")
+    pa.add_argument("--clear", action="store_true", help="remove every policy (no FILEs)")
     pa.add_argument("--control-socket", type=Path, default=control.DEFAULT_SOCKET)
     pa.add_argument(
         "--address", help="apply through the gRPC API at unix:///path or HOST:PORT (TLS)"
@@ -130,11 +131,13 @@ def _probe(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-def _apply_local(sock: Path, docs: list[tuple[str, str]]) -> list[str]:
+def _apply_local(sock: Path, docs: list[tuple[str, str]], clear: bool) -> list[str]:
     """Through the root-only control socket; client.Refused when refused."""
     from tracer import client
 
-    reply = control.request(sock, {"op": "policy_apply", "documents": [list(d) for d in docs]})
+    reply = control.request(
+        sock, {"op": "policy_apply", "documents": [list(d) for d in docs], "clear": clear}
+    )
     if not reply.get("ok"):
         raise client.Refused(str(reply.get("error")))
     return [str(w) for w in reply.get("warnings", [])]
@@ -152,12 +155,15 @@ def _policy(args: argparse.Namespace) -> int:
     if args.policy_command == "apply":
         from tracer import client
 
+        if args.clear == bool(args.files):
+            print("tracer: error: give policy FILEs or --clear, not both", file=sys.stderr)
+            return exitcodes.USAGE
         docs = read_documents(args.files)
         try:
             if args.address is not None:
-                warnings = client.apply_policies(args, docs)
+                warnings = client.apply_policies(args, docs, clear=args.clear)
             else:
-                warnings = _apply_local(args.control_socket, docs)
+                warnings = _apply_local(args.control_socket, docs, clear=args.clear)
         except client.UsageError as exc:
             print(f"tracer: error: {exc}", file=sys.stderr)
             return exitcodes.USAGE
@@ -169,7 +175,7 @@ def _policy(args: argparse.Namespace) -> int:
             return exitcodes.FAILURE
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
-        print(f"applied {len(docs)} file(s)")
+        print("removed every policy" if args.clear else f"applied {len(docs)} file(s)")
         return exitcodes.OK
     reply = control.request(args.control_socket, {"op": "policy_list"})
     if not reply.get("ok"):

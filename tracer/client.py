@@ -102,14 +102,17 @@ def channel(args: argparse.Namespace) -> grpc.Channel:
     return grpc.secure_channel(addr, creds, options=options)
 
 
-def apply_policies(args: argparse.Namespace, docs: list[tuple[str, str]]) -> list[str]:
+def apply_policies(
+    args: argparse.Namespace, docs: list[tuple[str, str]], clear: bool = False
+) -> list[str]:
     """Replace the daemon's policy set through the API (ApplyPolicies); its warnings.
+    `clear` (and no docs): remove every policy.
 
     Refused: the daemon refused it (its reason; the previous set stays).
     ConnectionError: the daemon was not reached.
     """
     req = pb.ApplyPoliciesRequest(
-        documents=[pb.PolicyDocument(name=name, yaml=text) for name, text in docs]
+        documents=[pb.PolicyDocument(name=name, yaml=text) for name, text in docs], clear=clear
     )
     with channel(args) as ch:
         try:

@@ -230,7 +230,14 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     api.add_argument(
         "--tls-client-ca",
         type=Path,
-        help="accept only TCP clients with a certificate this CA signed (mTLS)",
+        help="accept only TCP clients with a certificate this CA signed (mTLS); "
+        "--grpc-listen needs it unless --grpc-insecure-no-client-auth",
+    )
+    api.add_argument(
+        "--grpc-insecure-no-client-auth",
+        action="store_true",
+        help="serve TCP to clients without a certificate: anyone who reaches the port "
+        "reads every event; read-only",
     )
     run.add_argument(
         "--no-redact",
@@ -259,6 +266,7 @@ def from_args(args: argparse.Namespace) -> Config:
         grpc = GrpcConfig(**_given(args, GrpcConfig, "grpc_"))
         if args.no_grpc_socket:
             grpc.socket = None
+        grpc.no_client_auth = args.grpc_insecure_no_client_auth
         if args.tls_cert is not None or args.tls_key is not None or args.tls_client_ca:
             if args.tls_cert is None or args.tls_key is None:
                 raise ConfigError("--tls-cert and --tls-key go together")

@@ -101,6 +101,8 @@ class ControlServer:
             reply = self._handler(request)
         except Exception as exc:  # noqa: BLE001 -- any failure goes back to the caller
             reply = {"ok": False, "error": str(exc)}
+        if request.get("op") == "policy_apply" and reply.get("ok"):
+            _log.warning("policies changed over the control socket", peer_pid=pid, peer_uid=uid)
         self._reply(conn, reply)
 
     @staticmethod

@@ -265,6 +265,14 @@ class Daemon:
                 for d in docs
             ):
                 return {"ok": False, "error": "documents must be a list of [name, yaml] pairs"}
+            clear = req.get("clear") is True
+            if clear == bool(docs):
+                return {
+                    "ok": False,
+                    "error": "clear takes no documents"
+                    if clear
+                    else "no policy documents (to remove every policy, send clear)",
+                }
             try:
                 warnings = self.apply_policy_texts([(d[0], d[1]) for d in docs])
             except PolicyError as exc:
@@ -361,7 +369,8 @@ class Daemon:
                 lambda: clock.wall(clock.now_boot()),
                 capacity=cfg.queue_capacity,
                 subscriber_capacity=cfg.grpc.queue_capacity,
-                max_subscribers=cfg.grpc.max_subscribers,
+                # Each listener bounds its own; the hub only backs them up.
+                max_subscribers=cfg.grpc.max_subscribers * cfg.grpc.listeners,
             )
             sinks.append(hub)
         pipeline = Pipeline(cache, sinks)
