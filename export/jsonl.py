@@ -162,6 +162,56 @@ def exit_dict(ev: ProcessExit) -> JsonDict:
     return d
 
 
+def details_dict(ev: ProcessEvent) -> JsonDict:
+    """What the event says beyond its process: the object under its type's key."""
+    if isinstance(ev, ProcessExit):
+        return exit_dict(ev)
+    if isinstance(ev, FileOpen):
+        f = ev.file
+        fd: JsonDict = {
+            "path": f.path,
+            "flags": f.flags,  # orjson writes a tuple as an array
+            "mode": f.mode,
+            "result": f.result,
+        }
+        if f.error is not None:
+            fd["error"] = f.error
+        fd["hook"] = f.hook
+        fd["truncated"] = f.truncated
+        fd["resolved"] = f.resolved
+        fd["non_utf8"] = f.non_utf8
+        return fd
+    if isinstance(ev, Connect):
+        c = ev.connect
+        cd: JsonDict = {"family": c.family}
+        if c.protocol is not None:
+            cd["protocol"] = c.protocol
+        cd["sock_type"] = c.sock_type
+        for name in ("daddr", "dport", "saddr", "sport", "unix_path"):
+            value = getattr(c, name)
+            if value is not None:
+                cd[name] = value
+        cd["result"] = c.result
+        if c.error is not None:
+            cd["error"] = c.error
+        cd["hook"] = c.hook
+        return cd
+    return {}  # process_exec: everything is in `process`
+
+
+
+def policy_dict(m: PolicyMatch) -> JsonDict:
+    return {
+        "name": m.name,
+        "rule": m.rule,
+        "action": m.action,
+        "severity": m.severity,
+        "tags": m.tags,
+        "message": m.message,
+        "mode": m.mode,
+    }
+
+
 class Serializer:
     """Event -> one JSON line (bytes, newline included).
 
@@ -185,16 +235,7 @@ class Serializer:
             return hit[1]
         if len(self._policies) >= 4096:
             self._policies.clear()
-        body = {
-            "name": m.name,
-            "rule": m.rule,
-            "action": m.action,
-            "severity": m.severity,
-            "tags": m.tags,
-            "message": m.message,
-            "mode": m.mode,
-        }
-        data = b',"policy":' + orjson.dumps(body)
+        data = b',"policy":' + orjson.dumps(policy_dict(m))
         self._policies[id(m)] = (m, data)
         return data
 
@@ -210,42 +251,6 @@ class Serializer:
             "lost": {"kernel": ev.kernel, "daemon": ev.daemon},
         }
         return orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE)
-
-    @staticmethod
-    def _details(ev: ProcessEvent) -> JsonDict:
-        if isinstance(ev, ProcessExit):
-            return exit_dict(ev)
-        if isinstance(ev, FileOpen):
-            f = ev.file
-            fd: JsonDict = {
-                "path": f.path,
-                "flags": f.flags,  # orjson writes a tuple as an array
-                "mode": f.mode,
-                "result": f.result,
-            }
-            if f.error is not None:
-                fd["error"] = f.error
-            fd["hook"] = f.hook
-            fd["truncated"] = f.truncated
-            fd["resolved"] = f.resolved
-            fd["non_utf8"] = f.non_utf8
-            return fd
-        if isinstance(ev, Connect):
-            c = ev.connect
-            cd: JsonDict = {"family": c.family}
-            if c.protocol is not None:
-                cd["protocol"] = c.protocol
-            cd["sock_type"] = c.sock_type
-            for name in ("daddr", "dport", "saddr", "sport", "unix_path"):
-                value = getattr(c, name)
-                if value is not None:
-                    cd[name] = value
-            cd["result"] = c.result
-            if c.error is not None:
-                cd["error"] = c.error
-            cd["hook"] = c.hook
-            return cd
-        return {}  # process_exec: everything is in `process`
 
     def line(self, ev: Event) -> bytes:
         if isinstance(ev, Lost):
@@ -266,7 +271,7 @@ class Serializer:
                 b',"',
                 kind,
                 b'":',
-                orjson.dumps(self._details(ev)),
+                orjson.dumps(details_dict(ev)),
                 self._policy(policy) if policy is not None else b"",
                 b"}\n",
             )

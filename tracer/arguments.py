@@ -62,7 +62,12 @@ def add_output_and_filter_arguments(p: argparse.ArgumentParser) -> None:
     """-o, -n, --color and the filter flags (`tracer events`, `tracer replay`)."""
     out = p.add_argument_group("output")
     out.add_argument(
-        "-o", "--output", choices=["json", "compact"], default="json", help="format (default: json)"
+        "-o",
+        "--output",
+        choices=["json", "compact", "ocsf", "ecs"],
+        default="json",
+        help="json (the native schema), compact (one readable line), or JSON lines in "
+        "OCSF 1.3.0 or ECS for a SIEM (default: json)",
     )
     out.add_argument(
         "-n", "--count", type=int, metavar="N", help="stop after N events (loss reports included)"

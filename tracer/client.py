@@ -21,12 +21,13 @@ import grpc
 import orjson
 from google.protobuf.json_format import MessageToDict
 
+from export import convert, mapper_for
 from export.filters import EventFilter, FilterError, facts_of_dict
 from export.pb import JSON_OPTIONS
 from export.proto_gen import tracer_v1_pb2 as pb
 from export.proto_gen import tracer_v1_pb2_grpc as pb_grpc
 from forensics.log import Problems, Segment, read_bytes, schema_problem
-from tracer import exitcodes
+from tracer import __version__, exitcodes
 from tracer.arguments import FILTER_FLAGS
 from tracer.core import terminal
 
@@ -182,10 +183,32 @@ def _use_color(choice: str, out: IO[str]) -> bool:
     return choice == "always" or (choice == "auto" and out.isatty())
 
 
+def output_problem(args: argparse.Namespace) -> str | None:
+    """An output option the chosen -o does not take, named; None if all fit."""
+    if args.output in ("ocsf", "ecs") and args.color != "auto":
+        return f"--color applies to -o compact, not to -o {args.output}"
+    return None
+
+
 def print_events(events: Iterable[dict[str, Any]], args: argparse.Namespace) -> None:
     out = sys.stdout
     if args.count is not None:
         events = itertools.islice(events, args.count)
+    if args.output in ("ocsf", "ecs"):
+        # The stream (the API's tracer.v1, or the log) converted here.
+        mapper = mapper_for(args.output, __version__)
+        buf = out.buffer
+        for ev in events:
+            try:
+                converted = convert(mapper, ev)
+            except ValueError as exc:
+                print(
+                    f"tracer: skipped an event -o {args.output} cannot hold: {exc}", file=sys.stderr
+                )
+                continue
+            buf.write(terminal.json_line(converted))
+            buf.flush()
+        return
     if args.output == "json":
         buf = out.buffer
         for ev in events:
@@ -199,6 +222,9 @@ def print_events(events: Iterable[dict[str, Any]], args: argparse.Namespace) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    if (problem := output_problem(args)) is not None:
+        print(f"tracer: error: {problem}", file=sys.stderr)
+        return exitcodes.USAGE
     req = build_request(args)
     try:
         # Checked here too, so a bad flag is named as a flag, before any connection.

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from export.config import QUEUE_BYTES, EventLogConfig, GrpcConfig, TlsFiles
+from export.siem import FORMATS
 from tracer import control
 from tracer.core.loader import RINGBUF_DEFAULT, ConfigError, check_ringbuf_size
 from tracer.core.options import Option, option, option_of, parse_duration, parse_size
@@ -59,6 +60,16 @@ class Config:
         flag="--export-file",
         parse=Path,
         help="write JSON lines here (rotated) instead of stdout",
+    )
+    # Of the JSON output (stdout or export_file); the event log is always
+    # native: `tracer tree` reads it. No argparse choices: a bad one is one
+    # error line (validate).
+    format: str = option(
+        "native",
+        flag="--format",
+        metavar="FORMAT",
+        help="schema of the JSON lines (stdout or --export-file): native (tracer.v1), "
+        "ocsf (OCSF 1.3.0) or ecs (Elastic Common Schema); the event log stays native",
     )
     export_max_bytes: int = option(
         100 << 20,
@@ -145,6 +156,10 @@ class Config:
 
     def validate(self) -> None:
         check_ringbuf_size(self.ringbuf_size)
+        if self.format not in FORMATS:
+            raise ConfigError(
+                f"--format: unknown format {self.format!r} (choose {', '.join(FORMATS)})"
+            )
         for name in ("queue_capacity", "queue_max_bytes", "cache_max", "export_max_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")

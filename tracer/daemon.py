@@ -30,12 +30,13 @@ from export import (
     Serializer,
     Sink,
     StreamLines,
+    line_encoder,
 )
 from export.eventlog import EventLog
 from export.grpc_server import GrpcServer
 from export.hub import Hub
 from policy import PolicyError, PolicyMaps, PolicyStore
-from tracer import control, heap
+from tracer import __version__, control, heap
 from tracer.config import Config
 from tracer.core import system
 from tracer.core.clock import BootClock
@@ -284,8 +285,13 @@ class Daemon:
         self._stop = True
 
     def _sinks(self, serializer: Serializer) -> list[Sink]:
-        """The JSON output and the event log: one encoding of each event serves both."""
+        """The JSON output and the event log: one encoding of each event serves both,
+        unless the output is in another format (the log is always native)."""
         cfg = self.config
+        # A format is another encoding for the JSON output alone.
+        encode = (
+            serializer.line if cfg.format == "native" else line_encoder(cfg.format, __version__)
+        )
         writers: list[EncodedSink] = []
         # The export file first: one refused stops the start before the log has begun.
         if cfg.export_file is not None:
@@ -293,7 +299,7 @@ class Daemon:
             out = QueuedWriter(
                 "file",
                 f,
-                serializer.line,
+                encode,
                 cfg.queue_capacity,
                 on_close=f.close,
                 max_bytes=cfg.queue_max_bytes,
@@ -303,7 +309,7 @@ class Daemon:
             out = QueuedWriter(
                 "stdout",
                 stdout,
-                serializer.line,
+                encode,
                 cfg.queue_capacity,
                 max_bytes=cfg.queue_max_bytes,
             )
@@ -316,6 +322,8 @@ class Daemon:
                     max_bytes=cfg.queue_max_bytes,
                 )
             )
+        if cfg.format != "native":
+            return [LineFanout(serializer.line, writers), out] if writers else [out]
         writers.append(out)
         return [LineFanout(serializer.line, writers)]
 

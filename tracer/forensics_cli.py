@@ -100,6 +100,8 @@ def _tree(args: argparse.Namespace, problems: Problems) -> int:
 
 
 def _replay(args: argparse.Namespace, problems: Problems) -> int:
+    if (problem := client.output_problem(args)) is not None:
+        raise _Usage(problem)
     req = client.build_request(args)
     try:
         event_filter = EventFilter.from_request(req)

@@ -79,3 +79,19 @@ def signal_name(num: int) -> str:
         if signal.SIGRTMIN <= num <= signal.SIGRTMAX:
             return f"SIGRTMIN+{num - signal.SIGRTMIN}"
         return f"SIG{num}"
+
+
+_FLAG_BITS = {name: bit for bit, name in _FLAGS} | {v: k for k, v in _ACCMODE.items()}
+
+
+def open_flags_value(names: tuple[str, ...] | list[str]) -> int:
+    """The open(2) flags that open_flags() named (its inverse); names it never
+    makes (`0x...` leftovers are kept as their bits) count as nothing."""
+    value = 0
+    for name in names:
+        bit = _FLAG_BITS.get(name)
+        if bit is not None:
+            value |= bit
+        elif name.startswith("0x") and all(c in "0123456789abcdef" for c in name[2:]):
+            value |= int(name, 16)
+    return value

@@ -1,0 +1,235 @@
+"""Events in ECS (the Elastic Common Schema), from native event dicts.
+
+Every field is an ECS field of ECS 8.11 and 9.x with ECS's type, or under
+`tracer.*` (this product's own namespace) for what ECS has no field for;
+tests/test_siem.py checks every emitted field against Elastic's own field
+definitions (the @elastic/ecs package, both versions). The README's
+mapping table is the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from export.jsonl import JsonDict
+from export.siem import ENFORCING, attack_tags, event_uid, severity_id, split_path
+
+VERSION = "8.11.0"
+
+_CATEGORY = {
+    "process_exec": (["process"], ["start"]),
+    "process_exit": (["process"], ["end"]),
+    "file_open": (["file"], ["access"]),
+    "connect": (["network"], ["start", "connection"]),
+}
+_IANA = {"TCP": "6", "UDP": "17", "ICMP": "1", "ICMPV6": "58", "SCTP": "132", "UDPLITE": "136"}
+
+
+def _process(p: JsonDict) -> JsonDict:
+    """ECS's process fields of one native process (its parent's too)."""
+    binary = p["binary"]
+    _, name = split_path(binary)
+    args = p["args"]
+    d: JsonDict = {
+        "entity_id": p["exec_id"],
+        "pid": p["pid"],
+        "thread": {"id": p["tid"]},
+        "executable": binary,
+        "name": name,
+        "args": args,
+        "args_count": len(args),
+        "command_line": " ".join(args),
+        "working_directory": p["cwd"],
+        "start": p["start_time"],
+        # ECS: process.user is the effective user, real_user the real one.
+        "user": {"id": str(p["euid"])},
+        "real_user": {"id": str(p["uid"])},
+        "group": {"id": str(p["egid"])},
+        "real_group": {"id": str(p["gid"])},
+    }
+    if "user" in p:
+        # The native `user` names the real uid.
+        d["real_user"]["name"] = p["user"]
+        if p["euid"] == p["uid"]:
+            d["user"]["name"] = p["user"]
+    return d
+
+
+def _extras(p: JsonDict) -> JsonDict:
+    d: JsonDict = {"flags": p["flags"], "cgroup_id": p["cgroup_id"]}
+    if "auid" in p:
+        d["auid"] = p["auid"]
+    if "parent_exec_id" in p:
+        d["parent_exec_id"] = p["parent_exec_id"]
+    return d
+
+
+class EcsMapper:
+    """Native event dicts -> ECS documents (export.siem.Mapper)."""
+
+    custom_key = "tracer"
+
+    def side(self, kind: str, node: str, chain: Sequence[JsonDict]) -> tuple[JsonDict, JsonDict]:
+        p = chain[0]
+        proc = _process(p)
+        if len(chain) > 1:
+            proc["parent"] = _process(chain[1])
+        out: JsonDict = {"process": proc}
+        user: JsonDict = {"id": str(p["uid"])}
+        if "user" in p:
+            user["name"] = p["user"]
+        out["user"] = user
+        out["group"] = {"id": str(p["gid"])}
+        out["host"] = {"name": node, "hostname": node, "os": {"type": "linux"}}
+        custom: JsonDict = {"process": _extras(p)}
+        c = p.get("container")
+        if c is not None:
+            container: JsonDict = {"id": c["id"], "runtime": c["runtime"]}
+            if "name" in c:
+                container["name"] = c["name"]
+            if "image" in c:
+                container["image"] = {"name": c["image"]}
+            out["container"] = container
+        pod = p.get("pod")
+        if pod is not None:
+            resource: JsonDict = {"type": "pod", "id": pod["uid"]}
+            if "name" in pod:
+                resource["name"] = pod["name"]
+            if pod.get("labels"):
+                resource["label"] = [f"{k}:{v}" for k, v in pod["labels"].items()]
+            if "workload_kind" in pod:
+                resource["parent"] = {"type": pod["workload_kind"]}
+            orch: JsonDict = {"type": "kubernetes", "resource": resource}
+            if "namespace" in pod:
+                orch["namespace"] = pod["namespace"]
+            out["orchestrator"] = orch
+            if "workload" in pod:
+                custom["pod"] = {"workload": pod["workload"]}
+                if "workload_kind" in pod:
+                    custom["pod"]["workload_kind"] = pod["workload_kind"]
+        if len(chain) > 1:
+            custom["parent"] = _extras(chain[1])
+        if len(chain) > 2:
+            # ECS stops at the parent; the rest of the ancestry, nearest first.
+            custom["ancestors"] = [
+                {"entity_id": a["exec_id"], "pid": a["pid"], "executable": a["binary"]}
+                for a in chain[2:]
+            ]
+        escaped = [
+            where
+            for where, q in (
+                ("process", p),
+                ("process.parent", chain[1] if len(chain) > 1 else None),
+            )
+            if q is not None and "non_utf8" in q["flags"]
+        ]
+        escaped += [
+            f"tracer.ancestors.{i}" for i, a in enumerate(chain[2:]) if "non_utf8" in a["flags"]
+        ]
+        if escaped:
+            custom["non_utf8"] = escaped
+        return out, custom
+
+    def head(self, ev: JsonDict, time_ns: int, process: JsonDict | None) -> JsonDict:
+        kind = ev["type"]
+        details = ev[kind]
+        policy = ev.get("policy")
+        enforcing = policy is not None and policy.get("action") in ENFORCING
+        event: JsonDict = {}
+        d: JsonDict = {"@timestamp": ev["time"], "ecs": {"version": VERSION}, "event": event}
+        tracer: JsonDict = {"type": kind}
+        sev = severity_id(policy)
+        if kind == "lost":
+            kernel, daemon = details.get("kernel", {}), details.get("daemon", {})
+            total = sum(kernel.values()) + sum(daemon.values())
+            event.update(kind="pipeline_error", action="events-lost", outcome="failure", severity=3)
+            d["message"] = f"{total} events lost"
+            d["host"] = {"name": ev["node"], "hostname": ev["node"], "os": {"type": "linux"}}
+            tracer["lost"] = {"kernel": kernel, "daemon": daemon, "total": total}
+        else:
+            category, types = _CATEGORY[kind]
+            alert = enforcing or (policy is not None and "severity" in policy)
+            event["kind"] = "alert" if alert else "event"
+            event["category"] = category
+            event["type"] = types + (["denied"] if enforcing and kind == "connect" else [])
+            event["action"] = kind
+            error = details.get("error")
+            if kind == "process_exit":
+                code = details.get("code")
+                event["outcome"] = "success" if code == 0 else "failure"
+                exit_fields: JsonDict = {"end": ev["time"]}
+                if code is not None:
+                    exit_fields["exit_code"] = code
+                d["process"] = exit_fields
+                tracer["exit"] = details
+            elif kind == "file_open":
+                folder, name = split_path(details["path"])
+                f: JsonDict = {"path": details["path"], "name": name}
+                if folder:
+                    f["directory"] = folder
+                d["file"] = f
+                tracer["file"] = details
+                event["outcome"] = "failure" if details["result"] < 0 else "success"
+            elif kind == "connect":
+                self._connect(d, details)
+                tracer["connect"] = details
+                event["outcome"] = "failure" if error not in (None, "EINPROGRESS") else "success"
+            else:
+                event["outcome"] = "success"
+            if error is not None:
+                d["error"] = {"code": error}
+            event["severity"] = sev
+        event["id"] = event_uid(ev, process)
+        event["module"] = "tracer"
+        event["dataset"] = "tracer.events"
+        if policy is not None:
+            d["rule"] = {"name": policy["name"], "id": f"{policy['name']}/{policy['rule']}"}
+            tracer["policy"] = policy
+            techniques, tactics, other = attack_tags(policy)
+            if techniques or tactics:
+                threat: JsonDict = {"framework": "MITRE ATT&CK"}
+                if techniques:
+                    base = sorted({t.partition(".")[0] for t in techniques})
+                    threat["technique"] = {"id": base}
+                    subs = [t for t in techniques if "." in t]
+                    if subs:
+                        threat["technique"]["subtechnique"] = {"id": subs}
+                if tactics:
+                    threat["tactic"] = {"id": tactics}
+                d["threat"] = threat
+            if other:
+                d["tags"] = other
+        d["tracer"] = tracer
+        return d
+
+    @staticmethod
+    def _connect(d: JsonDict, c: JsonDict) -> None:
+        dst: JsonDict = {}
+        if "daddr" in c:
+            dst["ip"] = c["daddr"]
+            dst["address"] = c["daddr"]
+        if "dport" in c:
+            dst["port"] = c["dport"]
+        if "unix_path" in c:
+            dst["address"] = c["unix_path"]
+        d["destination"] = dst
+        if "saddr" in c or "sport" in c:
+            src: JsonDict = {}
+            if "saddr" in c:
+                src["ip"] = c["saddr"]
+                src["address"] = c["saddr"]
+            if "sport" in c:
+                src["port"] = c["sport"]
+            d["source"] = src
+        net: JsonDict = {"direction": "egress"}
+        proto = c.get("protocol")
+        if proto is not None:
+            net["transport"] = proto.lower()
+            if proto in _IANA:
+                net["iana_number"] = _IANA[proto]
+        family = c["family"]
+        if family == "AF_INET":
+            net["type"] = "ipv4"
+        elif family == "AF_INET6":
+            net["type"] = "ipv6"
+        d["network"] = net

@@ -1,0 +1,335 @@
+"""Events in OCSF 1.3.0 (the Open Cybersecurity Schema Framework), from native event dicts.
+
+Classes: process_exec/process_exit -> Process Activity (1007, Launch /
+Terminate), file_open -> File System Activity (1001, Open), connect ->
+Network Activity (4001, Open / Fail / Refuse), lost -> Event Log Activity
+(1008, Other, status Failure). The README's mapping table is the contract;
+tests/test_siem.py validates every event kind against the OCSF 1.3.0
+schema pydantic-ocsf ships. What OCSF 1.3.0 has no attribute for goes
+under `unmapped`, never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from export.jsonl import JsonDict
+from export.siem import (
+    ENFORCING,
+    SEVERITY_NAMES,
+    attack_tags,
+    event_uid,
+    ms_of,
+    severity_id,
+    split_path,
+)
+from tracer.core.names import open_flags_value
+
+VERSION = "1.3.0"
+# parent_process objects nested under a process: the parent and up to two
+# of its ancestors. The whole ancestry is in `lineage` (each one's binary).
+PARENT_DEPTH = 3
+
+_SYSTEM = (1, "System Activity")
+_NETWORK = (4, "Network Activity")
+# type -> (category, class uid, class name)
+_CLASSES = {
+    "process_exec": (_SYSTEM, 1007, "Process Activity"),
+    "process_exit": (_SYSTEM, 1007, "Process Activity"),
+    "file_open": (_SYSTEM, 1001, "File System Activity"),
+    "connect": (_NETWORK, 4001, "Network Activity"),
+    "lost": (_SYSTEM, 1008, "Event Log Activity"),
+}
+_PROFILES = {
+    1: ["datetime", "container", "security_control"],
+    4: ["host", "datetime", "container", "security_control"],
+}
+_WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_TMPFILE")
+_PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "ICMP": 1, "ICMPV6": 58, "SCTP": 132, "UDPLITE": 136}
+# connect's result -> Network Activity activity
+_REFUSED = ("ECONNREFUSED",)
+_STARTED = (None, "EINPROGRESS")
+
+
+def _user(p: JsonDict) -> JsonDict:
+    u: JsonDict = {"uid": str(p["uid"])}
+    if "user" in p:
+        u["name"] = p["user"]
+    return u
+
+
+def _container(p: JsonDict) -> JsonDict | None:
+    c = p.get("container")
+    if c is None:
+        return None
+    out: JsonDict = {"uid": c["id"], "runtime": c["runtime"]}
+    if "name" in c:
+        out["name"] = c["name"]
+    if "image" in c:
+        # OCSF's image needs a uid; tracer knows the reference, not the digest.
+        out["image"] = {"name": c["image"], "uid": c["image"]}
+    pod = p.get("pod")
+    if pod is not None:
+        out["orchestrator"] = "Kubernetes"
+        out["pod_uuid"] = pod["uid"]
+    return out
+
+
+def _flat(p: JsonDict) -> JsonDict:
+    """One process, without its parents."""
+    binary = p["binary"]
+    folder, name = split_path(binary)
+    file: JsonDict = {"name": name, "path": binary, "type_id": 1, "type": "Regular File"}
+    if folder:
+        file["parent_folder"] = folder
+    d: JsonDict = {
+        "pid": p["pid"],
+        "tid": p["tid"],
+        "uid": p["exec_id"],
+        "name": name,
+        "cmd_line": " ".join(p["args"]),
+        "file": file,
+        "created_time": ms_of(p["start_time"]),
+        "created_time_dt": p["start_time"],
+        "user": _user(p),
+    }
+    container = _container(p)
+    if container is not None:
+        d["container"] = container
+    return d
+
+
+def _nested(chain: Sequence[JsonDict], depth: int = PARENT_DEPTH) -> JsonDict:
+    d = _flat(chain[0])
+    if len(chain) > 1 and depth > 0:
+        d["parent_process"] = _nested(chain[1:], depth - 1)
+    return d
+
+
+def _subject(chain: Sequence[JsonDict]) -> JsonDict:
+    d = _nested(chain)
+    if len(chain) > 1:
+        d["lineage"] = [p["binary"] for p in chain[1:]]
+    return d
+
+
+def _extras(p: JsonDict) -> JsonDict:
+    """What OCSF's process object has no attribute for."""
+    d: JsonDict = {"gid": p["gid"], "euid": p["euid"], "egid": p["egid"]}
+    if "auid" in p:
+        d["auid"] = p["auid"]
+    d["cwd"] = p["cwd"]
+    d["args"] = p["args"]
+    d["flags"] = p["flags"]
+    d["cgroup_id"] = p["cgroup_id"]
+    return d
+
+
+def _non_utf8(chain: Sequence[JsonDict], at: str) -> list[str]:
+    """Paths of the process objects, nested from `at`, with escaped strings."""
+    out = []
+    for i, p in enumerate(chain[: PARENT_DEPTH + 1]):
+        if "non_utf8" in p["flags"]:
+            out.append(at + ".parent_process" * i)
+    return out
+
+
+def _device(node: str, p: JsonDict | None) -> JsonDict:
+    d: JsonDict = {
+        "hostname": node,
+        "name": node,
+        "type_id": 0,
+        "type": "Unknown",
+        "os": {"name": "Linux", "type_id": 200, "type": "Linux"},
+    }
+    container = _container(p) if p is not None else None
+    if container is not None:
+        d["container"] = container
+    return d
+
+
+class OcsfMapper:
+    """Native event dicts -> OCSF 1.3.0 event dicts (export.siem.Mapper)."""
+
+    custom_key = "unmapped"
+
+    def __init__(self, product_version: str) -> None:
+        self._product = {"name": "tracer", "vendor_name": "tracer", "version": product_version}
+
+    def side(self, kind: str, node: str, chain: Sequence[JsonDict]) -> tuple[JsonDict, JsonDict]:
+        p = chain[0]
+        out: JsonDict = {}
+        custom: JsonDict = {"process": _extras(p)}
+        if "pod" in p:
+            custom["pod"] = p["pod"]
+        if kind == "process_exec":
+            # The process launched, and the parent that launched it.
+            out["process"] = _subject(chain)
+            actor: JsonDict = {"user": _user(p)}
+            if len(chain) > 1:
+                actor["process"] = _subject(chain[1:])
+            out["actor"] = actor
+            escaped = _non_utf8(chain, "process") + _non_utf8(chain[1:], "actor.process")
+        elif kind == "process_exit":
+            out["process"] = _subject(chain)
+            out["actor"] = {"process": _subject(chain), "user": _user(p)}
+            escaped = _non_utf8(chain, "process") + _non_utf8(chain, "actor.process")
+        else:
+            out["actor"] = {"process": _subject(chain), "user": _user(p)}
+            escaped = _non_utf8(chain, "actor.process")
+        out["device"] = _device(node, p)
+        if escaped:
+            # Strings of these objects were not UTF-8 and are escaped (\xHH,
+            # reversible with tracer.core.text.encode), as in native events.
+            custom["non_utf8"] = escaped
+        return out, custom
+
+    def head(self, ev: JsonDict, time_ns: int, process: JsonDict | None) -> JsonDict:
+        kind = ev["type"]
+        (category_uid, category), class_uid, class_name = _CLASSES[kind]
+        details = ev[kind]
+        policy = ev.get("policy")
+        unmapped: JsonDict = {}
+        d: JsonDict = {"category_uid": category_uid, "category_name": category}
+        d["class_uid"] = class_uid
+        d["class_name"] = class_name
+        activity_id, activity = 0, "Unknown"
+        status: tuple[int, str] | None = None
+        error = details.get("error") if isinstance(details, dict) else None
+        if kind == "process_exec":
+            activity_id, activity = 1, "Launch"
+            status = (1, "Success")
+        elif kind == "process_exit":
+            activity_id, activity = 2, "Terminate"
+            if "code" in details:
+                d["exit_code"] = details["code"]
+            unmapped["exit"] = details
+        elif kind == "file_open":
+            activity_id, activity = 14, "Open"
+            folder, name = split_path(details["path"])
+            f: JsonDict = {"name": name, "path": details["path"], "type_id": 0, "type": "Unknown"}
+            if folder:
+                f["parent_folder"] = folder
+            d["file"] = f
+            d["access_mask"] = open_flags_value(details["flags"])
+            extra = dict(details)
+            extra["access"] = (
+                "write" if any(fl in _WRITE_FLAGS for fl in details["flags"]) else "read"
+            )
+            unmapped["file_open"] = extra
+            status = (2, "Failure") if details["result"] < 0 else (1, "Success")
+        elif kind == "connect":
+            self._connect(d, details)
+            if error in _REFUSED:
+                activity_id, activity = 5, "Refuse"
+            elif error in _STARTED:
+                activity_id, activity = 1, "Open"
+            else:
+                activity_id, activity = 4, "Fail"
+            unmapped["connect"] = details
+            status = (2, "Failure") if error not in _STARTED else (1, "Success")
+        elif kind == "lost":
+            activity_id, activity = 99, "Lost"
+            d["log_provider"] = "tracer"
+            d["log_name"] = "events"
+            kernel, daemon = details.get("kernel", {}), details.get("daemon", {})
+            total = sum(kernel.values()) + sum(daemon.values())
+            d["status_detail"] = _lost_text(total, kernel, daemon)
+            d["status_code"] = "EVENTS_LOST"
+            d["message"] = d["status_detail"]
+            unmapped["lost"] = {"kernel": kernel, "daemon": daemon, "total": total}
+            status = (2, "Failure")
+            d["device"] = _device(ev["node"], None)
+        d["activity_id"] = activity_id
+        d["activity_name"] = activity
+        d["type_uid"] = class_uid * 100 + activity_id
+        d["type_name"] = f"{class_name}: {activity}"
+        d["time"] = time_ns // 1_000_000
+        # The exact time (ns): time is in ms.
+        d["time_dt"] = ev["time"]
+        sev = 3 if kind == "lost" else severity_id(policy)
+        d["severity_id"] = sev
+        d["severity"] = SEVERITY_NAMES[sev]
+        if status is not None:
+            d["status_id"], d["status"] = status
+            if error is not None:
+                d["status_code"] = error
+        meta: JsonDict = {
+            "version": VERSION,
+            "product": self._product,
+            "uid": event_uid(ev, process),
+            "original_time": ev["time"],
+            "profiles": _PROFILES[category_uid],
+        }
+        if policy is not None:
+            self._policy(d, meta, policy)
+            unmapped["policy"] = policy
+        d["metadata"] = meta
+        if unmapped:
+            d["unmapped"] = unmapped
+        return d
+
+    @staticmethod
+    def _connect(d: JsonDict, c: JsonDict) -> None:
+        dst: JsonDict = {}
+        if "daddr" in c:
+            dst["ip"] = c["daddr"]
+        if "dport" in c:
+            dst["port"] = c["dport"]
+        if "unix_path" in c:
+            dst["name"] = c["unix_path"]
+        d["dst_endpoint"] = dst
+        if "saddr" in c or "sport" in c:
+            src: JsonDict = {}
+            if "saddr" in c:
+                src["ip"] = c["saddr"]
+            if "sport" in c:
+                src["port"] = c["sport"]
+            d["src_endpoint"] = src
+        info: JsonDict = {"direction_id": 2, "direction": "Outbound"}
+        proto = c.get("protocol")
+        if proto is not None:
+            info["protocol_name"] = proto.lower()
+            if proto in _PROTOCOL_NUMBERS:
+                info["protocol_num"] = _PROTOCOL_NUMBERS[proto]
+        family = c["family"]
+        if family == "AF_INET":
+            info["protocol_ver_id"], info["protocol_ver"] = 4, "Internet Protocol version 4 (IPv4)"
+        elif family == "AF_INET6":
+            info["protocol_ver_id"], info["protocol_ver"] = 6, "Internet Protocol version 6 (IPv6)"
+        d["connection_info"] = info
+
+    @staticmethod
+    def _policy(d: JsonDict, meta: JsonDict, policy: JsonDict) -> None:
+        """The Security Control profile: what the rule did, and which rule."""
+        if policy.get("action") in ENFORCING:
+            d["action_id"], d["action"] = 2, "Denied"
+            d["disposition_id"], d["disposition"] = 2, "Blocked"
+        else:
+            d["action_id"], d["action"] = 1, "Allowed"
+            d["disposition_id"], d["disposition"] = 15, "Detected"
+        d["policy"] = {
+            "name": policy["name"],
+            "uid": f"{policy['name']}/{policy['rule']}",
+            "is_applied": True,
+        }
+        techniques, tactics, other = attack_tags(policy)
+        attacks: list[JsonDict] = []
+        for t in techniques:
+            base, dot, _ = t.partition(".")
+            a: JsonDict = {"technique": {"uid": base}}
+            if dot:
+                a["sub_technique"] = {"uid": t}
+            attacks.append(a)
+        attacks.extend({"tactic": {"uid": t}} for t in tactics)
+        if attacks:
+            d["attacks"] = attacks
+        if other:
+            meta["labels"] = other
+
+
+def _lost_text(total: int, kernel: dict[str, Any], daemon: dict[str, Any]) -> str:
+    parts = [f"kernel {k} {n}" for k, n in kernel.items()]
+    parts += [f"daemon {k} {n}" for k, n in daemon.items()]
+    return f"{total} events lost: " + ", ".join(parts)
