@@ -13,8 +13,13 @@ PY_STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PROTO := export/tracer_v1.proto
 PROTO_GEN := export/proto_gen
 PROTO_STAMP := $(PROTO_GEN)/__init__.py
+# Elastic's own ECS field definitions (npm @elastic/ecs carries them as
+# data), 8.x and 9.x: tests/test_siem.py checks every ECS field we emit
+# against both. Kept in the build directory, as one JSON file each.
+ECS_VERSIONS := 8.11.5 9.4.0
+ECS_DEFS := $(foreach v,$(ECS_VERSIONS),build/ecs/ecs-$(v).json)
 
-.PHONY: all run test test-vm vm-deps deps apt venv bpf proto lint clean
+.PHONY: all run test test-vm vm-deps deps apt venv bpf proto ecs-defs lint clean
 
 all: deps bpf proto
 
@@ -56,10 +61,22 @@ $(PROTO_STAMP): $(PROTO) $(PY_STAMP)
 
 proto: $(PROTO_STAMP)
 
+build/ecs/ecs-%.json:
+	@command -v npm >/dev/null || { \
+		if [ "$$(id -u)" != 0 ]; then echo "error: run as root to install npm" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+	mkdir -p build/ecs/$*
+	npm install --silent --no-audit --no-fund --no-save --prefix build/ecs/$* @elastic/ecs@$*
+	node -e 'process.stdout.write(JSON.stringify(require(process.argv[1]).EcsFlat))' \
+		"$(abspath build/ecs/$*)/node_modules/@elastic/ecs/build/commonjs/ecs_flat.js" > $@.tmp
+	mv $@.tmp $@
+
+ecs-defs: $(ECS_DEFS)
+
 run: deps bpf proto
 	@$(VENV)/bin/tracer run --policy policy/library
 
-test: deps bpf proto
+test: deps bpf proto ecs-defs
 	$(VENV)/bin/pytest -v -m "not vm"
 
 # Kernels with kprobe/fentry/BPF-LSM, under qemu (see tests/vm/vm.py).

@@ -44,7 +44,7 @@ def _process(p: JsonDict) -> JsonDict:
         # ECS: process.user is the effective user, real_user the real one.
         "user": {"id": str(p["euid"])},
         "real_user": {"id": str(p["uid"])},
-        "group": {"id": str(p["egid"])},
+        # ECS 8 has no process.group (the effective group): egid is under tracer.
         "real_group": {"id": str(p["gid"])},
     }
     if "user" in p:
@@ -56,7 +56,7 @@ def _process(p: JsonDict) -> JsonDict:
 
 
 def _extras(p: JsonDict) -> JsonDict:
-    d: JsonDict = {"flags": p["flags"], "cgroup_id": p["cgroup_id"]}
+    d: JsonDict = {"egid": p["egid"], "flags": p["flags"], "cgroup_id": p["cgroup_id"]}
     if "auid" in p:
         d["auid"] = p["auid"]
     if "parent_exec_id" in p:
