@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from typing import Any
 import ocsf
 import orjson
 import pytest
+from conftest import Daemon, new_marker, tracer_cmd
 from test_export import BASH, INIT, LS, SSHD, T0, exec_ev, exit_ev, mkproc
 
 from export import FormatSerializer, Serializer, convert, mapper_for
@@ -721,3 +726,170 @@ def test_formats_pass_other_exits_like_a_lone_exec() -> None:
     ev = exit_ev()
     assert daemon_line("ecs", ev)["event"]["type"] == ["end"]
     assert daemon_line("ocsf", exec_ev())["class_uid"] == 1007
+
+
+# -- the real daemon, `tracer events` and `tracer replay` -----------------------
+
+
+class _Lines:
+    """A subprocess's stdout, one JSON object per line, collected as it comes."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.items: list[JsonDict] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.items.append(json.loads(line))
+                self._cond.notify_all()
+
+    def wait_for(self, pred: Any, timeout: float = 10.0) -> JsonDict:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for item in self.items:
+                    if pred(item):
+                        return item
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no matching line in {len(self.items)}")
+                self._cond.wait(min(left, 0.2))
+
+
+def _is(fmt: str, kind: str, value: Any) -> Any:
+    """Predicate for the converted event of `kind` whose key value is `value`."""
+
+    def ocsf_pred(e: JsonDict) -> bool:
+        if kind == "exec":
+            return (
+                e["class_uid"] == 1007
+                and e["activity_id"] == 1
+                and value in e["process"]["cmd_line"]
+            )
+        if kind == "open":
+            return e["class_uid"] == 1001 and e["file"]["path"] == value
+        return e["class_uid"] == 4001 and e["dst_endpoint"].get("port") == value
+
+    def ecs_pred(e: JsonDict) -> bool:
+        action = e["event"].get("action")
+        if kind == "exec":
+            return action == "process_exec" and value in e["process"]["args"]
+        if kind == "open":
+            return action == "file_open" and e["file"]["path"] == value
+        return action == "connect" and e["destination"].get("port") == value
+
+    return ocsf_pred if fmt == "ocsf" else ecs_pred
+
+
+def _uid(fmt: str, e: JsonDict) -> str:
+    return str(e["metadata"]["uid"] if fmt == "ocsf" else e["event"]["id"])
+
+
+@pytest.mark.parametrize("fmt", ["ocsf", "ecs"])
+def test_the_daemon_writes_the_format_and_events_and_replay_convert_alike(
+    fmt: str, tmp_path: Path
+) -> None:
+    target = tmp_path / f"{new_marker('siem')}.txt"
+    target.write_text("x")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    policy = tmp_path / "siem.yaml"
+    policy.write_text(
+        "policies:\n  - name: siem-test\n    rules:\n"
+        f"      - event: file_open\n        match: {{path: [{target}]}}\n"
+        f"      - event: connect\n        match: {{dport: [{port}]}}\n"
+    )
+    log_dir = tmp_path / "events"
+    d = Daemon("--format", fmt, "--policy", str(policy), "--event-log-dir", str(log_dir))
+    try:
+        client = subprocess.Popen(
+            tracer_cmd("events", "--address", d.address, "-o", fmt),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        stream = _Lines(client)
+        for _ in range(50):  # until the subscription is live
+            sync = new_marker("sub")
+            subprocess.run(["/bin/true", sync], check=True)
+            try:
+                stream.wait_for(_is(fmt, "exec", sync), timeout=0.5)
+                break
+            except AssertionError:
+                continue
+        marker = new_marker("siem")
+        subprocess.run(["/bin/true", marker], check=True)
+        subprocess.run(["cat", str(target)], check=True, capture_output=True)
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        wanted = {"exec": marker, "open": str(target), "connect": port}
+        mine = {k: d.wait_for(_is(fmt, k, v)) for k, v in wanted.items()}
+        api = {k: stream.wait_for(_is(fmt, k, v)) for k, v in wanted.items()}
+        client.terminate()
+        client.wait(10)
+    finally:
+        listener.close()
+        assert d.stop() == 0, "".join(d.stderr)
+    for kind, e in mine.items():
+        problems = ocsf_problems(e) if fmt == "ocsf" else ecs_problems(e)
+        assert problems == [], kind
+        # The API's stream, converted by `tracer events`, is the same event.
+        assert api[kind] == e, kind
+    # The event log stayed native, and `tracer replay` converts it the same way.
+    replay = subprocess.run(
+        tracer_cmd("replay", "--from", str(log_dir), "-o", fmt),
+        capture_output=True,
+        timeout=60,
+    )
+    assert replay.returncode == 0, replay.stderr.decode()
+    replayed = {_uid(fmt, e): e for e in map(json.loads, replay.stdout.splitlines())}
+    for kind, e in mine.items():
+        assert replayed.get(_uid(fmt, e)) == e, kind
+    segments = sorted(log_dir.glob("events-*.jsonl*"))
+    native_log = subprocess.run(
+        tracer_cmd("events", "--from", str(segments[0]), "-o", "json", "-n", "1"),
+        capture_output=True,
+        timeout=60,
+    )
+    assert json.loads(native_log.stdout.splitlines()[0])["type"] in (
+        "process_exec",
+        "process_exit",
+        "file_open",
+        "connect",
+        "lost",
+    )
+
+
+def test_an_unknown_format_is_one_error_line_and_exit_2() -> None:
+    r = subprocess.run(
+        tracer_cmd("run", "--format", "cef"), capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "tracer: error: --format: unknown format 'cef' (choose native, ocsf, ecs)"
+    ]
+
+
+@pytest.mark.parametrize("command", ["events", "replay"])
+def test_a_format_with_an_option_it_does_not_take_is_one_error_line_and_exit_2(
+    command: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(Serializer().line(EVENTS["open-host"]))
+    r = subprocess.run(
+        tracer_cmd(command, "--from", str(log), "-o", "ocsf", "--color", "always"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ["tracer: error: --color applies to -o compact, not to -o ocsf"]
+    ok = subprocess.run(
+        tracer_cmd(command, "--from", str(log), "-o", "ecs"), capture_output=True, timeout=60
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == daemon_line("ecs", EVENTS["open-host"])
