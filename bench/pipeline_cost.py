@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Python cost per event of decode -> enrich -> JSON line, in process, no BPF.
 
-    .venv/bin/python bench/pipeline_cost.py [--events 200000] [--batch 256]
+    .venv/bin/python bench/pipeline_cost.py [--events 200000] [--batch 256] [--format ocsf]
 
 Builds real wire records (tracer.core.decode's layouts) of file_open events by
 the processes of this host, as the open storm's posted stage produces
@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from enrich import ProcessCache, UserNames, procfs
-from export import EncodedSink, QueuedWriter, Serializer, StreamLines
+from export import FORMATS, EncodedSink, QueuedWriter, Serializer, StreamLines, line_encoder
 from export.eventlog import EventLog, EventLogConfig
 from tracer.core import decode
 from tracer.core.clock import BootClock
@@ -49,6 +49,21 @@ def _file_open_record(pid: int, ppid: int, start: int, path: bytes, ktime: int) 
     return bytes(body)
 
 
+class _LineSizes:
+    """An encoder that also counts the bytes it makes."""
+
+    def __init__(self, encode: Callable[..., bytes]) -> None:
+        self._encode = encode
+        self.total = 0
+        self.count = 0
+
+    def line(self, ev: object) -> bytes:
+        out = self._encode(ev)
+        self.total += len(out)
+        self.count += 1
+        return out
+
+
 def _thread_cpu(ident: int) -> Callable[[], float]:
     """CPU seconds of a thread so far, readable from another thread."""
     clock = time.pthread_getcpuclockid(ident)
@@ -61,6 +76,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256, help="records per ring-buffer batch")
     ap.add_argument("--eventlog", type=Path, metavar="DIR",
                     help="write the event log there instead of JSON lines to /dev/null")
+    ap.add_argument("--format", choices=FORMATS, default="native",
+                    help="of the JSON lines (the event log is always native)")
     args = ap.parse_args()
 
     clock = BootClock()
@@ -83,8 +100,9 @@ def main() -> int:
         sink = EventLog(EventLogConfig(directory=args.eventlog), 1 << 20, Serializer().line)
     else:
         devnull = open(os.devnull, "wb")
+        sizes = _LineSizes(line_encoder(args.format, "bench"))
         sink = QueuedWriter(
-            "devnull", StreamLines(devnull), Serializer().line, 1 << 20, on_close=devnull.close
+            "devnull", StreamLines(devnull), sizes.line, 1 << 20, on_close=devnull.close
         )
     writer = next(t for t in threading.enumerate() if t.name == f"sink-{sink.name}")
     assert writer.ident is not None
@@ -106,7 +124,10 @@ def main() -> int:
     sink.close()
     n = rounds * args.batch
     dropped = sum(sink.take_dropped().values())
-    print(f"events {n:,} (file_open, {depth} ancestors incl. parent), batch {args.batch}")
+    print(f"events {n:,} (file_open, {depth} ancestors incl. parent), batch {args.batch}, "
+          f"format {args.format}")
+    if args.eventlog is None:
+        print(f"bytes per event: {sizes.total / max(sizes.count, 1):,.0f}")
     print(f"pipeline thread (decode, enrich, encode, offer): {(c1 - c0) / n * 1e6:.2f} us/event")
     print(f"writer thread ({sink.name}):{' ' * (34 - len(sink.name))}{w / n * 1e6:.2f} us/event")
     total = (c1 - c0 + w) / n

@@ -15,6 +15,7 @@ from export.jsonl import JsonDict
 from export.siem import ENFORCING, attack_tags, event_uid, severity_id, split_path
 
 VERSION = "8.11.0"
+_ONLY_VERSION: JsonDict = {"ecs": {"version": VERSION}}
 
 _CATEGORY = {
     "process_exec": (["process"], ["start"]),
@@ -130,106 +131,140 @@ class EcsMapper:
             custom["non_utf8"] = escaped
         return out, custom
 
-    def head(self, ev: JsonDict, time_ns: int, process: JsonDict | None) -> JsonDict:
+    def __init__(self) -> None:
+        self._consts: dict[tuple[str, int, bool], tuple[JsonDict | None, JsonDict, JsonDict]] = {}
+
+    def head_split(
+        self, ev: JsonDict, time_ns: int, process: JsonDict | None
+    ) -> tuple[JsonDict, JsonDict]:
         kind = ev["type"]
         details = ev[kind]
-        policy = ev.get("policy")
-        enforcing = policy is not None and policy.get("action") in ENFORCING
-        event: JsonDict = {}
-        d: JsonDict = {"@timestamp": ev["time"], "ecs": {"version": VERSION}, "event": event}
+        d: JsonDict = {"@timestamp": ev["time"]}
         tracer: JsonDict = {"type": kind}
-        sev = severity_id(policy)
         if kind == "lost":
             kernel, daemon = details.get("kernel", {}), details.get("daemon", {})
             total = sum(kernel.values()) + sum(daemon.values())
-            event.update(kind="pipeline_error", action="events-lost", outcome="failure", severity=3)
+            event: JsonDict = {
+                "kind": "pipeline_error",
+                "action": "events-lost",
+                "outcome": "failure",
+                "severity": 3,
+                "module": "tracer",
+                "dataset": "tracer.events",
+            }
             d["message"] = f"{total} events lost"
             d["host"] = {"name": ev["node"], "hostname": ev["node"], "os": {"type": "linux"}}
             tracer["lost"] = {"kernel": kernel, "daemon": daemon, "total": total}
+            const = _ONLY_VERSION
         else:
-            category, types = _CATEGORY[kind]
-            alert = enforcing or (policy is not None and "severity" in policy)
-            event["kind"] = "alert" if alert else "event"
-            event["category"] = category
-            event["type"] = types + (["denied"] if enforcing and kind == "connect" else [])
-            event["action"] = kind
+            policy = ev.get("policy")
             error = details.get("error")
-            if kind == "process_exit":
-                code = details.get("code")
-                event["outcome"] = "success" if code == 0 else "failure"
-                exit_fields: JsonDict = {"end": ev["time"]}
-                if code is not None:
-                    exit_fields["exit_code"] = code
-                d["process"] = exit_fields
-                tracer["exit"] = details
-            elif kind == "file_open":
+            if kind == "file_open":
+                failed = details["result"] < 0
+            elif kind == "connect":
+                failed = error not in (None, "EINPROGRESS")
+            elif kind == "process_exit":
+                failed = details.get("code") != 0
+            else:
+                failed = False
+            # What follows from the kind, the rule and the outcome is made once.
+            key = (kind, 0 if policy is None else id(policy), failed)
+            hit = self._consts.get(key)
+            if hit is None or hit[0] is not policy:
+                hit = (policy, *_const(kind, policy, failed))
+                if len(self._consts) >= 4096:
+                    self._consts.clear()
+                self._consts[key] = hit
+            const, event = hit[1], hit[2].copy()
+            if kind == "file_open":
                 folder, name = split_path(details["path"])
                 f: JsonDict = {"path": details["path"], "name": name}
                 if folder:
                     f["directory"] = folder
                 d["file"] = f
                 tracer["file"] = details
-                event["outcome"] = "failure" if details["result"] < 0 else "success"
             elif kind == "connect":
-                self._connect(d, details)
+                _endpoints(d, details)
                 tracer["connect"] = details
-                event["outcome"] = "failure" if error not in (None, "EINPROGRESS") else "success"
-            else:
-                event["outcome"] = "success"
+            elif kind == "process_exit":
+                exit_fields: JsonDict = {"end": ev["time"]}
+                if details.get("code") is not None:
+                    exit_fields["exit_code"] = details["code"]
+                d["process"] = exit_fields
+                tracer["exit"] = details
             if error is not None:
                 d["error"] = {"code": error}
-            event["severity"] = sev
+            if policy is not None:
+                tracer["policy"] = policy
         event["id"] = event_uid(ev, process)
-        event["module"] = "tracer"
-        event["dataset"] = "tracer.events"
-        if policy is not None:
-            d["rule"] = {"name": policy["name"], "id": f"{policy['name']}/{policy['rule']}"}
-            tracer["policy"] = policy
-            techniques, tactics, other = attack_tags(policy)
-            if techniques or tactics:
-                threat: JsonDict = {"framework": "MITRE ATT&CK"}
-                if techniques:
-                    base = sorted({t.partition(".")[0] for t in techniques})
-                    threat["technique"] = {"id": base}
-                    subs = [t for t in techniques if "." in t]
-                    if subs:
-                        threat["technique"]["subtechnique"] = {"id": subs}
-                if tactics:
-                    threat["tactic"] = {"id": tactics}
-                d["threat"] = threat
-            if other:
-                d["tags"] = other
+        d["event"] = event
         d["tracer"] = tracer
-        return d
+        return const, d
 
-    @staticmethod
-    def _connect(d: JsonDict, c: JsonDict) -> None:
-        dst: JsonDict = {}
-        if "daddr" in c:
-            dst["ip"] = c["daddr"]
-            dst["address"] = c["daddr"]
-        if "dport" in c:
-            dst["port"] = c["dport"]
-        if "unix_path" in c:
-            dst["address"] = c["unix_path"]
-        d["destination"] = dst
-        if "saddr" in c or "sport" in c:
-            src: JsonDict = {}
-            if "saddr" in c:
-                src["ip"] = c["saddr"]
-                src["address"] = c["saddr"]
-            if "sport" in c:
-                src["port"] = c["sport"]
-            d["source"] = src
-        net: JsonDict = {"direction": "egress"}
-        proto = c.get("protocol")
-        if proto is not None:
-            net["transport"] = proto.lower()
-            if proto in _IANA:
-                net["iana_number"] = _IANA[proto]
-        family = c["family"]
-        if family == "AF_INET":
-            net["type"] = "ipv4"
-        elif family == "AF_INET6":
-            net["type"] = "ipv6"
-        d["network"] = net
+
+def _const(kind: str, policy: JsonDict | None, failed: bool) -> tuple[JsonDict, JsonDict]:
+    """(top-level fields, event fields but its id) of a kind, rule and outcome."""
+    top: JsonDict = {"ecs": {"version": VERSION}}
+    category, types = _CATEGORY[kind]
+    enforcing = policy is not None and policy.get("action") in ENFORCING
+    if enforcing and kind == "connect":
+        types = [*types, "denied"]
+    alert = enforcing or (policy is not None and "severity" in policy)
+    event: JsonDict = {
+        "kind": "alert" if alert else "event",
+        "category": category,
+        "type": types,
+        "action": kind,
+        "outcome": "failure" if failed else "success",
+        "severity": severity_id(policy),
+        "module": "tracer",
+        "dataset": "tracer.events",
+    }
+    if policy is not None:
+        top["rule"] = {"name": policy["name"], "id": f"{policy['name']}/{policy['rule']}"}
+        techniques, tactics, other = attack_tags(policy)
+        if techniques or tactics:
+            threat: JsonDict = {"framework": "MITRE ATT&CK"}
+            if techniques:
+                threat["technique"] = {"id": sorted({t.partition(".")[0] for t in techniques})}
+                subs = [t for t in techniques if "." in t]
+                if subs:
+                    threat["technique"]["subtechnique"] = {"id": subs}
+            if tactics:
+                threat["tactic"] = {"id": tactics}
+            top["threat"] = threat
+        if other:
+            top["tags"] = other
+    return top, event
+
+
+def _endpoints(d: JsonDict, c: JsonDict) -> None:
+    dst: JsonDict = {}
+    if "daddr" in c:
+        dst["ip"] = c["daddr"]
+        dst["address"] = c["daddr"]
+    if "dport" in c:
+        dst["port"] = c["dport"]
+    if "unix_path" in c:
+        dst["address"] = c["unix_path"]
+    d["destination"] = dst
+    if "saddr" in c or "sport" in c:
+        src: JsonDict = {}
+        if "saddr" in c:
+            src["ip"] = c["saddr"]
+            src["address"] = c["saddr"]
+        if "sport" in c:
+            src["port"] = c["sport"]
+        d["source"] = src
+    net: JsonDict = {"direction": "egress"}
+    proto = c.get("protocol")
+    if proto is not None:
+        net["transport"] = proto.lower()
+        if proto in _IANA:
+            net["iana_number"] = _IANA[proto]
+    family = c["family"]
+    if family == "AF_INET":
+        net["type"] = "ipv4"
+    elif family == "AF_INET6":
+        net["type"] = "ipv6"
+    d["network"] = net

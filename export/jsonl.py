@@ -199,7 +199,6 @@ def details_dict(ev: ProcessEvent) -> JsonDict:
     return {}  # process_exec: everything is in `process`
 
 
-
 def policy_dict(m: PolicyMatch) -> JsonDict:
     return {
         "name": m.name,

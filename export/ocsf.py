@@ -11,6 +11,7 @@ under `unmapped`, never dropped.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +48,15 @@ _PROFILES = {
 }
 _WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_TMPFILE")
 _PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "ICMP": 1, "ICMPV6": 58, "SCTP": 132, "UDPLITE": 136}
+_NOTHING: JsonDict = {}
+_SUCCESS = (1, "Success")
+_FAILURE = (2, "Failure")
+_ACTIVITIES = {
+    1007: {1: "Launch", 2: "Terminate"},
+    1001: {14: "Open"},
+    4001: {1: "Open", 4: "Fail", 5: "Refuse"},
+    1008: {99: "Lost"},
+}
 # connect's result -> Network Activity activity
 _REFUSED = ("ECONNREFUSED",)
 _STARTED = (None, "EINPROGRESS")
@@ -155,7 +165,12 @@ class OcsfMapper:
     custom_key = "unmapped"
 
     def __init__(self, product_version: str) -> None:
-        self._product = {"name": "tracer", "vendor_name": "tracer", "version": product_version}
+        product = {"name": "tracer", "vendor_name": "tracer", "version": product_version}
+        self._meta = {
+            category: {"version": VERSION, "product": product, "profiles": profiles}
+            for category, profiles in _PROFILES.items()
+        }
+        self._consts: dict[tuple[Any, ...], tuple[JsonDict | None, JsonDict, JsonDict, str]] = {}
 
     def side(self, kind: str, node: str, chain: Sequence[JsonDict]) -> tuple[JsonDict, JsonDict]:
         p = chain[0]
@@ -185,148 +200,223 @@ class OcsfMapper:
             custom["non_utf8"] = escaped
         return out, custom
 
-    def head(self, ev: JsonDict, time_ns: int, process: JsonDict | None) -> JsonDict:
+    def head_split(
+        self, ev: JsonDict, time_ns: int, process: JsonDict | None
+    ) -> tuple[JsonDict, JsonDict]:
         kind = ev["type"]
-        (category_uid, category), class_uid, class_name = _CLASSES[kind]
         details = ev[kind]
+        if kind == "lost":
+            return _NOTHING, self._lost(ev, time_ns)
         policy = ev.get("policy")
+        # What follows from the kind, the rule and the outcome is made once
+        # for each combination: in a storm, only times, ids and names differ.
+        error = details.get("error")
+        flags = details.get("flags")
+        if flags is not None and not isinstance(flags, tuple):
+            flags = tuple(flags)
+        key = (
+            kind,
+            0 if policy is None else id(policy),
+            error,
+            details.get("result", 0) < 0,
+            flags,
+            details.get("family"),
+            details.get("protocol"),
+        )
+        hit = self._consts.get(key)
+        if hit is None or hit[0] is not policy:
+            hit = (policy, *self._const(kind, policy, error, flags, details))
+            if len(self._consts) >= 4096:
+                self._consts.clear()
+            self._consts[key] = hit
+        const, meta_const, access = hit[1], hit[2], hit[3]
+        d: JsonDict = {"time": time_ns // 1_000_000}
+        # The exact time (ns): time is in ms.
+        d["time_dt"] = ev["time"]
+        meta = meta_const.copy()
+        meta["uid"] = event_uid(ev, process)
+        meta["original_time"] = ev["time"]
+        d["metadata"] = meta
         unmapped: JsonDict = {}
-        d: JsonDict = {"category_uid": category_uid, "category_name": category}
-        d["class_uid"] = class_uid
-        d["class_name"] = class_name
-        activity_id, activity = 0, "Unknown"
-        status: tuple[int, str] | None = None
-        error = details.get("error") if isinstance(details, dict) else None
-        if kind == "process_exec":
-            activity_id, activity = 1, "Launch"
-            status = (1, "Success")
-        elif kind == "process_exit":
-            activity_id, activity = 2, "Terminate"
-            if "code" in details:
-                d["exit_code"] = details["code"]
-            unmapped["exit"] = details
-        elif kind == "file_open":
-            activity_id, activity = 14, "Open"
-            folder, name = split_path(details["path"])
-            f: JsonDict = {"name": name, "path": details["path"], "type_id": 0, "type": "Unknown"}
+        if kind == "file_open":
+            path = details["path"]
+            folder, name = split_path(path)
+            f: JsonDict = {"name": name, "path": path, "type_id": 0, "type": "Unknown"}
             if folder:
                 f["parent_folder"] = folder
             d["file"] = f
-            d["access_mask"] = open_flags_value(details["flags"])
-            extra = dict(details)
-            extra["access"] = (
-                "write" if any(fl in _WRITE_FLAGS for fl in details["flags"]) else "read"
-            )
-            unmapped["file_open"] = extra
-            status = (2, "Failure") if details["result"] < 0 else (1, "Success")
+            unmapped["file_open"] = {**details, "access": access}
         elif kind == "connect":
-            self._connect(d, details)
-            if error in _REFUSED:
-                activity_id, activity = 5, "Refuse"
-            elif error in _STARTED:
-                activity_id, activity = 1, "Open"
-            else:
-                activity_id, activity = 4, "Fail"
+            _endpoints(d, details)
             unmapped["connect"] = details
-            status = (2, "Failure") if error not in _STARTED else (1, "Success")
-        elif kind == "lost":
-            activity_id, activity = 99, "Lost"
-            d["log_provider"] = "tracer"
-            d["log_name"] = "events"
-            kernel, daemon = details.get("kernel", {}), details.get("daemon", {})
-            total = sum(kernel.values()) + sum(daemon.values())
-            d["status_detail"] = _lost_text(total, kernel, daemon)
-            d["status_code"] = "EVENTS_LOST"
-            d["message"] = d["status_detail"]
-            unmapped["lost"] = {"kernel": kernel, "daemon": daemon, "total": total}
-            status = (2, "Failure")
-            d["device"] = _device(ev["node"], None)
-        d["activity_id"] = activity_id
-        d["activity_name"] = activity
-        d["type_uid"] = class_uid * 100 + activity_id
-        d["type_name"] = f"{class_name}: {activity}"
-        d["time"] = time_ns // 1_000_000
-        # The exact time (ns): time is in ms.
-        d["time_dt"] = ev["time"]
-        sev = 3 if kind == "lost" else severity_id(policy)
-        d["severity_id"] = sev
-        d["severity"] = SEVERITY_NAMES[sev]
+        elif kind == "process_exit":
+            if "code" in details:
+                d["exit_code"] = details["code"]
+            unmapped["exit"] = details
+        if policy is not None:
+            unmapped["policy"] = policy
+        if unmapped:
+            d["unmapped"] = unmapped
+        return const, d
+
+    def _const(
+        self,
+        kind: str,
+        policy: JsonDict | None,
+        error: str | None,
+        flags: tuple[str, ...] | None,
+        details: JsonDict,
+    ) -> tuple[JsonDict, JsonDict, str]:
+        """(attributes, metadata without ids, file access) that do not vary
+        between events of one kind, rule, outcome and flags."""
+        extra: JsonDict = {}
+        status: tuple[int, str] | None = _SUCCESS
+        access = ""
+        if kind == "file_open":
+            activity_id = 14
+            mask, write = _flags(flags or ())
+            extra["access_mask"] = mask
+            access = "write" if write else "read"
+            status = _FAILURE if details["result"] < 0 else _SUCCESS
+        elif kind == "connect":
+            extra["connection_info"] = _connection_info(details)
+            if error in _REFUSED:
+                activity_id = 5
+            elif error in _STARTED:
+                activity_id = 1
+            else:
+                activity_id = 4
+            status = _SUCCESS if error in _STARTED else _FAILURE
+        elif kind == "process_exec":
+            activity_id = 1
+        else:  # process_exit
+            activity_id = 2
+            status = None
+        d = _classification(kind, activity_id).copy()
         if status is not None:
             d["status_id"], d["status"] = status
             if error is not None:
                 d["status_code"] = error
-        meta: JsonDict = {
-            "version": VERSION,
-            "product": self._product,
-            "uid": event_uid(ev, process),
-            "original_time": ev["time"],
-            "profiles": _PROFILES[category_uid],
-        }
+        d.update(extra)
+        meta: JsonDict = self._meta[d["category_uid"]].copy()
         if policy is not None:
-            self._policy(d, meta, policy)
-            unmapped["policy"] = policy
+            fields, labels = _policy_fields(policy)
+            d.update(fields)
+            if labels:
+                meta["labels"] = labels
+        else:
+            d["severity_id"], d["severity"] = 1, SEVERITY_NAMES[1]
+        return d, meta, access
+
+    def _lost(self, ev: JsonDict, time_ns: int) -> JsonDict:
+        details = ev["lost"]
+        kernel, daemon = details.get("kernel", {}), details.get("daemon", {})
+        total = sum(kernel.values()) + sum(daemon.values())
+        text = _lost_text(total, kernel, daemon)
+        d = _classification("lost", 99).copy()
+        d["time"] = time_ns // 1_000_000
+        d["time_dt"] = ev["time"]
+        d["status_id"], d["status"] = _FAILURE
+        d["status_code"] = "EVENTS_LOST"
+        d["status_detail"] = text
+        d["message"] = text
+        d["log_provider"] = "tracer"
+        d["log_name"] = "events"
+        d["severity_id"], d["severity"] = 3, SEVERITY_NAMES[3]
+        d["device"] = _device(ev["node"], None)
+        meta = self._meta[1].copy()
+        meta["uid"] = event_uid(ev, None)
+        meta["original_time"] = ev["time"]
         d["metadata"] = meta
-        if unmapped:
-            d["unmapped"] = unmapped
+        d["unmapped"] = {"lost": {"kernel": kernel, "daemon": daemon, "total": total}}
         return d
 
-    @staticmethod
-    def _connect(d: JsonDict, c: JsonDict) -> None:
-        dst: JsonDict = {}
-        if "daddr" in c:
-            dst["ip"] = c["daddr"]
-        if "dport" in c:
-            dst["port"] = c["dport"]
-        if "unix_path" in c:
-            dst["name"] = c["unix_path"]
-        d["dst_endpoint"] = dst
-        if "saddr" in c or "sport" in c:
-            src: JsonDict = {}
-            if "saddr" in c:
-                src["ip"] = c["saddr"]
-            if "sport" in c:
-                src["port"] = c["sport"]
-            d["src_endpoint"] = src
-        info: JsonDict = {"direction_id": 2, "direction": "Outbound"}
-        proto = c.get("protocol")
-        if proto is not None:
-            info["protocol_name"] = proto.lower()
-            if proto in _PROTOCOL_NUMBERS:
-                info["protocol_num"] = _PROTOCOL_NUMBERS[proto]
-        family = c["family"]
-        if family == "AF_INET":
-            info["protocol_ver_id"], info["protocol_ver"] = 4, "Internet Protocol version 4 (IPv4)"
-        elif family == "AF_INET6":
-            info["protocol_ver_id"], info["protocol_ver"] = 6, "Internet Protocol version 6 (IPv6)"
-        d["connection_info"] = info
 
-    @staticmethod
-    def _policy(d: JsonDict, meta: JsonDict, policy: JsonDict) -> None:
-        """The Security Control profile: what the rule did, and which rule."""
-        if policy.get("action") in ENFORCING:
-            d["action_id"], d["action"] = 2, "Denied"
-            d["disposition_id"], d["disposition"] = 2, "Blocked"
-        else:
-            d["action_id"], d["action"] = 1, "Allowed"
-            d["disposition_id"], d["disposition"] = 15, "Detected"
-        d["policy"] = {
-            "name": policy["name"],
-            "uid": f"{policy['name']}/{policy['rule']}",
-            "is_applied": True,
-        }
-        techniques, tactics, other = attack_tags(policy)
-        attacks: list[JsonDict] = []
-        for t in techniques:
-            base, dot, _ = t.partition(".")
-            a: JsonDict = {"technique": {"uid": base}}
-            if dot:
-                a["sub_technique"] = {"uid": t}
-            attacks.append(a)
-        attacks.extend({"tactic": {"uid": t}} for t in tactics)
-        if attacks:
-            d["attacks"] = attacks
-        if other:
-            meta["labels"] = other
+def _endpoints(d: JsonDict, c: JsonDict) -> None:
+    dst: JsonDict = {}
+    if "daddr" in c:
+        dst["ip"] = c["daddr"]
+    if "dport" in c:
+        dst["port"] = c["dport"]
+    if "unix_path" in c:
+        dst["name"] = c["unix_path"]
+    d["dst_endpoint"] = dst
+    if "saddr" in c or "sport" in c:
+        src: JsonDict = {}
+        if "saddr" in c:
+            src["ip"] = c["saddr"]
+        if "sport" in c:
+            src["port"] = c["sport"]
+        d["src_endpoint"] = src
+
+
+def _connection_info(c: JsonDict) -> JsonDict:
+    info: JsonDict = {"direction_id": 2, "direction": "Outbound"}
+    proto = c.get("protocol")
+    if proto is not None:
+        info["protocol_name"] = proto.lower()
+        if proto in _PROTOCOL_NUMBERS:
+            info["protocol_num"] = _PROTOCOL_NUMBERS[proto]
+    family = c["family"]
+    if family == "AF_INET":
+        info["protocol_ver_id"], info["protocol_ver"] = 4, "Internet Protocol version 4 (IPv4)"
+    elif family == "AF_INET6":
+        info["protocol_ver_id"], info["protocol_ver"] = 6, "Internet Protocol version 6 (IPv6)"
+    return info
+
+
+def _policy_fields(policy: JsonDict) -> tuple[JsonDict, list[str]]:
+    """The Security Control profile: what the rule did, and which rule; severity and
+    ATT&CK from the policy's `severity` and `tags` when it has them."""
+    d: JsonDict = {}
+    if policy.get("action") in ENFORCING:
+        d["action_id"], d["action"] = 2, "Denied"
+        d["disposition_id"], d["disposition"] = 2, "Blocked"
+    else:
+        d["action_id"], d["action"] = 1, "Allowed"
+        d["disposition_id"], d["disposition"] = 15, "Detected"
+    d["policy"] = {
+        "name": policy["name"],
+        "uid": f"{policy['name']}/{policy['rule']}",
+        "is_applied": True,
+    }
+    sev = severity_id(policy)
+    d["severity_id"], d["severity"] = sev, SEVERITY_NAMES[sev]
+    techniques, tactics, other = attack_tags(policy)
+    attacks: list[JsonDict] = []
+    for t in techniques:
+        base, dot, _ = t.partition(".")
+        a: JsonDict = {"technique": {"uid": base}}
+        if dot:
+            a["sub_technique"] = {"uid": t}
+        attacks.append(a)
+    attacks.extend({"tactic": {"uid": t}} for t in tactics)
+    if attacks:
+        d["attacks"] = attacks
+    return d, other
+
+
+@functools.lru_cache(maxsize=64)
+def _classification(kind: str, activity_id: int) -> JsonDict:
+    """The class and activity attributes (copied by the caller, never changed)."""
+    (category_uid, category), class_uid, class_name = _CLASSES[kind]
+    activity = _ACTIVITIES[class_uid].get(activity_id, "Other")
+    return {
+        "category_uid": category_uid,
+        "category_name": category,
+        "class_uid": class_uid,
+        "class_name": class_name,
+        "activity_id": activity_id,
+        "activity_name": activity,
+        "type_uid": class_uid * 100 + activity_id,
+        "type_name": f"{class_name}: {activity}",
+    }
+
+
+@functools.lru_cache(maxsize=256)
+def _flags(flags: tuple[str, ...]) -> tuple[int, bool]:
+    """(open flags as the kernel has them, whether they open for writing)."""
+    return open_flags_value(flags), any(f in _WRITE_FLAGS for f in flags)
 
 
 def _lost_text(total: int, kernel: dict[str, Any], daemon: dict[str, Any]) -> str:

@@ -18,7 +18,6 @@ same JSON from bytes. tests/test_siem.py holds them equal.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -33,6 +32,7 @@ from tracer.core.events import (
     Event,
     FileOpen,
     Lost,
+    PolicyMatch,
     Process,
     ProcessEvent,
     ProcessExec,
@@ -71,9 +71,19 @@ class Mapper(Protocol):
         then its parent and ancestors, nearest first (native process dicts)."""
         ...
 
-    def head(self, ev: JsonDict, time_ns: int, process: JsonDict | None) -> JsonDict:
-        """The event's own fields; `ev` without process, parent and ancestors."""
+    def head_split(
+        self, ev: JsonDict, time_ns: int, process: JsonDict | None
+    ) -> tuple[JsonDict, JsonDict]:
+        """The event's own fields, in two dicts with no key in common: those
+        that follow from its kind, rule and outcome (the same object for
+        every such event, never changed), and the rest. `ev` is without
+        process, parent and ancestors."""
         ...
+
+
+def head(mapper: Mapper, ev: JsonDict, time_ns: int, process: JsonDict | None) -> JsonDict:
+    const, own = mapper.head_split(ev, time_ns, process)
+    return {**const, **own}
 
 
 def side_group(kind: str) -> str:
@@ -122,17 +132,15 @@ def attack_tags(policy: Mapping[str, Any] | None) -> tuple[list[str], list[str],
 
 def event_uid(ev: Mapping[str, Any], process: Mapping[str, Any] | None) -> str:
     """A stable id: the same event gets the same id live, from the API and from
-    the log (so a SIEM back-filled by `tracer replay` can drop duplicates)."""
-    key = "\0".join(
-        (
-            ev["node"],
-            ev["time"],
-            ev["type"],
-            process["exec_id"] if process is not None else "",
-            str(process["tid"]) if process is not None else "",
-        )
-    )
-    return hashlib.blake2b(key.encode(errors="surrogatepass"), digest_size=16).hexdigest()
+    the log (so a SIEM back-filled by `tracer replay` can drop duplicates).
+
+    `exec_id/tid/type/time`: the exec_id names the node and the process
+    image, and one thread makes one event of a kind at a time; a lost
+    event, about no process, is `node/lost/time`.
+    """
+    if process is not None:
+        return f"{process['exec_id']}/{process['tid']}/{ev['type']}/{ev['time']}"
+    return f"{ev['node']}/{ev['type']}/{ev['time']}"
 
 
 def ms_of(text: str) -> int:
@@ -191,13 +199,13 @@ def convert(mapper: Mapper, ev: Mapping[str, Any]) -> JsonDict:
         if time_ns is None:
             raise ValueError(f"not an RFC 3339 UTC time: {ev['time']!r}")
         chain = _chain(ev)
-        head = mapper.head(_head_part(ev), time_ns, chain[0] if chain else None)
+        part = head(mapper, _head_part(ev), time_ns, chain[0] if chain else None)
         if not chain:
-            return head
+            return part
         side, custom = mapper.side(side_group(ev["type"]), ev["node"], chain)
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a tracer event: {exc!r}") from None
-    return merge(side, custom, head, mapper.custom_key)
+    return merge(side, custom, part, mapper.custom_key)
 
 
 class _Side:
@@ -230,6 +238,8 @@ class FormatSerializer:
         self._proc_limit = processes
         self._sides: dict[tuple[int, str], _Side] = {}
         self._side_limit = sides
+        self._policies: dict[int, tuple[PolicyMatch, JsonDict]] = {}
+        self._consts: dict[int, tuple[JsonDict, bytes]] = {}
 
     def _process(self, p: Process) -> JsonDict:
         hit = self._procs.get(p.exec_id)
@@ -270,8 +280,32 @@ class FormatSerializer:
         d[ev.type] = details_dict(ev)
         policy = getattr(ev, "policy", None)
         if policy is not None:
-            d["policy"] = policy_dict(policy)
+            d["policy"] = self._policy(policy)
         return d
+
+    def _policy(self, m: PolicyMatch) -> JsonDict:
+        # One dict per rule, as PolicyStore hands one PolicyMatch per rule:
+        # the mappers keep what they derive from it by its identity.
+        hit = self._policies.get(id(m))
+        if hit is not None and hit[0] is m:
+            return hit[1]
+        if len(self._policies) >= 4096:
+            self._policies.clear()
+        d = policy_dict(m)
+        self._policies[id(m)] = (m, d)
+        return d
+
+    def _const_json(self, const: JsonDict) -> bytes:
+        """`"k":v,...,` of a mapper's constant fields, serialized once per object."""
+        hit = self._consts.get(id(const))
+        if hit is not None and hit[0] is const:
+            return hit[1]
+        data = orjson.dumps(const)[1:-1]
+        data = data + b"," if data else b""
+        if len(self._consts) >= 4096:
+            self._consts.clear()
+        self._consts[id(const)] = (const, data)
+        return data
 
     def line(self, ev: Event) -> bytes:
         mapper = self._mapper
@@ -284,27 +318,27 @@ class FormatSerializer:
                 "lost": {"kernel": ev.kernel, "daemon": ev.daemon},
             }
             return orjson.dumps(
-                mapper.head(_head_part(native), ev.time, None), option=orjson.OPT_APPEND_NEWLINE
+                head(mapper, _head_part(native), ev.time, None), option=orjson.OPT_APPEND_NEWLINE
             )
         side = self._side(ev, side_group(ev.type))
-        head = mapper.head(self.native_head(ev), ev.time, self._process(ev.process))
+        const, own = mapper.head_split(self.native_head(ev), ev.time, self._process(ev.process))
         key = mapper.custom_key
-        custom = head.pop(key, None)
-        if any(k in side.fields for k in head):
-            # The head adds to an object of the side (an ECS exit's
+        custom = own.pop(key, None)
+        if not side.fields.keys().isdisjoint(own):
+            # The event adds to an object of the side (an ECS exit's
             # `process`): merged as dicts, once per process at most.
             if custom is not None:
-                head[key] = custom
-            whole = merge(side.fields, side.custom, head, key)
+                own[key] = custom
+            whole = merge(side.fields, side.custom, {**const, **own}, key)
             return orjson.dumps(whole, option=orjson.OPT_APPEND_NEWLINE)
-        body = orjson.dumps(head)
-        parts = [body[:-1]]
-        own = orjson.dumps(custom)[1:-1] if custom else b""
-        if own or side.custom_json:
+        body = orjson.dumps(own)
+        parts = [b"{", self._const_json(const), body[1:-1]]
+        mine = orjson.dumps(custom)[1:-1] if custom else b""
+        if mine or side.custom_json:
             parts += (
                 self._custom_prefix,
-                own,
-                b"," if own and side.custom_json else b"",
+                mine,
+                b"," if mine and side.custom_json else b"",
                 side.custom_json,
                 b"}",
             )
