@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from export.jsonl import JsonDict
-from export.siem import ENFORCING, attack_tags, event_uid, severity_id, split_path
+from export.siem import ENFORCING, attack_tags, enforced, event_uid, severity_id, split_path
 
 VERSION = "8.11.0"
 _ONLY_VERSION: JsonDict = {"ecs": {"version": VERSION}}
@@ -206,10 +206,12 @@ def _const(kind: str, policy: JsonDict | None, failed: bool) -> tuple[JsonDict, 
     """(top-level fields, event fields but its id) of a kind, rule and outcome."""
     top: JsonDict = {"ecs": {"version": VERSION}}
     category, types = _CATEGORY[kind]
-    enforcing = policy is not None and policy.get("action") in ENFORCING
+    enforcing = enforced(policy)
     if enforcing and kind == "connect":
         types = [*types, "denied"]
-    alert = enforcing or (policy is not None and "severity" in policy)
+    # An alert: a rule that acted or would have (monitor mode), or whose
+    # policy says it matters more than for information.
+    alert = policy is not None and (policy.get("action") in ENFORCING or severity_id(policy) > 1)
     event: JsonDict = {
         "kind": "alert" if alert else "event",
         "category": category,
@@ -222,6 +224,8 @@ def _const(kind: str, policy: JsonDict | None, failed: bool) -> tuple[JsonDict, 
     }
     if policy is not None:
         top["rule"] = {"name": policy["name"], "id": f"{policy['name']}/{policy['rule']}"}
+        if policy.get("message"):
+            top["message"] = policy["message"]
         techniques, tactics, other = attack_tags(policy)
         if techniques or tactics:
             threat: JsonDict = {"framework": "MITRE ATT&CK"}

@@ -17,9 +17,9 @@ from typing import Any
 
 from export.jsonl import JsonDict
 from export.siem import (
-    ENFORCING,
     SEVERITY_NAMES,
     attack_tags,
+    enforced,
     event_uid,
     ms_of,
     severity_id,
@@ -369,7 +369,7 @@ def _policy_fields(policy: JsonDict) -> tuple[JsonDict, list[str]]:
     """The Security Control profile: what the rule did, and which rule; severity and
     ATT&CK from the policy's `severity` and `tags` when it has them."""
     d: JsonDict = {}
-    if policy.get("action") in ENFORCING:
+    if enforced(policy):
         d["action_id"], d["action"] = 2, "Denied"
         d["disposition_id"], d["disposition"] = 2, "Blocked"
     else:
@@ -382,6 +382,8 @@ def _policy_fields(policy: JsonDict) -> tuple[JsonDict, list[str]]:
     }
     sev = severity_id(policy)
     d["severity_id"], d["severity"] = sev, SEVERITY_NAMES[sev]
+    if policy.get("message"):
+        d["message"] = policy["message"]
     techniques, tactics, other = attack_tags(policy)
     attacks: list[JsonDict] = []
     for t in techniques:

@@ -55,6 +55,16 @@ SEVERITY_NAMES = {
 _SEVERITY_WORDS = {name.lower(): n for n, name in SEVERITY_NAMES.items()} | {"info": 1}
 ENFORCING = ("sigkill", "deny")
 
+
+def enforced(policy: Mapping[str, Any] | None) -> bool:
+    """Whether the rule acted: a sigkill or deny rule, not in monitor mode."""
+    return (
+        policy is not None
+        and policy.get("action") in ENFORCING
+        and policy.get("mode", "enforce") != "monitor"
+    )
+
+
 _TECHNIQUE = re.compile(r"^(?:attack[.:/])?(t\d{4}(?:\.\d{3})?)$", re.IGNORECASE)
 _TACTIC = re.compile(r"^(?:attack[.:/])?(ta\d{4})$", re.IGNORECASE)
 
@@ -92,8 +102,9 @@ def side_group(kind: str) -> str:
 
 
 def severity_id(policy: Mapping[str, Any] | None) -> int:
-    """The policy's `severity` when it has one; else Informational without a
-    policy, Low for a rule that posts, Medium for one that enforces."""
+    """The policy's `severity`; for an event recorded before policies had one,
+    Informational without a policy, Low for a rule that posts, Medium for
+    one that enforces."""
     if policy is None:
         return 1
     given = policy.get("severity")
@@ -116,7 +127,7 @@ def attack_tags(policy: Mapping[str, Any] | None) -> tuple[list[str], list[str],
     tactics: list[str] = []
     other: list[str] = []
     tags = policy.get("tags") if policy is not None else None
-    if not isinstance(tags, list):
+    if not isinstance(tags, (list, tuple)):
         return techniques, tactics, other
     for tag in tags:
         if not isinstance(tag, str):

@@ -28,7 +28,8 @@ import ocsf
 import orjson
 import pytest
 from conftest import Daemon, new_marker, tracer_cmd
-from test_export import BASH, INIT, LS, SSHD, T0, exec_ev, exit_ev, mkproc
+from factories import BASH, INIT, LS, SSHD, T0, events, exec_ev, exit_ev, mkproc
+from hypothesis import HealthCheck, given, settings
 
 from export import FormatSerializer, Serializer, convert, mapper_for
 from export.ecs import EcsMapper
@@ -64,9 +65,12 @@ POD = Pod(
     workload_kind="Deployment",
 )
 BARE_CONTAINER = Container(id="9e" * 32, runtime="docker")
-POST = PolicyMatch("credential-files", 0, "post")
+POST = PolicyMatch(
+    "credential-files", 0, "post", "high", ("T1003.008", "creds"), "credential file read"
+)
 KILL = PolicyMatch("no-exfil", 2, "sigkill")
-DENY = PolicyMatch("protect-keys", 1, "deny")
+DENY = PolicyMatch("protect-keys", 1, "deny", "critical")
+WOULD_KILL = PolicyMatch("no-exfil", 2, "sigkill", mode="monitor")
 
 
 def _in(c: Container | None, pod: Pod | None) -> tuple[Process, Process, tuple[Process, ...]]:
@@ -162,6 +166,7 @@ def every_event() -> Iterator[tuple[str, Event]]:
             _open(DENY, where, flags=("O_WRONLY", "O_CREAT", "O_TRUNC"), result=-1, error="EPERM"),
         )
         yield f"connect-{w}", _connect(POST, where)
+        yield f"connect-monitored-{w}", _connect(WOULD_KILL, where)
         yield f"connect-refused-{w}", _connect(POST, where, result=-111, error="ECONNREFUSED")
         yield (
             f"connect-killed-v6-{w}",
@@ -499,11 +504,22 @@ def test_ocsf_enforcement_is_the_security_control_profile() -> None:
         "uid": "credential-files/0",
         "is_applied": True,
     }
-    assert post["severity_id"] == 2
+    # The policy's severity, tags and message.
+    assert (post["severity_id"], post["severity"]) == (4, "High")
+    assert post["attacks"] == [
+        {"technique": {"uid": "T1003"}, "sub_technique": {"uid": "T1003.008"}}
+    ]
+    assert post["metadata"]["labels"] == ["creds"]
+    assert post["message"] == "credential file read"
     kill = daemon_line("ocsf", EVENTS["exec-killed-host"])
-    assert (kill["action_id"], kill["disposition_id"], kill["severity_id"]) == (2, 2, 3)
+    assert (kill["action_id"], kill["disposition_id"], kill["severity_id"]) == (2, 2, 1)
+    assert "message" not in kill and "attacks" not in kill
     deny = daemon_line("ocsf", EVENTS["open-write-denied-host"])
-    assert (deny["action_id"], deny["disposition_id"]) == (2, 2)
+    assert (deny["action_id"], deny["disposition_id"], deny["severity_id"]) == (2, 2, 5)
+    # A monitored sigkill rule did not act: detected, not blocked.
+    would = daemon_line("ocsf", EVENTS["connect-monitored-host"])
+    assert (would["action_id"], would["disposition_id"]) == (1, 15)
+    assert would["unmapped"]["policy"]["mode"] == "monitor"
     assert deny["unmapped"]["file_open"]["access"] == "write"
     assert deny["access_mask"] == 0o1 | 0o100 | 0o1000
     assert deny["status_code"] == "EPERM"
@@ -551,6 +567,39 @@ def test_policy_severity_and_attack_tags_are_used_when_present() -> None:
         ]
         == 2
     )
+
+
+def test_events_recorded_before_policies_had_a_severity_get_a_default() -> None:
+    for name, want in (("open-host", 2), ("exec-killed-host", 3)):
+        n = native(EVENTS[name])
+        del n["policy"]["severity"], n["policy"]["tags"], n["policy"]["message"]
+        del n["policy"]["mode"]
+        o = convert(mapper_for("ocsf", "0.1.0"), n)
+        assert ocsf_problems(o) == []
+        assert o["severity_id"] == want, name
+        assert convert(mapper_for("ecs", "0.1.0"), n)["event"]["severity"] == want
+
+
+def test_ecs_alerts_are_enforcement_and_severe_policies() -> None:
+    def kind(name: str) -> tuple[str, list[str]]:
+        e = daemon_line("ecs", EVENTS[name])
+        return e["event"]["kind"], e["event"]["type"]
+
+    assert kind("open-host") == ("alert", ["access"])  # severity high
+    assert kind("exec-killed-host") == ("alert", ["start"])
+    assert kind("connect-monitored-host") == ("alert", ["start", "connection"])
+    assert kind("connect-killed-v6-host") == ("alert", ["start", "connection", "denied"])
+    assert kind("exec-host") == ("event", ["start"])
+    assert daemon_line("ecs", EVENTS["open-host"])["message"] == "credential file read"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events())
+def test_any_event_converts_validly_and_alike_both_ways(ev: Event) -> None:
+    for fmt in ("ocsf", "ecs"):
+        line = daemon_line(fmt, ev)
+        assert line == convert(mapper_for(fmt, "0.1.0"), native(ev)), fmt
+        assert (ocsf_problems(line) if fmt == "ocsf" else ecs_problems(line)) == [], fmt
 
 
 def test_lost_events_are_a_failure_a_siem_can_alert_on() -> None:
@@ -756,7 +805,7 @@ class _Lines:
                         return item
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"no matching line in {len(self.items)}")
+                    raise AssertionError(f"no matching line in {len(self.items)}: {pred}")
                 self._cond.wait(min(left, 0.2))
 
 
@@ -827,8 +876,8 @@ def test_the_daemon_writes_the_format_and_events_and_replay_convert_alike(
         subprocess.run(["cat", str(target)], check=True, capture_output=True)
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
         wanted = {"exec": marker, "open": str(target), "connect": port}
-        mine = {k: d.wait_for(_is(fmt, k, v)) for k, v in wanted.items()}
-        api = {k: stream.wait_for(_is(fmt, k, v)) for k, v in wanted.items()}
+        mine = {k: d.wait_for(_is(fmt, k, v), timeout=30) for k, v in wanted.items()}
+        api = {k: stream.wait_for(_is(fmt, k, v), timeout=30) for k, v in wanted.items()}
         client.terminate()
         client.wait(10)
     finally:
