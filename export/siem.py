@@ -10,7 +10,10 @@ export/ecs.py) splits an event into two parts:
   and ancestors and the node: in a storm of one process's opens or
   connects it is the same for every event, so the daemon converts and
   serializes it once and splices its bytes into each line;
-- its own part (`head`): time, ids, the kind's details, the policy.
+- its own part (`head_split`): time, ids, the kind's details, the policy;
+  itself in two, what follows from the kind, the rule and the outcome
+  (one shared object per combination, serialized once by the daemon) and
+  the rest.
 
 `convert()` merges the two as dicts; `FormatSerializer.line()` builds the
 same JSON from bytes. tests/test_siem.py holds them equal.
