@@ -942,3 +942,26 @@ def test_a_format_with_an_option_it_does_not_take_is_one_error_line_and_exit_2(
     )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout) == daemon_line("ecs", EVENTS["open-host"])
+
+
+def test_the_export_file_gets_the_format_too(tmp_path: Path) -> None:
+    out = tmp_path / "ecs.jsonl"
+    d = Daemon("--format", "ecs", "--export-file", str(out), "--no-event-log")
+    try:
+        marker = new_marker("siem-file")
+        deadline = time.monotonic() + 30
+        found: JsonDict | None = None
+        while found is None and time.monotonic() < deadline:
+            subprocess.run(["/bin/true", marker], check=True)
+            time.sleep(0.5)
+            for line in out.read_bytes().splitlines() if out.exists() else []:
+                e = json.loads(line)
+                if e["event"].get("action") == "process_exec" and marker in e["process"]["args"]:
+                    found = e
+                    break
+    finally:
+        assert d.stop() == 0, "".join(d.stderr)
+    assert found is not None, "no ECS exec line in the export file"
+    assert ecs_problems(found) == []
+    assert d.events == []  # nothing on stdout
+    assert out.stat().st_mode & 0o777 == 0o600
