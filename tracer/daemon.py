@@ -377,6 +377,7 @@ class Daemon:
                 lambda: clock.wall(clock.now_boot()),
                 capacity=cfg.queue_capacity,
                 subscriber_capacity=cfg.grpc.queue_capacity,
+                subscriber_bytes=cfg.grpc.queue_bytes,
                 # Each listener bounds its own; the hub only backs them up.
                 max_subscribers=cfg.grpc.max_subscribers * cfg.grpc.listeners,
             )
