@@ -11,9 +11,10 @@ subscriber's regex; what it does depends on the subscriber's filter:
   which costs about as much as the put, and queues what matches;
 - regexes, label selectors or container ids (anything that can take long):
   the hub puts the event into the subscriber's inbox, and the subscriber's
-  own filter thread, at the lowest CPU priority, evaluates the filter,
-  serializes what matches (bytes the hub already made are reused) and
-  queues that. A slow filter slows only its owner.
+  own filter thread evaluates the filter, serializes what matches and
+  queues that. A slow filter slows only its owner. Each process is still
+  serialized once for everyone (the Encoder is shared); only an event's
+  head and the joining of its parts are done per filtered subscriber.
 
 A subscriber's queue is a DropOldest bounded in events and in bytes: when
 its client reads too slowly, its oldest events go, counted by kind, and its
@@ -28,9 +29,7 @@ are counted under `unfiltered` (some of them might not have matched).
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
-import os
 import threading
 from collections.abc import Callable, Iterator
 
@@ -52,13 +51,13 @@ BATCH_BYTES = 1 << 20
 assert MAX_EVENT_BYTES <= BATCH_BYTES
 # Serialized events a subscriber may fall behind by, beside the count.
 SUBSCRIBER_BYTES = SUBSCRIBER_QUEUE_BYTES
-# What an event not yet serialized counts for in an inbox's byte bound: its
-# processes are the process cache's, shared by every event that names them.
-_UNSERIALIZED_BYTES = 1024
+# What an event counts for in an inbox's byte bound: not serialized yet, it
+# is mostly its processes, the process cache's, shared by every event that
+# names them.
+_INBOX_EVENT_BYTES = 1024
 UNFILTERED = "unfiltered"  # the loss key of events an inbox dropped unexamined
 
 Item = tuple[str, bytes]  # (event type, the event framed as GetEventsResponse.events)
-Entry = tuple[Event, bytes | None]  # an inbox's event, and its Item bytes if made already
 
 
 def _item_kind(item: Item) -> str:
@@ -69,20 +68,12 @@ def _item_size(item: Item) -> int:
     return len(item[1])
 
 
-def _unfiltered(entry: Entry) -> str:
+def _unfiltered(ev: Event) -> str:
     return UNFILTERED
 
 
-def _entry_size(entry: Entry) -> int:
-    data = entry[1]
-    return _UNSERIALIZED_BYTES if data is None else len(data)
-
-
-def _lowest_priority() -> None:
-    """Nice 19 for the calling thread alone: a busy filter yields the CPU to capture."""
-    # Not permitted: the thread runs at the daemon's priority.
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+def _inbox_size(ev: Event) -> int:
+    return _INBOX_EVENT_BYTES
 
 
 class TooManySubscribers(Exception):
@@ -106,9 +97,9 @@ class Subscriber:
         self._daemon = LossCounts()
         self._gone = False  # the client left: nothing it missed is its loss
         self.kinds = event_filter.kinds  # None: any event type may pass
-        self.inbox: DropOldest[Entry] | None = None
+        self.inbox: DropOldest[Event] | None = None
         if event_filter.costly:
-            self.inbox = DropOldest(capacity, _unfiltered, size=_entry_size, max_bytes=max_bytes)
+            self.inbox = DropOldest(capacity, _unfiltered, size=_inbox_size, max_bytes=max_bytes)
             threading.Thread(
                 target=self._filter_inbox, name=f"grpc-filter-{sid}", daemon=True
             ).start()
@@ -138,41 +129,42 @@ class Subscriber:
 
     def _filter_inbox(self) -> None:
         """The filter thread: inbox -> filter -> queue, until the inbox is closed and drained."""
-        _lowest_priority()
         inbox, matches, framed = self.inbox, self.filter.matches, self._hub.encoder.framed
         assert inbox is not None
         try:
             while True:
-                entries = inbox.take(BATCH_EVENTS)
-                if not entries:
+                events = inbox.take(BATCH_EVENTS)
+                if not events:
                     if inbox.closed:
                         return
                     continue
                 try:
                     items: list[Item] = []
                     nbytes = 0
-                    for ev, data in entries:
+                    for ev in events:
                         if matches(facts_of_event(ev)):
-                            if data is None:
-                                data = framed(ev)
+                            data = framed(ev)
                             items.append((ev.type, data))
                             nbytes += len(data)
                 except Exception as exc:  # noqa: BLE001 -- counted; the stream goes on
                     _log.error("subscriber filter failed", id=self.id, error=str(exc))
-                    inbox.count_dropped(entries)
+                    inbox.count_dropped(events)
                     continue
-                self.queue.put_many(items, nbytes)
+                if items:
+                    self.queue.put_many(items, nbytes)
+                elif inbox.has_dropped:
+                    self.queue.wake()  # batches() reports the loss now, not at the next match
         finally:
             # batches() ends after what is queued (or at once: the client is gone).
             self.queue.close(discard=self._gone)
 
-    def offer_unfiltered(self, entries: list[Entry]) -> None:
+    def offer_unfiltered(self, events: list[Event]) -> None:
         """Queue events for the filter thread (the hub thread calls this)."""
         assert self.inbox is not None
         kinds = self.kinds
         if kinds is not None:
-            entries = [e for e in entries if e[0].type in kinds]
-        self.inbox.put_many(entries)
+            events = [ev for ev in events if ev.type in kinds]
+        self.inbox.put_many(events, len(events) * _INBOX_EVENT_BYTES)
 
     def batches(self) -> Iterator[bytes]:
         """Serialized GetEventsResponse messages, until close().
@@ -312,7 +304,7 @@ class Hub(QueuedWorker):
         items: list[Item] = []  # for every plain subscriber
         nbytes = 0
         matched: dict[Subscriber, list[Item]] = {s: [] for s in inline}
-        entries: list[Entry] = []
+        events: list[Event] = []
         for ev in batch:
             if isinstance(ev, Lost):
                 for s in g.all:
@@ -331,13 +323,13 @@ class Hub(QueuedWorker):
                             data = framed(ev)
                         matched[s].append((ev.type, data))
             if threaded:
-                entries.append((ev, data))
+                events.append(ev)
         for s in plain:
             s.queue.put_many(items, nbytes)
         for s, mine in matched.items():
             s.queue.put_many(mine)
         for s in threaded:
-            s.offer_unfiltered(entries)
+            s.offer_unfiltered(events)
 
     def close(self, timeout: float = 10.0) -> None:
         """Fan out what is queued, then end every subscriber's stream after its last event."""

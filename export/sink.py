@@ -194,6 +194,11 @@ class DropOldest(Generic[T]):
             self._dropped.clear()
         return out
 
+    @property
+    def has_dropped(self) -> bool:
+        """Whether take_dropped() has anything to return (a hint: no lock taken)."""
+        return bool(self._dropped)
+
     def count_dropped(self, items: list[T]) -> None:
         """Count items the consumer took but could not deliver."""
         with self._cond:
