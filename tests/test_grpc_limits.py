@@ -1,6 +1,6 @@
 """The gRPC stream's limits against the real daemon: huge events, clients that never read.
 
-A chain of 66 processes made here (each a copy of bash under a ~3.8 KiB
+A chain of 66 processes made here (each a copy of bash under a ~4 KiB
 non-UTF-8 directory, run with ~8 KiB of non-UTF-8 arguments) gives the
 events of its deepest processes over 4 MiB of protobuf in full, more than
 any gRPC client accepts by default.
@@ -44,7 +44,10 @@ fi
 
 def run_chain(tmp: Path, marker: str, loops: int, pause: float = 0.0) -> None:
     """Run the chain; its bottom runs /bin/true `loops` times, then once with `{marker}-end`."""
-    long_dir = bytes(tmp) + b"".join(b"/" + bytes([0xFE]) * 250 for _ in range(15))
+    # As long as a path may be (4096 with its NUL), less room for "/bash".
+    long_dir = bytes(tmp)
+    while len(long_dir) < 4080:
+        long_dir += b"/" + bytes([0xFE]) * min(250, 4080 - len(long_dir) - 1)
     os.makedirs(long_dir, exist_ok=True)
     bash = long_dir + b"/bash"
     if not os.path.exists(bash):
