@@ -12,9 +12,9 @@ subscriber's regex; what it does depends on the subscriber's filter:
 - regexes, label selectors or container ids (anything that can take long):
   the hub puts the event into the subscriber's inbox, and the subscriber's
   own filter thread evaluates the filter, serializes what matches and
-  queues that. A slow filter slows only its owner. Each process is still
-  serialized once for everyone (the Encoder is shared); only an event's
-  head and the joining of its parts are done per filtered subscriber.
+  queues that. A slow filter slows only its owner. The hub gathers each
+  event's facts once for all filters, and the filter threads share what
+  they serialize (_Framed), so an event is still serialized once.
 
 A subscriber's queue is a DropOldest bounded in events and in bytes: when
 its client reads too slowly, its oldest events go, counted by kind, and its
@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 import structlog
 
 from export.config import SUBSCRIBER_QUEUE_BYTES
-from export.filters import EventFilter, facts_of_event
+from export.filters import EventFilter, Facts, facts_of_event
 from export.pb import MAX_EVENT_BYTES, Encoder, frame, lost_message
 from export.sink import DropOldest, QueuedWorker
 from tracer.core.events import Event, LossCounts, Lost
@@ -68,12 +68,42 @@ def _item_size(item: Item) -> int:
     return len(item[1])
 
 
-def _unfiltered(ev: Event) -> str:
+# Serialized events the filter threads share, at most.
+_SHARED_BYTES = 16 << 20
+
+InboxItem = tuple[Event, Facts]
+
+
+def _unfiltered(item: InboxItem) -> str:
     return UNFILTERED
 
 
-def _inbox_size(ev: Event) -> int:
+def _inbox_size(item: InboxItem) -> int:
     return _INBOX_EVENT_BYTES
+
+
+class _Framed:
+    """Framed events the filter threads share: one that several filters let
+    through is serialized once. Bounded in bytes; emptied when full. The
+    threads race only to serialize an event twice."""
+
+    def __init__(self, framed: Callable[[Event], bytes], max_bytes: int) -> None:
+        self._framed = framed
+        self._max = max_bytes
+        self._bytes = 0
+        # id -> (the event, kept so that its id is not reused, its bytes)
+        self._by_id: dict[int, tuple[Event, bytes]] = {}
+
+    def __call__(self, ev: Event) -> bytes:
+        hit = self._by_id.get(id(ev))
+        if hit is not None and hit[0] is ev:
+            return hit[1]
+        data = self._framed(ev)
+        if self._bytes + len(data) > self._max:
+            self._by_id, self._bytes = {}, 0
+        self._by_id[id(ev)] = (ev, data)
+        self._bytes += len(data)
+        return data
 
 
 class TooManySubscribers(Exception):
@@ -97,7 +127,7 @@ class Subscriber:
         self._daemon = LossCounts()
         self._gone = False  # the client left: nothing it missed is its loss
         self.kinds = event_filter.kinds  # None: any event type may pass
-        self.inbox: DropOldest[Event] | None = None
+        self.inbox: DropOldest[InboxItem] | None = None
         if event_filter.costly:
             self.inbox = DropOldest(capacity, _unfiltered, size=_inbox_size, max_bytes=max_bytes)
             threading.Thread(
@@ -129,7 +159,7 @@ class Subscriber:
 
     def _filter_inbox(self) -> None:
         """The filter thread: inbox -> filter -> queue, until the inbox is closed and drained."""
-        inbox, matches, framed = self.inbox, self.filter.matches, self._hub.encoder.framed
+        inbox, matches, framed = self.inbox, self.filter.matches, self._hub.shared_framed
         assert inbox is not None
         try:
             while True:
@@ -141,8 +171,8 @@ class Subscriber:
                 try:
                     items: list[Item] = []
                     nbytes = 0
-                    for ev in events:
-                        if matches(facts_of_event(ev)):
+                    for ev, facts in events:
+                        if matches(facts):
                             data = framed(ev)
                             items.append((ev.type, data))
                             nbytes += len(data)
@@ -158,12 +188,12 @@ class Subscriber:
             # batches() ends after what is queued (or at once: the client is gone).
             self.queue.close(discard=self._gone)
 
-    def offer_unfiltered(self, events: list[Event]) -> None:
+    def offer_unfiltered(self, events: list[InboxItem]) -> None:
         """Queue events for the filter thread (the hub thread calls this)."""
         assert self.inbox is not None
         kinds = self.kinds
         if kinds is not None:
-            events = [ev for ev in events if ev.type in kinds]
+            events = [e for e in events if e[1].kind in kinds]
         self.inbox.put_many(events, len(events) * _INBOX_EVENT_BYTES)
 
     def batches(self) -> Iterator[bytes]:
@@ -239,6 +269,7 @@ class Hub(QueuedWorker):
         self.max_subscribers = max_subscribers
         # Shared by the hub thread and the subscribers' filter threads.
         self.encoder = Encoder()
+        self.shared_framed = _Framed(self.encoder.framed, _SHARED_BYTES)
         self._lock = threading.Lock()
         # Replaced, never mutated: the hub thread reads it without the lock.
         self._groups = _Groups(())
@@ -304,7 +335,7 @@ class Hub(QueuedWorker):
         items: list[Item] = []  # for every plain subscriber
         nbytes = 0
         matched: dict[Subscriber, list[Item]] = {s: [] for s in inline}
-        events: list[Event] = []
+        events: list[InboxItem] = []
         for ev in batch:
             if isinstance(ev, Lost):
                 for s in g.all:
@@ -315,15 +346,16 @@ class Hub(QueuedWorker):
                 data = framed(ev)
                 items.append((ev.type, data))
                 nbytes += len(data)
-            if inline:
-                facts = facts_of_event(ev)
-                for s in inline:
-                    if s.filter.matches(facts):
-                        if data is None:
-                            data = framed(ev)
-                        matched[s].append((ev.type, data))
+            if not (inline or threaded):
+                continue
+            facts = facts_of_event(ev)  # once for every filter
+            for s in inline:
+                if s.filter.matches(facts):
+                    if data is None:
+                        data = framed(ev)
+                    matched[s].append((ev.type, data))
             if threaded:
-                events.append(ev)
+                events.append((ev, facts))
         for s in plain:
             s.queue.put_many(items, nbytes)
         for s, mine in matched.items():

@@ -246,7 +246,7 @@ def test_a_slow_filter_delays_only_its_own_subscriber() -> None:
     slow_s = time.monotonic() - t0
     assert got_slow.time.ToNanoseconds() == T0 + n
     assert slow_s > 2.0, f"the filter was not slow ({slow_s:.2f} s): the test tests nothing"
-    assert fast_s < slow_s / 4, f"the fast subscriber waited {fast_s:.2f} s of {slow_s:.2f} s"
+    assert fast_s < slow_s / 2, f"the fast subscriber waited {fast_s:.2f} s of {slow_s:.2f} s"
     hub.unsubscribe(slow)
     hub.close()
     f.release()
