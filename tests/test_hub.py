@@ -232,7 +232,7 @@ def test_a_slow_filter_delays_only_its_own_subscriber() -> None:
     f = matching(args_regex=[SLOW])
     slow = hub.subscribe(f)
     fast = hub.subscribe(only("process_exec"))
-    n = 3
+    n = 5
     t0 = time.monotonic()
     hub.offer_many([exec_ev(mkproc(400, args=("p", LETTERS)), time=T0 + i) for i in range(n)])
     hub.offer(exec_ev(SLOW_MATCH, time=T0 + n))
@@ -245,7 +245,7 @@ def test_a_slow_filter_delays_only_its_own_subscriber() -> None:
     got_slow = next(read(slow))  # the one event that matches, once its filter got there
     slow_s = time.monotonic() - t0
     assert got_slow.time.ToNanoseconds() == T0 + n
-    assert slow_s > 2.0, f"the filter was not slow ({slow_s:.2f} s): the test tests nothing"
+    assert slow_s > 1.0, f"the filter was not slow ({slow_s:.2f} s): the test tests nothing"
     assert fast_s < slow_s / 2, f"the fast subscriber waited {fast_s:.2f} s of {slow_s:.2f} s"
     hub.unsubscribe(slow)
     hub.close()
