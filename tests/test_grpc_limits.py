@@ -71,6 +71,10 @@ def run_chain(tmp: Path, marker: str, loops: int, pause: float = 0.0) -> None:
     )
 
 
+# What the daemon may hold more after the test's events than before them.
+BOUND_MIB = 160
+
+
 def marker_filter(marker: str) -> pb.GetEventsRequest:
     return pb.GetEventsRequest(allow=[pb.Filter(args_regex=[re.escape(marker)])])
 
@@ -177,14 +181,15 @@ def test_memory_stays_bounded_with_huge_events_and_clients_that_never_read(
             # Once the hub has this one, it has all of the chain's.
             subprocess.run(["/bin/true", f"{marker}-done"], check=True)
             reader.wait_for(is_true(f"{marker}-done", "process_exit"), timeout=120)
-            # What the stuck clients hold stays; the JSON output, behind
-            # with its 4 MiB lines, takes seconds more to be done with them.
-            samples = []
-            for _ in range(20):
+            # What the stuck clients hold stays while they are connected;
+            # the JSON output, behind with its 4 MiB lines, can take many
+            # seconds more on a busy machine to be done with them.
+            limit_kib = before["VmRSS"] + (BOUND_MIB << 10)
+            deadline = time.monotonic() + 60
+            after = memory_kib(d.proc.pid)
+            while after["VmRSS"] > limit_kib and time.monotonic() < deadline:
                 time.sleep(0.5)
-                samples.append(memory_kib(d.proc.pid))
-            after = min(samples, key=lambda m: m["VmRSS"])
-            peak = samples[-1]["VmHWM"]
+                after = memory_kib(d.proc.pid)
             assert reader.error is None
             reader.cancel()
             for call in stuck:
@@ -194,9 +199,9 @@ def test_memory_stays_bounded_with_huge_events_and_clients_that_never_read(
     grown_mib = (after["VmRSS"] - before["VmRSS"]) / 1024
     print(
         f"daemon VmRSS {before['VmRSS'] >> 10} -> {after['VmRSS'] >> 10} MiB, "
-        f"VmHWM {peak >> 10} MiB"
+        f"VmHWM {after['VmHWM'] >> 10} MiB"
     )
     # Queues of 8 MiB for each stuck client, the process cache and the
     # encoders' caches of 66 processes of ~64 KiB; in full, the events the
     # stuck clients were sent are over 600 MiB.
-    assert grown_mib < 160, f"the daemon holds {grown_mib:.0f} MiB more"
+    assert grown_mib < BOUND_MIB, f"the daemon holds {grown_mib:.0f} MiB more"
