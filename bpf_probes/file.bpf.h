@@ -26,6 +26,11 @@ struct tr_open_args {
 	 * the struct file and selected the open: the exit reuses `verdict`. */
 	__u16 selected;
 	struct tr_verdict verdict;
+	__u32 seen; /* io_uring: the security hook ran in this open */
+	/* io_uring: the file the security hook saw (a fixed-file open has no
+	 * fd to find it by), and the request whose result ends the open. */
+	struct file *file;
+	struct io_kiocb *req;
 };
 
 /* Opens in flight, by thread: the syscall's arguments (kprobe variant)
@@ -151,7 +156,7 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 	ev->hook = a->hook;
 	ev->flags = 0;
 	if (ret >= 0) {
-		struct file *f = tr_fd_file(task, ret);
+		struct file *f = a->file ? a->file : tr_fd_file(task, ret);
 
 		if (!f)
 			return 0;
