@@ -130,7 +130,10 @@ static __always_inline __u8 tr_file_hook(struct file *file, __u16 hook)
 		a->selected = 1;
 		if (origin == TR_HOOK_IO_URING)
 			a->file = file;
-	} else {
+	} else if (origin != TR_HOOK_IO_URING) {
+		/* (An io_uring open without its entry record has no exit to
+		 * report it: a record left here would be taken by the thread's
+		 * next open syscall.) */
 		struct tr_open_args n = { .hook = hook, .selected = 1, .verdict = v };
 
 		bpf_map_update_elem(&tr_open_inflight, &id, &n, BPF_ANY);
@@ -319,9 +322,12 @@ static __always_inline int tr_io_open_exit(long ret)
 	struct tr_open_args a = *pending;
 
 	bpf_map_delete_elem(&tr_open_inflight, &id);
-	if (ret == -TR_EAGAIN || !a.req)
+	/* A local: inside BPF_CORE_READ, a.req would relocate our own struct. */
+	struct io_kiocb *req = a.req;
+
+	if (ret == -TR_EAGAIN || !req)
 		return 0; /* retried in a worker, which evaluates it again */
-	long res = BPF_CORE_READ(a.req, cqe.res);
+	long res = BPF_CORE_READ(req, cqe.res);
 
 	if (!a.selected && res >= 0)
 		return 0;
