@@ -55,6 +55,50 @@ int tr_tp_uring_complete(__u64 *ctx)
 	return tr_open_finish(res, &a);
 }
 
+/* REQ_F_CQE_SKIP: 1 << REQ_F_CQE_SKIP_BIT, 6 from 5.17 to 6.18. */
+#define TR_REQ_F_CQE_SKIP (1ULL << 6)
+
+/*
+ * An open with IOSQE_CQE_SKIP_SUCCESS posts no completion when it
+ * succeeds: the program guesses the fd (the lowest free one) or links a
+ * read to it. Such an open is judged when it is submitted, on the name
+ * asked for (the kernel's copy, taken by the request's prep), with result
+ * -EINPROGRESS: it has not run yet. The request is argument 0 of
+ * io_uring_submit_req (6.4 on) and of io_uring_submit_sqe (before).
+ */
+static __always_inline int tr_uring_submit(struct io_kiocb *req, __u16 hook)
+{
+	__u8 op = BPF_CORE_READ(req, opcode);
+
+	if (op != IORING_OP_OPENAT && op != IORING_OP_OPENAT2)
+		return 0;
+	/* 32 bits on 6.1, 64 later: the low half holds the flag either way. */
+	if (!(BPF_CORE_READ(req, flags) & TR_REQ_F_CQE_SKIP))
+		return 0; /* judged at its completion */
+	struct io_open *o = (void *)req + bpf_core_field_offset(struct io_kiocb, cmd);
+	struct tr_open_args a = {
+		.upath = BPF_CORE_READ(o, filename, name),
+		.kname = 1,
+		.open_flags = BPF_CORE_READ(o, how.flags) & ~TR_O_LARGEFILE,
+		.mode = BPF_CORE_READ(o, how.mode),
+		.hook = hook | TR_HOOK_IO_URING,
+	};
+
+	return tr_open_finish(-TR_EINPROGRESS, &a);
+}
+
+SEC("tp_btf/io_uring_submit_req")
+int tr_tp_uring_submit_req(__u64 *ctx)
+{
+	return tr_uring_submit((struct io_kiocb *)ctx[0], TR_HOOK_TP_URING_SUBMIT_REQ);
+}
+
+SEC("tp_btf/io_uring_submit_sqe")
+int tr_tp_uring_submit_sqe(__u64 *ctx)
+{
+	return tr_uring_submit((struct io_kiocb *)ctx[0], TR_HOOK_TP_URING_SUBMIT_SQE);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tr_tp_sock_state, const struct sock *sk, const int oldstate, const int newstate)
 {

@@ -255,6 +255,9 @@ enum tr_hook {
 	/* A failed io_uring open the security hook never saw */
 	TR_HOOK_FEXIT_IO_OPENAT2 = 17,
 	TR_HOOK_KRETPROBE_IO_OPENAT2 = 18,
+	/* tracepoint mode: an io_uring open that posts no completion */
+	TR_HOOK_TP_URING_SUBMIT_REQ = 19,
+	TR_HOOK_TP_URING_SUBMIT_SQE = 20,
 	/* Or'ed into the hook: how the program made the call, when not
 	 * through its 64-bit syscall */
 	TR_HOOK_IO_URING = 1 << 8,

@@ -190,6 +190,31 @@ def test_io_uring_open_deny(
         assert ev["policy"]["action"] == "sigkill"
 
 
+@pytest.mark.parametrize("how", [[], ["async"]], ids=["inline", "io-wq"])
+def test_io_uring_open_without_a_completion(
+    edaemon: Daemon, ctl: Path, bins: dict[str, Path], tmp_path: Path, mode: str, how: list[str]
+) -> None:
+    """IOSQE_CQE_SKIP_SUCCESS and a read linked to the fd the open will
+    get: no completion tells the program (or tracepoint mode) anything.
+    Killed before the read's data reaches it, in every mode."""
+    secret = _secret(tmp_path)
+    apply(ctl, rule("file_open", f'{{path: ["{secret}"]}}', "sigkill"))
+    marker = new_marker()
+    r = _run([bins["uring"], "open", secret, "linked", *how, marker])
+    assert r.returncode == -9 and r.stdout == "", r
+    ev = edaemon.wait_for(by_marker("file_open", marker))
+    assert ev["file_open"]["path"] == str(secret)
+    assert ev["policy"]["action"] == "sigkill"
+    if mode == "tracepoint":
+        assert ev["file_open"]["hook"] in (
+            "io_uring:tp_btf/io_uring_submit_req",
+            "io_uring:tp_btf/io_uring_submit_sqe",
+        )
+        assert ev["file_open"]["result"] == -115 and ev["file_open"]["resolved"] is False
+    else:
+        assert ev["file_open"]["hook"] == open_hook(mode, "io_uring")
+
+
 def test_io_uring_open_into_a_fixed_slot(
     edaemon: Daemon, ctl: Path, bins: dict[str, Path], tmp_path: Path, mode: str
 ) -> None:

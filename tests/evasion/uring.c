@@ -7,7 +7,10 @@
  *       IORING_OP_READ and write what it read to stdout; "async" forces
  *       the requests into an io-wq worker (IOSQE_ASYNC), "fixed" opens
  *       into fixed-file slot 0. Prints "open failed: -ERRNO" and exits 2
- *       when the open fails.
+ *       when the open fails. "linked" asks for no CQE of the open
+ *       (IOSQE_CQE_SKIP_SUCCESS) and links the read to it, on the fd the
+ *       open will get (the lowest free one): the program learns nothing
+ *       from the open, and the kernel reads right after it.
  *   uring connect IPV4 PORT [async] MARKER
  *       TCP connect (IORING_OP_CONNECT), then prints "connect: RES".
  *
@@ -67,15 +70,19 @@ static void ring_init(struct ring *r)
 	r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
 }
 
-/* Submit one SQE and wait for its completion; returns cqe->res. */
-static int ring_run(struct ring *r, const struct io_uring_sqe *sqe)
+/* Submit n SQEs and wait for one completion; returns its cqe->res. */
+static int ring_run_n(struct ring *r, const struct io_uring_sqe *sqe, unsigned n)
 {
-	unsigned tail = *r->sq_tail, idx = tail & *r->sq_mask;
+	unsigned tail = *r->sq_tail;
 
-	r->sqes[idx] = *sqe;
-	r->sq_array[idx] = idx;
-	__atomic_store_n(r->sq_tail, tail + 1, __ATOMIC_RELEASE);
-	if (syscall(__NR_io_uring_enter, r->fd, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
+	for (unsigned i = 0; i < n; i++) {
+		unsigned idx = (tail + i) & *r->sq_mask;
+
+		r->sqes[idx] = sqe[i];
+		r->sq_array[idx] = idx;
+	}
+	__atomic_store_n(r->sq_tail, tail + n, __ATOMIC_RELEASE);
+	if (syscall(__NR_io_uring_enter, r->fd, n, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
 		die("io_uring_enter");
 	unsigned head = *r->cq_head;
 
@@ -87,6 +94,11 @@ static int ring_run(struct ring *r, const struct io_uring_sqe *sqe)
 
 	__atomic_store_n(r->cq_head, head + 1, __ATOMIC_RELEASE);
 	return res;
+}
+
+static int ring_run(struct ring *r, const struct io_uring_sqe *sqe)
+{
+	return ring_run_n(r, sqe, 1);
 }
 
 static int has(int argc, char **argv, const char *word)
@@ -132,14 +144,35 @@ int main(int argc, char **argv)
 		} else {
 			sqe.open_flags = O_RDONLY;
 		}
+		static char buf[4096];
+
+		if (has(argc, argv, "linked")) {
+			struct io_uring_sqe two[2];
+			int next = dup(0); /* the lowest free fd, which the open gets */
+
+			close(next);
+			sqe.flags |= IOSQE_CQE_SKIP_SUCCESS | IOSQE_IO_LINK;
+			two[0] = sqe;
+			memset(&two[1], 0, sizeof(two[1]));
+			two[1].opcode = IORING_OP_READ;
+			two[1].fd = next;
+			two[1].addr = (unsigned long)buf;
+			two[1].len = sizeof(buf);
+			int n = ring_run_n(&r, two, 2);
+
+			if (n < 0) {
+				printf("open failed: %d\n", n);
+				return 2;
+			}
+			fwrite(buf, 1, n, stdout);
+			return 0;
+		}
 		int fd = ring_run(&r, &sqe);
 
 		if (fd < 0) {
 			printf("open failed: %d\n", fd);
 			return 2;
 		}
-		static char buf[4096];
-
 		memset(&sqe, 0, sizeof(sqe));
 		sqe.opcode = IORING_OP_READ;
 		sqe.flags = async | (fixed ? IOSQE_FIXED_FILE : 0);

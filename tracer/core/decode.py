@@ -78,6 +78,8 @@ HOOK_NAMES = {
     16: "tp_btf/sys_exit",
     17: "fexit/io_openat2",
     18: "kretprobe/io_openat2",
+    19: "tp_btf/io_uring_submit_req",
+    20: "tp_btf/io_uring_submit_sqe",
 }
 # Bits or'ed into the hook: how the program made the call when not through
 # its 64-bit syscall. The name is prefixed, e.g. "io_uring:lsm/file_open".

@@ -67,6 +67,9 @@ EVASION_PROGRAMS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "kprobe": (("tr_kret_io_openat2", *_IO_OPEN), ("tr_kprobe_io_openat2", *_IO_OPEN)),
     "tracepoint": (
         ("tr_tp_uring_complete", "tp_btf", "io_uring_complete"),
+        # one of the two, by kernel version
+        ("tr_tp_uring_submit_req", "tp_btf", "io_uring_submit_req"),
+        ("tr_tp_uring_submit_sqe", "tp_btf", "io_uring_submit_sqe"),
         ("tr_tp_sock_state", "tp_btf", "inet_sock_set_state"),
         ("tr_tp_ia32_exit", "tp_btf", "sys_exit"),
     ),
@@ -77,6 +80,8 @@ MODE_GAPS = {
     "tracepoint": (
         "io_uring opens that fail, and io_uring opens into a fixed-file slot, are not "
         "reported (the kernel has freed the name by the completion; a slot has no fd)",
+        "io_uring opens that post no completion (IOSQE_CQE_SKIP_SUCCESS) are judged when "
+        "submitted, on the name asked for: a symlink or `..` in it is not resolved",
         "io_uring connects other than TCP (UDP, unix) are not reported",
         "32-bit connects are judged when the syscall returns: a sigkill lands after the "
         "connection is made, before the program can use it",
