@@ -26,6 +26,12 @@ struct tr_open_args {
 	 * the struct file and selected the open: the exit reuses `verdict`. */
 	__u16 selected;
 	struct tr_verdict verdict;
+	__u16 seen;  /* io_uring: the security hook ran in this open */
+	__u16 kname; /* upath is the kernel's copy of the name */
+	/* io_uring: the file the security hook saw (a fixed-file open has no
+	 * fd to find it by), and the request whose result ends the open. */
+	struct file *file;
+	struct io_kiocb *req;
 };
 
 /* Opens in flight, by thread: the syscall's arguments (kprobe variant)
@@ -151,7 +157,7 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 	ev->hook = a->hook;
 	ev->flags = 0;
 	if (ret >= 0) {
-		struct file *f = tr_fd_file(task, ret);
+		struct file *f = a->file ? a->file : tr_fd_file(task, ret);
 
 		if (!f)
 			return 0;
@@ -166,7 +172,10 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 		char first = 0;
 
 		ev->flags |= TR_FILE_UNRESOLVED;
-		bpf_probe_read_user(&first, 1, a->upath);
+		if (a->kname)
+			bpf_probe_read_kernel(&first, 1, a->upath);
+		else
+			bpf_probe_read_user(&first, 1, a->upath);
 		if (first != '/') {
 			struct fs_struct *fs = BPF_CORE_READ(task, fs);
 
@@ -177,8 +186,9 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 			else
 				len = 1; /* cwd is "/" */
 		}
-		long n = bpf_probe_read_user_str(&ev->path[tr_bound(len, TR_PATH_MAX - 1)],
-						 TR_PATH_MAX / 2, a->upath);
+		char *dst = &ev->path[tr_bound(len, TR_PATH_MAX - 1)];
+		long n = a->kname ? bpf_probe_read_kernel_str(dst, TR_PATH_MAX / 2, a->upath)
+				  : bpf_probe_read_user_str(dst, TR_PATH_MAX / 2, a->upath);
 
 		if (n > 0)
 			len += n - 1;

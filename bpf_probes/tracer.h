@@ -247,6 +247,21 @@ enum tr_hook {
 	 * selected at the end of do_sys_openat2 */
 	TR_HOOK_FEXIT_OPENAT2 = 12,
 	TR_HOOK_KRETPROBE_OPENAT2 = 13,
+	/* io_uring requests and 32-bit syscalls in tracepoint mode: the
+	 * syscall tracepoints never see them (evasion.bpf.h) */
+	TR_HOOK_TP_URING_COMPLETE = 14,
+	TR_HOOK_TP_SOCK_STATE = 15,
+	TR_HOOK_TP_SYS_EXIT = 16,
+	/* A failed io_uring open the security hook never saw */
+	TR_HOOK_FEXIT_IO_OPENAT2 = 17,
+	TR_HOOK_KRETPROBE_IO_OPENAT2 = 18,
+	/* tracepoint mode: an io_uring open that posts no completion */
+	TR_HOOK_TP_URING_SUBMIT_REQ = 19,
+	TR_HOOK_TP_URING_SUBMIT_SQE = 20,
+	/* Or'ed into the hook: how the program made the call, when not
+	 * through its 64-bit syscall */
+	TR_HOOK_IO_URING = 1 << 8,
+	TR_HOOK_IA32 = 1 << 9,
 };
 
 enum tr_file_flags {

@@ -400,6 +400,12 @@ class Daemon:
                 server = GrpcServer(cfg.grpc, hub, DaemonStatus(self._state), self)
             with capture_sensor(cfg.bpf_dir, variant, mode, cfg.ringbuf_size) as sensor:
                 self._sensor = sensor
+                if sensor.gaps:
+                    _log.warning(
+                        "this capture mode cannot see every open and connect",
+                        capture_mode=mode,
+                        gaps=sensor.gaps,
+                    )
                 maps = PolicyMaps(sensor.obj)
                 self._policies = store = PolicyStore(maps, lsm_active=mode == "lsm")
                 pipeline.verdicts = store

@@ -75,6 +75,7 @@ def load() -> ctypes.CDLL:
     _declare(lib, "ring_buffer__new", vp, i, SAMPLE_FN, vp, vp)
     _declare(lib, "ring_buffer__free", None, vp)
     _declare(lib, "libbpf_strerror", i, i, cp, sz)
+    _declare(lib, "libbpf_find_vmlinux_btf_id", i, cp, i)
     return lib
 
 

@@ -134,6 +134,19 @@ def num_possible_cpus() -> int:
     return n
 
 
+# enum bpf_attach_type values that name what libbpf_find_vmlinux_btf_id
+# looks for: a tracepoint's btf_trace_ typedef, or a function.
+_BTF_TARGETS = {"tp_btf": 23, "function": 24}  # BPF_TRACE_RAW_TP, BPF_TRACE_FENTRY
+
+
+def vmlinux_has(target: str, name: str) -> bool:
+    """Whether the running kernel's BTF has the tracepoint (target "tp_btf")
+    or the function (target "function") `name`: a program the kernel lacks
+    must be disabled before load, or the whole object fails."""
+    with quiet():
+        return bool(lib().libbpf_find_vmlinux_btf_id(name.encode(), _BTF_TARGETS[target]) > 0)
+
+
 class _Call:
     """Collects libbpf's log lines for the duration of one call."""
 

@@ -72,12 +72,27 @@ HOOK_NAMES = {
     11: "kprobe/security_socket_connect",
     12: "fexit/do_sys_openat2",
     13: "kretprobe/do_sys_openat2",
+    # io_uring requests and 32-bit syscalls, which the syscall tracepoints miss
+    14: "tp_btf/io_uring_complete",
+    15: "tp_btf/inet_sock_set_state",
+    16: "tp_btf/sys_exit",
+    17: "fexit/io_openat2",
+    18: "kretprobe/io_openat2",
+    19: "tp_btf/io_uring_submit_req",
+    20: "tp_btf/io_uring_submit_sqe",
 }
+# Bits or'ed into the hook: how the program made the call when not through
+# its 64-bit syscall. The name is prefixed, e.g. "io_uring:lsm/file_open".
+HOOK_VIA = {1 << 8: "io_uring", 1 << 9: "ia32"}
+_HOOK_BASE_MASK = 0xFF
 
 
 def hook_name(hook: int) -> str:
-    name = HOOK_NAMES.get(hook)
-    return name if name is not None else str(hook)
+    name = HOOK_NAMES.get(hook & _HOOK_BASE_MASK)
+    via = [v for bit, v in HOOK_VIA.items() if hook & bit]
+    if name is None or hook & ~(_HOOK_BASE_MASK | sum(HOOK_VIA)):
+        return str(hook)
+    return ":".join([*via, name])
 
 
 AUID_UNSET = 0xFFFFFFFF
