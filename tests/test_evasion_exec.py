@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -35,7 +36,8 @@ TOUCH = os.path.realpath(shutil.which("touch") or "/bin/touch")
 CAT = os.path.realpath(shutil.which("cat") or "/bin/cat")
 BASH = os.path.realpath(shutil.which("bash") or "/bin/bash")
 GAP = "\u2026"  # the marker component of a path cut in the middle
-PATH_DEPTH, PATH_LEAF = 64, 16  # TR_PATH_DEPTH, TR_PATH_LEAF
+PATH_DEPTH, PATH_LEAF = 64, 16
+NOBODY = 65534  # TR_PATH_DEPTH, TR_PATH_LEAF
 
 
 @pytest.fixture(scope="module")
@@ -235,42 +237,42 @@ def test_a_binary_unlinked_after_its_exec_is_flagged_from_then_on(
     assert "deleted" in gone["process"]["flags"]
 
 
-def test_a_file_mounted_over_a_binary_has_its_own_identity(edaemon: Daemon, tmp: Path) -> None:
-    """Same path, other file: a private mount namespace binds a copy over
-    `true`; dev, inode and mount namespace tell the two apart."""
-    evil = tmp / "evil"
-    shutil.copy(TOUCH, evil)
-    marker = new_marker("overmount")
-    witness = tmp / "created"
-    run = subprocess.run(
-        [
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            'mount --bind "$1" "$2" && exec "$2" "$3" "$4"',
-            "sh",
-            str(evil),
-            TRUE,
-            str(witness),
-            marker,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp,  # touch makes the marker too
-    )
-    assert run.returncode == 0, run.stderr
-    assert witness.exists()  # it was touch that ran, under true's name
+def test_a_file_mounted_over_a_binary_has_its_own_identity(edaemon: Daemon) -> None:
+    """Same path, other file: an unprivileged user binds a file of its own
+    over `true` in a user and mount namespace of its own; dev, inode and
+    mount namespace tell the two apart."""
+    d = Path(tempfile.mkdtemp(prefix="tracer-overmount-", dir="/tmp"))
+    try:
+        os.chmod(d, 0o755)
+        os.chown(d, NOBODY, NOBODY)
+        evil = d / "evil"
+        shutil.copy(TOUCH, evil)
+        witness = d / "created"
+        marker = new_marker("overmount")
+        run = subprocess.run(
+            [
+                *("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"),
+                *("unshare", "-Urm", "--propagation", "private"),
+                *("sh", "-c", 'mount --bind "$1" "$2" && exec "$2" "$3" "$4"', "sh"),
+                *(str(evil), TRUE, str(witness), marker),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=d,  # touch makes the marker too
+        )
+        assert run.returncode == 0, run.stderr
+        assert witness.exists()  # it was touch that ran, under true's name
+        st, real = evil.stat(), os.stat(TRUE)
+    finally:
+        shutil.rmtree(d)
     ev = edaemon.wait_for(exec_of(marker, TRUE))
     p = ev["process"]
-    assert p["binary"] == TRUE
-    st, real = evil.stat(), os.stat(TRUE)
+    assert p["binary"] == TRUE and p["uid"] == NOBODY
     assert (p["binary_dev"], p["binary_ino"]) == (st.st_dev, str(st.st_ino))
     assert (p["binary_dev"], p["binary_ino"]) != (real.st_dev, str(real.st_ino))
     assert p["mnt_ns"] != mnt_ns()
-    assert ev["parent"]["pid"] == os.getpid()  # unshare and sh exec'd themselves away
+    # setpriv, unshare and sh each exec'd the next in place: the parent is us
+    assert ev["parent"]["pid"] == os.getpid()
 
 
 # -- deep paths ---------------------------------------------------------------------
@@ -392,7 +394,7 @@ class DelegatedSubtree:
     for user@UID.service), in which that user builds a kubelet-shaped
     hierarchy of its own: pod uid and container id of someone else's."""
 
-    def __init__(self, uid: int = 65534) -> None:
+    def __init__(self, uid: int = NOBODY) -> None:
         mount = cgroup2_mount()
         assert mount is not None
         self.top = Path(mount) / f"tracer-test-{uuid.uuid4().hex[:10]}"
