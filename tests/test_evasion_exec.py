@@ -142,7 +142,7 @@ def test_memfd_exec_is_named_as_the_kernel_names_it(edaemon: Daemon, how: str) -
     assert p["mnt_ns"] == mnt_ns()
     # The python that made the memfd exec'd itself away: its parent is us.
     assert ev["parent"]["pid"] == os.getpid()
-    assert "policy" not in ev
+    assert ev["policy"] == {"name": "exec-from-temp", "rule": 0, "action": "post"}
 
 
 def test_a_memfd_prefix_rule_kills_the_exec(edaemon: Daemon, ctl: Path, tmp: Path) -> None:
