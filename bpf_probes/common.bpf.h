@@ -276,6 +276,15 @@ static __always_inline __u32 tr_walk_emit(struct tr_walk *w, char *buf, __u32 of
 		buf[off & TR_DATA_MASK] = '/';
 		return 1;
 	}
+	if (!w->complete) {
+		/* The root was not found: the path starts with the gap marker,
+		 * so that no prefix rule takes its top for the root's. */
+		buf[off & TR_DATA_MASK] = '/';
+		buf[(off + 1) & TR_DATA_MASK] = TR_GAP_0;
+		buf[(off + 2) & TR_DATA_MASK] = TR_GAP_1;
+		buf[(off + 3) & TR_DATA_MASK] = TR_GAP_2;
+		w->len = 1 + TR_GAP_LEN;
+	}
 	bpf_loop(TR_PATH_DEPTH, tr_walk_write, &ctx, 0);
 	if (w->truncated)
 		*truncated = true;

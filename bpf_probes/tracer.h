@@ -28,7 +28,7 @@
 #define TR_GAP_2 ((char)0xa6)
 /* Steps (components and mount crossings) a walk takes to find the root;
  * a path deeper than that is reported without its root side. */
-#define TR_WALK_STEPS 16384
+#define TR_WALK_STEPS 4096
 /* Longest single path component (NAME_MAX). */
 #define TR_NAME_MAX 255
 
