@@ -79,10 +79,11 @@ static __always_inline void tr_policy_binary(struct tr_policy_input *in, __u32 t
 {
 	struct tr_binary *b = bpf_map_lookup_elem(&tr_proc_binary, &tgid);
 
-	if (b) {
-		in->binary = b->s;
-		in->binary_len = b->len;
-	}
+	if (!b)
+		return;
+	in->binary = b->s;
+	in->binary_len = b->len;
+	in->binary_tail = tr_binary_tail_of(b, tgid);
 }
 
 /*
@@ -101,7 +102,7 @@ static __always_inline bool tr_path_unselected(struct tr_kind_cfg *cfg, __u32 ge
 	__u32 n = w->n;
 	unsigned char top = 0, last = 0;
 
-	if (!w->complete || n == 0 || n > TR_PATH_DEPTH)
+	if (!w->complete || w->pseudo || n == 0 || n > TR_PATH_DEPTH)
 		return false;
 	__u32 leaf_len = w->name_len[0] & TR_NAME_MAX;
 

@@ -15,8 +15,20 @@
  * limits match PATH_MAX; args are cut at TR_ARGS_MAX and flagged. */
 #define TR_PATH_MAX 4096
 #define TR_ARGS_MAX 8192
-/* Deepest path the bounded dentry walk follows before flagging a cut. */
+/* Components a path walk keeps: a deeper path keeps its TR_PATH_LEAF
+ * leaf-side components and the TR_PATH_RING root-most ones, with the
+ * marker component TR_GAP ("\u2026", UTF-8) between them and the path
+ * flagged as truncated. */
 #define TR_PATH_DEPTH 64
+#define TR_PATH_LEAF 16
+#define TR_PATH_RING (TR_PATH_DEPTH - TR_PATH_LEAF)
+#define TR_GAP_LEN 3
+#define TR_GAP_0 ((char)0xe2)
+#define TR_GAP_1 ((char)0x80)
+#define TR_GAP_2 ((char)0xa6)
+/* Steps (components and mount crossings) a walk takes to find the root;
+ * a path deeper than that is reported without its root side. */
+#define TR_WALK_STEPS 4096
 /* Longest single path component (NAME_MAX). */
 #define TR_NAME_MAX 255
 
@@ -36,6 +48,14 @@ enum tr_exec_flags {
 	TR_EXEC_TRUNC_PATH = 1 << 1,
 	TR_EXEC_TRUNC_CWD = 1 << 2,
 	TR_EXEC_NO_MM = 1 << 3, /* args unreadable (no mm): empty, not lost */
+	TR_EXEC_MEMFD = 1 << 4, /* the binary is a memfd: its path is "memfd:NAME" */
+	TR_EXEC_DELETED = 1 << 5, /* the binary was unlinked before the exec */
+};
+
+/* tr_task.flags */
+enum tr_task_flags {
+	/* The task's executable has been unlinked (unknown at exit: no mm) */
+	TR_TASK_EXE_DELETED = 1 << 0,
 };
 
 /* Indexes of the per-CPU `tr_stats` array: one slot per kind and per
@@ -202,6 +222,8 @@ struct tr_task {
 	__u32 egid;
 	__u32 auid; /* loginuid; (u32)-1 when unset or not built in */
 	char comm[TR_COMM_LEN];
+	__u32 flags; /* enum tr_task_flags */
+	__u32 pad;
 };
 
 struct tr_exec {
@@ -212,6 +234,9 @@ struct tr_exec {
 	__u16 path_len; /* bytes, no NUL */
 	__u16 cwd_len;
 	__u32 args_len; /* bytes of NUL-separated argv */
+	__u32 binary_dev; /* the binary's st_dev (new_encode_dev of its sb's s_dev) */
+	__u64 binary_ino;
+	__u32 mnt_ns; /* inode number of the task's mount namespace */
 	__u32 pad;
 	/* path, then cwd, then args, packed back to back. */
 	char data[TR_PATH_MAX + TR_PATH_MAX + TR_ARGS_MAX];

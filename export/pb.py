@@ -64,6 +64,9 @@ def process_message(p: Process) -> pb.Process:
         parent_exec_id=p.parent_exec_id,
         flags=p.flags,
         cgroup_id=p.cgroup_id,
+        binary_dev=p.binary_dev,
+        binary_ino=p.binary_ino,
+        mnt_ns=p.mnt_ns,
     )
     m.start_time.FromNanoseconds(p.start_time)
     c = p.container

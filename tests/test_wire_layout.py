@@ -62,6 +62,7 @@ def btf_structs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
 _ENUMS = (
     "tr_kind",
     "tr_exec_flags",
+    "tr_task_flags",
     "tr_stat",
     "tr_pkind",
     "tr_field",
@@ -200,7 +201,10 @@ def test_record_kinds_flags_and_counters(btf_structs: dict[str, dict[str, object
         "TR_EXEC_TRUNC_PATH": decode.EXEC_TRUNC_PATH,
         "TR_EXEC_TRUNC_CWD": decode.EXEC_TRUNC_CWD,
         "TR_EXEC_NO_MM": decode.EXEC_NO_MM,
+        "TR_EXEC_MEMFD": decode.EXEC_MEMFD,
+        "TR_EXEC_DELETED": decode.EXEC_DELETED,
     }
+    assert _enum(btf_structs, "tr_task_flags") == {"TR_TASK_EXE_DELETED": decode.TASK_EXE_DELETED}
     assert _enum(btf_structs, "tr_file_flags") == {
         "TR_FILE_TRUNC_PATH": decode.FILE_TRUNC_PATH,
         "TR_FILE_UNRESOLVED": decode.FILE_UNRESOLVED,

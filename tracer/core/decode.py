@@ -39,6 +39,11 @@ EXEC_TRUNC_ARGS = 1 << 0
 EXEC_TRUNC_PATH = 1 << 1
 EXEC_TRUNC_CWD = 1 << 2
 EXEC_NO_MM = 1 << 3
+EXEC_MEMFD = 1 << 4
+EXEC_DELETED = 1 << 5
+
+# enum tr_task_flags
+TASK_EXE_DELETED = 1 << 0
 
 FILE_TRUNC_PATH = 1 << 0
 FILE_UNRESOLVED = 1 << 1
@@ -113,6 +118,8 @@ TASK_FIELDS = (
     ("egid", "I"),
     ("auid", "I"),
     ("comm", "16s"),
+    ("flags", "I"),
+    ("pad", "I"),
 )
 VERDICT_FIELDS = (("policy_id", "I"), ("rule", "H"), ("action", "B"), ("pad", "B"))
 EXEC_TAIL_FIELDS = (
@@ -120,6 +127,9 @@ EXEC_TAIL_FIELDS = (
     ("path_len", "H"),
     ("cwd_len", "H"),
     ("args_len", "I"),
+    ("binary_dev", "I"),
+    ("binary_ino", "Q"),
+    ("mnt_ns", "I"),
     ("pad", "I"),
 )
 EXIT_TAIL_FIELDS = (("exit_code", "I"), ("pad", "I"))
@@ -206,6 +216,7 @@ class Task:
     egid: int
     auid: int | None
     comm: bytes
+    flags: int = 0  # TASK_*
 
 
 @dataclass(slots=True, frozen=True)
@@ -228,6 +239,9 @@ class ExecRecord:
     args: tuple[bytes, ...]
     flags: int
     verdict: Verdict = NO_VERDICT
+    binary_dev: int = 0  # st_dev of the executable
+    binary_ino: int = 0
+    mnt_ns: int = 0  # inode number of the mount namespace
 
     @property
     def args_truncated(self) -> bool:
@@ -297,8 +311,8 @@ Record = ExecRecord | ForkRecord | ExitRecord | FileOpenRecord | ConnectRecord |
 
 
 def _task(buf: bytes) -> Task:
-    (ktime, start, cgid, tgid, tid, ppid, uid, euid, gid, egid, auid, comm) = TASK.unpack_from(
-        buf, TASK_OFFSET
+    (ktime, start, cgid, tgid, tid, ppid, uid, euid, gid, egid, auid, comm, flags, _) = (
+        TASK.unpack_from(buf, TASK_OFFSET)
     )
     return Task(
         ktime,
@@ -313,6 +327,7 @@ def _task(buf: bytes) -> Task:
         egid,
         None if auid == AUID_UNSET else auid,
         comm.split(b"\0", 1)[0],
+        flags,
     )
 
 
@@ -353,7 +368,9 @@ def decode(buf: bytes) -> Record:
     if kind == KIND_EXEC:
         if size < EXEC_DATA_OFFSET:
             raise WireError(f"exec record of {size} bytes is too short")
-        flags, plen, clen, alen, _ = EXEC_TAIL.unpack_from(buf, EXEC_TAIL_OFFSET)
+        flags, plen, clen, alen, dev, ino, mnt_ns, _ = EXEC_TAIL.unpack_from(
+            buf, EXEC_TAIL_OFFSET
+        )
         end = EXEC_DATA_OFFSET + plen + clen + alen
         if end > size:
             raise WireError(f"exec record strings overrun the record ({end} > {size})")
@@ -365,6 +382,9 @@ def decode(buf: bytes) -> Record:
             split_args(buf[p + plen + clen : end]),
             flags,
             _verdict(buf),
+            dev,
+            ino,
+            mnt_ns,
         )
     if kind == KIND_FORK:
         if size < FORK_SIZE:
