@@ -75,6 +75,7 @@ def load() -> ctypes.CDLL:
     _declare(lib, "ring_buffer__new", vp, i, SAMPLE_FN, vp, vp)
     _declare(lib, "ring_buffer__free", None, vp)
     _declare(lib, "libbpf_strerror", i, i, cp, sz)
+    _declare(lib, "bpf_obj_get_info_by_fd", i, i, vp, ctypes.POINTER(u32))
     return lib
 
 

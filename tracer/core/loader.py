@@ -91,12 +91,20 @@ class KernelCounters:
 class Sensor:
     """A loaded, attached capture object and its ring buffer."""
 
-    def __init__(self, obj: bpf.BpfObject, variant: str, capture_mode: str) -> None:
+    def __init__(
+        self, obj: bpf.BpfObject, variant: str, capture_mode: str, attached: list[str]
+    ) -> None:
         self.obj = obj
         self.variant = variant
         self.capture_mode = capture_mode
+        self.attached = tuple(attached)  # program names, in attach order
         self.ringbuf = bpf.RingBuffer(obj.map("tr_events"))
+        self.ring = bpf.RingPositions(obj.map("tr_events"))
         self._stats = obj.map("tr_stats")
+
+    def run_stats(self) -> dict[str, bpf.RunStats]:
+        """Run time and count of every attached program (0 while kernel stats are off)."""
+        return {name: self.obj.program(name).run_stats() for name in self.attached}
 
     def counters(self) -> KernelCounters:
         """Totals since load, summed over CPUs."""
@@ -114,6 +122,7 @@ class Sensor:
         return out
 
     def close(self) -> None:
+        self.ring.close()
         self.ringbuf.close()
         self.obj.close()
 
@@ -168,7 +177,7 @@ def capture_sensor(
         obj.load()
         for name in chosen:
             obj.attach(name)
-        sensor = Sensor(obj, variant, capture_mode)
+        sensor = Sensor(obj, variant, capture_mode, chosen)
     except BaseException:
         obj.close()
         raise
