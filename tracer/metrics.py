@@ -87,9 +87,7 @@ class Collector:
 
     def _events(self) -> Iterator[Metric]:
         s = self._s
-        events = CounterMetricFamily(
-            "tracer_events", "Events reported, by type", labels=["type"]
-        )
+        events = CounterMetricFamily("tracer_events", "Events reported, by type", labels=["type"])
         for kind, n in sorted(dict(s.events).items()):
             events.add_metric([kind], n)
         yield events
@@ -263,7 +261,8 @@ class Collector:
                 value=pods.last_list,
             )
         yield CounterMetricFamily(
-            "tracer_pod_watch_relists", "Full pod lists (the first, one per expired watch)",
+            "tracer_pod_watch_relists",
+            "Full pod lists (the first, one per expired watch)",
             value=pods.lists,
         )
 
@@ -357,13 +356,17 @@ class MetricsServer:
         self._server = _Server((host, port), state)
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
-            name="metrics-http", daemon=True,
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="metrics-http",
+            daemon=True,
         )
 
     def start(self) -> None:
         self._thread.start()
-        _log.info("metrics and health served", listen=self._server.server_address[:2])
+        host, port = self._server.server_address[:2]
+        shown = f"[{host}]" if ":" in str(host) else str(host)
+        _log.info("metrics and health served", address=f"{shown}:{port}")
 
     def close(self) -> None:
         if self._thread.is_alive():
