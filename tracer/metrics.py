@@ -364,8 +364,8 @@ class MetricsServer:
 
     def start(self) -> None:
         self._thread.start()
-        host, port = self._server.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else str(host)
+        host, port = str(self._server.server_address[0]), self._server.server_address[1]
+        shown = f"[{host}]" if ":" in host else host
         _log.info("metrics and health served", address=f"{shown}:{port}")
 
     def close(self) -> None:
