@@ -35,6 +35,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from tracer import __version__
 from tracer.config import parse_listen
+from tracer.core.loader import KernelCounters
 from tracer.status import CaptureState, alive, unready
 
 _log = structlog.get_logger(component="metrics")
@@ -51,9 +52,12 @@ class Collector:
         self._s = state
 
     def collect(self) -> Iterator[Metric]:
+        sensor = self._s.sensor
+        # One read of the kernel's per-CPU counters serves every family.
+        counters = sensor.counters() if sensor is not None else None
         yield from self._info()
-        yield from self._events()
-        yield from self._kernel()
+        yield from self._events(counters)
+        yield from self._kernel(counters)
         yield from self._outputs()
         yield from self._caches()
         yield from self._policies()
@@ -85,7 +89,7 @@ class Collector:
             "tracer_ready", "1 when /readyz answers 200", value=0 if unready(s) else 1
         )
 
-    def _events(self) -> Iterator[Metric]:
+    def _events(self, counters: KernelCounters | None) -> Iterator[Metric]:
         s = self._s
         events = CounterMetricFamily("tracer_events", "Events reported, by type", labels=["type"])
         for kind, n in sorted(dict(s.events).items()):
@@ -98,9 +102,8 @@ class Collector:
             "`lost` events carry",
             labels=["source", "kind"],
         )
-        sensor = s.sensor
-        if sensor is not None:
-            for kind, n in sorted(sensor.counters().dropped.items()):
+        if counters is not None:
+            for kind, n in sorted(counters.dropped.items()):
                 lost.add_metric(["kernel", kind], n)
         for out, counts in sorted(list(s.daemon_lost.items())):
             for kind, n in sorted(dict(counts).items()):
@@ -110,13 +113,13 @@ class Collector:
                 lost.add_metric(["grpc_subscribers", kind], n)
         yield lost
 
-    def _kernel(self) -> Iterator[Metric]:
+    def _kernel(self, k: KernelCounters | None) -> Iterator[Metric]:
         sensor = self._s.sensor
         size = GaugeMetricFamily(
             "tracer_ringbuf_size_bytes", "Size of the BPF ring buffer", value=self._s.ringbuf_size
         )
         yield size
-        if sensor is None:
+        if sensor is None or k is None:
             return
         used = sensor.ring.used()
         yield GaugeMetricFamily(
@@ -129,7 +132,6 @@ class Collector:
             "tracer_ringbuf_used_bytes / tracer_ringbuf_size_bytes",
             value=used / self._s.ringbuf_size,
         )
-        k = sensor.counters()
         for name, help_, data in (
             ("tracer_kernel_records", "Records the programs added to the ring buffer", k.emitted),
             (

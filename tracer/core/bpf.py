@@ -104,6 +104,8 @@ def _on_print(level: int, fmt: bytes | None, va_list: int | None) -> int:
 def lib() -> ctypes.CDLL:
     """The loaded libbpf, with its log routed to structlog (loaded once)."""
     global _lib, _held, _libc, _print_cb
+    if _lib is not None:  # every map lookup comes here: no lock once loaded
+        return _lib
     with _lib_lock:
         if _lib is None:
             lib = _libbpf.load()
