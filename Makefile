@@ -19,7 +19,7 @@ PROTO_STAMP := $(PROTO_GEN)/__init__.py
 ECS_VERSIONS := 8.11.5 9.4.0
 ECS_DEFS := $(foreach v,$(ECS_VERSIONS),build/ecs/ecs-$(v).json)
 
-.PHONY: all run test test-vm vm-deps deps apt venv bpf proto ecs-defs lint clean
+.PHONY: all run test test-vm vm-deps deps apt venv bpf proto ecs-defs lint clean install image
 
 all: deps bpf proto
 
@@ -91,6 +91,30 @@ lint: deps proto
 	$(VENV)/bin/ruff check tracer enrich export policy forensics tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# `make install`: a systemd service (deploy/systemd/tracer.service).
+# PREFIX holds a virtualenv with tracer installed (not editable: no link back
+# to this checkout) and the BPF objects; policies go to /etc/tracer/policies
+# only if that directory does not exist yet (local edits are kept).
+PREFIX ?= /opt/tracer
+SYSCONFDIR ?= /etc/tracer
+UNITDIR ?= /etc/systemd/system
+install: deps bpf proto
+	install -d -m 0755 $(PREFIX) $(PREFIX)/bpf
+	test -x $(PREFIX)/venv/bin/python || $(PYTHON) -m venv $(PREFIX)/venv
+	$(PREFIX)/venv/bin/pip install -q --upgrade pip
+	$(PREFIX)/venv/bin/pip install -q .
+	install -m 0644 $(BPF_OUT)/*.bpf.o $(PREFIX)/bpf/
+	install -m 0644 README.md $(PREFIX)/README.md
+	@if [ ! -d $(SYSCONFDIR)/policies ]; then \
+		install -d -m 0755 $(SYSCONFDIR) && install -d -m 0755 $(SYSCONFDIR)/policies && \
+		install -m 0644 policy/library/*.yaml $(SYSCONFDIR)/policies/; \
+	else echo "$(SYSCONFDIR)/policies exists: left as it is"; fi
+	sed 's#/opt/tracer#$(PREFIX)#g; s#/etc/tracer/policies#$(SYSCONFDIR)/policies#g' \
+		deploy/systemd/tracer.service > $(UNITDIR)/tracer.service
+	chmod 0644 $(UNITDIR)/tracer.service
+	-systemctl daemon-reload 2>/dev/null
+	@echo "installed; start with: systemctl enable --now tracer"
 
 clean:
 	rm -rf build $(VENV) $(PROTO_GEN)
