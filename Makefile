@@ -117,7 +117,7 @@ PREFIX ?= /opt/tracer
 SYSCONFDIR ?= /etc/tracer
 UNITDIR ?= /etc/systemd/system
 install: deps bpf proto
-	install -d -m 0755 $(PREFIX) $(PREFIX)/bpf
+	install -d -m 0755 $(PREFIX) $(PREFIX)/bpf $(UNITDIR)
 	test -x $(PREFIX)/venv/bin/python || $(PYTHON) -m venv $(PREFIX)/venv
 	$(PREFIX)/venv/bin/pip install -q --upgrade pip
 	$(PREFIX)/venv/bin/pip install -q .
