@@ -35,7 +35,8 @@ MIRROR = "http://deb.debian.org/debian/dists/bookworm/Release"
 # The DaemonSet's capabilities (deploy/kubernetes/daemonset.yaml).
 CAPS = ["BPF", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE", "DAC_READ_SEARCH"]
 
-pytestmark = pytest.mark.image
+# The first build runs debootstrap: minutes, past the suite's default timeout.
+pytestmark = [pytest.mark.image, pytest.mark.kernel, pytest.mark.timeout(1800)]
 
 
 def _buildable() -> str | None:

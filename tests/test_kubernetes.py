@@ -19,7 +19,7 @@ from conftest import REPO
 from test_metrics import metrics_daemon, scrape
 
 from policy import compile_policies, parse_documents
-from tracer import cli
+from tracer import cli, config
 
 KUSTOMIZE_DIR = REPO / "deploy" / "kubernetes"
 # appArmorProfile in the security context came with 1.30.
@@ -88,7 +88,9 @@ def test_daemonset_runs_the_daemon_as_the_cli_understands_it(rendered: list[Obj]
     c = _container(rendered)
     args = cli._parser().parse_args(c["args"])  # exits on an unknown flag
     assert args.command == "run"
-    _, port = args.metrics_listen.rsplit(":", 1)
+    cfg = config.from_args(args)
+    assert cfg.metrics_listen is not None
+    _, port = cfg.metrics_listen.rsplit(":", 1)
     assert c["ports"] == [{"name": "metrics", "containerPort": int(port), "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
@@ -102,9 +104,10 @@ def test_daemonset_runs_the_daemon_as_the_cli_understands_it(rendered: list[Obj]
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     for path in ("/sys/kernel/btf", "/sys/fs/bpf", "/sys/fs/cgroup", "/sys/kernel/tracing"):
         assert path in mounts, path
-    (policy_dir,) = args.policies
+    (policy_dir,) = cfg.policy_paths
     assert mounts[str(policy_dir)]["readOnly"] is True
-    assert str(args.event_log_dir).startswith("/var/lib/tracer/")
+    assert cfg.event_log is not None
+    assert str(cfg.event_log.directory).startswith("/var/lib/tracer/")
     limits = c["resources"]["limits"]
     assert limits["memory"].endswith("Mi") and int(limits["memory"][:-2]) >= 160
     svc = by_kind(rendered, "Service")
@@ -148,6 +151,7 @@ def _policies_in_force(base: str) -> set[str]:
     return {dict(ls)["policy"] for (n, ls) in scrape(base) if n == "tracer_policy_matches_total"}
 
 
+@pytest.mark.kernel
 def test_a_configmap_update_is_applied_without_a_restart() -> None:
     with tempfile.TemporaryDirectory(prefix="tracer-cm-") as tmp:
         root = Path(tmp) / "policies"

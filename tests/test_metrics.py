@@ -32,6 +32,8 @@ from tracer.core.probe import probe
 from tracer.metrics import MetricsServer
 from tracer.status import STALLED_AFTER_S, CaptureState
 
+pytestmark = pytest.mark.kernel
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

@@ -96,6 +96,7 @@ def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySo
     ns.close()
 
 
+@pytest.mark.kernel
 def test_ready_watchdog_and_stopping(notify: NotifySocket) -> None:
     d = Daemon("--metrics-listen", "127.0.0.1:0")
     try:
@@ -121,6 +122,7 @@ def test_ready_watchdog_and_stopping(notify: NotifySocket) -> None:
     assert sum("READY=1" in m for _, m in notify.messages) == 1
 
 
+@pytest.mark.kernel
 def test_not_ready_until_the_pods_are_listed(notify: NotifySocket, tmp_path: Path) -> None:
     """READY=1 waits for what /readyz waits for; the watchdog pings meanwhile."""
     from fake_apiserver import kubeconfig
@@ -138,6 +140,7 @@ def test_not_ready_until_the_pods_are_listed(notify: NotifySocket, tmp_path: Pat
         assert d.stop() == 0
 
 
+@pytest.mark.kernel
 def test_no_watchdog_pings_for_another_pid(
     notify: NotifySocket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
