@@ -10,6 +10,7 @@ with its own server threads (export/grpc_server.py).
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 import signal
 import sys
@@ -411,7 +412,9 @@ class Daemon:
                 assert cfg.grpc is not None
                 # Bound before any BPF is loaded: a socket in use fails fast.
                 server = GrpcServer(cfg.grpc, hub, DaemonStatus(self._state), self)
-            with capture_sensor(cfg.bpf_dir, variant, mode, cfg.ringbuf_size) as sensor:
+            # Scrapes stop before the sensor (its maps and programs) is freed.
+            scrapes = contextlib.closing(metrics) if metrics else contextlib.nullcontext()
+            with capture_sensor(cfg.bpf_dir, variant, mode, cfg.ringbuf_size) as sensor, scrapes:
                 self._sensor = sensor
                 maps = PolicyMaps(sensor.obj)
                 self._policies = store = PolicyStore(maps, lsm_active=mode == "lsm")

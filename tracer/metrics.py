@@ -121,7 +121,7 @@ class Collector:
         yield size
         if sensor is None or k is None:
             return
-        used = sensor.ring.used()
+        used = sensor.ring_used()
         yield GaugeMetricFamily(
             "tracer_ringbuf_used_bytes",
             "Bytes the programs wrote that the daemon has not read yet",
