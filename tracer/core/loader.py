@@ -8,6 +8,7 @@ one program the kernel refuses fails the whole object.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,22 +124,55 @@ class KernelCounters:
 
 
 class Sensor:
-    """A loaded, attached capture object and its ring buffer."""
+    """A loaded, attached capture object and its ring buffer.
+
+    counters(), run_stats() and ring_used() may be called from any thread
+    (the API's GetInfo, metrics scrapes): they and close() take one lock,
+    so none reads a map or program that close() has freed. After close
+    they answer empty.
+    """
 
     def __init__(
-        self, obj: bpf.BpfObject, variant: str, capture_mode: str, gaps: list[str]
+        self,
+        obj: bpf.BpfObject,
+        variant: str,
+        capture_mode: str,
+        gaps: list[str],
+        attached: list[str],
     ) -> None:
         self.obj = obj
         self.variant = variant
         self.capture_mode = capture_mode
         # What this mode on this kernel cannot report or enforce, in words.
         self.gaps = gaps
+        self.attached = tuple(attached)  # program names, in attach order
         self.ringbuf = bpf.RingBuffer(obj.map("tr_events"))
+        self.ring = bpf.RingPositions(obj.map("tr_events"))
         self._stats = obj.map("tr_stats")
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run_stats(self) -> dict[str, bpf.RunStats]:
+        """Run time and count of every attached program (0 while kernel stats are off)."""
+        with self._lock:
+            if self._closed:
+                return {}
+            return {name: self.obj.program(name).run_stats() for name in self.attached}
+
+    def ring_used(self) -> int:
+        """Bytes in the ring buffer the reader has not consumed yet."""
+        with self._lock:
+            return 0 if self._closed else self.ring.used()
 
     def counters(self) -> KernelCounters:
         """Totals since load, summed over CPUs."""
         out = KernelCounters({}, {}, {}, {})
+        with self._lock:
+            if not self._closed:
+                self._count(out)
+        return out
+
+    def _count(self, out: KernelCounters) -> None:
         stats = (
             (decode.STAT_EMITTED, out.emitted),
             (decode.STAT_RB_DROPPED, out.dropped),
@@ -149,11 +183,13 @@ class Sensor:
             for stat, dest in stats:
                 key = _U32.pack(kind * decode.STAT_COUNT + stat)
                 dest[name] = sum(_U64.unpack(v)[0] for v in self._stats.lookup_percpu(key))
-        return out
 
     def close(self) -> None:
-        self.ringbuf.close()
-        self.obj.close()
+        with self._lock:
+            self._closed = True
+            self.ring.close()
+            self.ringbuf.close()
+            self.obj.close()
 
 
 class CaptureModeUnavailable(RuntimeError):
@@ -218,7 +254,7 @@ def capture_sensor(
         obj.load()
         for name in chosen:
             obj.attach(name)
-        sensor = Sensor(obj, variant, capture_mode, gaps)
+        sensor = Sensor(obj, variant, capture_mode, gaps, chosen)
     except BaseException:
         obj.close()
         raise
