@@ -16,6 +16,10 @@
 #define TR_O_RDWR 02
 #define TR_O_CREAT 0100
 #define TR_O_TRUNC 01000
+#define TR_O_EXCL 0200
+#define TR_O_CLOEXEC 02000000
+#define TR_FMODE_WRITE 0x2
+#define TR_FMODE_CREATED (1 << 20)
 
 struct tr_open_args {
 	const char *upath;
@@ -24,7 +28,10 @@ struct tr_open_args {
 	__u16 hook;
 	/* Set by a security hook (hooks.bpf.h) that evaluated the policy on
 	 * the struct file and selected the open: the exit reuses `verdict`. */
-	__u16 selected;
+	__u8 selected;
+	/* open_flags are in user memory (openat2's struct open_how): a
+	 * successful open takes them from the file instead. */
+	__u8 flags_from_file;
 	struct tr_verdict verdict;
 };
 
@@ -41,7 +48,7 @@ struct {
 struct tr_file_scratch {
 	struct tr_file_open ev;
 	/* tr_write_path masks offsets with TR_DATA_MASK: room behind path. */
-	char slack[TR_DATA_MASK + 1 + TR_NAME_MAX + 1 - TR_PATH_MAX];
+	char slack[TR_DATA_MASK + 1 + TR_NAME_MAX + 1 - 2 * TR_PATH_MAX];
 	struct tr_walk walk;
 };
 
@@ -51,6 +58,18 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tr_file_scratch);
 } tr_file_heap SEC(".maps");
+
+/* Emit a file record whose path (and source) take `used` bytes. The
+ * mask keeps the size provably inside the scratch value. */
+static __always_inline void tr_file_emit(struct tr_file_open *ev, __u32 used)
+{
+	__u64 size = offsetof(struct tr_file_open, path) + tr_bound((__u64)used, 0x3FFF);
+
+	if (size > sizeof(struct tr_file_open))
+		size = sizeof(struct tr_file_open);
+	ev->hdr.size = size;
+	tr_emit(TR_KIND_FILE_OPEN, ev, size);
+}
 
 static __always_inline bool tr_open_writes(__u32 flags)
 {
@@ -67,6 +86,30 @@ static __always_inline struct file *tr_fd_file(struct task_struct *task, long fd
 		return NULL;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	return f;
+}
+
+/*
+ * The flags of an open as the kernel applied them, from the opened file:
+ * f_flags, the fd's close-on-exec bit, O_CREAT when this open created
+ * the file. The kernel clears O_CREAT, O_EXCL and O_TRUNC from f_flags,
+ * so `asked`'s O_TRUNC and O_EXCL are kept: they come from user memory
+ * and a racing thread could only hide them, not add a write the kernel
+ * did not do, since the file's mode decides.
+ */
+static __always_inline __u32 tr_file_open_flags(struct task_struct *task, struct file *f,
+						long fd, __u32 asked)
+{
+	__u32 flags = BPF_CORE_READ(f, f_flags) & ~TR_O_LARGEFILE;
+	__u32 mode = BPF_CORE_READ(f, f_mode);
+	unsigned long *cloexec = BPF_CORE_READ(task, files, fdt, close_on_exec);
+	unsigned long word = 0;
+
+	bpf_probe_read_kernel(&word, sizeof(word), &cloexec[fd / 64]);
+	if ((word >> (fd % 64)) & 1)
+		flags |= TR_O_CLOEXEC;
+	if (mode & TR_FMODE_CREATED)
+		flags |= TR_O_CREAT;
+	return flags | (asked & (TR_O_TRUNC | TR_O_EXCL));
 }
 
 static __always_inline void tr_policy_binary(struct tr_policy_input *in, __u32 tgid)
@@ -150,11 +193,18 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 	ev->mode = a->mode;
 	ev->hook = a->hook;
 	ev->flags = 0;
+	ev->op = TR_FILE_OP_OPEN;
+	ev->source_len = 0;
 	if (ret >= 0) {
 		struct file *f = tr_fd_file(task, ret);
 
 		if (!f)
 			return 0;
+		if (a->flags_from_file) {
+			ev->open_flags = tr_file_open_flags(task, f, ret, a->open_flags);
+			is_write = (BPF_CORE_READ(f, f_mode) & (TR_FMODE_WRITE | TR_FMODE_CREATED)) ||
+				   (ev->open_flags & TR_O_TRUNC);
+		}
 		tr_walk_collect(&s->walk, ev->path, BPF_CORE_READ(f, f_path.mnt),
 				BPF_CORE_READ(f, f_path.dentry));
 		if (!a->selected && tr_path_unselected(cfg, gen, &s->walk, is_write))
@@ -165,7 +215,9 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 		 * the cwd when relative, without resolving `..` or links. */
 		char first = 0;
 
-		ev->flags |= TR_FILE_UNRESOLVED;
+		/* The kernel's copy of the name (getname's struct filename) is
+		 * freed before any hook that sees the result runs. */
+		ev->flags |= TR_FILE_UNRESOLVED | TR_FILE_USER_MEMORY;
 		bpf_probe_read_user(&first, 1, a->upath);
 		if (first != '/') {
 			struct fs_struct *fs = BPF_CORE_READ(task, fs);
@@ -211,12 +263,7 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 		return 0;
 	tr_fill_task(&ev->task, task);
 
-	__u64 size = offsetof(struct tr_file_open, path) + len;
-
-	if (size > sizeof(struct tr_file_open))
-		size = sizeof(struct tr_file_open);
-	ev->hdr.size = size;
-	tr_emit(TR_KIND_FILE_OPEN, ev, size);
+	tr_file_emit(ev, len);
 	return 0;
 }
 
@@ -281,6 +328,7 @@ int tr_openat2_exit(struct trace_event_raw_sys_exit *ctx)
 	struct tr_open_args a = {
 		.upath = (const char *)PT_REGS_PARM2_CORE_SYSCALL(regs),
 		.hook = TR_HOOK_TP_OPENAT2,
+		.flags_from_file = 1,
 	};
 
 	bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_CORE_SYSCALL(regs));

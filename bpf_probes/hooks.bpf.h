@@ -36,36 +36,6 @@
 
 #define TR_EPERM 1
 
-#if defined(__TARGET_ARCH_x86)
-#define TR_NR_OPEN 2
-#define TR_NR_CREAT 85
-#define TR_NR_OPENAT 257
-#define TR_NR_OPENAT2 437
-#define TR_NR_CONNECT 42
-/* Forced on by the kernel for open/openat/creat on 64-bit: dropped so
- * that flags are what the program passed, as the tracepoints report. */
-#define TR_O_LARGEFILE 0100000
-#define TR_PT_REGS_SYSCALL_NR orig_ax
-#elif defined(__TARGET_ARCH_arm64)
-#define TR_NR_OPEN -1 /* arm64 has openat and openat2 only */
-#define TR_NR_CREAT -1
-#define TR_NR_OPENAT 56
-#define TR_NR_OPENAT2 437
-#define TR_NR_CONNECT 203
-#define TR_O_LARGEFILE 0400000
-#define TR_PT_REGS_SYSCALL_NR syscallno
-#else
-#error "tracer: syscall numbers for this architecture are missing"
-#endif
-
-/* The syscall the current task is in (user tasks; kernel threads read 0). */
-static __always_inline long tr_syscall_nr(void)
-{
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-
-	return BPF_CORE_READ(regs, TR_PT_REGS_SYSCALL_NR);
-}
-
 static __always_inline bool tr_in_open_syscall(void)
 {
 	long nr = tr_syscall_nr();
@@ -277,6 +247,88 @@ SEC("kretprobe/__sys_connect")
 int BPF_KRETPROBE(tr_kret_connect, int ret)
 {
 	return tr_connect_finish(ret);
+}
+
+/*
+ * A send to an address without connect(): a datagram on a socket (to the
+ * address given), or TCP Fast Open (MSG_FASTOPEN: the SYN carries data,
+ * no connect call). `msg->msg_name` is the kernel's copy of the address.
+ */
+static __always_inline __u8 tr_sendmsg_hook(struct socket *sock, struct msghdr *msg, __u16 hook)
+{
+	long nr = tr_syscall_nr();
+
+	if (nr != TR_NR_SENDTO && nr != TR_NR_SENDMSG)
+		return TR_ACT_NONE;
+	void *name = BPF_CORE_READ(msg, msg_name);
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+
+	if (!name || !sk)
+		return TR_ACT_NONE;
+	__u16 type = BPF_CORE_READ(sk, sk_type);
+	__u8 via;
+
+	if (type == TR_SOCK_DGRAM)
+		via = nr == TR_NR_SENDTO ? TR_VIA_SENDTO : TR_VIA_SENDMSG;
+	else if (tr_is_tcp(sk) && (BPF_CORE_READ(msg, msg_flags) & TR_MSG_FASTOPEN))
+		via = TR_VIA_FASTOPEN;
+	else
+		return TR_ACT_NONE; /* a connected stream ignores the address */
+	return tr_send_eval(name, false, sock, hook, via);
+}
+
+SEC("lsm/socket_sendmsg")
+int BPF_PROG(tr_lsm_sendmsg, struct socket *sock, struct msghdr *msg, int size, int ret)
+{
+	if (ret)
+		return ret;
+	return tr_sendmsg_hook(sock, msg, TR_HOOK_LSM_SENDMSG) == TR_ACT_DENY ? -TR_EPERM : 0;
+}
+
+SEC("fentry/security_socket_sendmsg")
+int BPF_PROG(tr_fentry_sendmsg, struct socket *sock, struct msghdr *msg, int size)
+{
+	tr_sendmsg_hook(sock, msg, TR_HOOK_FENTRY_SENDMSG);
+	return 0;
+}
+
+SEC("kprobe/security_socket_sendmsg")
+int BPF_KPROBE(tr_kprobe_sendmsg, struct socket *sock, struct msghdr *msg, int size)
+{
+	tr_sendmsg_hook(sock, msg, TR_HOOK_KPROBE_SENDMSG);
+	return 0;
+}
+
+/* The result of a selected send: 0 when it went out, else -errno. */
+static __always_inline int tr_send_finish(long ret)
+{
+	return tr_connect_finish(ret < 0 ? ret : 0);
+}
+
+SEC("fexit/__sys_sendto")
+int BPF_PROG(tr_fexit_sendto, int fd, void *buff, size_t len, unsigned int flags,
+	     struct sockaddr *addr, int addr_len, int ret)
+{
+	return tr_send_finish(ret);
+}
+
+SEC("fexit/__sys_sendmsg")
+int BPF_PROG(tr_fexit_sendmsg, int fd, struct user_msghdr *msg, unsigned int flags,
+	     bool forbid_cmsg_compat, long ret)
+{
+	return tr_send_finish(ret);
+}
+
+SEC("kretprobe/__sys_sendto")
+int BPF_KRETPROBE(tr_kret_sendto, int ret)
+{
+	return tr_send_finish(ret);
+}
+
+SEC("kretprobe/__sys_sendmsg")
+int BPF_KRETPROBE(tr_kret_sendmsg, long ret)
+{
+	return tr_send_finish(ret);
 }
 
 #endif /* TRACER_HOOKS_BPF_H */

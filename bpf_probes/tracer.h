@@ -45,7 +45,8 @@ enum tr_stat {
 	TR_STAT_RB_DROPPED = 1,
 	TR_STAT_EVALUATED = 2, /* policy evaluations: proof a filter ran */
 	TR_STAT_PREFILTERED = 3, /* of those, opens settled before the path was copied */
-	TR_STAT_COUNT = 4,
+	TR_STAT_LIMITED = 4, /* bulk records dropped: their uid was over its budget */
+	TR_STAT_COUNT = 5,
 };
 
 /* ---- Policies (compiled by policy/, evaluated in policy.bpf.h) ---- */
@@ -247,6 +248,23 @@ enum tr_hook {
 	 * selected at the end of do_sys_openat2 */
 	TR_HOOK_FEXIT_OPENAT2 = 12,
 	TR_HOOK_KRETPROBE_OPENAT2 = 13,
+	/* A TCP connect (or fast open) selected when the kernel moved the
+	 * socket to SYN_SENT, on the address it had copied */
+	TR_HOOK_TP_SYN_SENT = 14,
+	/* A datagram sent to an address without connect() */
+	TR_HOOK_TP_SENDTO = 15,
+	TR_HOOK_TP_SENDMSG = 16,
+	TR_HOOK_LSM_SENDMSG = 17,
+	TR_HOOK_FENTRY_SENDMSG = 18,
+	TR_HOOK_KPROBE_SENDMSG = 19,
+	/* A name made in a watched place: rename, link, symlink */
+	TR_HOOK_TP_RENAME = 20,
+	TR_HOOK_TP_RENAMEAT = 21,
+	TR_HOOK_TP_RENAMEAT2 = 22,
+	TR_HOOK_TP_LINK = 23,
+	TR_HOOK_TP_LINKAT = 24,
+	TR_HOOK_TP_SYMLINK = 25,
+	TR_HOOK_TP_SYMLINKAT = 26,
 };
 
 enum tr_file_flags {
@@ -254,6 +272,18 @@ enum tr_file_flags {
 	/* The open failed: no file to resolve; the path is the string the
 	 * program passed, joined to its cwd when relative. */
 	TR_FILE_UNRESOLVED = 1 << 1,
+	/* The path was read back from the process's memory after the kernel
+	 * had used its own copy: a thread of the process may have changed it
+	 * in between. */
+	TR_FILE_USER_MEMORY = 1 << 2,
+};
+
+/* What made the name: an open, or a new name for a file that exists. */
+enum tr_file_op {
+	TR_FILE_OP_OPEN = 0,
+	TR_FILE_OP_RENAME = 1,
+	TR_FILE_OP_LINK = 2,
+	TR_FILE_OP_SYMLINK = 3,
 };
 
 struct tr_file_open {
@@ -266,7 +296,24 @@ struct tr_file_open {
 	__u32 flags;     /* enum tr_file_flags */
 	__u16 hook;      /* enum tr_hook */
 	__u16 path_len;
-	char path[TR_PATH_MAX];
+	__u16 op;         /* enum tr_file_op */
+	__u16 source_len; /* rename, link: the old name; symlink: its target */
+	/* path, then source, back to back */
+	char path[TR_PATH_MAX + TR_PATH_MAX];
+};
+
+/* How the process reached the peer. */
+enum tr_conn_via {
+	TR_VIA_CONNECT = 0,
+	TR_VIA_SENDTO = 1,   /* a datagram to an address, on an unconnected socket */
+	TR_VIA_SENDMSG = 2,
+	TR_VIA_FASTOPEN = 3, /* TCP Fast Open: sendto/sendmsg with MSG_FASTOPEN */
+};
+
+enum tr_conn_flags {
+	/* The address was read from the process's memory, not the kernel's
+	 * copy: a thread of the process may have changed it in between. */
+	TR_CONN_USER_MEMORY = 1 << 0,
 };
 
 struct tr_connect {
@@ -281,7 +328,8 @@ struct tr_connect {
 	__u16 dport; /* host order */
 	__u16 sport;
 	__u16 path_len; /* AF_UNIX: bytes of unix_path */
-	__u16 pad;
+	__u8 via;       /* enum tr_conn_via */
+	__u8 flags;     /* enum tr_conn_flags */
 	__u8 daddr[16]; /* IPv4 in the first 4 bytes */
 	__u8 saddr[16];
 	char unix_path[108];

@@ -150,8 +150,11 @@ class _LossReporter:
         self.by_sink = by_sink
 
     def _kernel_delta(self, counters: KernelCounters) -> dict[str, int]:
+        """Records lost in the kernel since the last call: the ring was full,
+        or their uid was over its budget (--uid-budget)."""
         delta = {}
         for kind, n in counters.dropped.items():
+            n += counters.limited.get(kind, 0)
             d = n - self._seen_kernel.get(kind, 0)
             if d:
                 delta[kind] = d
@@ -257,6 +260,7 @@ class Daemon:
                     "dropped": k.dropped,
                     "evaluated": k.evaluated,
                     "prefiltered": k.prefiltered,
+                    "limited": k.limited,
                 },
             }
         if op == "policy_apply":
@@ -397,7 +401,9 @@ class Daemon:
                 assert cfg.grpc is not None
                 # Bound before any BPF is loaded: a socket in use fails fast.
                 server = GrpcServer(cfg.grpc, hub, DaemonStatus(self._state), self)
-            with capture_sensor(cfg.bpf_dir, variant, mode, cfg.ringbuf_size) as sensor:
+            with capture_sensor(
+                cfg.bpf_dir, variant, mode, cfg.ringbuf_size, cfg.uid_budget
+            ) as sensor:
                 self._sensor = sensor
                 maps = PolicyMaps(sensor.obj)
                 self._policies = store = PolicyStore(maps, lsm_active=mode == "lsm")

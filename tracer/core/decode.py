@@ -33,7 +33,8 @@ STAT_EMITTED = 0
 STAT_RB_DROPPED = 1
 STAT_EVALUATED = 2
 STAT_PREFILTERED = 3
-STAT_COUNT = 4
+STAT_LIMITED = 4
+STAT_COUNT = 5
 
 EXEC_TRUNC_ARGS = 1 << 0
 EXEC_TRUNC_PATH = 1 << 1
@@ -42,6 +43,14 @@ EXEC_NO_MM = 1 << 3
 
 FILE_TRUNC_PATH = 1 << 0
 FILE_UNRESOLVED = 1 << 1
+FILE_USER_MEMORY = 1 << 2
+
+# enum tr_file_op
+FILE_OPS = {0: "open", 1: "rename", 2: "link", 3: "symlink"}
+
+# enum tr_conn_via, tr_conn_flags
+CONN_VIAS = {0: "connect", 1: "sendto", 2: "sendmsg", 3: "fastopen"}
+CONN_USER_MEMORY = 1 << 0
 
 # enum tr_action
 ACTION_NONE = 0
@@ -72,6 +81,19 @@ HOOK_NAMES = {
     11: "kprobe/security_socket_connect",
     12: "fexit/do_sys_openat2",
     13: "kretprobe/do_sys_openat2",
+    14: "tp_btf/inet_sock_set_state",
+    15: "tracepoint/sys_exit_sendto",
+    16: "tracepoint/sys_exit_sendmsg",
+    17: "lsm/socket_sendmsg",
+    18: "fentry/security_socket_sendmsg",
+    19: "kprobe/security_socket_sendmsg",
+    20: "tracepoint/sys_exit_rename",
+    21: "tracepoint/sys_exit_renameat",
+    22: "tracepoint/sys_exit_renameat2",
+    23: "tracepoint/sys_exit_link",
+    24: "tracepoint/sys_exit_linkat",
+    25: "tracepoint/sys_exit_symlink",
+    26: "tracepoint/sys_exit_symlinkat",
 }
 
 
@@ -115,6 +137,8 @@ FILE_TAIL_FIELDS = (
     ("flags", "I"),
     ("hook", "H"),
     ("path_len", "H"),
+    ("op", "H"),
+    ("source_len", "H"),
 )
 CONNECT_TAIL_FIELDS = (
     ("ret", "q"),
@@ -125,7 +149,8 @@ CONNECT_TAIL_FIELDS = (
     ("dport", "H"),
     ("sport", "H"),
     ("path_len", "H"),
-    ("pad", "H"),
+    ("via", "B"),
+    ("flags", "B"),
     ("daddr", "16s"),
     ("saddr", "16s"),
     ("unix_path", "108s"),
@@ -164,6 +189,17 @@ CONNECT_TAIL_OFFSET = VERDICT_OFFSET + VERDICT.size
 CONNECT_SIZE = CONNECT_TAIL_OFFSET + CONNECT_TAIL.size
 CGROUP_OFFSET = HDR.size
 CGROUP_PATH_OFFSET = CGROUP_OFFSET + CGROUP.size
+
+
+_KTIME = struct.Struct("<Q")
+KTIME_OFFSET = HDR.size  # tr_task.ktime, and tr_cgroup.ktime: every kind's first field
+
+
+def ktime(buf: bytes) -> int:
+    """The boot-clock time a record was made (every kind has it first)."""
+    if len(buf) < KTIME_OFFSET + 8:
+        return 0
+    return int(_KTIME.unpack_from(buf, KTIME_OFFSET)[0])
 
 
 class WireError(ValueError):
@@ -250,6 +286,8 @@ class FileOpenRecord:
     flags: int  # FILE_*
     hook: int
     path: bytes
+    op: int = 0  # FILE_OPS
+    source: bytes = b""  # rename, link: the old name; symlink: its target
 
 
 @dataclass(slots=True)
@@ -266,6 +304,8 @@ class ConnectRecord:
     daddr: bytes  # 16 bytes; IPv4 in the first 4
     saddr: bytes
     unix_path: bytes
+    via: int = 0  # CONN_VIAS
+    flags: int = 0  # CONN_*
 
 
 @dataclass(slots=True, frozen=True)
@@ -363,15 +403,21 @@ def decode(buf: bytes) -> Record:
     if kind == KIND_FILE_OPEN:
         if size < FILE_PATH_OFFSET:
             raise WireError(f"file_open record of {size} bytes is too short")
-        ret, oflags, mode, flags, hook, plen = FILE_TAIL.unpack_from(buf, FILE_TAIL_OFFSET)
-        if FILE_PATH_OFFSET + plen > size:
-            raise WireError(f"file_open path overruns the record ({plen} bytes)")
+        ret, oflags, mode, flags, hook, plen, op, slen = FILE_TAIL.unpack_from(
+            buf, FILE_TAIL_OFFSET
+        )
+        end = FILE_PATH_OFFSET + plen + slen
+        if end > size:
+            raise WireError(f"file_open strings overrun the record ({end} > {size})")
         path = buf[FILE_PATH_OFFSET : FILE_PATH_OFFSET + plen]
-        return FileOpenRecord(_task(buf), _verdict(buf), ret, oflags, mode, flags, hook, path)
+        source = buf[FILE_PATH_OFFSET + plen : end]
+        return FileOpenRecord(
+            _task(buf), _verdict(buf), ret, oflags, mode, flags, hook, path, op, source
+        )
     if kind == KIND_CONNECT:
         if size < CONNECT_SIZE:
             raise WireError(f"connect record of {size} bytes is too short")
-        (ret, fam, proto, stype, hook, dport, sport, plen, _, daddr, saddr, upath) = (
+        (ret, fam, proto, stype, hook, dport, sport, plen, via, cflags, daddr, saddr, upath) = (
             CONNECT_TAIL.unpack_from(buf, CONNECT_TAIL_OFFSET)
         )
         return ConnectRecord(
@@ -387,6 +433,8 @@ def decode(buf: bytes) -> Record:
             daddr,
             saddr,
             upath[: min(plen, len(upath))],
+            via,
+            cflags,
         )
     if kind == KIND_CGROUP:
         if size < CGROUP_PATH_OFFSET:

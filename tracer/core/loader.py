@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -34,16 +34,19 @@ PROCESS_VARIANTS = ("tp_btf", "raw_tp")
 # for lsm, fentry and kprobe). Attached in this order: the exit programs
 # first, so that no selected call can start before its exit is watched
 # (a verdict left in flight would be reported with another call's result).
-_FEXIT = ("tr_fexit_openat2", "tr_fexit_connect")
+_FEXIT = ("tr_fexit_openat2", "tr_fexit_connect", "tr_fexit_sendto", "tr_fexit_sendmsg")
 CAPTURE_PROGRAMS = {
-    "lsm": (*_FEXIT, "tr_lsm_file_open", "tr_lsm_connect"),
-    "fentry": (*_FEXIT, "tr_fentry_file_open", "tr_fentry_connect"),
+    "lsm": (*_FEXIT, "tr_lsm_file_open", "tr_lsm_connect", "tr_lsm_sendmsg"),
+    "fentry": (*_FEXIT, "tr_fentry_file_open", "tr_fentry_connect", "tr_fentry_sendmsg"),
     "kprobe": (
         "tr_kret_openat2",
         "tr_kret_connect",
+        "tr_kret_sendto",
+        "tr_kret_sendmsg",
         "tr_kprobe_openat2",
         "tr_kprobe_file_open",
         "tr_kprobe_connect",
+        "tr_kprobe_sendmsg",
     ),
     "tracepoint": (
         "tr_open_exit_tp",
@@ -51,7 +54,9 @@ CAPTURE_PROGRAMS = {
         "tr_openat2_exit",
         "tr_creat_exit",
         "tr_connect_exit",
-        "tr_connect_enter",
+        "tr_sendto_exit",
+        "tr_sendmsg_exit",
+        "tr_tcp_syn_sent",
     ),
 }
 _U32 = struct.Struct("<I")
@@ -70,6 +75,16 @@ RINGBUF_MAX = 1 << 30
 # every 10 ms, so bursts of ~15,000 typical records fit; raise it for
 # hosts whose bursts do not (`lost` events say so).
 RINGBUF_DEFAULT = 4 << 20
+# The ring of policy-selected and enforcement records (tr_selected): they
+# are few, and drained before the bulk ring on every poll. 1 MiB holds
+# ~6,000 typical file_open records.
+SELECTED_RINGBUF_SIZE = 1 << 20
+# Bulk (exec, fork, exit, cgroup) records a uid may put in the ring per
+# second before the rest of its second's records are dropped and counted
+# (`lost`): one user's exec storm cannot fill the ring for everyone.
+# Three records per process (fork, exec, exit): ~6,600 processes a second.
+UID_BUDGET_DEFAULT = 20000
+_CONFIG = struct.Struct("<II")  # struct tr_config
 
 
 def check_ringbuf_size(size: int) -> None:
@@ -86,6 +101,7 @@ class KernelCounters:
     dropped: dict[str, int]
     evaluated: dict[str, int]  # policy evaluations, by kind
     prefiltered: dict[str, int]  # of those, opens settled before their path was copied
+    limited: dict[str, int] = field(default_factory=dict)  # bulk records over their uid budget
 
 
 class Sensor:
@@ -95,17 +111,20 @@ class Sensor:
         self.obj = obj
         self.variant = variant
         self.capture_mode = capture_mode
-        self.ringbuf = bpf.RingBuffer(obj.map("tr_events"))
+        self.ringbuf = bpf.RingBuffer(
+            obj.map("tr_events"), first=obj.map("tr_selected"), key=decode.ktime
+        )
         self._stats = obj.map("tr_stats")
 
     def counters(self) -> KernelCounters:
         """Totals since load, summed over CPUs."""
-        out = KernelCounters({}, {}, {}, {})
+        out = KernelCounters({}, {}, {}, {}, {})
         stats = (
             (decode.STAT_EMITTED, out.emitted),
             (decode.STAT_RB_DROPPED, out.dropped),
             (decode.STAT_EVALUATED, out.evaluated),
             (decode.STAT_PREFILTERED, out.prefiltered),
+            (decode.STAT_LIMITED, out.limited),
         )
         for kind, name in decode.KIND_NAMES.items():
             for stat, dest in stats:
@@ -145,7 +164,11 @@ def choose_capture_mode(
 
 @contextmanager
 def capture_sensor(
-    bpf_dir: Path, variant: str, capture_mode: str, ringbuf_size: int
+    bpf_dir: Path,
+    variant: str,
+    capture_mode: str,
+    ringbuf_size: int,
+    uid_budget: int = UID_BUDGET_DEFAULT,
 ) -> Iterator[Sensor]:
     """Load and attach every capture program; detach everything on exit."""
     if variant not in PROCESS_VARIANTS:
@@ -158,6 +181,8 @@ def capture_sensor(
             f"(available: {', '.join(CAPTURE_PROGRAMS)})"
         )
     check_ringbuf_size(ringbuf_size)
+    if not 0 <= uid_budget < 1 << 32:
+        raise ConfigError(f"uid budget {uid_budget} is not between 0 (no limit) and 2**32-1")
     obj = bpf.BpfObject(bpf_dir / CAPTURE_OBJECT)
     try:
         chosen = [progs[variant] for progs in PROCESS_PROGRAMS.values()]
@@ -165,7 +190,9 @@ def capture_sensor(
         for prog in obj.programs.values():
             prog.set_autoload(prog.name in chosen)
         obj.map("tr_events").set_max_entries(ringbuf_size)
+        obj.map("tr_selected").set_max_entries(SELECTED_RINGBUF_SIZE)
         obj.load()
+        obj.map("tr_config").update(_U32.pack(0), _CONFIG.pack(uid_budget, 0))
         for name in chosen:
             obj.attach(name)
         sensor = Sensor(obj, variant, capture_mode)
