@@ -329,7 +329,7 @@ static __always_inline __u32 tr_walk_emit(struct tr_walk *w, char *buf, __u32 of
 	if (!w->complete)
 		*truncated = true;
 	if (w->n == 0) {
-		buf[off & TR_DATA_MASK] = '/';
+		buf[tr_bound(off, TR_DATA_MASK)] = '/';
 		return 1;
 	}
 	bpf_loop(TR_PATH_DEPTH, tr_walk_write, &ctx, 0);

@@ -337,4 +337,183 @@ int tr_openat2_exit(struct trace_event_raw_sys_exit *ctx)
 	return tr_open_finish(ctx->ret, &a);
 }
 
+/*
+ * A new name for a file: rename, link, symlink. The file exists already,
+ * so no open of it happens at the new name: `mv /etc/.x /etc/cron.d/x`
+ * or `ln` into a watched directory would otherwise pass unseen. They are
+ * file_open events (op rename, link or symlink) selected by the same
+ * rules, as writes to the new name.
+ *
+ * At the syscall's exit the kernel has dropped its copies of both names
+ * and there is no tracepoint inside the rename that sees the dentries,
+ * so the new name is the string the program passed, read back from its
+ * memory, joined to the directory of its dirfd or to its cwd (resolved
+ * from the kernel's struct path): `..`, `.` and symlinks inside the
+ * string are not resolved, and a racing thread can change it. Flagged
+ * user_memory and not resolved.
+ */
+#define TR_AT_FDCWD -100
+
+/* dfd's directory (or the cwd) joined with the user string `uname`, at
+ * `off` in the scratch path area; returns its length. */
+static __always_inline __u32 tr_name_at(struct tr_file_scratch *s, __u32 off, long dfd,
+					const char *uname, bool *cut)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	char *buf = s->ev.path;
+	char first = 0;
+	__u32 len = 0;
+
+	bpf_probe_read_user(&first, 1, uname);
+	if (first != '/') {
+		struct vfsmount *mnt = NULL;
+		struct dentry *dentry = NULL;
+
+		if (dfd == TR_AT_FDCWD) {
+			struct fs_struct *fs = BPF_CORE_READ(task, fs);
+
+			mnt = BPF_CORE_READ(fs, pwd.mnt);
+			dentry = BPF_CORE_READ(fs, pwd.dentry);
+		} else {
+			struct file *f = tr_fd_file(task, dfd);
+
+			if (f) {
+				mnt = BPF_CORE_READ(f, f_path.mnt);
+				dentry = BPF_CORE_READ(f, f_path.dentry);
+			}
+		}
+		if (dentry) {
+			len = tr_write_path(buf, off, TR_PATH_MAX / 2, &s->walk, mnt, dentry, cut);
+			if (len > 1)
+				buf[tr_bound(off + len++, TR_DATA_MASK)] = '/';
+			else
+				len = 1; /* the directory is "/" */
+		}
+	}
+	long n = bpf_probe_read_user_str(&buf[tr_bound(off + len, 2 * TR_PATH_MAX - 1)],
+					 TR_PATH_MAX / 2, uname);
+
+	if (n > 0)
+		len += n - 1;
+	if (len > TR_PATH_MAX) {
+		len = TR_PATH_MAX;
+		*cut = true;
+	}
+	return len;
+}
+
+/* `target` is the symlink's content: a string, not a file. */
+static __always_inline int tr_new_name(long ret, __u16 op, __u16 hook, long olddfd,
+				       const char *oldname, long newdfd, const char *newname)
+{
+	__u32 gen, zero = 0;
+	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_FILE, &gen);
+	struct tr_file_scratch *s = bpf_map_lookup_elem(&tr_file_heap, &zero);
+
+	if (!cfg || !s)
+		return 0;
+	struct tr_file_open *ev = &s->ev;
+	bool cut = false;
+	__u32 len = tr_name_at(s, 0, newdfd, newname, &cut);
+	struct tr_policy_input in = {
+		.str = ev->path,
+		.str_len = len,
+		.str_field = TR_F_PATH,
+		.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
+		.is_write = true,
+	};
+
+	tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
+	tr_policy_eval(TR_PK_FILE, cfg, gen, &in, &ev->verdict);
+	if (ev->verdict.action == TR_ACT_NONE || ev->verdict.action == TR_ACT_IGNORE)
+		return 0;
+	__u32 src = 0;
+
+	if (op == TR_FILE_OP_SYMLINK) {
+		long n = bpf_probe_read_user_str(&ev->path[tr_bound(len, 2 * TR_PATH_MAX - 1)],
+						 TR_PATH_MAX / 2, oldname);
+
+		src = n > 0 ? n - 1 : 0;
+	} else {
+		src = tr_name_at(s, len, olddfd, oldname, &cut);
+	}
+	ev->hdr.kind = TR_KIND_FILE_OPEN;
+	ev->ret = ret;
+	ev->open_flags = 0;
+	ev->mode = 0;
+	ev->hook = hook;
+	ev->op = op;
+	ev->flags = TR_FILE_UNRESOLVED | TR_FILE_USER_MEMORY | (cut ? TR_FILE_TRUNC_PATH : 0);
+	ev->path_len = len;
+	ev->source_len = src;
+	tr_fill_task(&ev->task, bpf_get_current_task_btf());
+	tr_file_emit(ev, len + src);
+	return 0;
+}
+
+#define TR_ARG(regs, n) PT_REGS_PARM##n##_CORE_SYSCALL(regs)
+
+SEC("tp/syscalls/sys_exit_rename")
+int tr_rename_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_RENAME, TR_HOOK_TP_RENAME, TR_AT_FDCWD,
+			   (const char *)TR_ARG(r, 1), TR_AT_FDCWD, (const char *)TR_ARG(r, 2));
+}
+
+SEC("tp/syscalls/sys_exit_renameat")
+int tr_renameat_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_RENAME, TR_HOOK_TP_RENAMEAT, (int)TR_ARG(r, 1),
+			   (const char *)TR_ARG(r, 2), (int)TR_ARG(r, 3), (const char *)TR_ARG(r, 4));
+}
+
+SEC("tp/syscalls/sys_exit_renameat2")
+int tr_renameat2_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_RENAME, TR_HOOK_TP_RENAMEAT2, (int)TR_ARG(r, 1),
+			   (const char *)TR_ARG(r, 2), (int)TR_ARG(r, 3), (const char *)TR_ARG(r, 4));
+}
+
+SEC("tp/syscalls/sys_exit_link")
+int tr_link_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_LINK, TR_HOOK_TP_LINK, TR_AT_FDCWD,
+			   (const char *)TR_ARG(r, 1), TR_AT_FDCWD, (const char *)TR_ARG(r, 2));
+}
+
+SEC("tp/syscalls/sys_exit_linkat")
+int tr_linkat_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_LINK, TR_HOOK_TP_LINKAT, (int)TR_ARG(r, 1),
+			   (const char *)TR_ARG(r, 2), (int)TR_ARG(r, 3), (const char *)TR_ARG(r, 4));
+}
+
+SEC("tp/syscalls/sys_exit_symlink")
+int tr_symlink_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_SYMLINK, TR_HOOK_TP_SYMLINK, TR_AT_FDCWD,
+			   (const char *)TR_ARG(r, 1), TR_AT_FDCWD, (const char *)TR_ARG(r, 2));
+}
+
+SEC("tp/syscalls/sys_exit_symlinkat")
+int tr_symlinkat_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_SYMLINK, TR_HOOK_TP_SYMLINKAT, TR_AT_FDCWD,
+			   (const char *)TR_ARG(r, 1), (int)TR_ARG(r, 2), (const char *)TR_ARG(r, 3));
+}
+
 #endif /* TRACER_FILE_BPF_H */

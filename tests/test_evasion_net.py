@@ -492,3 +492,96 @@ def test_a_uid_over_its_budget_loses_its_own_records_counted(tmp_path: Path) -> 
         assert lost <= stats["limited"]["process_exec"]
     finally:
         assert d.stop() == 0, "".join(d.stderr)
+
+
+# --------------------------------------- item 6: a new name in a watched place
+
+
+def _new_name_events(d: Daemon, watched: Path) -> list[Event]:
+    return d.matching(
+        lambda e: e["type"] == "file_open"
+        and e["file_open"]["path"].startswith(str(watched) + "/")
+    )
+
+
+def test_rename_link_and_symlink_into_a_watched_path_are_reported(
+    edaemon: Daemon, ctl: Path, tmp_path: Path
+) -> None:
+    """`mv` a prepared file into a watched directory, `ln` one into it, link
+    a symlink there: nothing is opened at the new name, yet each is a write
+    to it that `access: write` rules select."""
+    watched = tmp_path / new_marker("cron.d")
+    watched.mkdir()
+    apply(
+        ctl,
+        f"""
+        policies:
+          - name: t-new-names
+            rules:
+              - event: file_open
+                access: write
+                match: {{path: {{prefix: ["{watched}/"]}}}}
+        """,
+    )
+    staged = tmp_path / ".x"
+    staged.write_text("* * * * * root sh /tmp/evil\n")
+    other = tmp_path / "other"
+    other.write_text("x")
+    subprocess.run(["mv", str(staged), str(watched / "x")], check=True)
+    subprocess.run(["ln", str(other), str(watched / "hard")], check=True)
+    subprocess.run(["ln", "-s", "/tmp/evil", str(watched / "soft")], check=True)
+    # renameat with directory fds, relative names: the path is still absolute.
+    code = (
+        "import os, sys\n"
+        f"a = os.open({str(tmp_path)!r}, os.O_RDONLY)\n"
+        f"b = os.open({str(watched)!r}, os.O_RDONLY)\n"
+        "os.rename('other', 'moved', src_dir_fd=a, dst_dir_fd=b)\n"
+        "os.rename('moved', 'back', src_dir_fd=b, dst_dir_fd=a)\n"
+    )
+    subprocess.run([PY, "-c", code], check=True)
+    edaemon.sync()
+    evs = {e["file_open"]["path"]: e for e in _new_name_events(edaemon, watched)}
+    x, hard, soft, moved = (
+        evs[str(watched / n)]["file_open"] for n in ("x", "hard", "soft", "moved")
+    )
+    assert (x["op"], x["source"], x["result"]) == ("rename", str(staged), 0)
+    assert (hard["op"], hard["source"]) == ("link", str(other))
+    assert (soft["op"], soft["source"]) == ("symlink", "/tmp/evil")
+    assert (moved["op"], moved["source"]) == ("rename", str(other))
+    assert x["hook"] == "tracepoint/sys_exit_renameat2"  # what coreutils' mv calls
+    assert moved["hook"] == "tracepoint/sys_exit_renameat"
+    for f in (x, hard, soft, moved):
+        assert f["flags"] == [] and f["user_memory"] is True and f["resolved"] is False
+    assert evs[str(watched / "x")]["policy"]["name"] == "t-new-names"
+    # Moving out of the watched directory names a path outside it: not selected.
+    assert str(tmp_path / "back") not in {
+        e["file_open"]["path"] for e in edaemon.matching(lambda e: e["type"] == "file_open")
+    }
+
+
+def test_sigkill_on_a_rename_into_a_watched_path(
+    edaemon: Daemon, ctl: Path, tmp_path: Path
+) -> None:
+    watched = tmp_path / new_marker("watched")
+    watched.mkdir()
+    apply(
+        ctl,
+        f"""
+        policies:
+          - name: t-new-name-kill
+            rules:
+              - event: file_open
+                access: write
+                match: {{path: {{prefix: ["{watched}/"]}}}}
+                action: sigkill
+        """,
+    )
+    staged = tmp_path / "staged"
+    staged.write_text("x")
+    code = f"import os\nos.rename({str(staged)!r}, {str(watched / 'k')!r})\nprint('alive')"
+    r = subprocess.run([PY, "-c", code], capture_output=True)
+    assert r.returncode == -9 and b"alive" not in r.stdout
+    ev = edaemon.wait_for(
+        lambda e: e["type"] == "file_open" and e["file_open"]["path"] == str(watched / "k")
+    )
+    assert ev["policy"]["action"] == "sigkill" and ev["file_open"]["op"] == "rename"

@@ -34,6 +34,16 @@ PROCESS_VARIANTS = ("tp_btf", "raw_tp")
 # for lsm, fentry and kprobe). Attached in this order: the exit programs
 # first, so that no selected call can start before its exit is watched
 # (a verdict left in flight would be reported with another call's result).
+# rename, link, symlink: a new name for a file (file.bpf.h).
+_NEW_NAMES = (
+    "tr_rename_exit",
+    "tr_renameat_exit",
+    "tr_renameat2_exit",
+    "tr_link_exit",
+    "tr_linkat_exit",
+    "tr_symlink_exit",
+    "tr_symlinkat_exit",
+)
 _FEXIT = ("tr_fexit_openat2", "tr_fexit_connect", "tr_fexit_sendto", "tr_fexit_sendmsg")
 CAPTURE_PROGRAMS = {
     "lsm": (*_FEXIT, "tr_lsm_file_open", "tr_lsm_connect", "tr_lsm_sendmsg"),
@@ -57,6 +67,7 @@ CAPTURE_PROGRAMS = {
         "tr_sendto_exit",
         "tr_sendmsg_exit",
         "tr_tcp_syn_sent",
+        *_NEW_NAMES,
     ),
 }
 _U32 = struct.Struct("<I")
