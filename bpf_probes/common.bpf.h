@@ -108,8 +108,9 @@ struct {
 	__type(value, struct tr_config);
 } tr_config SEC(".maps");
 
-/* Bulk records each uid made in the current second. LRU: a uid that
- * went quiet ages out, and a fresh one starts with a whole budget. */
+/* Bulk records each uid made in the current second while the ring was
+ * behind. LRU: a uid that went quiet ages out, and a fresh one starts
+ * with a whole budget. */
 struct tr_uid_budget {
 	__u64 second;
 	__u64 used;
@@ -170,12 +171,20 @@ static __always_inline void tr_emit(__u32 kind, void *rec, __u64 size)
 		tr_count(kind, TR_STAT_EMITTED);
 }
 
-/* The same into the bulk ring, within the budget of the record's uid. */
+/* The same into the bulk ring. While it is more than an eighth full (the
+ * reader is behind: the point where it is woken), each uid may add only
+ * its budget of records per second, so that one user's storm cannot fill
+ * it for everyone; below that nothing is limited, and the check costs
+ * nothing. */
 static __always_inline void tr_emit_bulk(__u32 kind, void *rec, __u64 size, __u32 uid)
 {
-	if (tr_uid_over_budget(uid))
+	bool behind = bpf_ringbuf_query(&tr_events, BPF_RB_AVAIL_DATA) >=
+		      bpf_ringbuf_query(&tr_events, BPF_RB_RING_SIZE) / 8;
+
+	if (behind && tr_uid_over_budget(uid))
 		tr_count(kind, TR_STAT_LIMITED);
-	else if (bpf_ringbuf_output(&tr_events, rec, size, tr_wakeup(&tr_events)))
+	else if (bpf_ringbuf_output(&tr_events, rec, size,
+				    behind ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP))
 		tr_count(kind, TR_STAT_RB_DROPPED);
 	else
 		tr_count(kind, TR_STAT_EMITTED);
