@@ -510,7 +510,7 @@ def _new_name_events(d: Daemon, watched: Path) -> list[Event]:
 
 
 def test_rename_link_and_symlink_into_a_watched_path_are_reported(
-    edaemon: Daemon, ctl: Path, tmp_path: Path
+    edaemon: Daemon, ctl: Path, tmp_path: Path, mode: str
 ) -> None:
     """`mv` a prepared file into a watched directory, `ln` one into it, link
     a symlink there: nothing is opened at the new name, yet each is a write
@@ -553,10 +553,23 @@ def test_rename_link_and_symlink_into_a_watched_path_are_reported(
     assert (hard["op"], hard["source"]) == ("link", str(other))
     assert (soft["op"], soft["source"]) == ("symlink", "/tmp/evil")
     assert (moved["op"], moved["source"]) == ("rename", str(other))
-    assert x["hook"] == "tracepoint/sys_exit_renameat2"  # what coreutils' mv calls
-    assert moved["hook"] == "tracepoint/sys_exit_renameat"
+    if mode == "tracepoint":
+        # The syscall's own strings, joined to the kernel's dirfd or cwd path.
+        assert x["hook"] == "tracepoint/sys_exit_renameat2"  # what coreutils' mv calls
+        assert moved["hook"] == "tracepoint/sys_exit_renameat"
+        assert hard["hook"] == "tracepoint/sys_exit_linkat"
+        assert soft["hook"] == "tracepoint/sys_exit_symlinkat"
+    else:
+        # Resolved by the kernel's lookup, seen by the path security hooks.
+        prefix = {"lsm": "lsm/path_", "fentry": "fentry/security_path_"}.get(
+            mode, "kprobe/security_path_"
+        )
+        assert x["hook"] == moved["hook"] == prefix + "rename"
+        assert hard["hook"] == prefix + "link" and soft["hook"] == prefix + "symlink"
+    in_kernel = mode != "tracepoint"
     for f in (x, hard, soft, moved):
-        assert f["flags"] == [] and f["user_memory"] is True and f["resolved"] is False
+        assert f["flags"] == [] and f["user_memory"] is not in_kernel
+        assert f["resolved"] is in_kernel
     assert evs[str(watched / "x")]["policy"]["name"] == "t-new-names"
     # Moving out of the watched directory names a path outside it: not selected.
     assert str(tmp_path / "back") not in {

@@ -94,6 +94,15 @@ HOOK_NAMES = {
     24: "tracepoint/sys_exit_linkat",
     25: "tracepoint/sys_exit_symlink",
     26: "tracepoint/sys_exit_symlinkat",
+    27: "lsm/path_rename",
+    28: "lsm/path_link",
+    29: "lsm/path_symlink",
+    30: "fentry/security_path_rename",
+    31: "fentry/security_path_link",
+    32: "fentry/security_path_symlink",
+    33: "kprobe/security_path_rename",
+    34: "kprobe/security_path_link",
+    35: "kprobe/security_path_symlink",
 }
 
 

@@ -46,8 +46,24 @@ _NEW_NAMES = (
 )
 _FEXIT = ("tr_fexit_openat2", "tr_fexit_connect", "tr_fexit_sendto", "tr_fexit_sendmsg")
 CAPTURE_PROGRAMS = {
-    "lsm": (*_FEXIT, "tr_lsm_file_open", "tr_lsm_connect", "tr_lsm_sendmsg"),
-    "fentry": (*_FEXIT, "tr_fentry_file_open", "tr_fentry_connect", "tr_fentry_sendmsg"),
+    "lsm": (
+        *_FEXIT,
+        "tr_lsm_file_open",
+        "tr_lsm_connect",
+        "tr_lsm_sendmsg",
+        "tr_lsm_path_rename",
+        "tr_lsm_path_link",
+        "tr_lsm_path_symlink",
+    ),
+    "fentry": (
+        *_FEXIT,
+        "tr_fentry_file_open",
+        "tr_fentry_connect",
+        "tr_fentry_sendmsg",
+        "tr_fentry_path_rename",
+        "tr_fentry_path_link",
+        "tr_fentry_path_symlink",
+    ),
     "kprobe": (
         "tr_kret_openat2",
         "tr_kret_connect",
@@ -57,6 +73,9 @@ CAPTURE_PROGRAMS = {
         "tr_kprobe_file_open",
         "tr_kprobe_connect",
         "tr_kprobe_sendmsg",
+        "tr_kprobe_path_rename",
+        "tr_kprobe_path_link",
+        "tr_kprobe_path_symlink",
     ),
     "tracepoint": (
         "tr_open_exit_tp",
