@@ -603,3 +603,56 @@ def test_sigkill_on_a_rename_into_a_watched_path(
         lambda e: e["type"] == "file_open" and e["file_open"]["path"] == str(watched / "k")
     )
     assert ev["policy"]["action"] == "sigkill" and ev["file_open"]["op"] == "rename"
+
+
+@pytest.mark.parametrize("how", ["sendto", "rename"])
+def test_deny_refuses_sends_and_new_names_under_lsm(
+    edaemon: Daemon, ctl: Path, tmp_path: Path, mode: str, how: str
+) -> None:
+    """LSM refuses a datagram to a denied peer (every time, though it is
+    reported once) and a rename into a denied path with EPERM, and the
+    process lives on; without LSM deny is a kill."""
+    port = free_port(socket.SOCK_DGRAM)
+    watched = tmp_path / new_marker("denied")
+    watched.mkdir()
+    staged = tmp_path / "staged"
+    staged.write_text("x")
+    if how == "sendto":
+        rule = f'{{daddr: ["127.77.5.5/32"], dport: [{port}]}}'
+        apply(ctl, connect_rule("t-deny-send", rule, "deny"))
+        act = (
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for _ in range(2):\n"
+            f"    try: s.sendto(b'x', ('127.77.5.5', {port}))\n"
+            "    except PermissionError as e: print('refused', e.errno)\n"
+        )
+    else:
+        apply(
+            ctl,
+            "policies:\n  - name: t-deny-name\n    rules:\n      - event: file_open\n"
+            f'        match: {{path: {{prefix: ["{watched}/"]}}}}\n        action: deny\n',
+        )
+        act = (
+            f"try: os.rename({str(staged)!r}, {str(watched / 'x')!r})\n"
+            "except PermissionError as e: print('refused', e.errno)\n"
+        )
+    marker = new_marker("deny")
+    run = subprocess.run(
+        [PY, "-c", f"import os, socket\n{act}print('alive')", marker],
+        capture_output=True,
+        text=True,
+    )
+    evs = edaemon.matching(lambda e: marker in e["process"]["args"] and "policy" in e)
+    if not evs:
+        edaemon.wait_for(lambda e: marker in e["process"]["args"] and "policy" in e)
+        evs = edaemon.matching(lambda e: marker in e["process"]["args"] and "policy" in e)
+    if mode == "lsm":
+        refused = ["refused", "1"] * (2 if how == "sendto" else 1)
+        assert run.returncode == 0 and run.stdout.split() == [*refused, "alive"]
+        assert [e["policy"]["action"] for e in evs] == ["deny"]
+        detail = evs[0]["connect" if how == "sendto" else "file_open"]
+        assert detail["result"] == -1 and detail["error"] == "EPERM"
+        assert staged.exists()
+    else:
+        assert run.returncode == -9 and run.stdout == ""
+        assert [e["policy"]["action"] for e in evs] == ["sigkill"]
