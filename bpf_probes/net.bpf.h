@@ -344,8 +344,7 @@ static __always_inline __u8 tr_send_eval(const void *addr, bool user, struct soc
 /* A TCP connect, or a fast open, when the kernel moves the socket to
  * SYN_SENT: the address is the one it copied and will send the SYN to,
  * and the SYN is not out yet. */
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tr_tcp_syn_sent, const struct sock *sk, const int oldstate, const int newstate)
+static __always_inline int tr_syn_sent(const struct sock *sk, int newstate)
 {
 	if (newstate != TR_TCP_SYN_SENT)
 		return 0;
@@ -368,6 +367,19 @@ int BPF_PROG(tr_tcp_syn_sent, const struct sock *sk, const int oldstate, const i
 	c->via = via;
 	tr_connect_decide(cfg, gen, c, BPF_CORE_READ(sk, sk_socket));
 	return 0;
+}
+
+/* tp_btf, or raw_tp where the process hooks had to fall back to it. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tr_tcp_syn_sent, const struct sock *sk, const int oldstate, const int newstate)
+{
+	return tr_syn_sent(sk, newstate);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(tr_tcp_syn_sent_raw, const struct sock *sk, const int oldstate, const int newstate)
+{
+	return tr_syn_sent(sk, newstate);
 }
 
 /*

@@ -30,7 +30,7 @@ CONNECT_HOOK = {
     "lsm": "lsm/socket_connect",
     "fentry": "fentry/security_socket_connect",
     "kprobe": "kprobe/security_socket_connect",
-    "tracepoint": "tp_btf/inet_sock_set_state",
+    "tracepoint": "tracepoint/inet_sock_set_state",
 }
 UDP_CONNECT_HOOK = {**CONNECT_HOOK, "tracepoint": "tracepoint/sys_connect"}
 # A datagram sent to an address (sendto, sendmsg) or a TCP fast open.

@@ -656,3 +656,24 @@ def test_deny_refuses_sends_and_new_names_under_lsm(
     else:
         assert run.returncode == -9 and run.stdout == ""
         assert [e["policy"]["action"] for e in evs] == ["sigkill"]
+
+
+def test_the_raw_tp_variant_judges_tcp_connects_too(tmp_path: Path) -> None:
+    """Where the process hooks fall back to raw_tp, so does SYN_SENT."""
+    ctl = tmp_path / "control.sock"
+    port = free_port()
+    policy = tmp_path / "p.yaml"
+    policy.write_text(connect_rule("t-raw", f'{{daddr: ["127.77.6.1/32"], dport: [{port}]}}'))
+    d = Daemon(
+        "--policy", str(policy), "--control-socket", str(ctl), "--process-hooks", "raw_tp",
+        "--capture-mode", "tracepoint",
+    )  # fmt: skip
+    listener = Listener("127.77.6.1", port)
+    try:
+        socket.create_connection(("127.77.6.1", port)).close()
+        ev = d.wait_for(lambda e: e["type"] == "connect" and e["connect"].get("dport") == port)
+        assert ev["connect"]["hook"] == "tracepoint/inet_sock_set_state"
+        assert ev["process"]["pid"] == os.getpid()
+    finally:
+        listener.close()
+        assert d.stop() == 0, "".join(d.stderr)

@@ -81,7 +81,7 @@ HOOK_NAMES = {
     11: "kprobe/security_socket_connect",
     12: "fexit/do_sys_openat2",
     13: "kretprobe/do_sys_openat2",
-    14: "tp_btf/inet_sock_set_state",
+    14: "tracepoint/inet_sock_set_state",
     15: "tracepoint/sys_exit_sendto",
     16: "tracepoint/sys_exit_sendmsg",
     17: "lsm/socket_sendmsg",

@@ -34,6 +34,9 @@ PROCESS_VARIANTS = ("tp_btf", "raw_tp")
 # for lsm, fentry and kprobe). Attached in this order: the exit programs
 # first, so that no selected call can start before its exit is watched
 # (a verdict left in flight would be reported with another call's result).
+# Capture programs on typed tracepoints, with a `_raw` twin for kernels where
+# the process hooks fell back to raw_tp.
+_TYPED_TRACEPOINTS = ("tr_tcp_syn_sent",)
 # rename, link, symlink: a new name for a file (file.bpf.h).
 _NEW_NAMES = (
     "tr_rename_exit",
@@ -216,7 +219,10 @@ def capture_sensor(
     obj = bpf.BpfObject(bpf_dir / CAPTURE_OBJECT)
     try:
         chosen = [progs[variant] for progs in PROCESS_PROGRAMS.values()]
-        chosen += CAPTURE_PROGRAMS[capture_mode]
+        chosen += [
+            f"{p}_raw" if p in _TYPED_TRACEPOINTS and variant == "raw_tp" else p
+            for p in CAPTURE_PROGRAMS[capture_mode]
+        ]
         for prog in obj.programs.values():
             prog.set_autoload(prog.name in chosen)
         obj.map("tr_events").set_max_entries(ringbuf_size)
