@@ -243,7 +243,7 @@ def test_a_flipped_openat2_reports_the_flags_the_file_was_opened_with(
 
 
 def test_a_failed_open_says_its_name_came_from_user_memory(
-    edaemon: Daemon, ctl: Path, tmp_path: Path
+    edaemon: Daemon, ctl: Path, tmp_path: Path, mode: str
 ) -> None:
     """The kernel's copy of a failed open's name is gone when its result is
     known: the event says the name is the process's (see the README)."""
@@ -271,6 +271,9 @@ def test_a_failed_open_says_its_name_came_from_user_memory(
     assert failed["file_open"]["resolved"] is False and failed["file_open"]["user_memory"] is True
     assert opened["file_open"]["resolved"] is True and opened["file_open"]["user_memory"] is False
     assert failed["file_open"]["op"] == opened["file_open"]["op"] == "open"
+    # ...and the daemon said at start which values it reads that way.
+    line = edaemon.wait_log("reads some values from the process's memory")
+    assert f"capture_mode='{mode}'" in line and "failed open" in line
 
 
 # ------------------------------------------------- item 5: peers without connect()

@@ -42,6 +42,7 @@ from tracer.core import system
 from tracer.core.clock import BootClock
 from tracer.core.events import LossCounts, Lost
 from tracer.core.loader import (
+    USER_MEMORY_LIMITS,
     CaptureModeUnavailable,
     ConfigError,
     KernelCounters,
@@ -358,6 +359,13 @@ class Daemon:
             best_supported=report.capture_mode,
             kernel=report.kernel,
             probe_ms=round(report.seconds * 1000, 1),
+        )
+        _log.warning(
+            "this capture mode reads some values from the process's memory after the "
+            "kernel used its own copy: a racing thread can change them (events say "
+            "user_memory: true)",
+            capture_mode=mode,
+            values=USER_MEMORY_LIMITS[mode],
         )
         clock = BootClock()
         enrichment = Enrichment(cfg.node, cfg.kubeconfig)

@@ -92,6 +92,18 @@ CAPTURE_PROGRAMS = {
         *_NEW_NAMES,
     ),
 }
+# What each capture mode can only read back from the process's memory after
+# the kernel used its own copy (events flag it `user_memory`): logged once
+# at start, so that an operator knows where a racing thread can lie.
+USER_MEMORY_LIMITS = {
+    "lsm": "a failed open's name",
+    "fentry": "a failed open's name",
+    "kprobe": "a failed open's name",
+    "tracepoint": (
+        "a failed open's name, a datagram's address (sendto/sendmsg), "
+        "and the new name of a rename, link or symlink (not resolved either)"
+    ),
+}
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
