@@ -421,11 +421,6 @@ class RingBuffer:
             batch = self.consume()
         return batch
 
-    @property
-    def held(self) -> int:
-        """Records of the first ring waiting for the main ring to catch up."""
-        return len(self._held)
-
     def consume(self) -> list[bytes]:
         """Every record available now (up to batch_max of the main ring), without waiting."""
         assert _held is not None and self._ptr
