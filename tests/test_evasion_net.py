@@ -13,6 +13,7 @@ test (tests/capture.py).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -460,15 +461,17 @@ def test_an_exec_storm_does_not_crowd_out_selected_opens(tmp_path: Path) -> None
 def test_a_storming_uid_is_held_to_its_budget_and_others_lose_nothing(tmp_path: Path) -> None:
     """While the bulk ring is behind, each uid adds at most its budget of
     records a second: one uid's exec storm is cut down (counted as lost)
-    and another uid's execs all get through."""
+    and another uid's execs all get through. The daemon is stopped
+    (SIGSTOP) meanwhile, so the ring is behind however fast it could read."""
     ctl = tmp_path / "control.sock"
     d = Daemon(
-        "--control-socket", str(ctl), "--ringbuf-size", "16K", "--uid-budget", str(BUDGET),
+        "--control-socket", str(ctl), "--ringbuf-size", "2M", "--uid-budget", str(BUDGET),
     )  # fmt: skip
     storm_uid = 60000 + os.getpid() % 5000
     victim_uid = storm_uid + 1
     marker = new_marker("victim")
     storms = []
+    d.proc.send_signal(signal.SIGSTOP)
     try:
         for _ in range(3):
             storms.append(
@@ -488,6 +491,7 @@ def test_a_storming_uid_is_held_to_its_budget_and_others_lose_nothing(tmp_path: 
         for s in storms:
             s.kill()
             s.wait()
+        d.proc.send_signal(signal.SIGCONT)
     try:
         d.sync(attempts=20)
         seen = d.matching(
