@@ -8,6 +8,9 @@ BPF_OUT := build/bpf
 # Build and run-time system packages (Debian names).
 # chromium: the test that renders `tracer tree -o html` headless.
 APT_PACKAGES := clang llvm bpftool libbpf-dev libbpf1 make python3 python3-venv chromium
+# `make image` (and its test): a Debian rootfs by debootstrap, imported by podman.
+IMAGE_APT_PACKAGES := podman runc debootstrap
+IMAGE_TAG ?= localhost/tracer:latest
 PY_STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 # The gRPC API: code generated from the .proto, never committed or edited.
 PROTO := export/tracer_v1.proto
@@ -19,13 +22,20 @@ PROTO_STAMP := $(PROTO_GEN)/__init__.py
 ECS_VERSIONS := 8.11.5 9.4.0
 ECS_DEFS := $(foreach v,$(ECS_VERSIONS),build/ecs/ecs-$(v).json)
 
-.PHONY: all run test test-vm vm-deps deps apt venv bpf proto ecs-defs lint clean
+.PHONY: all run test test-vm vm-deps deps apt apt-install image-deps venv bpf proto ecs-defs \
+	lint clean install image
 
 all: deps bpf proto
 
 # Installs only what is missing, so a ready machine pays one dpkg query.
 apt:
-	@missing=$$(for p in $(APT_PACKAGES); do \
+	@$(MAKE) -s --no-print-directory apt-install PKGS="$(APT_PACKAGES)"
+
+image-deps:
+	@$(MAKE) -s --no-print-directory apt-install PKGS="$(IMAGE_APT_PACKAGES)"
+
+apt-install:
+	@missing=$$(for p in $(PKGS); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
 	done); \
 	if [ -n "$$missing" ]; then \
@@ -76,8 +86,15 @@ ecs-defs: $(ECS_DEFS)
 run: deps bpf proto
 	@$(VENV)/bin/tracer run --policy policy/library
 
-test: deps bpf proto ecs-defs
+# The image test (tests/test_image.py) builds the image when it is missing or
+# stale: the first time debootstrap takes minutes, afterwards the rootfs is
+# cached under /var/cache/tracer-image.
+test: deps bpf proto ecs-defs image-deps
 	$(VENV)/bin/pytest -v -m "not vm"
+
+# An OCI image of the daemon (deploy/image/build.sh): Debian packages only.
+image: deps bpf proto image-deps
+	deploy/image/build.sh $(IMAGE_TAG)
 
 # Kernels with kprobe/fentry/BPF-LSM, under qemu (see tests/vm/vm.py).
 vm-deps: deps
@@ -91,6 +108,30 @@ lint: deps proto
 	$(VENV)/bin/ruff check tracer enrich export policy forensics tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# `make install`: a systemd service (deploy/systemd/tracer.service).
+# PREFIX holds a virtualenv with tracer installed (not editable: no link back
+# to this checkout) and the BPF objects; policies go to /etc/tracer/policies
+# only if that directory does not exist yet (local edits are kept).
+PREFIX ?= /opt/tracer
+SYSCONFDIR ?= /etc/tracer
+UNITDIR ?= /etc/systemd/system
+install: deps bpf proto
+	install -d -m 0755 $(PREFIX) $(PREFIX)/bpf $(UNITDIR)
+	test -x $(PREFIX)/venv/bin/python || $(PYTHON) -m venv $(PREFIX)/venv
+	$(PREFIX)/venv/bin/pip install -q --upgrade pip
+	$(PREFIX)/venv/bin/pip install -q .
+	install -m 0644 $(BPF_OUT)/*.bpf.o $(PREFIX)/bpf/
+	install -m 0644 README.md $(PREFIX)/README.md
+	@if [ ! -d $(SYSCONFDIR)/policies ]; then \
+		install -d -m 0755 $(SYSCONFDIR) && install -d -m 0755 $(SYSCONFDIR)/policies && \
+		install -m 0644 policy/library/*.yaml $(SYSCONFDIR)/policies/; \
+	else echo "$(SYSCONFDIR)/policies exists: left as it is"; fi
+	sed 's#/opt/tracer#$(PREFIX)#g; s#/etc/tracer/policies#$(SYSCONFDIR)/policies#g' \
+		deploy/systemd/tracer.service > $(UNITDIR)/tracer.service
+	chmod 0644 $(UNITDIR)/tracer.service
+	-systemctl daemon-reload 2>/dev/null
+	@echo "installed; start with: systemctl enable --now tracer"
 
 clean:
 	rm -rf build $(VENV) $(PROTO_GEN)

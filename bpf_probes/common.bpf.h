@@ -13,40 +13,6 @@
 #include <bpf/bpf_tracing.h>
 #include "tracer.h"
 
-#if defined(__TARGET_ARCH_x86)
-#define TR_NR_OPEN 2
-#define TR_NR_CREAT 85
-#define TR_NR_OPENAT 257
-#define TR_NR_OPENAT2 437
-#define TR_NR_CONNECT 42
-#define TR_NR_SENDTO 44
-#define TR_NR_SENDMSG 46
-/* Forced on by the kernel for open/openat/creat on 64-bit: dropped so
- * that flags are what the program passed, as the tracepoints report. */
-#define TR_O_LARGEFILE 0100000
-#define TR_PT_REGS_SYSCALL_NR orig_ax
-#elif defined(__TARGET_ARCH_arm64)
-#define TR_NR_OPEN -1 /* arm64 has openat and openat2 only */
-#define TR_NR_CREAT -1
-#define TR_NR_OPENAT 56
-#define TR_NR_OPENAT2 437
-#define TR_NR_CONNECT 203
-#define TR_NR_SENDTO 206
-#define TR_NR_SENDMSG 211
-#define TR_O_LARGEFILE 0400000
-#define TR_PT_REGS_SYSCALL_NR syscallno
-#else
-#error "tracer: syscall numbers for this architecture are missing"
-#endif
-
-/* The syscall the current task is in (user tasks; kernel threads read 0). */
-static __always_inline long tr_syscall_nr(void)
-{
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-
-	return BPF_CORE_READ(regs, TR_PT_REGS_SYSCALL_NR);
-}
-
 /* Offsets into the scratch data area are masked with TR_DATA_MASK so the
  * verifier can prove every write stays inside the map value; the slack
  * behind the record absorbs the largest single write past the mask. */
@@ -190,9 +156,19 @@ static __always_inline void tr_emit_bulk(__u32 kind, void *rec, __u64 size, __u3
 		tr_count(kind, TR_STAT_EMITTED);
 }
 
+/* The executable of a task: whether its file was unlinked since it was
+ * opened (a pseudo file, such as a memfd, never had a name to unlink). */
+static __always_inline bool tr_file_deleted(struct file *file)
+{
+	struct dentry *d = BPF_CORE_READ(file, f_path.dentry);
+
+	return d && !BPF_CORE_READ(d, d_hash.pprev) && BPF_CORE_READ(d, d_parent) != d;
+}
+
 static __always_inline void tr_fill_task(struct tr_task *t, struct task_struct *task)
 {
 	const struct cred *cred = BPF_CORE_READ(task, cred);
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
 
 	t->ktime = bpf_ktime_get_boot_ns();
 	/* The leader's: the last thread out of a group may be another one. */
@@ -210,6 +186,9 @@ static __always_inline void tr_fill_task(struct tr_task *t, struct task_struct *
 	else
 		t->auid = (__u32)-1; /* kernel built without CONFIG_AUDIT */
 	BPF_CORE_READ_STR_INTO(&t->comm, task, comm);
+	/* No mm at exit (exit_mm ran before the tracepoint): no answer then. */
+	t->flags = exe && tr_file_deleted(exe) ? TR_TASK_EXE_DELETED : 0;
+	t->pad = 0;
 }
 
 /*
@@ -217,6 +196,11 @@ static __always_inline void tr_fill_task(struct tr_task *t, struct task_struct *
  * verifier treats values loaded from a map as unknown, so the bpf_loop()
  * callbacks below converge after one pass instead of being re-verified
  * for every distinct counter value.
+ *
+ * Components are collected leaf first. A path deeper than TR_PATH_DEPTH
+ * keeps its TR_PATH_LEAF leaf-side components and, in a ring over the
+ * other slots, the root-most ones seen last: the root side is what
+ * prefix rules (/tmp/...) need, the leaf what an analyst reads.
  */
 struct tr_walk {
 	struct mount *mnt;
@@ -224,14 +208,27 @@ struct tr_walk {
 	struct dentry *mnt_root;
 	__u32 off; /* where in buf the path starts */
 	__u32 max; /* longest path to write */
-	__u32 n;   /* components collected */
+	__u32 n;   /* components collected (may exceed TR_PATH_DEPTH) */
 	__u32 len; /* bytes written */
 	__u32 complete;
 	__u32 truncated;
-	/* Component names, leaf first; written out root first. */
+	/* The walk ended at a dentry that is its own parent without being a
+	 * mount's root: a pseudo file (memfd, anonymous shmem), named
+	 * without a leading '/' as the kernel names it. */
+	__u32 pseudo;
+	__u32 pad;
+	/* Component names by tr_walk_slot(); written out root first. */
 	const unsigned char *name[TR_PATH_DEPTH];
 	__u32 name_len[TR_PATH_DEPTH];
 };
+
+/* Where component c (0: the leaf) is kept. */
+static __always_inline __u32 tr_walk_slot(__u32 c)
+{
+	__u32 slot = c < TR_PATH_LEAF ? c : TR_PATH_LEAF + (c - TR_PATH_LEAF) % TR_PATH_RING;
+
+	return tr_bound(slot, TR_PATH_DEPTH - 1); /* for the verifier, which cannot see it */
+}
 
 /* bpf_loop() takes a stack context: it only carries the two pointers. */
 struct tr_walk_ctx {
@@ -261,51 +258,68 @@ static long tr_walk_up(__u32 i, void *arg)
 		return 0;
 	}
 	struct dentry *up = BPF_CORE_READ(dentry, d_parent);
+	__u32 n = w->n;
+	__u32 slot = tr_walk_slot(n);
 
-	if (up == dentry) { /* root of a detached or pseudo tree */
+	w->name[slot] = BPF_CORE_READ(dentry, d_name.name);
+	w->name_len[slot] = BPF_CORE_READ(dentry, d_name.len);
+	w->n = n + 1;
+	if (up == dentry) { /* root of a pseudo or disconnected tree */
+		w->pseudo = 1;
 		w->complete = 1;
 		return 1;
 	}
-	__u32 n = w->n;
-
-	if (n >= TR_PATH_DEPTH)
-		return 1;
-	w->name[n & (TR_PATH_DEPTH - 1)] = BPF_CORE_READ(dentry, d_name.name);
-	w->name_len[n & (TR_PATH_DEPTH - 1)] = BPF_CORE_READ(dentry, d_name.len);
-	w->n = n + 1;
 	w->dentry = up;
 	return 0;
 }
 
-/* Append component n-1-i: root first, leaf last. */
+/* Append the i-th component of the output, root first, leaf last; a
+ * path with a gap gets the marker component before its leaf side. */
 static long tr_walk_write(__u32 i, void *arg)
 {
 	struct tr_walk_ctx *ctx = arg;
 	struct tr_walk *w = ctx->w;
 	__u32 n = w->n, len = w->len, off = w->off;
+	bool gap = n > TR_PATH_DEPTH;
 
-	if (i >= n)
+	if (i >= n || i >= TR_PATH_DEPTH)
 		return 1;
-	__u32 slot = (n - 1 - i) & (TR_PATH_DEPTH - 1);
+	if (gap && i == TR_PATH_RING) {
+		if (len + 1 + TR_GAP_LEN > w->max) {
+			w->truncated = 1;
+			return 1;
+		}
+		ctx->buf[(off + len) & TR_DATA_MASK] = '/';
+		ctx->buf[(off + len + 1) & TR_DATA_MASK] = TR_GAP_0;
+		ctx->buf[(off + len + 2) & TR_DATA_MASK] = TR_GAP_1;
+		ctx->buf[(off + len + 3) & TR_DATA_MASK] = TR_GAP_2;
+		len += 1 + TR_GAP_LEN;
+	}
+	__u32 c = gap && i >= TR_PATH_RING ? TR_PATH_DEPTH - 1 - i : n - 1 - i;
+	__u32 slot = tr_walk_slot(c);
 	__u32 part = w->name_len[slot] & TR_NAME_MAX; /* d_name.len <= NAME_MAX */
+	/* A pseudo file's name stands alone: "memfd:x", not "/memfd:x". */
+	__u32 sep = w->pseudo && i == 0 ? 0 : 1;
 
-	if (len + 1 + part > w->max) {
+	if (len + sep + part > w->max) {
 		w->truncated = 1;
+		w->len = len;
 		return 1;
 	}
-	ctx->buf[(off + len) & TR_DATA_MASK] = '/';
-	bpf_probe_read_kernel(&ctx->buf[(off + len + 1) & TR_DATA_MASK], part,
+	if (sep)
+		ctx->buf[(off + len) & TR_DATA_MASK] = '/';
+	bpf_probe_read_kernel(&ctx->buf[(off + len + sep) & TR_DATA_MASK], part,
 			      w->name[slot]);
-	w->len = len + 1 + part;
+	w->len = len + sep + part;
 	return 0;
 }
 
 /*
  * First half of a path walk: collect the components of (vfsmnt, dentry)
  * up to the root of the mount namespace, crossing mount points through
- * struct mount, without copying a name. w->name[w->n - 1] is then the
- * top component and w->name[0] the leaf; w->complete says the root was
- * reached within 2 * TR_PATH_DEPTH steps.
+ * struct mount, without copying a name. With w->n <= TR_PATH_DEPTH,
+ * w->name[w->n - 1] is then the top component and w->name[0] the leaf;
+ * w->complete says the root was reached within TR_WALK_STEPS steps.
  */
 static __always_inline void tr_walk_collect(struct tr_walk *w, char *buf,
 					    struct vfsmount *vfsmnt, struct dentry *dentry)
@@ -317,14 +331,17 @@ static __always_inline void tr_walk_collect(struct tr_walk *w, char *buf,
 	w->mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
 	w->n = 0;
 	w->complete = 0;
-	/* Mount crossings take steps too, hence twice the depth. */
-	bpf_loop(2 * TR_PATH_DEPTH, tr_walk_up, &ctx, 0);
+	w->pseudo = 0;
+	/* Only as many steps as the path has components (and mounts) are
+	 * taken: the bound costs nothing to paths of ordinary depth. */
+	bpf_loop(TR_WALK_STEPS, tr_walk_up, &ctx, 0);
 }
 
 /*
  * Second half: write the collected path into buf at offset `off` (masked)
  * and return its length, at most `max` bytes; sets *truncated when the
- * walk did not reach the root or the path is longer than `max`.
+ * walk did not reach the root, left a gap, or the path is longer than
+ * `max` (then the root side is what is kept).
  */
 static __always_inline __u32 tr_walk_emit(struct tr_walk *w, char *buf, __u32 off, __u32 max,
 					  bool *truncated)
@@ -335,11 +352,20 @@ static __always_inline __u32 tr_walk_emit(struct tr_walk *w, char *buf, __u32 of
 	w->max = max;
 	w->len = 0;
 	w->truncated = 0;
-	if (!w->complete)
+	if (!w->complete || w->n > TR_PATH_DEPTH)
 		*truncated = true;
 	if (w->n == 0) {
 		buf[tr_bound(off, TR_DATA_MASK)] = '/';
 		return 1;
+	}
+	if (!w->complete) {
+		/* The root was not found: the path starts with the gap marker,
+		 * so that no prefix rule takes its top for the root's. */
+		buf[tr_bound(off, TR_DATA_MASK)] = '/';
+		buf[tr_bound(off + 1, TR_DATA_MASK)] = TR_GAP_0;
+		buf[tr_bound(off + 2, TR_DATA_MASK)] = TR_GAP_1;
+		buf[tr_bound(off + 3, TR_DATA_MASK)] = TR_GAP_2;
+		w->len = 1 + TR_GAP_LEN;
 	}
 	bpf_loop(TR_PATH_DEPTH, tr_walk_write, &ctx, 0);
 	if (w->truncated)

@@ -11,6 +11,7 @@
 #define TRACER_FILE_BPF_H
 
 #include "policy.bpf.h"
+#include "origin.bpf.h"
 
 #define TR_O_WRONLY 01
 #define TR_O_RDWR 02
@@ -33,6 +34,12 @@ struct tr_open_args {
 	 * successful open takes them from the file instead. */
 	__u8 flags_from_file;
 	struct tr_verdict verdict;
+	__u16 seen;  /* io_uring: the security hook ran in this open */
+	__u16 kname; /* upath is the kernel's copy of the name */
+	/* io_uring: the file the security hook saw (a fixed-file open has no
+	 * fd to find it by), and the request whose result ends the open. */
+	struct file *file;
+	struct io_kiocb *req;
 };
 
 /* Opens in flight, by thread: the syscall's arguments (kprobe variant)
@@ -116,10 +123,11 @@ static __always_inline void tr_policy_binary(struct tr_policy_input *in, __u32 t
 {
 	struct tr_binary *b = bpf_map_lookup_elem(&tr_proc_binary, &tgid);
 
-	if (b) {
-		in->binary = b->s;
-		in->binary_len = b->len;
-	}
+	if (!b)
+		return;
+	in->binary = b->s;
+	in->binary_len = b->len;
+	in->binary_tail = tr_binary_tail_of(b, tgid);
 }
 
 /*
@@ -138,7 +146,7 @@ static __always_inline bool tr_path_unselected(struct tr_kind_cfg *cfg, __u32 ge
 	__u32 n = w->n;
 	unsigned char top = 0, last = 0;
 
-	if (!w->complete || n == 0 || n > TR_PATH_DEPTH)
+	if (!w->complete || w->pseudo || n == 0 || n > TR_PATH_DEPTH)
 		return false;
 	__u32 leaf_len = w->name_len[0] & TR_NAME_MAX;
 
@@ -196,7 +204,7 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 	ev->op = TR_FILE_OP_OPEN;
 	ev->source_len = 0;
 	if (ret >= 0) {
-		struct file *f = tr_fd_file(task, ret);
+		struct file *f = a->file ? a->file : tr_fd_file(task, ret);
 
 		if (!f)
 			return 0;
@@ -216,9 +224,15 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 		char first = 0;
 
 		/* The kernel's copy of the name (getname's struct filename) is
-		 * freed before any hook that sees the result runs. */
-		ev->flags |= TR_FILE_UNRESOLVED | TR_FILE_USER_MEMORY;
-		bpf_probe_read_user(&first, 1, a->upath);
+		 * freed before any hook that sees the result runs, unless the
+		 * caller kept one (kname). */
+		ev->flags |= TR_FILE_UNRESOLVED;
+		if (a->kname) {
+			bpf_probe_read_kernel(&first, 1, a->upath);
+		} else {
+			ev->flags |= TR_FILE_USER_MEMORY;
+			bpf_probe_read_user(&first, 1, a->upath);
+		}
 		if (first != '/') {
 			struct fs_struct *fs = BPF_CORE_READ(task, fs);
 
@@ -229,8 +243,9 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 			else
 				len = 1; /* cwd is "/" */
 		}
-		long n = bpf_probe_read_user_str(&ev->path[tr_bound(len, TR_PATH_MAX - 1)],
-						 TR_PATH_MAX / 2, a->upath);
+		char *dst = &ev->path[tr_bound(len, TR_PATH_MAX - 1)];
+		long n = a->kname ? bpf_probe_read_kernel_str(dst, TR_PATH_MAX / 2, a->upath)
+				  : bpf_probe_read_user_str(dst, TR_PATH_MAX / 2, a->upath);
 
 		if (n > 0)
 			len += n - 1;

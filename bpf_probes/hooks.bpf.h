@@ -24,24 +24,24 @@
  * them moves every task onto the slow syscall-exit path for every
  * syscall; these fire only for opens and connects.
  *
- * open, openat, openat2 and creat all go through do_sys_openat2. The
- * security hooks also fire for opens and connects the kernel makes on its
- * own account (an exec opening the binary, io_uring): those never reach
- * the exit program, so the hooks act only inside the matching syscall.
+ * open, openat, openat2 and creat all go through do_sys_openat2, also
+ * when made through the 32-bit entry. The security hooks also fire for
+ * opens and connects the kernel makes on its own account (an exec opening
+ * the binary): those never reach the exit program, so the hooks act only
+ * inside the matching syscalls of either entry, or for a request of the
+ * program's io_uring (origin.bpf.h). io_uring opens with io_openat2, not
+ * do_sys_openat2: its entry and exit are hooked too, and the result is
+ * the request's. io_uring connects go through __sys_connect_file as the
+ * syscall does, so its exit serves both.
  */
 #ifndef TRACER_HOOKS_BPF_H
 #define TRACER_HOOKS_BPF_H
 
 #include "net.bpf.h"
+#include "origin.bpf.h"
 
 #define TR_EPERM 1
-
-static __always_inline bool tr_in_open_syscall(void)
-{
-	long nr = tr_syscall_nr();
-
-	return nr == TR_NR_OPENAT || nr == TR_NR_OPEN || nr == TR_NR_OPENAT2 || nr == TR_NR_CREAT;
-}
+#define TR_EAGAIN 11
 
 /*
  * True inside a stacking filesystem's open of its backing file. Overlayfs
@@ -67,8 +67,29 @@ static __always_inline __u8 tr_file_hook(struct file *file, __u16 hook)
 	__u32 gen, zero = 0;
 	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_FILE, &gen);
 
-	if (!cfg || !tr_in_open_syscall() || tr_backing_open())
+	if (!cfg)
 		return TR_ACT_NONE;
+	int origin = tr_open_origin();
+
+	if (origin < 0)
+		return TR_ACT_NONE;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tr_open_args *a = NULL;
+
+	if (origin == TR_HOOK_IO_URING)
+		a = bpf_map_lookup_elem(&tr_open_inflight, &id);
+	if (a) {
+		/* A request runs under the credentials of the personality it
+		 * names, so the credential test cannot tell a stacking
+		 * filesystem's backing open here; that open comes second
+		 * within one io_openat2 (tr_io_open_enter reset `seen`). */
+		if (a->seen)
+			return TR_ACT_NONE;
+		a->seen = 1;
+	} else if (tr_backing_open()) {
+		return TR_ACT_NONE;
+	}
+	hook |= origin;
 	struct tr_file_scratch *s = bpf_map_lookup_elem(&tr_file_heap, &zero);
 
 	if (!s)
@@ -102,14 +123,17 @@ static __always_inline __u8 tr_file_hook(struct file *file, __u16 hook)
 	/* The exit resolves the path again from the new fd (or reports the
 	 * name asked for when the open failed): only for selected opens, and
 	 * it spares every in-flight entry a 4 KiB path. */
-	__u64 id = bpf_get_current_pid_tgid();
-	struct tr_open_args *a = bpf_map_lookup_elem(&tr_open_inflight, &id);
-
+	a = bpf_map_lookup_elem(&tr_open_inflight, &id);
 	if (a) {
 		a->hook = hook;
 		a->verdict = v;
 		a->selected = 1;
-	} else {
+		if (origin == TR_HOOK_IO_URING)
+			a->file = file;
+	} else if (origin != TR_HOOK_IO_URING) {
+		/* (An io_uring open without its entry record has no exit to
+		 * report it: a record left here would be taken by the thread's
+		 * next open syscall.) */
 		struct tr_open_args n = { .hook = hook, .selected = 1, .verdict = v };
 
 		bpf_map_update_elem(&tr_open_inflight, &id, &n, BPF_ANY);
@@ -147,6 +171,9 @@ int BPF_PROG(tr_fexit_openat2, int dfd, const char *filename, struct open_how *h
 	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
 	struct tr_open_args a = { .hook = TR_HOOK_FEXIT_OPENAT2 };
 
+	if (tr_in_ia32())
+		a.hook |= TR_HOOK_IA32;
+
 	if (pending) {
 		a = *pending;
 		bpf_map_delete_elem(&tr_open_inflight, &id);
@@ -172,6 +199,8 @@ static __always_inline int tr_kprobe_open_enter(const char *upath, __u32 flags, 
 	__u64 id = bpf_get_current_pid_tgid();
 	struct tr_open_args a = { .upath = upath, .open_flags = flags, .mode = mode, .hook = hook };
 
+	if (tr_in_ia32())
+		a.hook |= TR_HOOK_IA32;
 	bpf_map_update_elem(&tr_open_inflight, &id, &a, BPF_ANY);
 	return 0;
 }
@@ -210,9 +239,11 @@ int BPF_KRETPROBE(tr_kret_openat2, long ret)
 static __always_inline __u8 tr_connect_hook(struct socket *sock, struct sockaddr *address,
 					    __u16 hook)
 {
-	if (tr_syscall_nr() != TR_NR_CONNECT)
+	int origin = tr_connect_origin();
+
+	if (origin < 0)
 		return TR_ACT_NONE;
-	return tr_connect_eval(address, false, -1, sock, hook);
+	return tr_connect_eval(address, false, -1, sock, hook | origin);
 }
 
 SEC("lsm/socket_connect")
@@ -237,13 +268,18 @@ int BPF_KPROBE(tr_kprobe_connect, struct socket *sock, struct sockaddr *address,
 	return 0;
 }
 
-SEC("fexit/__sys_connect")
-int BPF_PROG(tr_fexit_connect, int fd, struct sockaddr *uservaddr, int addrlen, int ret)
+/* The return value through the helper: the function's arguments are
+ * not the same on every kernel. */
+SEC("fexit/__sys_connect_file")
+int tr_fexit_connect(__u64 *ctx)
 {
-	return tr_connect_finish(ret);
+	__u64 ret = 0;
+
+	bpf_get_func_ret(ctx, &ret);
+	return tr_connect_finish((int)ret);
 }
 
-SEC("kretprobe/__sys_connect")
+SEC("kretprobe/__sys_connect_file")
 int BPF_KRETPROBE(tr_kret_connect, int ret)
 {
 	return tr_connect_finish(ret);
@@ -498,6 +534,79 @@ int BPF_KPROBE(tr_kprobe_path_symlink, const struct path *dir, struct dentry *de
 {
 	tr_kprobe_symlink(dir, dentry, old_name);
 	return 0;
+}
+
+/*
+ * io_uring's open: what the program asked for, kept at the entry (the
+ * kernel's copy of the name is freed before the function returns; the
+ * program's own buffer is not), then the request's result at the exit.
+ * The function runs in io_uring_enter, or again in an io-wq worker when
+ * the non-blocking first try returned -EAGAIN.
+ */
+static __always_inline int tr_io_open_enter(struct io_kiocb *req, __u16 hook)
+{
+	__u32 gen;
+
+	if (!tr_policy_cfg_of(TR_PK_FILE, &gen))
+		return 0;
+	struct io_open *o = (void *)req + bpf_core_field_offset(struct io_kiocb, cmd);
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tr_open_args a = {
+		.upath = BPF_CORE_READ(o, filename, uptr),
+		.open_flags = BPF_CORE_READ(o, how.flags) & ~TR_O_LARGEFILE,
+		.mode = BPF_CORE_READ(o, how.mode),
+		.hook = hook | TR_HOOK_IO_URING,
+		.req = req,
+	};
+
+	bpf_map_update_elem(&tr_open_inflight, &id, &a, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int tr_io_open_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
+
+	if (!pending)
+		return 0;
+	struct tr_open_args a = *pending;
+
+	bpf_map_delete_elem(&tr_open_inflight, &id);
+	/* A local: inside BPF_CORE_READ, a.req would relocate our own struct. */
+	struct io_kiocb *req = a.req;
+
+	if (ret == -TR_EAGAIN || !req)
+		return 0; /* retried in a worker, which evaluates it again */
+	long res = BPF_CORE_READ(req, cqe.res);
+
+	if (!a.selected && res >= 0)
+		return 0;
+	return tr_open_finish(res, &a);
+}
+
+SEC("fentry/io_openat2")
+int BPF_PROG(tr_fentry_io_openat2, struct io_kiocb *req)
+{
+	return tr_io_open_enter(req, TR_HOOK_FEXIT_IO_OPENAT2);
+}
+
+SEC("fexit/io_openat2")
+int BPF_PROG(tr_fexit_io_openat2, struct io_kiocb *req, unsigned int issue_flags, int ret)
+{
+	return tr_io_open_exit(ret);
+}
+
+SEC("kprobe/io_openat2")
+int BPF_KPROBE(tr_kprobe_io_openat2, struct io_kiocb *req)
+{
+	return tr_io_open_enter(req, TR_HOOK_KRETPROBE_IO_OPENAT2);
+}
+
+SEC("kretprobe/io_openat2")
+int BPF_KRETPROBE(tr_kret_io_openat2, int ret)
+{
+	return tr_io_open_exit(ret);
 }
 
 #endif /* TRACER_HOOKS_BPF_H */

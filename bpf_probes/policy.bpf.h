@@ -131,6 +131,33 @@ struct tr_globber {
 	__s32 star_g, star_p, dstar_g, dstar_p;
 };
 
+/* The last TR_POLICY_STR bytes of an executable path longer than that,
+ * for suffix selectors: few processes have one, so they get a map of
+ * their own. Set at exec, copied at fork, seeded from /proc; an entry
+ * of an exited tgid stays until LRU eviction or the tgid's next long
+ * exec, and is read only while tr_proc_binary says the path is long. */
+struct tr_binary_tail {
+	char s[256]; /* TR_POLICY_STR used */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct tr_binary_tail);
+} tr_proc_binary_tail SEC(".maps");
+
+/* Where the last min(len, TR_POLICY_STR) bytes of tgid's binary are;
+ * NULL when they are not known. */
+static __always_inline const char *tr_binary_tail_of(struct tr_binary *b, __u32 tgid)
+{
+	if (b->len <= TR_POLICY_STR)
+		return b->s;
+	struct tr_binary_tail *t = bpf_map_lookup_elem(&tr_proc_binary_tail, &tgid);
+
+	return t ? t->s : NULL;
+}
+
 /* Inputs of one evaluation, and the keys it builds (too big for the stack). */
 struct tr_policy_scratch {
 	struct tr_str_key exact;
@@ -154,6 +181,9 @@ struct tr_policy_input {
 	__u32 str_field;  /* TR_F_BINARY or TR_F_PATH */
 	const char *binary; /* the process's executable, for file/connect */
 	__u32 binary_len;
+	/* The last min(binary_len, TR_POLICY_STR) bytes of it; NULL when not
+	 * known (then no suffix value matches the binary) */
+	const char *binary_tail;
 	__u32 uid;
 	const __u8 *daddr; /* 16 bytes, IPv4-mapped; NULL when not an address */
 	__u32 dport;
@@ -202,10 +232,13 @@ static __always_inline bool tr_bit(const __u64 *set, __u32 n)
 
 /* Hits of one string value: exact, prefix, and (if any rule has one) suffix.
  * Rule strings are at most TR_POLICY_STR - 1 bytes, so a longer value can
- * only match by prefix (its head) or suffix (its tail). */
+ * only match by prefix (its head) or suffix (its tail). `str` holds at
+ * least the first min(len, TR_POLICY_STR) bytes and `tail` the last that
+ * many: a value stored cut (tr_proc_binary) has them apart. */
 static __always_inline void tr_str_hits(struct tr_policy_scratch *s, struct tr_kind_cfg *cfg,
 					__u32 gen, __u32 kind, __u32 field,
-					const char *str, __u32 len, struct tr_hits *acc)
+					const char *str, __u32 len, const char *tail,
+					struct tr_hits *acc)
 {
 	__u32 head = len < TR_POLICY_STR ? len : TR_POLICY_STR;
 	__u32 sel = tr_sel(gen, kind, field);
@@ -222,13 +255,13 @@ static __always_inline void tr_str_hits(struct tr_policy_scratch *s, struct tr_k
 	tr_or(acc, bpf_map_lookup_elem(&tr_policy_prefix, &s->lpm));
 
 	/* A value longer than the head is tested whatever its last byte. */
-	if ((cfg->suffix_fields & (1 << field)) &&
+	if (tail && (cfg->suffix_fields & (1 << field)) &&
 	    (len > head || (len && tr_bit(cfg->suffix_ends[field & 3],
 					  (__u8)s->exact.s[(len - 1) & 0xff])))) {
 		struct tr_policy_scratch *sp = s;
 
 		s->tail_len = head;
-		bpf_probe_read_kernel(s->tail, tr_bound(head, 255), str + (len - head));
+		bpf_probe_read_kernel(s->tail, tr_bound(head, 255), tail);
 		bpf_loop(TR_POLICY_STR, tr_reverse_step, &sp, 0);
 		tr_or(acc, bpf_map_lookup_elem(&tr_policy_suffix, &s->lpm));
 	}
@@ -492,7 +525,8 @@ static __always_inline __u64 tr_eval_lineage(struct tr_policy_scratch *s,
 
 		if (b) {
 			h.pos = h.neg = 0;
-			tr_str_hits(s, cfg, gen, kind, TR_F_PARENT_BINARY, b->s, b->len, &h);
+			tr_str_hits(s, cfg, gen, kind, TR_F_PARENT_BINARY, b->s, b->len,
+				    tr_binary_tail_of(b, ptgid), &h);
 			mask = tr_apply(mask, cfg, TR_F_PARENT_BINARY, &h);
 		} else {
 			mask = tr_absent(mask, cfg, TR_F_PARENT_BINARY);
@@ -516,12 +550,16 @@ static __always_inline __u64 tr_eval_who(struct tr_policy_scratch *s, struct tr_
 
 	if (mask && (cfg->fields & (1 << TR_F_BINARY))) {
 		/* exec matches its own new binary; other kinds the process's */
-		const char *bin = in->str_field == TR_F_BINARY ? in->str : in->binary;
-		__u32 bin_len = in->str_field == TR_F_BINARY ? in->str_len : in->binary_len;
+		bool own = in->str_field == TR_F_BINARY;
+		const char *bin = own ? in->str : in->binary;
+		__u32 bin_len = own ? in->str_len : in->binary_len;
 
 		if (bin) {
+			__u32 head = bin_len < TR_POLICY_STR ? bin_len : TR_POLICY_STR;
+			const char *tail = own ? bin + (bin_len - head) : in->binary_tail;
+
 			h.pos = h.neg = 0;
-			tr_str_hits(s, cfg, gen, kind, TR_F_BINARY, bin, bin_len, &h);
+			tr_str_hits(s, cfg, gen, kind, TR_F_BINARY, bin, bin_len, tail, &h);
 			mask = tr_apply(mask, cfg, TR_F_BINARY, &h);
 		} else {
 			mask = tr_absent(mask, cfg, TR_F_BINARY);
@@ -558,7 +596,10 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 	if (cfg->fields & (1 << TR_F_PATH)) {
 		if (in->str && in->str_field == TR_F_PATH) {
 			h.pos = h.neg = 0;
-			tr_str_hits(s, cfg, gen, kind, TR_F_PATH, in->str, in->str_len, &h);
+			tr_str_hits(s, cfg, gen, kind, TR_F_PATH, in->str, in->str_len,
+				    in->str + (in->str_len - (in->str_len < TR_POLICY_STR
+							       ? in->str_len : TR_POLICY_STR)),
+				    &h);
 			if (kind == TR_PK_FILE && cfg->nglobs && (mask & cfg->glob_rules))
 				tr_glob_hits(s, cfg, gen, kind, in->str, in->str_len, mask, &h);
 			mask = tr_apply(mask, cfg, TR_F_PATH, &h);

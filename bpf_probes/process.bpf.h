@@ -57,6 +57,24 @@ static __always_inline int on_exec(struct task_struct *task, struct linux_binprm
 	if (cut)
 		ev->flags |= TR_EXEC_TRUNC_PATH;
 	ev->path_len = off;
+	/* memfd_create() names its file "memfd:NAME" (mm/memfd.c) */
+	if (s->walk.pseudo && off >= 6 && ev->data[0] == 'm' && ev->data[1] == 'e' &&
+	    ev->data[2] == 'm' && ev->data[3] == 'f' && ev->data[4] == 'd' && ev->data[5] == ':')
+		ev->flags |= TR_EXEC_MEMFD;
+	else if (tr_file_deleted(file))
+		ev->flags |= TR_EXEC_DELETED;
+
+	/* The file's identity, which a path does not give: the same path
+	 * can name another file in another mount namespace, or under a
+	 * mount over it. st_dev is new_encode_dev() of the sb's s_dev. */
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	__u32 dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	__u32 major = dev >> 20, minor = dev & 0xfffff;
+
+	ev->binary_dev = (minor & 0xff) | (major << 8) | ((minor & ~0xffU) << 12);
+	ev->binary_ino = BPF_CORE_READ(inode, i_ino);
+	ev->mnt_ns = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+	ev->pad = 0;
 
 	struct fs_struct *fs = BPF_CORE_READ(task, fs);
 	cut = false;
@@ -98,6 +116,12 @@ static __always_inline int on_exec(struct task_struct *task, struct linux_binprm
 		bin->len = ev->path_len;
 		bpf_probe_read_kernel(bin->s, tr_bound(head, 255), ev->data);
 		bpf_map_update_elem(&tr_proc_binary, &ev->task.tgid, bin, BPF_ANY);
+		if (ev->path_len > TR_POLICY_STR) {
+			/* bin is scratch: its first bytes now carry the tail */
+			bpf_probe_read_kernel(bin->s, TR_POLICY_STR,
+					      &ev->data[(ev->path_len - TR_POLICY_STR) & TR_DATA_MASK]);
+			bpf_map_update_elem(&tr_proc_binary_tail, &ev->task.tgid, bin->s, BPF_ANY);
+		}
 	}
 	__u32 gen;
 	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_EXEC, &gen);
@@ -138,8 +162,15 @@ static __always_inline int on_fork(struct task_struct *child)
 	__u32 ctgid = BPF_CORE_READ(child, tgid);
 	struct tr_binary *bin = bpf_map_lookup_elem(&tr_proc_binary, &ptgid);
 
-	if (bin)
+	if (bin) {
 		bpf_map_update_elem(&tr_proc_binary, &ctgid, bin, BPF_ANY);
+		if (bin->len > TR_POLICY_STR) {
+			struct tr_binary_tail *t = bpf_map_lookup_elem(&tr_proc_binary_tail, &ptgid);
+
+			if (t)
+				bpf_map_update_elem(&tr_proc_binary_tail, &ctgid, t, BPF_ANY);
+		}
+	}
 
 	ev.hdr.kind = TR_KIND_FORK;
 	ev.hdr.size = sizeof(ev);

@@ -9,5 +9,6 @@
 #include "net.bpf.h"
 #include "cgroup.bpf.h"
 #include "hooks.bpf.h"
+#include "evasion.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

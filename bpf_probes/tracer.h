@@ -15,8 +15,20 @@
  * limits match PATH_MAX; args are cut at TR_ARGS_MAX and flagged. */
 #define TR_PATH_MAX 4096
 #define TR_ARGS_MAX 8192
-/* Deepest path the bounded dentry walk follows before flagging a cut. */
+/* Components a path walk keeps: a deeper path keeps its TR_PATH_LEAF
+ * leaf-side components and the TR_PATH_RING root-most ones, with the
+ * marker component TR_GAP ("\u2026", UTF-8) between them and the path
+ * flagged as truncated. */
 #define TR_PATH_DEPTH 64
+#define TR_PATH_LEAF 16
+#define TR_PATH_RING (TR_PATH_DEPTH - TR_PATH_LEAF)
+#define TR_GAP_LEN 3
+#define TR_GAP_0 ((char)0xe2)
+#define TR_GAP_1 ((char)0x80)
+#define TR_GAP_2 ((char)0xa6)
+/* Steps (components and mount crossings) a walk takes to find the root;
+ * a path deeper than that is reported without its root side. */
+#define TR_WALK_STEPS 4096
 /* Longest single path component (NAME_MAX). */
 #define TR_NAME_MAX 255
 
@@ -36,6 +48,14 @@ enum tr_exec_flags {
 	TR_EXEC_TRUNC_PATH = 1 << 1,
 	TR_EXEC_TRUNC_CWD = 1 << 2,
 	TR_EXEC_NO_MM = 1 << 3, /* args unreadable (no mm): empty, not lost */
+	TR_EXEC_MEMFD = 1 << 4, /* the binary is a memfd: its path is "memfd:NAME" */
+	TR_EXEC_DELETED = 1 << 5, /* the binary was unlinked before the exec */
+};
+
+/* tr_task.flags */
+enum tr_task_flags {
+	/* The task's executable has been unlinked (unknown at exit: no mm) */
+	TR_TASK_EXE_DELETED = 1 << 0,
 };
 
 /* Indexes of the per-CPU `tr_stats` array: one slot per kind and per
@@ -203,6 +223,8 @@ struct tr_task {
 	__u32 egid;
 	__u32 auid; /* loginuid; (u32)-1 when unset or not built in */
 	char comm[TR_COMM_LEN];
+	__u32 flags; /* enum tr_task_flags */
+	__u32 pad;
 };
 
 struct tr_exec {
@@ -213,6 +235,9 @@ struct tr_exec {
 	__u16 path_len; /* bytes, no NUL */
 	__u16 cwd_len;
 	__u32 args_len; /* bytes of NUL-separated argv */
+	__u32 binary_dev; /* the binary's st_dev (new_encode_dev of its sb's s_dev) */
+	__u64 binary_ino;
+	__u32 mnt_ns; /* inode number of the task's mount namespace */
 	__u32 pad;
 	/* path, then cwd, then args, packed back to back. */
 	char data[TR_PATH_MAX + TR_PATH_MAX + TR_ARGS_MAX];
@@ -248,33 +273,48 @@ enum tr_hook {
 	 * selected at the end of do_sys_openat2 */
 	TR_HOOK_FEXIT_OPENAT2 = 12,
 	TR_HOOK_KRETPROBE_OPENAT2 = 13,
+	/* io_uring requests and 32-bit syscalls in tracepoint mode: the
+	 * syscall tracepoints never see them (evasion.bpf.h) */
+	TR_HOOK_TP_URING_COMPLETE = 14,
+	TR_HOOK_TP_SOCK_STATE = 15,
+	TR_HOOK_TP_SYS_EXIT = 16,
+	/* A failed io_uring open the security hook never saw */
+	TR_HOOK_FEXIT_IO_OPENAT2 = 17,
+	TR_HOOK_KRETPROBE_IO_OPENAT2 = 18,
+	/* tracepoint mode: an io_uring open that posts no completion */
+	TR_HOOK_TP_URING_SUBMIT_REQ = 19,
+	TR_HOOK_TP_URING_SUBMIT_SQE = 20,
 	/* A TCP connect (or fast open) selected when the kernel moved the
 	 * socket to SYN_SENT, on the address it had copied */
-	TR_HOOK_TP_SYN_SENT = 14,
+	TR_HOOK_TP_SYN_SENT = 21,
 	/* A datagram sent to an address without connect() */
-	TR_HOOK_TP_SENDTO = 15,
-	TR_HOOK_TP_SENDMSG = 16,
-	TR_HOOK_LSM_SENDMSG = 17,
-	TR_HOOK_FENTRY_SENDMSG = 18,
-	TR_HOOK_KPROBE_SENDMSG = 19,
+	TR_HOOK_TP_SENDTO = 22,
+	TR_HOOK_TP_SENDMSG = 23,
+	TR_HOOK_LSM_SENDMSG = 24,
+	TR_HOOK_FENTRY_SENDMSG = 25,
+	TR_HOOK_KPROBE_SENDMSG = 26,
 	/* A name made in a watched place: rename, link, symlink */
-	TR_HOOK_TP_RENAME = 20,
-	TR_HOOK_TP_RENAMEAT = 21,
-	TR_HOOK_TP_RENAMEAT2 = 22,
-	TR_HOOK_TP_LINK = 23,
-	TR_HOOK_TP_LINKAT = 24,
-	TR_HOOK_TP_SYMLINK = 25,
-	TR_HOOK_TP_SYMLINKAT = 26,
+	TR_HOOK_TP_RENAME = 27,
+	TR_HOOK_TP_RENAMEAT = 28,
+	TR_HOOK_TP_RENAMEAT2 = 29,
+	TR_HOOK_TP_LINK = 30,
+	TR_HOOK_TP_LINKAT = 31,
+	TR_HOOK_TP_SYMLINK = 32,
+	TR_HOOK_TP_SYMLINKAT = 33,
 	/* The same through the path security hooks (CONFIG_SECURITY_PATH) */
-	TR_HOOK_LSM_PATH_RENAME = 27,
-	TR_HOOK_LSM_PATH_LINK = 28,
-	TR_HOOK_LSM_PATH_SYMLINK = 29,
-	TR_HOOK_FENTRY_PATH_RENAME = 30,
-	TR_HOOK_FENTRY_PATH_LINK = 31,
-	TR_HOOK_FENTRY_PATH_SYMLINK = 32,
-	TR_HOOK_KPROBE_PATH_RENAME = 33,
-	TR_HOOK_KPROBE_PATH_LINK = 34,
-	TR_HOOK_KPROBE_PATH_SYMLINK = 35,
+	TR_HOOK_LSM_PATH_RENAME = 34,
+	TR_HOOK_LSM_PATH_LINK = 35,
+	TR_HOOK_LSM_PATH_SYMLINK = 36,
+	TR_HOOK_FENTRY_PATH_RENAME = 37,
+	TR_HOOK_FENTRY_PATH_LINK = 38,
+	TR_HOOK_FENTRY_PATH_SYMLINK = 39,
+	TR_HOOK_KPROBE_PATH_RENAME = 40,
+	TR_HOOK_KPROBE_PATH_LINK = 41,
+	TR_HOOK_KPROBE_PATH_SYMLINK = 42,
+	/* Or'ed into the hook: how the program made the call, when not
+	 * through its 64-bit syscall */
+	TR_HOOK_IO_URING = 1 << 8,
+	TR_HOOK_IA32 = 1 << 9,
 };
 
 enum tr_file_flags {

@@ -43,63 +43,112 @@ class CgroupInfo:
 
 
 _HEX64 = "[0-9a-f]{64}"
-# Leaf names of container cgroups, systemd driver first. The 64-hex id
-# requirement is what keeps out `crio-conmon-<id>.scope` and
-# `libpod-conmon-<id>.scope` (the runtime monitor, not the container).
-_CONTAINER_NAMES = (
-    (re.compile(rf"cri-containerd-({_HEX64})\.scope"), "containerd"),
-    (re.compile(rf"crio-({_HEX64})(?:\.scope)?"), "cri-o"),
-    (re.compile(rf"docker-({_HEX64})\.scope"), "docker"),
-    (re.compile(rf"libpod-({_HEX64})(?:\.scope)?"), "podman"),
-)
-_BARE_ID = re.compile(_HEX64)
 _UID = "[0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{12}"
-# systemd driver: kubepods-burstable-pod<uid>.slice, uid with _ for -
-# (kind and some distributions put a prefix before `kubepods`).
-_POD_SLICE = re.compile(rf"(?:.*-)?kubepods(?:-besteffort|-burstable)?-pod({_UID})\.slice")
-# cgroupfs driver: /kubepods/<qos>/pod<uid> or /kubepods/pod<uid> (guaranteed).
-_POD_DIR = re.compile(rf"pod({_UID})")
+_BARE_ID = re.compile(_HEX64)
+# Container cgroups of the systemd driver: <runtime prefix>-<64 hex>.scope.
+# The 64-hex id is what keeps out `crio-conmon-<id>.scope` and
+# `libpod-conmon-<id>.scope` (the runtime monitor, not the container).
+_SCOPES = (
+    (re.compile(rf"cri-containerd-({_HEX64})\.scope"), "containerd"),
+    (re.compile(rf"crio-({_HEX64})\.scope"), "cri-o"),
+    (re.compile(rf"docker-({_HEX64})\.scope"), "docker"),
+)
+_CRIO_DIR = re.compile(rf"crio-({_HEX64})")  # CRI-O under the cgroupfs driver
+_LIBPOD = re.compile(rf"libpod-({_HEX64})(?:\.scope)?")
+_PODMAN_POD_SLICE = re.compile(r"machine-libpod_pod_[0-9a-f]{64}\.slice")
+_QOS = ("besteffort", "burstable")
 
 
 def parse_path(path: str) -> CgroupInfo | None:
     """Container id, runtime and pod uid named by a cgroup v2 path; None on the host.
 
-    The deepest container name wins, so a cgroup a container made inside
-    its own (systemd in a container: `.../cri-containerd-<id>.scope/init.scope`)
-    still belongs to it. A bare 64-hex directory counts as a container
-    under a pod (containerd's cgroupfs layout: CRI-O and Docker prefix
-    theirs) and directly under /docker (Docker with cgroupfs).
+    Only the layouts that kubelet and the runtimes make, where they make
+    them, count: from the cgroup2 root, which only root can write to.
+    Anyone with a delegated subtree (a user's systemd instance, a
+    container with its own cgroup namespace) can make directories with
+    any names below it, so a pod or container name anywhere else is not
+    one: it would lend the subtree another pod's identity, labels and
+    namespace. Cgroups below the container's own (systemd in a container:
+    `.../cri-containerd-<id>.scope/init.scope`) belong to that container,
+    whatever their names.
     """
     parts = [p for p in path.split("/") if p]
-    container_id = runtime = pod_uid = None
-    in_kubepods = False
-    for i, part in enumerate(parts):
-        m = _POD_SLICE.fullmatch(part)
-        if m is not None:
-            pod_uid = m.group(1).replace("_", "-").lower()
-            continue
-        if part == "kubepods" or part.endswith("kubepods.slice"):
-            in_kubepods = True
-            continue
-        if in_kubepods:
-            m = _POD_DIR.fullmatch(part)
-            if m is not None:
-                pod_uid = m.group(1).lower()
-                continue
-        for pattern, name in _CONTAINER_NAMES:
-            m = pattern.fullmatch(part)
-            if m is not None:
-                container_id, runtime = m.group(1), name
-                break
-        else:
-            if _BARE_ID.fullmatch(part):
-                if pod_uid is not None:
-                    container_id, runtime = part, "containerd"
-                elif i > 0 and parts[i - 1] == "docker":
-                    container_id, runtime = part, "docker"
-    if container_id is None and pod_uid is None:
+    return _kube_systemd(parts) or _kube_cgroupfs(parts) or _runtime_only(parts)
+
+
+def _kube_systemd(parts: list[str]) -> CgroupInfo | None:
+    """kubelet's systemd driver: /kubepods.slice/[kubepods-<qos>.slice/]
+    kubepods[-<qos>]-pod<uid>.slice/<runtime>-<id>.scope. With
+    --cgroup-root /X (kind: /kubelet) the same under /X.slice/X-kubepods.slice,
+    as systemd nests slices."""
+    if parts[:1] == ["kubepods.slice"]:
+        base, i = "kubepods", 1
+    elif (
+        len(parts) > 1
+        and parts[0].endswith(".slice")
+        and "-" not in parts[0]
+        and parts[1] == parts[0][: -len(".slice")] + "-kubepods.slice"
+    ):
+        base, i = parts[1][: -len(".slice")], 2
+    else:
         return None
-    return CgroupInfo(container_id, runtime, pod_uid)
+    if i < len(parts) and parts[i] in (f"{base}-{q}.slice" for q in _QOS):
+        base = parts[i][: -len(".slice")]
+        i += 1
+    if i >= len(parts):
+        return None
+    m = re.fullmatch(rf"{re.escape(base)}-pod({_UID})\.slice", parts[i])
+    if m is None:
+        return None
+    uid = m.group(1).replace("_", "-").lower()
+    if i + 1 < len(parts):
+        for pattern, runtime in _SCOPES:
+            c = pattern.fullmatch(parts[i + 1])
+            if c is not None:
+                return CgroupInfo(c.group(1), runtime, uid)
+    return CgroupInfo(None, None, uid)
+
+
+def _kube_cgroupfs(parts: list[str]) -> CgroupInfo | None:
+    """kubelet's cgroupfs driver: /kubepods/[<qos>/]pod<uid>/<id> (containerd)
+    or .../crio-<id> (CRI-O)."""
+    if parts[:1] != ["kubepods"]:
+        return None
+    i = 2 if len(parts) > 1 and parts[1] in _QOS else 1
+    if i >= len(parts):
+        return None
+    m = re.fullmatch(rf"pod({_UID})", parts[i])
+    if m is None:
+        return None
+    uid = m.group(1).lower()
+    if i + 1 < len(parts):
+        leaf = parts[i + 1]
+        if _BARE_ID.fullmatch(leaf):
+            return CgroupInfo(leaf, "containerd", uid)
+        c = _CRIO_DIR.fullmatch(leaf)
+        if c is not None:
+            return CgroupInfo(c.group(1), "cri-o", uid)
+    return CgroupInfo(None, None, uid)
+
+
+def _runtime_only(parts: list[str]) -> CgroupInfo | None:
+    """Docker and rootful Podman without Kubernetes: /system.slice/docker-<id>.scope,
+    /docker/<id> (cgroupfs), /machine.slice/[machine-libpod_pod_<id>.slice/]
+    libpod-<id>.scope, /libpod_parent/libpod-<id> (cgroupfs)."""
+    if len(parts) < 2:
+        return None
+    top, leaf = parts[0], parts[1]
+    if top == "system.slice":
+        m = _SCOPES[2][0].fullmatch(leaf)
+        return CgroupInfo(m.group(1), "docker", None) if m else None
+    if top == "docker":
+        return CgroupInfo(leaf, "docker", None) if _BARE_ID.fullmatch(leaf) else None
+    if top in ("machine.slice", "libpod_parent"):
+        if top == "machine.slice" and _PODMAN_POD_SLICE.fullmatch(leaf) and len(parts) > 2:
+            leaf = parts[2]
+        m = _LIBPOD.fullmatch(leaf)
+        return CgroupInfo(m.group(1), "podman", None) if m else None
+    return None
 
 
 def cgroup2_mount(mountinfo: str = MOUNTINFO) -> str | None:

@@ -253,11 +253,17 @@ class PodWatcher:
         self._failing: str | None = None  # the error last logged, until things work again
         self._malformed_logged: set[str] = set()
         self.lists = 0  # full lists done (the first, and one per 410 Gone)
+        self.last_list: float | None = None  # wall-clock time of the last full list
         self.ready = threading.Event()  # set once the first list is in
         self._thread = threading.Thread(target=self._run, name="pod-watch", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        """Listed, and the last call to the API server worked."""
+        return self.ready.is_set() and self._failing is None
 
     def stop(self) -> None:
         self._stop.set()
@@ -308,6 +314,7 @@ class PodWatcher:
             fresh[uid] = self._live[uid]
         self._live = fresh
         self.lists += 1
+        self.last_list = time.time()
         self._publish()
         self.ready.set()
         return rv

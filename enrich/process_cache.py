@@ -25,8 +25,11 @@ from enrich.users import UserNames
 from tracer.core import text
 from tracer.core.clock import BootClock
 from tracer.core.decode import (
+    EXEC_DELETED,
+    EXEC_MEMFD,
     EXEC_TRUNC_CWD,
     EXEC_TRUNC_PATH,
+    TASK_EXE_DELETED,
     CgroupRecord,
     ExecRecord,
     ExitRecord,
@@ -138,6 +141,7 @@ class ProcessCache:
         cwd: bytes,
         parent: _Entry | None,
         flags: list[str],
+        binary_id: tuple[int | None, int | None, int | None] = (None, None, None),
     ) -> Process:
         escaped = False
         bin_s, e = text.decode(binary)
@@ -173,6 +177,9 @@ class ProcessCache:
             parent_exec_id=parent.process.exec_id if parent else None,
             flags=tuple(flags),
             cgroup_id=task.cgroup_id,
+            binary_dev=binary_id[0],
+            binary_ino=binary_id[1],
+            mnt_ns=binary_id[2],
         )
 
     # -- index maintenance -------------------------------------------
@@ -249,6 +256,7 @@ class ProcessCache:
             parent = entries.get(p.ppid, (None, 0))[0]
             binary = b"[" + p.comm + b"]" if p.kernel_thread else p.binary
             flags = ["procfs"] + (["kernel_thread"] if p.kernel_thread else [])
+            flags += p.binary_flags
             process = self._process(
                 task,
                 self._exec_id(p.start_boottime, p.pid),
@@ -258,6 +266,7 @@ class ProcessCache:
                 p.cwd,
                 parent,
                 flags,
+                (p.binary_dev, p.binary_ino, p.mnt_ns),
             )
             entries[p.pid] = (_Entry(process, parent, p.start_boottime, procfs=True), p.ppid)
         for entry, _ in entries.values():
@@ -292,6 +301,8 @@ class ProcessCache:
         else:
             p = parent.process
             flags = [f for f in p.flags if f not in ("procfs", "partial")] + ["fork"]
+            if task.flags & TASK_EXE_DELETED:
+                flags.append("deleted")
             process = replace(
                 p,
                 exec_id=self._exec_id(task.start_boottime, task.pid),
@@ -326,6 +337,10 @@ class ProcessCache:
             flags.append("truncated_args")
         if rec.flags & (EXEC_TRUNC_PATH | EXEC_TRUNC_CWD):
             flags.append("truncated_path")
+        if rec.flags & EXEC_MEMFD:
+            flags.append("memfd")
+        if rec.flags & EXEC_DELETED:
+            flags.append("deleted")
         process = self._process(
             task,
             self._exec_id(task.ktime, task.pid),
@@ -335,6 +350,7 @@ class ProcessCache:
             rec.cwd,
             parent,
             flags,
+            (rec.binary_dev, rec.binary_ino, rec.mnt_ns),
         )
         entry = _Entry(process, parent, task.start_boottime)
         self._insert(entry, task.ktime)
@@ -361,6 +377,10 @@ class ProcessCache:
         return self._context(self._entry_of(task), task)
 
     def _context(self, entry: _Entry, task: Task) -> Context:
+        if task.flags & TASK_EXE_DELETED and "deleted" not in entry.process.flags:
+            # Unlinked since the exec: this and the image's later events
+            # say so (children forked from now on inherit the flag).
+            entry.process = replace(entry.process, flags=(*entry.process.flags, "deleted"))
         process, parent, ancestors = self._view(entry)
         if task.cgroup_id != process.cgroup_id and self._enricher is not None:
             # Moved to another cgroup since its exec (into a container, by

@@ -35,6 +35,14 @@ class ProcfsProcess:
     args: tuple[bytes, ...]
     cwd: bytes
     kernel_thread: bool
+    # The executable's st_dev and inode, and the mount namespace's inode
+    # number; None when unreadable (kernel threads, a process gone midway).
+    binary_dev: int | None = None
+    binary_ino: int | None = None
+    mnt_ns: int | None = None
+    # "memfd" (binary is then memfd:NAME, as the kernel names it) or
+    # "deleted" (unlinked since the exec), as exec events flag them.
+    binary_flags: tuple[str, ...] = ()
 
 
 def _stat_fields(proc: Path) -> tuple[bytes, int, int, int]:
@@ -74,6 +82,57 @@ def _cgroup_id(proc: Path, cg2: Path | None) -> int:
     return 0
 
 
+_DELETED = b" (deleted)"
+
+
+def _memfd_dev() -> int | None:
+    """st_dev of the kernel's internal shmem mount, where memfds live."""
+    try:
+        fd = os.memfd_create("tracer-probe", os.MFD_CLOEXEC)
+    except (OSError, AttributeError):
+        return None
+    try:
+        return os.fstat(fd).st_dev
+    finally:
+        os.close(fd)
+
+
+_MEMFD_DEV = _memfd_dev()
+
+
+def _exe(proc: Path) -> tuple[bytes, int | None, int | None, tuple[str, ...]]:
+    """(path, st_dev, inode, flags) of the process's executable.
+
+    /proc shows an unlinked file as "PATH (deleted)" and a memfd as
+    "/memfd:NAME (deleted)"; exec events name the first PATH with the
+    `deleted` flag and the second memfd:NAME with the `memfd` flag.
+    """
+    link = _read_link(proc / "exe")
+    try:
+        st = os.stat(proc / "exe")
+    except OSError:
+        return link, None, None, ()
+    if not link.endswith(_DELETED):
+        return link, st.st_dev, st.st_ino, ()
+    bare = link[: -len(_DELETED)]
+    if st.st_dev == _MEMFD_DEV and bare.startswith(b"/memfd:") and b"/" not in bare[1:]:
+        return bare[1:], st.st_dev, st.st_ino, ("memfd",)
+    try:
+        named = os.stat(link)  # a file really named "x (deleted)"
+        if (named.st_dev, named.st_ino) == (st.st_dev, st.st_ino):
+            return link, st.st_dev, st.st_ino, ()
+    except OSError:
+        pass
+    return bare, st.st_dev, st.st_ino, ("deleted",)
+
+
+def _mnt_ns(proc: Path) -> int | None:
+    try:
+        return os.stat(proc / "ns" / "mnt").st_ino
+    except OSError:
+        return None
+
+
 def _read_link(path: Path) -> bytes:
     try:
         return os.readlink(os.fsencode(path))
@@ -99,7 +158,7 @@ def read_process(pid: int, root: Path = Path("/proc"), cg2: Path | None = None) 
     except (OSError, ValueError):
         auid_raw = None
     auid = None if auid_raw in (None, AUID_UNSET) else auid_raw
-    exe = _read_link(proc / "exe")
+    exe, dev, ino, exe_flags = _exe(proc)
     args = tuple(cmdline.rstrip(b"\0").split(b"\0")) if cmdline else ()
     return ProcfsProcess(
         pid=pid,
@@ -116,6 +175,10 @@ def read_process(pid: int, root: Path = Path("/proc"), cg2: Path | None = None) 
         args=args,
         cwd=_read_link(proc / "cwd"),
         kernel_thread=bool(pflags & _PF_KTHREAD),
+        binary_dev=dev,
+        binary_ino=ino,
+        mnt_ns=_mnt_ns(proc),
+        binary_flags=exe_flags,
     )
 
 

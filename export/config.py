@@ -14,6 +14,9 @@ from tracer.core.options import option, parse_duration, parse_size
 # The lines an output that writes them may hold queued (export/sink.py):
 # 65,536 lines of the usual 4-5 KB, and a bound on memory whatever their size.
 QUEUE_BYTES = 256 << 20
+# What one gRPC subscriber may fall behind by, in serialized events
+# (export/hub.py), beside the count.
+SUBSCRIBER_QUEUE_BYTES = 64 << 20
 
 
 @dataclass(slots=True)
@@ -40,6 +43,12 @@ class GrpcConfig:
         flag="--grpc-queue-size",
         parse=int,
         help="events a subscriber may fall behind before it loses the oldest",
+    )
+    queue_bytes: int = option(
+        SUBSCRIBER_QUEUE_BYTES,
+        flag="--grpc-queue-max-bytes",
+        parse=parse_size,
+        help="bytes of events a subscriber may fall behind before it loses the oldest",
     )
     max_subscribers: int = option(
         32,
@@ -83,8 +92,10 @@ class GrpcConfig:
             out.append(f"--grpc-listen wants HOST:PORT, not {self.listen!r}")
         if self.socket is None and self.listen is None:
             out.append("--no-grpc-socket leaves the API no listener: add --grpc-listen")
-        if self.queue_capacity <= 0 or self.max_subscribers <= 0:
-            out.append("grpc-queue-size and grpc-max-subscribers must be positive")
+        if self.queue_capacity <= 0 or self.max_subscribers <= 0 or self.queue_bytes <= 0:
+            out.append(
+                "grpc-queue-size, grpc-queue-max-bytes and grpc-max-subscribers must be positive"
+            )
         if self.max_peer_streams <= 0:
             out.append("--grpc-max-streams-per-peer must be positive")
         tls = self.tls

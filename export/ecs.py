@@ -62,6 +62,9 @@ def _extras(p: JsonDict) -> JsonDict:
         d["auid"] = p["auid"]
     if "parent_exec_id" in p:
         d["parent_exec_id"] = p["parent_exec_id"]
+    for k in ("binary_dev", "binary_ino", "mnt_ns"):  # the executable's identity
+        if k in p:
+            d[k] = p[k]
     return d
 
 

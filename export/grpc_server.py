@@ -38,7 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from export import reflection_v1
 from export.config import GrpcConfig, TlsFiles
-from export.filters import EventFilter, FilterError
+from export.filters import EventFilter, FilterBudgetExhausted, FilterError
 from export.hub import Hub, TooManySubscribers
 from export.proto_gen import tracer_v1_pb2 as pb
 from tracer.core import sockpath, unixpeers
@@ -303,29 +303,36 @@ class TracerService:
             event_filter = EventFilter.from_request(request)
         except FilterError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        try:
-            sub = self._hub.subscribe(event_filter)
-        except TooManySubscribers as exc:
+        except FilterBudgetExhausted as exc:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        peer = context.peer()
-        _log.info("subscriber joined", id=sub.id, peer=peer, subscribers=self._hub.subscribers)
-        # Called when the call ends for any reason (client gone, server
-        # stopping): wakes batches() if it waits for events.
-        if not context.add_callback(sub.close):
-            sub.close()
         try:
-            yield from sub.batches()
-            if context.is_active():
-                # The hub closed: the daemon stops. OK would tell a SIEM that
-                # the stream is complete; this stream is cut short instead.
-                context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "tracer is shutting down: no more events on this stream; "
-                    "events from now on need a new call to a running daemon",
+            try:
+                sub = self._hub.subscribe(event_filter)
+            except TooManySubscribers as exc:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            peer = context.peer()
+            _log.info("subscriber joined", id=sub.id, peer=peer, subscribers=self._hub.subscribers)
+            # Called when the call ends for any reason (client gone, server
+            # stopping): wakes batches() if it waits for events.
+            if not context.add_callback(sub.close):
+                sub.close()
+            try:
+                yield from sub.batches()
+                if context.is_active():
+                    # The hub closed: the daemon stops. OK would tell a SIEM that
+                    # the stream is complete; this stream is cut short instead.
+                    context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "tracer is shutting down: no more events on this stream; "
+                        "events from now on need a new call to a running daemon",
+                    )
+            finally:
+                self._hub.unsubscribe(sub)
+                _log.info(
+                    "subscriber left", id=sub.id, peer=peer, subscribers=self._hub.subscribers
                 )
         finally:
-            self._hub.unsubscribe(sub)
-            _log.info("subscriber left", id=sub.id, peer=peer, subscribers=self._hub.subscribers)
+            event_filter.release()  # its compiled patterns, counted against all subscribers'
 
     def get_health(
         self, request: pb.GetHealthRequest, context: grpc.ServicerContext

@@ -122,6 +122,12 @@ def process_dict(p: Process) -> JsonDict:
         d["parent_exec_id"] = p.parent_exec_id
     d["flags"] = list(p.flags)
     d["cgroup_id"] = str(p.cgroup_id)
+    if p.binary_dev is not None:
+        d["binary_dev"] = p.binary_dev
+    if p.binary_ino is not None:
+        d["binary_ino"] = str(p.binary_ino)  # uint64: a string in protobuf's JSON
+    if p.mnt_ns is not None:
+        d["mnt_ns"] = p.mnt_ns
     if p.container is not None:
         d["container"] = container_dict(p.container)
     if p.pod is not None:

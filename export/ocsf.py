@@ -133,6 +133,9 @@ def _extras(p: JsonDict) -> JsonDict:
     d["args"] = p["args"]
     d["flags"] = p["flags"]
     d["cgroup_id"] = p["cgroup_id"]
+    for k in ("binary_dev", "binary_ino", "mnt_ns"):  # the executable's identity
+        if k in p:
+            d[k] = p[k]
     return d
 
 

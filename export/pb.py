@@ -8,8 +8,19 @@ serialized once, however many subscribers receive it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from export.proto_gen import tracer_v1_pb2 as pb
-from tracer.core.events import Connect, Event, FileOpen, Lost, PolicyMatch, Process, ProcessExit
+from tracer.core.events import (
+    Connect,
+    Event,
+    FileOpen,
+    Lost,
+    PolicyMatch,
+    Process,
+    ProcessEvent,
+    ProcessExit,
+)
 
 # JSON options under which protobuf's JSON mapping of an Event is the JSON
 # line of export/jsonl.py (use as MessageToDict(msg, **JSON_OPTIONS)).
@@ -53,6 +64,9 @@ def process_message(p: Process) -> pb.Process:
         parent_exec_id=p.parent_exec_id,
         flags=p.flags,
         cgroup_id=p.cgroup_id,
+        binary_dev=p.binary_dev,
+        binary_ino=p.binary_ino,
+        mnt_ns=p.mnt_ns,
     )
     m.start_time.FromNanoseconds(p.start_time)
     c = p.container
@@ -113,6 +127,42 @@ def _connect(m: pb.Connect, ev: Connect) -> None:
 # Tags of Event.process (4), .parent (5) and .ancestors (6), length-delimited.
 _PROCESS_TAG, _PARENT_TAG, _ANCESTOR_TAG = b"\x22", b"\x2a", b"\x32"
 
+# The most one serialized event takes: gRPC clients refuse messages over
+# 4 MiB by default, and a chain of 66 processes with 8 KiB of non-UTF-8
+# arguments each made a 4.08 MiB event. The event's process, its parent
+# and its ancestors (nearest first) are written whole while they fit half
+# of it; from the first that does not, processes are written cut (CUT_FLAG)
+# and, past the whole budget, left out as if --ancestor-depth had stopped.
+MAX_EVENT_BYTES = 1 << 20
+_WHOLE_BYTES = MAX_EVENT_BYTES // 2
+# A process written cut lacks its args, cwd, pod labels and container name
+# and image, and its binary when longer than this. Its exec_id names it: its
+# own events carry it whole.
+CUT_FLAG = "cut"
+_CUT_BINARY = 512
+
+
+def _cut_message(p: Process) -> pb.Process:
+    m = process_message(p)
+    del m.args[:]
+    m.cwd = ""
+    if len(m.binary) > _CUT_BINARY:
+        m.binary = ""
+    m.pod.labels.clear()
+    m.container.ClearField("name")
+    m.container.ClearField("image")
+    if not p.container:
+        m.ClearField("container")
+    if not p.pod:
+        m.ClearField("pod")
+    m.flags.append(CUT_FLAG)
+    return m
+
+
+def _sized(m: pb.Process) -> bytes:
+    data = m.SerializeToString()
+    return varint(len(data)) + data
+
 
 class Encoder:
     """Event -> serialized pb.Event, reusing the bytes of each Process.
@@ -122,25 +172,52 @@ class Encoder:
     once), and an event is its small head message followed by those bytes
     as fields 4, 5 and 6: protobuf allows fields in any order, and repeated
     fields concatenate. Copying process messages into each Event instead
-    costs twice as much (bench/grpc_stream.py). Not thread-safe: one thread
-    (the hub's) encodes.
+    costs twice as much (bench/grpc_stream.py). Several threads may share
+    one: its cache is read and written by single dict operations, and a
+    race costs only a process serialized twice.
     """
 
     def __init__(self, limit: int = 16384) -> None:
         # exec_id -> (the Process, varint length + its serialized message)
         self._procs: dict[str, tuple[Process, bytes]] = {}
+        self._cut: dict[str, tuple[Process, bytes]] = {}
         self._limit = limit
 
-    def _process(self, p: Process) -> bytes:
-        hit = self._procs.get(p.exec_id)
+    @staticmethod
+    def _get(
+        cache: dict[str, tuple[Process, bytes]],
+        p: Process,
+        make: Callable[[Process], pb.Process],
+        limit: int,
+    ) -> bytes:
+        hit = cache.get(p.exec_id)
         if hit is not None and hit[0] is p:
             return hit[1]
-        data = process_message(p).SerializeToString()
-        sized = varint(len(data)) + data
-        if len(self._procs) >= self._limit:
-            self._procs.clear()
-        self._procs[p.exec_id] = (p, sized)
+        sized = _sized(make(p))
+        if len(cache) >= limit:
+            cache.clear()
+        cache[p.exec_id] = (p, sized)
         return sized
+
+    def _processes(self, ev: ProcessEvent, total: int) -> list[bytes]:
+        """Fields 4, 5 and 6 of the event, within MAX_EVENT_BYTES, `total` being used."""
+        procs, cut, limit = self._procs, self._cut, self._limit
+        chain = [(_PROCESS_TAG, ev.process)]
+        if ev.parent is not None:
+            chain.append((_PARENT_TAG, ev.parent))
+        chain.extend((_ANCESTOR_TAG, a) for a in ev.ancestors)
+        parts: list[bytes] = []
+        whole = True
+        for tag, p in chain:
+            data = self._get(procs, p, process_message, limit) if whole else b""
+            if not whole or total + len(data) > _WHOLE_BYTES:
+                whole = False
+                data = self._get(cut, p, _cut_message, limit)
+                if parts and total + 1 + len(data) > MAX_EVENT_BYTES:
+                    break
+            parts += (tag, data)
+            total += 1 + len(data)
+        return parts
 
     def event_bytes(self, ev: Event) -> bytes:
         if isinstance(ev, Lost):
@@ -163,13 +240,8 @@ class Encoder:
         else:
             head.process_exec.SetInParent()
             _policy(head, ev.policy)
-        get = self._process
-        parts = [head.SerializeToString(), _PROCESS_TAG, get(ev.process)]
-        if ev.parent is not None:
-            parts += (_PARENT_TAG, get(ev.parent))
-        for a in ev.ancestors:
-            parts += (_ANCESTOR_TAG, get(a))
-        return b"".join(parts)
+        head_bytes = head.SerializeToString()
+        return b"".join([head_bytes, *self._processes(ev, len(head_bytes))])
 
     def message(self, ev: Event) -> pb.Event:
         return pb.Event.FromString(self.event_bytes(ev))

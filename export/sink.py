@@ -194,6 +194,11 @@ class DropOldest(Generic[T]):
             self._dropped.clear()
         return out
 
+    @property
+    def has_dropped(self) -> bool:
+        """Whether take_dropped() has anything to return (a hint: no lock taken)."""
+        return bool(self._dropped)
+
     def count_dropped(self, items: list[T]) -> None:
         """Count items the consumer took but could not deliver."""
         with self._cond:
@@ -218,6 +223,11 @@ class DropOldest(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the queued items (0 for a queue bounded in items only)."""
+        return self._bytes
 
 
 def _event_kind(ev: Event) -> str:
@@ -258,6 +268,15 @@ class _Drained(Generic[T]):
     def backlog(self) -> int:
         """Events offered and not yet handled."""
         return len(self._queue)
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._queue.queued_bytes
+
+    @property
+    def capacity(self) -> tuple[int, int]:
+        """The queue's bounds: events, and bytes (0: bounded in events only)."""
+        return self._queue.capacity, self._queue.max_bytes
 
     @property
     def error(self) -> BaseException | None:

@@ -217,6 +217,7 @@ _PROCESS: _Shape = {
     "exec_id": str, "pid": int, "tid": int, "uid": int, "euid": int, "gid": int, "egid": int,
     "auid": int, "user": str, "binary": str, "args": [str], "cwd": str, "start_time": str,
     "parent_exec_id": str, "flags": [str], "cgroup_id": str,
+    "binary_dev": int, "binary_ino": str, "mnt_ns": int,
     "container": {"id": str, "runtime": str, "name": str, "image": str}, "pod": _POD,
 }
 # The JSON-lines schema (export/tracer_v1.proto's JSON form) as far as

@@ -5,10 +5,12 @@ from policy.kernel import PolicyMaps, RuleCount
 from policy.model import Action, Kind, Policy, PolicySet, Rule
 from policy.parse import PolicyError, parse_documents, parse_files, parse_text, read_documents
 from policy.store import PolicyStore
+from policy.watch import Fingerprint, fingerprint
 
 __all__ = [
     "Action",
     "Compiled",
+    "Fingerprint",
     "Kind",
     "Policy",
     "PolicyError",
@@ -18,6 +20,7 @@ __all__ = [
     "Rule",
     "RuleCount",
     "compile_policies",
+    "fingerprint",
     "parse_documents",
     "parse_files",
     "parse_text",

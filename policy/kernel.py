@@ -42,6 +42,7 @@ _LPM_STR_KEY = struct.Struct(f"<II{STR_LEN}s")
 _ADDR_KEY = struct.Struct("<II16s")
 _UID_KEY = struct.Struct("<II")
 _BINARY = struct.Struct("<I256s")
+_TAIL = struct.Struct("<256s")
 
 
 def _sel(gen: int, kind: int, fld: int) -> int:
@@ -79,6 +80,7 @@ class PolicyMaps:
         self._uid = obj.map("tr_policy_uid")
         self._binary = obj.map("tr_proc_binary")
         self._globs = obj.map("tr_policy_globs")
+        self._binary_tail = obj.map("tr_proc_binary_tail")
         self._lock = threading.Lock()
         self.active_gen = 0
         self._word = 0
@@ -193,3 +195,5 @@ class PolicyMaps:
     def set_binary(self, tgid: int, path: bytes) -> None:
         """Seed tr_proc_binary for a process that started before the daemon."""
         self._binary.update(_U32.pack(tgid), _BINARY.pack(len(path), path[:STR_LEN]))
+        if len(path) > STR_LEN:  # suffix selectors read the tail from its own map
+            self._binary_tail.update(_U32.pack(tgid), _TAIL.pack(path[-STR_LEN:]))

@@ -148,8 +148,9 @@ class _Reader:
             raise self.fail(
                 node, f"{what} is {len(s.encode())} bytes; the kernel-side limit is {MAX_STRING}"
             )
-        if absolute and not s.startswith("/"):
-            raise self.fail(node, f"{what} {s!r} must be an absolute path")
+        # memfd:NAME is how exec and open events name a memfd (no path).
+        if absolute and not s.startswith(("/", "memfd:")):
+            raise self.fail(node, f"{what} {s!r} must be an absolute path or memfd:NAME")
         return s
 
     def string_match(self, node: Node, what: str) -> StringMatch:

@@ -153,6 +153,9 @@ CID = "f" * 64
 IN_POD = mkproc(
     300,
     BASH,
+    binary_dev=(1 << 32) - 1,
+    binary_ino=(1 << 64) - 1,  # beyond 2**53: a string in JSON
+    mnt_ns=4026531841,
     container=Container(id=CID, runtime="containerd", name="app", image="nginx:1.27"),
     pod=Pod(
         uid="6b2c0e7e-4a8f-4d59-9f0e-2b1f6e3c9a10",

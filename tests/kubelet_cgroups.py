@@ -1,11 +1,16 @@
 """Kubelet-shaped cgroup v2 hierarchies for tests, made for real under the cgroup2 mount.
 
-Each hierarchy lives under a unique top directory of its own, so tests
-running at the same time (and a real kubelet, were there one) never meet.
+They are made where kubelet makes them, at the cgroup2 root (the daemon
+counts no other place: a delegated subtree could wear any name). Each
+has a pod uid and container id of its own, so tests running at the same
+time (and a real kubelet, were there one) share at most the kubepods and
+QoS directories, which are made when missing and removed only when empty.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import subprocess
 import time
@@ -34,22 +39,31 @@ class KubeletCgroup:
             raise RuntimeError("no cgroup2 mount on this host")
         self.pod_uid = pod_uid or new_uid()
         self.container_id = container_id or new_container_id()
-        self.top = Path(mount) / f"tracer-test-{uuid.uuid4().hex[:10]}"
+        self.root = Path(mount)
         if shape == "systemd":
             u = self.pod_uid.replace("-", "_")
-            rel = [
-                "kubepods.slice",
-                "kubepods-burstable.slice",
-                f"kubepods-burstable-pod{u}.slice",
-                f"cri-containerd-{self.container_id}.scope",
-            ]
+            shared = ["kubepods.slice", "kubepods-burstable.slice"]
+            own = [f"kubepods-burstable-pod{u}.slice", f"cri-containerd-{self.container_id}.scope"]
         else:
-            rel = ["kubepods", "burstable", f"pod{self.pod_uid}", self.container_id]
-        self.dirs = []
-        d = self.top
-        d.mkdir()
+            shared = ["kubepods", "burstable"]
+            own = [f"pod{self.pod_uid}", self.container_id]
+        self.shared: list[Path] = []
+        d = self.root
+        for part in shared:
+            d = d / part
+            self.shared.append(d)
+        self.dirs: list[Path] = []
+        for _ in range(50):  # another test may remove an empty shared parent meanwhile
+            try:
+                for parent in self.shared:
+                    parent.mkdir(exist_ok=True)
+                (self.shared[-1] / own[0]).mkdir()
+                break
+            except FileNotFoundError:
+                time.sleep(0.05)
+        d = self.shared[-1] / own[0]
         self.dirs.append(d)
-        for part in rel:
+        for part in own[1:]:
             d = d / part
             d.mkdir()
             self.dirs.append(d)
@@ -79,13 +93,23 @@ class KubeletCgroup:
             if p.poll() is None:
                 p.kill()
             p.wait(10)
-        for d in reversed(self.dirs):
-            # A just-exited process can keep its cgroup busy for a moment.
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        _remove(self.dirs)
+        for d in reversed(self.shared):
+            with contextlib.suppress(OSError):  # in use by another test: theirs to remove
+                d.rmdir()
+
+
+def _remove(dirs: list[Path]) -> None:
+    """rmdir each, deepest first."""
+    for d in reversed(dirs):
+        # A just-exited process can keep its cgroup busy for a moment.
+        for _ in range(50):
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                    raise
+                time.sleep(0.1)

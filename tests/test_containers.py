@@ -26,6 +26,10 @@ CID = "3f2a" + "0123456789abcdef" * 3 + "0123456789ab"
 assert len(CID) == 64
 UID = "6b2c0e7e-4a8f-4d59-9f0e-2b1f6e3c9a10"
 UID_ = UID.replace("-", "_")
+CID2 = "9e" * 32
+UID2 = "0d1c2b3a-4f5e-4d6c-8b7a-695847362514"
+UID2_ = UID2.replace("-", "_")
+USER = "/user.slice/user-1000.slice/user@1000.service"
 
 PARSE_CASES = {
     # systemd driver (containerd, CRI-O), every QoS class
@@ -71,6 +75,32 @@ PARSE_CASES = {
     f"/pod{UID}/{CID}": None,  # pod<uid> outside kubepods
     f"/docker/{CID[:63]}": None,  # id too short
     f"/system.slice/docker-{CID.upper()}.scope": None,  # ids are lowercase hex
+    # Podman pods, and Podman's cgroupfs manager
+    f"/machine.slice/machine-libpod_pod_{CID2}.slice/libpod-{CID}.scope": CgroupInfo(
+        CID, "podman", None
+    ),
+    f"/libpod_parent/libpod-{CID}": CgroupInfo(CID, "podman", None),
+    # Spoofs: kubelet's and the runtimes' names where only they put them,
+    # made somewhere a user or a container can write.
+    f"{USER}/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/"
+    f"cri-containerd-{CID}.scope": None,  # a user's delegated subtree
+    f"{USER}/app.slice/kubepods-burstable-pod{UID_}.slice/cri-containerd-{CID}.scope": None,
+    f"{USER}/kubepods/burstable/pod{UID}/{CID}": None,
+    f"{USER}/docker-{CID}.scope": None,
+    f"{USER}/user.slice/libpod-{CID}.scope": None,  # rootless Podman: the user's own
+    f"/tracer-test-1/kubepods/pod{UID}/{CID}": None,  # not at the root
+    f"/system.slice/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{CID}.scope": None,
+    f"/user.slice/user-1000-kubepods.slice/user-1000-kubepods-pod{UID_}.slice": None,
+    # a container naming cgroups inside its own after another pod or container
+    f"/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{CID}.scope/kubepods.slice/"
+    f"kubepods-pod{UID2_}.slice/cri-containerd-{CID2}.scope": CgroupInfo(CID, "containerd", UID),
+    f"/kubepods/pod{UID}/{CID}/pod{UID2}/{CID2}": CgroupInfo(CID, "containerd", UID),
+    f"/system.slice/docker-{CID}.scope/docker-{CID2}.scope": CgroupInfo(CID, "docker", None),
+    f"/system.slice/docker-{CID}.scope/kubepods/pod{UID2}/{CID2}": CgroupInfo(
+        CID, "docker", None
+    ),
+    # a pod's slice under another QoS class's than its name says
+    f"/kubepods.slice/kubepods-besteffort.slice/kubepods-burstable-pod{UID_}.slice": None,
 }
 
 

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import json
+import re
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from factories import BASH, IN_POD, IN_POD_NO_METADATA, INIT, LS, SSHD, T0, exec_ev, exit_ev, mkproc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from export.filters import (
     CACHED_TEXT,
+    KINDS,
+    MAX_FILTERS,
+    MAX_PATTERNS,
+    REGEX_MEM,
+    REGISTRY,
+    SUBSCRIBER_REGEX_MEM,
+    TOTAL_REGEX_MEM,
     EventFilter,
     Facts,
+    FilterBudgetExhausted,
     FilterError,
     facts_of_dict,
     facts_of_event,
@@ -21,6 +34,18 @@ from export.jsonl import Serializer
 from export.proto_gen import tracer_v1_pb2 as pb
 from tracer.core.events import ProcessExec
 
+_made: list[EventFilter] = []
+
+
+@pytest.fixture(autouse=True)
+def _release_filters() -> Iterator[None]:
+    """Each test starts with no compiled pattern held (the registry counts them all)."""
+    yield
+    for f in _made:
+        f.release()
+    _made.clear()
+    assert REGISTRY.mem == 0
+
 
 def ef(
     allow: list[dict[str, Any]] | None = None, deny: list[dict[str, Any]] | None = None
@@ -28,7 +53,9 @@ def ef(
     req = pb.GetEventsRequest(
         allow=[pb.Filter(**f) for f in allow or []], deny=[pb.Filter(**f) for f in deny or []]
     )
-    return EventFilter.from_request(req)
+    f = EventFilter.from_request(req)
+    _made.append(f)
+    return f
 
 
 CURL = mkproc(300, BASH, binary="/usr/bin/curl", args=("curl", "-s", "https://example.com"))
@@ -224,3 +251,126 @@ def test_pod_filters_select_enriched_events() -> None:
     assert f.matches(facts_of_event(exec_ev(IN_POD)))
     assert not f.matches(facts_of_event(exec_ev(IN_POD_NO_METADATA)))  # no namespace known
     assert not f.matches(facts_of_event(exec_ev(LS)))  # on the host
+
+
+# -- resource limits ------------------------------------------------------------------
+
+# 12 bytes that RE2 compiles to a ~4 MiB program under its default budget.
+HUGE_PROGRAM = r"(?:\pL{532})"
+
+
+def big(i: int) -> str:
+    """A distinct pattern charged REGEX_MEM (too large for the smaller budget)."""
+    return rf"(?:\pL{{25}})x{i}"
+
+
+def test_a_pattern_whose_program_is_too_large_is_refused_naming_the_limit() -> None:
+    t = time.monotonic()
+    with pytest.raises(FilterError) as exc:
+        ef([{"args_regex": ["ok", HUGE_PROGRAM]}])
+    assert exc.value.field == "allow[0].args_regex[1]"
+    assert f"past {REGEX_MEM >> 10} KiB" in str(exc.value)
+    assert time.monotonic() - t < 1.0
+    assert REGISTRY.mem == 0  # what the request had compiled before the failure is freed
+
+
+def test_patterns_per_request_are_capped() -> None:
+    many = [f"p{i}" for i in range(MAX_PATTERNS)]
+    ef([{"binary_regex": many}]).release()  # exactly the cap: fine
+    with pytest.raises(FilterError) as exc:
+        ef([{"binary_regex": many}, {"container_id": ["abc"]}])
+    assert exc.value.field == "allow[1].container_id"
+    assert f"more than {MAX_PATTERNS}" in str(exc.value)
+    with pytest.raises(FilterError, match=f"more than {MAX_FILTERS} allow and deny filters"):
+        ef([{}] * MAX_FILTERS, [{}])
+    assert REGISTRY.mem == 0
+
+
+def test_compiled_size_per_request_is_capped() -> None:
+    n = SUBSCRIBER_REGEX_MEM // REGEX_MEM
+    f = ef([{"args_regex": [big(i) for i in range(n)] * 2}])  # repeats are charged once
+    assert REGISTRY.mem == SUBSCRIBER_REGEX_MEM
+    f.release()
+    with pytest.raises(FilterError) as exc:
+        ef([{"args_regex": [big(i) for i in range(n)]}, {"pod_regex": [big(n)]}])
+    assert exc.value.field == "allow[1].pod_regex[0]"
+    assert f"past {SUBSCRIBER_REGEX_MEM >> 20} MiB" in str(exc.value)
+    assert REGISTRY.mem == 0
+
+
+def test_all_subscribers_compiled_patterns_are_capped_and_freed_when_they_leave() -> None:
+    per = SUBSCRIBER_REGEX_MEM // REGEX_MEM
+    filters = [
+        ef([{"args_regex": [big(1000 * k + i) for i in range(per)]}])
+        for k in range(TOTAL_REGEX_MEM // SUBSCRIBER_REGEX_MEM)
+    ]
+    assert REGISTRY.mem == TOTAL_REGEX_MEM
+    shared = ef([{"args_regex": [big(0)]}])  # compiled already: shares it, costs nothing
+    with pytest.raises(FilterBudgetExhausted, match=f"exceed {TOTAL_REGEX_MEM >> 20} MiB"):
+        ef([{"args_regex": ["tiny", big(99999)]}])
+    assert REGISTRY.mem == TOTAL_REGEX_MEM
+    filters.pop().release()
+    filters.append(ef([{"args_regex": [big(99999)]}]))
+    shared.release()
+    shared.release()  # once only
+    assert shared.matches(pod_facts(args="é" * 25 + "x0"))  # still works after release
+    for f in filters:
+        f.release()
+    assert REGISTRY.mem == 0
+
+
+# Regex syntax, RE2's classes and repetitions: the material of both valid
+# and invalid patterns, and of programs large and small.
+_REGEX_PIECES = st.sampled_from(
+    ["a", "x", ".", "*", "+", "?", "|", "(", ")", "[", "]", "^", "$", "\\", "{", "}",
+     "{1000}", "{0,300}", "{532}", r"\pL", r"\w", r"\d", r"\1", "(?i)", "(?=", "(?P<n>",
+     "[[:alpha:]]", "é", "\x00", "\n", ",", "=", "!", " in (", " notin ("]
+)  # fmt: skip
+_TEXT = st.one_of(st.text(max_size=40), st.lists(_REGEX_PIECES, max_size=12).map("".join))
+_FILTER = st.builds(
+    pb.Filter,
+    event_types=st.lists(st.one_of(st.sampled_from(KINDS), st.text(max_size=12)), max_size=3),
+    binary_regex=st.lists(_TEXT, max_size=3),
+    args_regex=st.lists(_TEXT, max_size=3),
+    pid=st.lists(st.integers(0, 2**32 - 1), max_size=3),
+    namespace=st.lists(st.text(max_size=10), max_size=2),
+    pod_regex=st.lists(_TEXT, max_size=2),
+    labels=st.lists(_TEXT, max_size=2),
+    container_id=st.lists(st.text(max_size=12), max_size=2),
+)
+_FACTS = st.builds(
+    Facts,
+    kind=st.sampled_from(KINDS),
+    binary=st.text(max_size=300),
+    args=st.text(max_size=600),
+    pid=st.integers(0, 2**32 - 1),
+    namespace=st.none() | st.text(max_size=10),
+    pod=st.none() | st.text(max_size=20),
+    labels=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+    container_id=st.none() | st.text(max_size=12),
+)
+
+
+@settings(max_examples=300, deadline=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    allow=st.lists(_FILTER, max_size=3),
+    deny=st.lists(_FILTER, max_size=2),
+    facts=st.lists(_FACTS, min_size=1, max_size=3),
+)
+def test_any_filter_request_is_refused_cleanly_or_works_in_bounded_time(
+    allow: list[pb.Filter], deny: list[pb.Filter], facts: list[Facts]
+) -> None:
+    req = pb.GetEventsRequest(allow=allow, deny=deny)
+    t = time.monotonic()
+    try:
+        f = EventFilter.from_request(req)
+    except FilterError as exc:
+        assert re.match(r"(allow|deny)(\[\d+\])?(\.\w+(\[\d+\])?)?: .", str(exc)), str(exc)
+    else:
+        try:
+            for e in facts:
+                assert f.matches(e) in (True, False)
+        finally:
+            f.release()
+    assert time.monotonic() - t < 2.0
+    assert REGISTRY.mem == 0  # nothing compiled outlives its filter

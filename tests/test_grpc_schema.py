@@ -83,6 +83,9 @@ EVENTS: dict[str, Event] = {
     "whole second": exec_ev(mkproc(7, start_time=1_700_000_000_000_000_000), time=0),
     "milliseconds": exec_ev(mkproc(7, start_time=1_700_000_000_120_000_000), time=1_000_000),
     "microseconds": exec_ev(mkproc(7, start_time=1_700_000_000_000_001_000), time=1_000),
+    "memfd binary, zero device": exec_ev(
+        mkproc(8, binary="memfd:x", flags=("memfd",), binary_dev=0, binary_ino=0, mnt_ns=0)
+    ),
     "lost": Lost(time=T0, node="n1", kernel={"process_exec": 3}, daemon={"malformed": 1}),
     "lost, empty": Lost(time=T0, node="n1"),
     "lost, max count": Lost(time=T0, node="n1", daemon={"process_exit": LOST_COUNT_MAX}),

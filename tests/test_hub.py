@@ -6,16 +6,18 @@ read it directly. tests/test_grpc_api.py covers the same over real sockets.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 from factories import LS, T0, exec_ev, exit_ev, mkproc
 
 from export.filters import EventFilter
-from export.hub import BATCH_BYTES, Hub, Subscriber, TooManySubscribers
+from export.hub import BATCH_BYTES, UNFILTERED, Hub, Subscriber, TooManySubscribers
+from export.pb import CUT_FLAG, MAX_EVENT_BYTES, Encoder
 from export.proto_gen import tracer_v1_pb2 as pb
 from export.sink import DropOldest
-from tracer.core.events import Event, Lost
+from tracer.core.events import Event, Lost, Process, ProcessExec
 
 
 def everything() -> EventFilter:
@@ -197,3 +199,121 @@ def test_events_for_a_subscriber_that_left_are_not_its_loss() -> None:
     hub.unsubscribe(sub)
     assert hub.subscriber_lost == {}
     hub.close()
+
+
+# -- slow filters, big events ---------------------------------------------------------
+
+# About the largest program REGEX_MEM admits: it searches 8 Ki Cyrillic
+# letters in most of a second (RE2's DFA runs out of its memory; the NFA is slow).
+SLOW = r"(?:\pL{60})x"
+LETTERS = "".join(chr(0x430 + i % 32) for i in range(8192))
+# Its search finds the match only at the end, having scanned everything.
+SLOW_MATCH = mkproc(400, args=("p", LETTERS + "x"))
+
+
+def matching(**fields: list[str]) -> EventFilter:
+    return EventFilter.from_request(pb.GetEventsRequest(allow=[pb.Filter(**fields)]))
+
+
+def test_a_regex_filter_runs_on_its_subscribers_thread_and_delivers_in_order() -> None:
+    hub = make_hub()
+    f = matching(event_types=["process_exec"], args_regex=["^-l$"])
+    sub = hub.subscribe(f)
+    assert sub.inbox is not None  # not the hub thread's work
+    for i in range(100):
+        hub.offer(ev_at(i))
+    hub.close()  # fans out, then the filter thread drains its inbox, then the stream ends
+    assert [e.time.ToNanoseconds() for e in read(sub)] == [T0 + i for i in range(0, 100, 2)]
+    f.release()
+
+
+def test_a_slow_filter_delays_only_its_own_subscriber() -> None:
+    hub = make_hub()
+    f = matching(args_regex=[SLOW])
+    slow = hub.subscribe(f)
+    fast = hub.subscribe(only("process_exec"))
+    n = 5
+    t0 = time.monotonic()
+    hub.offer_many([exec_ev(mkproc(400, args=("p", LETTERS)), time=T0 + i) for i in range(n)])
+    hub.offer(exec_ev(SLOW_MATCH, time=T0 + n))
+    got_fast = []
+    for e in read(fast):
+        got_fast.append(e)
+        if len(got_fast) == n + 1:
+            break
+    fast_s = time.monotonic() - t0
+    got_slow = next(read(slow))  # the one event that matches, once its filter got there
+    slow_s = time.monotonic() - t0
+    assert got_slow.time.ToNanoseconds() == T0 + n
+    assert slow_s > 1.0, f"the filter was not slow ({slow_s:.2f} s): the test tests nothing"
+    assert fast_s < slow_s / 2, f"the fast subscriber waited {fast_s:.2f} s of {slow_s:.2f} s"
+    hub.unsubscribe(slow)
+    hub.close()
+    f.release()
+
+
+def test_events_a_slow_filter_could_not_examine_are_counted_as_unfiltered() -> None:
+    hub = make_hub()
+    f = matching(args_regex=[SLOW])
+    sub = hub.subscribe(f, capacity=2)
+    hub.offer_many([exec_ev(SLOW_MATCH, time=T0 + i) for i in range(12)])
+    hub.close()
+    got = list(read(sub))
+    lost = [e for e in got if e.type == "lost"]
+    received = [e.time.ToNanoseconds() for e in got if e.type != "lost"]
+    dropped = sum(n for e in lost for n in e.lost.daemon.values())
+    assert {k for e in lost for k in e.lost.daemon} == {UNFILTERED}
+    assert dropped > 0 and len(received) + dropped == 12
+    assert received == [T0 + i for i in range(12 - len(received), 12)]  # the newest
+    assert hub.subscriber_lost == {UNFILTERED: dropped}
+    f.release()
+
+
+def test_a_subscriber_queue_is_bounded_in_bytes() -> None:
+    hub = make_hub(subscriber_bytes=1 << 20)
+    sub = hub.subscribe(everything())
+    fat = mkproc(300, args=("p", "y" * 40_000))
+    hub.fan_out([exec_ev(fat, time=T0 + i) for i in range(100)])  # 4 MB, 100 events
+    assert 0 < sum(len(data) for _, data in list(sub.queue._items)) <= 1 << 20
+    hub.close()
+    got = list(read(sub))
+    assert got[0].type == "lost"
+    dropped = got[0].lost.daemon["process_exec"]
+    received = [e.time.ToNanoseconds() for e in got[1:]]
+    assert 0 < len(received) <= 26 and len(received) + dropped == 100
+    assert received == [T0 + i for i in range(100 - len(received), 100)]
+
+
+def chain(depth: int, arg_bytes: int) -> list[Process]:
+    """Processes, the root first, each with one long argument."""
+    procs: list[Process] = []
+    for pid in range(1000, 1000 + depth):
+        procs.append(
+            mkproc(pid, procs[-1] if procs else None, args=("sh", f"{pid}" * (arg_bytes // 4)))
+        )
+    return procs
+
+
+def test_an_event_with_a_deep_chain_of_long_arguments_is_cut_to_the_limit() -> None:
+    procs = chain(66, 32 << 10)
+    *older, parent, me = procs
+    ev = ProcessExec(T0, "n1", me, parent, tuple(reversed(older)))
+    enc = Encoder()
+    data = enc.event_bytes(ev)
+    assert len(data) <= MAX_EVENT_BYTES  # uncut: 2.1 MB
+    m = pb.Event.FromString(data)
+    assert m.process.args == list(me.args) and m.parent.args == list(parent.args)
+    cut = [CUT_FLAG in a.flags for a in m.ancestors]
+    whole = cut.index(True)
+    assert whole > 5 and all(cut[whole:])  # nearest first, whole while they fit
+    assert all(
+        a.args == list(p.args)
+        for a, p in zip(m.ancestors[:whole], ev.ancestors[:whole], strict=True)
+    )
+    # Cut ones keep who they are, so a client can find them by exec_id.
+    assert [a.exec_id for a in m.ancestors] == [p.exec_id for p in ev.ancestors]
+    assert all(not a.args and not a.cwd for a in m.ancestors[whole:])
+    assert [a.parent_exec_id for a in m.ancestors] == [p.parent_exec_id or "" for p in ev.ancestors]
+    # The same encoder writes a small event whole.
+    small = pb.Event.FromString(enc.event_bytes(exec_ev()))
+    assert not any(CUT_FLAG in p.flags for p in (small.process, small.parent, *small.ancestors))

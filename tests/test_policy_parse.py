@@ -114,6 +114,17 @@ def test_relative_path_and_wrong_selector_for_kind() -> None:
     )
 
 
+def test_memfd_names_are_values_of_their_own() -> None:
+    """Exec and open events name a memfd memfd:NAME, not a path."""
+    parse(
+        "policies: [{name: a, rules: [{event: exec, match: "
+        "{binary: {prefix: ['memfd:'], exact: [memfd:x]}}}]}]"
+    )
+    assert "absolute path or memfd:NAME" in str(
+        refused("policies: [{name: a, rules: [{event: exec, match: {binary: [memfdx]}}]}]")
+    )
+
+
 def test_bad_names_and_duplicates(tmp_path: Path) -> None:
     assert "policy name" in str(refused("policies: [{name: 'Bad Name', rules: [{event: exec}]}]"))
     (tmp_path / "a.yaml").write_text("policies: [{name: same, rules: [{event: exec}]}]\n")

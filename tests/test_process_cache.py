@@ -10,6 +10,7 @@ import itertools
 import os
 import pwd
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,12 @@ from enrich.users import UserNames
 from tracer.core import build, text
 from tracer.core.clock import BootClock
 from tracer.core.decode import (
+    EXEC_DELETED,
+    EXEC_MEMFD,
     EXEC_TRUNC_ARGS,
     EXEC_TRUNC_CWD,
+    NO_VERDICT,
+    TASK_EXE_DELETED,
     ExecRecord,
     ExitRecord,
     ForkRecord,
@@ -820,3 +825,50 @@ def test_user_name_that_is_not_utf8_is_valid_text(
     assert name is not None
     name.encode("utf-8")  # strict: raises on surrogates
     assert text.encode(name) == raw
+
+
+# -- what exec records say about the binary itself ---------------------------------
+
+
+def test_memfd_and_deleted_binaries_and_their_identity(
+    cache_clock: tuple[ProcessCache, FakeClock],
+) -> None:
+    cache, _ = cache_clock
+    rec = ExecRecord(
+        task(200, 100, 10 * SEC),
+        b"memfd:x",
+        b"/",
+        (b"x",),
+        EXEC_MEMFD,
+        NO_VERDICT,
+        1,
+        77,
+        4026531841,
+    )
+    p = cache.on_exec(rec).process
+    assert p.binary == "memfd:x" and p.flags == ("memfd",)
+    assert (p.binary_dev, p.binary_ino, p.mnt_ns) == (1, 77, 4026531841)
+    fork(cache, 201, 200, 11 * SEC)  # a fork shares the image: same file, same flags
+    child = proc(cache, 201)
+    assert (child.binary_dev, child.binary_ino, child.mnt_ns) == (1, 77, 4026531841)
+    assert "memfd" in child.flags
+    assert (
+        "deleted"
+        in exec_(cache, 202, 100, 12 * SEC, 12 * SEC, b"/tmp/x", flags=EXEC_DELETED).process.flags
+    )
+
+
+def test_a_binary_unlinked_after_the_exec_is_flagged_from_its_next_event_on(
+    cache_clock: tuple[ProcessCache, FakeClock],
+) -> None:
+    cache, _ = cache_clock
+    assert "deleted" not in exec_(cache, 300, 100, 10 * SEC, 10 * SEC, b"/tmp/y").process.flags
+    t = task(300, 100, 10 * SEC, 11 * SEC)
+    t.flags = TASK_EXE_DELETED
+    assert "deleted" in cache.context(t).process.flags
+    # at exit the kernel no longer knows (no mm), the cache still does
+    assert "deleted" in exit_(cache, 300, 100, 10 * SEC, 12 * SEC).process.flags
+    bootstrap = snap(400, 1, 1 * SEC, b"/tmp/z", (b"z",))
+    cache.bootstrap([replace(bootstrap, binary_flags=("deleted",), binary_ino=5)])
+    assert proc(cache, 400).flags == ("procfs", "deleted")
+    assert proc(cache, 400).binary_ino == 5

@@ -62,6 +62,7 @@ def btf_structs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
 _ENUMS = (
     "tr_kind",
     "tr_exec_flags",
+    "tr_task_flags",
     "tr_stat",
     "tr_pkind",
     "tr_field",
@@ -204,7 +205,10 @@ def test_record_kinds_flags_and_counters(btf_structs: dict[str, dict[str, object
         "TR_EXEC_TRUNC_PATH": decode.EXEC_TRUNC_PATH,
         "TR_EXEC_TRUNC_CWD": decode.EXEC_TRUNC_CWD,
         "TR_EXEC_NO_MM": decode.EXEC_NO_MM,
+        "TR_EXEC_MEMFD": decode.EXEC_MEMFD,
+        "TR_EXEC_DELETED": decode.EXEC_DELETED,
     }
+    assert _enum(btf_structs, "tr_task_flags") == {"TR_TASK_EXE_DELETED": decode.TASK_EXE_DELETED}
     assert _enum(btf_structs, "tr_file_flags") == {
         "TR_FILE_TRUNC_PATH": decode.FILE_TRUNC_PATH,
         "TR_FILE_UNRESOLVED": decode.FILE_UNRESOLVED,
@@ -221,8 +225,15 @@ def test_record_kinds_flags_and_counters(btf_structs: dict[str, dict[str, object
         "TR_CGROUP_MKDIR": decode.CGROUP_MKDIR,
         "TR_CGROUP_RMDIR": decode.CGROUP_RMDIR,
     }
-    # Every hook the programs can name has a name in the decoder.
-    assert sorted(_enum(btf_structs, "tr_hook").values()) == sorted(decode.HOOK_NAMES)
+    # Every hook the programs can name has a name in the decoder; the bits
+    # or'ed into a hook (how the call was made) are decoded apart, and no
+    # base id reaches them.
+    hooks = _enum(btf_structs, "tr_hook")
+    via = {hooks[f"TR_HOOK_{name.upper()}"]: name for name in decode.HOOK_VIA.values()}
+    assert via == decode.HOOK_VIA
+    base = sorted(v for v in hooks.values() if v not in via)
+    assert base == sorted(decode.HOOK_NAMES)
+    assert max(base) < min(via)
 
 
 def test_policy_enums(btf_structs: dict[str, dict[str, object]]) -> None:

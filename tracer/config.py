@@ -32,6 +32,19 @@ DEFAULT_BPF_DIR = Path(__file__).resolve().parent.parent / "build" / "bpf"
 PROCESS_HOOKS = ("auto", "tp_btf", "raw_tp")
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 as [::1]:PORT) into (host, port); ValueError naming the problem."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"--metrics-listen wants HOST:PORT (e.g. 0.0.0.0:9464), not {text!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _listen(text: str) -> str:
+    parse_listen(text)
+    return text
+
+
 def _bpf_dir() -> Path:
     return Path(os.environ.get("TRACER_BPF_DIR", DEFAULT_BPF_DIR))
 
@@ -144,7 +157,8 @@ class Config:
         flag="--policy",
         parse=Path,
         repeat=True,
-        help="policy file or directory of *.yaml (repeatable); SIGHUP re-reads them",
+        help="policy file or directory of *.yaml (repeatable); re-read when the files "
+        "change, and on SIGHUP",
     )
     control_socket: Path = option(
         control.DEFAULT_SOCKET, flag="--control-socket", parse=Path, help="root-only control socket"
@@ -157,6 +171,13 @@ class Config:
         "(default: the in-cluster config when in a pod, else none)",
     )
     event_log: EventLogConfig | None = field(default_factory=EventLogConfig)  # None: no log
+    metrics_listen: str | None = option(  # None: off
+        None,
+        flag="--metrics-listen",
+        parse=_listen,
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz over HTTP here (default: off)",
+    )
     redact: bool = True  # --no-redact
     redact_rules: Path | None = option(  # None: the default rules (enrich/redact.py)
         None,
@@ -192,6 +213,11 @@ class Config:
             raise ConfigError("--redact-rules and --no-redact are alternatives")
         if self.kubeconfig is not None and not self.kubeconfig.is_file():
             raise ConfigError(f"--kubeconfig {self.kubeconfig} is not a file")
+        if self.metrics_listen is not None:
+            try:
+                parse_listen(self.metrics_listen)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         for problem in [
             *(self.event_log.problems() if self.event_log else []),
             *(self.grpc.problems() if self.grpc else []),

@@ -10,6 +10,7 @@ with its own server threads (export/grpc_server.py).
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 import signal
 import sys
@@ -35,7 +36,7 @@ from export import (
 from export.eventlog import EventLog
 from export.grpc_server import GrpcServer
 from export.hub import Hub
-from policy import PolicyError, PolicyMaps, PolicyStore
+from policy import Fingerprint, PolicyError, PolicyMaps, PolicyStore, fingerprint
 from tracer import __version__, control, heap
 from tracer.config import Config
 from tracer.core import system
@@ -51,8 +52,10 @@ from tracer.core.loader import (
     choose_capture_mode,
 )
 from tracer.core.probe import probe
+from tracer.metrics import MetricsServer
 from tracer.pipeline import Pipeline
-from tracer.status import CaptureState, DaemonStatus
+from tracer.sdnotify import Notifier
+from tracer.status import CaptureState, DaemonStatus, unready
 
 _log = structlog.get_logger(component="daemon")
 # How often freed C heap goes back to the kernel after start-up: often
@@ -194,6 +197,8 @@ class Daemon:
         self._reloader: _Reloader | None = None
         self._policies: PolicyStore | None = None
         self._sensor: Sensor | None = None
+        self._policy_files: Fingerprint = ()
+        self._notifier = Notifier()
 
     # Signal handlers only set flags. Logging here could deadlock: the
     # handler runs between two bytecodes of the main thread, possibly while
@@ -206,11 +211,12 @@ class Daemon:
         self._reload = True
 
     def _reload_policies(self) -> None:
-        """SIGHUP (on the reload thread): re-read the policy paths; on any error the old set
-        stays."""
+        """SIGHUP or a changed policy file (on the reload thread): re-read the policy
+        paths; on any error the old set stays."""
         if self._policies is None or not self.config.policy_paths:
-            _log.info("SIGHUP: no policy paths to reload")
+            _log.info("reload: no policy paths to reload")
             return
+        self._policy_files = fingerprint(self.config.policy_paths)
         try:
             self._policies.apply_paths(self.config.policy_paths)
         except (PolicyError, OSError) as exc:
@@ -389,6 +395,7 @@ class Daemon:
                 lambda: clock.wall(clock.now_boot()),
                 capacity=cfg.queue_capacity,
                 subscriber_capacity=cfg.grpc.queue_capacity,
+                subscriber_bytes=cfg.grpc.queue_bytes,
                 # Each listener bounds its own; the hub only backs them up.
                 max_subscribers=cfg.grpc.max_subscribers * cfg.grpc.listeners,
             )
@@ -402,21 +409,43 @@ class Daemon:
             hub=hub,
             events=pipeline.events,
         )
+        self._state.outputs = _outputs(pipeline.sinks)
+        self._state.cache = cache
+        self._state.pods = enrichment.watcher
         losses: _LossReporter | None = None
         ctl: control.ControlServer | None = None
+        metrics: MetricsServer | None = None
         try:
+            if cfg.metrics_listen is not None:
+                # Bound before any BPF is loaded: a port in use fails fast.
+                # Served from now on: /healthz and /readyz answer during start-up.
+                metrics = MetricsServer(cfg.metrics_listen, self._state)
+                metrics.start()
             if hub is not None:
                 assert cfg.grpc is not None
                 # Bound before any BPF is loaded: a socket in use fails fast.
                 server = GrpcServer(cfg.grpc, hub, DaemonStatus(self._state), self)
-            with capture_sensor(
-                cfg.bpf_dir, variant, mode, cfg.ringbuf_size, cfg.uid_budget
-            ) as sensor:
+            # Scrapes stop before the sensor (its maps and programs) is freed.
+            scrapes = contextlib.closing(metrics) if metrics else contextlib.nullcontext()
+            with (
+                capture_sensor(
+                    cfg.bpf_dir, variant, mode, cfg.ringbuf_size, cfg.uid_budget
+                ) as sensor,
+                scrapes,
+            ):
                 self._sensor = sensor
+                if sensor.gaps:
+                    _log.warning(
+                        "this capture mode cannot see every open and connect",
+                        capture_mode=mode,
+                        gaps=sensor.gaps,
+                    )
                 maps = PolicyMaps(sensor.obj)
                 self._policies = store = PolicyStore(maps, lsm_active=mode == "lsm")
                 pipeline.verdicts = store
+                self._state.policies = store
                 if cfg.policy_paths:
+                    self._policy_files = fingerprint(cfg.policy_paths)
                     store.apply_paths(cfg.policy_paths)
                 self._reloader = _Reloader(self._reload_policies)
                 # Attached first, then /proc: a process that starts in between
@@ -445,8 +474,10 @@ class Daemon:
                     procfs_processes=n,
                     node=cfg.node,
                 )
+                self._state.capturing = True
                 status = self._loop(sensor, pipeline, losses)
                 self._state.stopping = True
+                self._notifier.notify("STOPPING=1", "STATUS=stopping: draining the outputs")
                 if server is not None:
                     server.stopping()
                 self._drain(sensor, pipeline)
@@ -462,6 +493,9 @@ class Daemon:
         finally:
             if self._reloader is not None:
                 self._reloader.stop()
+            if metrics is not None:
+                metrics.close()
+            self._notifier.close()
             enrichment.close()
             if ctl is not None:
                 ctl.close()
@@ -507,6 +541,10 @@ class Daemon:
         next_report = time.monotonic() + interval
         next_trim = time.monotonic() + _TRIM_INTERVAL_S
         state = self._state
+        notifier = self._notifier
+        notified_ready = not notifier.enabled
+        watchdog_s = notifier.watchdog_s
+        next_watchdog = time.monotonic()
         while not self._stop:
             pipeline.feed(sensor.ringbuf.poll(self.config.poll_ms))
             if self._reload:
@@ -514,9 +552,23 @@ class Daemon:
                 assert self._reloader is not None
                 self._reloader.request()
             now = time.monotonic()
-            state.last_poll = now  # GetHealth: the loop is alive
+            state.last_poll = now  # GetHealth, /healthz: the loop is alive
+            if watchdog_s is not None and now >= next_watchdog:
+                next_watchdog = now + watchdog_s
+                notifier.notify("WATCHDOG=1")
+            if not notified_ready and not unready(state):
+                notified_ready = True
+                notifier.notify("READY=1", "STATUS=capturing")
             if now >= next_report:
                 next_report = now + interval
+                if self.config.policy_paths:
+                    files = fingerprint(self.config.policy_paths)
+                    if files != self._policy_files:
+                        # Once per change: the reload thread reads what is there then.
+                        self._policy_files = files
+                        _log.info("policy files changed: reloading")
+                        assert self._reloader is not None
+                        self._reloader.request()
                 losses.report()
                 pipeline.cache.expire()
                 if now >= next_trim:

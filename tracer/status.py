@@ -12,8 +12,11 @@ import platform
 import time
 from dataclasses import dataclass, field
 
+from enrich import PodWatcher, ProcessCache
+from export import Sink
 from export.hub import Hub
 from export.proto_gen import tracer_v1_pb2 as pb
+from policy import PolicyStore
 from tracer import __version__
 from tracer.core.loader import Sensor
 
@@ -39,6 +42,39 @@ class CaptureState:
     events: collections.Counter[str] = field(default_factory=collections.Counter)
     # Totals of events dropped in user space, by output name, then kind.
     daemon_lost: dict[str, collections.Counter[str]] = field(default_factory=dict)
+    # What /metrics and /readyz read besides the above (tracer/metrics.py).
+    outputs: list[Sink] = field(default_factory=list)  # each writer on its own
+    cache: ProcessCache | None = None
+    pods: PodWatcher | None = None  # None: no cluster configured
+    policies: PolicyStore | None = None
+    capturing: bool = False  # the capture loop has started
+
+
+def alive(s: CaptureState) -> bool:
+    """The capture loop turned within STALLED_AFTER_S (it turns every poll, 10 ms)."""
+    return time.monotonic() - s.last_poll <= STALLED_AFTER_S
+
+
+def unready(s: CaptureState) -> list[str]:
+    """Why the daemon is not ready to report events; empty when it is.
+
+    Ready: every program attached and the loop capturing, every output open,
+    and the node's pods listed once when a cluster is configured (before
+    that, events would lack their pod).
+    """
+    problems = []
+    if s.stopping:
+        problems.append("stopping")
+    if s.sensor is None or not s.capturing:
+        problems.append("programs not attached yet")
+    for out in s.outputs:
+        if out.error is not None:
+            problems.append(f"output {out.name} failed: {out.error}")
+    if s.pods is not None and not s.pods.ready.is_set():
+        problems.append("pod watch not synced yet (no pod list from the API server)")
+    if not alive(s):
+        problems.append(f"capture loop stalled (no turn in {STALLED_AFTER_S:.0f} s)")
+    return problems
 
 
 def _subscribers(s: CaptureState) -> int:

@@ -45,6 +45,7 @@ VM_SUITE = (
     "tests/test_policy_selectors.py",
     "tests/test_evasion_net.py",
     "tests/test_process_events.py",
+    "tests/test_evasion.py",
 )
 LSM_CMDLINE = "lsm=lockdown,capability,landlock,yama,bpf lockdown=integrity"
 HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "xz-utils", "kmod")

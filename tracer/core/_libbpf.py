@@ -76,6 +76,8 @@ def load() -> ctypes.CDLL:
     _declare(lib, "ring_buffer__add", i, vp, i, SAMPLE_FN, vp)
     _declare(lib, "ring_buffer__free", None, vp)
     _declare(lib, "libbpf_strerror", i, i, cp, sz)
+    _declare(lib, "libbpf_find_vmlinux_btf_id", i, cp, i)
+    _declare(lib, "bpf_obj_get_info_by_fd", i, i, vp, ctypes.POINTER(u32))
     return lib
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
+import mmap
 import os
 import platform
 import select
+import struct
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -101,6 +104,8 @@ def _on_print(level: int, fmt: bytes | None, va_list: int | None) -> int:
 def lib() -> ctypes.CDLL:
     """The loaded libbpf, with its log routed to structlog (loaded once)."""
     global _lib, _held, _libc, _print_cb
+    if _lib is not None:  # every map lookup comes here: no lock once loaded
+        return _lib
     with _lib_lock:
         if _lib is None:
             lib = _libbpf.load()
@@ -132,6 +137,19 @@ def num_possible_cpus() -> int:
     if n < 0:
         raise LibbpfError("libbpf_num_possible_cpus", -n, [])
     return n
+
+
+# enum bpf_attach_type values that name what libbpf_find_vmlinux_btf_id
+# looks for: a tracepoint's btf_trace_ typedef, or a function.
+_BTF_TARGETS = {"tp_btf": 23, "function": 24}  # BPF_TRACE_RAW_TP, BPF_TRACE_FENTRY
+
+
+def vmlinux_has(target: str, name: str) -> bool:
+    """Whether the running kernel's BTF has the tracepoint (target "tp_btf")
+    or the function (target "function") `name`: a program the kernel lacks
+    must be disabled before load, or the whole object fails."""
+    with quiet():
+        return bool(lib().libbpf_find_vmlinux_btf_id(name.encode(), _BTF_TARGETS[target]) > 0)
 
 
 class _Call:
@@ -179,6 +197,20 @@ class Link:
             self._ptr = None
 
 
+# struct bpf_prog_info (uapi/linux/bpf.h) up to and including run_cnt
+# (Linux 5.1): run_time_ns at byte 192, run_cnt at 200. A shorter info_len
+# than the kernel's struct is accepted; the kernel fills what fits.
+_RUN_STATS = struct.Struct("<QQ")
+_RUN_STATS_OFFSET = 192
+_PROG_INFO_LEN = _RUN_STATS_OFFSET + _RUN_STATS.size
+
+
+@dataclass(frozen=True, slots=True)
+class RunStats:
+    run_time_ns: int
+    run_cnt: int
+
+
 class Program:
     def __init__(self, ptr: int) -> None:
         self._ptr = ptr
@@ -194,6 +226,20 @@ class Program:
     def fd(self) -> int:
         fd: int = lib().bpf_program__fd(self._ptr)
         return fd
+
+    def run_stats(self) -> RunStats:
+        """The kernel's run time and run count of this loaded program.
+
+        Both stay 0 unless run-time stats are on (the sysctl
+        kernel.bpf_stats_enabled=1, or a BPF_ENABLE_STATS fd held open):
+        the kernel counts them only then, since timing every run costs.
+        """
+        buf = ctypes.create_string_buffer(_PROG_INFO_LEN)
+        size = ctypes.c_uint32(_PROG_INFO_LEN)
+        with _Call(f"program info of {self.name}") as c:
+            c.check_int(lib().bpf_obj_get_info_by_fd(self.fd, buf, ctypes.byref(size)))
+        run_time_ns, run_cnt = _RUN_STATS.unpack_from(buf.raw, _RUN_STATS_OFFSET)
+        return RunStats(run_time_ns, run_cnt)
 
     def _attach(self, what: str, fn: Callable[[], int | None]) -> Link:
         with _Call(f"attach {self.name} ({what})") as c:
@@ -339,6 +385,41 @@ class BpfObject:
 _BATCH_FULL = -_errno.ENOSPC
 # The callback's context: which ring a record came from.
 _MAIN, _FIRST = 0, 1
+
+
+class RingPositions:
+    """How full a BPF ring buffer is, read from its consumer and producer positions.
+
+    The kernel exposes both counters in the map's first two pages (the
+    consumer's, then the producer's); they are mapped read-only here, so
+    reading them is two loads and never a syscall, and nothing this side
+    can move the reader's position.
+    """
+
+    def __init__(self, m: Map) -> None:
+        page = mmap.PAGESIZE
+        self.size = m.max_entries
+        self._mem: mmap.mmap | None = mmap.mmap(
+            m.fd, 2 * page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0
+        )
+        self._page = page
+
+    def used(self) -> int:
+        """Bytes written by the programs and not yet consumed (headers included)."""
+        mem = self._mem
+        if mem is None:
+            return 0
+        consumer: int = _POS.unpack_from(mem, 0)[0]
+        producer: int = _POS.unpack_from(mem, self._page)[0]
+        return max(0, min(self.size, producer - consumer))
+
+    def close(self) -> None:
+        if self._mem is not None:
+            mem, self._mem = self._mem, None
+            mem.close()
+
+
+_POS = struct.Struct("<Q")
 
 
 class RingBuffer:

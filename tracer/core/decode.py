@@ -40,6 +40,11 @@ EXEC_TRUNC_ARGS = 1 << 0
 EXEC_TRUNC_PATH = 1 << 1
 EXEC_TRUNC_CWD = 1 << 2
 EXEC_NO_MM = 1 << 3
+EXEC_MEMFD = 1 << 4
+EXEC_DELETED = 1 << 5
+
+# enum tr_task_flags
+TASK_EXE_DELETED = 1 << 0
 
 FILE_TRUNC_PATH = 1 << 0
 FILE_UNRESOLVED = 1 << 1
@@ -81,34 +86,49 @@ HOOK_NAMES = {
     11: "kprobe/security_socket_connect",
     12: "fexit/do_sys_openat2",
     13: "kretprobe/do_sys_openat2",
-    14: "tracepoint/inet_sock_set_state",
-    15: "tracepoint/sys_exit_sendto",
-    16: "tracepoint/sys_exit_sendmsg",
-    17: "lsm/socket_sendmsg",
-    18: "fentry/security_socket_sendmsg",
-    19: "kprobe/security_socket_sendmsg",
-    20: "tracepoint/sys_exit_rename",
-    21: "tracepoint/sys_exit_renameat",
-    22: "tracepoint/sys_exit_renameat2",
-    23: "tracepoint/sys_exit_link",
-    24: "tracepoint/sys_exit_linkat",
-    25: "tracepoint/sys_exit_symlink",
-    26: "tracepoint/sys_exit_symlinkat",
-    27: "lsm/path_rename",
-    28: "lsm/path_link",
-    29: "lsm/path_symlink",
-    30: "fentry/security_path_rename",
-    31: "fentry/security_path_link",
-    32: "fentry/security_path_symlink",
-    33: "kprobe/security_path_rename",
-    34: "kprobe/security_path_link",
-    35: "kprobe/security_path_symlink",
+    # io_uring requests and 32-bit syscalls, which the syscall tracepoints miss
+    14: "tp_btf/io_uring_complete",
+    15: "tp_btf/inet_sock_set_state",
+    16: "tp_btf/sys_exit",
+    17: "fexit/io_openat2",
+    18: "kretprobe/io_openat2",
+    19: "tp_btf/io_uring_submit_req",
+    20: "tp_btf/io_uring_submit_sqe",
+    21: "tracepoint/inet_sock_set_state",
+    22: "tracepoint/sys_exit_sendto",
+    23: "tracepoint/sys_exit_sendmsg",
+    24: "lsm/socket_sendmsg",
+    25: "fentry/security_socket_sendmsg",
+    26: "kprobe/security_socket_sendmsg",
+    27: "tracepoint/sys_exit_rename",
+    28: "tracepoint/sys_exit_renameat",
+    29: "tracepoint/sys_exit_renameat2",
+    30: "tracepoint/sys_exit_link",
+    31: "tracepoint/sys_exit_linkat",
+    32: "tracepoint/sys_exit_symlink",
+    33: "tracepoint/sys_exit_symlinkat",
+    34: "lsm/path_rename",
+    35: "lsm/path_link",
+    36: "lsm/path_symlink",
+    37: "fentry/security_path_rename",
+    38: "fentry/security_path_link",
+    39: "fentry/security_path_symlink",
+    40: "kprobe/security_path_rename",
+    41: "kprobe/security_path_link",
+    42: "kprobe/security_path_symlink",
 }
+# Bits or'ed into the hook: how the program made the call when not through
+# its 64-bit syscall. The name is prefixed, e.g. "io_uring:lsm/file_open".
+HOOK_VIA = {1 << 8: "io_uring", 1 << 9: "ia32"}
+_HOOK_BASE_MASK = 0xFF
 
 
 def hook_name(hook: int) -> str:
-    name = HOOK_NAMES.get(hook)
-    return name if name is not None else str(hook)
+    name = HOOK_NAMES.get(hook & _HOOK_BASE_MASK)
+    via = [v for bit, v in HOOK_VIA.items() if hook & bit]
+    if name is None or hook & ~(_HOOK_BASE_MASK | sum(HOOK_VIA)):
+        return str(hook)
+    return ":".join([*via, name])
 
 
 AUID_UNSET = 0xFFFFFFFF
@@ -129,6 +149,8 @@ TASK_FIELDS = (
     ("egid", "I"),
     ("auid", "I"),
     ("comm", "16s"),
+    ("flags", "I"),
+    ("pad", "I"),
 )
 VERDICT_FIELDS = (("policy_id", "I"), ("rule", "H"), ("action", "B"), ("pad", "B"))
 EXEC_TAIL_FIELDS = (
@@ -136,6 +158,9 @@ EXEC_TAIL_FIELDS = (
     ("path_len", "H"),
     ("cwd_len", "H"),
     ("args_len", "I"),
+    ("binary_dev", "I"),
+    ("binary_ino", "Q"),
+    ("mnt_ns", "I"),
     ("pad", "I"),
 )
 EXIT_TAIL_FIELDS = (("exit_code", "I"), ("pad", "I"))
@@ -236,6 +261,7 @@ class Task:
     egid: int
     auid: int | None
     comm: bytes
+    flags: int = 0  # TASK_*
 
 
 @dataclass(slots=True, frozen=True)
@@ -258,6 +284,9 @@ class ExecRecord:
     args: tuple[bytes, ...]
     flags: int
     verdict: Verdict = NO_VERDICT
+    binary_dev: int = 0  # st_dev of the executable
+    binary_ino: int = 0
+    mnt_ns: int = 0  # inode number of the mount namespace
 
     @property
     def args_truncated(self) -> bool:
@@ -331,8 +360,8 @@ Record = ExecRecord | ForkRecord | ExitRecord | FileOpenRecord | ConnectRecord |
 
 
 def _task(buf: bytes) -> Task:
-    (ktime, start, cgid, tgid, tid, ppid, uid, euid, gid, egid, auid, comm) = TASK.unpack_from(
-        buf, TASK_OFFSET
+    (ktime, start, cgid, tgid, tid, ppid, uid, euid, gid, egid, auid, comm, flags, _) = (
+        TASK.unpack_from(buf, TASK_OFFSET)
     )
     return Task(
         ktime,
@@ -347,6 +376,7 @@ def _task(buf: bytes) -> Task:
         egid,
         None if auid == AUID_UNSET else auid,
         comm.split(b"\0", 1)[0],
+        flags,
     )
 
 
@@ -387,7 +417,9 @@ def decode(buf: bytes) -> Record:
     if kind == KIND_EXEC:
         if size < EXEC_DATA_OFFSET:
             raise WireError(f"exec record of {size} bytes is too short")
-        flags, plen, clen, alen, _ = EXEC_TAIL.unpack_from(buf, EXEC_TAIL_OFFSET)
+        flags, plen, clen, alen, dev, ino, mnt_ns, _ = EXEC_TAIL.unpack_from(
+            buf, EXEC_TAIL_OFFSET
+        )
         end = EXEC_DATA_OFFSET + plen + clen + alen
         if end > size:
             raise WireError(f"exec record strings overrun the record ({end} > {size})")
@@ -399,6 +431,9 @@ def decode(buf: bytes) -> Record:
             split_args(buf[p + plen + clen : end]),
             flags,
             _verdict(buf),
+            dev,
+            ino,
+            mnt_ns,
         )
     if kind == KIND_FORK:
         if size < FORK_SIZE:

@@ -68,6 +68,14 @@ class Process:
     parent_exec_id: str | None
     flags: tuple[str, ...]
     cgroup_id: int
+    # The executable's identity: st_dev (new_encode_dev, as stat gives it)
+    # and inode, which tell a file apart from one mounted over its path;
+    # and the mount namespace (its inode number) the path is resolved in.
+    # None when unknown (a process seen only by a fork, a /proc entry
+    # that could not be read).
+    binary_dev: int | None = None
+    binary_ino: int | None = None
+    mnt_ns: int | None = None
     # None on the host (outside containers / pods); set at event time by enrich.Enricher.
     container: Container | None = None
     pod: Pod | None = None
