@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from capture import MODES
 from conftest import Daemon, Event, new_marker
+from factories import policy_json
 
 from tracer import control
 
@@ -148,7 +149,7 @@ def test_io_uring_open_is_reported(
     assert f["path"] == str(secret) and f["resolved"] is True
     assert f["flags"] == ["O_RDONLY"] and f["result"] >= 0
     assert f["hook"] == open_hook(mode, "io_uring")
-    assert ev["policy"] == {"name": "t-evasion", "rule": 0, "action": "post"}
+    assert ev["policy"] == policy_json("t-evasion", 0, "post")
     edaemon.sync()
     assert len(edaemon.matching(by_marker("file_open", marker))) == 1
 
@@ -164,7 +165,7 @@ def test_io_uring_reader_is_killed_before_it_reads(
     assert r.returncode == -9, r
     assert r.stdout == ""
     ev = edaemon.wait_for(by_marker("file_open", marker))
-    assert ev["policy"] == {"name": "t-evasion", "rule": 0, "action": "sigkill"}
+    assert ev["policy"] == policy_json("t-evasion", 0, "sigkill")
     assert ev["file_open"]["path"] == str(secret)
 
 
@@ -314,7 +315,7 @@ def test_io_uring_connect_is_reported(
     c = ev["connect"]
     assert c["daddr"] == "127.0.0.1" and c["dport"] == srv.port and c["protocol"] == "TCP"
     assert c["hook"] == connect_hook(mode, "io_uring")
-    assert ev["policy"] == {"name": "t-evasion", "rule": 0, "action": "post"}
+    assert ev["policy"] == policy_json("t-evasion", 0, "post")
 
 
 def test_io_uring_connect_sigkill(edaemon: Daemon, ctl: Path, bins: dict[str, Path]) -> None:

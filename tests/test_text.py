@@ -206,6 +206,8 @@ def pack_task(**overrides: int | bytes) -> bytes:
         v["egid"],
         v["auid"],
         v["comm"],
+        v.get("flags", 0),
+        0,  # pad
     )
 
 
@@ -213,7 +215,8 @@ def pack_exec(
     path: bytes, cwd: bytes, args: bytes, flags: int = 0, pad_to: int = 8, **task: int | bytes
 ) -> bytes:
     verdict = VERDICT.pack(0, 0, 0, 0)
-    body = pack_task(**task) + verdict + EXEC_TAIL.pack(flags, len(path), len(cwd), len(args), 0)
+    tail = EXEC_TAIL.pack(flags, len(path), len(cwd), len(args), 0, 0, 0, 0)
+    body = pack_task(**task) + verdict + tail
     body += path + cwd + args
     size = HDR.size + len(body)
     rec = HDR.pack(KIND_EXEC, size) + body
@@ -320,8 +323,8 @@ def test_decode_rejects_records_too_short_for_their_kind(kind: int, minimum: int
 def test_decode_rejects_exec_strings_that_overrun_the_record() -> None:
     raw = bytearray(pack_exec(b"/bin/ls", b"/", b"ls\0", pad_to=1))
     # Claim one more byte of args than the record holds.
-    flags, plen, clen, alen, pad = EXEC_TAIL.unpack_from(raw, wire.EXEC_TAIL_OFFSET)
-    EXEC_TAIL.pack_into(raw, wire.EXEC_TAIL_OFFSET, flags, plen, clen, alen + 1, pad)
+    flags, plen, clen, alen, *rest = EXEC_TAIL.unpack_from(raw, wire.EXEC_TAIL_OFFSET)
+    EXEC_TAIL.pack_into(raw, wire.EXEC_TAIL_OFFSET, flags, plen, clen, alen + 1, *rest)
     with pytest.raises(WireError, match="overrun"):
         wire.decode(bytes(raw))
 
@@ -329,8 +332,8 @@ def test_decode_rejects_exec_strings_that_overrun_the_record() -> None:
 def test_decode_exec_string_lengths_are_bounded_by_size_not_by_padding() -> None:
     # Padding after `size` must not be read as strings.
     raw = bytearray(pack_exec(b"/bin/ls", b"/", b"ls\0", pad_to=64))
-    flags, plen, clen, alen, pad = EXEC_TAIL.unpack_from(raw, wire.EXEC_TAIL_OFFSET)
-    EXEC_TAIL.pack_into(raw, wire.EXEC_TAIL_OFFSET, flags, plen, clen, alen + 1, pad)
+    flags, plen, clen, alen, *rest = EXEC_TAIL.unpack_from(raw, wire.EXEC_TAIL_OFFSET)
+    EXEC_TAIL.pack_into(raw, wire.EXEC_TAIL_OFFSET, flags, plen, clen, alen + 1, *rest)
     assert len(raw) > HDR.unpack_from(raw)[1] + 1
     with pytest.raises(WireError, match="overrun"):
         wire.decode(bytes(raw))

@@ -86,6 +86,8 @@ tar -C "$work/root" --sort=name --mtime="@$SOURCE_DATE_EPOCH" --clamp-mtime \
     -cf "$work/rootfs.tar" .
 rm -f "$CACHE"/tracer-*.tar
 mv "$work/rootfs.tar" "$tarball"
+# The image this tag named until now, removed once nothing names it.
+previous=$(podman image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
 podman import \
     --change "LABEL tracer.key=$image_key" \
     --change 'ENV TRACER_BPF_DIR=/opt/tracer/bpf' \
@@ -93,5 +95,8 @@ podman import \
     --change 'ENTRYPOINT ["/opt/tracer/venv/bin/tracer"]' \
     --change 'CMD ["run"]' \
     "$tarball" "$TAG" >&2
+if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$TAG")" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 podman image inspect --format '{{.Id}} {{.Size}}' "$TAG" | tr '\n' ' '
 echo "$tarball"
