@@ -44,6 +44,10 @@ JsonDict = dict[str, Any]
 _log = structlog.get_logger(component="export")
 
 
+# Bytes each cache of serialized processes may hold before it starts over.
+CACHE_BYTES = 16 << 20
+
+
 class _ProcessJson:
     """The serialized JSON of the processes of events, made once per object.
 
@@ -61,6 +65,10 @@ class _ProcessJson:
         self._contexts: dict[int, tuple[ProcessEvent, bytes]] = {}
         self._limit = limit
         self._context_limit = contexts
+        # Bounded in bytes too: a user can give a process megabytes of
+        # arguments and a deep ancestry (a 4 MiB context each).
+        self._cache_bytes = 0
+        self._context_bytes = 0
 
     def get(self, p: Process) -> bytes:
         hit = self._cache.get(p.exec_id)
@@ -69,9 +77,11 @@ class _ProcessJson:
         # orjson's result keeps its 4 KiB working buffer; a copy of the
         # bytes is ~300 bytes. Without it 5,000 processes cost 35 MiB more.
         data = memoryview(orjson.dumps(process_dict(p))).tobytes()
-        if len(self._cache) >= self._limit:
+        if len(self._cache) >= self._limit or self._cache_bytes + len(data) > CACHE_BYTES:
             self._cache.clear()
+            self._cache_bytes = 0
         self._cache[p.exec_id] = (p, data)
+        self._cache_bytes += len(data)
         return data
 
     def context(self, ev: ProcessEvent) -> bytes:
@@ -92,8 +102,13 @@ class _ProcessJson:
             parts += (b',"parent":', get(ev.parent))
         parts += (b',"ancestors":[', b",".join([get(a) for a in ev.ancestors]), b"]")
         data = b"".join(parts)
-        if len(self._contexts) >= self._context_limit:
+        if (
+            len(self._contexts) >= self._context_limit
+            or self._context_bytes + len(data) > CACHE_BYTES
+        ):
             self._contexts.clear()
+            self._context_bytes = 0
+        self._context_bytes += len(data)
         # The event holds its process, so the id cannot be reused while cached.
         self._contexts[id(ev.process)] = (ev, data)
         return data

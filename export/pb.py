@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from export.jsonl import CACHE_BYTES
 from export.proto_gen import tracer_v1_pb2 as pb
 from tracer.core.events import (
     Connect,
@@ -178,9 +179,11 @@ class Encoder:
         self._procs: dict[str, tuple[Process, bytes]] = {}
         self._cut: dict[str, tuple[Process, bytes]] = {}
         self._limit = limit
+        # Bytes held by each cache, by id(cache): bounded in bytes too.
+        self._held: dict[int, int] = {}
 
-    @staticmethod
     def _get(
+        self,
         cache: dict[str, tuple[Process, bytes]],
         p: Process,
         make: Callable[[Process], pb.Process],
@@ -190,9 +193,12 @@ class Encoder:
         if hit is not None and hit[0] is p:
             return hit[1]
         sized = _sized(make(p))
-        if len(cache) >= limit:
+        held = self._held.get(id(cache), 0)
+        if len(cache) >= limit or held + len(sized) > CACHE_BYTES:
             cache.clear()
+            held = 0
         cache[p.exec_id] = (p, sized)
+        self._held[id(cache)] = held + len(sized)
         return sized
 
     def _processes(self, ev: ProcessEvent, total: int) -> list[bytes]:
