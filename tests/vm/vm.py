@@ -43,7 +43,6 @@ VM_SUITE = (
     "tests/test_probe_vm.py",
     "tests/test_policy_events.py",
     "tests/test_policy_selectors.py",
-    "tests/test_evasion_net.py",
     "tests/test_process_events.py",
     "tests/test_evasion.py",
 )
