@@ -98,6 +98,30 @@ def exit_ev(p: Process = LS, time: int = T0) -> ProcessExit:
     )
 
 
+def log_process(
+    pid: int, parent: Process | None, binary: str, t: int, flags: tuple[str, ...] = ()
+) -> Process:
+    """A root process as the event log tests record it: exec_id from pid and start."""
+    return Process(
+        exec_id=f"n1:{t}:{pid}",
+        pid=pid,
+        tid=pid,
+        uid=0,
+        euid=0,
+        gid=0,
+        egid=0,
+        auid=None,
+        user="root",
+        binary=binary,
+        args=(binary.rsplit("/", 1)[-1], f"arg{pid}"),
+        cwd="/",
+        start_time=t,
+        parent_exec_id=parent.exec_id if parent else None,
+        flags=flags,
+        cgroup_id=1,
+    )
+
+
 def file_open_ev(
     p: Process = LS, policy: PolicyMatch | None = None, **kw: Any
 ) -> FileOpen:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from conftest import tracer_cmd
+from factories import log_process
 
 from export import LineFanout, QueuedWriter, RotatingFile, eventlog
 from export.eventlog import EventLog, EventLogConfig
@@ -28,7 +29,6 @@ from tracer.core.events import (
     ExitStatus,
     FileInfo,
     FileOpen,
-    Process,
     ProcessExec,
     ProcessExit,
 )
@@ -36,34 +36,11 @@ from tracer.core.events import (
 T0 = 1_790_000_000_000_000_000  # 2026-09-21, ns
 
 
-def _proc(
-    pid: int, parent: Process | None, binary: str, t: int, flags: tuple[str, ...] = ()
-) -> Process:
-    return Process(
-        exec_id=f"n1:{t}:{pid}",
-        pid=pid,
-        tid=pid,
-        uid=0,
-        euid=0,
-        gid=0,
-        egid=0,
-        auid=None,
-        user="root",
-        binary=binary,
-        args=(binary.rsplit("/", 1)[-1], f"arg{pid}"),
-        cwd="/",
-        start_time=t,
-        parent_exec_id=parent.exec_id if parent else None,
-        flags=flags,
-        cgroup_id=1,
-    )
-
-
 def _chain() -> list[ProcessExec | ProcessExit | FileOpen]:
     """init (from /proc) -> bash -> cat, which reads a file; then exits."""
-    init = _proc(1, None, "/sbin/init", T0 - 10**12, ("procfs",))
-    bash = _proc(100, init, "/usr/bin/bash", T0)
-    cat = _proc(101, bash, "/usr/bin/cat", T0 + 1000)
+    init = log_process(1, None, "/sbin/init", T0 - 10**12, ("procfs",))
+    bash = log_process(100, init, "/usr/bin/bash", T0)
+    cat = log_process(101, bash, "/usr/bin/cat", T0 + 1000)
     fi = FileInfo("/etc/shadow", ("O_RDONLY",), 0, 3, None, "tp", False, True)
     return [
         ProcessExec(time=T0, node="n1", process=bash, parent=init, ancestors=()),
@@ -89,12 +66,12 @@ def _chain() -> list[ProcessExec | ProcessExit | FileOpen]:
 
 
 def _many(n: int) -> list[ProcessExec]:
-    init = _proc(1, None, "/sbin/init", T0 - 10**12, ("procfs",))
+    init = log_process(1, None, "/sbin/init", T0 - 10**12, ("procfs",))
     return [
         ProcessExec(
             time=T0 + i * 1000,
             node="n1",
-            process=_proc(1000 + i, init, "/usr/bin/true", T0 + i * 1000),
+            process=log_process(1000 + i, init, "/usr/bin/true", T0 + i * 1000),
             parent=init,
             ancestors=(),
         )

@@ -22,42 +22,22 @@ from pathlib import Path
 
 import pytest
 from conftest import Daemon, tracer_cmd
+from factories import log_process
 
 from export import ExportFileError, RotatingFile
 from export.eventlog import EventLog, EventLogConfig
 from forensics import store
-from tracer.core.events import FileInfo, FileOpen, Process, ProcessExec
+from tracer.core.events import FileInfo, FileOpen, ProcessExec
 
 T0 = 1_790_000_000_000_000_000
 USER = 1000  # any uid but root's
 
 
-def _proc(pid: int, binary: str, t: int, parent: Process | None = None) -> Process:
-    return Process(
-        exec_id=f"n1:{t}:{pid}",
-        pid=pid,
-        tid=pid,
-        uid=0,
-        euid=0,
-        gid=0,
-        egid=0,
-        auid=None,
-        user="root",
-        binary=binary,
-        args=(binary.rsplit("/", 1)[-1], f"arg{pid}"),
-        cwd="/",
-        start_time=t,
-        parent_exec_id=parent.exec_id if parent else None,
-        flags=(),
-        cgroup_id=1,
-    )
-
-
 def _events(n: int = 40) -> list[ProcessExec | FileOpen]:
-    init = _proc(1, "/sbin/init", T0 - 10**12)
+    init = log_process(1, None, "/sbin/init", T0 - 10**12)
     out: list[ProcessExec | FileOpen] = []
     for i in range(n):
-        p = _proc(100 + i, "/usr/bin/cat", T0 + i * 1000, init)
+        p = log_process(100 + i, init, "/usr/bin/cat", T0 + i * 1000)
         out.append(ProcessExec(time=T0 + i * 1000, node="n1", process=p, parent=init, ancestors=()))
         fi = FileInfo(f"/etc/f{i}", ("O_RDONLY",), 0, 3, None, "tp", False, True)
         out.append(
