@@ -43,7 +43,7 @@ static __always_inline int on_cgroup(struct cgroup *cgrp, const char *path, __u3
 	__u64 size = offsetof(struct tr_cgroup, path) + tr_bound(len, TR_PATH_MAX - 1);
 
 	ev->hdr.size = size;
-	tr_emit(TR_KIND_CGROUP, ev, size);
+	tr_emit_bulk(TR_KIND_CGROUP, ev, size, bpf_get_current_uid_gid() & 0xFFFFFFFF);
 	return 0;
 }
 

@@ -27,11 +27,21 @@
 		__tr_v & (mask);                            \
 	})
 
-/* The only channel to user space. Sized by the loader (--ringbuf-size). */
+/* Two channels to user space. tr_events carries the bulk (exec, fork,
+ * exit, cgroup records: every process makes them, any user can make
+ * thousands a second); tr_selected carries what a policy rule selected
+ * and every enforcement (file_open, connect, an exec a rule acted on),
+ * so that a storm of bulk records cannot crowd them out. Both are sized
+ * by the loader (--ringbuf-size for the bulk ring). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
 } tr_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} tr_selected SEC(".maps");
 
 /* Per kind: records emitted, records lost because the ring buffer was
  * full. Read (and summed over CPUs) by the daemon for `lost` reports. */
@@ -51,24 +61,96 @@ static __always_inline void tr_count(__u32 kind, __u32 stat)
 		*val += 1; /* per-CPU slot: no atomics needed */
 }
 
+/* Settings user space writes after load (slot 0). */
+struct tr_config {
+	__u32 uid_budget; /* bulk records per uid per second; 0: no limit */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tr_config);
+} tr_config SEC(".maps");
+
+/* Bulk records each uid made in the current second while the ring was
+ * behind. LRU: a uid that went quiet ages out, and a fresh one starts
+ * with a whole budget. */
+struct tr_uid_budget {
+	__u64 second;
+	__u64 used;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct tr_uid_budget);
+} tr_uid_budget SEC(".maps");
+
+/* True when `uid` has used up this second's budget of bulk records. The
+ * reset at a new second races with other CPUs, which may let a few more
+ * through; every record refused is counted (TR_STAT_LIMITED). */
+static __always_inline bool tr_uid_over_budget(__u32 uid)
+{
+	__u32 zero = 0;
+	struct tr_config *cfg = bpf_map_lookup_elem(&tr_config, &zero);
+
+	if (!cfg || !cfg->uid_budget)
+		return false;
+	__u64 second = bpf_ktime_get_boot_ns() / 1000000000;
+	struct tr_uid_budget *b = bpf_map_lookup_elem(&tr_uid_budget, &uid);
+
+	if (!b) {
+		struct tr_uid_budget fresh = { .second = second, .used = 1 };
+
+		bpf_map_update_elem(&tr_uid_budget, &uid, &fresh, BPF_NOEXIST);
+		return false;
+	}
+	if (b->second != second) {
+		b->second = second;
+		b->used = 0;
+	}
+	return __sync_fetch_and_add(&b->used, 1) >= cfg->uid_budget;
+}
+
 /* Whether this record should wake the reader. A wake-up per record
  * (flags 0: whenever the reader has caught up) costs the traced task an
  * irq_work and the reader a context switch per event, which made an exec
  * storm 24% slower. So records are added silently; the reader drains on
  * a short timer, and is woken early only once an eighth of the ring is
  * full, which leaves a burst seven eighths of the ring to land in. */
-static __always_inline __u64 tr_wakeup(void)
-{
-	__u64 avail = bpf_ringbuf_query(&tr_events, BPF_RB_AVAIL_DATA);
-	__u64 size = bpf_ringbuf_query(&tr_events, BPF_RB_RING_SIZE);
+#define tr_wakeup(ring)                                                          \
+	(bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >=                            \
+		 bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 8                    \
+	 ? BPF_RB_FORCE_WAKEUP                                                    \
+	 : BPF_RB_NO_WAKEUP)
 
-	return avail >= size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-}
-
-/* Emit `size` bytes of `rec` and count the outcome, so no loss is silent. */
+/* Emit `size` bytes of `rec` into the selected ring and count the
+ * outcome, so no loss is silent. */
 static __always_inline void tr_emit(__u32 kind, void *rec, __u64 size)
 {
-	if (bpf_ringbuf_output(&tr_events, rec, size, tr_wakeup()))
+	if (bpf_ringbuf_output(&tr_selected, rec, size, tr_wakeup(&tr_selected)))
+		tr_count(kind, TR_STAT_RB_DROPPED);
+	else
+		tr_count(kind, TR_STAT_EMITTED);
+}
+
+/* The same into the bulk ring. While it is more than an eighth full (the
+ * reader is behind: the point where it is woken), each uid may add only
+ * its budget of records per second, so that one user's storm cannot fill
+ * it for everyone; below that nothing is limited, and the check costs
+ * nothing. */
+static __always_inline void tr_emit_bulk(__u32 kind, void *rec, __u64 size, __u32 uid)
+{
+	bool behind = bpf_ringbuf_query(&tr_events, BPF_RB_AVAIL_DATA) >=
+		      bpf_ringbuf_query(&tr_events, BPF_RB_RING_SIZE) / 8;
+
+	if (behind && tr_uid_over_budget(uid))
+		tr_count(kind, TR_STAT_LIMITED);
+	else if (bpf_ringbuf_output(&tr_events, rec, size,
+				    behind ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP))
 		tr_count(kind, TR_STAT_RB_DROPPED);
 	else
 		tr_count(kind, TR_STAT_EMITTED);
@@ -273,16 +355,16 @@ static __always_inline __u32 tr_walk_emit(struct tr_walk *w, char *buf, __u32 of
 	if (!w->complete || w->n > TR_PATH_DEPTH)
 		*truncated = true;
 	if (w->n == 0) {
-		buf[off & TR_DATA_MASK] = '/';
+		buf[tr_bound(off, TR_DATA_MASK)] = '/';
 		return 1;
 	}
 	if (!w->complete) {
 		/* The root was not found: the path starts with the gap marker,
 		 * so that no prefix rule takes its top for the root's. */
-		buf[off & TR_DATA_MASK] = '/';
-		buf[(off + 1) & TR_DATA_MASK] = TR_GAP_0;
-		buf[(off + 2) & TR_DATA_MASK] = TR_GAP_1;
-		buf[(off + 3) & TR_DATA_MASK] = TR_GAP_2;
+		buf[tr_bound(off, TR_DATA_MASK)] = '/';
+		buf[tr_bound(off + 1, TR_DATA_MASK)] = TR_GAP_0;
+		buf[tr_bound(off + 2, TR_DATA_MASK)] = TR_GAP_1;
+		buf[tr_bound(off + 3, TR_DATA_MASK)] = TR_GAP_2;
 		w->len = 1 + TR_GAP_LEN;
 	}
 	bpf_loop(TR_PATH_DEPTH, tr_walk_write, &ctx, 0);

@@ -11,11 +11,16 @@
 #define TRACER_FILE_BPF_H
 
 #include "policy.bpf.h"
+#include "origin.bpf.h"
 
 #define TR_O_WRONLY 01
 #define TR_O_RDWR 02
 #define TR_O_CREAT 0100
 #define TR_O_TRUNC 01000
+#define TR_O_EXCL 0200
+#define TR_O_CLOEXEC 02000000
+#define TR_FMODE_WRITE 0x2
+#define TR_FMODE_CREATED (1 << 20)
 
 struct tr_open_args {
 	const char *upath;
@@ -24,7 +29,10 @@ struct tr_open_args {
 	__u16 hook;
 	/* Set by a security hook (hooks.bpf.h) that evaluated the policy on
 	 * the struct file and selected the open: the exit reuses `verdict`. */
-	__u16 selected;
+	__u8 selected;
+	/* open_flags are in user memory (openat2's struct open_how): a
+	 * successful open takes them from the file instead. */
+	__u8 flags_from_file;
 	struct tr_verdict verdict;
 	__u16 seen;  /* io_uring: the security hook ran in this open */
 	__u16 kname; /* upath is the kernel's copy of the name */
@@ -47,7 +55,7 @@ struct {
 struct tr_file_scratch {
 	struct tr_file_open ev;
 	/* tr_write_path masks offsets with TR_DATA_MASK: room behind path. */
-	char slack[TR_DATA_MASK + 1 + TR_NAME_MAX + 1 - TR_PATH_MAX];
+	char slack[TR_DATA_MASK + 1 + TR_NAME_MAX + 1 - 2 * TR_PATH_MAX];
 	struct tr_walk walk;
 };
 
@@ -57,6 +65,18 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tr_file_scratch);
 } tr_file_heap SEC(".maps");
+
+/* Emit a file record whose path (and source) take `used` bytes. The
+ * mask keeps the size provably inside the scratch value. */
+static __always_inline void tr_file_emit(struct tr_file_open *ev, __u32 used)
+{
+	__u64 size = offsetof(struct tr_file_open, path) + tr_bound((__u64)used, 0x3FFF);
+
+	if (size > sizeof(struct tr_file_open))
+		size = sizeof(struct tr_file_open);
+	ev->hdr.size = size;
+	tr_emit(TR_KIND_FILE_OPEN, ev, size);
+}
 
 static __always_inline bool tr_open_writes(__u32 flags)
 {
@@ -73,6 +93,30 @@ static __always_inline struct file *tr_fd_file(struct task_struct *task, long fd
 		return NULL;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	return f;
+}
+
+/*
+ * The flags of an open as the kernel applied them, from the opened file:
+ * f_flags, the fd's close-on-exec bit, O_CREAT when this open created
+ * the file. The kernel clears O_CREAT, O_EXCL and O_TRUNC from f_flags,
+ * so `asked`'s O_TRUNC and O_EXCL are kept: they come from user memory
+ * and a racing thread could only hide them, not add a write the kernel
+ * did not do, since the file's mode decides.
+ */
+static __always_inline __u32 tr_file_open_flags(struct task_struct *task, struct file *f,
+						long fd, __u32 asked)
+{
+	__u32 flags = BPF_CORE_READ(f, f_flags) & ~TR_O_LARGEFILE;
+	__u32 mode = BPF_CORE_READ(f, f_mode);
+	unsigned long *cloexec = BPF_CORE_READ(task, files, fdt, close_on_exec);
+	unsigned long word = 0;
+
+	bpf_probe_read_kernel(&word, sizeof(word), &cloexec[fd / 64]);
+	if ((word >> (fd % 64)) & 1)
+		flags |= TR_O_CLOEXEC;
+	if (mode & TR_FMODE_CREATED)
+		flags |= TR_O_CREAT;
+	return flags | (asked & (TR_O_TRUNC | TR_O_EXCL));
 }
 
 static __always_inline void tr_policy_binary(struct tr_policy_input *in, __u32 tgid)
@@ -157,11 +201,18 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 	ev->mode = a->mode;
 	ev->hook = a->hook;
 	ev->flags = 0;
+	ev->op = TR_FILE_OP_OPEN;
+	ev->source_len = 0;
 	if (ret >= 0) {
 		struct file *f = a->file ? a->file : tr_fd_file(task, ret);
 
 		if (!f)
 			return 0;
+		if (a->flags_from_file) {
+			ev->open_flags = tr_file_open_flags(task, f, ret, a->open_flags);
+			is_write = (BPF_CORE_READ(f, f_mode) & (TR_FMODE_WRITE | TR_FMODE_CREATED)) ||
+				   (ev->open_flags & TR_O_TRUNC);
+		}
 		tr_walk_collect(&s->walk, ev->path, BPF_CORE_READ(f, f_path.mnt),
 				BPF_CORE_READ(f, f_path.dentry));
 		if (!a->selected && tr_path_unselected(cfg, gen, &s->walk, is_write))
@@ -172,11 +223,16 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 		 * the cwd when relative, without resolving `..` or links. */
 		char first = 0;
 
+		/* The kernel's copy of the name (getname's struct filename) is
+		 * freed before any hook that sees the result runs, unless the
+		 * caller kept one (kname). */
 		ev->flags |= TR_FILE_UNRESOLVED;
-		if (a->kname)
+		if (a->kname) {
 			bpf_probe_read_kernel(&first, 1, a->upath);
-		else
+		} else {
+			ev->flags |= TR_FILE_USER_MEMORY;
 			bpf_probe_read_user(&first, 1, a->upath);
+		}
 		if (first != '/') {
 			struct fs_struct *fs = BPF_CORE_READ(task, fs);
 
@@ -222,12 +278,7 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 		return 0;
 	tr_fill_task(&ev->task, task);
 
-	__u64 size = offsetof(struct tr_file_open, path) + len;
-
-	if (size > sizeof(struct tr_file_open))
-		size = sizeof(struct tr_file_open);
-	ev->hdr.size = size;
-	tr_emit(TR_KIND_FILE_OPEN, ev, size);
+	tr_file_emit(ev, len);
 	return 0;
 }
 
@@ -292,12 +343,192 @@ int tr_openat2_exit(struct trace_event_raw_sys_exit *ctx)
 	struct tr_open_args a = {
 		.upath = (const char *)PT_REGS_PARM2_CORE_SYSCALL(regs),
 		.hook = TR_HOOK_TP_OPENAT2,
+		.flags_from_file = 1,
 	};
 
 	bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_CORE_SYSCALL(regs));
 	a.open_flags = how.flags;
 	a.mode = how.mode;
 	return tr_open_finish(ctx->ret, &a);
+}
+
+/*
+ * A new name for a file: rename, link, symlink. The file exists already,
+ * so no open of it happens at the new name: `mv /etc/.x /etc/cron.d/x`
+ * or `ln` into a watched directory would otherwise pass unseen. They are
+ * file_open events (op rename, link or symlink) selected by the same
+ * rules, as writes to the new name.
+ *
+ * At the syscall's exit the kernel has dropped its copies of both names
+ * and there is no tracepoint inside the rename that sees the dentries,
+ * so the new name is the string the program passed, read back from its
+ * memory, joined to the directory of its dirfd or to its cwd (resolved
+ * from the kernel's struct path): `..`, `.` and symlinks inside the
+ * string are not resolved, and a racing thread can change it. Flagged
+ * user_memory and not resolved.
+ */
+#define TR_AT_FDCWD -100
+
+/* dfd's directory (or the cwd) joined with the user string `uname`, at
+ * `off` in the scratch path area; returns its length. */
+static __always_inline __u32 tr_name_at(struct tr_file_scratch *s, __u32 off, long dfd,
+					const char *uname, bool *cut)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	char *buf = s->ev.path;
+	char first = 0;
+	__u32 len = 0;
+
+	bpf_probe_read_user(&first, 1, uname);
+	if (first != '/') {
+		struct vfsmount *mnt = NULL;
+		struct dentry *dentry = NULL;
+
+		if (dfd == TR_AT_FDCWD) {
+			struct fs_struct *fs = BPF_CORE_READ(task, fs);
+
+			mnt = BPF_CORE_READ(fs, pwd.mnt);
+			dentry = BPF_CORE_READ(fs, pwd.dentry);
+		} else {
+			struct file *f = tr_fd_file(task, dfd);
+
+			if (f) {
+				mnt = BPF_CORE_READ(f, f_path.mnt);
+				dentry = BPF_CORE_READ(f, f_path.dentry);
+			}
+		}
+		if (dentry) {
+			len = tr_write_path(buf, off, TR_PATH_MAX / 2, &s->walk, mnt, dentry, cut);
+			if (len > 1)
+				buf[tr_bound(off + len++, TR_DATA_MASK)] = '/';
+			else
+				len = 1; /* the directory is "/" */
+		}
+	}
+	long n = bpf_probe_read_user_str(&buf[tr_bound(off + len, 2 * TR_PATH_MAX - 1)],
+					 TR_PATH_MAX / 2, uname);
+
+	if (n > 0)
+		len += n - 1;
+	if (len > TR_PATH_MAX) {
+		len = TR_PATH_MAX;
+		*cut = true;
+	}
+	return len;
+}
+
+/* `target` is the symlink's content: a string, not a file. */
+static __always_inline int tr_new_name(long ret, __u16 op, __u16 hook, long olddfd,
+				       const char *oldname, long newdfd, const char *newname)
+{
+	__u32 gen, zero = 0;
+	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_FILE, &gen);
+	struct tr_file_scratch *s = bpf_map_lookup_elem(&tr_file_heap, &zero);
+
+	if (!cfg || !s)
+		return 0;
+	struct tr_file_open *ev = &s->ev;
+	bool cut = false;
+	__u32 len = tr_name_at(s, 0, newdfd, newname, &cut);
+	struct tr_policy_input in = {
+		.str = ev->path,
+		.str_len = len,
+		.str_field = TR_F_PATH,
+		.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
+		.is_write = true,
+	};
+
+	tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
+	tr_policy_eval(TR_PK_FILE, cfg, gen, &in, &ev->verdict);
+	if (ev->verdict.action == TR_ACT_NONE || ev->verdict.action == TR_ACT_IGNORE)
+		return 0;
+	__u32 src = 0;
+
+	if (op == TR_FILE_OP_SYMLINK) {
+		long n = bpf_probe_read_user_str(&ev->path[tr_bound(len, 2 * TR_PATH_MAX - 1)],
+						 TR_PATH_MAX / 2, oldname);
+
+		src = n > 0 ? n - 1 : 0;
+	} else {
+		src = tr_name_at(s, len, olddfd, oldname, &cut);
+	}
+	ev->hdr.kind = TR_KIND_FILE_OPEN;
+	ev->ret = ret;
+	ev->open_flags = 0;
+	ev->mode = 0;
+	ev->hook = hook;
+	ev->op = op;
+	ev->flags = TR_FILE_UNRESOLVED | TR_FILE_USER_MEMORY | (cut ? TR_FILE_TRUNC_PATH : 0);
+	ev->path_len = len;
+	ev->source_len = src;
+	tr_fill_task(&ev->task, bpf_get_current_task_btf());
+	tr_file_emit(ev, len + src);
+	return 0;
+}
+
+#define TR_ARG(regs, n) PT_REGS_PARM##n##_CORE_SYSCALL(regs)
+
+SEC("tp/syscalls/sys_exit_rename")
+int tr_rename_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_RENAME, TR_HOOK_TP_RENAME, TR_AT_FDCWD,
+			   (const char *)TR_ARG(r, 1), TR_AT_FDCWD, (const char *)TR_ARG(r, 2));
+}
+
+SEC("tp/syscalls/sys_exit_renameat")
+int tr_renameat_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_RENAME, TR_HOOK_TP_RENAMEAT, (int)TR_ARG(r, 1),
+			   (const char *)TR_ARG(r, 2), (int)TR_ARG(r, 3), (const char *)TR_ARG(r, 4));
+}
+
+SEC("tp/syscalls/sys_exit_renameat2")
+int tr_renameat2_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_RENAME, TR_HOOK_TP_RENAMEAT2, (int)TR_ARG(r, 1),
+			   (const char *)TR_ARG(r, 2), (int)TR_ARG(r, 3), (const char *)TR_ARG(r, 4));
+}
+
+SEC("tp/syscalls/sys_exit_link")
+int tr_link_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_LINK, TR_HOOK_TP_LINK, TR_AT_FDCWD,
+			   (const char *)TR_ARG(r, 1), TR_AT_FDCWD, (const char *)TR_ARG(r, 2));
+}
+
+SEC("tp/syscalls/sys_exit_linkat")
+int tr_linkat_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_LINK, TR_HOOK_TP_LINKAT, (int)TR_ARG(r, 1),
+			   (const char *)TR_ARG(r, 2), (int)TR_ARG(r, 3), (const char *)TR_ARG(r, 4));
+}
+
+SEC("tp/syscalls/sys_exit_symlink")
+int tr_symlink_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_SYMLINK, TR_HOOK_TP_SYMLINK, TR_AT_FDCWD,
+			   (const char *)TR_ARG(r, 1), TR_AT_FDCWD, (const char *)TR_ARG(r, 2));
+}
+
+SEC("tp/syscalls/sys_exit_symlinkat")
+int tr_symlinkat_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+
+	return tr_new_name(ctx->ret, TR_FILE_OP_SYMLINK, TR_HOOK_TP_SYMLINKAT, TR_AT_FDCWD,
+			   (const char *)TR_ARG(r, 1), (int)TR_ARG(r, 2), (const char *)TR_ARG(r, 3));
 }
 
 #endif /* TRACER_FILE_BPF_H */

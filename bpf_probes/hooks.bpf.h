@@ -286,6 +286,257 @@ int BPF_KRETPROBE(tr_kret_connect, int ret)
 }
 
 /*
+ * A send to an address without connect(): a datagram on a socket (to the
+ * address given), or TCP Fast Open (MSG_FASTOPEN: the SYN carries data,
+ * no connect call). `msg->msg_name` is the kernel's copy of the address.
+ */
+static __always_inline __u8 tr_sendmsg_hook(struct socket *sock, struct msghdr *msg, __u16 hook)
+{
+	long nr = tr_syscall_nr();
+
+	if (nr != TR_NR_SENDTO && nr != TR_NR_SENDMSG)
+		return TR_ACT_NONE;
+	void *name = BPF_CORE_READ(msg, msg_name);
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+
+	if (!name || !sk)
+		return TR_ACT_NONE;
+	__u16 type = BPF_CORE_READ(sk, sk_type);
+	__u8 via;
+
+	if (type == TR_SOCK_DGRAM)
+		via = nr == TR_NR_SENDTO ? TR_VIA_SENDTO : TR_VIA_SENDMSG;
+	else if (tr_is_tcp(sk) && (BPF_CORE_READ(msg, msg_flags) & TR_MSG_FASTOPEN))
+		via = TR_VIA_FASTOPEN;
+	else
+		return TR_ACT_NONE; /* a connected stream ignores the address */
+	return tr_send_eval(name, false, sock, hook, via);
+}
+
+SEC("lsm/socket_sendmsg")
+int BPF_PROG(tr_lsm_sendmsg, struct socket *sock, struct msghdr *msg, int size, int ret)
+{
+	if (ret)
+		return ret;
+	return tr_sendmsg_hook(sock, msg, TR_HOOK_LSM_SENDMSG) == TR_ACT_DENY ? -TR_EPERM : 0;
+}
+
+SEC("fentry/security_socket_sendmsg")
+int BPF_PROG(tr_fentry_sendmsg, struct socket *sock, struct msghdr *msg, int size)
+{
+	tr_sendmsg_hook(sock, msg, TR_HOOK_FENTRY_SENDMSG);
+	return 0;
+}
+
+SEC("kprobe/security_socket_sendmsg")
+int BPF_KPROBE(tr_kprobe_sendmsg, struct socket *sock, struct msghdr *msg, int size)
+{
+	tr_sendmsg_hook(sock, msg, TR_HOOK_KPROBE_SENDMSG);
+	return 0;
+}
+
+/* The result of a selected send: 0 when it went out, else -errno. */
+static __always_inline int tr_send_finish(long ret)
+{
+	return tr_connect_finish(ret < 0 ? ret : 0);
+}
+
+SEC("fexit/__sys_sendto")
+int BPF_PROG(tr_fexit_sendto, int fd, void *buff, size_t len, unsigned int flags,
+	     struct sockaddr *addr, int addr_len, int ret)
+{
+	return tr_send_finish(ret);
+}
+
+SEC("fexit/__sys_sendmsg")
+int BPF_PROG(tr_fexit_sendmsg, int fd, struct user_msghdr *msg, unsigned int flags,
+	     bool forbid_cmsg_compat, long ret)
+{
+	return tr_send_finish(ret);
+}
+
+SEC("kretprobe/__sys_sendto")
+int BPF_KRETPROBE(tr_kret_sendto, int ret)
+{
+	return tr_send_finish(ret);
+}
+
+SEC("kretprobe/__sys_sendmsg")
+int BPF_KRETPROBE(tr_kret_sendmsg, long ret)
+{
+	return tr_send_finish(ret);
+}
+
+/*
+ * rename, link, symlink through the path security hooks: the kernel has
+ * looked both names up, so the new name is resolved from its parent's
+ * struct path and its dentry (mount points crossed, `..` and symlinks of
+ * the directories resolved), as is the old one. The record is emitted
+ * here, before the call completes: `result` is 0, or -EPERM when the
+ * LSM variant denies it (then no new name is made).
+ */
+static __always_inline __u8 tr_new_name_hook(const struct path *dir, struct dentry *dentry,
+					     const struct path *old_dir, struct dentry *old_dentry,
+					     const char *target, __u16 op, __u16 hook)
+{
+	__u32 gen, zero = 0;
+	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_FILE, &gen);
+	struct tr_file_scratch *s = bpf_map_lookup_elem(&tr_file_heap, &zero);
+
+	if (!cfg || !s || tr_backing_open())
+		return TR_ACT_NONE;
+	struct tr_file_open *ev = &s->ev;
+	bool cut = false;
+	__u32 len = tr_write_path(ev->path, 0, TR_PATH_MAX, &s->walk, BPF_CORE_READ(dir, mnt),
+				  dentry, &cut);
+
+	if (len > TR_PATH_MAX)
+		len = TR_PATH_MAX;
+	struct tr_policy_input in = {
+		.str = ev->path,
+		.str_len = len,
+		.str_field = TR_F_PATH,
+		.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
+		.is_write = true,
+	};
+
+	tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
+	tr_policy_eval(TR_PK_FILE, cfg, gen, &in, &ev->verdict);
+	if (ev->verdict.action == TR_ACT_NONE || ev->verdict.action == TR_ACT_IGNORE)
+		return TR_ACT_NONE;
+	__u32 src = 0;
+
+	if (target) {
+		long n = bpf_probe_read_kernel_str(&ev->path[tr_bound(len, 2 * TR_PATH_MAX - 1)],
+						   TR_PATH_MAX / 2, target);
+
+		src = n > 0 ? n - 1 : 0;
+	} else {
+		struct vfsmount *mnt = old_dir ? BPF_CORE_READ(old_dir, mnt) : BPF_CORE_READ(dir, mnt);
+
+		src = tr_write_path(ev->path, len, TR_PATH_MAX, &s->walk, mnt, old_dentry, &cut);
+		if (src > TR_PATH_MAX)
+			src = TR_PATH_MAX;
+	}
+	ev->hdr.kind = TR_KIND_FILE_OPEN;
+	ev->ret = ev->verdict.action == TR_ACT_DENY ? -TR_EPERM : 0;
+	ev->open_flags = 0;
+	ev->mode = 0;
+	ev->hook = hook;
+	ev->op = op;
+	ev->flags = cut ? TR_FILE_TRUNC_PATH : 0;
+	ev->path_len = len;
+	ev->source_len = src;
+	tr_fill_task(&ev->task, bpf_get_current_task_btf());
+	tr_file_emit(ev, len + src);
+	return ev->verdict.action;
+}
+
+#define TR_NEW_NAME_HOOKS(kind, HOOK)                                                        \
+	static __always_inline __u8 tr_##kind##_rename(const struct path *old_dir,           \
+						       struct dentry *old_dentry,            \
+						       const struct path *new_dir,           \
+						       struct dentry *new_dentry)            \
+	{                                                                                    \
+		return tr_new_name_hook(new_dir, new_dentry, old_dir, old_dentry, NULL,      \
+					TR_FILE_OP_RENAME, TR_HOOK_##HOOK##_PATH_RENAME);    \
+	}                                                                                    \
+	static __always_inline __u8 tr_##kind##_link(struct dentry *old_dentry,              \
+						     const struct path *new_dir,             \
+						     struct dentry *new_dentry)              \
+	{                                                                                    \
+		return tr_new_name_hook(new_dir, new_dentry, NULL, old_dentry, NULL,         \
+					TR_FILE_OP_LINK, TR_HOOK_##HOOK##_PATH_LINK);        \
+	}                                                                                    \
+	static __always_inline __u8 tr_##kind##_symlink(const struct path *dir,              \
+							struct dentry *dentry,               \
+							const char *old_name)                \
+	{                                                                                    \
+		return tr_new_name_hook(dir, dentry, NULL, NULL, old_name,                   \
+					TR_FILE_OP_SYMLINK, TR_HOOK_##HOOK##_PATH_SYMLINK);  \
+	}
+
+TR_NEW_NAME_HOOKS(lsm, LSM)
+TR_NEW_NAME_HOOKS(fentry, FENTRY)
+TR_NEW_NAME_HOOKS(kprobe, KPROBE)
+
+SEC("lsm/path_rename")
+int BPF_PROG(tr_lsm_path_rename, const struct path *old_dir, struct dentry *old_dentry,
+	     const struct path *new_dir, struct dentry *new_dentry, unsigned int flags, int ret)
+{
+	if (ret)
+		return ret;
+	return tr_lsm_rename(old_dir, old_dentry, new_dir, new_dentry) == TR_ACT_DENY ? -TR_EPERM
+										       : 0;
+}
+
+SEC("lsm/path_link")
+int BPF_PROG(tr_lsm_path_link, struct dentry *old_dentry, const struct path *new_dir,
+	     struct dentry *new_dentry, int ret)
+{
+	if (ret)
+		return ret;
+	return tr_lsm_link(old_dentry, new_dir, new_dentry) == TR_ACT_DENY ? -TR_EPERM : 0;
+}
+
+SEC("lsm/path_symlink")
+int BPF_PROG(tr_lsm_path_symlink, const struct path *dir, struct dentry *dentry,
+	     const char *old_name, int ret)
+{
+	if (ret)
+		return ret;
+	return tr_lsm_symlink(dir, dentry, old_name) == TR_ACT_DENY ? -TR_EPERM : 0;
+}
+
+SEC("fentry/security_path_rename")
+int BPF_PROG(tr_fentry_path_rename, const struct path *old_dir, struct dentry *old_dentry,
+	     const struct path *new_dir, struct dentry *new_dentry)
+{
+	tr_fentry_rename(old_dir, old_dentry, new_dir, new_dentry);
+	return 0;
+}
+
+SEC("fentry/security_path_link")
+int BPF_PROG(tr_fentry_path_link, struct dentry *old_dentry, const struct path *new_dir,
+	     struct dentry *new_dentry)
+{
+	tr_fentry_link(old_dentry, new_dir, new_dentry);
+	return 0;
+}
+
+SEC("fentry/security_path_symlink")
+int BPF_PROG(tr_fentry_path_symlink, const struct path *dir, struct dentry *dentry,
+	     const char *old_name)
+{
+	tr_fentry_symlink(dir, dentry, old_name);
+	return 0;
+}
+
+SEC("kprobe/security_path_rename")
+int BPF_KPROBE(tr_kprobe_path_rename, const struct path *old_dir, struct dentry *old_dentry,
+	       const struct path *new_dir, struct dentry *new_dentry)
+{
+	tr_kprobe_rename(old_dir, old_dentry, new_dir, new_dentry);
+	return 0;
+}
+
+SEC("kprobe/security_path_link")
+int BPF_KPROBE(tr_kprobe_path_link, struct dentry *old_dentry, const struct path *new_dir,
+	       struct dentry *new_dentry)
+{
+	tr_kprobe_link(old_dentry, new_dir, new_dentry);
+	return 0;
+}
+
+SEC("kprobe/security_path_symlink")
+int BPF_KPROBE(tr_kprobe_path_symlink, const struct path *dir, struct dentry *dentry,
+	       const char *old_name)
+{
+	tr_kprobe_symlink(dir, dentry, old_name);
+	return 0;
+}
+
+/*
  * io_uring's open: what the program asked for, kept at the entry (the
  * kernel's copy of the name is freed before the function returns; the
  * program's own buffer is not), then the request's result at the exit.

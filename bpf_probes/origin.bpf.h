@@ -20,6 +20,8 @@
 #define TR_NR_OPENAT 257
 #define TR_NR_OPENAT2 437
 #define TR_NR_CONNECT 42
+#define TR_NR_SENDTO 44
+#define TR_NR_SENDMSG 46
 #define TR_NR_IO_URING_ENTER 426
 /* The ia32 table (CONFIG_IA32_EMULATION). */
 #define TR_HAVE_IA32 1
@@ -46,6 +48,8 @@
 #define TR_NR_OPENAT 56
 #define TR_NR_OPENAT2 437
 #define TR_NR_CONNECT 203
+#define TR_NR_SENDTO 206
+#define TR_NR_SENDMSG 211
 #define TR_NR_IO_URING_ENTER 426
 #define TR_HAVE_IA32 0
 #define TR_X32_BIT 0

@@ -143,7 +143,11 @@ static __always_inline int on_exec(struct task_struct *task, struct linux_binprm
 	if (size > sizeof(struct tr_exec))
 		size = sizeof(struct tr_exec);
 	ev->hdr.size = size;
-	tr_emit(TR_KIND_EXEC, ev, size);
+	/* An exec a rule posted or enforced is the policy's, like an open. */
+	if (ev->verdict.action == TR_ACT_NONE || ev->verdict.action == TR_ACT_IGNORE)
+		tr_emit_bulk(TR_KIND_EXEC, ev, size, ev->task.uid);
+	else
+		tr_emit(TR_KIND_EXEC, ev, size);
 	return 0;
 }
 
@@ -171,7 +175,7 @@ static __always_inline int on_fork(struct task_struct *child)
 	ev.hdr.kind = TR_KIND_FORK;
 	ev.hdr.size = sizeof(ev);
 	tr_fill_task(&ev.task, child);
-	tr_emit(TR_KIND_FORK, &ev, sizeof(ev));
+	tr_emit_bulk(TR_KIND_FORK, &ev, sizeof(ev), ev.task.uid);
 	return 0;
 }
 
@@ -189,7 +193,7 @@ static __always_inline int on_exit(struct task_struct *task)
 	tr_fill_task(&ev.task, task);
 	ev.exit_code = BPF_CORE_READ(task, exit_code);
 	bpf_map_delete_elem(&tr_proc_binary, &ev.task.tgid);
-	tr_emit(TR_KIND_EXIT, &ev, sizeof(ev));
+	tr_emit_bulk(TR_KIND_EXIT, &ev, sizeof(ev), ev.task.uid);
 	return 0;
 }
 

@@ -65,7 +65,8 @@ enum tr_stat {
 	TR_STAT_RB_DROPPED = 1,
 	TR_STAT_EVALUATED = 2, /* policy evaluations: proof a filter ran */
 	TR_STAT_PREFILTERED = 3, /* of those, opens settled before the path was copied */
-	TR_STAT_COUNT = 4,
+	TR_STAT_LIMITED = 4, /* bulk records dropped: their uid was over its budget */
+	TR_STAT_COUNT = 5,
 };
 
 /* ---- Policies (compiled by policy/, evaluated in policy.bpf.h) ---- */
@@ -283,6 +284,33 @@ enum tr_hook {
 	/* tracepoint mode: an io_uring open that posts no completion */
 	TR_HOOK_TP_URING_SUBMIT_REQ = 19,
 	TR_HOOK_TP_URING_SUBMIT_SQE = 20,
+	/* A TCP connect (or fast open) selected when the kernel moved the
+	 * socket to SYN_SENT, on the address it had copied */
+	TR_HOOK_TP_SYN_SENT = 21,
+	/* A datagram sent to an address without connect() */
+	TR_HOOK_TP_SENDTO = 22,
+	TR_HOOK_TP_SENDMSG = 23,
+	TR_HOOK_LSM_SENDMSG = 24,
+	TR_HOOK_FENTRY_SENDMSG = 25,
+	TR_HOOK_KPROBE_SENDMSG = 26,
+	/* A name made in a watched place: rename, link, symlink */
+	TR_HOOK_TP_RENAME = 27,
+	TR_HOOK_TP_RENAMEAT = 28,
+	TR_HOOK_TP_RENAMEAT2 = 29,
+	TR_HOOK_TP_LINK = 30,
+	TR_HOOK_TP_LINKAT = 31,
+	TR_HOOK_TP_SYMLINK = 32,
+	TR_HOOK_TP_SYMLINKAT = 33,
+	/* The same through the path security hooks (CONFIG_SECURITY_PATH) */
+	TR_HOOK_LSM_PATH_RENAME = 34,
+	TR_HOOK_LSM_PATH_LINK = 35,
+	TR_HOOK_LSM_PATH_SYMLINK = 36,
+	TR_HOOK_FENTRY_PATH_RENAME = 37,
+	TR_HOOK_FENTRY_PATH_LINK = 38,
+	TR_HOOK_FENTRY_PATH_SYMLINK = 39,
+	TR_HOOK_KPROBE_PATH_RENAME = 40,
+	TR_HOOK_KPROBE_PATH_LINK = 41,
+	TR_HOOK_KPROBE_PATH_SYMLINK = 42,
 	/* Or'ed into the hook: how the program made the call, when not
 	 * through its 64-bit syscall */
 	TR_HOOK_IO_URING = 1 << 8,
@@ -294,6 +322,18 @@ enum tr_file_flags {
 	/* The open failed: no file to resolve; the path is the string the
 	 * program passed, joined to its cwd when relative. */
 	TR_FILE_UNRESOLVED = 1 << 1,
+	/* The path was read back from the process's memory after the kernel
+	 * had used its own copy: a thread of the process may have changed it
+	 * in between. */
+	TR_FILE_USER_MEMORY = 1 << 2,
+};
+
+/* What made the name: an open, or a new name for a file that exists. */
+enum tr_file_op {
+	TR_FILE_OP_OPEN = 0,
+	TR_FILE_OP_RENAME = 1,
+	TR_FILE_OP_LINK = 2,
+	TR_FILE_OP_SYMLINK = 3,
 };
 
 struct tr_file_open {
@@ -306,7 +346,24 @@ struct tr_file_open {
 	__u32 flags;     /* enum tr_file_flags */
 	__u16 hook;      /* enum tr_hook */
 	__u16 path_len;
-	char path[TR_PATH_MAX];
+	__u16 op;         /* enum tr_file_op */
+	__u16 source_len; /* rename, link: the old name; symlink: its target */
+	/* path, then source, back to back */
+	char path[TR_PATH_MAX + TR_PATH_MAX];
+};
+
+/* How the process reached the peer. */
+enum tr_conn_via {
+	TR_VIA_CONNECT = 0,
+	TR_VIA_SENDTO = 1,   /* a datagram to an address, on an unconnected socket */
+	TR_VIA_SENDMSG = 2,
+	TR_VIA_FASTOPEN = 3, /* TCP Fast Open: sendto/sendmsg with MSG_FASTOPEN */
+};
+
+enum tr_conn_flags {
+	/* The address was read from the process's memory, not the kernel's
+	 * copy: a thread of the process may have changed it in between. */
+	TR_CONN_USER_MEMORY = 1 << 0,
 };
 
 struct tr_connect {
@@ -321,7 +378,8 @@ struct tr_connect {
 	__u16 dport; /* host order */
 	__u16 sport;
 	__u16 path_len; /* AF_UNIX: bytes of unix_path */
-	__u16 pad;
+	__u8 via;       /* enum tr_conn_via */
+	__u8 flags;     /* enum tr_conn_flags */
 	__u8 daddr[16]; /* IPv4 in the first 4 bytes */
 	__u8 saddr[16];
 	char unix_path[108];

@@ -201,6 +201,10 @@ def details_dict(ev: ProcessEvent) -> JsonDict:
         fd["truncated"] = f.truncated
         fd["resolved"] = f.resolved
         fd["non_utf8"] = f.non_utf8
+        fd["op"] = f.op
+        if f.source is not None:
+            fd["source"] = f.source
+        fd["user_memory"] = f.user_memory
         return fd
     if isinstance(ev, Connect):
         c = ev.connect
@@ -216,6 +220,8 @@ def details_dict(ev: ProcessEvent) -> JsonDict:
         if c.error is not None:
             cd["error"] = c.error
         cd["hook"] = c.hook
+        cd["via"] = c.via
+        cd["user_memory"] = c.user_memory
         return cd
     return {}  # process_exec: everything is in `process`
 

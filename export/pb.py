@@ -107,13 +107,17 @@ def _file_open(m: pb.FileOpen, ev: FileOpen) -> None:
     m.flags.extend(f.flags)
     m.mode, m.result, m.hook = f.mode, f.result, f.hook
     m.truncated, m.resolved, m.non_utf8 = f.truncated, f.resolved, f.non_utf8
+    m.op, m.user_memory = f.op, f.user_memory
     if f.error is not None:
         m.error = f.error
+    if f.source is not None:
+        m.source = f.source
 
 
 def _connect(m: pb.Connect, ev: Connect) -> None:
     c = ev.connect
     m.family, m.sock_type, m.result, m.hook = c.family, c.sock_type, c.result, c.hook
+    m.via, m.user_memory = c.via, c.user_memory
     # Optional fields: set only when known, so they are absent (not null) in JSON.
     for name in ("protocol", "daddr", "dport", "saddr", "sport", "unix_path", "error"):
         value = getattr(c, name)

@@ -231,11 +231,13 @@ _EVENT: dict[str, _Shape] = {
     "process_exit": {"code": int, "signal": str, "core_dumped": bool},
     "file_open": {
         "path": str, "flags": [str], "mode": int, "result": int, "error": str, "hook": str,
-        "truncated": bool, "resolved": bool, "non_utf8": bool,
+        "truncated": bool, "resolved": bool, "non_utf8": bool, "op": str, "source": str,
+        "user_memory": bool,
     },
     "connect": {
         "family": str, "protocol": str, "sock_type": str, "daddr": str, "dport": int,
         "saddr": str, "sport": int, "unix_path": str, "result": int, "error": str, "hook": str,
+        "via": str, "user_memory": bool,
     },
     "lost": {"kernel": _Map(int), "daemon": _Map(int)},
     "policy": {"name": str, "rule": int, "action": str},

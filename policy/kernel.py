@@ -83,6 +83,7 @@ class PolicyMaps:
         self._binary_tail = obj.map("tr_proc_binary_tail")
         self._lock = threading.Lock()
         self.active_gen = 0
+        self._word = 0
         self.active: Compiled | None = None
         # What each generation holds, to clear it without iterating maps.
         self._written: dict[int, list[tuple[bpf.Map, bytes]]] = {0: [], 1: []}
@@ -125,7 +126,14 @@ class PolicyMaps:
             except BaseException:
                 self._clear(gen)
                 raise
-            self._gen_map.update(_U32.pack(0), _U32.pack(gen))
+            # The word counts applies; its low bit is the generation. Caches
+            # of verdicts in the kernel (tr_sent) keep the word they were
+            # made under, so a new set, even into the same generation,
+            # evaluates afresh.
+            word = (self._word + 1) & 0xFFFFFFFF
+            assert word & 1 == gen
+            self._gen_map.update(_U32.pack(0), _U32.pack(word))
+            self._word = word
             old, self.active_gen, self.active = self.active_gen, gen, c
             self._clear(old)
 

@@ -24,12 +24,26 @@ FAILED_OPEN_HOOK = {
     "fentry": "fexit/do_sys_openat2",
     "kprobe": "kretprobe/do_sys_openat2",
 }
+# A TCP connect; in tracepoint mode it is selected when the socket enters
+# SYN_SENT, and other sockets at the end of connect().
 CONNECT_HOOK = {
     "lsm": "lsm/socket_connect",
     "fentry": "fentry/security_socket_connect",
     "kprobe": "kprobe/security_socket_connect",
-    "tracepoint": "tracepoint/sys_connect",
+    "tracepoint": "tracepoint/inet_sock_set_state",
 }
+UDP_CONNECT_HOOK = {**CONNECT_HOOK, "tracepoint": "tracepoint/sys_connect"}
+# A datagram sent to an address (sendto, sendmsg) or a TCP fast open.
+SEND_HOOK = {
+    "lsm": "lsm/socket_sendmsg",
+    "fentry": "fentry/security_socket_sendmsg",
+    "kprobe": "kprobe/security_socket_sendmsg",
+}
+
+
+def send_hook(mode: str, syscall: str) -> str:
+    """What a datagram to an address through `syscall` (sendto, sendmsg) reports."""
+    return SEND_HOOK.get(mode, f"tracepoint/sys_exit_{syscall}")
 
 
 def open_hook(mode: str, syscall: str = "openat") -> str:

@@ -316,6 +316,9 @@ def test_io_uring_connect_is_reported(
     assert c["daddr"] == "127.0.0.1" and c["dport"] == srv.port and c["protocol"] == "TCP"
     assert c["hook"] == connect_hook(mode, "io_uring")
     assert ev["policy"] == policy_json("t-evasion", 0, "post")
+    # Two programs watch the SYN_SENT transition: only one may take it.
+    edaemon.sync()
+    assert len(edaemon.matching(by_marker("connect", marker))) == 1
 
 
 def test_io_uring_connect_sigkill(edaemon: Daemon, ctl: Path, bins: dict[str, Path]) -> None:

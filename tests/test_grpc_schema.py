@@ -22,6 +22,7 @@ from factories import (
     LS,
     SSHD,
     T0,
+    connect_ev,
     events,
     exec_ev,
     exit_ev,
@@ -138,8 +139,28 @@ def test_every_field_of_the_proto_is_in_the_json() -> None:
         (pb.Container, set(as_json(exec_ev(IN_POD))["process"]["container"])),
         (pb.Pod, set(as_json(exec_ev(IN_POD))["process"]["pod"])),
         (pb.PolicyMatch, set(as_json(file_open_ev(policy=PolicyMatch("p", 0, "post")))["policy"])),
+        (
+            pb.FileOpen,
+            set(as_json(file_open_ev(result=-2, error="ENOENT"))["file_open"])
+            | set(as_json(file_open_ev(op="rename", source="/etc/.x"))["file_open"]),
+        ),
     ):
         assert json_fields == set(msg.DESCRIPTOR.fields_by_name), msg
+
+
+@pytest.mark.parametrize(
+    "ev",
+    [
+        file_open_ev(op="rename", source="/etc/.x", path="/etc/cron.d/x", flags=()),
+        file_open_ev(op="symlink", source="/tmp/evil", user_memory=True, resolved=False),
+        file_open_ev(result=-2, error="ENOENT", resolved=False, user_memory=True),
+        connect_ev(via="sendto", protocol="UDP", sock_type="SOCK_DGRAM", user_memory=True),
+        connect_ev(via="fastopen"),
+    ],
+)
+def test_new_names_and_sends_without_connect_encode_alike(ev: Event) -> None:
+    """op, source, via, user_memory: the same in the JSON line and protobuf's JSON."""
+    assert as_json(ev) == as_proto_json(ev)
 
 
 def test_unknown_pod_and_container_fields_are_absent() -> None:

@@ -107,6 +107,19 @@ def test_compact_file_open_connect_and_pod() -> None:
         "policy": {"name": "outbound-connections", "rule": 0, "action": "post"},
     }
     assert render.compact(conn).endswith("  TCP [2001:db8::1]:443 post (outbound-connections)")
+    dns = {**conn, "connect": {**conn["connect"], "protocol": "UDP", "via": "sendto"}}
+    assert render.compact(dns).endswith(
+        "  UDP [2001:db8::1]:443 via sendto post (outbound-connections)"
+    )
+    moved = {
+        **open_ev,
+        "file_open": {"path": "/etc/cron.d/x", "flags": [], "result": 0, "op": "rename",
+                      "source": "/etc/.x\x1b[2J"},
+        "policy": {"name": "persistence", "rule": 0, "action": "post"},
+    }  # fmt: skip
+    assert render.compact(moved).endswith(
+        "  rename /etc/.x\\x1b[2J -> /etc/cron.d/x post (persistence)"
+    )
     assert "\x1b[31m" not in render.compact(conn, color=True).split("443")[1]
     unix = {
         **conn,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import BPF_DIR, new_marker
 
+from policy import PolicyStore
+from policy.kernel import PolicyMaps
 from tracer.core import decode
 from tracer.core.loader import Sensor, capture_sensor
 
@@ -66,3 +69,36 @@ def test_poll_takes_waiting_records_without_sleeping_its_timeout(sensor: Sensor)
     got = _marked_execs(rb.poll(20_000), marker)
     assert got == [0]
     assert time.monotonic() - t0 < 10  # a 20 s timeout not slept out
+
+
+def test_a_selected_record_never_overtakes_its_process_exec(sensor: Sensor, tmp_path: Path) -> None:
+    """Selected records have their own ring, drained first; while the bulk
+    ring holds a backlog, one waits until the exec of its process (and
+    everything before it) has been taken, so ancestry is never partial."""
+    target = tmp_path / new_marker("sel")
+    target.write_text("x")
+    PolicyStore(PolicyMaps(sensor.obj), lsm_active=False).apply_texts(
+        [("t.yaml", f"policies:\n  - name: t-sel\n    rules:\n      - event: file_open\n"
+                    f'        match: {{path: ["{target}"]}}\n')]
+    )  # fmt: skip
+    rb = sensor.ringbuf
+    while len(rb.consume()) >= rb.batch_max:
+        pass
+    rb.batch_max = 7
+    marker = new_marker("backlog")
+    for i in range(40):  # a bulk backlog of 120+ records
+        subprocess.run(["/bin/true", marker, str(i)], check=True)
+    cat = subprocess.Popen(["cat", str(target)], stdout=subprocess.PIPE)
+    assert cat.communicate()[0] == b"x"
+    order: list[str] = []
+    while True:
+        batch = rb.consume()
+        for raw in batch:
+            rec = decode.decode(raw)
+            if isinstance(rec, decode.ExecRecord) and rec.task.pid == cat.pid:
+                order.append("exec")
+            elif isinstance(rec, decode.FileOpenRecord) and rec.task.pid == cat.pid:
+                order.append("open")
+        if len(batch) < rb.batch_max and "open" in order:
+            break
+    assert order == ["exec", "open"]

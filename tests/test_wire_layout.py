@@ -70,6 +70,9 @@ _ENUMS = (
     "tr_hook",
     "tr_file_flags",
     "tr_cgroup_op",
+    "tr_file_op",
+    "tr_conn_via",
+    "tr_conn_flags",
 )
 
 
@@ -194,6 +197,7 @@ def test_record_kinds_flags_and_counters(btf_structs: dict[str, dict[str, object
         "TR_STAT_RB_DROPPED": decode.STAT_RB_DROPPED,
         "TR_STAT_EVALUATED": decode.STAT_EVALUATED,
         "TR_STAT_PREFILTERED": decode.STAT_PREFILTERED,
+        "TR_STAT_LIMITED": decode.STAT_LIMITED,
         "TR_STAT_COUNT": decode.STAT_COUNT,
     }
     assert _enum(btf_structs, "tr_exec_flags") == {
@@ -208,17 +212,28 @@ def test_record_kinds_flags_and_counters(btf_structs: dict[str, dict[str, object
     assert _enum(btf_structs, "tr_file_flags") == {
         "TR_FILE_TRUNC_PATH": decode.FILE_TRUNC_PATH,
         "TR_FILE_UNRESOLVED": decode.FILE_UNRESOLVED,
+        "TR_FILE_USER_MEMORY": decode.FILE_USER_MEMORY,
     }
+    assert _enum(btf_structs, "tr_file_op") == {
+        f"TR_FILE_OP_{name.upper()}": code for code, name in decode.FILE_OPS.items()
+    }
+    assert _enum(btf_structs, "tr_conn_via") == {
+        f"TR_VIA_{name.upper()}": code for code, name in decode.CONN_VIAS.items()
+    }
+    assert _enum(btf_structs, "tr_conn_flags") == {"TR_CONN_USER_MEMORY": decode.CONN_USER_MEMORY}
     assert _enum(btf_structs, "tr_cgroup_op") == {
         "TR_CGROUP_MKDIR": decode.CGROUP_MKDIR,
         "TR_CGROUP_RMDIR": decode.CGROUP_RMDIR,
     }
-    # Every hook the programs can name has a name in the decoder, and every
-    # "via" bit (how a call was made: io_uring, a 32-bit syscall) its word.
+    # Every hook the programs can name has a name in the decoder; the bits
+    # or'ed into a hook (how the call was made) are decoded apart, and no
+    # base id reaches them.
     hooks = _enum(btf_structs, "tr_hook")
-    via = {v for k, v in hooks.items() if v in decode.HOOK_VIA}
-    assert via == set(decode.HOOK_VIA)
-    assert sorted(v for v in hooks.values() if v not in via) == sorted(decode.HOOK_NAMES)
+    via = {hooks[f"TR_HOOK_{name.upper()}"]: name for name in decode.HOOK_VIA.values()}
+    assert via == decode.HOOK_VIA
+    base = sorted(v for v in hooks.values() if v not in via)
+    assert base == sorted(decode.HOOK_NAMES)
+    assert max(base) < min(via)
 
 
 def test_policy_enums(btf_structs: dict[str, dict[str, object]]) -> None:

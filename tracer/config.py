@@ -19,7 +19,12 @@ from typing import Any
 from export.config import QUEUE_BYTES, EventLogConfig, GrpcConfig, TlsFiles
 from export.siem import FORMATS
 from tracer import control
-from tracer.core.loader import RINGBUF_DEFAULT, ConfigError, check_ringbuf_size
+from tracer.core.loader import (
+    RINGBUF_DEFAULT,
+    UID_BUDGET_DEFAULT,
+    ConfigError,
+    check_ringbuf_size,
+)
 from tracer.core.options import Option, option, option_of, parse_duration, parse_size
 from tracer.core.probe import CAPTURE_MODES
 
@@ -61,6 +66,13 @@ class Config:
         flag="--ringbuf-size",
         parse=parse_size,
         help="BPF ring buffer bytes, a power of two",
+    )
+    uid_budget: int = option(
+        UID_BUDGET_DEFAULT,
+        flag="--uid-budget",
+        parse=int,
+        help="exec/fork/exit records one uid may add per second while the bulk ring is "
+        "behind; the rest are dropped and counted as lost (0: no limit)",
     )
     process_hooks: str = option(
         "auto",
@@ -177,6 +189,10 @@ class Config:
 
     def validate(self) -> None:
         check_ringbuf_size(self.ringbuf_size)
+        if not 0 <= self.uid_budget < 1 << 32:
+            raise ConfigError(
+                f"--uid-budget must be between 0 (no limit) and 2**32-1, not {self.uid_budget}"
+            )
         if self.format not in FORMATS:
             raise ConfigError(
                 f"--format: unknown format {self.format!r} (choose {', '.join(FORMATS)})"

@@ -43,6 +43,7 @@ from tracer.core import system
 from tracer.core.clock import BootClock
 from tracer.core.events import LossCounts, Lost
 from tracer.core.loader import (
+    USER_MEMORY_LIMITS,
     CaptureModeUnavailable,
     ConfigError,
     KernelCounters,
@@ -153,8 +154,11 @@ class _LossReporter:
         self.by_sink = by_sink
 
     def _kernel_delta(self, counters: KernelCounters) -> dict[str, int]:
+        """Records lost in the kernel since the last call: the ring was full,
+        or their uid was over its budget (--uid-budget)."""
         delta = {}
         for kind, n in counters.dropped.items():
+            n += counters.limited.get(kind, 0)
             d = n - self._seen_kernel.get(kind, 0)
             if d:
                 delta[kind] = d
@@ -263,6 +267,7 @@ class Daemon:
                     "dropped": k.dropped,
                     "evaluated": k.evaluated,
                     "prefiltered": k.prefiltered,
+                    "limited": k.limited,
                 },
             }
         if op == "policy_apply":
@@ -361,6 +366,13 @@ class Daemon:
             kernel=report.kernel,
             probe_ms=round(report.seconds * 1000, 1),
         )
+        _log.warning(
+            "this capture mode reads some values from the process's memory after the "
+            "kernel used its own copy: a racing thread can change them (events say "
+            "user_memory: true)",
+            capture_mode=mode,
+            values=USER_MEMORY_LIMITS[mode],
+        )
         clock = BootClock()
         enrichment = Enrichment(cfg.node, cfg.kubeconfig)
         cache = ProcessCache(
@@ -415,7 +427,12 @@ class Daemon:
                 server = GrpcServer(cfg.grpc, hub, DaemonStatus(self._state), self)
             # Scrapes stop before the sensor (its maps and programs) is freed.
             scrapes = contextlib.closing(metrics) if metrics else contextlib.nullcontext()
-            with capture_sensor(cfg.bpf_dir, variant, mode, cfg.ringbuf_size) as sensor, scrapes:
+            with (
+                capture_sensor(
+                    cfg.bpf_dir, variant, mode, cfg.ringbuf_size, cfg.uid_budget
+                ) as sensor,
+                scrapes,
+            ):
                 self._sensor = sensor
                 if sensor.gaps:
                     _log.warning(

@@ -116,7 +116,10 @@ class DaemonStatus:
         if s.sensor is not None:
             counters = s.sensor.counters()
             resp.kernel_emitted.update(counters.emitted)
-            resp.kernel_lost.update(counters.dropped)
+            resp.kernel_lost.update(
+                {k: n + counters.limited.get(k, 0) for k, n in counters.dropped.items()}
+            )
+            resp.kernel_limited.update(counters.limited)
         for output, counts in list(s.daemon_lost.items()):
             resp.daemon_lost[output].by_kind.update(dict(counts))
         grpc_lost = dict(s.hub.subscriber_lost) if s.hub is not None else {}

@@ -43,6 +43,7 @@ VM_SUITE = (
     "tests/test_probe_vm.py",
     "tests/test_policy_events.py",
     "tests/test_policy_selectors.py",
+    "tests/test_evasion_net.py",
     "tests/test_process_events.py",
     "tests/test_evasion.py",
 )

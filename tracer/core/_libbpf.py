@@ -73,6 +73,7 @@ def load() -> ctypes.CDLL:
     _declare(lib, "bpf_map_update_elem", i, i, vp, vp, ctypes.c_uint64)
     _declare(lib, "bpf_map_delete_elem", i, i, vp)
     _declare(lib, "ring_buffer__new", vp, i, SAMPLE_FN, vp, vp)
+    _declare(lib, "ring_buffer__add", i, vp, i, SAMPLE_FN, vp)
     _declare(lib, "ring_buffer__free", None, vp)
     _declare(lib, "libbpf_strerror", i, i, cp, sz)
     _declare(lib, "libbpf_find_vmlinux_btf_id", i, cp, i)

@@ -383,6 +383,8 @@ class BpfObject:
 # What the sample callback returns to stop ring_buffer__consume() at a full
 # batch; libbpf passes it through as the call's result.
 _BATCH_FULL = -_errno.ENOSPC
+# The callback's context: which ring a record came from.
+_MAIN, _FIRST = 0, 1
 
 
 class RingPositions:
@@ -421,28 +423,64 @@ _POS = struct.Struct("<Q")
 
 
 class RingBuffer:
-    """Drains a BPF ring buffer map in batches.
+    """Drains a BPF ring buffer map in batches, and optionally a second one first.
 
     consume() returns the records libbpf copied out during one
     ring_buffer__consume() call, so the per-record cost in Python is one
     callback and one bytes copy, and the caller processes the batch after
-    the C loop has returned. A batch holds at most `batch_max` records: a
-    backlog of a whole ring (100,000s of records) is taken in steps, each
-    one processed before the next is copied.
+    the C loop has returned. A batch holds at most `batch_max` records of
+    the main ring: a backlog of a whole ring (100,000s of records) is taken
+    in steps, each one processed before the next is copied.
+
+    `first` is a ring that must never wait behind the main one: one
+    ring_buffer manager holds both (ring_buffer__add), and libbpf drains
+    them in the order added, so each consume() takes all of `first` and
+    then a batch of the main ring. Its records are placed among the main
+    ring's by `key` (a time both rings' records carry), so a record comes
+    after every main-ring record that was made before it. One is held back
+    while the main ring may still hold such a record: until the main ring
+    has been drained after it was taken, or a main-ring record as late as
+    it has been read. Past `hold_max` waiting, all go out at once rather
+    than grow without bound (their processes may then show as partial).
     """
 
-    def __init__(self, m: Map, batch_max: int = 16384) -> None:
+    def __init__(
+        self,
+        m: Map,
+        batch_max: int = 16384,
+        first: Map | None = None,
+        key: Callable[[bytes], int] | None = None,
+        hold_max: int = 65536,
+    ) -> None:
         self._batch: list[bytes] = []
+        self._first: list[bytes] = []
+        self._held: list[bytes] = []
         self.batch_max = batch_max
+        self.hold_max = hold_max
+        self._key = key or (lambda _: 0)
         self._error: BaseException | None = None
         self._cb = _libbpf.SAMPLE_FN(self._on_sample)
         self._wait = select.poll()
-        self._wait.register(m.fd, select.POLLIN)
-        with _Call(f"ring buffer on map {m.name}") as c:
-            self._ptr: int | None = c.check_ptr(lib().ring_buffer__new(m.fd, self._cb, None, None))
+        maps = [first, m] if first is not None else [m]
+        with _Call(f"ring buffer on map {maps[0].name}") as c:
+            self._ptr: int | None = c.check_ptr(
+                lib().ring_buffer__new(maps[0].fd, self._cb, _FIRST if first else _MAIN, None)
+            )
+        try:
+            if first is not None:
+                with _Call(f"ring buffer on map {m.name}") as c:
+                    c.check_int(lib().ring_buffer__add(self._ptr, m.fd, self._cb, _MAIN))
+        except BaseException:
+            self.close()
+            raise
+        for each in maps:
+            self._wait.register(each.fd, select.POLLIN)
 
     def _on_sample(self, ctx: int | None, data: int, size: int) -> int:
         try:
+            if ctx == _FIRST:
+                self._first.append(ctypes.string_at(data, size))
+                return 0
             self._batch.append(ctypes.string_at(data, size))
             # Negative stops libbpf's loop after this record (kept, consumed).
             return _BATCH_FULL if len(self._batch) >= self.batch_max else 0
@@ -453,9 +491,9 @@ class RingBuffer:
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Every record available; if there is none, first wait up to timeout_ms.
 
-        The wait is poll(2) on the map. It sleeps until the timeout or a
+        The wait is poll(2) on the maps. It sleeps until the timeout or a
         forced wake-up: our programs add records silently until an eighth
-        of the ring is full (tr_wakeup in common.bpf.h), so a quiet stream
+        of a ring is full (tr_wakeup in common.bpf.h), so a quiet stream
         is drained on the timer. The GIL is released only while waiting.
         """
         batch = self.consume()
@@ -465,17 +503,46 @@ class RingBuffer:
         return batch
 
     def consume(self) -> list[bytes]:
-        """Every record available now (up to batch_max), without waiting."""
+        """Every record available now (up to batch_max of the main ring), without waiting."""
         assert _held is not None and self._ptr
         with _Call("ring_buffer__consume") as c:
             ret = int(_held.ring_buffer__consume(self._ptr))
         batch, self._batch = self._batch, []
+        first, self._first = self._first, []
         if self._error is not None:
             err, self._error = self._error, None
             raise err
         if ret < 0 and ret != _BATCH_FULL:
             raise c.fail(ret)
-        return batch
+        if not first and not self._held:
+            return batch
+        return self._merge(batch, first, drained=len(batch) < self.batch_max)
+
+    def _merge(self, batch: list[bytes], first: list[bytes], drained: bool) -> list[bytes]:
+        key = self._key
+        waiting = self._held + first if self._held else first
+        if drained:
+            out, self._held = waiting, []
+        else:
+            last = key(batch[-1]) if batch else -1
+            out = [r for r in waiting if key(r) <= last]
+            self._held = [r for r in waiting if key(r) > last]
+            if len(self._held) > self.hold_max:
+                out, self._held = waiting, []
+        if not out:
+            return batch
+        if not batch:
+            return out
+        merged: list[bytes] = []
+        i, n = 0, len(batch)
+        for rec in out:
+            k = key(rec)
+            while i < n and key(batch[i]) <= k:
+                merged.append(batch[i])
+                i += 1
+            merged.append(rec)
+        merged += batch[i:]
+        return merged
 
     def close(self) -> None:
         if self._ptr:

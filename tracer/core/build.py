@@ -43,9 +43,13 @@ def file_open(
     rec: FileOpenRecord, ctx: Context, node: str, policy: PolicyMatch | None
 ) -> FileOpen:
     path, escaped = text.decode(rec.path)
+    source = None
+    if rec.op:
+        source, source_escaped = text.decode(rec.source)
+        escaped |= source_escaped
     info = FileInfo(
         path,
-        names.open_flags(rec.open_flags),
+        names.open_flags(rec.open_flags) if not rec.op else (),
         rec.mode,
         rec.ret,
         names.errno_name(rec.ret),
@@ -53,6 +57,9 @@ def file_open(
         bool(rec.flags & decode.FILE_TRUNC_PATH),  # truncated
         not rec.flags & decode.FILE_UNRESOLVED,  # resolved
         escaped,  # non_utf8
+        decode.FILE_OPS.get(rec.op, str(rec.op)),
+        source,
+        bool(rec.flags & decode.FILE_USER_MEMORY),
     )
     return FileOpen(ctx.time, node, ctx.process, ctx.parent, ctx.ancestors, info, policy)
 
@@ -82,5 +89,7 @@ def connect(rec: ConnectRecord, ctx: Context, node: str, policy: PolicyMatch | N
         rec.ret,
         names.errno_name(rec.ret),
         decode.hook_name(rec.hook),
+        decode.CONN_VIAS.get(rec.via, str(rec.via)),
+        bool(rec.flags & decode.CONN_USER_MEMORY),
     )
     return Connect(ctx.time, node, ctx.process, ctx.parent, ctx.ancestors, info, policy)

@@ -33,7 +33,8 @@ STAT_EMITTED = 0
 STAT_RB_DROPPED = 1
 STAT_EVALUATED = 2
 STAT_PREFILTERED = 3
-STAT_COUNT = 4
+STAT_LIMITED = 4
+STAT_COUNT = 5
 
 EXEC_TRUNC_ARGS = 1 << 0
 EXEC_TRUNC_PATH = 1 << 1
@@ -47,6 +48,14 @@ TASK_EXE_DELETED = 1 << 0
 
 FILE_TRUNC_PATH = 1 << 0
 FILE_UNRESOLVED = 1 << 1
+FILE_USER_MEMORY = 1 << 2
+
+# enum tr_file_op
+FILE_OPS = {0: "open", 1: "rename", 2: "link", 3: "symlink"}
+
+# enum tr_conn_via, tr_conn_flags
+CONN_VIAS = {0: "connect", 1: "sendto", 2: "sendmsg", 3: "fastopen"}
+CONN_USER_MEMORY = 1 << 0
 
 # enum tr_action
 ACTION_NONE = 0
@@ -85,6 +94,28 @@ HOOK_NAMES = {
     18: "kretprobe/io_openat2",
     19: "tp_btf/io_uring_submit_req",
     20: "tp_btf/io_uring_submit_sqe",
+    21: "tracepoint/inet_sock_set_state",
+    22: "tracepoint/sys_exit_sendto",
+    23: "tracepoint/sys_exit_sendmsg",
+    24: "lsm/socket_sendmsg",
+    25: "fentry/security_socket_sendmsg",
+    26: "kprobe/security_socket_sendmsg",
+    27: "tracepoint/sys_exit_rename",
+    28: "tracepoint/sys_exit_renameat",
+    29: "tracepoint/sys_exit_renameat2",
+    30: "tracepoint/sys_exit_link",
+    31: "tracepoint/sys_exit_linkat",
+    32: "tracepoint/sys_exit_symlink",
+    33: "tracepoint/sys_exit_symlinkat",
+    34: "lsm/path_rename",
+    35: "lsm/path_link",
+    36: "lsm/path_symlink",
+    37: "fentry/security_path_rename",
+    38: "fentry/security_path_link",
+    39: "fentry/security_path_symlink",
+    40: "kprobe/security_path_rename",
+    41: "kprobe/security_path_link",
+    42: "kprobe/security_path_symlink",
 }
 # Bits or'ed into the hook: how the program made the call when not through
 # its 64-bit syscall. The name is prefixed, e.g. "io_uring:lsm/file_open".
@@ -140,6 +171,8 @@ FILE_TAIL_FIELDS = (
     ("flags", "I"),
     ("hook", "H"),
     ("path_len", "H"),
+    ("op", "H"),
+    ("source_len", "H"),
 )
 CONNECT_TAIL_FIELDS = (
     ("ret", "q"),
@@ -150,7 +183,8 @@ CONNECT_TAIL_FIELDS = (
     ("dport", "H"),
     ("sport", "H"),
     ("path_len", "H"),
-    ("pad", "H"),
+    ("via", "B"),
+    ("flags", "B"),
     ("daddr", "16s"),
     ("saddr", "16s"),
     ("unix_path", "108s"),
@@ -189,6 +223,17 @@ CONNECT_TAIL_OFFSET = VERDICT_OFFSET + VERDICT.size
 CONNECT_SIZE = CONNECT_TAIL_OFFSET + CONNECT_TAIL.size
 CGROUP_OFFSET = HDR.size
 CGROUP_PATH_OFFSET = CGROUP_OFFSET + CGROUP.size
+
+
+_KTIME = struct.Struct("<Q")
+KTIME_OFFSET = HDR.size  # tr_task.ktime, and tr_cgroup.ktime: every kind's first field
+
+
+def ktime(buf: bytes) -> int:
+    """The boot-clock time a record was made (every kind has it first)."""
+    if len(buf) < KTIME_OFFSET + 8:
+        return 0
+    return int(_KTIME.unpack_from(buf, KTIME_OFFSET)[0])
 
 
 class WireError(ValueError):
@@ -279,6 +324,8 @@ class FileOpenRecord:
     flags: int  # FILE_*
     hook: int
     path: bytes
+    op: int = 0  # FILE_OPS
+    source: bytes = b""  # rename, link: the old name; symlink: its target
 
 
 @dataclass(slots=True)
@@ -295,6 +342,8 @@ class ConnectRecord:
     daddr: bytes  # 16 bytes; IPv4 in the first 4
     saddr: bytes
     unix_path: bytes
+    via: int = 0  # CONN_VIAS
+    flags: int = 0  # CONN_*
 
 
 @dataclass(slots=True, frozen=True)
@@ -398,15 +447,21 @@ def decode(buf: bytes) -> Record:
     if kind == KIND_FILE_OPEN:
         if size < FILE_PATH_OFFSET:
             raise WireError(f"file_open record of {size} bytes is too short")
-        ret, oflags, mode, flags, hook, plen = FILE_TAIL.unpack_from(buf, FILE_TAIL_OFFSET)
-        if FILE_PATH_OFFSET + plen > size:
-            raise WireError(f"file_open path overruns the record ({plen} bytes)")
+        ret, oflags, mode, flags, hook, plen, op, slen = FILE_TAIL.unpack_from(
+            buf, FILE_TAIL_OFFSET
+        )
+        end = FILE_PATH_OFFSET + plen + slen
+        if end > size:
+            raise WireError(f"file_open strings overrun the record ({end} > {size})")
         path = buf[FILE_PATH_OFFSET : FILE_PATH_OFFSET + plen]
-        return FileOpenRecord(_task(buf), _verdict(buf), ret, oflags, mode, flags, hook, path)
+        source = buf[FILE_PATH_OFFSET + plen : end]
+        return FileOpenRecord(
+            _task(buf), _verdict(buf), ret, oflags, mode, flags, hook, path, op, source
+        )
     if kind == KIND_CONNECT:
         if size < CONNECT_SIZE:
             raise WireError(f"connect record of {size} bytes is too short")
-        (ret, fam, proto, stype, hook, dport, sport, plen, _, daddr, saddr, upath) = (
+        (ret, fam, proto, stype, hook, dport, sport, plen, via, cflags, daddr, saddr, upath) = (
             CONNECT_TAIL.unpack_from(buf, CONNECT_TAIL_OFFSET)
         )
         return ConnectRecord(
@@ -422,6 +477,8 @@ def decode(buf: bytes) -> Record:
             daddr,
             saddr,
             upath[: min(plen, len(upath))],
+            via,
+            cflags,
         )
     if kind == KIND_CGROUP:
         if size < CGROUP_PATH_OFFSET:

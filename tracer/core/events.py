@@ -145,7 +145,10 @@ class FileInfo:
     hook: str
     truncated: bool  # path cut at 4096 bytes or 64 components
     resolved: bool  # False: the open failed; the path is the name asked for
-    non_utf8: bool = False  # path escaped (tracer.core.text)
+    non_utf8: bool = False  # path (or source) escaped (tracer.core.text)
+    op: str = "open"  # open, or rename, link, symlink: a new name for a file
+    source: str | None = None  # rename, link: the old name; symlink: the target
+    user_memory: bool = False  # path or source read back from the process's memory
 
 
 @dataclass(slots=True)
@@ -168,6 +171,8 @@ class ConnectInfo:
     result: int  # 0, or -errno
     error: str | None
     hook: str
+    via: str = "connect"  # connect, sendto, sendmsg, fastopen
+    user_memory: bool = False  # the address was read from the process's memory
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -35,16 +35,51 @@ PROCESS_VARIANTS = ("tp_btf", "raw_tp")
 # for lsm, fentry and kprobe). Attached in this order: the exit programs
 # first, so that no selected call can start before its exit is watched
 # (a verdict left in flight would be reported with another call's result).
-_FEXIT = ("tr_fexit_openat2", "tr_fexit_connect")
+# Capture programs on typed tracepoints, with a `_raw` twin for kernels where
+# the process hooks fell back to raw_tp.
+_TYPED_TRACEPOINTS = ("tr_tcp_syn_sent",)
+# rename, link, symlink: a new name for a file (file.bpf.h).
+_NEW_NAMES = (
+    "tr_rename_exit",
+    "tr_renameat_exit",
+    "tr_renameat2_exit",
+    "tr_link_exit",
+    "tr_linkat_exit",
+    "tr_symlink_exit",
+    "tr_symlinkat_exit",
+)
+_FEXIT = ("tr_fexit_openat2", "tr_fexit_connect", "tr_fexit_sendto", "tr_fexit_sendmsg")
 CAPTURE_PROGRAMS = {
-    "lsm": (*_FEXIT, "tr_lsm_file_open", "tr_lsm_connect"),
-    "fentry": (*_FEXIT, "tr_fentry_file_open", "tr_fentry_connect"),
+    "lsm": (
+        *_FEXIT,
+        "tr_lsm_file_open",
+        "tr_lsm_connect",
+        "tr_lsm_sendmsg",
+        "tr_lsm_path_rename",
+        "tr_lsm_path_link",
+        "tr_lsm_path_symlink",
+    ),
+    "fentry": (
+        *_FEXIT,
+        "tr_fentry_file_open",
+        "tr_fentry_connect",
+        "tr_fentry_sendmsg",
+        "tr_fentry_path_rename",
+        "tr_fentry_path_link",
+        "tr_fentry_path_symlink",
+    ),
     "kprobe": (
         "tr_kret_openat2",
         "tr_kret_connect",
+        "tr_kret_sendto",
+        "tr_kret_sendmsg",
         "tr_kprobe_openat2",
         "tr_kprobe_file_open",
         "tr_kprobe_connect",
+        "tr_kprobe_sendmsg",
+        "tr_kprobe_path_rename",
+        "tr_kprobe_path_link",
+        "tr_kprobe_path_symlink",
     ),
     "tracepoint": (
         "tr_open_exit_tp",
@@ -52,7 +87,22 @@ CAPTURE_PROGRAMS = {
         "tr_openat2_exit",
         "tr_creat_exit",
         "tr_connect_exit",
-        "tr_connect_enter",
+        "tr_sendto_exit",
+        "tr_sendmsg_exit",
+        "tr_tcp_syn_sent",
+        *_NEW_NAMES,
+    ),
+}
+# What each capture mode can only read back from the process's memory after
+# the kernel used its own copy (events flag it `user_memory`): logged once
+# at start, so that an operator knows where a racing thread can lie.
+USER_MEMORY_LIMITS = {
+    "lsm": "a failed open's name",
+    "fentry": "a failed open's name",
+    "kprobe": "a failed open's name",
+    "tracepoint": (
+        "a failed open's name, a datagram's address (sendto/sendmsg), "
+        "and the new name of a rename, link or symlink (not resolved either)"
     ),
 }
 # Programs for the calls the syscall hooks above never see: io_uring
@@ -105,6 +155,16 @@ RINGBUF_MAX = 1 << 30
 # every 10 ms, so bursts of ~15,000 typical records fit; raise it for
 # hosts whose bursts do not (`lost` events say so).
 RINGBUF_DEFAULT = 4 << 20
+# The ring of policy-selected and enforcement records (tr_selected): they
+# are few, and drained before the bulk ring on every poll. 1 MiB holds
+# ~6,000 typical file_open records.
+SELECTED_RINGBUF_SIZE = 1 << 20
+# Bulk (exec, fork, exit, cgroup) records a uid may put in the ring per
+# second before the rest of its second's records are dropped and counted
+# (`lost`): one user's exec storm cannot fill the ring for everyone.
+# Three records per process (fork, exec, exit): ~6,600 processes a second.
+UID_BUDGET_DEFAULT = 20000
+_CONFIG = struct.Struct("<II")  # struct tr_config
 
 
 def check_ringbuf_size(size: int) -> None:
@@ -121,6 +181,7 @@ class KernelCounters:
     dropped: dict[str, int]
     evaluated: dict[str, int]  # policy evaluations, by kind
     prefiltered: dict[str, int]  # of those, opens settled before their path was copied
+    limited: dict[str, int] = field(default_factory=dict)  # bulk records over their uid budget
 
 
 class Sensor:
@@ -146,7 +207,9 @@ class Sensor:
         # What this mode on this kernel cannot report or enforce, in words.
         self.gaps = gaps
         self.attached = tuple(attached)  # program names, in attach order
-        self.ringbuf = bpf.RingBuffer(obj.map("tr_events"))
+        self.ringbuf = bpf.RingBuffer(
+            obj.map("tr_events"), first=obj.map("tr_selected"), key=decode.ktime
+        )
         self.ring = bpf.RingPositions(obj.map("tr_events"))
         self._stats = obj.map("tr_stats")
         self._lock = threading.Lock()
@@ -166,7 +229,7 @@ class Sensor:
 
     def counters(self) -> KernelCounters:
         """Totals since load, summed over CPUs."""
-        out = KernelCounters({}, {}, {}, {})
+        out = KernelCounters({}, {}, {}, {}, {})
         with self._lock:
             if not self._closed:
                 self._count(out)
@@ -178,6 +241,7 @@ class Sensor:
             (decode.STAT_RB_DROPPED, out.dropped),
             (decode.STAT_EVALUATED, out.evaluated),
             (decode.STAT_PREFILTERED, out.prefiltered),
+            (decode.STAT_LIMITED, out.limited),
         )
         for kind, name in decode.KIND_NAMES.items():
             for stat, dest in stats:
@@ -219,7 +283,11 @@ def choose_capture_mode(
 
 @contextmanager
 def capture_sensor(
-    bpf_dir: Path, variant: str, capture_mode: str, ringbuf_size: int
+    bpf_dir: Path,
+    variant: str,
+    capture_mode: str,
+    ringbuf_size: int,
+    uid_budget: int = UID_BUDGET_DEFAULT,
 ) -> Iterator[Sensor]:
     """Load and attach every capture program; detach everything on exit."""
     if variant not in PROCESS_VARIANTS:
@@ -232,10 +300,15 @@ def capture_sensor(
             f"(available: {', '.join(CAPTURE_PROGRAMS)})"
         )
     check_ringbuf_size(ringbuf_size)
+    if not 0 <= uid_budget < 1 << 32:
+        raise ConfigError(f"uid budget {uid_budget} is not between 0 (no limit) and 2**32-1")
     obj = bpf.BpfObject(bpf_dir / CAPTURE_OBJECT)
     try:
         chosen = [progs[variant] for progs in PROCESS_PROGRAMS.values()]
-        chosen += CAPTURE_PROGRAMS[capture_mode]
+        chosen += [
+            f"{p}_raw" if p in _TYPED_TRACEPOINTS and variant == "raw_tp" else p
+            for p in CAPTURE_PROGRAMS[capture_mode]
+        ]
         gaps = list(MODE_GAPS.get(capture_mode, ()))
         for name, target, what in EVASION_PROGRAMS[capture_mode]:
             if name not in obj.programs:
@@ -251,7 +324,9 @@ def capture_sensor(
         for prog in obj.programs.values():
             prog.set_autoload(prog.name in chosen)
         obj.map("tr_events").set_max_entries(ringbuf_size)
+        obj.map("tr_selected").set_max_entries(SELECTED_RINGBUF_SIZE)
         obj.load()
+        obj.map("tr_config").update(_U32.pack(0), _CONFIG.pack(uid_budget, 0))
         for name in chosen:
             obj.attach(name)
         sensor = Sensor(obj, variant, capture_mode, gaps, chosen)

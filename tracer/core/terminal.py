@@ -127,6 +127,10 @@ def _detail(kind: str, ev: Mapping[str, Any], color: bool) -> str:
         flags = "|".join(_text(f) for f in _list(d.get("flags")))
         result = f" = {_text(d['result'])}" if d.get("result") else ""
         err = f" {_text(d['error'])}" if d.get("error") else ""
+        op = d.get("op")
+        if op and op != "open":  # a new name: rename, link, symlink
+            what = f"{_text(op)} {_text(d.get('source'))} -> {_text(d.get('path'))}"
+            return f"{what}{result}{err}{_action(ev, color)}"
         return f"{_text(d.get('path'))} {flags}{result}{err}{_action(ev, color)}".strip()
     if kind == "connect":
         if d.get("unix_path") is not None:
@@ -136,6 +140,9 @@ def _detail(kind: str, ev: Mapping[str, Any], color: bool) -> str:
             if ":" in daddr:  # IPv6
                 daddr = f"[{daddr}]"
             target = f"{_text(d.get('protocol'))} {daddr}:{_text(d.get('dport', 0))}"
+        via = d.get("via")
+        if via and via != "connect":  # reached without connect(): sendto, fastopen
+            target += f" via {_text(via)}"
         result = f" = {_text(d['result'])}" if d.get("result") else ""
         err = f" {_text(d['error'])}" if d.get("error") else ""
         return f"{target}{result}{err}{_action(ev, color)}".strip()

@@ -1,0 +1,686 @@
+"""Evasions of file_open and connect capture, tried on the real kernel.
+
+Each test is an attack a hostile process can make: change what the kernel
+is asked while it reads it (a second thread flipping the buffer), reach a
+peer without connect(), flood the ring buffer with records no policy
+wants. The hostile programs that Python cannot write (threads racing a
+syscall's argument) are C under tests/evasion/, compiled here with gcc.
+Network tests use loopback addresses of their own (127.77.x.y) and
+ports no other test uses. The daemon runs once per capture mode under
+test (tests/capture.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from capture import CONNECT_HOOK, MODES, UDP_CONNECT_HOOK, send_hook
+from conftest import REPO, Daemon, Event, new_marker
+
+from tracer import control
+
+EVASION = REPO / "tests" / "evasion"
+PY = sys.executable
+# A race shows only while both threads run at once, on two CPUs: on a busy
+# machine a round may run them one after the other. Rounds are repeated
+# until the flipping thread has changed the outcome at least once.
+ROUNDS = 20
+# Bulk records per uid per second in the budget test.
+BUDGET = 300
+
+
+@pytest.fixture(scope="module")
+def progs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The hostile programs, built for this run (their paths are unique)."""
+    out = tmp_path_factory.mktemp("evasion")
+    built = {}
+    for src in sorted(EVASION.glob("*.c")):
+        exe = out / src.stem
+        subprocess.run(
+            ["gcc", "-O2", "-Wall", "-pthread", "-o", str(exe), str(src)],
+            check=True,
+            capture_output=True,
+        )
+        built[src.stem] = exe
+    return built
+
+
+@pytest.fixture(scope="module", params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    m: str = request.param
+    return m
+
+
+@pytest.fixture(scope="module")
+def ctl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ctl") / "control.sock"
+
+
+@pytest.fixture(scope="module")
+def edaemon(ctl: Path, mode: str) -> Iterator[Daemon]:
+    d = Daemon("--control-socket", str(ctl), "--capture-mode", mode)
+    yield d
+    assert d.stop() == 0, "".join(d.stderr)
+
+
+def apply(ctl: Path, doc: str) -> None:
+    """Replace the daemon's policy set with this one document."""
+    reply = control.request(
+        ctl, {"op": "policy_apply", "documents": [["evasion.yaml", textwrap.dedent(doc)]]}
+    )
+    assert reply["ok"], reply
+
+
+def connect_rule(name: str, match: str, action: str = "post") -> str:
+    return (
+        f"policies:\n  - name: {name}\n    rules:\n      - event: connect\n"
+        f"        match: {match}\n        action: {action}\n"
+    )
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Listener:
+    """A TCP listener that accepts and closes every connection, counting them."""
+
+    def __init__(self, addr: str, port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((addr, port))
+        self.sock.listen(4096)
+        self.accepted = 0
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def conn_events(d: Daemon, port: int, via: str | None = None) -> list[Event]:
+    return d.matching(
+        lambda e: e["type"] == "connect"
+        and e["connect"].get("dport") == port
+        and (via is None or e["connect"]["via"] == via)
+    )
+
+
+# ---------------------------------------------------------------- item 4: TOCTOU
+
+
+def test_a_flipped_connect_address_reports_only_the_real_peer(
+    edaemon: Daemon, ctl: Path, progs: dict[str, Path], mode: str
+) -> None:
+    """A thread flips the sockaddr between 127.77.4.2 (listening) and
+    127.77.4.3 (nothing there) while the main thread connects: each event
+    must name the peer the kernel used, which its result proves (a
+    connection to .2 succeeds, one to .3 is refused)."""
+    port = free_port()
+    listener = Listener("127.77.4.2", port)
+    try:
+        apply(ctl, connect_rule("t-race", f'{{daddr: ["127.77.4.0/24"], dport: [{port}]}}'))
+        out: list[str] = []
+        for _ in range(ROUNDS):  # until the two threads really ran at once
+            out += subprocess.run(
+                [str(progs["connect_race"]), "loop", "127.77.4.2", "127.77.4.3", str(port), "400"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=120,
+            ).stdout.split()
+            if "ok" in out and "refused" in out:
+                break
+        assert set(out) == {"ok", "refused"}, f"the flipper never changed the outcome: {set(out)}"
+        edaemon.sync()
+        evs = conn_events(edaemon, port)
+        assert len(evs) == len(out)
+        wrong = [
+            (e["connect"]["daddr"], e["connect"]["result"])
+            for e in evs
+            if (e["connect"]["daddr"], e["connect"]["result"])
+            not in (("127.77.4.2", 0), ("127.77.4.3", -111))
+        ]
+        assert not wrong, f"{len(wrong)} events name a peer the kernel did not use: {wrong[:5]}"
+        # In the program's order, event for event.
+        assert [("ok" if e["connect"]["result"] == 0 else "refused") for e in evs] == out
+        assert all(e["connect"]["user_memory"] is False for e in evs)
+        assert {e["connect"]["hook"] for e in evs} == {CONNECT_HOOK[mode]}
+        assert {e["process"]["binary"] for e in evs} == {str(progs["connect_race"])}
+    finally:
+        listener.close()
+
+
+def test_a_sigkill_on_the_real_peer_kills_every_time_it_was_reached(
+    edaemon: Daemon, ctl: Path, progs: dict[str, Path]
+) -> None:
+    """With sigkill on the listening address, no child may connect to it
+    and live, whatever the flipping thread did to the buffer."""
+    port = free_port()
+    listener = Listener("127.77.4.2", port)
+    try:
+        apply(
+            ctl,
+            connect_rule(
+                "t-race-kill", f'{{daddr: ["127.77.4.2/32"], dport: [{port}]}}', "sigkill"
+            ),
+        )
+        out = subprocess.run(
+            [str(progs["connect_race"]), "fork", "127.77.4.2", "127.77.4.3", str(port), "200"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        ).stdout.split()
+        assert len(out) == 200 and set(out) <= {"killed", "refused"}, (
+            f"{out.count('ok')} children connected to the killed peer and lived"
+        )
+        assert "killed" in out and "refused" in out
+        edaemon.sync()
+        evs = conn_events(edaemon, port)
+        assert all(e["connect"]["daddr"] == "127.77.4.2" for e in evs)
+        assert all(e["policy"]["action"] == "sigkill" for e in evs)
+        assert len(evs) == out.count("killed")
+    finally:
+        listener.close()
+
+
+def test_a_flipped_openat2_reports_the_flags_the_file_was_opened_with(
+    edaemon: Daemon, ctl: Path, progs: dict[str, Path], tmp_path: Path
+) -> None:
+    target = tmp_path / new_marker("o2race")
+    target.write_text("x")
+    apply(
+        ctl,
+        f"""
+        policies:
+          - name: t-openat2-race
+            rules:
+              - event: file_open
+                match: {{path: ["{target}"]}}
+        """,
+    )
+    out: list[str] = []
+    for _ in range(ROUNDS):  # until the two threads really ran at once
+        out += subprocess.run(
+            [str(progs["openat2_race"]), str(target), "400"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout.split()
+        if "r" in out and "w" in out:
+            break
+    assert set(out) == {"r", "w"}, f"the flipper never changed the mode: {set(out)}"
+    edaemon.sync()
+    evs = edaemon.matching(
+        lambda e: e["type"] == "file_open" and e["file_open"]["path"] == str(target)
+    )
+    got = ["w" if "O_WRONLY" in e["file_open"]["flags"] else "r" for e in evs]
+    assert got == out
+    assert all(e["file_open"]["user_memory"] is False for e in evs)
+
+
+def test_a_failed_open_says_its_name_came_from_user_memory(
+    edaemon: Daemon, ctl: Path, tmp_path: Path, mode: str
+) -> None:
+    """The kernel's copy of a failed open's name is gone when its result is
+    known: the event says the name is the process's (see the README)."""
+    missing = tmp_path / new_marker("missing")
+    present = tmp_path / new_marker("present")
+    present.write_text("x")
+    apply(
+        ctl,
+        f"""
+        policies:
+          - name: t-user-memory
+            rules:
+              - event: file_open
+                match: {{path: ["{missing}", "{present}"]}}
+        """,
+    )
+    code = f"import os\ntry: open({str(missing)!r})\nexcept OSError: pass\nopen({str(present)!r})"
+    subprocess.run([PY, "-c", code], check=True)
+    failed = edaemon.wait_for(
+        lambda e: e["type"] == "file_open" and e["file_open"]["path"] == str(missing)
+    )
+    opened = edaemon.wait_for(
+        lambda e: e["type"] == "file_open" and e["file_open"]["path"] == str(present)
+    )
+    assert failed["file_open"]["resolved"] is False and failed["file_open"]["user_memory"] is True
+    assert opened["file_open"]["resolved"] is True and opened["file_open"]["user_memory"] is False
+    assert failed["file_open"]["op"] == opened["file_open"]["op"] == "open"
+    # ...and the daemon said at start which values it reads that way.
+    line = edaemon.wait_log("reads some values from the process's memory")
+    assert f"capture_mode='{mode}'" in line and "failed open" in line
+
+
+# ------------------------------------------------- item 5: peers without connect()
+
+
+def test_datagrams_to_an_address_are_connects_once_per_socket_and_peer(
+    edaemon: Daemon, ctl: Path, mode: str
+) -> None:
+    p1, p2 = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    apply(ctl, connect_rule("t-udp", f'{{daddr: ["127.77.5.0/24"], dport: [{p1}, {p2}]}}'))
+    marker = new_marker("udp")
+    code = f"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(500):                                  # a chatty DNS client
+    s.sendto(b"q", ("127.77.5.1", {p1}))
+s.sendmsg([b"q"], [], 0, ("127.77.5.1", {p2}))       # another peer, through sendmsg
+s.sendmsg([b"q"], [], 0, ("127.77.5.1", {p2}))
+t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a new socket: its own first send
+t.sendto(b"q", ("127.77.5.1", {p1}))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # connected: one connect event,
+u.connect(("127.77.5.2", {p1}))                       # no send event
+u.send(b"q")
+"""
+    subprocess.run([PY, "-c", code, marker], check=True)
+    edaemon.sync()
+    to_p1 = [e for e in conn_events(edaemon, p1) if marker in e["process"]["args"]]
+    to_p2 = [e for e in conn_events(edaemon, p2) if marker in e["process"]["args"]]
+    assert [(e["connect"]["via"], e["connect"]["daddr"]) for e in to_p1] == [
+        ("sendto", "127.77.5.1"),
+        ("sendto", "127.77.5.1"),
+        ("connect", "127.77.5.2"),
+    ]
+    assert [e["connect"]["via"] for e in to_p2] == ["sendmsg"]
+    sendto, _, connected = to_p1
+    assert sendto["connect"]["protocol"] == "UDP" and sendto["connect"]["result"] == 0
+    assert sendto["connect"]["hook"] == send_hook(mode, "sendto")
+    assert to_p2[0]["connect"]["hook"] == send_hook(mode, "sendmsg")
+    assert connected["connect"]["hook"] == UDP_CONNECT_HOOK[mode]
+    assert connected["connect"]["user_memory"] is False
+    # The tracepoints see a datagram's address only in the process's memory.
+    assert sendto["connect"]["user_memory"] is (mode == "tracepoint")
+
+
+def test_tcp_fast_open_is_a_connect(edaemon: Daemon, ctl: Path, mode: str) -> None:
+    port = free_port()
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.77.5.3", port))
+    srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
+    srv.listen(16)
+    try:
+        apply(ctl, connect_rule("t-tfo", f'{{daddr: ["127.77.5.3/32"], dport: [{port}]}}'))
+        marker = new_marker("tfo")
+        code = f"""
+import socket
+c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+c.sendto(b"hello", socket.MSG_FASTOPEN, ("127.77.5.3", {port}))
+c.close()
+"""
+        subprocess.run([PY, "-c", code, marker], check=True)
+        ev = edaemon.wait_for(
+            lambda e: e["type"] == "connect"
+            and e["connect"].get("dport") == port
+            and marker in e["process"]["args"]
+        )
+        c = ev["connect"]
+        assert (c["via"], c["daddr"], c["protocol"], c["result"]) == (
+            "fastopen",
+            "127.77.5.3",
+            "TCP",
+            0,
+        )
+        assert c["hook"] == (
+            CONNECT_HOOK["tracepoint"] if mode == "tracepoint" else send_hook(mode, "sendto")
+        )
+        assert c["user_memory"] is False
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("how", ["sendto", "fastopen"])
+def test_sigkill_applies_to_peers_reached_without_connect(
+    edaemon: Daemon, ctl: Path, how: str
+) -> None:
+    kind = socket.SOCK_DGRAM if how == "sendto" else socket.SOCK_STREAM
+    port = free_port(kind)
+    srv = None
+    if how == "fastopen":
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.bind(("127.77.5.4", port))
+        srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
+        srv.listen(16)
+    try:
+        rule = f'{{daddr: ["127.77.5.4/32"], dport: [{port}]}}'
+        apply(ctl, connect_rule("t-send-kill", rule, "sigkill"))
+        peer = f'("127.77.5.4", {port})'
+        if how == "sendto":
+            send = f'socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", {peer})'
+        else:
+            send = (
+                "socket.socket(socket.AF_INET, socket.SOCK_STREAM)"
+                f'.sendto(b"x", socket.MSG_FASTOPEN, {peer})'
+            )
+        code = f"import socket\n{send}\nprint('alive')"
+        r = subprocess.run([PY, "-c", code], capture_output=True)
+        assert r.returncode == -9 and b"alive" not in r.stdout
+    finally:
+        if srv is not None:
+            srv.close()
+
+
+# ------------------------------------------------------ item 9: flooding the ring
+
+
+def _as_uid(uid: int) -> None:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+
+
+def test_an_exec_storm_does_not_crowd_out_selected_opens(tmp_path: Path) -> None:
+    """An unprivileged exec storm fills a tiny bulk ring; a posted open
+    storm from another process loses nothing and keeps its ancestry."""
+    ctl = tmp_path / "control.sock"
+    target = tmp_path / new_marker("flood")
+    target.write_text("x")
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "policies:\n  - name: t-flood\n    rules:\n      - event: file_open\n"
+        f'        match: {{path: ["{target}"]}}\n'
+    )
+    d = Daemon(
+        "--policy", str(policy), "--control-socket", str(ctl),
+        "--ringbuf-size", "8K", "--uid-budget", "0",
+    )  # fmt: skip
+    marker = new_marker("opener")
+    code = (
+        f"import sys\nsys.stdin.readline()\nfor _ in range(1000): open({str(target)!r}).close()\n"
+        "print('done', flush=True)"
+    )
+    opener = subprocess.Popen(
+        [PY, "-c", code, marker],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    storm_uid = 60000 + os.getpid() % 5000
+    storms = []
+    try:
+        d.sync()  # the opener's exec is in, before the storm
+        for _ in range(3):
+            storms.append(
+                subprocess.Popen(
+                    ["sh", "-c", "while :; do /bin/true; done"],
+                    preexec_fn=lambda: _as_uid(storm_uid),
+                )
+            )
+        time.sleep(1)
+        assert opener.stdin is not None and opener.stdout is not None
+        opener.stdin.write(b"go\n")
+        opener.stdin.flush()
+        assert opener.stdout.readline() == b"done\n"
+        time.sleep(1)
+    finally:
+        for s in storms:
+            s.kill()
+            s.wait()
+        opener.wait(10)
+    try:
+        d.wait_for(lambda e: e["type"] == "lost" and e["lost"]["kernel"].get("process_exec", 0) > 0)
+        d.sync(attempts=50)
+        opens = d.matching(
+            lambda e: e["type"] == "file_open" and e["file_open"]["path"] == str(target)
+        )
+        assert len(opens) == 1000
+        for e in opens:
+            assert e["process"]["pid"] == opener.pid and marker in e["process"]["args"]
+            assert "partial" not in e["process"]["flags"]
+            assert e["parent"]["pid"] == os.getpid()
+    finally:
+        assert d.stop() == 0, "".join(d.stderr)
+
+
+def test_a_storming_uid_is_held_to_its_budget_and_others_lose_nothing(tmp_path: Path) -> None:
+    """While the bulk ring is behind, each uid adds at most its budget of
+    records a second: one uid's exec storm is cut down (counted as lost)
+    and another uid's execs all get through. The daemon is stopped
+    (SIGSTOP) meanwhile, so the ring is behind however fast it could read."""
+    ctl = tmp_path / "control.sock"
+    d = Daemon(
+        "--control-socket", str(ctl), "--ringbuf-size", "2M", "--uid-budget", str(BUDGET),
+    )  # fmt: skip
+    storm_uid = 60000 + os.getpid() % 5000
+    victim_uid = storm_uid + 1
+    marker = new_marker("victim")
+    storms = []
+    d.proc.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(3):
+            storms.append(
+                subprocess.Popen(
+                    ["sh", "-c", "while :; do /bin/true; done"],
+                    preexec_fn=lambda: _as_uid(storm_uid),
+                )
+            )
+        time.sleep(1)
+        # ~30 execs a second, 3 records each: well within the budget.
+        subprocess.run(
+            ["sh", "-c", f"for i in $(seq 100); do /bin/true {marker} $i; sleep 0.03; done"],
+            preexec_fn=lambda: _as_uid(victim_uid),
+            check=True,
+        )
+    finally:
+        for s in storms:
+            s.kill()
+            s.wait()
+        d.proc.send_signal(signal.SIGCONT)
+    try:
+        d.sync(attempts=20)
+        seen = d.matching(
+            lambda e: e["type"] == "process_exec" and marker in e["process"]["args"]
+        )
+        assert sorted(int(e["process"]["args"][2]) for e in seen) == list(range(1, 101))
+        assert all(e["process"]["uid"] == victim_uid for e in seen)
+        stats = control.request(ctl, {"op": "stats"})["kernel"]
+        assert stats["limited"]["process_exec"] > 0
+        d.wait_for(lambda e: e["type"] == "lost" and e["lost"]["kernel"].get("process_exec", 0))
+    finally:
+        assert d.stop() == 0, "".join(d.stderr)
+
+
+# --------------------------------------- item 6: a new name in a watched place
+
+
+def _new_name_events(d: Daemon, watched: Path) -> list[Event]:
+    return d.matching(
+        lambda e: e["type"] == "file_open"
+        and e["file_open"]["path"].startswith(str(watched) + "/")
+    )
+
+
+def test_rename_link_and_symlink_into_a_watched_path_are_reported(
+    edaemon: Daemon, ctl: Path, tmp_path: Path, mode: str
+) -> None:
+    """`mv` a prepared file into a watched directory, `ln` one into it, link
+    a symlink there: nothing is opened at the new name, yet each is a write
+    to it that `access: write` rules select."""
+    watched = tmp_path / new_marker("cron.d")
+    watched.mkdir()
+    apply(
+        ctl,
+        f"""
+        policies:
+          - name: t-new-names
+            rules:
+              - event: file_open
+                access: write
+                match: {{path: {{prefix: ["{watched}/"]}}}}
+        """,
+    )
+    staged = tmp_path / ".x"
+    staged.write_text("* * * * * root sh /tmp/evil\n")
+    other = tmp_path / "other"
+    other.write_text("x")
+    subprocess.run(["mv", str(staged), str(watched / "x")], check=True)
+    subprocess.run(["ln", str(other), str(watched / "hard")], check=True)
+    subprocess.run(["ln", "-s", "/tmp/evil", str(watched / "soft")], check=True)
+    # renameat with directory fds, relative names: the path is still absolute.
+    code = (
+        "import os, sys\n"
+        f"a = os.open({str(tmp_path)!r}, os.O_RDONLY)\n"
+        f"b = os.open({str(watched)!r}, os.O_RDONLY)\n"
+        "os.rename('other', 'moved', src_dir_fd=a, dst_dir_fd=b)\n"
+        "os.rename('moved', 'back', src_dir_fd=b, dst_dir_fd=a)\n"
+    )
+    subprocess.run([PY, "-c", code], check=True)
+    edaemon.sync()
+    evs = {e["file_open"]["path"]: e for e in _new_name_events(edaemon, watched)}
+    x, hard, soft, moved = (
+        evs[str(watched / n)]["file_open"] for n in ("x", "hard", "soft", "moved")
+    )
+    assert (x["op"], x["source"], x["result"]) == ("rename", str(staged), 0)
+    assert (hard["op"], hard["source"]) == ("link", str(other))
+    assert (soft["op"], soft["source"]) == ("symlink", "/tmp/evil")
+    assert (moved["op"], moved["source"]) == ("rename", str(other))
+    if mode == "tracepoint":
+        # The syscall's own strings, joined to the kernel's dirfd or cwd path.
+        assert x["hook"] == "tracepoint/sys_exit_renameat2"  # what coreutils' mv calls
+        assert moved["hook"] == "tracepoint/sys_exit_renameat"
+        assert hard["hook"] == "tracepoint/sys_exit_linkat"
+        assert soft["hook"] == "tracepoint/sys_exit_symlinkat"
+    else:
+        # Resolved by the kernel's lookup, seen by the path security hooks.
+        prefix = {"lsm": "lsm/path_", "fentry": "fentry/security_path_"}.get(
+            mode, "kprobe/security_path_"
+        )
+        assert x["hook"] == moved["hook"] == prefix + "rename"
+        assert hard["hook"] == prefix + "link" and soft["hook"] == prefix + "symlink"
+    in_kernel = mode != "tracepoint"
+    for f in (x, hard, soft, moved):
+        assert f["flags"] == [] and f["user_memory"] is not in_kernel
+        assert f["resolved"] is in_kernel
+    assert evs[str(watched / "x")]["policy"]["name"] == "t-new-names"
+    # Moving out of the watched directory names a path outside it: not selected.
+    assert str(tmp_path / "back") not in {
+        e["file_open"]["path"] for e in edaemon.matching(lambda e: e["type"] == "file_open")
+    }
+
+
+def test_sigkill_on_a_rename_into_a_watched_path(
+    edaemon: Daemon, ctl: Path, tmp_path: Path
+) -> None:
+    watched = tmp_path / new_marker("watched")
+    watched.mkdir()
+    apply(
+        ctl,
+        f"""
+        policies:
+          - name: t-new-name-kill
+            rules:
+              - event: file_open
+                access: write
+                match: {{path: {{prefix: ["{watched}/"]}}}}
+                action: sigkill
+        """,
+    )
+    staged = tmp_path / "staged"
+    staged.write_text("x")
+    code = f"import os\nos.rename({str(staged)!r}, {str(watched / 'k')!r})\nprint('alive')"
+    r = subprocess.run([PY, "-c", code], capture_output=True)
+    assert r.returncode == -9 and b"alive" not in r.stdout
+    ev = edaemon.wait_for(
+        lambda e: e["type"] == "file_open" and e["file_open"]["path"] == str(watched / "k")
+    )
+    assert ev["policy"]["action"] == "sigkill" and ev["file_open"]["op"] == "rename"
+
+
+@pytest.mark.parametrize("how", ["sendto", "rename"])
+def test_deny_refuses_sends_and_new_names_under_lsm(
+    edaemon: Daemon, ctl: Path, tmp_path: Path, mode: str, how: str
+) -> None:
+    """LSM refuses a datagram to a denied peer (every time, though it is
+    reported once) and a rename into a denied path with EPERM, and the
+    process lives on; without LSM deny is a kill."""
+    port = free_port(socket.SOCK_DGRAM)
+    watched = tmp_path / new_marker("denied")
+    watched.mkdir()
+    staged = tmp_path / "staged"
+    staged.write_text("x")
+    if how == "sendto":
+        rule = f'{{daddr: ["127.77.5.5/32"], dport: [{port}]}}'
+        apply(ctl, connect_rule("t-deny-send", rule, "deny"))
+        act = (
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for _ in range(2):\n"
+            f"    try: s.sendto(b'x', ('127.77.5.5', {port}))\n"
+            "    except PermissionError as e: print('refused', e.errno)\n"
+        )
+    else:
+        apply(
+            ctl,
+            "policies:\n  - name: t-deny-name\n    rules:\n      - event: file_open\n"
+            f'        match: {{path: {{prefix: ["{watched}/"]}}}}\n        action: deny\n',
+        )
+        act = (
+            f"try: os.rename({str(staged)!r}, {str(watched / 'x')!r})\n"
+            "except PermissionError as e: print('refused', e.errno)\n"
+        )
+    marker = new_marker("deny")
+    run = subprocess.run(
+        [PY, "-c", f"import os, socket\n{act}print('alive')", marker],
+        capture_output=True,
+        text=True,
+    )
+    evs = edaemon.matching(lambda e: marker in e["process"]["args"] and "policy" in e)
+    if not evs:
+        edaemon.wait_for(lambda e: marker in e["process"]["args"] and "policy" in e)
+        evs = edaemon.matching(lambda e: marker in e["process"]["args"] and "policy" in e)
+    if mode == "lsm":
+        refused = ["refused", "1"] * (2 if how == "sendto" else 1)
+        assert run.returncode == 0 and run.stdout.split() == [*refused, "alive"]
+        assert [e["policy"]["action"] for e in evs] == ["deny"]
+        detail = evs[0]["connect" if how == "sendto" else "file_open"]
+        assert detail["result"] == -1 and detail["error"] == "EPERM"
+        assert staged.exists()
+    else:
+        assert run.returncode == -9 and run.stdout == ""
+        assert [e["policy"]["action"] for e in evs] == ["sigkill"]
+
+
+def test_the_raw_tp_variant_judges_tcp_connects_too(tmp_path: Path) -> None:
+    """Where the process hooks fall back to raw_tp, so does SYN_SENT."""
+    ctl = tmp_path / "control.sock"
+    port = free_port()
+    policy = tmp_path / "p.yaml"
+    policy.write_text(connect_rule("t-raw", f'{{daddr: ["127.77.6.1/32"], dport: [{port}]}}'))
+    d = Daemon(
+        "--policy", str(policy), "--control-socket", str(ctl), "--process-hooks", "raw_tp",
+        "--capture-mode", "tracepoint",
+    )  # fmt: skip
+    listener = Listener("127.77.6.1", port)
+    try:
+        socket.create_connection(("127.77.6.1", port)).close()
+        ev = d.wait_for(lambda e: e["type"] == "connect" and e["connect"].get("dport") == port)
+        assert ev["connect"]["hook"] == "tracepoint/inet_sock_set_state"
+        assert ev["process"]["pid"] == os.getpid()
+    finally:
+        listener.close()
+        assert d.stop() == 0, "".join(d.stderr)
