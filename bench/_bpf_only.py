@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 from tracer.config import DEFAULT_BPF_DIR  # noqa: E402
 from tracer.core import bpf, decode, loader  # noqa: E402
 from tracer.core.probe import probe  # noqa: E402
+from tracer.core.system import ensure_mounts  # noqa: E402
 
 _stop = False
 
@@ -68,6 +69,7 @@ def main() -> int:
     ap.add_argument("--batch-ms", type=float, default=10.0)
     ap.add_argument("--out", type=Path, help="write the JSON summary here (default: stdout)")
     args = ap.parse_args()
+    ensure_mounts()  # what the daemon mounts: a fresh host has no tracefs yet
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _on_signal)
     variant = args.process_hooks
