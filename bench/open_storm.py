@@ -156,9 +156,10 @@ def posted(reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str]) -> No
     # ancestry), a disk would measure its own write speed, not the daemon.
     shm = tmpdir("open-storm-out-", base=Path("/dev/shm"))
     out = shm / "posted.jsonl"
-    # A 256 MiB ring buffer absorbs the burst, so the number measured is the
+    # 256 MiB rings absorb the burst, so the number measured is the
     # daemon's sustained delivery rate, not the kernel's buffer size.
     d = TracerDaemon(reaper, out, ["--policy", str(pol), "--ringbuf-size", "256M",
+                                   "--selected-ringbuf-size", "256M",
                                    "--control-socket", str(work / "ctl2.sock"), *mode])
     d.start()
     watch = OutputWatch(out, "file_open", n, d.cpu_seconds)

@@ -59,6 +59,13 @@ def test_ringbuf_size_must_be_a_power_of_two() -> None:
     assert r.stdout == ""
 
 
+def test_each_ring_size_is_checked_and_named() -> None:
+    r = _run("run", "--selected-ringbuf-size", "3M")
+    assert r.returncode == 2
+    assert "power of two" in r.stderr and "--selected-ringbuf-size" in r.stderr
+    assert r.stdout == ""
+
+
 def test_unparseable_size_names_the_value() -> None:
     r = _run("run", "--ringbuf-size", "lots")
     assert r.returncode == 2

@@ -21,6 +21,7 @@ from export.siem import FORMATS
 from tracer import control
 from tracer.core.loader import (
     RINGBUF_DEFAULT,
+    SELECTED_RINGBUF_DEFAULT,
     UID_BUDGET_DEFAULT,
     ConfigError,
     check_ringbuf_size,
@@ -65,7 +66,13 @@ class Config:
         RINGBUF_DEFAULT,
         flag="--ringbuf-size",
         parse=parse_size,
-        help="BPF ring buffer bytes, a power of two",
+        help="bytes of the BPF ring for exec/fork/exit records, a power of two",
+    )
+    selected_ringbuf_size: int = option(
+        SELECTED_RINGBUF_DEFAULT,
+        flag="--selected-ringbuf-size",
+        parse=parse_size,
+        help="bytes of the BPF ring for what policies select and enforce, a power of two",
     )
     uid_budget: int = option(
         UID_BUDGET_DEFAULT,
@@ -189,6 +196,7 @@ class Config:
 
     def validate(self) -> None:
         check_ringbuf_size(self.ringbuf_size)
+        check_ringbuf_size(self.selected_ringbuf_size, "--selected-ringbuf-size")
         if not 0 <= self.uid_budget < 1 << 32:
             raise ConfigError(
                 f"--uid-budget must be between 0 (no limit) and 2**32-1, not {self.uid_budget}"

@@ -429,7 +429,8 @@ class Daemon:
             scrapes = contextlib.closing(metrics) if metrics else contextlib.nullcontext()
             with (
                 capture_sensor(
-                    cfg.bpf_dir, variant, mode, cfg.ringbuf_size, cfg.uid_budget
+                    cfg.bpf_dir, variant, mode, cfg.ringbuf_size, cfg.uid_budget,
+                    cfg.selected_ringbuf_size,
                 ) as sensor,
                 scrapes,
             ):

@@ -155,10 +155,12 @@ RINGBUF_MAX = 1 << 30
 # every 10 ms, so bursts of ~15,000 typical records fit; raise it for
 # hosts whose bursts do not (`lost` events say so).
 RINGBUF_DEFAULT = 4 << 20
-# The ring of policy-selected and enforcement records (tr_selected): they
-# are few, and drained before the bulk ring on every poll. 1 MiB holds
-# ~6,000 typical file_open records.
-SELECTED_RINGBUF_SIZE = 1 << 20
+# The ring of policy-selected and enforcement records (tr_selected),
+# drained before the bulk ring on every poll. Any user can make a rule
+# select thousands of opens a second (a post rule on a file they can read),
+# and a record lost here is one a policy asked for: 16 MiB holds ~100,000
+# typical file_open records, a burst the reader drains in about a second.
+SELECTED_RINGBUF_DEFAULT = 16 << 20
 # Bulk (exec, fork, exit, cgroup) records a uid may put in the ring per
 # second before the rest of its second's records are dropped and counted
 # (`lost`): one user's exec storm cannot fill the ring for everyone.
@@ -167,11 +169,11 @@ UID_BUDGET_DEFAULT = 20000
 _CONFIG = struct.Struct("<II")  # struct tr_config
 
 
-def check_ringbuf_size(size: int) -> None:
+def check_ringbuf_size(size: int, flag: str = "--ringbuf-size") -> None:
     if size < RINGBUF_MIN or size > RINGBUF_MAX or size & (size - 1):
         raise ConfigError(
             f"ring buffer size {size} is not a power of two between 4K and 1G "
-            "(e.g. --ringbuf-size 8M)"
+            f"(e.g. {flag} 8M)"
         )
 
 
@@ -288,6 +290,7 @@ def capture_sensor(
     capture_mode: str,
     ringbuf_size: int,
     uid_budget: int = UID_BUDGET_DEFAULT,
+    selected_ringbuf_size: int = SELECTED_RINGBUF_DEFAULT,
 ) -> Iterator[Sensor]:
     """Load and attach every capture program; detach everything on exit."""
     if variant not in PROCESS_VARIANTS:
@@ -300,6 +303,7 @@ def capture_sensor(
             f"(available: {', '.join(CAPTURE_PROGRAMS)})"
         )
     check_ringbuf_size(ringbuf_size)
+    check_ringbuf_size(selected_ringbuf_size, "--selected-ringbuf-size")
     if not 0 <= uid_budget < 1 << 32:
         raise ConfigError(f"uid budget {uid_budget} is not between 0 (no limit) and 2**32-1")
     obj = bpf.BpfObject(bpf_dir / CAPTURE_OBJECT)
@@ -324,7 +328,7 @@ def capture_sensor(
         for prog in obj.programs.values():
             prog.set_autoload(prog.name in chosen)
         obj.map("tr_events").set_max_entries(ringbuf_size)
-        obj.map("tr_selected").set_max_entries(SELECTED_RINGBUF_SIZE)
+        obj.map("tr_selected").set_max_entries(selected_ringbuf_size)
         obj.load()
         obj.map("tr_config").update(_U32.pack(0), _CONFIG.pack(uid_budget, 0))
         for name in chosen:
