@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from forensics.log import JsonDict, Problems, Segment, events, parse_time
+from forensics.log import JsonDict, Problems, Segment, events, parse_time, read_regular
 
 FORMAT = 2  # 2: rows for ancestors named only by descendants' events
 
@@ -162,11 +162,11 @@ def scan(seg: Segment, problems: Problems) -> IndexBuilder:
 
 def load_sidecar(seg: Segment, problems: Problems) -> dict[str, Any] | None:
     try:
-        raw = seg.sidecar.read_bytes()
+        raw = read_regular(seg.sidecar)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        problems.warn(str(seg.sidecar), f"cannot read the index ({exc.strerror}); scanning")
+        problems.warn(str(seg.sidecar), f"cannot read the index ({exc.strerror or exc}); scanning")
         return None
     try:
         data = orjson.loads(raw)

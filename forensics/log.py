@@ -14,7 +14,9 @@ skipped; the rest is used.
 from __future__ import annotations
 
 import calendar
+import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +27,8 @@ from typing import Any, Protocol, TextIO
 
 import orjson
 import zstandard
+
+from tracer.core import safefile
 
 JsonDict = dict[str, Any]
 
@@ -177,13 +181,33 @@ _DECOMPRESSORS: dict[str, tuple[Callable[[], _Decompressor], type[Exception]]] =
 }
 
 
+def read_regular(path: Path) -> bytes:
+    """The bytes of a regular file, never read through a link.
+
+    A log comes from a copy anyone could have made: a FIFO in it would hang
+    the reader, a device (/dev/zero) grow it until it is killed, and a link
+    read whatever file its maker chose. Checked on the descriptor that is read.
+    """
+    try:
+        fd = os.open(path, safefile.READ_FLAGS)
+    except OSError as exc:
+        if safefile.is_link_error(exc):
+            raise safefile.UnsafeFile("a symbolic link, not a regular file") from None
+        raise
+    with open(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise safefile.UnsafeFile(f"{safefile.kind(mode)}, not a regular file")
+        return f.read()
+
+
 def read_bytes(seg: Segment, problems: Problems) -> bytes:
     """A segment's text, without a torn last line (warned)."""
     name = str(seg.path)
     try:
-        data = seg.path.read_bytes()
+        data = read_regular(seg.path)
     except OSError as exc:
-        problems.warn(name, f"cannot read: {exc.strerror}")
+        problems.warn(name, f"cannot read: {exc.strerror or exc}; skipped")
         return b""
     if seg.compressed:
         data = _decompress(data, name, problems, *_DECOMPRESSORS[seg.path.suffix])

@@ -315,6 +315,35 @@ def test_tree_from_a_copy_writes_nothing_there(copied_log: Path) -> None:
     assert _listing(copied_log) == before
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "symlink"])
+@pytest.mark.parametrize("part", ["segment", "index"])
+def test_tree_from_a_copy_reads_only_regular_files(
+    tmp_path: Path, copied_log: Path, kind: str, part: str
+) -> None:
+    # A FIFO would hang the reader and /dev/zero grow it until it is
+    # killed; a link reads whatever its maker chose. Each is named and
+    # skipped, and the rest of the log is still read.
+    seg = sorted(copied_log.glob("events-*.jsonl*"))[-1]  # pid 105 is in the first
+    index = seg.with_name(seg.name.split(".")[0] + ".idx")
+    victim = index if part == "index" else seg
+    index.unlink()  # without its index, a segment is read to be indexed
+    seg.unlink(missing_ok=True)
+    if part == "index":
+        seg.write_bytes(b"")
+    if kind == "fifo":
+        os.mkfifo(victim)
+    elif kind == "dev-zero":
+        victim.symlink_to("/dev/zero")
+    else:
+        (tmp_path / "elsewhere.jsonl").write_bytes(b"")
+        victim.symlink_to(tmp_path / "elsewhere.jsonl")
+    r = _tree(copied_log, "--pid", "105", "-o", "json")
+    assert '"pid":105' in r.stdout, r.stderr
+    if part == "segment":
+        assert r.returncode != 0  # partial: a segment was skipped
+        assert f"{victim}: " in r.stderr and "not a regular file" in r.stderr, r.stderr
+
+
 def test_tree_ignores_an_index_that_root_does_not_own(tmp_path: Path) -> None:
     # A database whose rows say what the log does not: believed if root's
     # (the daemon's own), ignored if anyone else could have written it.
