@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from forensics.log import SEGMENT_MAX_BYTES
 from tracer.core.options import option, parse_duration, parse_size
 
 # The lines an output that writes them may hold queued (export/sink.py):
@@ -159,4 +160,9 @@ class EventLogConfig:
         for name in ("segment_bytes", "max_bytes", "max_age_s", "flush_interval_s"):
             if getattr(self, name) <= 0:
                 out.append(f"event-log {name.replace('_', '-')} must be positive")
+        if self.segment_bytes > SEGMENT_MAX_BYTES:
+            out.append(
+                f"event-log segment-size must be at most {SEGMENT_MAX_BYTES >> 20} MiB "
+                "(what `tracer tree` reads of one segment)"
+            )
         return out

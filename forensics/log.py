@@ -127,6 +127,12 @@ class Problems:
 
 
 _CHUNK = 1 << 12  # compressed bytes: what corruption can take with it
+# The largest segment the daemon writes (--event-log-segment-size is held
+# below it) and so the most one segment's text may grow to when read, with
+# room for the batch that crosses the size: a few KiB of zstd can expand to
+# gigabytes, and a copied log is anyone's file.
+SEGMENT_MAX_BYTES = 1 << 30
+_TEXT_MAX = SEGMENT_MAX_BYTES + (64 << 20)
 
 
 class _Decompressor(Protocol):
@@ -156,6 +162,7 @@ def _decompress(
     Fed in chunks so that corruption loses only what follows it.
     """
     out: list[bytes] = []
+    size = 0
     view = memoryview(data)
     pos = 0
     while pos < len(view):
@@ -166,6 +173,14 @@ def _decompress(
                 out.append(d.decompress(chunk))
             except error as exc:
                 problems.warn(name, f"compressed data is corrupt ({exc}); the rest is lost")
+                return b"".join(out)
+            size += len(out[-1])
+            if size > _TEXT_MAX:
+                problems.warn(
+                    name,
+                    f"expands past {_TEXT_MAX >> 20} MiB, more than any segment the daemon "
+                    "writes (a decompression bomb?); the rest is skipped",
+                )
                 return b"".join(out)
             pos += len(chunk)  # the last chunk is short: unused_data counts back from its end
         if not d.eof:

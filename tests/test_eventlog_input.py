@@ -7,6 +7,7 @@ runs them. No kernel needed.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import subprocess
@@ -21,6 +22,7 @@ from factories import log_process
 from export import LineFanout, QueuedWriter, RotatingFile, eventlog
 from export.eventlog import EventLog, EventLogConfig
 from export.jsonl import Serializer
+from forensics import log
 from forensics.index import HAS_EXEC, HAS_EXIT, PROCFS, scan
 from forensics.log import Problems, list_segments
 from forensics.log import events as read_events
@@ -317,6 +319,32 @@ def test_truncated_and_corrupt_compressed_segments_give_what_precedes_the_damage
     r = _run("replay", "--from", str(d2))
     assert r.returncode == 3 and f"{name}: compressed data is corrupt" in r.stderr, r.stderr
     assert 0 < len(r.stdout.splitlines()) < 8000
+
+
+def test_a_decompression_bomb_is_cut_at_the_largest_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real bound is a gigabyte; a mebibyte shows the same cut faster.
+    monkeypatch.setattr(log, "_TEXT_MAX", 1 << 20)
+    line = Serializer().line(_many(1)[0])
+    c = zstandard.ZstdCompressor().compressobj()
+    packed = b"".join(c.compress(line * 1000) for _ in range(1000)) + c.flush()
+    assert len(packed) < 1 << 20 and len(line) * 1_000_000 > 512 << 20
+    path = tmp_path / "events-00000001.jsonl.zst"
+    path.write_bytes(packed)
+    out = io.StringIO()
+    text = log.read_bytes(list_segments([path])[0], Problems(out=out))
+    # Cut after the compressed chunk that crossed the bound; one chunk of
+    # this stream expands to tens of MiB.
+    assert len(text) < 128 << 20
+    assert text and text.endswith(b"\n")
+    assert "a decompression bomb?" in out.getvalue()
+
+
+def test_a_segment_size_the_reader_would_cut_is_refused(tmp_path: Path) -> None:
+    r = _run("run", "--event-log-dir", str(tmp_path / "log"), "--event-log-segment-size", "2G")
+    assert r.returncode == 2
+    assert "segment-size must be at most 1024 MiB" in r.stderr, r.stderr
 
 
 def test_partial_processes_are_shown_and_marked(tmp_path: Path) -> None:
