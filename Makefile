@@ -7,11 +7,15 @@ VENV := .venv
 BPF_OUT := build/bpf
 # Build and run-time system packages (Debian names).
 # chromium: the test that renders `tracer tree -o html` headless.
-APT_PACKAGES := clang llvm bpftool libbpf-dev libbpf1 make python3 python3-venv chromium
+# gcc, python3-dev: the C extension (tracer/core/*.c) pip builds at install.
+APT_PACKAGES := clang llvm bpftool libbpf-dev libbpf1 make gcc python3 python3-dev python3-venv \
+	chromium
 # `make image` (and its test): a Debian rootfs by debootstrap, imported by podman.
 IMAGE_APT_PACKAGES := podman runc debootstrap
 IMAGE_TAG ?= localhost/tracer:latest
-PY_STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# The C extension is built by the install: a change to its source reinstalls.
+C_SOURCES := $(wildcard tracer/core/*.c)
+PY_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(C_SOURCES) | sha1sum | cut -c1-12)
 # The gRPC API: code generated from the .proto, never committed or edited.
 PROTO := export/tracer_v1.proto
 PROTO_GEN := export/proto_gen
@@ -44,7 +48,7 @@ apt-install:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(PY_STAMP): pyproject.toml
+$(PY_STAMP): pyproject.toml $(C_SOURCES)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev,build]'

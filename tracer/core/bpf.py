@@ -24,7 +24,7 @@ from typing import Any, Self
 
 import structlog
 
-from tracer.core import _libbpf
+from tracer.core import _libbpf, _ringsink
 
 _log = structlog.get_logger(component="libbpf")
 
@@ -382,9 +382,7 @@ class BpfObject:
 
 # What the sample callback returns to stop ring_buffer__consume() at a full
 # batch; libbpf passes it through as the call's result.
-_BATCH_FULL = -_errno.ENOSPC
-# The callback's context: which ring a record came from.
-_MAIN, _FIRST = 0, 1
+_BATCH_FULL = _ringsink.BATCH_FULL
 
 
 class RingPositions:
@@ -426,10 +424,11 @@ class RingBuffer:
     """Drains a BPF ring buffer map in batches, and optionally a second one first.
 
     consume() returns the records libbpf copied out during one
-    ring_buffer__consume() call, so the per-record cost in Python is one
-    callback and one bytes copy, and the caller processes the batch after
-    the C loop has returned. A batch holds at most `batch_max` records of
-    the main ring: a backlog of a whole ring (100,000s of records) is taken
+    ring_buffer__consume() call. The sample callback is C (_ringsink.c):
+    it appends each record to a list as bytes, and no Python runs per
+    record until the caller processes the batch after the C loop has
+    returned. A batch holds at most `batch_max` records of the main
+    ring: a backlog of a whole ring (100,000s of records) is taken
     in steps, each one processed before the next is copied.
 
     `first` is a ring that must never wait behind the main one: one
@@ -452,41 +451,40 @@ class RingBuffer:
         key: Callable[[bytes], int] | None = None,
         hold_max: int = 65536,
     ) -> None:
-        self._batch: list[bytes] = []
-        self._first: list[bytes] = []
+        self._main = _ringsink.Batch(batch_max)
+        self._first = _ringsink.Batch()
         self._held: list[bytes] = []
-        self.batch_max = batch_max
         self.hold_max = hold_max
         self._key = key or (lambda _: 0)
-        self._error: BaseException | None = None
-        self._cb = _libbpf.SAMPLE_FN(self._on_sample)
+        # Kept alive with the manager, which holds its raw pointer.
+        self._cb = _libbpf.SAMPLE_FN(_ringsink.CALLBACK)
         self._wait = select.poll()
         maps = [first, m] if first is not None else [m]
+        ctx = self._first.context if first is not None else self._main.context
         with _Call(f"ring buffer on map {maps[0].name}") as c:
             self._ptr: int | None = c.check_ptr(
-                lib().ring_buffer__new(maps[0].fd, self._cb, _FIRST if first else _MAIN, None)
+                lib().ring_buffer__new(maps[0].fd, self._cb, ctx, None)
             )
         try:
             if first is not None:
                 with _Call(f"ring buffer on map {m.name}") as c:
-                    c.check_int(lib().ring_buffer__add(self._ptr, m.fd, self._cb, _MAIN))
+                    c.check_int(
+                        lib().ring_buffer__add(self._ptr, m.fd, self._cb, self._main.context)
+                    )
         except BaseException:
             self.close()
             raise
         for each in maps:
             self._wait.register(each.fd, select.POLLIN)
 
-    def _on_sample(self, ctx: int | None, data: int, size: int) -> int:
-        try:
-            if ctx == _FIRST:
-                self._first.append(ctypes.string_at(data, size))
-                return 0
-            self._batch.append(ctypes.string_at(data, size))
-            # Negative stops libbpf's loop after this record (kept, consumed).
-            return _BATCH_FULL if len(self._batch) >= self.batch_max else 0
-        except BaseException as exc:  # noqa: BLE001 -- ctypes would print and drop it
-            self._error = exc
-            return -1
+    @property
+    def batch_max(self) -> int:
+        """Most records of the main ring one consume() returns."""
+        return self._main.limit
+
+    @batch_max.setter
+    def batch_max(self, n: int) -> None:
+        self._main.limit = n
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Every record available; if there is none, first wait up to timeout_ms.
@@ -506,12 +504,10 @@ class RingBuffer:
         """Every record available now (up to batch_max of the main ring), without waiting."""
         assert _held is not None and self._ptr
         with _Call("ring_buffer__consume") as c:
+            # A record the callback could not copy raises (MemoryError) here;
+            # those appended before it stay for the next call.
             ret = int(_held.ring_buffer__consume(self._ptr))
-        batch, self._batch = self._batch, []
-        first, self._first = self._first, []
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
+        batch, first = self._main.take(), self._first.take()
         if ret < 0 and ret != _BATCH_FULL:
             raise c.fail(ret)
         if not first and not self._held:

@@ -1,0 +1,13 @@
+# Type information of the C extension tracer/core/_ringsink.c.
+
+CALLBACK: int
+BATCH_FULL: int
+
+class Batch:
+    limit: int
+    def __init__(self, limit: int = 0) -> None: ...
+    def take(self) -> list[bytes]: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def context(self) -> int: ...
