@@ -261,14 +261,16 @@ class Hub(QueuedWorker):
         subscriber_capacity: int = 16384,
         max_subscribers: int = 32,
         subscriber_bytes: int = SUBSCRIBER_BYTES,
+        ancestors: str = "full",
     ) -> None:
+        """`ancestors`: --ancestors, one of export.jsonl.ANCESTORS."""
         self.node = node
         self.now = now
         self.subscriber_capacity = subscriber_capacity
         self.subscriber_bytes = subscriber_bytes
         self.max_subscribers = max_subscribers
         # Shared by the hub thread and the subscribers' filter threads.
-        self.encoder = Encoder()
+        self.encoder = Encoder(ancestors)
         self.shared_framed = _Framed(self.encoder.framed, _SHARED_BYTES)
         self._lock = threading.Lock()
         # Replaced, never mutated: the hub thread reads it without the lock.

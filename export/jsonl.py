@@ -47,6 +47,18 @@ _log = structlog.get_logger(component="export")
 # Bytes each cache of serialized processes may hold before it starts over.
 CACHE_BYTES = 16 << 20
 
+# --ancestors: what an event says of the ancestors beyond its parent. Full
+# records are most of a line (every ancestor's command line, in every event
+# of its descendants); brief names each by exec_id, pid and binary, under
+# `lineage`; none leaves them out.
+ANCESTORS = ("full", "brief", "none")
+
+
+def check_ancestors(value: str) -> str:
+    if value not in ANCESTORS:
+        raise ValueError(f"ancestors: {value!r} is not one of {', '.join(ANCESTORS)}")
+    return value
+
 
 class _ProcessJson:
     """The serialized JSON of the processes of events, made once per object.
@@ -60,8 +72,10 @@ class _ProcessJson:
     several KB), which covers the processes of a burst.
     """
 
-    def __init__(self, limit: int = 16384, contexts: int = 256) -> None:
+    def __init__(self, ancestors: str = "full", limit: int = 16384, contexts: int = 256) -> None:
+        self._ancestors = check_ancestors(ancestors)
         self._cache: dict[str, tuple[Process, bytes]] = {}
+        self._brief: dict[str, tuple[Process, bytes]] = {}
         self._contexts: dict[int, tuple[ProcessEvent, bytes]] = {}
         self._limit = limit
         self._context_limit = contexts
@@ -79,8 +93,23 @@ class _ProcessJson:
         data = memoryview(orjson.dumps(process_dict(p))).tobytes()
         if len(self._cache) >= self._limit or self._cache_bytes + len(data) > CACHE_BYTES:
             self._cache.clear()
+            self._brief.clear()
             self._cache_bytes = 0
         self._cache[p.exec_id] = (p, data)
+        self._cache_bytes += len(data)
+        return data
+
+    def brief(self, p: Process) -> bytes:
+        """The process as a `lineage` ancestor: exec_id, pid, binary."""
+        hit = self._brief.get(p.exec_id)
+        if hit is not None and hit[0] is p:
+            return hit[1]
+        data = orjson.dumps(ancestor_dict(p))
+        if len(self._brief) >= self._limit or self._cache_bytes + len(data) > CACHE_BYTES:
+            self._cache.clear()
+            self._brief.clear()
+            self._cache_bytes = 0
+        self._brief[p.exec_id] = (p, data)
         self._cache_bytes += len(data)
         return data
 
@@ -100,7 +129,17 @@ class _ProcessJson:
         parts = [b',"node":', orjson.dumps(ev.node), b',"process":', get(ev.process)]
         if ev.parent is not None:
             parts += (b',"parent":', get(ev.parent))
-        parts += (b',"ancestors":[', b",".join([get(a) for a in ev.ancestors]), b"]")
+        if self._ancestors == "full":
+            parts += (b',"ancestors":[', b",".join([get(a) for a in ev.ancestors]), b"]")
+        elif self._ancestors == "brief":
+            brief = self.brief
+            parts += (
+                b',"ancestors":[],"lineage":{"ancestors":[',
+                b",".join([brief(a) for a in ev.ancestors]),
+                b"]}",
+            )
+        else:
+            parts.append(b',"ancestors":[]')
         data = b"".join(parts)
         if (
             len(self._contexts) >= self._context_limit
@@ -148,6 +187,11 @@ def process_dict(p: Process) -> JsonDict:
     if p.pod is not None:
         d["pod"] = pod_dict(p.pod)
     return d
+
+
+def ancestor_dict(p: Process) -> JsonDict:
+    """A process as --ancestors brief names it (the Ancestor message)."""
+    return {"exec_id": p.exec_id, "pid": p.pid, "binary": p.binary}
 
 
 def _known(d: JsonDict, obj: object, names: tuple[str, ...]) -> None:
@@ -248,8 +292,9 @@ class Serializer:
     that dict for every event was a third of a posted open's Python cost.
     """
 
-    def __init__(self) -> None:
-        self._procs = _ProcessJson()
+    def __init__(self, ancestors: str = "full") -> None:
+        """`ancestors`: one of ANCESTORS (--ancestors)."""
+        self._procs = _ProcessJson(ancestors)
         self._policies: dict[int, tuple[PolicyMatch, bytes]] = {}  # by id(match)
 
     def _policy(self, m: PolicyMatch) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from export.jsonl import CACHE_BYTES
+from export.jsonl import CACHE_BYTES, check_ancestors
 from export.proto_gen import tracer_v1_pb2 as pb
 from tracer.core.events import (
     Connect,
@@ -125,8 +125,10 @@ def _connect(m: pb.Connect, ev: Connect) -> None:
             setattr(m, name, value)
 
 
-# Tags of Event.process (4), .parent (5) and .ancestors (6), length-delimited.
+# Tags of Event.process (4), .parent (5), .ancestors (6) and .lineage (7),
+# and of Lineage.ancestors (1), length-delimited.
 _PROCESS_TAG, _PARENT_TAG, _ANCESTOR_TAG = b"\x22", b"\x2a", b"\x32"
+_LINEAGE_TAG, _LINEAGE_ANCESTOR_TAG = b"\x3a", b"\x0a"
 
 # The most one serialized event takes: gRPC clients refuse messages over
 # 4 MiB by default, and a chain of 66 processes with 8 KiB of non-UTF-8
@@ -160,7 +162,11 @@ def _cut_message(p: Process) -> pb.Process:
     return m
 
 
-def _sized(m: pb.Process) -> bytes:
+def _ancestor_message(p: Process) -> pb.Ancestor:
+    return pb.Ancestor(exec_id=p.exec_id, pid=p.pid, binary=p.binary)
+
+
+def _sized(m: pb.Process | pb.Ancestor) -> bytes:
     data = m.SerializeToString()
     return varint(len(data)) + data
 
@@ -178,10 +184,13 @@ class Encoder:
     race costs only a process serialized twice.
     """
 
-    def __init__(self, limit: int = 16384) -> None:
+    def __init__(self, ancestors: str = "full", limit: int = 16384) -> None:
+        """`ancestors`: --ancestors, one of export.jsonl.ANCESTORS."""
+        self._ancestors = check_ancestors(ancestors)
         # exec_id -> (the Process, varint length + its serialized message)
         self._procs: dict[str, tuple[Process, bytes]] = {}
         self._cut: dict[str, tuple[Process, bytes]] = {}
+        self._brief: dict[str, tuple[Process, bytes]] = {}
         self._limit = limit
         # Bytes held by each cache, by id(cache): bounded in bytes too.
         self._held: dict[int, int] = {}
@@ -190,7 +199,7 @@ class Encoder:
         self,
         cache: dict[str, tuple[Process, bytes]],
         p: Process,
-        make: Callable[[Process], pb.Process],
+        make: Callable[[Process], pb.Process | pb.Ancestor],
         limit: int,
     ) -> bytes:
         hit = cache.get(p.exec_id)
@@ -211,7 +220,8 @@ class Encoder:
         chain = [(_PROCESS_TAG, ev.process)]
         if ev.parent is not None:
             chain.append((_PARENT_TAG, ev.parent))
-        chain.extend((_ANCESTOR_TAG, a) for a in ev.ancestors)
+        if self._ancestors == "full":
+            chain.extend((_ANCESTOR_TAG, a) for a in ev.ancestors)
         parts: list[bytes] = []
         whole = True
         for tag, p in chain:
@@ -223,7 +233,22 @@ class Encoder:
                     break
             parts += (tag, data)
             total += 1 + len(data)
+        if self._ancestors == "brief":
+            parts += self._lineage(ev, total)
         return parts
+
+    def _lineage(self, ev: ProcessEvent, total: int) -> list[bytes]:
+        """Field 7: the ancestors named, as many as fit in MAX_EVENT_BYTES (a
+        binary path can be 4 KiB long)."""
+        names: list[bytes] = []
+        size = 0
+        for a in ev.ancestors:
+            data = self._get(self._brief, a, _ancestor_message, self._limit)
+            if total + 1 + 4 + size + 1 + len(data) > MAX_EVENT_BYTES:
+                break
+            names += (_LINEAGE_ANCESTOR_TAG, data)
+            size += 1 + len(data)
+        return [_LINEAGE_TAG, varint(size), *names]
 
     def event_bytes(self, ev: Event) -> bytes:
         if isinstance(ev, Lost):

@@ -266,6 +266,7 @@ _PROCESS: _Shape = {
 _EVENT: dict[str, _Shape] = {
     "type": str, "time": str, "node": str,
     "process": _PROCESS, "parent": _PROCESS, "ancestors": [_PROCESS],
+    "lineage": {"ancestors": [{"exec_id": str, "pid": int, "binary": str}]},
     "process_exec": {},
     "process_exit": {"code": int, "signal": str, "core_dumped": bool},
     "file_open": {

@@ -33,7 +33,7 @@ from google.protobuf.json_format import MessageToDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from export.jsonl import Serializer
+from export.jsonl import ANCESTORS, Serializer
 from export.pb import JSON_OPTIONS, Encoder, frame, varint
 from export.proto_gen import tracer_v1_pb2 as pb
 from tracer.core.events import (
@@ -48,13 +48,13 @@ from tracer.core.events import (
 )
 
 
-def as_json(ev: Event) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(Serializer().line(ev))
+def as_json(ev: Event, ancestors: str = "full") -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(Serializer(ancestors).line(ev))
     return out
 
 
-def as_proto_json(ev: Event) -> dict[str, Any]:
-    msg = Encoder().message(ev)
+def as_proto_json(ev: Event, ancestors: str = "full") -> dict[str, Any]:
+    msg = Encoder(ancestors).message(ev)
     # Through the wire and back, as a client sees it.
     parsed = pb.Event.FromString(msg.SerializeToString())
     return MessageToDict(parsed, **JSON_OPTIONS)  # type: ignore[arg-type]
@@ -98,25 +98,50 @@ _ANY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 
 @_ANY
-@given(events())
-def test_any_event_json_line_equals_protobuf_json_mapping(ev: Event) -> None:
-    assert as_json(ev) == as_proto_json(ev)
+@given(events(), st.sampled_from(ANCESTORS))
+def test_any_event_json_line_equals_protobuf_json_mapping(ev: Event, ancestors: str) -> None:
+    assert as_json(ev, ancestors) == as_proto_json(ev, ancestors)
 
 
 @_ANY
-@given(st.lists(events(), min_size=1, max_size=4))
-def test_any_events_as_the_hub_sends_them_parse_to_the_same_messages(evs: list[Event]) -> None:
+@given(st.lists(events(), min_size=1, max_size=4), st.sampled_from(ANCESTORS))
+def test_any_events_as_the_hub_sends_them_parse_to_the_same_messages(
+    evs: list[Event], ancestors: str
+) -> None:
     """The hub joins cached bytes (processes serialized once, events framed by
     hand): a client's parse of those bytes is the message protobuf builds."""
-    enc = Encoder()
+    enc = Encoder(ancestors)
     resp = pb.GetEventsResponse.FromString(b"".join(enc.framed(ev) for ev in evs))
-    assert list(resp.events) == [Encoder().message(ev) for ev in evs]
+    assert list(resp.events) == [Encoder(ancestors).message(ev) for ev in evs]
 
 
+@pytest.mark.parametrize("ancestors", ANCESTORS)
 @pytest.mark.parametrize("name", list(EVENTS))
-def test_json_line_equals_protobuf_json_mapping(name: str) -> None:
+def test_json_line_equals_protobuf_json_mapping(name: str, ancestors: str) -> None:
     ev = EVENTS[name]
-    assert as_json(ev) == as_proto_json(ev)
+    assert as_json(ev, ancestors) == as_proto_json(ev, ancestors)
+
+
+def test_brief_ancestors_name_each_ancestor_and_none_leaves_them_out() -> None:
+    ev = EVENTS["exit with code 0"]  # ls, parent bash, ancestors sshd and init
+    full, brief, none = (as_json(ev, a) for a in ("full", "brief", "none"))
+    assert [a["exec_id"] for a in full["ancestors"]] == [SSHD.exec_id, INIT.exec_id]
+    assert "lineage" not in full and "lineage" not in none
+    assert brief["ancestors"] == none["ancestors"] == []
+    assert brief["lineage"] == {
+        "ancestors": [
+            {"exec_id": p.exec_id, "pid": p.pid, "binary": p.binary} for p in (SSHD, INIT)
+        ]
+    }
+    # The process and its parent stay whole.
+    assert brief["process"] == none["process"] == full["process"]
+    assert brief["parent"] == none["parent"] == full["parent"]
+    # A process with no ancestors says so in brief mode too.
+    assert as_json(EVENTS["pid 1 without parent"], "brief")["lineage"] == {"ancestors": []}
+    with pytest.raises(ValueError, match="ancestors"):
+        Serializer("some")
+    with pytest.raises(ValueError, match="ancestors"):
+        Encoder("some")
 
 
 def test_the_details_are_under_the_key_named_by_the_type() -> None:
@@ -138,6 +163,7 @@ def test_every_field_of_the_proto_is_in_the_json() -> None:
         (pb.Process, set(as_json(exec_ev(IN_POD))["process"])),
         (pb.Container, set(as_json(exec_ev(IN_POD))["process"]["container"])),
         (pb.Pod, set(as_json(exec_ev(IN_POD))["process"]["pod"])),
+        (pb.Ancestor, set(as_json(exit_ev(), "brief")["lineage"]["ancestors"][0])),
         (pb.PolicyMatch, set(as_json(file_open_ev(policy=PolicyMatch("p", 0, "post")))["policy"])),
         (
             pb.FileOpen,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from export.config import QUEUE_BYTES, EventLogConfig, GrpcConfig, TlsFiles
+from export.jsonl import ANCESTORS
 from export.siem import FORMATS
 from tracer import control
 from tracer.core.loader import (
@@ -138,6 +139,14 @@ class Config:
     )
     ancestor_depth: int = option(
         64, flag="--ancestor-depth", parse=int, help="most ancestors listed in an event"
+    )
+    ancestors: str = option(
+        "full",
+        flag="--ancestors",
+        choices=ANCESTORS,
+        help="ancestors beyond the parent in JSON lines and gRPC events: full records, "
+        "brief (exec_id, pid and binary, under `lineage`) or none; the event log keeps them "
+        "full for `tracer tree`",
     )
     lost_interval_s: float = 1.0
     # The longest a record waits in the ring buffer before the reader takes

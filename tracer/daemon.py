@@ -41,7 +41,7 @@ from tracer import __version__, control, heap
 from tracer.config import Config
 from tracer.core import system
 from tracer.core.clock import BootClock
-from tracer.core.events import LossCounts, Lost
+from tracer.core.events import Event, LossCounts, Lost
 from tracer.core.loader import (
     USER_MEMORY_LIMITS,
     CaptureModeUnavailable,
@@ -295,14 +295,21 @@ class Daemon:
     def stop(self) -> None:
         self._stop = True
 
-    def _sinks(self, serializer: Serializer) -> list[Sink]:
+    def _sinks(self) -> list[Sink]:
         """The JSON output and the event log: one encoding of each event serves both,
-        unless the output is in another format (the log is always native)."""
+        unless the output has another format or leaves ancestors out (the log is
+        always native, with full ancestors for `tracer tree`)."""
         cfg = self.config
-        # A format is another encoding for the JSON output alone.
-        encode = (
-            serializer.line if cfg.format == "native" else line_encoder(cfg.format, __version__)
-        )
+        serializer = Serializer()
+        # A format, or fewer ancestors, is another encoding for the JSON output alone.
+        shared = cfg.format == "native" and cfg.ancestors == "full"
+        encode: Callable[[Event], bytes]
+        if shared:
+            encode = serializer.line
+        elif cfg.format == "native":
+            encode = Serializer(cfg.ancestors).line
+        else:
+            encode = line_encoder(cfg.format, __version__)
         writers: list[EncodedSink] = []
         # The export file first: one refused stops the start before the log has begun.
         if cfg.export_file is not None:
@@ -333,7 +340,7 @@ class Daemon:
                     max_bytes=cfg.queue_max_bytes,
                 )
             )
-        if cfg.format != "native":
+        if not shared:
             return [LineFanout(serializer.line, writers), out] if writers else [out]
         writers.append(out)
         return [LineFanout(serializer.line, writers)]
@@ -385,8 +392,7 @@ class Daemon:
             enricher=enrichment.enricher,
             redactor=self._redactor,
         )
-        serializer = Serializer()
-        sinks = self._sinks(serializer)
+        sinks = self._sinks()
         hub = None
         server = None
         if cfg.grpc is not None:
@@ -398,6 +404,7 @@ class Daemon:
                 subscriber_bytes=cfg.grpc.queue_bytes,
                 # Each listener bounds its own; the hub only backs them up.
                 max_subscribers=cfg.grpc.max_subscribers * cfg.grpc.listeners,
+                ancestors=cfg.ancestors,
             )
             sinks.append(hub)
         pipeline = Pipeline(cache, sinks)
