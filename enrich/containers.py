@@ -62,6 +62,8 @@ class Enricher:
         ] = {}
         # cgroup id -> (snapshot, container, pod): one pair of objects per cgroup
         self._by_cgroup: dict[int, tuple[Mapping[str, PodMeta], Container | None, Pod | None]] = {}
+        # (process, parent, ancestors, snapshot, their view): the last view made
+        self._last: tuple[Process, Process | None, tuple[Process, ...], object, View] | None = None
 
     def _attach(
         self, cgroup_id: int, snap: Mapping[str, PodMeta]
@@ -124,6 +126,16 @@ class Enricher:
     ) -> View:
         """An event's process, parent and ancestors, enriched."""
         snap = self._pods.pods
+        last = self._last
+        # A burst of one process's opens or connects: the view of the event before.
+        if (
+            last is not None
+            and last[0] is process
+            and last[1] is parent
+            and last[2] is ancestors
+            and last[3] is snap
+        ):
+            return last[4]
         one = self.process
         chain = self._chains.get(id(ancestors))
         if chain is not None and chain[0] is ancestors and chain[1] is snap:
@@ -134,11 +146,9 @@ class Enricher:
                 self._chains.clear()
             # The tuple itself is held, so its id cannot be reused while cached.
             self._chains[id(ancestors)] = (ancestors, snap, enriched)
-        return (
-            one(process, snap),
-            one(parent, snap) if parent is not None else None,
-            enriched,
-        )
+        view = (one(process, snap), one(parent, snap) if parent is not None else None, enriched)
+        self._last = (process, parent, ancestors, snap, view)
+        return view
 
 
 class Enrichment:

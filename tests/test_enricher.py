@@ -60,6 +60,8 @@ def test_processes_get_their_container_and_pod_and_keep_them(
     while len(w.pods) < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert enricher.process(inside) is first
+    # An event's view (a burst of one process's events reuses the last one).
+    assert enricher.view(inside, None, ())[0] is first
 
     server.put(
         pod(
@@ -76,6 +78,7 @@ def test_processes_get_their_container_and_pod_and_keep_them(
         time.sleep(0.01)
     later = enricher.process(inside)
     assert later.pod is not None and later.pod.name == "web-1"
+    assert enricher.view(inside, None, ())[0] is later  # the new snapshot, not the last view
     assert later.pod.labels == {"app": "web"} and later.pod.workload_kind == "Pod"
     assert later.container == Container(cg.container_id, "containerd", "app", "nginx:1.27")
     assert first.pod == Pod(uid=cg.pod_uid)  # what was handed out earlier never changes

@@ -7,6 +7,7 @@ for the header, so a change on one side cannot silently skew the other.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -123,7 +124,9 @@ HOOK_VIA = {1 << 8: "io_uring", 1 << 9: "ia32"}
 _HOOK_BASE_MASK = 0xFF
 
 
+@functools.lru_cache(maxsize=1024)
 def hook_name(hook: int) -> str:
+    """The hook's name; every file and connect event has one, from a few values."""
     name = HOOK_NAMES.get(hook & _HOOK_BASE_MASK)
     via = [v for bit, v in HOOK_VIA.items() if hook & bit]
     if name is None or hook & ~(_HOOK_BASE_MASK | sum(HOOK_VIA)):
