@@ -4,7 +4,15 @@ from export.config import QUEUE_BYTES, EventLogConfig, GrpcConfig, TlsFiles
 from export.formats import FORMATS, check_format, line_encoder, mapper_for
 from export.jsonl import ExportFileError, RotatingFile, Serializer, process_dict
 from export.siem import FormatSerializer, convert
-from export.sink import EncodedSink, LineFanout, QueuedWriter, Sink, StreamLines
+from export.sink import (
+    EncodedSink,
+    Fanout,
+    LineFanout,
+    PairFanout,
+    QueuedWriter,
+    Sink,
+    StreamLines,
+)
 
 __all__ = [
     "FORMATS",
@@ -12,9 +20,11 @@ __all__ = [
     "EncodedSink",
     "EventLogConfig",
     "ExportFileError",
+    "Fanout",
     "FormatSerializer",
     "GrpcConfig",
     "LineFanout",
+    "PairFanout",
     "QueuedWriter",
     "RotatingFile",
     "Serializer",

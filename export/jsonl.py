@@ -37,6 +37,7 @@ from tracer.core.events import (
     PolicyMatch,
     Process,
     ProcessEvent,
+    ProcessExec,
     ProcessExit,
 )
 
@@ -326,27 +327,46 @@ class Serializer:
     def line(self, ev: Event) -> bytes:
         if isinstance(ev, Lost):
             return self._lost(ev)
+        parts = self._parts(ev)
+        parts[_CONTEXT] = self._procs.context(ev)
+        return b"".join(parts)
+
+    def lines(self, ev: Event, other: Serializer) -> tuple[bytes, bytes]:
+        """line(ev), and other.line(ev) of a serializer with other ancestors: the
+        parts that do not depend on the ancestors are made once for both."""
+        if isinstance(ev, Lost):
+            line = self._lost(ev)
+            return line, line
+        parts = self._parts(ev)
+        parts[_CONTEXT] = self._procs.context(ev)
+        mine = b"".join(parts)
+        parts[_CONTEXT] = other._procs.context(ev)
+        return mine, b"".join(parts)
+
+    def _parts(self, ev: ProcessExec | ProcessExit | FileOpen | Connect) -> list[bytes]:
+        """The line's parts, but the process side, which goes at [_CONTEXT]."""
         # Event types and RFC 3339 times need no JSON escaping; the details
         # sit under the key named by the type.
         kind = ev.type.encode()
         policy = getattr(ev, "policy", None)
-        # join, not %: it sizes the 4-5 KB line once instead of growing it.
-        return b"".join(
-            (
-                b'{"type":"',
-                kind,
-                b'","time":"',
-                rfc3339(ev.time).encode(),
-                b'"',
-                self._procs.context(ev),
-                b',"',
-                kind,
-                b'":',
-                orjson.dumps(details_dict(ev)),
-                self._policy(policy) if policy is not None else b"",
-                b"}\n",
-            )
-        )
+        # Joined, not %: it sizes the 4-5 KB line once instead of growing it.
+        return [
+            b'{"type":"',
+            kind,
+            b'","time":"',
+            rfc3339(ev.time).encode(),
+            b'"',
+            b"",  # _CONTEXT
+            b',"',
+            kind,
+            b'":',
+            orjson.dumps(details_dict(ev)),
+            self._policy(policy) if policy is not None else b"",
+            b"}\n",
+        ]
+
+
+_CONTEXT = 5  # where Serializer._parts leaves the process side
 
 
 class ExportFileError(OSError):

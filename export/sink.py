@@ -357,6 +357,10 @@ def _encode_for(
         for s in sinks:
             s.fail(exc, events)
         return
+    _offer_lines(events, lines, sinks)
+
+
+def _offer_lines(events: list[Event], lines: list[bytes], sinks: Sequence[EncodedSink]) -> None:
     items = list(zip(events, lines, strict=True))
     nbytes = sum(map(len, lines))
     for s in sinks:
@@ -428,23 +432,18 @@ class QueuedWriter(EncodedSink):
         self._out.flush()
 
 
-class LineFanout:
-    """One sink over several EncodedSinks: each event is encoded once, for all of them.
+class Fanout:
+    """One sink over several EncodedSinks, whose lines it encodes (offer_many)."""
 
-    The JSON output and the event log write the same line for an event;
-    encoding is most of a writer's per-event cost.
-    """
-
-    def __init__(self, encode: Callable[[Event], bytes], sinks: list[EncodedSink]) -> None:
+    def __init__(self, sinks: list[EncodedSink]) -> None:
         self.name = "+".join(s.name for s in sinks)
-        self._encode = encode
         self.sinks = sinks
 
     def offer(self, event: Event) -> None:
         self.offer_many([event])
 
     def offer_many(self, events: list[Event]) -> None:
-        _encode_for(self._encode, events, self.sinks)
+        raise NotImplementedError
 
     def take_dropped(self) -> dict[str, int]:
         out: collections.Counter[str] = collections.Counter()
@@ -459,3 +458,46 @@ class LineFanout:
     def close(self) -> None:
         for s in self.sinks:
             s.close()
+
+
+class LineFanout(Fanout):
+    """Each event is encoded once, for all of the sinks.
+
+    The JSON output and the event log write the same line for an event;
+    encoding is most of a writer's per-event cost.
+    """
+
+    def __init__(self, encode: Callable[[Event], bytes], sinks: list[EncodedSink]) -> None:
+        super().__init__(sinks)
+        self._encode = encode
+
+    def offer_many(self, events: list[Event]) -> None:
+        _encode_for(self._encode, events, self.sinks)
+
+
+class PairFanout(Fanout):
+    """Two groups of sinks writing two lines of each event, made together by `encode`.
+
+    Serializer.lines: the JSON output with fewer ancestors (--ancestors) and
+    the event log with all of them share the time, the details and the policy.
+    """
+
+    def __init__(
+        self,
+        encode: Callable[[Event], tuple[bytes, bytes]],
+        first: list[EncodedSink],
+        second: list[EncodedSink],
+    ) -> None:
+        super().__init__([*first, *second])
+        self._encode = encode
+        self._groups = (first, second)
+
+    def offer_many(self, events: list[Event]) -> None:
+        try:
+            pairs = [self._encode(ev) for ev in events]
+        except Exception as exc:  # noqa: BLE001 -- a sink fault must not stop capture
+            for s in self.sinks:
+                s.fail(exc, events)
+            return
+        for i, group in enumerate(self._groups):
+            _offer_lines(events, [pair[i] for pair in pairs], group)

@@ -29,7 +29,7 @@ from factories import (
 )
 
 from export.jsonl import RotatingFile, Serializer, process_dict
-from export.sink import QueuedWriter
+from export.sink import PairFanout, QueuedWriter
 from tracer.core import text
 from tracer.core.events import Event, ExitStatus, Lost, ProcessExec, ProcessExit
 
@@ -391,3 +391,33 @@ def test_encode_failure_is_reported_like_an_output_failure() -> None:
     assert isinstance(w.error, TypeError)
     assert w.take_dropped() == {"process_exec": 1}
     assert out.written == []
+
+
+def test_a_pair_fanout_writes_each_group_its_own_line_of_every_event() -> None:
+    """--ancestors brief with the event log: the output gets the brief line, the log
+    the full one, both made from one pass over the event (Serializer.lines)."""
+    brief, full = Serializer("brief"), Serializer()
+    outs = ListOutput(), ListOutput()
+    writers = [QueuedWriter(f"w{i}", out, full.line, capacity=10) for i, out in enumerate(outs)]
+    fan = PairFanout(lambda ev: brief.lines(ev, full), [writers[0]], [writers[1]])
+    evs: list[Event] = [exit_ev(), exec_ev(), Lost(time=T0, node="n1")]
+    fan.offer_many(evs)
+    fan.close()
+    assert outs[0].written == [Serializer("brief").line(ev) for ev in evs]
+    assert outs[1].written == [Serializer().line(ev) for ev in evs]
+    assert outs[0].written[0] != outs[1].written[0]
+
+
+def test_a_pair_fanout_that_cannot_encode_stops_both_groups() -> None:
+    outs = ListOutput(), ListOutput()
+    writers = [QueuedWriter(f"w{i}", o, Serializer().line, capacity=10) for i, o in enumerate(outs)]
+
+    def encode(ev: Event) -> tuple[bytes, bytes]:
+        raise TypeError("cannot serialize")
+
+    fan = PairFanout(encode, [writers[0]], [writers[1]])
+    fan.offer_many([ev_at(0)])
+    fan.close()
+    assert isinstance(fan.error, TypeError)
+    assert fan.take_dropped() == {"process_exec": 2}
+    assert outs[0].written == outs[1].written == []

@@ -25,7 +25,9 @@ import structlog
 from enrich import Enrichment, ProcessCache, RedactError, UserNames, procfs, redactor
 from export import (
     EncodedSink,
+    Fanout,
     LineFanout,
+    PairFanout,
     QueuedWriter,
     RotatingFile,
     Serializer,
@@ -41,7 +43,7 @@ from tracer import __version__, control, heap
 from tracer.config import Config
 from tracer.core import system
 from tracer.core.clock import BootClock
-from tracer.core.events import Event, LossCounts, Lost
+from tracer.core.events import LossCounts, Lost
 from tracer.core.loader import (
     USER_MEMORY_LIMITS,
     CaptureModeUnavailable,
@@ -78,10 +80,10 @@ class _Counted(Protocol):
 
 
 def _outputs(sinks: list[Sink]) -> list[Sink]:
-    """Every output on its own: the writers behind a LineFanout lose events separately."""
+    """Every output on its own: the writers behind a Fanout lose events separately."""
     out: list[Sink] = []
     for sink in sinks:
-        out.extend(sink.sinks if isinstance(sink, LineFanout) else [sink])
+        out.extend(sink.sinks if isinstance(sink, Fanout) else [sink])
     return out
 
 
@@ -300,16 +302,11 @@ class Daemon:
         unless the output has another format or leaves ancestors out (the log is
         always native, with full ancestors for `tracer tree`)."""
         cfg = self.config
-        serializer = Serializer()
-        # A format, or fewer ancestors, is another encoding for the JSON output alone.
-        shared = cfg.format == "native" and cfg.ancestors == "full"
-        encode: Callable[[Event], bytes]
-        if shared:
-            encode = serializer.line
-        elif cfg.format == "native":
-            encode = Serializer(cfg.ancestors).line
-        else:
-            encode = line_encoder(cfg.format, __version__)
+        serializer = Serializer()  # the log's
+        # A format is another encoding for the JSON output alone; fewer
+        # ancestors another line made with the log's (PairFanout).
+        native = Serializer(cfg.ancestors) if cfg.ancestors != "full" else serializer
+        encode = native.line if cfg.format == "native" else line_encoder(cfg.format, __version__)
         writers: list[EncodedSink] = []
         # The export file first: one refused stops the start before the log has begun.
         if cfg.export_file is not None:
@@ -340,10 +337,13 @@ class Daemon:
                     max_bytes=cfg.queue_max_bytes,
                 )
             )
-        if not shared:
-            return [LineFanout(serializer.line, writers), out] if writers else [out]
-        writers.append(out)
-        return [LineFanout(serializer.line, writers)]
+        if not writers:
+            return [out]
+        if cfg.format != "native":
+            return [LineFanout(serializer.line, writers), out]
+        if native is serializer:
+            return [LineFanout(serializer.line, [*writers, out])]
+        return [PairFanout(lambda ev: native.lines(ev, serializer), [out], writers)]
 
     def run(self) -> int:
         cfg = self.config
