@@ -197,11 +197,17 @@ class Synthetic:
 
 
 def synthetic(
-    subscribers: int, mode: str, rate: int, seconds: float, filtered: bool = False
+    subscribers: int,
+    mode: str,
+    rate: int,
+    seconds: float,
+    filtered: bool = False,
+    ancestors: str = "full",
 ) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
     sock = tmp / "t.sock"
-    hub = Hub("bench", time.time_ns, capacity=65536, subscriber_capacity=16384)
+    hub = Hub("bench", time.time_ns, capacity=65536, subscriber_capacity=16384,
+              ancestors=ancestors)
     server = GrpcServer(GrpcConfig(socket=sock), hub, _Status(hub), _NoPolicies())
     server.start()
     address = f"unix://{sock}"
@@ -323,14 +329,17 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="feed time per synthetic run")
     p.add_argument("--processes", type=int, default=3000, help="processes per exec storm")
     p.add_argument("--only", choices=["synthetic", "e2e"])
+    p.add_argument("--ancestors", choices=["full", "brief", "none"], default="full",
+                   help="of the synthetic hub's events (the daemon's --ancestors)")
     args = p.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')} {os.uname().release} {os.cpu_count()} cpus")
     if args.only != "e2e":
-        synthetic(1, "max", 0, args.seconds)
-        synthetic(1, "rate", 50_000, args.seconds)
-        synthetic(10, "max", 0, args.seconds)
-        synthetic(10, "rate", 5_000, args.seconds)
-        synthetic(10, "max", 0, args.seconds, filtered=True)
+        a = args.ancestors
+        synthetic(1, "max", 0, args.seconds, ancestors=a)
+        synthetic(1, "rate", 50_000, args.seconds, ancestors=a)
+        synthetic(10, "max", 0, args.seconds, ancestors=a)
+        synthetic(10, "rate", 5_000, args.seconds, ancestors=a)
+        synthetic(10, "max", 0, args.seconds, filtered=True, ancestors=a)
     if args.only != "synthetic":
         e2e(1, args.processes)
         e2e(10, args.processes)
