@@ -18,6 +18,7 @@ import errno
 import math
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -86,31 +87,29 @@ class _ProcessJson:
         self._context_bytes = 0
 
     def get(self, p: Process) -> bytes:
-        hit = self._cache.get(p.exec_id)
+        return self._memo(self._cache, p, process_dict)
+
+    def brief(self, p: Process) -> bytes:
+        """The process as a `lineage` ancestor: exec_id, pid, binary."""
+        return self._memo(self._brief, p, ancestor_dict)
+
+    def _memo(
+        self,
+        cache: dict[str, tuple[Process, bytes]],
+        p: Process,
+        as_dict: Callable[[Process], JsonDict],
+    ) -> bytes:
+        hit = cache.get(p.exec_id)
         if hit is not None and hit[0] is p:
             return hit[1]
         # orjson's result keeps its 4 KiB working buffer; a copy of the
         # bytes is ~300 bytes. Without it 5,000 processes cost 35 MiB more.
-        data = memoryview(orjson.dumps(process_dict(p))).tobytes()
-        if len(self._cache) >= self._limit or self._cache_bytes + len(data) > CACHE_BYTES:
+        data = memoryview(orjson.dumps(as_dict(p))).tobytes()
+        if len(cache) >= self._limit or self._cache_bytes + len(data) > CACHE_BYTES:
             self._cache.clear()
             self._brief.clear()
             self._cache_bytes = 0
-        self._cache[p.exec_id] = (p, data)
-        self._cache_bytes += len(data)
-        return data
-
-    def brief(self, p: Process) -> bytes:
-        """The process as a `lineage` ancestor: exec_id, pid, binary."""
-        hit = self._brief.get(p.exec_id)
-        if hit is not None and hit[0] is p:
-            return hit[1]
-        data = orjson.dumps(ancestor_dict(p))
-        if len(self._brief) >= self._limit or self._cache_bytes + len(data) > CACHE_BYTES:
-            self._cache.clear()
-            self._brief.clear()
-            self._cache_bytes = 0
-        self._brief[p.exec_id] = (p, data)
+        cache[p.exec_id] = (p, data)
         self._cache_bytes += len(data)
         return data
 
