@@ -138,4 +138,4 @@ install: deps bpf proto
 	@echo "installed; start with: systemctl enable --now tracer"
 
 clean:
-	rm -rf build $(VENV) $(PROTO_GEN)
+	rm -rf build $(VENV) $(PROTO_GEN) tracer/core/*.so
