@@ -158,23 +158,6 @@ static __always_inline const char *tr_binary_tail_of(struct tr_binary *b, __u32 
 	return t ? t->s : NULL;
 }
 
-/* Inputs of one evaluation, and the keys it builds (too big for the stack). */
-struct tr_policy_scratch {
-	struct tr_str_key exact;
-	struct tr_lpm_str_key lpm;
-	struct tr_lpm_addr_key addr;
-	char tail[TR_POLICY_STR]; /* last bytes of a string, for suffixes */
-	__u32 tail_len;
-	struct tr_globber glob;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct tr_policy_scratch);
-} tr_policy_heap SEC(".maps");
-
 struct tr_policy_input {
 	const char *str;  /* binary or path */
 	__u32 str_len;
@@ -189,6 +172,26 @@ struct tr_policy_input {
 	__u32 dport;
 	bool is_write; /* file_open: O_WRONLY, O_RDWR, O_CREAT or O_TRUNC */
 };
+
+#include "throttle.bpf.h"
+
+/* Inputs of one evaluation, and the keys it builds (too big for the stack). */
+struct tr_policy_scratch {
+	struct tr_str_key exact;
+	struct tr_lpm_str_key lpm;
+	struct tr_lpm_addr_key addr;
+	char tail[TR_POLICY_STR]; /* last bytes of a string, for suffixes */
+	__u32 tail_len;
+	struct tr_globber glob;
+	struct tr_throttle_scratch thr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tr_policy_scratch);
+} tr_policy_heap SEC(".maps");
 
 static __always_inline __u32 tr_sel(__u32 gen, __u32 kind, __u32 field)
 {
@@ -644,6 +647,15 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 		return;
 	if (hits)
 		*hits += 1;
+	/* Counted as the rule's hit, then maybe kept back: only posts are. */
+	struct tr_throttle_rule *thr = bpf_map_lookup_elem(&tr_throttle_rules, &slot);
+
+	if (thr && thr->limit && thr->per_ms && rule->action == TR_ACT_POST) {
+		struct tr_throttle_scratch *tp = &s->thr;
+
+		if (tr_throttled(&tp, slot, kind, in, rule, thr))
+			return;
+	}
 	out->policy_id = rule->policy_id;
 	out->rule = rule->index;
 	out->action = rule->action;

@@ -39,7 +39,8 @@ enum tr_kind {
 	TR_KIND_FILE_OPEN = 4,
 	TR_KIND_CONNECT = 5,
 	TR_KIND_CGROUP = 6,
-	TR_KIND_MAX = 7,
+	TR_KIND_POLICY_SUMMARY = 7, /* events a throttling rule selected and did not post */
+	TR_KIND_MAX = 8,
 };
 
 /* tr_exec.flags */
@@ -200,6 +201,42 @@ struct tr_lpm_addr_key {
 struct tr_uid_key {
 	__u32 sel;
 	__u32 uid;
+};
+
+/* ---- Throttle and aggregate (throttle.bpf.h) ---- */
+
+/* Keys the throttle table holds; each is a rule, a process or cgroup and,
+ * for aggregate, a hash of what the event was about. */
+#define TR_THROTTLE_KEYS 16384
+/* The most a window may post: the count of its posted events shares a
+ * word with its start. */
+#define TR_THROTTLE_LIMIT_MAX ((1 << 24) - 1)
+
+enum tr_throttle_flags {
+	TR_THR_BY_CGROUP = 1 << 0, /* keyed by cgroup, not process */
+	TR_THR_AGGREGATE = 1 << 1, /* and by path or peer and access */
+};
+
+/* Per rule slot (as tr_policy_rules); limit 0: the rule is not throttled. */
+struct tr_throttle_rule {
+	__u32 limit; /* events posted per window and key */
+	__u32 flags; /* enum tr_throttle_flags */
+	__u64 per_ms; /* the window */
+};
+
+/* Indexes of the per-CPU tr_throttle_stats array after its TR_RULE_SLOTS
+ * per-rule counts of suppressed events. */
+enum tr_throttle_stat {
+	TR_THR_SUPPRESSED = 0, /* events not posted, all rules */
+	TR_THR_REPORTED = 1,   /* of those, counted in a summary record */
+	TR_THR_UNTHROTTLED = 2, /* posted because no key could be kept or updated */
+	TR_THR_STATS = 3,
+};
+
+/* The argument of the flush program (tr_throttle_flush). */
+struct tr_flush_args {
+	__u32 all; /* also windows still open: the daemon is stopping */
+	__u32 pad;
 };
 
 /* ---- Records ---- */
@@ -401,6 +438,22 @@ struct tr_cgroup {
 	__u16 path_len; /* bytes, no NUL */
 	__u16 pad;
 	char path[TR_PATH_MAX]; /* below the cgroup2 root, e.g. /kubepods.slice/... */
+};
+
+/* Events one key of a throttling rule selected and did not post, since
+ * the previous summary of that key. The task is the process that opened
+ * the window (its ktime: the last event suppressed). */
+struct tr_summary {
+	struct tr_hdr hdr;
+	struct tr_task task;
+	struct tr_verdict verdict; /* the rule */
+	__u64 count;
+	__u64 first;  /* ktime of the first event counted */
+	__u64 window; /* ktime the window began (its first posted event) */
+	__u64 per_ms;
+	__u32 limit;
+	__u16 kind;  /* enum tr_pkind of the rule */
+	__u16 flags; /* enum tr_throttle_flags */
 };
 
 #endif /* TRACER_WIRE_H */

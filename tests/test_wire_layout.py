@@ -15,7 +15,7 @@ import pytest
 
 from policy import compile, kernel
 from policy.model import Action, Kind
-from tracer.core import decode
+from tracer.core import decode, loader
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build" / "bpf"
@@ -31,7 +31,8 @@ def btf_structs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
         "struct tr_file_open d; struct tr_connect e; struct tr_kind_cfg f; struct tr_glob n;\n"
         "struct tr_rule g; struct tr_str_key h; struct tr_lpm_str_key i;\n"
         "struct tr_lpm_addr_key j; struct tr_uid_key k; struct tr_hits l;\n"
-        "struct tr_cgroup m;\n"
+        "struct tr_cgroup m; struct tr_summary o; struct tr_throttle_rule p;\n"
+        "struct tr_flush_args q;\n"
         # Enums reach BTF only through a typed variable.
         + "".join(f"enum {e} e_{e};\n" for e in _ENUMS)
     )
@@ -73,6 +74,8 @@ _ENUMS = (
     "tr_file_op",
     "tr_conn_via",
     "tr_conn_flags",
+    "tr_throttle_flags",
+    "tr_throttle_stat",
 )
 
 
@@ -176,6 +179,33 @@ def test_cgroup_record(btf_structs: dict[str, dict[str, object]]) -> None:
     want = {"hdr": 0, **_offsets(decode.CGROUP_FIELDS, decode.CGROUP_OFFSET)}
     want["path"] = decode.CGROUP_PATH_OFFSET
     assert got == want
+
+
+def test_summary_record(btf_structs: dict[str, dict[str, object]]) -> None:
+    got = _btf_offsets(btf_structs["tr_summary"])
+    want = {
+        "hdr": 0,
+        "task": decode.TASK_OFFSET,
+        "verdict": decode.VERDICT_OFFSET,
+        **_offsets(decode.SUMMARY_TAIL_FIELDS, decode.SUMMARY_TAIL_OFFSET),
+    }
+    assert got == want
+    assert btf_structs["tr_summary"]["size"] == decode.SUMMARY_SIZE
+
+
+def test_throttle_layouts_and_numbers(btf_structs: dict[str, dict[str, object]]) -> None:
+    """What the policy writer and the daemon pack for throttle.bpf.h."""
+    assert btf_structs["tr_throttle_rule"]["size"] == kernel._THROTTLE.size
+    assert btf_structs["tr_flush_args"]["size"] == loader._FLUSH_ARGS.size
+    assert _enum(btf_structs, "tr_throttle_flags") == {
+        "TR_THR_BY_CGROUP": decode.THROTTLE_BY_CGROUP,
+        "TR_THR_AGGREGATE": decode.THROTTLE_AGGREGATE,
+    }
+    stats = _enum(btf_structs, "tr_throttle_stat")
+    assert {k: v for k, v in stats.items() if k != "TR_THR_STATS"} == {
+        f"TR_THR_{name.upper()}": i for i, name in enumerate(loader.THROTTLE_STATS)
+    }
+    assert loader.RULE_SLOTS == 2 * kernel.KINDS * compile.MAX_RULES
 
 
 def _enum(btf: dict[str, dict[str, object]], name: str) -> dict[str, int]:

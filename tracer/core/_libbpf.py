@@ -24,6 +24,27 @@ PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.
 SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
+class TestRunOpts(ctypes.Structure):
+    """struct bpf_test_run_opts (libbpf's bpf.h), up to `cpu`."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+    ]
+
+
 class LibbpfMissing(RuntimeError):
     """libbpf.so.1 could not be loaded."""
 
@@ -78,6 +99,7 @@ def load() -> ctypes.CDLL:
     _declare(lib, "libbpf_strerror", i, i, cp, sz)
     _declare(lib, "libbpf_find_vmlinux_btf_id", i, cp, i)
     _declare(lib, "bpf_obj_get_info_by_fd", i, i, vp, ctypes.POINTER(u32))
+    _declare(lib, "bpf_prog_test_run_opts", i, i, ctypes.POINTER(TestRunOpts))
     return lib
 
 

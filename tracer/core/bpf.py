@@ -241,6 +241,19 @@ class Program:
         run_time_ns, run_cnt = _RUN_STATS.unpack_from(buf.raw, _RUN_STATS_OFFSET)
         return RunStats(run_time_ns, run_cnt)
 
+    def run(self, ctx: bytes) -> int:
+        """Run a loaded program that is attached nowhere (SEC("syscall")) once,
+        with `ctx` as its argument; its return value."""
+        buf = ctypes.create_string_buffer(ctx, len(ctx))
+        opts = _libbpf.TestRunOpts(
+            sz=ctypes.sizeof(_libbpf.TestRunOpts),
+            ctx_in=ctypes.cast(buf, ctypes.c_void_p),
+            ctx_size_in=len(ctx),
+        )
+        with _Call(f"run {self.name}") as c:
+            c.check_int(lib().bpf_prog_test_run_opts(self.fd, ctypes.byref(opts)))
+        return int(opts.retval)
+
     def _attach(self, what: str, fn: Callable[[], int | None]) -> Link:
         with _Call(f"attach {self.name} ({what})") as c:
             return Link(c.check_ptr(fn()), self.name)

@@ -17,6 +17,7 @@ KIND_EXIT = 3
 KIND_FILE_OPEN = 4
 KIND_CONNECT = 5
 KIND_CGROUP = 6
+KIND_SUMMARY = 7
 KIND_NAMES = {
     KIND_EXEC: "process_exec",
     KIND_FORK: "process_fork",
@@ -24,7 +25,12 @@ KIND_NAMES = {
     KIND_FILE_OPEN: "file_open",
     KIND_CONNECT: "connect",
     KIND_CGROUP: "cgroup",
+    KIND_SUMMARY: "policy_summary",
 }
+
+# enum tr_throttle_flags
+THROTTLE_BY_CGROUP = 1 << 0
+THROTTLE_AGGREGATE = 1 << 1
 
 # enum tr_cgroup_op
 CGROUP_MKDIR = 1
@@ -192,6 +198,15 @@ CONNECT_TAIL_FIELDS = (
     ("saddr", "16s"),
     ("unix_path", "108s"),
 )
+SUMMARY_TAIL_FIELDS = (
+    ("count", "Q"),
+    ("first", "Q"),
+    ("window", "Q"),
+    ("per_ms", "Q"),
+    ("limit", "I"),
+    ("kind", "H"),
+    ("flags", "H"),
+)
 CGROUP_FIELDS = (
     ("ktime", "Q"),
     ("id", "Q"),
@@ -213,6 +228,7 @@ EXIT_TAIL = _struct(EXIT_TAIL_FIELDS)
 FILE_TAIL = _struct(FILE_TAIL_FIELDS)
 CONNECT_TAIL = _struct(CONNECT_TAIL_FIELDS)
 CGROUP = _struct(CGROUP_FIELDS)
+SUMMARY_TAIL = _struct(SUMMARY_TAIL_FIELDS)
 
 TASK_OFFSET = HDR.size
 VERDICT_OFFSET = TASK_OFFSET + TASK.size  # exec, file_open and connect
@@ -224,6 +240,8 @@ FILE_TAIL_OFFSET = VERDICT_OFFSET + VERDICT.size
 FILE_PATH_OFFSET = FILE_TAIL_OFFSET + FILE_TAIL.size
 CONNECT_TAIL_OFFSET = VERDICT_OFFSET + VERDICT.size
 CONNECT_SIZE = CONNECT_TAIL_OFFSET + CONNECT_TAIL.size
+SUMMARY_TAIL_OFFSET = VERDICT_OFFSET + VERDICT.size
+SUMMARY_SIZE = SUMMARY_TAIL_OFFSET + SUMMARY_TAIL.size
 CGROUP_OFFSET = HDR.size
 CGROUP_PATH_OFFSET = CGROUP_OFFSET + CGROUP.size
 
@@ -359,7 +377,28 @@ class CgroupRecord:
     path: bytes  # below the cgroup2 root
 
 
-Record = ExecRecord | ForkRecord | ExitRecord | FileOpenRecord | ConnectRecord | CgroupRecord
+@dataclass(slots=True)
+class SummaryRecord:
+    """Events one key of a throttling rule selected and did not post.
+
+    The task is who opened the window; its ktime is the last event counted.
+    """
+
+    task: Task
+    verdict: Verdict
+    count: int
+    first: int  # ktime of the first event counted
+    window: int  # ktime the window began
+    per_ms: int
+    limit: int
+    kind: int  # policy kind: 0 exec, 1 file_open, 2 connect
+    flags: int  # THROTTLE_*
+
+
+Record = (
+    ExecRecord | ForkRecord | ExitRecord | FileOpenRecord | ConnectRecord | CgroupRecord
+    | SummaryRecord
+)
 
 
 def _task(buf: bytes) -> Task:
@@ -491,4 +530,10 @@ def decode(buf: bytes) -> Record:
             raise WireError(f"cgroup path overruns the record ({plen} bytes)")
         path = buf[CGROUP_PATH_OFFSET : CGROUP_PATH_OFFSET + plen]
         return CgroupRecord(ktime, cgid, op, path)
+    if kind == KIND_SUMMARY:
+        if size < SUMMARY_SIZE:
+            raise WireError(f"summary record of {size} bytes is too short")
+        return SummaryRecord(
+            _task(buf), _verdict(buf), *SUMMARY_TAIL.unpack_from(buf, SUMMARY_TAIL_OFFSET)
+        )
     raise WireError(f"unknown record kind {kind}")

@@ -167,6 +167,13 @@ SELECTED_RINGBUF_DEFAULT = 16 << 20
 # Three records per process (fork, exec, exit): ~6,600 processes a second.
 UID_BUDGET_DEFAULT = 20000
 _CONFIG = struct.Struct("<II")  # struct tr_config
+# Reports the counts of throttle windows that ended (throttle.bpf.h): loaded
+# with every capture mode, attached nowhere, run by the daemon.
+THROTTLE_FLUSH = "tr_throttle_flush"
+_FLUSH_ARGS = struct.Struct("<II")  # struct tr_flush_args
+# enum tr_throttle_stat, after the per-rule counts of tr_throttle_stats
+THROTTLE_STATS = ("suppressed", "reported", "unthrottled")
+RULE_SLOTS = 2 * 3 * 64  # TR_RULE_SLOTS: generations x kinds x rules
 
 
 def check_ringbuf_size(size: int, flag: str = "--ringbuf-size") -> None:
@@ -184,6 +191,9 @@ class KernelCounters:
     evaluated: dict[str, int]  # policy evaluations, by kind
     prefiltered: dict[str, int]  # of those, opens settled before their path was copied
     limited: dict[str, int] = field(default_factory=dict)  # bulk records over their uid budget
+    # Throttled rules: events not posted, of those reported in summaries,
+    # and events posted unthrottled (no key could be kept or updated).
+    throttle: dict[str, int] = field(default_factory=dict)
 
 
 class Sensor:
@@ -249,6 +259,17 @@ class Sensor:
             for stat, dest in stats:
                 key = _U32.pack(kind * decode.STAT_COUNT + stat)
                 dest[name] = sum(_U64.unpack(v)[0] for v in self._stats.lookup_percpu(key))
+        throttle = self.obj.map("tr_throttle_stats")
+        for i, name in enumerate(THROTTLE_STATS):
+            values = throttle.lookup_percpu(_U32.pack(RULE_SLOTS + i))
+            out.throttle[name] = sum(_U64.unpack(v)[0] for v in values)
+
+    def flush_throttle(self, everything: bool = False) -> None:
+        """Have the kernel report (as summary records in the selected ring) the
+        counts of throttle windows that ended; `everything`: of open ones too."""
+        with self._lock:
+            if not self._closed:
+                self.obj.program(THROTTLE_FLUSH).run(_FLUSH_ARGS.pack(int(everything), 0))
 
     def close(self) -> None:
         with self._lock:
@@ -326,7 +347,7 @@ def capture_sensor(
                 if gap not in gaps:
                     gaps.append(gap)
         for prog in obj.programs.values():
-            prog.set_autoload(prog.name in chosen)
+            prog.set_autoload(prog.name in chosen or prog.name == THROTTLE_FLUSH)
         obj.map("tr_events").set_max_entries(ringbuf_size)
         obj.map("tr_selected").set_max_entries(selected_ringbuf_size)
         obj.load()
