@@ -23,6 +23,7 @@ from policy.model import (
     Rule,
     Severity,
     StringMatch,
+    Throttle,
 )
 from policy.parse import PolicyError
 
@@ -74,6 +75,12 @@ class RuleRef:
     tags: tuple[str, ...] = ()
     message: str = ""
     mode: Mode = Mode.ENFORCE
+    throttle: Throttle | None = None
+
+    @property
+    def kernel_throttle(self) -> Throttle | None:
+        """The throttle the kernel applies: to posting only, never to an enforcement."""
+        return self.throttle if self.kernel_action is Action.POST else None
 
     @property
     def kernel_action(self) -> Action:
@@ -286,6 +293,7 @@ def compile_policies(ps: PolicySet, lsm_active: bool, first_policy_id: int = 1) 
                     pol.tags,
                     pol.message,
                     pol.mode,
+                    r.throttle,
                 )
             )
             c.rule(table, r, bit)

@@ -8,23 +8,43 @@ reads cannot match write-only rules, a selector on a value the event lacks
 never matches, and when several rules match enforcement wins, then ignore,
 then post, the first in file order among equals. What it cannot see is an
 open or connect the recording daemon never posted: a log holds every exec
-and exit, but only the opens and connects its own policies selected.
+and exit, but only the opens and connects its own policies selected (and
+of those a throttling rule of the recording set kept back, only the count,
+in policy_summary events).
+
+Throttle and aggregate (bpf_probes/throttle.bpf.h) are modelled by
+ThrottleModel on the events' times: windows open at the first event a key
+posts, as in the kernel; the kernel counts whole milliseconds of its boot
+clock and the model of the wall clock, so an event within a millisecond
+of a window's end may fall on the other side of it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from policy import glob
 from policy.compile import STR_LEN
-from policy.model import Access, Action, Kind, Policy, PolicySet, Rule, StringMatch
+from policy.model import (
+    Access,
+    Action,
+    Kind,
+    Mode,
+    Policy,
+    PolicySet,
+    Rule,
+    StringMatch,
+    ThrottleBy,
+)
 from tracer.core import text
 
 ANCESTOR_DEPTH = 8  # TR_ANCESTOR_DEPTH
 PATH_MAX = 4096  # TR_PATH_MAX: what the kernel's glob walks of a path
+THROTTLE_KEYS = 16384  # TR_THROTTLE_KEYS: the kernel's table, least recently used out
 _WRITE_FLAGS = frozenset({"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"})
 _RANK = {Action.SIGKILL: 0, Action.DENY: 0, Action.IGNORE: 1, Action.POST: 2}
 _KIND_OF_TYPE = {"process_exec": Kind.EXEC, "file_open": Kind.FILE_OPEN, "connect": Kind.CONNECT}
@@ -179,3 +199,51 @@ class Evaluator:
             if (best is None or (_RANK[rule.action], order) < best) and _matches(rule, facts):
                 best, found = (_RANK[rule.action], order), Verdict(pol, idx, rule)
         return found
+
+
+def _content(ev: Mapping[str, Any]) -> tuple[object, ...]:
+    """What an aggregate key holds besides the process: path or peer, and access."""
+    kind = ev.get("type")
+    if kind == "file_open":
+        fo = ev.get("file_open") or {}
+        flags = fo.get("flags")
+        writes = isinstance(flags, list) and not _WRITE_FLAGS.isdisjoint(flags)
+        return (fo.get("path"), writes)
+    if kind == "connect":
+        c = ev.get("connect") or {}
+        return (c.get("unix_path"), c.get("daddr"), c.get("dport"))
+    return ((ev.get("process") or {}).get("binary"),)
+
+
+class ThrottleModel:
+    """Which of the events a rule selects its throttle or aggregate posts, in time order."""
+
+    def __init__(self) -> None:
+        # key -> [window start (ms), events posted in it]
+        self._windows: OrderedDict[tuple[object, ...], list[int]] = OrderedDict()
+
+    def posts(self, v: Verdict, ev: Mapping[str, Any], time_ns: int) -> bool:
+        t = v.rule.throttle
+        kernel_posts = v.rule.action is Action.POST or (
+            v.policy.mode is Mode.MONITOR and v.rule.action in (Action.SIGKILL, Action.DENY)
+        )
+        if t is None or not kernel_posts:
+            return True  # never an enforcement
+        proc = ev.get("process") or {}
+        who = proc.get("cgroup_id") if t.by is ThrottleBy.CGROUP else proc.get("pid")
+        key = (v.policy.name, v.index, who, *(_content(ev) if t.aggregate else ()))
+        now = time_ns // 1_000_000
+        w = self._windows.get(key)
+        if w is None:
+            if len(self._windows) >= THROTTLE_KEYS:
+                self._windows.popitem(last=False)
+            self._windows[key] = [now, 1]
+            return True
+        self._windows.move_to_end(key)
+        if now - w[0] >= t.per_ms:
+            w[0], w[1] = now, 1
+            return True
+        if w[1] < t.events:
+            w[1] += 1
+            return True
+        return False

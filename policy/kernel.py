@@ -26,8 +26,9 @@ from policy.compile import (
     RuleRef,
 )
 from policy.glob import GLOB_LEN
-from policy.model import Kind
+from policy.model import Kind, ThrottleBy
 from tracer.core import bpf
+from tracer.core.decode import THROTTLE_AGGREGATE, THROTTLE_BY_CGROUP
 
 KINDS = len(Kind)
 
@@ -43,6 +44,7 @@ _ADDR_KEY = struct.Struct("<II16s")
 _UID_KEY = struct.Struct("<II")
 _BINARY = struct.Struct("<I256s")
 _TAIL = struct.Struct("<256s")
+_THROTTLE = struct.Struct("<IIQ")  # struct tr_throttle_rule
 
 
 def _sel(gen: int, kind: int, fld: int) -> int:
@@ -61,7 +63,18 @@ def _hits(h: Hits) -> bytes:
 @dataclass(slots=True)
 class RuleCount:
     rule: RuleRef
-    hits: int
+    hits: int  # events the rule selected, throttled ones included
+    suppressed: int = 0  # of those, kept back by its throttle or aggregate
+
+
+def _throttle(r: RuleRef) -> bytes:
+    t = r.kernel_throttle
+    if t is None:
+        return bytes(_THROTTLE.size)
+    flags = (THROTTLE_BY_CGROUP if t.by is ThrottleBy.CGROUP else 0) | (
+        THROTTLE_AGGREGATE if t.aggregate else 0
+    )
+    return _THROTTLE.pack(t.events, flags, t.per_ms)
 
 
 class PolicyMaps:
@@ -81,6 +94,8 @@ class PolicyMaps:
         self._binary = obj.map("tr_proc_binary")
         self._globs = obj.map("tr_policy_globs")
         self._binary_tail = obj.map("tr_proc_binary_tail")
+        self._throttle = obj.map("tr_throttle_rules")
+        self._suppressed = obj.map("tr_throttle_stats")  # first: per rule slot
         self._lock = threading.Lock()
         self.active_gen = 0
         self._word = 0
@@ -150,10 +165,12 @@ class PolicyMaps:
             for i in range(MAX_RULES):
                 slot = _U32.pack((gen * KINDS + kind.index) * MAX_RULES + i)
                 self._counts.update(slot, _U64.pack(0) * ncpu)
+                self._suppressed.update(slot, _U64.pack(0) * ncpu)
                 if i < len(t.rules):
                     r = t.rules[i]
                     code = r.kernel_action.code
                     self._rules.update(slot, _RULE.pack(r.policy_id, r.index, code, 0))
+                    self._throttle.update(slot, _throttle(r))
             for n, (bit, neg, pattern) in enumerate(t.globs):
                 slot = _U32.pack((gen * KINDS + kind.index) * MAX_GLOBS + n)
                 self._globs.update(slot, _GLOB.pack(bit, int(neg), len(pattern), pattern))
@@ -189,7 +206,8 @@ class PolicyMaps:
                 for i, r in enumerate(c.kinds[kind].rules):
                     slot = _U32.pack((gen * KINDS + kind.index) * MAX_RULES + i)
                     total = sum(_U64.unpack(v)[0] for v in self._counts.lookup_percpu(slot))
-                    out.append(RuleCount(r, total))
+                    kept = sum(_U64.unpack(v)[0] for v in self._suppressed.lookup_percpu(slot))
+                    out.append(RuleCount(r, total, kept))
             return out
 
     def set_binary(self, tgid: int, path: bytes) -> None:

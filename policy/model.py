@@ -95,6 +95,24 @@ class Selectors:
     not_ancestor_binary: StringMatch = StringMatch()
 
 
+class ThrottleBy(Enum):
+    PROCESS = "process"
+    CGROUP = "cgroup"
+
+
+@dataclass(slots=True, frozen=True)
+class Throttle:
+    """At most `events` posted per `per_ms` window and key; the rest counted
+    in the kernel and reported in policy_summary events. `aggregate`: the
+    key also holds what the event was about (path or peer, access), and
+    `events` is 1. Only posting is throttled, never an enforcement."""
+
+    events: int
+    per_ms: int
+    by: ThrottleBy = ThrottleBy.PROCESS
+    aggregate: bool = False
+
+
 @dataclass(slots=True, frozen=True)
 class Rule:
     kind: Kind
@@ -103,6 +121,7 @@ class Rule:
     access: Access = Access.ANY
     description: str = ""
     line: int = 0  # where it starts in its file, for messages
+    throttle: Throttle | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -34,8 +34,11 @@ from policy.model import (
     Selectors,
     Severity,
     StringMatch,
+    Throttle,
+    ThrottleBy,
 )
 from tracer.core import safefile
+from tracer.core.options import parse_duration
 
 # Longest string the kernel-side maps hold (TR_POLICY_STR - 1 in tracer.h).
 MAX_STRING = 251
@@ -46,6 +49,11 @@ _LOOKS_ATTACK = re.compile(r"^[Tt]\d")
 TAG_RE = re.compile(r"^[\w.:/+-]{1,64}$")
 MAX_TAGS = 16
 MAX_MESSAGE = 256
+# A throttle's window is whole milliseconds (the kernel counts in those), a
+# day at most; it posts at most TR_THROTTLE_LIMIT_MAX events per window.
+MAX_WINDOW_MS = 86_400_000
+MAX_THROTTLE_EVENTS = (1 << 24) - 1
+_DURATION_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float"))
 
 # Who did it: every event kind accepts these, each also as not_...
 _ACTOR = frozenset(
@@ -129,6 +137,19 @@ class _Reader:
         if not lo <= value <= hi:
             raise self.fail(node, f"{what} {value} is out of range {lo}..{hi}")
         return value
+
+    def duration_ms(self, node: Node, what: str) -> int:
+        if not isinstance(node, ScalarNode) or node.tag not in _DURATION_TAGS:
+            raise self.fail(node, f"{what} must be a duration such as 1s or 500ms")
+        try:
+            ms = parse_duration(str(node.value)) * 1000
+        except ValueError as exc:
+            raise self.fail(node, f"{what}: {exc}") from None
+        if not 1 <= ms <= MAX_WINDOW_MS:  # also false for nan
+            raise self.fail(node, f"{what} {node.value!r} is not between 1ms and 1d")
+        if ms != int(ms):
+            raise self.fail(node, f"{what} {node.value!r} is not a whole number of milliseconds")
+        return int(ms)
 
     def each(self, node: Node, what: str, item: Callable[[Node], T]) -> tuple[T, ...]:
         values = tuple(item(n) for n in self.sequence(node, what))
@@ -226,9 +247,37 @@ class _Reader:
 
     # -- rules and policies -------------------------------------------
 
+    def throttle(self, m: dict[str, Node], action: Action) -> Throttle | None:
+        if "throttle" in m and "aggregate" in m:
+            raise self.fail(m["aggregate"], "a rule takes throttle or aggregate, not both")
+        key = "throttle" if "throttle" in m else "aggregate" if "aggregate" in m else None
+        if key is None:
+            return None
+        if action is Action.IGNORE:
+            raise self.fail(m[key], f"{key} on an ignore rule: it posts nothing to throttle")
+        if key == "aggregate":
+            return Throttle(1, self.duration_ms(m[key], "aggregate"), aggregate=True)
+        usage = "throttle needs numbers: {events: N, per: DURATION}, e.g. {events: 10, per: 1s}"
+        if not isinstance(m[key], MappingNode):
+            raise self.fail(m[key], usage)
+        t = self.mapping(m[key], "throttle", frozenset({"events", "per", "by"}))
+        if "events" not in t or "per" not in t:
+            raise self.fail(m[key], usage)
+        return Throttle(
+            self.integer(t["events"], "throttle.events", 1, MAX_THROTTLE_EVENTS),
+            self.duration_ms(t["per"], "throttle.per"),
+            self.choice(t["by"], "throttle.by", {b.value: b for b in ThrottleBy})
+            if "by" in t
+            else ThrottleBy.PROCESS,
+        )
+
     def rule(self, node: Node) -> Rule:
         m = self.mapping(
-            node, "a rule", frozenset({"event", "match", "action", "access", "description"})
+            node,
+            "a rule",
+            frozenset(
+                {"event", "match", "action", "access", "description", "throttle", "aggregate"}
+            ),
         )
         if "event" not in m:
             raise self.fail(node, "a rule needs `event` (exec, file_open or connect)")
@@ -256,6 +305,7 @@ class _Reader:
             access=access,
             description=self.string(m["description"], "description") if "description" in m else "",
             line=node.start_mark.line + 1,
+            throttle=self.throttle(m, _ACTIONS[act]),
         )
 
     def tag(self, node: Node) -> str:
