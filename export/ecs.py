@@ -174,7 +174,7 @@ class EcsMapper:
             key = (kind, 0 if policy is None else id(policy), failed)
             hit = self._consts.get(key)
             if hit is None or hit[0] is not policy:
-                hit = (policy, *_const(kind, policy, failed))
+                hit = (policy, *_const(kind, policy, failed, details.get("event")))
                 if len(self._consts) >= 4096:
                     self._consts.clear()
                 self._consts[key] = hit
@@ -195,6 +195,10 @@ class EcsMapper:
                     exit_fields["exit_code"] = details["code"]
                 d["process"] = exit_fields
                 tracer["exit"] = details
+            elif kind == "policy_summary":
+                # The events counted: from `first` to the event's time.
+                event["start"], event["end"] = details["first"], ev["time"]
+                tracer["policy_summary"] = details
             if error is not None:
                 d["error"] = {"code": error}
             if policy is not None:
@@ -205,10 +209,16 @@ class EcsMapper:
         return const, d
 
 
-def _const(kind: str, policy: JsonDict | None, failed: bool) -> tuple[JsonDict, JsonDict]:
-    """(top-level fields, event fields but its id) of a kind, rule and outcome."""
+def _const(
+    kind: str, policy: JsonDict | None, failed: bool, summarized: str | None = None
+) -> tuple[JsonDict, JsonDict]:
+    """(top-level fields, event fields but its id) of a kind, rule and outcome;
+    a policy_summary is in the category of the kind it counts (`summarized`)."""
     top: JsonDict = {"ecs": {"version": VERSION}}
-    category, types = _CATEGORY[kind]
+    if kind == "policy_summary":
+        category, types = _CATEGORY.get(summarized or "", (["process"], []))[0], ["info"]
+    else:
+        category, types = _CATEGORY[kind]
     enforcing = enforced(policy)
     if enforcing and kind == "connect":
         types = [*types, "denied"]
@@ -216,7 +226,8 @@ def _const(kind: str, policy: JsonDict | None, failed: bool) -> tuple[JsonDict, 
     # policy says it matters more than for information.
     alert = policy is not None and (policy.get("action") in ENFORCING or severity_id(policy) > 1)
     event: JsonDict = {
-        "kind": "alert" if alert else "event",
+        # A count of events, not one: ECS's metric.
+        "kind": "metric" if kind == "policy_summary" else "alert" if alert else "event",
         "category": category,
         "type": types,
         "action": kind,

@@ -36,6 +36,7 @@ from tracer.core.events import (
     Lost,
     Pod,
     PolicyMatch,
+    PolicySummary,
     Process,
     ProcessEvent,
     ProcessExec,
@@ -267,7 +268,24 @@ def details_dict(ev: ProcessEvent) -> JsonDict:
         cd["via"] = c.via
         cd["user_memory"] = c.user_memory
         return cd
+    if isinstance(ev, PolicySummary):
+        return summary_dict(ev)
     return {}  # process_exec: everything is in `process`
+
+
+def summary_dict(ev: PolicySummary) -> JsonDict:
+    s = ev.summary
+    return {
+        "event": s.event,
+        "count": str(s.count),  # uint64: a string in protobuf's JSON
+        "first": rfc3339(s.first),
+        "window_start": rfc3339(s.window_start),
+        "interval_ms": s.interval_ms,
+        "limit": s.limit,
+        "by": s.by,
+        "aggregate": s.aggregate,
+        "cgroup_id": str(s.cgroup_id),
+    }
 
 
 def policy_dict(m: PolicyMatch) -> JsonDict:

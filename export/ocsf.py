@@ -41,7 +41,12 @@ _CLASSES = {
     "file_open": (_SYSTEM, 1001, "File System Activity"),
     "connect": (_NETWORK, 4001, "Network Activity"),
     "lost": (_SYSTEM, 1008, "Event Log Activity"),
+    # Events a throttling rule counted and did not post: one event with OCSF's
+    # count, start_time and end_time (its aggregation attributes).
+    "policy_summary": (_SYSTEM, 1008, "Event Log Activity"),
 }
+# An activity named by the kind, not the class (1008's 99 is also `lost`).
+_KIND_ACTIVITIES = {"policy_summary": "Throttled"}
 _PROFILES = {
     1: ["datetime", "container", "security_control"],
     4: ["host", "datetime", "container", "security_control"],
@@ -256,6 +261,11 @@ class OcsfMapper:
             if "code" in details:
                 d["exit_code"] = details["code"]
             unmapped["exit"] = details
+        elif kind == "policy_summary":
+            d["count"] = int(details["count"])
+            d["start_time"], d["start_time_dt"] = ms_of(details["first"]), details["first"]
+            d["end_time"], d["end_time_dt"] = d["time"], ev["time"]
+            unmapped["policy_summary"] = details
         if policy is not None:
             unmapped["policy"] = policy
         if unmapped:
@@ -292,6 +302,9 @@ class OcsfMapper:
             status = _SUCCESS if error in _STARTED else _FAILURE
         elif kind == "process_exec":
             activity_id = 1
+        elif kind == "policy_summary":
+            activity_id = 99
+            status = None
         else:  # process_exit
             activity_id = 2
             status = None
@@ -405,7 +418,7 @@ def _policy_fields(policy: JsonDict) -> tuple[JsonDict, list[str]]:
 def _classification(kind: str, activity_id: int) -> JsonDict:
     """The class and activity attributes (copied by the caller, never changed)."""
     (category_uid, category), class_uid, class_name = _CLASSES[kind]
-    activity = _ACTIVITIES[class_uid].get(activity_id, "Other")
+    activity = _KIND_ACTIVITIES.get(kind) or _ACTIVITIES[class_uid].get(activity_id, "Other")
     return {
         "category_uid": category_uid,
         "category_name": category,

@@ -18,6 +18,7 @@ from tracer.core.events import (
     FileOpen,
     Lost,
     PolicyMatch,
+    PolicySummary,
     Process,
     ProcessEvent,
     ProcessExit,
@@ -123,6 +124,14 @@ def _connect(m: pb.Connect, ev: Connect) -> None:
         value = getattr(c, name)
         if value is not None:
             setattr(m, name, value)
+
+
+def _summary(m: pb.PolicySummary, ev: PolicySummary) -> None:
+    s = ev.summary
+    m.event, m.count, m.interval_ms, m.limit = s.event, s.count, s.interval_ms, s.limit
+    m.by, m.aggregate, m.cgroup_id = s.by, s.aggregate, s.cgroup_id
+    m.first.seconds, m.first.nanos = divmod(s.first, 1_000_000_000)
+    m.window_start.seconds, m.window_start.nanos = divmod(s.window_start, 1_000_000_000)
 
 
 # Tags of Event.process (4), .parent (5), .ancestors (6) and .lineage (7),
@@ -267,6 +276,9 @@ class Encoder:
             _policy(head, ev.policy)
         elif isinstance(ev, Connect):
             _connect(head.connect, ev)
+            _policy(head, ev.policy)
+        elif isinstance(ev, PolicySummary):
+            _summary(head.policy_summary, ev)
             _policy(head, ev.policy)
         else:
             head.process_exec.SetInParent()

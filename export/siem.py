@@ -36,6 +36,7 @@ from tracer.core.events import (
     FileOpen,
     Lost,
     PolicyMatch,
+    PolicySummary,
     Process,
     ProcessEvent,
     ProcessExec,
@@ -288,7 +289,9 @@ class FormatSerializer:
         self._sides[key] = side
         return side
 
-    def native_head(self, ev: ProcessExec | ProcessExit | FileOpen | Connect) -> JsonDict:
+    def native_head(
+        self, ev: ProcessExec | ProcessExit | FileOpen | Connect | PolicySummary
+    ) -> JsonDict:
         """The native dict of the event without its process, parent and ancestors."""
         d: JsonDict = {"type": ev.type, "time": rfc3339(ev.time), "node": ev.node}
         d[ev.type] = details_dict(ev)

@@ -34,7 +34,9 @@ JsonDict = dict[str, Any]
 
 SEGMENT_RE = re.compile(r"^events-(\d{8})\.jsonl(\.zst)?$")
 COMPRESSED_SUFFIX = ".zst"
-KNOWN_TYPES = frozenset({"process_exec", "process_exit", "file_open", "connect", "lost"})
+KNOWN_TYPES = frozenset(
+    {"process_exec", "process_exit", "file_open", "connect", "policy_summary", "lost"}
+)
 _WARN_PER_FILE = 5  # then one summary line per file
 
 
@@ -278,6 +280,10 @@ _EVENT: dict[str, _Shape] = {
         "family": str, "protocol": str, "sock_type": str, "daddr": str, "dport": int,
         "saddr": str, "sport": int, "unix_path": str, "result": int, "error": str, "hook": str,
         "via": str, "user_memory": bool,
+    },
+    "policy_summary": {
+        "event": str, "count": str, "first": str, "window_start": str, "interval_ms": int,
+        "limit": int, "by": str, "aggregate": bool, "cgroup_id": str,
     },
     "lost": {"kernel": _Map(int), "daemon": _Map(int)},
     "policy": {"name": str, "rule": int, "action": str},

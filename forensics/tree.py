@@ -26,7 +26,7 @@ from forensics.store import LogIndex, ProcRow
 
 # Slack between a /proc start time (clock ticks) and the kernel's.
 _PROCFS_SLACK_NS = 20_000_000
-_SHOWN = frozenset({"file_open", "connect"})
+_SHOWN = frozenset({"file_open", "connect", "policy_summary"})
 
 
 class SelectionError(Exception):

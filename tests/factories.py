@@ -26,9 +26,11 @@ from tracer.core.events import (
     Lost,
     Pod,
     PolicyMatch,
+    PolicySummary,
     Process,
     ProcessExec,
     ProcessExit,
+    SummaryInfo,
 )
 
 # Protobuf's Timestamp JSON: the fewest of 0, 3, 6 or 9 fractional digits that are exact.
@@ -155,6 +157,22 @@ def connect_ev(p: Process = LS, policy: PolicyMatch | None = None, **kw: Any) ->
     }
     fields.update(kw)
     return Connect(T0, "n1", p, BASH, (SSHD, INIT), ConnectInfo(**fields), policy)
+
+
+def summary_ev(p: Process = LS, policy: PolicyMatch | None = None, **kw: Any) -> PolicySummary:
+    fields: dict[str, Any] = {
+        "event": "file_open",
+        "count": 199_999,
+        "first": T0 - 999_999_001,
+        "window_start": T0 - 1_000_000_000,
+        "interval_ms": 1000,
+        "limit": 1,
+        "by": "process",
+        "aggregate": True,
+        "cgroup_id": 2**63 + 5,
+    }
+    fields.update(kw)
+    return PolicySummary(T0, "n1", p, BASH, (SSHD, INIT), SummaryInfo(**fields), policy)
 
 
 def ev_at(i: int) -> Event:
@@ -365,7 +383,11 @@ def events(draw: st.DrawFn) -> Event:
     p = draw(processes(parent))
     ancestors = tuple(draw(st.lists(processes(), max_size=3))) if parent is not None else ()
     time = draw(_TIME)
-    kind = draw(st.sampled_from(["process_exec", "process_exit", "file_open", "connect", "lost"]))
+    kind = draw(
+        st.sampled_from(
+            ["process_exec", "process_exit", "file_open", "connect", "policy_summary", "lost"]
+        )
+    )
     if kind == "process_exec":
         return ProcessExec(time, "n1", p, parent, ancestors, draw(_POLICY))
     if kind == "process_exit":
@@ -411,5 +433,19 @@ def events(draw: st.DrawFn) -> Event:
             "tracepoint/sys_connect",
         )
         return Connect(time, "n1", p, parent, ancestors, info, draw(_POLICY))
+    if kind == "policy_summary":
+        aggregate = draw(st.booleans())
+        summary = SummaryInfo(
+            draw(st.sampled_from(["process_exec", "file_open", "connect"])),
+            draw(st.integers(1, 2**64 - 1)),
+            draw(_TIME),
+            draw(_TIME),
+            draw(st.integers(1, 86_400_000)),
+            1 if aggregate else draw(st.integers(1, 2**24 - 1)),
+            draw(st.sampled_from(["process", "cgroup"])),
+            aggregate,
+            draw(st.integers(0, 2**64 - 1)),
+        )
+        return PolicySummary(time, "n1", p, parent, ancestors, summary, draw(_POLICY))
     counts = st.dictionaries(st.sampled_from(["process_exec", "file_open", "malformed"]), _U32)
     return Lost(time, "n1", draw(counts), draw(counts))

@@ -28,6 +28,7 @@ from factories import (
     exit_ev,
     file_open_ev,
     mkproc,
+    summary_ev,
 )
 from google.protobuf.json_format import MessageToDict
 from hypothesis import HealthCheck, given, settings
@@ -86,6 +87,7 @@ EVENTS: dict[str, Event] = {
     "memfd binary, zero device": exec_ev(
         mkproc(8, binary="memfd:x", flags=("memfd",), binary_dev=0, binary_ino=0, mnt_ns=0)
     ),
+    "policy summary": summary_ev(policy=PolicyMatch("storm", 0, "post")),
     "lost": Lost(time=T0, node="n1", kernel={"process_exec": 3}, daemon={"malformed": 1}),
     "lost, empty": Lost(time=T0, node="n1"),
     "lost, max count": Lost(time=T0, node="n1", daemon={"process_exit": LOST_COUNT_MAX}),
@@ -147,7 +149,7 @@ def test_brief_ancestors_name_each_ancestor_and_none_leaves_them_out() -> None:
 def test_the_details_are_under_the_key_named_by_the_type() -> None:
     for ev in EVENTS.values():
         d = as_json(ev)
-        kinds = {"process_exec", "process_exit", "file_open", "connect", "lost"}
+        kinds = {"process_exec", "process_exit", "file_open", "connect", "policy_summary", "lost"}
         assert [k for k in d if k in kinds] == [d["type"]]
 
 
@@ -170,6 +172,7 @@ def test_every_field_of_the_proto_is_in_the_json() -> None:
             set(as_json(file_open_ev(result=-2, error="ENOENT"))["file_open"])
             | set(as_json(file_open_ev(op="rename", source="/etc/.x"))["file_open"]),
         ),
+        (pb.PolicySummary, set(as_json(summary_ev())["policy_summary"])),
     ):
         assert json_fields == set(msg.DESCRIPTOR.fields_by_name), msg
 

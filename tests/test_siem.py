@@ -28,7 +28,7 @@ import ocsf
 import orjson
 import pytest
 from conftest import Daemon, new_marker, tracer_cmd
-from factories import BASH, INIT, LS, SSHD, T0, events, exec_ev, exit_ev, mkproc
+from factories import BASH, INIT, LS, SSHD, T0, events, exec_ev, exit_ev, mkproc, summary_ev
 from hypothesis import HealthCheck, given, settings
 
 from export import FormatSerializer, Serializer, convert, mapper_for
@@ -166,6 +166,10 @@ def every_event() -> Iterator[tuple[str, Event]]:
             _open(DENY, where, flags=("O_WRONLY", "O_CREAT", "O_TRUNC"), result=-1, error="EPERM"),
         )
         yield f"connect-{w}", _connect(POST, where)
+        p, _, _ = _in(*where)
+        yield f"summary-{w}", summary_ev(p, POST)
+        yield f"summary-connect-{w}", summary_ev(p, WOULD_KILL, event="connect", aggregate=False,
+                                                 limit=10, by="cgroup")
         yield f"connect-monitored-{w}", _connect(WOULD_KILL, where)
         yield f"connect-refused-{w}", _connect(POST, where, result=-111, error="ECONNREFUSED")
         yield (
@@ -445,6 +449,20 @@ def test_ocsf_classes_and_activities() -> None:
     assert cls("connect-killed-v6-host") == (4001, 1, "Success")  # EINPROGRESS: started
     assert cls("connect-refused-host") == (4001, 5, "Failure")
     assert cls("lost") == (1008, 99, "Failure")
+    assert cls("summary-host") == (1008, 99, "")
+
+
+def test_a_summary_is_one_event_with_the_count_and_span_of_those_it_stands_for() -> None:
+    o = daemon_line("ocsf", EVENTS["summary-host"])
+    assert o["activity_name"] == "Throttled"
+    assert o["count"] == 199_999
+    assert o["start_time"] < o["end_time"] == o["time"]
+    assert o["unmapped"]["policy_summary"]["aggregate"] is True
+    e = daemon_line("ecs", EVENTS["summary-host"])
+    assert e["event"]["kind"] == "metric"
+    assert e["event"]["category"] == ["file"]
+    assert e["event"]["start"] < e["event"]["end"] == e["@timestamp"]
+    assert e["tracer"]["policy_summary"]["count"] == "199999"
 
 
 def test_ocsf_process_chain_is_nested_bounded_and_the_lineage_complete() -> None:

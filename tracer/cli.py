@@ -186,12 +186,13 @@ def _policy(args: argparse.Namespace) -> int:
         return exitcodes.OK
     print(
         f"{'policy':<28} {'rule':>4} {'event':<10} {'action':<8} {'mode':<8} {'severity':<9}"
-        f" {'hits':>10}  source"
+        f" {'hits':>10} {'suppressed':>10}  source"
     )
     for r in reply["rules"]:
         print(
             f"{r['policy']:<28} {r['rule']:>4} {r['event']:<10} {r['action']:<8} "
-            f"{r.get('mode', ''):<8} {r.get('severity', ''):<9} {r['hits']:>10}  {r['source']}"
+            f"{r.get('mode', ''):<8} {r.get('severity', ''):<9} {r['hits']:>10} "
+            f"{r.get('suppressed', 0):>10}  {r['source']}"
         )
     return exitcodes.OK
 

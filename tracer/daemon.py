@@ -72,6 +72,9 @@ _TRIM_INTERVAL_S = 30.0
 _SWITCH_INTERVAL_S = 0.001
 # How long the final drain at stop may take.
 _STOP_DRAIN_S = 5.0
+# How often the kernel reports the counts of throttle windows that ended
+# (tr_throttle_flush): a summary comes at most this long after its window.
+_THROTTLE_FLUSH_S = 0.25
 
 class _Counted(Protocol):
     """What the loss reporter reads from the sensor (tracer.core.loader.Sensor)."""
@@ -250,6 +253,7 @@ class Daemon:
                         "source": f"{c.rule.source}:{c.rule.line}",
                         "description": c.rule.description,
                         "hits": c.hits,
+                        "suppressed": c.suppressed,
                     }
                     for c in store.counts()
                 ],
@@ -271,6 +275,7 @@ class Daemon:
                     "prefiltered": k.prefiltered,
                     "limited": k.limited,
                 },
+                "throttle": k.throttle,
             }
         if op == "policy_apply":
             docs = req.get("documents")
@@ -489,6 +494,7 @@ class Daemon:
                 if server is not None:
                     server.stopping()
                 self._drain(sensor, pipeline)
+                self._flush_throttle(sensor, pipeline)
                 losses.report()
                 # Outputs drain before the server stops, so subscribers get
                 # every event up to the end; then nothing reads the sensor.
@@ -526,6 +532,22 @@ class Daemon:
         for sink in sinks:
             sink.close()
 
+    @classmethod
+    def _flush_throttle(cls, sensor: Sensor, pipeline: Pipeline) -> None:
+        """Every count still kept in the kernel, windows open or not, as summaries:
+        what is suppressed then and not reported was lost to the table's eviction."""
+        sensor.flush_throttle(everything=True)
+        cls._drain(sensor, pipeline)
+        t = sensor.counters().throttle
+        lost = t.get("suppressed", 0) - t.get("reported", 0)
+        if lost:
+            _log.warning(
+                "throttled events not reported: their keys were evicted from the "
+                "throttle table before their counts were",
+                events=lost,
+                **t,
+            )
+
     @staticmethod
     def _drain(sensor: Sensor, pipeline: Pipeline) -> None:
         """What the ring holds at stop, a batch at a time. A storm that outruns
@@ -548,6 +570,7 @@ class Daemon:
         interval = self.config.lost_interval_s
         next_report = time.monotonic() + interval
         next_trim = time.monotonic() + _TRIM_INTERVAL_S
+        next_flush = time.monotonic() + _THROTTLE_FLUSH_S
         state = self._state
         notifier = self._notifier
         notified_ready = not notifier.enabled
@@ -561,6 +584,9 @@ class Daemon:
                 self._reloader.request()
             now = time.monotonic()
             state.last_poll = now  # GetHealth, /healthz: the loop is alive
+            if now >= next_flush:
+                next_flush = now + _THROTTLE_FLUSH_S
+                sensor.flush_throttle()
             if watchdog_s is not None and now >= next_watchdog:
                 next_watchdog = now + watchdog_s
                 notifier.notify("WATCHDOG=1")

@@ -13,7 +13,15 @@ from typing import Any
 
 from export.filters import EventFilter, FilterError, facts_of_dict
 from forensics import html, render, replay, tree
-from forensics.log import InputError, JsonDict, Problems, Segment, list_segments, parse_when
+from forensics.log import (
+    InputError,
+    JsonDict,
+    Problems,
+    Segment,
+    list_segments,
+    parse_time,
+    parse_when,
+)
 from forensics.store import LogIndex
 from tracer import client, control, exitcodes
 from tracer.arguments import EVENT_LOG_DIR
@@ -130,13 +138,15 @@ def _summary(ev: JsonDict) -> str:
     elif ev["type"] == "connect":
         c = ev.get("connect") or {}
         what = f"{c.get('daddr')}:{c.get('dport')}" if c.get("daddr") else str(c.get("unix_path"))
+    elif ev["type"] == "policy_summary":
+        what = f"{(ev.get('policy_summary') or {}).get('count')} more, not posted"
     return f"{ev.get('time', '')} pid {proc.get('pid')} {proc.get('binary', '')} {what}".rstrip()
 
 
 def _policy_test(args: argparse.Namespace, problems: Problems) -> int:
     """`tracer policy test`: what a policy set would have done to a recorded log."""
     from policy import PolicyError, parse_files
-    from policy.evaluate import Evaluator
+    from policy.evaluate import Evaluator, ThrottleModel
 
     if args.examples < 0:
         raise _Usage("--examples must be 0 or more")
@@ -147,8 +157,16 @@ def _policy_test(args: argparse.Namespace, problems: Problems) -> int:
     since, until = _when(args.since, "--since"), _when(args.until, "--until")
     per_rule: dict[tuple[str, int], dict[str, Any]] = {}
     read = 0
+    # Events the recording daemon's own throttles kept out of the log: counted
+    # there, never seen here.
+    not_recorded = 0
+    throttles = ThrottleModel()
     for _, ev in replay.stored(_segments(args), problems, since, until):
         read += 1
+        if ev["type"] == "policy_summary":
+            count = (ev.get("policy_summary") or {}).get("count")
+            not_recorded += int(count) if isinstance(count, str) and count.isdigit() else 0
+            continue
         v = evaluator.verdict(ev)
         if v is None:
             continue
@@ -167,15 +185,26 @@ def _policy_test(args: argparse.Namespace, problems: Problems) -> int:
             },
         )
         entry["events"] += 1
+        if v.rule.throttle is not None:
+            # events: what the rule selects; posted: what its throttle lets out.
+            posted = throttles.posts(v, ev, parse_time(str(ev.get("time", ""))) or 0)
+            entry["posted"] = entry.get("posted", 0) + posted
+            entry["suppressed"] = entry.get("suppressed", 0) + (not posted)
         if len(entry["examples"]) < args.examples:
             entry["examples"].append(ev if args.json else _summary(ev))
     rules = sorted(per_rule.values(), key=lambda e: (e["policy"], e["rule"]))
     if args.json:
         sys.stdout.buffer.write(
-            terminal.json_line({"events_read": read, "rules": rules})  # escaped, like events
+            # escaped, like events
+            terminal.json_line({"events_read": read, "not_recorded": not_recorded, "rules": rules})
         )
         return exitcodes.OK
     print(f"{read} events read; rules that would have selected some:")
+    if not_recorded:
+        print(
+            f"  ({not_recorded} events the recording daemon's throttles kept back are in the "
+            "log only as counts: not evaluated)"
+        )
     if not rules:
         print("  none")
     for r in rules:
@@ -184,6 +213,8 @@ def _policy_test(args: argparse.Namespace, problems: Problems) -> int:
             f"  {terminal.escape(r['policy'])} rule {r['rule']} ({r['event']}, "
             f"{r['action']}{mode}): {r['events']} events  {terminal.escape(r['source'])}"
         )
+        if "posted" in r:
+            print(f"      throttled: {r['posted']} posted, {r['suppressed']} counted in summaries")
         for ex in r["examples"]:
             print(f"      {terminal.escape(ex)}")
     return exitcodes.OK

@@ -275,10 +275,18 @@ class Collector:
             "Events each rule of the policy set in force selected (since that set was applied)",
             labels=["policy", "rule", "action"],
         )
+        kept = CounterMetricFamily(
+            "tracer_policy_suppressed",
+            "Of those, events the rule's throttle or aggregate did not post (counted in summaries)",
+            labels=["policy", "rule", "action"],
+        )
         if store is not None:
             for c in store.counts():
-                hits.add_metric([c.rule.policy, str(c.rule.index), c.rule.action.label], c.hits)
+                labels = [c.rule.policy, str(c.rule.index), c.rule.action.label]
+                hits.add_metric(labels, c.hits)
+                kept.add_metric(labels, c.suppressed)
         yield hits
+        yield kept
 
 
 def _bpf_stats_enabled() -> int:

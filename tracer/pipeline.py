@@ -82,6 +82,9 @@ class Pipeline:
                 emit(build.file_open(rec, cache.context(rec.task), node, match(rec.verdict)))
             elif isinstance(rec, decode.ConnectRecord):
                 emit(build.connect(rec, cache.context(rec.task), node, match(rec.verdict)))
+            elif isinstance(rec, decode.SummaryRecord):
+                ctx = cache.context(rec.task)
+                emit(build.policy_summary(rec, ctx, node, match(rec.verdict)))
             else:
                 cache.on_cgroup(rec)
         if out:

@@ -13,7 +13,7 @@ import ipaddress
 import socket
 
 from tracer.core import decode, names, text
-from tracer.core.decode import ConnectRecord, ExitRecord, FileOpenRecord
+from tracer.core.decode import ConnectRecord, ExitRecord, FileOpenRecord, SummaryRecord
 from tracer.core.events import (
     Connect,
     ConnectInfo,
@@ -22,9 +22,14 @@ from tracer.core.events import (
     FileInfo,
     FileOpen,
     PolicyMatch,
+    PolicySummary,
     ProcessExec,
     ProcessExit,
+    SummaryInfo,
 )
+
+# enum tr_pkind: the event kind a rule selects
+_RULE_KINDS = {0: "process_exec", 1: "file_open", 2: "connect"}
 
 
 def process_exec(ctx: Context, node: str, policy: PolicyMatch | None) -> ProcessExec:
@@ -93,3 +98,21 @@ def connect(rec: ConnectRecord, ctx: Context, node: str, policy: PolicyMatch | N
         bool(rec.flags & decode.CONN_USER_MEMORY),
     )
     return Connect(ctx.time, node, ctx.process, ctx.parent, ctx.ancestors, info, policy)
+
+
+def policy_summary(
+    rec: SummaryRecord, ctx: Context, node: str, policy: PolicyMatch | None
+) -> PolicySummary:
+    wall = ctx.time - rec.task.ktime  # the boot clock's offset, as the context applied it
+    info = SummaryInfo(
+        _RULE_KINDS.get(rec.kind, str(rec.kind)),
+        rec.count,
+        rec.first + wall,
+        rec.window + wall,
+        rec.per_ms,
+        rec.limit,
+        "cgroup" if rec.flags & decode.THROTTLE_BY_CGROUP else "process",
+        bool(rec.flags & decode.THROTTLE_AGGREGATE),
+        rec.task.cgroup_id,
+    )
+    return PolicySummary(ctx.time, node, ctx.process, ctx.parent, ctx.ancestors, info, policy)

@@ -183,6 +183,33 @@ class Connect(ProcessEvent):
 
 
 @dataclass(slots=True)
+class SummaryInfo:
+    """What a throttling rule kept back: `count` events like the one posted at
+    `window_start` (aggregate: same process, path or peer, access), from
+    `first` to the event's time, none of them posted."""
+
+    event: str  # the kind the rule selects: process_exec, file_open, connect
+    count: int
+    first: int  # wall-clock ns of the first event counted
+    window_start: int  # wall-clock ns the window began
+    interval_ms: int
+    limit: int  # events posted per window
+    by: str  # process or cgroup
+    aggregate: bool
+    cgroup_id: int
+
+
+@dataclass(slots=True)
+class PolicySummary(ProcessEvent):
+    """The count of events a rule's throttle or aggregate did not post;
+    the process is the one that opened the window."""
+
+    type: ClassVar[str] = "policy_summary"
+    summary: SummaryInfo
+    policy: PolicyMatch | None
+
+
+@dataclass(slots=True)
 class Lost:
     """Events that could not be delivered since the previous Lost, by kind.
 
@@ -198,8 +225,10 @@ class Lost:
     daemon: dict[str, int] = field(default_factory=dict)
 
 
-Event = ProcessExec | ProcessExit | FileOpen | Connect | Lost
-EVENT_TYPES = tuple(c.type for c in (ProcessExec, ProcessExit, FileOpen, Connect, Lost))
+Event = ProcessExec | ProcessExit | FileOpen | Connect | PolicySummary | Lost
+EVENT_TYPES = tuple(
+    c.type for c in (ProcessExec, ProcessExit, FileOpen, Connect, PolicySummary, Lost)
+)
 
 # Lost counts are uint32 in the API, so that they are JSON numbers (uint64
 # would be strings); LossCounts keeps them exact anyway.

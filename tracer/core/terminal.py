@@ -25,6 +25,7 @@ MARKERS = {
     "process_exit": "exit",
     "file_open": "open",
     "connect": "conn",
+    "policy_summary": "more",
     "lost": "LOST",
 }
 _COLORS = {
@@ -32,6 +33,7 @@ _COLORS = {
     "process_exit": "33",  # yellow
     "file_open": "34",  # blue
     "connect": "35",  # magenta
+    "policy_summary": "36",  # cyan
     "lost": "1;31",  # bold red
 }
 _ALARM = "31"  # red: actions other than allow
@@ -148,6 +150,14 @@ def _detail(kind: str, ev: Mapping[str, Any], color: bool) -> str:
         return f"{target}{result}{err}{_action(ev, color)}".strip()
     if kind == "process_exec":
         return _action(ev, color).strip()
+    if kind == "policy_summary":
+        # `12 more file_open since 10:00:01.000 (aggregate 1000ms)`
+        how = "aggregate" if d.get("aggregate") else f"throttle {_text(d.get('limit'))} per"
+        return (
+            f"{_text(d.get('count'))} more {_text(d.get('event'))} since "
+            f"{_clock(d.get('first'))} ({how} {_text(d.get('interval_ms'))}ms"
+            f" by {_text(d.get('by'))}){_action(ev, color)}"
+        )
     return ""
 
 
