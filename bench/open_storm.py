@@ -10,6 +10,10 @@
    daemon), and the daemon's CPU seconds per 100k events.
 3. Program cost (`--stages program-cost`): ns per run of each BPF program
    over the filtered storm, from the kernel's own run statistics.
+4. Aggregated (`--stages aggregated`): the posted storm under a rule with
+   `aggregate: 60s`, daemon defaults: the workload's time against no daemon,
+   the kernel's run time per open (bpf_stats), the events and summary counts
+   delivered (one event and one count of the rest), and the loss.
 
 Usage: .venv/bin/python bench/open_storm.py [--opens 1000000] [--posted 200000] [--rounds 3]
        [--capture-mode lsm|fentry|kprobe|tracepoint]  (default: the daemon's choice)
@@ -197,6 +201,62 @@ def posted(reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str]) -> No
           f"{ring_kb / 1024:,.0f} MiB: {(peak_kb - ring_kb) / 1024:,.0f} MiB besides")
 
 
+def aggregated(reaper: Reaper, exe: Path, work: Path, n: int, rounds: int,
+               mode: list[str]) -> None:
+    print_header(f"aggregated: {n:,} open+close of one file, one rule `aggregate: 60s`")
+    target = work / "aggregated-target"
+    target.write_text("x\n")
+    pol = work / "aggregate.yaml"
+    pol.write_text(
+        "policies:\n  - name: storm\n    rules:\n      - event: file_open\n"
+        f"        match: {{path: ['{target}']}}\n        aggregate: 60s\n"
+    )
+    knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = knob.read_text().strip()
+    without, with_ = [], []
+    for r in range(rounds):
+        without.append(run_loop(exe, n, str(target)))
+        out = work / f"aggregated-{r}.jsonl"
+        d = TracerDaemon(reaper, out, ["--policy", str(pol),
+                                       "--control-socket", str(work / "ctl4.sock"), *mode])
+        d.start()
+        ids = _daemon_prog_ids(d.pid)
+        before = _run_stats(ids)
+        knob.write_text("1")
+        try:
+            with_.append(run_loop(exe, n, str(target)))
+        finally:
+            knob.write_text(old)
+        after = _run_stats(ids)
+        st = d.stop()  # the stop reports the count of the window still open
+        events = [json.loads(line) for line in out.read_text().splitlines()]
+        opens = [e for e in events if e["type"] == "file_open"]
+        counted = sum(int(e["policy_summary"]["count"]) for e in events
+                      if e["type"] == "policy_summary")
+        runs = {name: (after[name][0] - before.get(name, (0, 0))[0],
+                       after[name][1] - before.get(name, (0, 0))[1]) for name in after}
+        busy = {k: v for k, v in runs.items() if v[1] >= n}
+        ns = sum(t for t, _ in busy.values())
+        print(f"  round {r + 1}: without {without[-1]:.3f} s, with {with_[-1]:.3f} s "
+              f"({n / with_[-1]:,.0f} opens/s); file_open events {len(opens)}, "
+              f"counted in summaries {counted:,} (sum {len(opens) + counted:,} of {n:,}); "
+              f"kernel {ns / n:.0f} ns per open in "
+              + ", ".join(f"{k} {t / max(c, 1):.0f} ns x {c:,}" for k, (t, c) in busy.items())
+              + f"; lost kernel {st.lost_kernel} daemon {st.lost_daemon}")
+    ratio = statistics.median(with_) / statistics.median(without)
+    print(f"  median without {statistics.median(without):.3f} s, with "
+          f"{statistics.median(with_):.3f} s: ratio {ratio:.3f}, "
+          f"{n / statistics.median(with_):,.0f} selected opens/s")
+
+
+def _run_stats(ids: set[int]) -> dict[str, tuple[int, int]]:
+    """(run time ns, runs) of the daemon's programs by name."""
+    shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], check=True,
+                                      capture_output=True).stdout)
+    return {p["name"]: (p.get("run_time_ns", 0), p.get("run_cnt", 0))
+            for p in shown if p["id"] in ids}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -205,7 +265,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument(
         "--stages", default="filtered,posted",
-        help="which of hooks-only,filtered,program-cost,posted to run"
+        help="which of hooks-only,filtered,program-cost,posted,aggregated to run"
     )
     ap.add_argument("--capture-mode", choices=["lsm", "fentry", "kprobe", "tracepoint"])
     ap.add_argument("--extra-policy", type=Path, action="append", default=[])
@@ -235,6 +295,8 @@ def main() -> int:
             extra = ["--ancestors", args.ancestors] if args.ancestors else []
             extra += ["--no-event-log"] if args.no_event_log else []
             posted(reaper, exe, work, args.posted, [*mode, *extra])
+        if "aggregated" in stages:
+            aggregated(reaper, exe, work, args.posted, args.rounds, mode)
     finally:
         reaper.cleanup()
     return 0
