@@ -205,7 +205,8 @@ struct tr_uid_key {
 
 /* ---- Throttle and aggregate (throttle.bpf.h) ---- */
 
-/* Keys the throttle table holds; each is a rule, a process or cgroup and,
+/* Keys the throttle table holds by default (the loader sets --throttle-keys);
+ * each is a rule, a process or cgroup and,
  * for aggregate, a hash of what the event was about. */
 #define TR_THROTTLE_KEYS 16384
 /* The most a window may post: the count of its posted events shares a

@@ -44,7 +44,7 @@ from tracer.core import text
 
 ANCESTOR_DEPTH = 8  # TR_ANCESTOR_DEPTH
 PATH_MAX = 4096  # TR_PATH_MAX: what the kernel's glob walks of a path
-THROTTLE_KEYS = 16384  # TR_THROTTLE_KEYS: the kernel's table, least recently used out
+THROTTLE_KEYS = 16384  # the kernel table's default size (--throttle-keys), least recently used out
 _WRITE_FLAGS = frozenset({"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"})
 _RANK = {Action.SIGKILL: 0, Action.DENY: 0, Action.IGNORE: 1, Action.POST: 2}
 _KIND_OF_TYPE = {"process_exec": Kind.EXEC, "file_open": Kind.FILE_OPEN, "connect": Kind.CONNECT}

@@ -197,3 +197,25 @@ def test_the_dry_run_predicts_what_the_kernel_posts_and_counts(
     assert r.returncode == 0, r.stderr
     (rule,) = json.loads(r.stdout)["rules"]
     assert (rule["events"], rule["posted"], rule["suppressed"]) == (22, posted, counted)
+
+
+def test_the_throttle_table_is_sized_by_its_flag() -> None:
+    d = Daemon("--throttle-keys", "64")
+    try:
+        ids = {
+            int(line.split()[1])
+            for fd in Path(f"/proc/{d.proc.pid}/fdinfo").iterdir()
+            for line in fd.read_text().splitlines()
+            if line.startswith("map_id:")
+        }
+        shown = json.loads(
+            subprocess.run(["bpftool", "-j", "map", "show"], check=True, capture_output=True).stdout
+        )
+        ours = [m for m in shown if m["id"] in ids and m["name"] == "tr_throttle"]
+        assert [m["max_entries"] for m in ours] == [64]
+    finally:
+        assert d.stop() == 0, "".join(d.stderr)
+    r = subprocess.run(tracer_cmd("run", "--throttle-keys", "0"), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert "--throttle-keys must be between 1 and 1048576, not 0" in r.stderr

@@ -23,9 +23,11 @@ from tracer import control
 from tracer.core.loader import (
     RINGBUF_DEFAULT,
     SELECTED_RINGBUF_DEFAULT,
+    THROTTLE_KEYS_DEFAULT,
     UID_BUDGET_DEFAULT,
     ConfigError,
     check_ringbuf_size,
+    check_throttle_keys,
 )
 from tracer.core.options import Option, option, option_of, parse_duration, parse_size
 from tracer.core.probe import CAPTURE_MODES
@@ -81,6 +83,13 @@ class Config:
         parse=int,
         help="exec/fork/exit records one uid may add per second while the bulk ring is "
         "behind; the rest are dropped and counted as lost (0: no limit)",
+    )
+    throttle_keys: int = option(
+        THROTTLE_KEYS_DEFAULT,
+        flag="--throttle-keys",
+        parse=int,
+        help="keys the kernel's throttle table holds (rule, process or cgroup, and for "
+        "aggregate a path or peer); the least recently used go first",
     )
     process_hooks: str = option(
         "auto",
@@ -206,6 +215,7 @@ class Config:
     def validate(self) -> None:
         check_ringbuf_size(self.ringbuf_size)
         check_ringbuf_size(self.selected_ringbuf_size, "--selected-ringbuf-size")
+        check_throttle_keys(self.throttle_keys)
         if not 0 <= self.uid_budget < 1 << 32:
             raise ConfigError(
                 f"--uid-budget must be between 0 (no limit) and 2**32-1, not {self.uid_budget}"

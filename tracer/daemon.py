@@ -442,7 +442,7 @@ class Daemon:
             with (
                 capture_sensor(
                     cfg.bpf_dir, variant, mode, cfg.ringbuf_size, cfg.uid_budget,
-                    cfg.selected_ringbuf_size,
+                    cfg.selected_ringbuf_size, cfg.throttle_keys,
                 ) as sensor,
                 scrapes,
             ):

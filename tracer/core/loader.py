@@ -174,6 +174,15 @@ _FLUSH_ARGS = struct.Struct("<II")  # struct tr_flush_args
 # enum tr_throttle_stat, after the per-rule counts of tr_throttle_stats
 THROTTLE_STATS = ("suppressed", "reported", "unthrottled")
 RULE_SLOTS = 2 * 3 * 64  # TR_RULE_SLOTS: generations x kinds x rules
+# Keys of the throttle table (tr_throttle, TR_THROTTLE_KEYS): a rule, a
+# process or cgroup, and for aggregate a path or peer; ~256 bytes each.
+THROTTLE_KEYS_DEFAULT = 16384
+THROTTLE_KEYS_MAX = 1 << 20
+
+
+def check_throttle_keys(n: int) -> None:
+    if not 1 <= n <= THROTTLE_KEYS_MAX:
+        raise ConfigError(f"--throttle-keys must be between 1 and {THROTTLE_KEYS_MAX}, not {n}")
 
 
 def check_ringbuf_size(size: int, flag: str = "--ringbuf-size") -> None:
@@ -312,6 +321,7 @@ def capture_sensor(
     ringbuf_size: int,
     uid_budget: int = UID_BUDGET_DEFAULT,
     selected_ringbuf_size: int = SELECTED_RINGBUF_DEFAULT,
+    throttle_keys: int = THROTTLE_KEYS_DEFAULT,
 ) -> Iterator[Sensor]:
     """Load and attach every capture program; detach everything on exit."""
     if variant not in PROCESS_VARIANTS:
@@ -325,6 +335,7 @@ def capture_sensor(
         )
     check_ringbuf_size(ringbuf_size)
     check_ringbuf_size(selected_ringbuf_size, "--selected-ringbuf-size")
+    check_throttle_keys(throttle_keys)
     if not 0 <= uid_budget < 1 << 32:
         raise ConfigError(f"uid budget {uid_budget} is not between 0 (no limit) and 2**32-1")
     obj = bpf.BpfObject(bpf_dir / CAPTURE_OBJECT)
@@ -350,6 +361,7 @@ def capture_sensor(
             prog.set_autoload(prog.name in chosen or prog.name == THROTTLE_FLUSH)
         obj.map("tr_events").set_max_entries(ringbuf_size)
         obj.map("tr_selected").set_max_entries(selected_ringbuf_size)
+        obj.map("tr_throttle").set_max_entries(throttle_keys)
         obj.load()
         obj.map("tr_config").update(_U32.pack(0), _CONFIG.pack(uid_budget, 0))
         for name in chosen:
