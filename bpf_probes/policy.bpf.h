@@ -650,12 +650,9 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 	/* Counted as the rule's hit, then maybe kept back: only posts are. */
 	struct tr_throttle_rule *thr = bpf_map_lookup_elem(&tr_throttle_rules, &slot);
 
-	if (thr && thr->limit && thr->per_ms && rule->action == TR_ACT_POST) {
-		struct tr_throttle_scratch *tp = &s->thr;
-
-		if (tr_throttled(&tp, slot, kind, in, rule, thr))
-			return;
-	}
+	if (thr && thr->limit && thr->per_ms && rule->action == TR_ACT_POST &&
+	    tr_throttled(&s->thr, slot, kind, in, rule, thr))
+		return;
 	out->policy_id = rule->policy_id;
 	out->rule = rule->index;
 	out->action = rule->action;

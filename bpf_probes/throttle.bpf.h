@@ -22,6 +22,10 @@
 #define TR_THR_COUNT_BITS 24
 #define TR_THR_COUNT_MASK ((1ULL << TR_THR_COUNT_BITS) - 1)
 #define TR_THR_TRIES 4
+/* Bytes of each end of a string an aggregate key hashes: strings that
+ * agree in length and in both ends are one key. Hashing them whole took
+ * a loop that doubled the verifier's work on every policy program. */
+#define TR_THR_SAMPLE 256
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -61,17 +65,29 @@ struct {
 } tr_throttle_stats SEC(".maps");
 
 /* The throttle's part of the policy scratch (struct tr_policy_scratch):
- * everything lives in map memory, since the programs that evaluate
- * policies have no stack left to spare. */
+ * the request tr_policy_eval fills, and the decision's state. Everything
+ * lives in map memory, since the programs that evaluate policies have no
+ * stack left to spare. */
 struct tr_throttle_scratch {
+	/* The request: the rule and its throttle, and what the event is about. */
+	__u32 slot, kind, policy_id;
+	__u16 rule;
+	__u8 action, has_daddr;
+	__u32 limit, flags;
+	__u64 per_ms;
+	__u64 str; /* address of the path (or binary, socket path), 0: none */
+	__u32 len, field, is_write, dport;
+	__u8 daddr[16];
+	/* The decision's state */
 	struct tr_throttle_val zero; /* a zeroed value to insert from (never written) */
 	struct tr_throttle_key key;
-	__u64 str; /* address of the string hashed */
 	__u64 h;
-	__u64 w;   /* the word read */
+	__u64 w;
+	__u64 bytes[2 * TR_THR_SAMPLE / 8]; /* the string's first and last bytes */
 	__u64 now;
-	__u32 len;
+	__u64 now_ms;
 	__u32 idx; /* a counter's index */
+	__u32 pad;
 };
 
 static __always_inline void tr_thr_count(__u32 *idx, __u32 slot, __u64 n)
@@ -98,41 +114,32 @@ static __always_inline __u64 tr_mix(__u64 h, __u64 w)
 	return h ^ (h >> 29);
 }
 
-static long tr_hash_step(__u32 i, void *arg)
-{
-	struct tr_throttle_scratch *t = *(struct tr_throttle_scratch **)arg;
-	__u32 off = i * 8;
-
-	if (off >= t->len)
-		return 1;
-	/* Whole words (the strings live in larger buffers), the bytes past
-	 * the end masked off. */
-	bpf_probe_read_kernel(&t->w, 8, (const void *)(t->str + off));
-	if (t->len - off < 8)
-		t->w &= (1ULL << ((t->len - off) * 8)) - 1;
-	t->h = tr_mix(t->h, t->w);
-	return 0;
-}
-
 /* What an event is about, for aggregate: its path (or binary, or socket
- * path), its peer and whether it writes. */
-static __always_inline __u64 tr_content_hash(struct tr_throttle_scratch **tp, __u32 kind,
-					     struct tr_policy_input *in)
+ * path) by length and both ends, its peer, and whether it writes. */
+static __always_inline __u64 tr_content_hash(struct tr_throttle_scratch *t)
 {
-	struct tr_throttle_scratch *t = *tp;
+	__u32 n = t->len < TR_THR_SAMPLE ? t->len : TR_THR_SAMPLE;
 
-	t->h = tr_mix(0xcbf29ce484222325ULL, kind << 8 | in->str_field << 1 | in->is_write);
-	if (in->daddr) {
-		bpf_probe_read_kernel(&t->w, 8, in->daddr);
+	t->h = tr_mix(0xcbf29ce484222325ULL,
+		      (__u64)t->len << 32 | t->kind << 8 | t->field << 1 | t->is_write);
+	if (t->has_daddr) {
+		__builtin_memcpy(&t->w, t->daddr, 8);
 		t->h = tr_mix(t->h, t->w);
-		bpf_probe_read_kernel(&t->w, 8, in->daddr + 8);
-		t->h = tr_mix(tr_mix(t->h, t->w), in->dport);
+		__builtin_memcpy(&t->w, t->daddr + 8, 8);
+		t->h = tr_mix(tr_mix(t->h, t->w), t->dport);
 	}
-	if (in->str) {
-		t->str = (__u64)in->str;
-		t->len = in->str_len < TR_PATH_MAX ? in->str_len : TR_PATH_MAX;
-		bpf_loop(TR_PATH_MAX / 8, tr_hash_step, tp, 0);
+	__builtin_memset(t->bytes, 0, sizeof(t->bytes));
+	if (t->str) {
+		/* n <= TR_THR_SAMPLE; the mask only shows the verifier it fits */
+		bpf_probe_read_kernel(t->bytes, tr_bound(n, 2 * TR_THR_SAMPLE - 1),
+				      (const void *)t->str);
+		if (t->len > TR_THR_SAMPLE)
+			bpf_probe_read_kernel(&t->bytes[TR_THR_SAMPLE / 8], TR_THR_SAMPLE,
+					      (const void *)(t->str + t->len - TR_THR_SAMPLE));
 	}
+#pragma unroll
+	for (int i = 0; i < 2 * TR_THR_SAMPLE / 8; i++)
+		t->h = tr_mix(t->h, t->bytes[i]);
 	return t->h;
 }
 
@@ -156,71 +163,80 @@ static __always_inline void tr_throttle_report(struct tr_throttle_val *v, __u64 
 	tr_thr_count(idx, TR_RULE_SLOTS + TR_THR_REPORTED, n);
 }
 
-/* Who opens the window, for its report: read straight into the map
- * value, with no stack (the callers have none to spare). */
-static __always_inline void tr_throttle_who(struct tr_task *t)
+/* Who opens the window, for its report: read straight into map memory
+ * (t->w holds each pointer on the way), with no stack, since the callers
+ * have none to spare. */
+static __always_inline void tr_throttle_who(struct tr_throttle_scratch *t, struct tr_task *dst)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u64 id = bpf_get_current_pid_tgid(), ug = bpf_get_current_uid_gid();
 
-	t->start_boottime = task->group_leader->start_boottime;
-	t->cgroup_id = bpf_get_current_cgroup_id();
-	t->tgid = id >> 32;
-	t->tid = (__u32)id;
-	t->ppid = task->real_parent->tgid;
-	t->uid = (__u32)ug;
-	t->gid = ug >> 32;
-	t->euid = task->cred->euid.val;
-	t->egid = task->cred->egid.val;
-	t->auid = bpf_core_field_exists(task->loginuid) ? task->loginuid.val : (__u32)-1;
-	bpf_get_current_comm(t->comm, sizeof(t->comm));
-	t->flags = 0;
+	struct task_struct *up;
+	struct cred *cred;
+
+	bpf_core_read(&t->w, sizeof(t->w), &task->group_leader);
+	up = (struct task_struct *)t->w;
+	bpf_core_read(&dst->start_boottime, sizeof(dst->start_boottime), &up->start_boottime);
+	bpf_core_read(&t->w, sizeof(t->w), &task->real_parent);
+	up = (struct task_struct *)t->w;
+	bpf_core_read(&dst->ppid, sizeof(dst->ppid), &up->tgid);
+	bpf_core_read(&t->w, sizeof(t->w), &task->cred);
+	cred = (struct cred *)t->w;
+	bpf_core_read(&dst->euid, sizeof(dst->euid), &cred->euid.val);
+	bpf_core_read(&dst->egid, sizeof(dst->egid), &cred->egid.val);
+	dst->auid = (__u32)-1; /* (u32)-1 also when the kernel has no loginuid */
+	if (bpf_core_field_exists(task->loginuid))
+		bpf_core_read(&dst->auid, sizeof(dst->auid), &task->loginuid.val);
+	dst->cgroup_id = bpf_get_current_cgroup_id();
+	dst->tgid = id >> 32;
+	dst->tid = (__u32)id;
+	dst->uid = (__u32)ug;
+	dst->gid = ug >> 32;
+	bpf_get_current_comm(dst->comm, sizeof(dst->comm));
+	dst->flags = 0;
 }
 
 /* A window opens: report what the last one suppressed, then make the
  * template name this window's opener. */
 static __always_inline void tr_throttle_open(struct tr_throttle_scratch *t,
-					     struct tr_throttle_val *v, struct tr_throttle_rule *r,
-					     struct tr_rule *rule, __u32 kind)
+					     struct tr_throttle_val *v)
 {
 	__u64 n = __sync_lock_test_and_set(&v->pending, 0);
 
 	if (n)
 		tr_throttle_report(v, n, &t->idx);
-	tr_throttle_who(&v->sum.task);
+	tr_throttle_who(t, &v->sum.task);
 	v->sum.hdr.kind = TR_KIND_POLICY_SUMMARY;
 	v->sum.hdr.size = sizeof(v->sum);
-	v->sum.verdict.policy_id = rule->policy_id;
-	v->sum.verdict.rule = rule->index;
-	v->sum.verdict.action = rule->action;
+	v->sum.verdict.policy_id = t->policy_id;
+	v->sum.verdict.rule = t->rule;
+	v->sum.verdict.action = t->action;
 	v->sum.window = t->now;
-	v->sum.per_ms = r->per_ms;
-	v->sum.limit = r->limit;
-	v->sum.kind = kind;
-	v->sum.flags = r->flags;
+	v->sum.per_ms = t->per_ms;
+	v->sum.limit = t->limit;
+	v->sum.kind = t->kind;
+	v->sum.flags = t->flags;
 }
 
 /*
- * Whether `rule` (in `slot`, its throttle `r`), which selected the event
- * to post, keeps it back. The window and its count are one word, changed
- * by compare and swap, so threads of one process on several CPUs never
- * post more than the limit; a word still contended after a few tries
- * posts (counted). `tp` points at the scratch's address on the caller's
- * stack (bpf_loop's context).
+ * Whether the rule of the request in `t`, which selected the event to
+ * post, keeps it back (1) or posts it (0). The window and its count are
+ * one word, changed by compare and swap, so threads of one process on
+ * several CPUs never post more than the limit; a word still contended
+ * after a few tries posts (counted). A global function: the verifier
+ * checks it once, not at every place a policy is evaluated.
  */
-static __always_inline bool tr_throttled(struct tr_throttle_scratch **tp, __u32 slot, __u32 kind,
-					 struct tr_policy_input *in, struct tr_rule *rule,
-					 struct tr_throttle_rule *r)
+__noinline int tr_throttle_decide(struct tr_throttle_scratch *t)
 {
-	struct tr_throttle_scratch *t = *tp;
-
-	t->key.slot = slot;
+	if (!t)
+		return 0;
+	t->key.slot = t->slot;
 	t->key.pad = 0;
-	if (r->flags & TR_THR_BY_CGROUP)
+	if (t->flags & TR_THR_BY_CGROUP)
 		t->key.who = bpf_get_current_cgroup_id();
 	else
 		t->key.who = bpf_get_current_pid_tgid() >> 32;
-	t->key.hash = (r->flags & TR_THR_AGGREGATE) ? tr_content_hash(tp, kind, in) : 0;
+	t->key.hash = (t->flags & TR_THR_AGGREGATE) ? tr_content_hash(t) : 0;
 	struct tr_throttle_val *v = bpf_map_lookup_elem(&tr_throttle, &t->key);
 
 	if (!v) {
@@ -228,39 +244,67 @@ static __always_inline bool tr_throttled(struct tr_throttle_scratch **tp, __u32 
 		v = bpf_map_lookup_elem(&tr_throttle, &t->key);
 		if (!v) {
 			tr_thr_count(&t->idx, TR_RULE_SLOTS + TR_THR_UNTHROTTLED, 1);
-			return false;
+			return 0;
 		}
 	}
 	t->now = bpf_ktime_get_boot_ns();
-	__u64 now_ms = t->now / 1000000;
+	t->now_ms = t->now / 1000000;
+	int i, open = 0;
 
-	for (int i = 0; i < TR_THR_TRIES; i++) {
+	for (i = 0; i < TR_THR_TRIES; i++) {
 		__u64 w = v->state;
 		__u64 start = w >> TR_THR_COUNT_BITS, next;
-		/* Another CPU may have opened the window a moment "later". */
-		bool open = !w || (now_ms >= start && now_ms - start >= r->per_ms);
 
+		/* Another CPU may have opened the window a moment "later". */
+		open = !w || (t->now_ms >= start && t->now_ms - start >= t->per_ms);
 		if (open)
-			next = now_ms << TR_THR_COUNT_BITS | 1;
-		else if ((w & TR_THR_COUNT_MASK) < r->limit)
+			next = t->now_ms << TR_THR_COUNT_BITS | 1;
+		else if ((w & TR_THR_COUNT_MASK) < t->limit)
 			next = w + 1;
 		else
 			goto suppress;
-		if (__sync_val_compare_and_swap(&v->state, w, next) == w) {
-			if (open)
-				tr_throttle_open(t, v, r, rule, kind);
-			return false;
-		}
+		if (__sync_val_compare_and_swap(&v->state, w, next) == w)
+			break;
 	}
-	tr_thr_count(&t->idx, TR_RULE_SLOTS + TR_THR_UNTHROTTLED, 1);
-	return false;
+	if (i == TR_THR_TRIES)
+		tr_thr_count(&t->idx, TR_RULE_SLOTS + TR_THR_UNTHROTTLED, 1);
+	else if (open)
+		tr_throttle_open(t, v);
+	return 0;
 suppress:
 	if (__sync_fetch_and_add(&v->pending, 1) == 0)
 		v->first = t->now;
 	v->last = t->now;
-	tr_thr_count(&t->idx, slot, 1);
+	tr_thr_count(&t->idx, t->slot, 1);
 	tr_thr_count(&t->idx, TR_RULE_SLOTS + TR_THR_SUPPRESSED, 1);
-	return true;
+	return 1;
+}
+
+/* 1 when `rule` (in `slot`, its throttle `thr`), which selected the
+ * event `in` to post, keeps it back, else 0. Only the request is copied
+ * here: tr_throttle_decide is checked by the verifier once per program,
+ * not at every place a policy is evaluated. */
+static __always_inline int tr_throttled(struct tr_throttle_scratch *t, __u32 slot, __u32 kind,
+					struct tr_policy_input *in, struct tr_rule *rule,
+					struct tr_throttle_rule *thr)
+{
+	t->slot = slot;
+	t->kind = kind;
+	t->policy_id = rule->policy_id;
+	t->rule = rule->index;
+	t->action = rule->action;
+	t->limit = thr->limit;
+	t->flags = thr->flags;
+	t->per_ms = thr->per_ms;
+	t->str = (__u64)in->str;
+	t->len = in->str_len < TR_PATH_MAX ? in->str_len : TR_PATH_MAX;
+	t->field = in->str_field;
+	t->is_write = in->is_write;
+	t->dport = in->dport;
+	t->has_daddr = in->daddr != NULL;
+	if (in->daddr)
+		bpf_probe_read_kernel(t->daddr, 16, in->daddr);
+	return tr_throttle_decide(t);
 }
 
 struct tr_flush {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -219,3 +220,35 @@ def test_the_throttle_table_is_sized_by_its_flag() -> None:
                        timeout=60)
     assert r.returncode == 2
     assert "--throttle-keys must be between 1 and 1048576, not 0" in r.stderr
+
+
+def test_counts_lost_to_eviction_are_counted_and_reported(tmp_path: Path) -> None:
+    """A table too small for the keys of one window evicts keys whose counts
+    were not reported yet: the stop says how many, and with the summaries
+    that makes every event the kernel kept back."""
+    watched = tmp_path / "w"
+    watched.mkdir()
+    names = [watched / f"f{i}" for i in range(50)]
+    for p in names:
+        p.write_text("x")
+    pol = tmp_path / "evict.yaml"
+    pol.write_text(
+        "policies:\n  - name: storm\n    rules:\n      - event: file_open\n"
+        f"        match: {{path: {{prefix: ['{watched}/']}}}}\n        aggregate: 60s\n"
+    )
+    d = Daemon("--policy", str(pol), "--throttle-keys", "8")
+    script = "import sys\nfor p in sys.argv[1:]:\n    for _ in range(3):\n        open(p).close()\n"
+    try:
+        subprocess.run([sys.executable, "-c", script, *map(str, names)], check=True)
+        d.sync()
+        posted = len(d.matching(lambda e: e["type"] == "file_open"
+                                and e["file_open"]["path"].startswith(f"{watched}/")))
+        suppressed = _throttle_stats(d)["suppressed"]
+        assert posted + suppressed == 3 * len(names)
+    finally:
+        assert d.stop() == 0, "".join(d.stderr)
+    warned = [line for line in d.stderr if "throttled events not reported" in line]
+    assert len(warned) == 1, "".join(d.stderr[-5:])
+    lost = int(warned[0].split(" events=")[1].split()[0])
+    assert lost > 0
+    assert _counted(d) + lost == suppressed
