@@ -360,7 +360,9 @@ class Serializer:
         parts[_CONTEXT] = other._procs.context(ev)
         return mine, b"".join(parts)
 
-    def _parts(self, ev: ProcessExec | ProcessExit | FileOpen | Connect) -> list[bytes]:
+    def _parts(
+        self, ev: ProcessExec | ProcessExit | FileOpen | Connect | PolicySummary
+    ) -> list[bytes]:
         """The line's parts, but the process side, which goes at [_CONTEXT]."""
         # Event types and RFC 3339 times need no JSON escaping; the details
         # sit under the key named by the type.
