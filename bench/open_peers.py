@@ -85,8 +85,8 @@ def main() -> int:
             d.start(timeout=300)
             times["tracer"].append(_workload(script, args.opens, args.path))
             d.stop()
-            print(f"  round {r + 1}: CPU " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()),
-                  flush=True)
+            got = ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items())
+            print(f"  round {r + 1}: CPU {got}", flush=True)
     finally:
         reaper.cleanup()
     base = statistics.median(times["none"])
