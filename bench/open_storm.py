@@ -17,8 +17,9 @@
 
 Usage: .venv/bin/python bench/open_storm.py [--opens 1000000] [--posted 200000] [--rounds 3]
        [--capture-mode lsm|fentry|kprobe|tracepoint]  (default: the daemon's choice)
-       [--extra-policy FILE]  (loaded with the library in the filtered stages, e.g.
-                               bench/policy-binary-only.yaml: a rule with no path)
+       [--extra-policy FILE]  (loaded with the library in the filtered and program-cost
+                               stages, e.g. bench/policy-binary-only.yaml: a rule with
+                               no path; policy-glob.yaml, policy-lineage.yaml)
 """
 
 from __future__ import annotations
@@ -119,14 +120,18 @@ def _daemon_prog_ids(pid: int) -> set[int]:
     return ids
 
 
-def program_cost(reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str]) -> None:
+def program_cost(
+    reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str], extra: list[Path]
+) -> None:
     """ns per run of each of the daemon's programs (kernel.bpf_stats_enabled),
     over n opens no rule selects. The statistics add their own clock reads
     to every run, so this pass is separate from the timed rounds."""
-    print_header(f"program cost: {n:,} open+close of {TARGET}, no rule selects it")
+    what = "".join(f" and {p.name}" for p in extra)
+    print_header(f"program cost: {n:,} open+close of {TARGET}, no rule selects it "
+                 f"(library{what})")
+    policy = [a for p in [LIBRARY, *extra] for a in ("--policy", str(p))]
     d = TracerDaemon(reaper, work / "progcost.jsonl",
-                     ["--policy", str(LIBRARY), "--control-socket", str(work / "ctl3.sock"),
-                      *mode])
+                     [*policy, "--control-socket", str(work / "ctl3.sock"), *mode])
     d.start()
     knob = Path("/proc/sys/kernel/bpf_stats_enabled")
     old = knob.read_text().strip()
@@ -299,7 +304,7 @@ def main() -> int:
             filtered(reaper, exe, work, args.opens, args.rounds, mode,
                      extra=args.extra_policy)
         if "program-cost" in stages:
-            program_cost(reaper, exe, work, args.opens, mode)
+            program_cost(reaper, exe, work, args.opens, mode, args.extra_policy)
         if "posted" in stages:
             extra = ["--ancestors", args.ancestors] if args.ancestors else []
             extra += ["--no-event-log"] if args.no_event_log else []

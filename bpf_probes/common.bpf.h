@@ -27,6 +27,33 @@
 		__tr_v & (mask);                            \
 	})
 
+/*
+ * Reading the kernel's structs. The loader sets tr_direct when the kernel
+ * has bpf_rdonly_cast (6.2 on): a pointer then becomes a typed one the
+ * program reads with plain loads, each of which the JIT turns into one
+ * guarded instruction, where a bpf_probe_read_kernel call costs ~10 ns;
+ * an open no rule selects makes ~25 of them. tr_direct is read-only data
+ * fixed at load, so the verifier drops the branch not taken, and an older
+ * kernel never sees the kfunc.
+ */
+const volatile __u32 tr_direct SEC(".rodata.tr_kernel") = 0;
+
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+/* The field `field` (a path of members) of the `type` at p. */
+#define TR_RD(type, p, field)                                                              \
+	(tr_direct ? ((type *)bpf_rdonly_cast((const void *)(p),                            \
+					      bpf_core_type_id_kernel(type)))->field         \
+		   : BPF_CORE_READ((type *)(p), field))
+
+/* Bytes at p, for plain loads at constant offsets below 65 (tr_direct
+ * only): any kernel struct that starts with a char array will do to type
+ * the pointer, and new_utsname's is 65 bytes. */
+#define TR_BYTES(p)                                                                          \
+	((struct new_utsname *)bpf_rdonly_cast((const void *)(p),                          \
+					       bpf_core_type_id_kernel(struct new_utsname)))  \
+		->sysname
+
 /* Two channels to user space. tr_events carries the bulk (exec, fork,
  * exit, cgroup records: every process makes them, any user can make
  * thousands a second); tr_selected carries what a policy rule selected
@@ -160,29 +187,35 @@ static __always_inline void tr_emit_bulk(__u32 kind, void *rec, __u64 size, __u3
  * opened (a pseudo file, such as a memfd, never had a name to unlink). */
 static __always_inline bool tr_file_deleted(struct file *file)
 {
-	struct dentry *d = BPF_CORE_READ(file, f_path.dentry);
+	struct dentry *d = TR_RD(struct file, file, f_path.dentry);
 
-	return d && !BPF_CORE_READ(d, d_hash.pprev) && BPF_CORE_READ(d, d_parent) != d;
+	return d && !TR_RD(struct dentry, d, d_hash.pprev) && TR_RD(struct dentry, d, d_parent) != d;
 }
 
 static __always_inline void tr_fill_task(struct tr_task *t, struct task_struct *task)
 {
-	const struct cred *cred = BPF_CORE_READ(task, cred);
-	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	const struct cred *cred = TR_RD(struct task_struct, task, cred);
+	struct mm_struct *mm = TR_RD(struct task_struct, task, mm);
+	struct file *exe = mm ? TR_RD(struct mm_struct, mm, exe_file) : NULL;
+	struct task_struct *leader = TR_RD(struct task_struct, task, group_leader);
+	struct css_set *cgroups = TR_RD(struct task_struct, task, cgroups);
+	struct cgroup *cgrp = TR_RD(struct css_set, cgroups, dfl_cgrp);
+	struct kernfs_node *kn = TR_RD(struct cgroup, cgrp, kn);
+	struct task_struct *parent = TR_RD(struct task_struct, task, real_parent);
 
 	t->ktime = bpf_ktime_get_boot_ns();
 	/* The leader's: the last thread out of a group may be another one. */
-	t->start_boottime = BPF_CORE_READ(task, group_leader, start_boottime);
-	t->cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
-	t->tgid = BPF_CORE_READ(task, tgid);
-	t->tid = BPF_CORE_READ(task, pid);
-	t->ppid = BPF_CORE_READ(task, real_parent, tgid);
-	t->uid = BPF_CORE_READ(cred, uid.val);
-	t->euid = BPF_CORE_READ(cred, euid.val);
-	t->gid = BPF_CORE_READ(cred, gid.val);
-	t->egid = BPF_CORE_READ(cred, egid.val);
+	t->start_boottime = TR_RD(struct task_struct, leader, start_boottime);
+	t->cgroup_id = TR_RD(struct kernfs_node, kn, id);
+	t->tgid = TR_RD(struct task_struct, task, tgid);
+	t->tid = TR_RD(struct task_struct, task, pid);
+	t->ppid = TR_RD(struct task_struct, parent, tgid);
+	t->uid = TR_RD(struct cred, cred, uid.val);
+	t->euid = TR_RD(struct cred, cred, euid.val);
+	t->gid = TR_RD(struct cred, cred, gid.val);
+	t->egid = TR_RD(struct cred, cred, egid.val);
 	if (bpf_core_field_exists(task->loginuid))
-		t->auid = BPF_CORE_READ(task, loginuid.val);
+		t->auid = TR_RD(struct task_struct, task, loginuid.val);
 	else
 		t->auid = (__u32)-1; /* kernel built without CONFIG_AUDIT */
 	BPF_CORE_READ_STR_INTO(&t->comm, task, comm);
@@ -216,10 +249,11 @@ struct tr_walk {
 	 * mount's root: a pseudo file (memfd, anonymous shmem), named
 	 * without a leading '/' as the kernel names it. */
 	__u32 pseudo;
-	__u32 pad;
+	__u32 bytes; /* the whole path's length, as far as collected */
 	/* Component names by tr_walk_slot(); written out root first. */
 	const unsigned char *name[TR_PATH_DEPTH];
 	__u32 name_len[TR_PATH_DEPTH];
+	__u64 words[8]; /* a name's first bytes, for the path sieve (policy.bpf.h) */
 };
 
 /* Where component c (0: the leaf) is kept. */
@@ -246,23 +280,25 @@ static long tr_walk_up(__u32 i, void *arg)
 	struct dentry *dentry = w->dentry;
 
 	if (dentry == w->mnt_root) {
-		struct mount *parent = BPF_CORE_READ(mnt, mnt_parent);
+		struct mount *parent = TR_RD(struct mount, mnt, mnt_parent);
 
 		if (parent == mnt) {
 			w->complete = 1;
 			return 1;
 		}
-		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->dentry = TR_RD(struct mount, mnt, mnt_mountpoint);
 		w->mnt = parent;
-		w->mnt_root = BPF_CORE_READ(parent, mnt.mnt_root);
+		w->mnt_root = TR_RD(struct mount, parent, mnt.mnt_root);
 		return 0;
 	}
-	struct dentry *up = BPF_CORE_READ(dentry, d_parent);
+	struct dentry *up = TR_RD(struct dentry, dentry, d_parent);
 	__u32 n = w->n;
 	__u32 slot = tr_walk_slot(n);
+	__u32 len = TR_RD(struct dentry, dentry, d_name.len);
 
-	w->name[slot] = BPF_CORE_READ(dentry, d_name.name);
-	w->name_len[slot] = BPF_CORE_READ(dentry, d_name.len);
+	w->name[slot] = TR_RD(struct dentry, dentry, d_name.name);
+	w->name_len[slot] = len;
+	w->bytes += len + 1;
 	w->n = n + 1;
 	if (up == dentry) { /* root of a pseudo or disconnected tree */
 		w->pseudo = 1;
@@ -328,8 +364,9 @@ static __always_inline void tr_walk_collect(struct tr_walk *w, char *buf,
 
 	w->mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
 	w->dentry = dentry;
-	w->mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+	w->mnt_root = TR_RD(struct vfsmount, vfsmnt, mnt_root);
 	w->n = 0;
+	w->bytes = 0;
 	w->complete = 0;
 	w->pseudo = 0;
 	/* Only as many steps as the path has components (and mounts) are

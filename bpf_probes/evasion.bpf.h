@@ -137,6 +137,13 @@ static __always_inline int tr_ia32_connect(__u32 fd, __u32 addr, long ret)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(tr_tp_ia32_exit, struct pt_regs *regs, long ret)
 {
+	/* The number first, a load from the typed argument: it runs at every
+	 * syscall exit, and most numbers are none of these in either table. */
+	long nr = regs->orig_ax;
+
+	if (nr != TR_NR32_OPEN && nr != TR_NR32_CREAT && nr != TR_NR32_OPENAT &&
+	    nr != TR_NR32_OPENAT2 && nr != TR_NR32_CONNECT && nr != TR_NR32_SOCKETCALL)
+		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
 
 	if (!(task->thread_info.status & TR_TS_COMPAT))
@@ -147,7 +154,7 @@ int BPF_PROG(tr_tp_ia32_exit, struct pt_regs *regs, long ret)
 	__u32 dx = BPF_CORE_READ(regs, dx);
 	struct tr_open_args a = { .hook = TR_HOOK_TP_SYS_EXIT | TR_HOOK_IA32 };
 
-	switch (BPF_CORE_READ(regs, orig_ax)) {
+	switch (nr) {
 	case TR_NR32_OPEN:
 		a.upath = (const char *)(unsigned long)bx;
 		a.open_flags = cx;

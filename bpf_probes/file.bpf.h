@@ -85,12 +85,15 @@ static __always_inline bool tr_open_writes(__u32 flags)
 
 static __always_inline struct file *tr_fd_file(struct task_struct *task, long fd)
 {
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct files_struct *files = TR_RD(struct task_struct, task, files);
+	struct fdtable *fdt = TR_RD(struct files_struct, files, fdt);
+	struct file **fds = TR_RD(struct fdtable, fdt, fd);
 	struct file *f = NULL;
 
-	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+	if (fd < 0 || fd >= TR_RD(struct fdtable, fdt, max_fds))
 		return NULL;
+	if (tr_direct)
+		return *(struct file *const *)TR_BYTES(&fds[fd]);
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	return f;
 }
@@ -132,32 +135,23 @@ static __always_inline void tr_policy_binary(struct tr_policy_input *in, __u32 t
 
 /*
  * True when the collected walk shows that no rule can select the file:
- * the top component's first byte is admitted by no exact or prefix path
- * value, the leaf's last byte ends no suffix value, and each rule that
- * needs no path hit (binary or uid only, `not_path`) fails on the
- * process's binary or uid. Copying the names and the lookups were ~160 ns
- * of an unselected open's ~440. Counted as evaluated, which it was.
+ * the path sieve admits no rule with a positive path value, and each rule
+ * that needs no path hit (binary or uid only, `not_path`) fails on the
+ * process's binary or uid. Copying the names out and looking the path up
+ * cost more than the rest of such an open. Counted as evaluated, which it
+ * was.
  */
 static __always_inline bool tr_path_unselected(struct tr_kind_cfg *cfg, __u32 gen,
 					       struct tr_walk *w, bool is_write)
 {
 	__u64 mask = tr_rules_for(cfg, is_write);
 	__u64 loose = mask & cfg->free[TR_F_PATH];
-	__u32 n = w->n;
-	unsigned char top = 0, last = 0;
 
-	if (!w->complete || w->pseudo || n == 0 || n > TR_PATH_DEPTH)
+	/* A path cut short is matched on what was kept: the full evaluation's. */
+	if (!w->complete || w->pseudo || w->n == 0 || w->n > TR_PATH_DEPTH ||
+	    w->bytes > TR_PATH_MAX)
 		return false;
-	__u32 leaf_len = w->name_len[0] & TR_NAME_MAX;
-
-	if (!leaf_len)
-		return false;
-	bpf_probe_read_kernel(&top, 1, w->name[(n - 1) & (TR_PATH_DEPTH - 1)]);
-	bpf_probe_read_kernel(&last, 1, w->name[0] + leaf_len - 1);
-	if ((cfg->suffix_fields & (1 << TR_F_PATH)) &&
-	    tr_bit(cfg->suffix_ends[TR_F_PATH & 3], last))
-		return false;
-	if (mask & cfg->path_heads[top])
+	if ((mask & ~loose) && (tr_sieve(w, gen) & mask & ~loose))
 		return false;
 	if (loose) {
 		__u32 zero = 0;
@@ -213,8 +207,8 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 			is_write = (BPF_CORE_READ(f, f_mode) & (TR_FMODE_WRITE | TR_FMODE_CREATED)) ||
 				   (ev->open_flags & TR_O_TRUNC);
 		}
-		tr_walk_collect(&s->walk, ev->path, BPF_CORE_READ(f, f_path.mnt),
-				BPF_CORE_READ(f, f_path.dentry));
+		tr_walk_collect(&s->walk, ev->path, TR_RD(struct file, f, f_path.mnt),
+				TR_RD(struct file, f, f_path.dentry));
 		if (!a->selected && tr_path_unselected(cfg, gen, &s->walk, is_write))
 			return 0;
 		len = tr_walk_emit(&s->walk, ev->path, 0, TR_PATH_MAX, &cut);
@@ -293,14 +287,18 @@ static __always_inline struct pt_regs *tr_user_regs(void)
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
+/* Argument n of the syscall, from its saved user registers. */
+#define TR_ARG(regs, n) \
+	(tr_direct ? PT_REGS_PARM##n##_SYSCALL(regs) : PT_REGS_PARM##n##_CORE_SYSCALL(regs))
+
 SEC("tp/syscalls/sys_exit_openat")
 int tr_openat_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	struct pt_regs *regs = tr_user_regs();
 	struct tr_open_args a = {
-		.upath = (const char *)PT_REGS_PARM2_CORE_SYSCALL(regs),
-		.open_flags = PT_REGS_PARM3_CORE_SYSCALL(regs),
-		.mode = PT_REGS_PARM4_CORE_SYSCALL(regs),
+		.upath = (const char *)TR_ARG(regs, 2),
+		.open_flags = TR_ARG(regs, 3),
+		.mode = TR_ARG(regs, 4),
 		.hook = TR_HOOK_TP_OPENAT,
 	};
 
@@ -312,9 +310,9 @@ int tr_open_exit_tp(struct trace_event_raw_sys_exit *ctx)
 {
 	struct pt_regs *regs = tr_user_regs();
 	struct tr_open_args a = {
-		.upath = (const char *)PT_REGS_PARM1_CORE_SYSCALL(regs),
-		.open_flags = PT_REGS_PARM2_CORE_SYSCALL(regs),
-		.mode = PT_REGS_PARM3_CORE_SYSCALL(regs),
+		.upath = (const char *)TR_ARG(regs, 1),
+		.open_flags = TR_ARG(regs, 2),
+		.mode = TR_ARG(regs, 3),
 		.hook = TR_HOOK_TP_OPEN,
 	};
 
@@ -326,9 +324,9 @@ int tr_creat_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	struct pt_regs *regs = tr_user_regs();
 	struct tr_open_args a = {
-		.upath = (const char *)PT_REGS_PARM1_CORE_SYSCALL(regs),
+		.upath = (const char *)TR_ARG(regs, 1),
 		.open_flags = TR_O_CREAT | TR_O_WRONLY | TR_O_TRUNC,
-		.mode = PT_REGS_PARM2_CORE_SYSCALL(regs),
+		.mode = TR_ARG(regs, 2),
 		.hook = TR_HOOK_TP_CREAT,
 	};
 
@@ -341,12 +339,12 @@ int tr_openat2_exit(struct trace_event_raw_sys_exit *ctx)
 	struct pt_regs *regs = tr_user_regs();
 	struct open_how how = {};
 	struct tr_open_args a = {
-		.upath = (const char *)PT_REGS_PARM2_CORE_SYSCALL(regs),
+		.upath = (const char *)TR_ARG(regs, 2),
 		.hook = TR_HOOK_TP_OPENAT2,
 		.flags_from_file = 1,
 	};
 
-	bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_CORE_SYSCALL(regs));
+	bpf_probe_read_user(&how, sizeof(how), (void *)TR_ARG(regs, 3));
 	a.open_flags = how.flags;
 	a.mode = how.mode;
 	return tr_open_finish(ctx->ret, &a);
@@ -465,8 +463,6 @@ static __always_inline int tr_new_name(long ret, __u16 op, __u16 hook, long oldd
 	tr_file_emit(ev, len + src);
 	return 0;
 }
-
-#define TR_ARG(regs, n) PT_REGS_PARM##n##_CORE_SYSCALL(regs)
 
 SEC("tp/syscalls/sys_exit_rename")
 int tr_rename_exit(struct trace_event_raw_sys_exit *ctx)

@@ -58,7 +58,7 @@ static __always_inline bool tr_backing_open(void)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 
-	return BPF_CORE_READ(task, cred) != BPF_CORE_READ(task, real_cred);
+	return TR_RD(struct task_struct, task, cred) != TR_RD(struct task_struct, task, real_cred);
 }
 
 /* Policy on the file being opened; returns the action taken. */
@@ -97,10 +97,10 @@ static __always_inline __u8 tr_file_hook(struct file *file, __u16 hook)
 	bool cut = false;
 	/* O_CREAT and O_TRUNC are still in f_flags here; the kernel strips
 	 * them only after the open succeeded. */
-	bool is_write = tr_open_writes(BPF_CORE_READ(file, f_flags));
+	bool is_write = tr_open_writes(TR_RD(struct file, file, f_flags));
 
-	tr_walk_collect(&s->walk, s->ev.path, BPF_CORE_READ(file, f_path.mnt),
-			BPF_CORE_READ(file, f_path.dentry));
+	tr_walk_collect(&s->walk, s->ev.path, TR_RD(struct file, file, f_path.mnt),
+			TR_RD(struct file, file, f_path.dentry));
 	if (tr_path_unselected(cfg, gen, &s->walk, is_write))
 		return TR_ACT_NONE;
 	__u32 len = tr_walk_emit(&s->walk, s->ev.path, 0, TR_PATH_MAX, &cut);

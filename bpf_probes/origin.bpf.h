@@ -68,7 +68,7 @@ static __always_inline long tr_syscall_nr(void)
 {
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 
-	return BPF_CORE_READ(regs, TR_PT_REGS_SYSCALL_NR);
+	return TR_RD(struct pt_regs, regs, TR_PT_REGS_SYSCALL_NR);
 }
 
 /* True while the current task is in a syscall made through the ia32 entry. */
@@ -77,7 +77,7 @@ static __always_inline bool tr_in_ia32(void)
 #if TR_HAVE_IA32
 	struct task_struct *task = bpf_get_current_task_btf();
 
-	return BPF_CORE_READ(task, thread_info.status) & TR_TS_COMPAT;
+	return TR_RD(struct task_struct, task, thread_info.status) & TR_TS_COMPAT;
 #else
 	return false;
 #endif
@@ -87,7 +87,7 @@ static __always_inline bool tr_io_worker(void)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 
-	return BPF_CORE_READ(task, flags) & TR_PF_IO_WORKER;
+	return TR_RD(struct task_struct, task, flags) & TR_PF_IO_WORKER;
 }
 
 /* What to or into the hook of an open the security hook sees: 0 for an

@@ -100,6 +100,14 @@ struct {
 	__type(value, struct tr_hits);
 } tr_policy_uid SEC(".maps");
 
+/* Index gen * TR_SIEVE_SLOTS + slot: the rules a sieve key admits. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TR_GENS * TR_SIEVE_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} tr_path_sieve SEC(".maps");
+
 /* The executable of every live process (first TR_POLICY_STR bytes), for
  * binary selectors on file and connect events: set at exec, inherited at
  * fork, dropped at exit; seeded from /proc by the daemon at start-up. */
@@ -455,6 +463,123 @@ static __always_inline __u64 tr_rules_for(struct tr_kind_cfg *cfg, bool is_write
 	return is_write ? cfg->rules : cfg->rules & ~cfg->write_only;
 }
 
+static __always_inline __u64 tr_sieve_mix(__u64 a, __u64 b)
+{
+	__u64 x = (a ^ b) * TR_SIEVE_K;
+
+	return x ^ (x >> 31);
+}
+
+static __always_inline __u64 tr_sieve_at(__u32 gen, __u64 key)
+{
+	__u32 slot = gen * TR_SIEVE_SLOTS + ((key >> 40) & (TR_SIEVE_SLOTS - 1));
+	__u64 *rules = bpf_map_lookup_elem(&tr_path_sieve, &slot);
+
+	return rules ? *rules : 0;
+}
+
+/* The first min(len, TR_SIEVE_NAME) bytes of a name into w->words, zero
+ * after them: whole words while they fit, then byte by byte, so that no
+ * load reaches past the name. */
+static __always_inline void tr_sieve_load(struct tr_walk *w, const unsigned char *name, __u32 len)
+{
+	__u32 n = len < TR_SIEVE_NAME ? len : TR_SIEVE_NAME;
+
+	if (!tr_direct) {
+		w->words[0] = w->words[1] = w->words[2] = w->words[3] = 0;
+		bpf_probe_read_kernel(w->words, tr_bound(n, 2 * TR_SIEVE_NAME - 1), name);
+		return;
+	}
+	const char *b = TR_BYTES(name);
+
+#pragma unroll
+	for (__u32 i = 0; i < TR_SIEVE_NAME / 8; i++) {
+		__u64 x = 0;
+
+		if (8 * i + 8 <= n) {
+			x = *(const __u64 *)(b + 8 * i);
+		} else {
+#pragma unroll
+			for (__u32 j = 0; j < 7; j++)
+				if (8 * i + j < n)
+					x |= (__u64)(__u8)b[8 * i + j] << (8 * j);
+		}
+		w->words[i] = x;
+	}
+}
+
+/* A name's hash: its length and first TR_SIEVE_NAME bytes, which stay in
+ * w->words (zero past the name's end). */
+static __always_inline __u64 tr_sieve_name(struct tr_walk *w, const unsigned char *name,
+					   __u32 len)
+{
+	__u64 h = len;
+
+	tr_sieve_load(w, name, len);
+	h = tr_sieve_mix(h, w->words[0]);
+	h = tr_sieve_mix(h, w->words[1]);
+	h = tr_sieve_mix(h, w->words[2]);
+	return tr_sieve_mix(h, w->words[3]);
+}
+
+/*
+ * The rules whose positive path values (exact, prefix, suffix, a glob's
+ * literal head) can match the collected path, a complete one of at most
+ * TR_PATH_DEPTH components: following the chain of its components from
+ * the root while some value still has them all, then its leaf. A value
+ * that ends inside a component is admitted by that component's first
+ * byte, a suffix within the leaf by the leaf's last two bytes; a value
+ * longer than the sieve follows is admitted when its first components
+ * are the path's.
+ */
+static __always_inline __u64 tr_sieve(struct tr_walk *w, __u32 gen)
+{
+	__u32 n = w->n;
+	__u32 len = w->name_len[0] & TR_NAME_MAX;
+	__u64 h = tr_sieve_name(w, w->name[0], len);
+	__u8 b[2] = {};
+
+	/* The leaf first: a suffix value is a whole leaf after a '/', or the
+	 * end of one. */
+	__u64 admit = tr_sieve_at(gen, tr_sieve_mix(TR_SIEVE_LEAF, h));
+
+	if (len > TR_SIEVE_NAME && tr_direct) {
+		const char *end = TR_BYTES(w->name[0] + len - 2);
+
+		b[0] = end[0];
+		b[1] = end[1];
+	} else if (len > TR_SIEVE_NAME) {
+		bpf_probe_read_kernel(b, 2, w->name[0] + len - 2);
+	}
+	else if (len >= 2)
+		__builtin_memcpy(b, (__u8 *)w->words + ((len - 2) & (TR_SIEVE_NAME - 1)), 2);
+	else
+		b[1] = w->words[0] & 0xFF;
+	admit |= tr_sieve_at(gen, tr_sieve_mix(TR_SIEVE_LEAF, TR_SIEVE_PART | b[1]));
+	if (len >= 2)
+		admit |= tr_sieve_at(gen, tr_sieve_mix(TR_SIEVE_LEAF,
+						       TR_SIEVE_END2 | b[0] << 8 | b[1]));
+	__u64 alive = ~0ULL;
+
+	h = TR_SIEVE_ROOT;
+#pragma unroll
+	for (__u32 k = 0; k < TR_SIEVE_DEPTH; k++) {
+		if (k >= n)
+			return admit; /* the whole path: longer values cannot match */
+		__u32 c = (n - 1 - k) & (TR_PATH_DEPTH - 1);
+		__u32 clen = w->name_len[c] & TR_NAME_MAX;
+		__u64 name = tr_sieve_name(w, w->name[c], clen);
+
+		admit |= tr_sieve_at(gen, tr_sieve_mix(h, TR_SIEVE_ALL)) |
+			 tr_sieve_at(gen, tr_sieve_mix(h, TR_SIEVE_PART | (w->words[0] & 0xFF)));
+		h = tr_sieve_mix(h, name);
+		alive &= tr_sieve_at(gen, h);
+		if (!alive)
+			return admit;
+	}
+	return n > TR_SIEVE_DEPTH ? admit | alive : admit;
+}
+
 /* State of one walk up the current task's ancestors (bpf_loop callback). */
 struct tr_lineage {
 	struct tr_policy_scratch *s;
@@ -471,10 +596,9 @@ struct tr_lineage {
 static long tr_lineage_step(__u32 i, void *arg)
 {
 	struct tr_lineage *l = arg;
-	/* A local, not l->task: BPF_CORE_READ would relocate our own struct. */
 	struct task_struct *cur = l->task;
-	struct task_struct *up = BPF_CORE_READ(cur, real_parent);
-	__u32 tgid = BPF_CORE_READ(up, tgid);
+	struct task_struct *up = TR_RD(struct task_struct, cur, real_parent);
+	__u32 tgid = TR_RD(struct task_struct, up, tgid);
 	struct tr_policy_scratch *s = l->s;
 
 	if (!up || up == cur || tgid == 0)
@@ -513,9 +637,10 @@ static __always_inline __u64 tr_eval_lineage(struct tr_policy_scratch *s,
 	struct tr_hits h;
 
 	if (mask && (cfg->fields & (1 << TR_F_EUID))) {
+		const struct cred *cred = TR_RD(struct task_struct, task, cred);
 		struct tr_uid_key k = {
 			.sel = tr_sel(gen, kind, TR_F_EUID),
-			.uid = BPF_CORE_READ(task, cred, euid.val),
+			.uid = TR_RD(struct cred, cred, euid.val),
 		};
 
 		h.pos = h.neg = 0;
@@ -523,7 +648,8 @@ static __always_inline __u64 tr_eval_lineage(struct tr_policy_scratch *s,
 		mask = tr_apply(mask, cfg, TR_F_EUID, &h);
 	}
 	if (mask && (cfg->fields & (1 << TR_F_PARENT_BINARY))) {
-		__u32 ptgid = BPF_CORE_READ(task, real_parent, tgid);
+		struct task_struct *parent = TR_RD(struct task_struct, task, real_parent);
+		__u32 ptgid = TR_RD(struct task_struct, parent, tgid);
 		struct tr_binary *b = bpf_map_lookup_elem(&tr_proc_binary, &ptgid);
 
 		if (b) {

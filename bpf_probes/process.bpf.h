@@ -50,10 +50,10 @@ static __always_inline int on_exec(struct task_struct *task, struct linux_binprm
 	ev->flags = 0;
 	tr_fill_task(&ev->task, task);
 
-	struct file *file = BPF_CORE_READ(bprm, file);
+	struct file *file = TR_RD(struct linux_binprm, bprm, file);
 	__u32 off = tr_write_path(ev->data, 0, TR_PATH_MAX, &s->walk,
-				  BPF_CORE_READ(file, f_path.mnt),
-				  BPF_CORE_READ(file, f_path.dentry), &cut);
+				  TR_RD(struct file, file, f_path.mnt),
+				  TR_RD(struct file, file, f_path.dentry), &cut);
 	if (cut)
 		ev->flags |= TR_EXEC_TRUNC_PATH;
 	ev->path_len = off;
@@ -67,32 +67,36 @@ static __always_inline int on_exec(struct task_struct *task, struct linux_binprm
 	/* The file's identity, which a path does not give: the same path
 	 * can name another file in another mount namespace, or under a
 	 * mount over it. st_dev is new_encode_dev() of the sb's s_dev. */
-	struct inode *inode = BPF_CORE_READ(file, f_inode);
-	__u32 dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	struct inode *inode = TR_RD(struct file, file, f_inode);
+	struct super_block *sb = TR_RD(struct inode, inode, i_sb);
+	__u32 dev = TR_RD(struct super_block, sb, s_dev);
 	__u32 major = dev >> 20, minor = dev & 0xfffff;
 
 	ev->binary_dev = (minor & 0xff) | (major << 8) | ((minor & ~0xffU) << 12);
-	ev->binary_ino = BPF_CORE_READ(inode, i_ino);
-	ev->mnt_ns = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+	struct nsproxy *nsp = TR_RD(struct task_struct, task, nsproxy);
+	struct mnt_namespace *mnt_ns = TR_RD(struct nsproxy, nsp, mnt_ns);
+
+	ev->binary_ino = TR_RD(struct inode, inode, i_ino);
+	ev->mnt_ns = TR_RD(struct mnt_namespace, mnt_ns, ns.inum);
 	ev->pad = 0;
 
-	struct fs_struct *fs = BPF_CORE_READ(task, fs);
+	struct fs_struct *fs = TR_RD(struct task_struct, task, fs);
 	cut = false;
 	__u32 cwd_len = tr_write_path(ev->data, off, TR_PATH_MAX, &s->walk,
-				      BPF_CORE_READ(fs, pwd.mnt),
-				      BPF_CORE_READ(fs, pwd.dentry), &cut);
+				      TR_RD(struct fs_struct, fs, pwd.mnt),
+				      TR_RD(struct fs_struct, fs, pwd.dentry), &cut);
 	if (cut)
 		ev->flags |= TR_EXEC_TRUNC_CWD;
 	ev->cwd_len = cwd_len;
 	off += cwd_len;
 
 	/* argv lives in the new mm, just copied in by exec, so it is resident. */
-	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	struct mm_struct *mm = TR_RD(struct task_struct, task, mm);
 	__u64 args_len = 0;
 
 	if (mm) {
-		unsigned long start = BPF_CORE_READ(mm, arg_start);
-		unsigned long end = BPF_CORE_READ(mm, arg_end);
+		unsigned long start = TR_RD(struct mm_struct, mm, arg_start);
+		unsigned long end = TR_RD(struct mm_struct, mm, arg_end);
 
 		args_len = end > start ? end - start : 0;
 		if (args_len > TR_ARGS_MAX) {
@@ -154,12 +158,14 @@ static __always_inline int on_exec(struct task_struct *task, struct linux_binprm
 static __always_inline int on_fork(struct task_struct *child)
 {
 	/* A clone that shares the thread group is a thread, not a process. */
-	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+	__u32 ctgid = TR_RD(struct task_struct, child, tgid);
+
+	if (TR_RD(struct task_struct, child, pid) != ctgid)
 		return 0;
 
 	struct tr_fork ev = {};
-	__u32 ptgid = BPF_CORE_READ(child, real_parent, tgid);
-	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	struct task_struct *parent = TR_RD(struct task_struct, child, real_parent);
+	__u32 ptgid = TR_RD(struct task_struct, parent, tgid);
 	struct tr_binary *bin = bpf_map_lookup_elem(&tr_proc_binary, &ptgid);
 
 	if (bin) {
@@ -183,7 +189,9 @@ static __always_inline int on_exit(struct task_struct *task)
 {
 	/* do_exit() has already decremented `live`: zero means this was the
 	 * last thread. Works on kernels whose tracepoint has no group_dead. */
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+	struct signal_struct *sig = TR_RD(struct task_struct, task, signal);
+
+	if (TR_RD(struct signal_struct, sig, live.counter) != 0)
 		return 0;
 
 	struct tr_exit ev = {};
@@ -191,7 +199,7 @@ static __always_inline int on_exit(struct task_struct *task)
 	ev.hdr.kind = TR_KIND_EXIT;
 	ev.hdr.size = sizeof(ev);
 	tr_fill_task(&ev.task, task);
-	ev.exit_code = BPF_CORE_READ(task, exit_code);
+	ev.exit_code = TR_RD(struct task_struct, task, exit_code);
 	bpf_map_delete_elem(&tr_proc_binary, &ev.task.tgid);
 	tr_emit_bulk(TR_KIND_EXIT, &ev, sizeof(ev), ev.task.uid);
 	return 0;

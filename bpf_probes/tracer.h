@@ -113,6 +113,25 @@ enum tr_field {
 #define TR_GLOB_STEPS 8192
 #define TR_F_GLOB_HEAD TR_F_MAX
 
+/*
+ * The path sieve (file_open, policy.bpf.h tr_sieve): a hashed table of
+ * rule masks, compiled from the positive path values (policy/sieve.py
+ * builds the same hashes), which names the rules that can still match a
+ * path from the names of its first TR_SIEVE_DEPTH components and of its
+ * leaf alone. An open it admits no rule for is turned away before its
+ * path is copied out. A name is hashed by its length and first
+ * TR_SIEVE_NAME bytes; two values that share a slot only admit more.
+ */
+#define TR_SIEVE_SLOTS 8192 /* per generation */
+#define TR_SIEVE_DEPTH 8
+#define TR_SIEVE_NAME 32
+#define TR_SIEVE_K 0x9E3779B97F4A7C15ULL
+#define TR_SIEVE_ROOT 1     /* the chain of components starts here */
+#define TR_SIEVE_LEAF 2     /* and the leaf's keys here */
+#define TR_SIEVE_ALL 0x100  /* under the chain: any component (a prefix ends there) */
+#define TR_SIEVE_PART 0x200 /* | byte: a value ends inside a component starting with it */
+#define TR_SIEVE_END2 0x10000 /* | b2 << 8 | b1: a suffix ends with b2 b1 within the leaf */
+
 enum tr_action {
 	TR_ACT_NONE = 0, /* no rule selected the event */
 	TR_ACT_POST = 1,
@@ -149,12 +168,6 @@ struct tr_kind_cfg {
 	 * matches nothing. */
 	__u64 exact_lens[TR_STR_FIELDS][4];
 	__u64 suffix_ends[TR_STR_FIELDS][4];
-	/* Rule bit set in path_heads[c] when one of the rule's exact or
-	 * prefix path values admits a first component starting with byte c
-	 * (c = 0: the path "/"). With the leaf's last byte against
-	 * suffix_ends, this turns most opens away after the walk has found
-	 * the components and before it copies their names. */
-	__u64 path_heads[256];
 	__u64 glob_rules; /* rules with a glob value (path or not_path) */
 	__u32 nglobs;     /* glob slots in use for the kind */
 	__u32 pad;

@@ -26,6 +26,7 @@ from policy.model import (
     Throttle,
 )
 from policy.parse import PolicyError
+from policy.sieve import Sieve
 
 MAX_RULES = 64  # TR_MAX_RULES
 STR_LEN = 252  # TR_POLICY_STR: bytes of a string value the kernel compares
@@ -106,9 +107,6 @@ class KindTable:
     # no value could answer).
     exact_lens: list[int] = field(default_factory=lambda: [0] * STR_FIELDS)
     suffix_ends: list[int] = field(default_factory=lambda: [0] * STR_FIELDS)
-    # path_heads[c]: rules with an exact or prefix path value that admits a
-    # path whose first component starts with byte c (0: the path "/").
-    path_heads: list[int] = field(default_factory=lambda: [0] * 256)
     # (rule bit, a not_path value, pattern) per glob, in slot order.
     globs: list[tuple[int, bool, bytes]] = field(default_factory=list)
     glob_rules: int = 0
@@ -132,6 +130,7 @@ class Compiled:
     cidr: dict[tuple[int, bytes, int], Hits] = field(default_factory=dict)  # kind, addr16, bits
     port: dict[int, Hits] = field(default_factory=dict)  # connect only
     uid: dict[tuple[int, int, int], Hits] = field(default_factory=dict)  # kind, field, uid
+    sieve: Sieve = field(default_factory=Sieve)  # file_open's positive path values
     policies: dict[int, str] = field(default_factory=dict)  # policy_id -> name
     warnings: list[str] = field(default_factory=list)
 
@@ -172,40 +171,33 @@ class _Compiler:
     def strings(self, kind: int, fld: int, m: StringMatch, bit: int, neg: bool) -> None:
         o = self.out
         t = o.kinds[_BY_INDEX[kind]]
+        # Negative values only take rules out: the sieve needs the positive.
+        sieve = o.sieve if fld == F_PATH and kind == Kind.FILE_OPEN.index and not neg else None
         for s in m.exact:
             b = s.encode()
             o.exact.setdefault((kind, fld, b), Hits()).add(bit, neg)
             t.exact_lens[fld] |= 1 << len(b)
-            if fld == F_PATH and not neg:
-                self._head(t, b, bit, prefix=False)
+            if sieve is not None:
+                sieve.head(b, bit, prefix=False)
         for s in m.prefix:
             b = s.encode()
             o.prefix.setdefault((kind, fld, b), Hits()).add(bit, neg)
-            if fld == F_PATH and not neg:
-                self._head(t, b, bit, prefix=True)
+            if sieve is not None:
+                sieve.head(b, bit, prefix=True)
         for s in m.suffix:
             b = s.encode()
             o.suffix.setdefault((kind, fld, b[::-1]), Hits()).add(bit, neg)
             t.suffix_ends[fld] |= 1 << b[-1]
+            if sieve is not None:
+                sieve.suffix(b, bit)
         for s in m.glob:
             # The head selects which globs run; a not_path glob must run too.
             h = glob_head(s).encode()
             o.prefix.setdefault((kind, F_GLOB_HEAD, h), Hits()).add(bit, False)
             t.globs.append((bit, neg, s.encode()))
             t.glob_rules |= bit
-            if not neg:
-                self._head(t, h, bit, prefix=True)
-
-    @staticmethod
-    def _head(t: KindTable, value: bytes, bit: int, prefix: bool) -> None:
-        """Mark the first bytes of a top path component that `value` admits."""
-        if len(value) >= 2 and value[0] == ord("/"):
-            t.path_heads[value[1]] |= bit
-        elif value == b"/" and not prefix:
-            t.path_heads[0] |= bit
-        else:  # "/" or "" as a prefix (anything), or not absolute: assume any
-            for c in range(256):
-                t.path_heads[c] |= bit
+            if sieve is not None:
+                sieve.head(h, bit, prefix=True)
 
     def rule(self, table: KindTable, r: Rule, bit: int) -> None:
         k, sel = r.kind.index, r.selectors

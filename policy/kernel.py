@@ -27,6 +27,7 @@ from policy.compile import (
 )
 from policy.glob import GLOB_LEN
 from policy.model import Kind, ThrottleBy
+from policy.sieve import SLOTS as SIEVE_SLOTS
 from tracer.core import bpf
 from tracer.core.decode import THROTTLE_AGGREGATE, THROTTLE_BY_CGROUP
 
@@ -35,7 +36,7 @@ KINDS = len(Kind)
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _HITS = struct.Struct("<QQ")
-_CFG = struct.Struct(f"<Q{F_MAX}Q{F_MAX}QQQQII{4 * STR_FIELDS}Q{4 * STR_FIELDS}Q256QQII")
+_CFG = struct.Struct(f"<Q{F_MAX}Q{F_MAX}QQQQII{4 * STR_FIELDS}Q{4 * STR_FIELDS}QQII")
 _GLOB = struct.Struct(f"<QII{GLOB_LEN + 1}s")
 _RULE = struct.Struct("<IHBB")
 _STR_KEY = struct.Struct(f"<I{STR_LEN}s")
@@ -96,6 +97,7 @@ class PolicyMaps:
         self._binary_tail = obj.map("tr_proc_binary_tail")
         self._throttle = obj.map("tr_throttle_rules")
         self._suppressed = obj.map("tr_throttle_stats")  # first: per rule slot
+        self._sieve = obj.map("tr_path_sieve")
         self._lock = threading.Lock()
         self.active_gen = 0
         self._word = 0
@@ -103,6 +105,7 @@ class PolicyMaps:
         # What each generation holds, to clear it without iterating maps.
         self._written: dict[int, list[tuple[bpf.Map, bytes]]] = {0: [], 1: []}
         self._ports: dict[int, list[int]] = {0: [], 1: []}
+        self._sieve_slots: dict[int, list[int]] = {0: [], 1: []}
 
     def _entries(self, c: Compiled, gen: int) -> list[tuple[bpf.Map, bytes, bytes]]:
         out: list[tuple[bpf.Map, bytes, bytes]] = []
@@ -127,6 +130,9 @@ class PolicyMaps:
         for port in self._ports[gen]:
             self._port.update(_U32.pack(gen * 65536 + port), zero)
         self._ports[gen] = []
+        for s in self._sieve_slots[gen]:
+            self._sieve.update(_U32.pack(gen * SIEVE_SLOTS + s), _U64.pack(0))
+        self._sieve_slots[gen] = []
         empty_cfg = bytes(_CFG.size)
         for kind in Kind:
             self._cfg.update(_U32.pack(gen * KINDS + kind.index), empty_cfg)
@@ -159,6 +165,9 @@ class PolicyMaps:
         for port, h in c.port.items():
             self._port.update(_U32.pack(gen * 65536 + port), _hits(h))
             self._ports[gen].append(port)
+        for s, rules in c.sieve.slots.items():
+            self._sieve.update(_U32.pack(gen * SIEVE_SLOTS + s), _U64.pack(rules))
+            self._sieve_slots[gen].append(s)
         ncpu = bpf.num_possible_cpus()
         for kind in Kind:
             t = c.kinds[kind]
@@ -188,7 +197,6 @@ class PolicyMaps:
                     t.suffix_fields,
                     *_words(t.exact_lens),
                     *_words(t.suffix_ends),
-                    *t.path_heads,
                     t.glob_rules,
                     len(t.globs),
                     0,

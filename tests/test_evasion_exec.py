@@ -69,10 +69,11 @@ def exec_of(marker: str, binary: str | None = None) -> Callable[[Event], bool]:
     """The exec of the program under test (not of the python that set it up)."""
 
     def pred(e: Event) -> bool:
+        if e["type"] != "process_exec":
+            return False  # a `lost` event (another agent's storm) has no process
         p = e["process"]
         return (
-            e["type"] == "process_exec"
-            and marker in p["args"]
+            marker in p["args"]
             and p["binary"] != PY_BINARY
             and (binary is None or p["binary"] == binary)
         )

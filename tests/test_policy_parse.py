@@ -13,7 +13,6 @@ import pytest
 
 from policy import Action, Kind, PolicyError, compile_policies, parse_files, parse_text
 from policy.compile import F_BINARY, F_DADDR, F_PATH
-from policy.model import PolicySet
 
 LIBRARY = Path(__file__).resolve().parent.parent / "policy" / "library"
 
@@ -230,34 +229,6 @@ def test_more_values_than_a_map_holds(tmp_path: Path) -> None:
     )
     with pytest.raises(PolicyError, match="4097 exact values exceed the kernel map's 4096 entries"):
         compile_policies(parse_files([f]), lsm_active=False)
-
-
-def test_path_heads_admit_the_first_bytes_each_rule_can_match() -> None:
-    ps = PolicySet(
-        parse_text(
-            textwrap.dedent(
-                """
-        policies:
-          - name: a
-            rules:
-              - event: file_open
-                match: {path: {exact: [/etc/shadow, /], prefix: [/var/spool/]}}
-              - event: file_open
-                match: {path: {prefix: [/]}}
-              - event: file_open
-                match: {path: {suffix: [.key]}, not_path: {prefix: [/usr/]}}
-        """
-            ),
-            "p.yaml",
-        )
-    )
-    heads = compile_policies(ps, lsm_active=False).kinds[Kind.FILE_OPEN].path_heads
-    everything = 0b010  # the prefix "/" admits any first component
-    assert heads[ord("e")] == heads[ord("v")] == 0b001 | everything
-    assert heads[0] == 0b001 | everything  # the path "/" itself
-    # Suffix and negative values say nothing about the first component.
-    assert heads[ord("u")] == heads[ord("x")] == everything
-    assert all(h & everything for h in heads)
 
 
 _ONE = "policies:\n  - name: p\n    rules:\n      - event: file_open\n        match: {path: [/x]}\n"

@@ -86,6 +86,7 @@ def load() -> ctypes.CDLL:
     _declare(lib, "bpf_program__attach", vp, vp)
     _declare(lib, "bpf_link__destroy", i, vp)
     _declare(lib, "bpf_map__set_max_entries", i, vp, u32)
+    _declare(lib, "bpf_map__set_initial_value", i, vp, vp, sz)
     _declare(lib, "bpf_map__max_entries", u32, vp)
     _declare(lib, "bpf_map__fd", i, vp)
     _declare(lib, "bpf_map__value_size", u32, vp)

@@ -288,6 +288,12 @@ class Map:
         with _Call(f"set max_entries of map {self.name} to {n}") as c:
             c.check_int(lib().bpf_map__set_max_entries(self._ptr, n))
 
+    def set_initial_value(self, data: bytes) -> None:
+        """A global data map's contents at load (its whole size); before BpfObject.load()."""
+        buf = ctypes.create_string_buffer(data, len(data))
+        with _Call(f"set the initial value of map {self.name}") as c:
+            c.check_int(lib().bpf_map__set_initial_value(self._ptr, buf, len(data)))
+
     def lookup(self, key: bytes, value_size: int | None = None) -> bytes | None:
         """The value under `key`, or None when absent."""
         size = value_size if value_size is not None else self.value_size

@@ -359,6 +359,9 @@ def capture_sensor(
                     gaps.append(gap)
         for prog in obj.programs.values():
             prog.set_autoload(prog.name in chosen or prog.name == THROTTLE_FLUSH)
+        # Plain loads instead of a helper call per kernel field (common.bpf.h).
+        direct = bpf.vmlinux_has("function", "bpf_rdonly_cast")
+        obj.map(".rodata.tr_kernel").set_initial_value(_U32.pack(int(direct)))
         obj.map("tr_events").set_max_entries(ringbuf_size)
         obj.map("tr_selected").set_max_entries(selected_ringbuf_size)
         obj.map("tr_throttle").set_max_entries(throttle_keys)
