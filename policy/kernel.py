@@ -27,6 +27,7 @@ from policy.compile import (
 )
 from policy.glob import GLOB_LEN
 from policy.model import Kind
+from policy.workload_map import WorkloadMap
 from tracer.core import bpf
 
 KINDS = len(Kind)
@@ -81,6 +82,7 @@ class PolicyMaps:
         self._binary = obj.map("tr_proc_binary")
         self._globs = obj.map("tr_policy_globs")
         self._binary_tail = obj.map("tr_proc_binary_tail")
+        self.workloads = WorkloadMap(obj)
         self._lock = threading.Lock()
         self.active_gen = 0
         self._word = 0
@@ -123,6 +125,7 @@ class PolicyMaps:
             self._clear(gen)  # leftovers of a failed apply
             try:
                 self._write(c, gen)
+                self.workloads.set_generation(gen, c.workload)
             except BaseException:
                 self._clear(gen)
                 raise

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from policy import compile, kernel
+from policy import compile, kernel, workload_map
 from policy.model import Action, Kind
-from tracer.core import decode
+from tracer.core import decode, loader
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build" / "bpf"
@@ -31,7 +31,11 @@ def btf_structs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
         "struct tr_file_open d; struct tr_connect e; struct tr_kind_cfg f; struct tr_glob n;\n"
         "struct tr_rule g; struct tr_str_key h; struct tr_lpm_str_key i;\n"
         "struct tr_lpm_addr_key j; struct tr_uid_key k; struct tr_hits l;\n"
-        "struct tr_cgroup m;\n"
+        "struct tr_cgroup m; struct tr_workload o;\n"
+        # Macros reach BTF as the values of an enum.
+        "enum tr_macros { M_F_WORKLOAD = TR_F_WORKLOAD,\n"
+        "  M_WORKLOAD_CGROUPS = TR_WORKLOAD_CGROUPS };\n"
+        "enum tr_macros e_macros;\n"
         # Enums reach BTF only through a typed variable.
         + "".join(f"enum {e} e_{e};\n" for e in _ENUMS)
     )
@@ -150,6 +154,7 @@ def test_connect_record(btf_structs: dict[str, dict[str, object]]) -> None:
         ("tr_lpm_addr_key", kernel._ADDR_KEY),
         ("tr_uid_key", kernel._UID_KEY),
         ("tr_hits", kernel._HITS),
+        ("tr_workload", workload_map.VALUE),
     ],
 )
 def test_policy_map_layouts(
@@ -157,6 +162,14 @@ def test_policy_map_layouts(
 ) -> None:
     """The policy writer packs keys and values exactly as the maps declare them."""
     assert btf_structs[name]["size"] == fmt.size
+
+
+def test_workload_constants(btf_structs: dict[str, dict[str, object]]) -> None:
+    """The workload field's bit and the map's default size, as the C header says."""
+    assert _enum(btf_structs, "tr_macros") == {
+        "M_F_WORKLOAD": compile.F_WORKLOAD,
+        "M_WORKLOAD_CGROUPS": loader.WORKLOAD_CGROUPS_DEFAULT,
+    }
 
 
 def test_fork_and_exit_records(btf_structs: dict[str, dict[str, object]]) -> None:

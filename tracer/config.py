@@ -24,8 +24,10 @@ from tracer.core.loader import (
     RINGBUF_DEFAULT,
     SELECTED_RINGBUF_DEFAULT,
     UID_BUDGET_DEFAULT,
+    WORKLOAD_CGROUPS_DEFAULT,
     ConfigError,
     check_ringbuf_size,
+    check_workload_cgroups,
 )
 from tracer.core.options import Option, option, option_of, parse_duration, parse_size
 from tracer.core.probe import CAPTURE_MODES
@@ -81,6 +83,14 @@ class Config:
         parse=int,
         help="exec/fork/exit records one uid may add per second while the bulk ring is "
         "behind; the rest are dropped and counted as lost (0: no limit)",
+    )
+    workload_cgroups: int = option(
+        WORKLOAD_CGROUPS_DEFAULT,
+        flag="--workload-cgroups",
+        parse=int,
+        help="cgroups the kernel's map of workload verdicts holds (policies' namespace, "
+        "pod_labels, container, in_container); the processes of a cgroup that does not fit "
+        "match no such rule (counted)",
     )
     process_hooks: str = option(
         "auto",
@@ -206,6 +216,7 @@ class Config:
     def validate(self) -> None:
         check_ringbuf_size(self.ringbuf_size)
         check_ringbuf_size(self.selected_ringbuf_size, "--selected-ringbuf-size")
+        check_workload_cgroups(self.workload_cgroups)
         if not 0 <= self.uid_budget < 1 << 32:
             raise ConfigError(
                 f"--uid-budget must be between 0 (no limit) and 2**32-1, not {self.uid_budget}"

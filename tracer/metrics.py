@@ -279,6 +279,19 @@ class Collector:
             for c in store.counts():
                 hits.add_metric([c.rule.policy, str(c.rule.index), c.rule.action.label], c.hits)
         yield hits
+        w = self._s.workloads
+        if w is not None:
+            yield GaugeMetricFamily(
+                "tracer_workload_map_cgroups",
+                "cgroups in the kernel's map of workload verdicts",
+                value=len(w),
+            )
+            yield CounterMetricFamily(
+                "tracer_workload_map_full",
+                "Times a cgroup found the workload map full (its processes match no rule "
+                "with a workload selector)",
+                value=w.full,
+            )
 
 
 def _bpf_stats_enabled() -> int:
