@@ -9,7 +9,9 @@
    events/s the daemon delivers to its JSON file, the loss (kernel and
    daemon), and the daemon's CPU seconds per 100k events.
 3. Program cost (`--stages program-cost`): ns per run of each BPF program
-   over the filtered storm, from the kernel's own run statistics.
+   over the filtered storm, from the kernel's own run statistics; with
+   --extra-policy, the library alone and with the extra rules in turn,
+   every round, and the difference (e.g. bench/policy-pod-selector.yaml).
 4. Aggregated (`--stages aggregated`): the posted storm under a rule with
    `aggregate: 60s`, daemon defaults: the workload's time against no daemon,
    the kernel's run time per open (bpf_stats), the events and summary counts
@@ -18,8 +20,9 @@
 Usage: .venv/bin/python bench/open_storm.py [--opens 1000000] [--posted 200000] [--rounds 3]
        [--capture-mode lsm|fentry|kprobe|tracepoint]  (default: the daemon's choice)
        [--extra-policy FILE]  (loaded with the library in the filtered and program-cost
-                               stages, e.g. bench/policy-binary-only.yaml: a rule with
-                               no path; policy-glob.yaml, policy-lineage.yaml)
+                               stages, e.g. bench/policy-binary-only.yaml: a rule
+                               with no path; policy-glob.yaml, policy-lineage.yaml,
+                               policy-pod-selector.yaml)
 """
 
 from __future__ import annotations
@@ -120,34 +123,68 @@ def _daemon_prog_ids(pid: int) -> set[int]:
     return ids
 
 
-def program_cost(
-    reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str], extra: list[Path]
-) -> None:
-    """ns per run of each of the daemon's programs (kernel.bpf_stats_enabled),
-    over n opens no rule selects. The statistics add their own clock reads
-    to every run, so this pass is separate from the timed rounds."""
-    what = "".join(f" and {p.name}" for p in extra)
-    print_header(f"program cost: {n:,} open+close of {TARGET}, no rule selects it "
-                 f"(library{what})")
-    policy = [a for p in [LIBRARY, *extra] for a in ("--policy", str(p))]
-    d = TracerDaemon(reaper, work / "progcost.jsonl",
-                     [*policy, "--control-socket", str(work / "ctl3.sock"), *mode])
+def _program_ns(reaper: Reaper, exe: Path, work: Path, n: int, policy: list[str],
+                tag: str) -> tuple[dict[str, float], float]:
+    """ns per run of each of the daemon's programs that ran for every open, and
+    the storm's wall time, with run statistics on."""
+    d = TracerDaemon(reaper, work / f"progcost-{tag}.jsonl",
+                     [*policy, "--control-socket", str(work / f"ctl-{tag}.sock")])
     d.start()
     knob = Path("/proc/sys/kernel/bpf_stats_enabled")
     old = knob.read_text().strip()
     knob.write_text("1")
     try:
-        run_loop(exe, n)
+        wall = run_loop(exe, n)
     finally:
         knob.write_text(old)
     ids = _daemon_prog_ids(d.pid)
     shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], check=True,
                                       capture_output=True).stdout)
     d.stop()
-    for p in sorted(shown, key=lambda p: -p.get("run_cnt", 0)):
-        if p["id"] in ids and p.get("run_cnt", 0) >= n:
-            print(f"  {p['name']:<24} {p['run_cnt']:>10,} runs  "
-                  f"{p['run_time_ns'] / p['run_cnt']:6.0f} ns per run")
+    # Others on a shared machine may switch the statistics off mid-storm:
+    # the runs counted until then still give the time per run.
+    return {
+        p["name"]: p["run_time_ns"] / p["run_cnt"]
+        for p in shown
+        if p["id"] in ids and p.get("run_cnt", 0) >= n // 10
+    }, wall
+
+
+def program_cost(reaper: Reaper, exe: Path, work: Path, n: int, rounds: int, mode: list[str],
+                 extra: list[Path]) -> None:
+    """ns per run of each of the daemon's programs (kernel.bpf_stats_enabled),
+    over n opens no rule selects. The statistics add their own clock reads
+    to every run, so this pass is separate from the timed rounds. With
+    --extra-policy, the library alone and the library with the extra rules
+    run in turn, each round, so that a machine loaded by others weighs on
+    both alike; the difference is what the extra rules cost an open."""
+    print_header(f"program cost: {n:,} open+close of {TARGET}, no rule selects it")
+    library = ["--policy", str(LIBRARY), *mode]
+    sets = [("library", library)]
+    if extra:
+        names = ", ".join(p.name for p in extra)
+        sets.append((f"library and {names}",
+                     [*library, *(a for p in extra for a in ("--policy", str(p)))]))
+    totals: dict[str, list[float]] = {label: [] for label, _ in sets}
+    walls: dict[str, list[float]] = {label: [] for label, _ in sets}
+    for r in range(rounds):
+        for i, (label, policy) in enumerate(sets):
+            ns, wall = _program_ns(reaper, exe, work, n, policy, f"{r}-{i}")
+            totals[label].append(sum(ns.values()))
+            walls[label].append(wall)
+            runs = ", ".join(f"{name} {v:.0f}" for name, v in sorted(ns.items()))
+            print(f"  round {r + 1}, {label}: {runs} ns per run; wall {wall:.3f} s")
+    for label, _ in sets:
+        print(f"  {label}: median {statistics.median(totals[label]):.0f} ns of programs "
+              "per open+close")
+    if extra:
+        (base, _), (more, _) = sets
+        delta = [b - a for a, b in zip(totals[base], totals[more], strict=True)]
+        ratio = [b / a for a, b in zip(walls[base], walls[more], strict=True)]
+        print(f"  the extra rules: {statistics.median(delta):+.0f} ns of programs per open "
+              f"(median of rounds {', '.join(f'{d:+.0f}' for d in delta)}); wall-time ratio "
+              f"to the library alone {statistics.median(ratio):.3f} "
+              f"({', '.join(f'{x:.3f}' for x in ratio)})")
 
 
 def posted(reaper: Reaper, exe: Path, work: Path, n: int, mode: list[str]) -> None:
@@ -304,7 +341,7 @@ def main() -> int:
             filtered(reaper, exe, work, args.opens, args.rounds, mode,
                      extra=args.extra_policy)
         if "program-cost" in stages:
-            program_cost(reaper, exe, work, args.opens, mode, args.extra_policy)
+            program_cost(reaper, exe, work, args.opens, args.rounds, mode, args.extra_policy)
         if "posted" in stages:
             extra = ["--ancestors", args.ancestors] if args.ancestors else []
             extra += ["--no-event-log"] if args.no_event_log else []

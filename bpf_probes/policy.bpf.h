@@ -12,6 +12,7 @@
 #define TRACER_POLICY_BPF_H
 
 #include "common.bpf.h"
+#include "workload.bpf.h"
 
 #define TR_CFG_SLOTS (TR_GENS * TR_PK_MAX)
 #define TR_NO_GLOB 0xFFFFFFFF
@@ -677,6 +678,9 @@ static __always_inline __u64 tr_eval_who(struct tr_policy_scratch *s, struct tr_
 {
 	struct tr_hits h;
 
+	/* First: two lookups by the cgroup id, cheaper than any string's. */
+	if (mask && (cfg->fields & (1 << TR_F_WORKLOAD)))
+		mask = tr_eval_workload(gen, kind, mask);
 	if (mask && (cfg->fields & (1 << TR_F_BINARY))) {
 		/* exec matches its own new binary; other kinds the process's */
 		bool own = in->str_field == TR_F_BINARY;

@@ -112,6 +112,12 @@ enum tr_field {
 #define TR_GLOB_LEN 128
 #define TR_GLOB_STEPS 8192
 #define TR_F_GLOB_HEAD TR_F_MAX
+/* Bit of tr_kind_cfg.fields: some rule of the kind has workload selectors
+ * (namespace, pod_labels, container, in_container), decided per cgroup by
+ * the daemon into tr_workload (workload.bpf.h, policy/workload_map.py). */
+#define TR_F_WORKLOAD (TR_F_MAX + 1)
+/* Default capacity of tr_workload, in cgroups (--workload-cgroups). */
+#define TR_WORKLOAD_CGROUPS 16384
 
 /*
  * The path sieve (file_open, policy.bpf.h tr_sieve): a hashed table of
@@ -178,6 +184,12 @@ struct tr_glob {
 	__u32 neg;  /* a not_path value */
 	__u32 len;
 	char pat[TR_GLOB_LEN];
+};
+
+/* tr_workload's value: per generation and event kind, the rules with
+ * workload selectors that a process in the cgroup satisfies. */
+struct tr_workload {
+	__u64 rules[TR_GENS][TR_PK_MAX];
 };
 
 struct tr_rule {

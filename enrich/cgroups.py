@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import structlog
@@ -272,6 +273,36 @@ class CgroupResolver:
         if cgroup_id not in self._cache:
             self._put(cgroup_id, parse_path(path))
             self.learned += 1
+
+    def scan(self, limit: int) -> Iterator[tuple[int, str]]:
+        """(id, path) of each cgroup that exists now, at most `limit`, learned as
+        they are found: the cgroups older than the daemon, which no
+        cgroup_mkdir record will name. One getdents per cgroup, no stat."""
+        if self._libc is None or self.mount is None:
+            return
+        try:
+            root = os.stat(self.mount).st_ino
+        except OSError:
+            return
+        self.learn(root, "/")
+        yield root, "/"
+        todo, n = [("", self.mount)], 1
+        while todo and n < limit:
+            rel, full = todo.pop()
+            try:
+                entries = list(os.scandir(full))
+            except OSError:  # removed meanwhile
+                continue
+            for e in entries:
+                if n >= limit:
+                    return
+                if not e.is_dir(follow_symlinks=False):
+                    continue
+                path, cgroup_id = f"{rel}/{e.name}", e.inode()  # a kernfs inode is the cgroup id
+                self.learn(cgroup_id, path)
+                n += 1
+                yield cgroup_id, path
+                todo.append((path, e.path))
 
     def forget(self, cgroup_id: int) -> None:
         self._cache.pop(cgroup_id, None)

@@ -65,9 +65,17 @@ class Enricher:
         # (process, parent, ancestors, snapshot, their view): the last view made
         self._last: tuple[Process, Process | None, tuple[Process, ...], object, View] | None = None
 
-    def _attach(
-        self, cgroup_id: int, snap: Mapping[str, PodMeta]
+    @property
+    def snapshot(self) -> Mapping[str, PodMeta]:
+        """The pod snapshot in force: a new object after every change."""
+        return self._pods.pods
+
+    def identity(
+        self, cgroup_id: int, snap: Mapping[str, PodMeta] | None = None
     ) -> tuple[Container | None, Pod | None]:
+        """The container and pod of a cgroup (None, None on the host)."""
+        if snap is None:
+            snap = self._pods.pods
         hit = self._by_cgroup.get(cgroup_id)
         if hit is not None and hit[0] is snap:
             return hit[1], hit[2]
@@ -100,7 +108,7 @@ class Enricher:
         hit = self._memo.get(p.exec_id)
         if hit is not None and hit[0] is p and hit[1] is snap:
             return hit[2]
-        container, pod = self._attach(p.cgroup_id, snap)
+        container, pod = self.identity(p.cgroup_id, snap)
         if (
             hit is not None
             and hit[0] is p

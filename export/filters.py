@@ -30,7 +30,6 @@ is shared by the filters that use it and freed when the last is released.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import re2  # pyre2
 
 from export.proto_gen import tracer_v1_pb2 as pb
 from tracer.core.events import EVENT_TYPES, Event, Lost
+from tracer.core.labels import LabelSelector, parse_selector, selects
 
 # Filters select process events; `lost` always passes.
 KINDS = tuple(t for t in EVENT_TYPES if t != Lost.type)
@@ -126,79 +126,6 @@ def facts_of_dict(ev: Mapping[str, Any]) -> Facts:
         labels=pod.get("labels") or _NO_LABELS,
         container_id=container.get("id"),
     )
-
-
-# -- Kubernetes label selectors ------------------------------------------------
-
-_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-_KEY = rf"(?:[a-z0-9](?:[-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_NAME}"
-_VALUE = rf"(?:{_NAME})?"
-_EXISTS = re.compile(rf"\s*(!?)\s*({_KEY})\s*")
-_EQUALS = re.compile(rf"\s*({_KEY})\s*(==|=|!=)\s*({_VALUE})\s*")
-_SET = re.compile(rf"\s*({_KEY})\s+(in|notin)\s*\(([^()]*)\)\s*")
-_SET_VALUE = re.compile(rf"\s*({_VALUE})\s*")
-
-
-@dataclass(slots=True, frozen=True)
-class _Requirement:
-    key: str
-    op: str  # exists, !exists, in, notin (= and != are in/notin of one value)
-    values: frozenset[str] = frozenset()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        # Kubernetes semantics: != and notin also match when the key is absent.
-        v = labels.get(self.key)
-        if self.op == "exists":
-            return v is not None
-        if self.op == "!exists":
-            return v is None
-        if self.op == "in":
-            return v is not None and v in self.values
-        return v is None or v not in self.values
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas outside parentheses: `a in (x,y),b` -> [`a in (x,y)`, `b`]."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return parts
-
-
-def parse_selector(text: str) -> tuple[_Requirement, ...]:
-    """A Kubernetes label selector (`app=web,tier!=db,env in (a,b),!legacy`).
-
-    The empty selector matches everything. Raises ValueError on bad syntax.
-    """
-    if not text.strip():
-        return ()
-    reqs = []
-    for part in _split_top_level(text):
-        if m := _EXISTS.fullmatch(part):
-            reqs.append(_Requirement(m[2], "!exists" if m[1] else "exists"))
-        elif m := _EQUALS.fullmatch(part):
-            reqs.append(_Requirement(m[1], "notin" if m[2] == "!=" else "in", frozenset([m[3]])))
-        elif m := _SET.fullmatch(part):
-            values = []
-            for v in m[3].split(","):
-                vm = _SET_VALUE.fullmatch(v)
-                if vm is None:
-                    raise ValueError(f"bad value {v.strip()!r} in {part.strip()!r}")
-                values.append(vm[1])
-            reqs.append(_Requirement(m[1], m[2], frozenset(values)))
-        else:
-            raise ValueError(
-                f"cannot parse {part.strip()!r}: expected key, !key, key=value, "
-                "key!=value, key in (v1,v2) or key notin (v1,v2)"
-            )
-    return tuple(reqs)
 
 
 # -- compiled filters --------------------------------------------------------
@@ -346,7 +273,7 @@ class _Filter:
     pids: frozenset[int]
     namespaces: frozenset[str]
     pods: tuple[_Regex, ...]
-    selectors: tuple[tuple[_Requirement, ...], ...]
+    selectors: tuple[LabelSelector, ...]
     containers: tuple[str, ...]
 
     @classmethod
@@ -405,9 +332,7 @@ class _Filter:
             return False
         if self.pods and not _any_search(self.pods, e.pod):
             return False
-        return not self.selectors or any(
-            all(r.matches(e.labels) for r in sel) for sel in self.selectors
-        )
+        return not self.selectors or any(selects(sel, e.labels) for sel in self.selectors)
 
 
 class EventFilter:

@@ -6,6 +6,7 @@ from policy.model import Action, Kind, Policy, PolicySet, Rule
 from policy.parse import PolicyError, parse_documents, parse_files, parse_text, read_documents
 from policy.store import PolicyStore
 from policy.watch import Fingerprint, fingerprint
+from policy.workload_map import WorkloadMap
 
 __all__ = [
     "Action",
@@ -19,6 +20,7 @@ __all__ = [
     "PolicyStore",
     "Rule",
     "RuleCount",
+    "WorkloadMap",
     "compile_policies",
     "fingerprint",
     "parse_documents",

@@ -21,12 +21,14 @@ from policy.model import (
     Mode,
     PolicySet,
     Rule,
+    Selectors,
     Severity,
     StringMatch,
     Throttle,
 )
 from policy.parse import PolicyError
 from policy.sieve import Sieve
+from policy.workload import constrains
 
 MAX_RULES = 64  # TR_MAX_RULES
 STR_LEN = 252  # TR_POLICY_STR: bytes of a string value the kernel compares
@@ -39,6 +41,9 @@ F_MAX = 8
 STR_FIELDS = 4
 F_GLOB_HEAD = F_MAX  # glob heads' pseudo-field in the prefix trie (TR_F_GLOB_HEAD)
 MAX_GLOBS = 16  # per event kind (TR_GLOBS)
+# Bit of tr_kind_cfg.fields for rules with workload selectors: they are
+# decided per cgroup in user space (policy/workload_map.py), not by a field map.
+F_WORKLOAD = 9  # TR_F_WORKLOAD
 
 Key = tuple[int, int, bytes]  # kind, field, value
 _BY_INDEX = {k.index: k for k in Kind}
@@ -133,6 +138,10 @@ class Compiled:
     sieve: Sieve = field(default_factory=Sieve)  # file_open's positive path values
     policies: dict[int, str] = field(default_factory=dict)  # policy_id -> name
     warnings: list[str] = field(default_factory=list)
+    # Per kind, (rule bit, selectors) of the rules with workload selectors.
+    workload: dict[Kind, list[tuple[int, Selectors]]] = field(
+        default_factory=lambda: {k: [] for k in Kind}
+    )
 
 
 def _mapped(net: IPNetwork) -> tuple[bytes, int]:
@@ -243,6 +252,9 @@ class _Compiler:
                 self.out.uid.setdefault((k, fld, u), Hits()).add(bit, neg)
         if r.access is Access.WRITE:
             table.write_only |= bit
+        if constrains(sel):
+            self.out.workload[r.kind].append((bit, sel))
+            table.fields |= 1 << F_WORKLOAD
 
 
 def compile_policies(ps: PolicySet, lsm_active: bool, first_policy_id: int = 1) -> Compiled:

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policy import glob
+from policy import glob, workload
 from policy.compile import STR_LEN
 from policy.model import (
     Access,
@@ -70,6 +70,7 @@ class _Facts:
     daddr: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     dport: int | None
     is_write: bool
+    where: workload.WorkloadFacts  # the event's own container and pod
 
 
 def _str_hit(m: StringMatch, raw: bytes) -> bool:
@@ -132,6 +133,7 @@ def _matches(rule: Rule, f: _Facts) -> bool:
         and _values(s.euid, s.not_euid, f.euid, same)
         and _values(s.daddr, s.not_daddr, f.daddr, _in_net)
         and _values(s.dport, s.not_dport, f.dport if f.daddr is not None else None, _in_range)
+        and workload.matches(s, f.where)
     )
 
 
@@ -158,8 +160,9 @@ def _facts(kind: Kind, ev: Mapping[str, Any]) -> _Facts | None:
     chain = tuple(b for p in lineage if isinstance(p, Mapping) and (b := _binary(p)) is not None)
     parent = _binary(lineage[0]) if isinstance(lineage[0], Mapping) else None
     who = (uid, euid, parent, chain)
+    where = workload.facts_of_json(proc)
     if kind is Kind.EXEC:
-        return _Facts(binary, None, *who, None, None, False)
+        return _Facts(binary, None, *who, None, None, False, where)
     if kind is Kind.FILE_OPEN:
         fo = ev.get("file_open")
         path = _raw(fo.get("path"), fo.get("non_utf8") is True) if isinstance(fo, Mapping) else None
@@ -167,7 +170,7 @@ def _facts(kind: Kind, ev: Mapping[str, Any]) -> _Facts | None:
             return None
         open_flags = fo.get("flags")
         writes = isinstance(open_flags, list) and not _WRITE_FLAGS.isdisjoint(open_flags)
-        return _Facts(binary, path, *who, None, None, writes)
+        return _Facts(binary, path, *who, None, None, writes, where)
     c = ev.get("connect")
     if not isinstance(c, Mapping):
         return None
@@ -176,7 +179,7 @@ def _facts(kind: Kind, ev: Mapping[str, Any]) -> _Facts | None:
     except ValueError:
         daddr = None
     dport = c.get("dport") if isinstance(c.get("dport"), int) else None
-    return _Facts(binary, _raw(c.get("unix_path"), False), *who, daddr, dport, False)
+    return _Facts(binary, _raw(c.get("unix_path"), False), *who, daddr, dport, False, where)
 
 
 class Evaluator:

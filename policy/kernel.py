@@ -28,6 +28,7 @@ from policy.compile import (
 from policy.glob import GLOB_LEN
 from policy.model import Kind, ThrottleBy
 from policy.sieve import SLOTS as SIEVE_SLOTS
+from policy.workload_map import WorkloadMap
 from tracer.core import bpf
 from tracer.core.decode import THROTTLE_AGGREGATE, THROTTLE_BY_CGROUP
 
@@ -98,6 +99,7 @@ class PolicyMaps:
         self._throttle = obj.map("tr_throttle_rules")
         self._suppressed = obj.map("tr_throttle_stats")  # first: per rule slot
         self._sieve = obj.map("tr_path_sieve")
+        self.workloads = WorkloadMap(obj)
         self._lock = threading.Lock()
         self.active_gen = 0
         self._word = 0
@@ -144,6 +146,7 @@ class PolicyMaps:
             self._clear(gen)  # leftovers of a failed apply
             try:
                 self._write(c, gen)
+                self.workloads.set_generation(gen, c.workload)
             except BaseException:
                 self._clear(gen)
                 raise

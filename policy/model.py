@@ -6,6 +6,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
 
+from tracer.core.labels import LabelSelector
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -93,6 +95,16 @@ class Selectors:
     not_parent_binary: StringMatch = StringMatch()
     ancestor_binary: StringMatch = StringMatch()
     not_ancestor_binary: StringMatch = StringMatch()
+    # Where the process runs (policy/workload.py): its pod's namespace and
+    # labels (any of the label selectors), its container's name, and
+    # whether it is in a container or pod at all (None: either).
+    namespace: tuple[str, ...] = ()
+    not_namespace: tuple[str, ...] = ()
+    pod_labels: tuple[LabelSelector, ...] = ()
+    not_pod_labels: tuple[LabelSelector, ...] = ()
+    container: tuple[str, ...] = ()
+    not_container: tuple[str, ...] = ()
+    in_container: bool | None = None
 
 
 class ThrottleBy(Enum):

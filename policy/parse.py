@@ -38,6 +38,7 @@ from policy.model import (
     ThrottleBy,
 )
 from tracer.core import safefile
+from tracer.core.labels import LabelSelector, parse_selector
 from tracer.core.options import parse_duration
 
 # Longest string the kernel-side maps hold (TR_POLICY_STR - 1 in tracer.h).
@@ -61,12 +62,23 @@ _ACTOR = frozenset(
     for name in ("binary", "parent_binary", "ancestor_binary", "uid", "euid")
     for neg in ("", "not_")
 )
+# Where it runs (policy/workload.py): every event kind accepts these too.
+_WORKLOAD = frozenset(
+    f"{neg}{name}" for name in ("namespace", "container", "pod_labels") for neg in ("", "not_")
+) | {"in_container"}
 # Which selectors each event kind accepts.
 _SELECTORS: dict[Kind, frozenset[str]] = {
-    Kind.EXEC: _ACTOR,
-    Kind.FILE_OPEN: _ACTOR | {"path", "not_path"},
-    Kind.CONNECT: _ACTOR | {"daddr", "not_daddr", "dport", "not_dport", "path", "not_path"},
+    Kind.EXEC: _ACTOR | _WORKLOAD,
+    Kind.FILE_OPEN: _ACTOR | _WORKLOAD | {"path", "not_path"},
+    Kind.CONNECT: _ACTOR
+    | _WORKLOAD
+    | {"daddr", "not_daddr", "dport", "not_dport", "path", "not_path"},
 }
+# A namespace or container name: an RFC 1123 label, as Kubernetes requires.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Values of one workload selector: they are matched in user space, once per
+# cgroup and policy set, but a list that long is a mistake, not a policy.
+MAX_WORKLOAD_VALUES = 256
 _STRING_SELECTORS = frozenset(
     f"{neg}{name}" for name in ("binary", "path", "parent_binary", "ancestor_binary")
     for neg in ("", "not_")
@@ -226,11 +238,44 @@ class _Reader:
             raise self.fail(node, f"{what}: range {text!r} is not within 0..65535, low to high")
         return lo, hi
 
+    def dns_label(self, node: Node, what: str) -> str:
+        name = self.string(node, what)
+        if not _DNS_LABEL.match(name):
+            raise self.fail(
+                node, f"{what} {name!r}: a Kubernetes name is 1-63 of a-z 0-9 -, "
+                "starting and ending with a letter or digit"
+            )
+        return name
+
+    def label_selector(self, node: Node, what: str) -> LabelSelector:
+        text = self.string(node, what)
+        if not text.strip():
+            raise self.fail(node, f"{what} is empty: leave the selector out to match any pod")
+        try:
+            return parse_selector(text)
+        except ValueError as exc:
+            raise self.fail(node, f"{what}: bad label selector {text!r}: {exc}") from None
+
+    def workload(self, key: str, v: Node) -> object:
+        if key == "in_container":
+            if not isinstance(v, ScalarNode) or v.tag != "tag:yaml.org,2002:bool":
+                raise self.fail(v, "in_container must be true or false")
+            return v.value.lower() in ("true", "yes", "on")
+        item = self.label_selector if key.endswith("pod_labels") else self.dns_label
+        values = self.each(v, key, partial(item, what=key))
+        if len(values) > MAX_WORKLOAD_VALUES:
+            raise self.fail(
+                v, f"{key} has {len(values)} values; a selector holds at most {MAX_WORKLOAD_VALUES}"
+            )
+        return values
+
     def selectors(self, node: Node, kind: Kind) -> Selectors:
         m = self.mapping(node, f"match of a {kind.label} rule", _SELECTORS[kind])
         kw: dict[str, object] = {}
         for key, v in m.items():
-            if key in _STRING_SELECTORS:
+            if key in _WORKLOAD:
+                kw[key] = self.workload(key, v)
+            elif key in _STRING_SELECTORS:
                 sm = self.string_match(v, key)
                 if key.endswith("ancestor_binary") and sm.suffix:
                     raise self.fail(v, f"{key} takes exact and prefix values, not suffix")

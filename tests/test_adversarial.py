@@ -17,10 +17,11 @@ from factories import events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from export.filters import FilterError, facts_of_dict, parse_selector
+from export.filters import FilterError, facts_of_dict
 from export.jsonl import Serializer
 from tracer.core import terminal
 from tracer.core.events import Event
+from tracer.core.labels import parse_selector
 
 _EXAMPLES = int(os.environ.get("TRACER_FUZZ_EXAMPLES", "200"))
 _BOUNDED = settings(

@@ -28,11 +28,11 @@ from export.filters import (
     FilterError,
     facts_of_dict,
     facts_of_event,
-    parse_selector,
 )
 from export.jsonl import Serializer
 from export.proto_gen import tracer_v1_pb2 as pb
 from tracer.core.events import ProcessExec
+from tracer.core.labels import parse_selector
 
 _made: list[EventFilter] = []
 

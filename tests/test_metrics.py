@@ -127,6 +127,8 @@ def test_every_family_is_served_with_the_daemons_facts(
         "tracer_process_cache_evictions_total",
         "tracer_pod_watch_configured",
         "tracer_policy_matches_total",
+        "tracer_workload_map_cgroups",
+        "tracer_workload_map_full_total",
         "tracer_process_resident_memory_bytes",
         "tracer_ready",
     }
@@ -138,6 +140,7 @@ def test_every_family_is_served_with_the_daemons_facts(
     assert 0 <= value(s, "tracer_ringbuf_used_bytes") <= 8 << 20
     assert value(s, "tracer_ready") == 1
     assert value(s, "tracer_pod_watch_configured") == 0
+    assert value(s, "tracer_workload_map_cgroups") >= 1  # the host's cgroups at least
     # Every process on the machine is in the cache, found in /proc at start.
     assert value(s, "tracer_process_cache_entries") >= 10
     assert abs(value(s, "tracer_start_time_seconds") - time.time()) < 600

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from policy import compile, kernel
+from policy import compile, kernel, workload_map
 from policy.model import Action, Kind
 from tracer.core import decode, loader
 
@@ -33,6 +33,11 @@ def btf_structs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
         "struct tr_lpm_addr_key j; struct tr_uid_key k; struct tr_hits l;\n"
         "struct tr_cgroup m; struct tr_summary o; struct tr_throttle_rule p;\n"
         "struct tr_flush_args q;\n"
+        "struct tr_cgroup m; struct tr_workload o;\n"
+        # Macros reach BTF as the values of an enum.
+        "enum tr_macros { M_F_WORKLOAD = TR_F_WORKLOAD,\n"
+        "  M_WORKLOAD_CGROUPS = TR_WORKLOAD_CGROUPS };\n"
+        "enum tr_macros e_macros;\n"
         # Enums reach BTF only through a typed variable.
         + "".join(f"enum {e} e_{e};\n" for e in _ENUMS)
     )
@@ -153,6 +158,7 @@ def test_connect_record(btf_structs: dict[str, dict[str, object]]) -> None:
         ("tr_lpm_addr_key", kernel._ADDR_KEY),
         ("tr_uid_key", kernel._UID_KEY),
         ("tr_hits", kernel._HITS),
+        ("tr_workload", workload_map.VALUE),
     ],
 )
 def test_policy_map_layouts(
@@ -160,6 +166,14 @@ def test_policy_map_layouts(
 ) -> None:
     """The policy writer packs keys and values exactly as the maps declare them."""
     assert btf_structs[name]["size"] == fmt.size
+
+
+def test_workload_constants(btf_structs: dict[str, dict[str, object]]) -> None:
+    """The workload field's bit and the map's default size, as the C header says."""
+    assert _enum(btf_structs, "tr_macros") == {
+        "M_F_WORKLOAD": compile.F_WORKLOAD,
+        "M_WORKLOAD_CGROUPS": loader.WORKLOAD_CGROUPS_DEFAULT,
+    }
 
 
 def test_fork_and_exit_records(btf_structs: dict[str, dict[str, object]]) -> None:

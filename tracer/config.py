@@ -25,9 +25,11 @@ from tracer.core.loader import (
     SELECTED_RINGBUF_DEFAULT,
     THROTTLE_KEYS_DEFAULT,
     UID_BUDGET_DEFAULT,
+    WORKLOAD_CGROUPS_DEFAULT,
     ConfigError,
     check_ringbuf_size,
     check_throttle_keys,
+    check_workload_cgroups,
 )
 from tracer.core.options import Option, option, option_of, parse_duration, parse_size
 from tracer.core.probe import CAPTURE_MODES
@@ -90,6 +92,14 @@ class Config:
         parse=int,
         help="keys the kernel's throttle table holds (rule, process or cgroup, and for "
         "aggregate a path or peer); the least recently used go first",
+    )
+    workload_cgroups: int = option(
+        WORKLOAD_CGROUPS_DEFAULT,
+        flag="--workload-cgroups",
+        parse=int,
+        help="cgroups the kernel's map of workload verdicts holds (policies' namespace, "
+        "pod_labels, container, in_container); the processes of a cgroup that does not fit "
+        "match no such rule (counted)",
     )
     process_hooks: str = option(
         "auto",
@@ -216,6 +226,7 @@ class Config:
         check_ringbuf_size(self.ringbuf_size)
         check_ringbuf_size(self.selected_ringbuf_size, "--selected-ringbuf-size")
         check_throttle_keys(self.throttle_keys)
+        check_workload_cgroups(self.workload_cgroups)
         if not 0 <= self.uid_budget < 1 << 32:
             raise ConfigError(
                 f"--uid-budget must be between 0 (no limit) and 2**32-1, not {self.uid_budget}"

@@ -58,6 +58,7 @@ from tracer.metrics import MetricsServer
 from tracer.pipeline import Pipeline
 from tracer.sdnotify import Notifier
 from tracer.status import CaptureState, DaemonStatus, unready
+from tracer.workloads import WorkloadSync
 
 _log = structlog.get_logger(component="daemon")
 # How often freed C heap goes back to the kernel after start-up: often
@@ -276,6 +277,7 @@ class Daemon:
                     "limited": k.limited,
                 },
                 "throttle": k.throttle,
+                "workload_map": self._workload_stats(),
             }
         if op == "policy_apply":
             docs = req.get("documents")
@@ -298,6 +300,12 @@ class Daemon:
                 return {"ok": False, "error": str(exc)}
             return {"ok": True, "warnings": warnings}
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def _workload_stats(self) -> dict[str, int]:
+        w = self._state.workloads
+        if w is None:
+            return {}
+        return {"cgroups": len(w), "capacity": w.capacity, "full": w.full}
 
     def stop(self) -> None:
         self._stop = True
@@ -442,7 +450,7 @@ class Daemon:
             with (
                 capture_sensor(
                     cfg.bpf_dir, variant, mode, cfg.ringbuf_size, cfg.uid_budget,
-                    cfg.selected_ringbuf_size, cfg.throttle_keys,
+                    cfg.selected_ringbuf_size, cfg.throttle_keys, cfg.workload_cgroups,
                 ) as sensor,
                 scrapes,
             ):
@@ -454,6 +462,11 @@ class Daemon:
                         gaps=sensor.gaps,
                     )
                 maps = PolicyMaps(sensor.obj)
+                # The cgroups older than the daemon; mkdir records bring the rest.
+                workloads = WorkloadSync(enrichment.enricher, enrichment.cgroups, maps.workloads)
+                cgroups = workloads.start()
+                pipeline.workloads = workloads
+                self._state.workloads = maps.workloads
                 self._policies = store = PolicyStore(maps, lsm_active=mode == "lsm")
                 pipeline.verdicts = store
                 self._state.policies = store
@@ -485,6 +498,7 @@ class Daemon:
                     "ready",
                     startup_ms=round((time.perf_counter() - t0) * 1000, 1),
                     procfs_processes=n,
+                    cgroups=cgroups,
                     node=cfg.node,
                 )
                 self._state.capturing = True

@@ -287,6 +287,19 @@ class Collector:
                 kept.add_metric(labels, c.suppressed)
         yield hits
         yield kept
+        w = self._s.workloads
+        if w is not None:
+            yield GaugeMetricFamily(
+                "tracer_workload_map_cgroups",
+                "cgroups in the kernel's map of workload verdicts",
+                value=len(w),
+            )
+            yield CounterMetricFamily(
+                "tracer_workload_map_full",
+                "Times a cgroup found the workload map full (its processes match no rule "
+                "with a workload selector)",
+                value=w.full,
+            )
 
 
 def _bpf_stats_enabled() -> int:

@@ -11,6 +11,7 @@ from enrich import ProcessCache
 from export import Sink
 from tracer.core import build, decode
 from tracer.core.events import Event, PolicyMatch
+from tracer.workloads import WorkloadSync
 
 _log = structlog.get_logger(component="pipeline")
 
@@ -38,6 +39,7 @@ class Pipeline:
         self.cache = cache
         self.sinks = sinks
         self.verdicts: Verdicts = verdicts or _NoPolicies()
+        self.workloads: WorkloadSync | None = None  # set once the capture object is loaded
         self.malformed: collections.Counter[str] = collections.Counter()
         self.events: collections.Counter[str] = collections.Counter()
         self.ignored = 0
@@ -50,6 +52,8 @@ class Pipeline:
         threads had a turn; a chunk is ~2 ms of work, which the writers
         take on while the next one is decoded, so outputs keep pace.
         """
+        if self.workloads is not None:
+            self.workloads.poll()  # pods changed since the last batch: decide again
         for i in range(0, len(batch), _CHUNK):
             self._feed(batch[i : i + _CHUNK])
 
@@ -57,6 +61,7 @@ class Pipeline:
         cache = self.cache
         node = cache.node
         match = self.verdicts.match
+        workloads = self.workloads
         out: list[Event] = []
         emit = out.append
         for raw in batch:
@@ -68,6 +73,8 @@ class Pipeline:
                 continue
             if isinstance(rec, decode.ExecRecord):
                 ctx = cache.on_exec(rec)  # always: the cache needs every exec
+                if workloads is not None:
+                    workloads.on_exec(rec.task.cgroup_id)
                 action = rec.verdict.action
                 if action == decode.ACTION_IGNORE:
                     self.ignored += 1
@@ -87,6 +94,8 @@ class Pipeline:
                 emit(build.policy_summary(rec, ctx, node, match(rec.verdict)))
             else:
                 cache.on_cgroup(rec)
+                if workloads is not None:
+                    workloads.on_cgroup(rec)
         if out:
             self.events.update(ev.type for ev in out)
             for sink in self.sinks:

@@ -16,7 +16,7 @@ from enrich import PodWatcher, ProcessCache
 from export import Sink
 from export.hub import Hub
 from export.proto_gen import tracer_v1_pb2 as pb
-from policy import PolicyStore
+from policy import PolicyStore, WorkloadMap
 from tracer import __version__
 from tracer.core.loader import Sensor
 
@@ -47,6 +47,7 @@ class CaptureState:
     cache: ProcessCache | None = None
     pods: PodWatcher | None = None  # None: no cluster configured
     policies: PolicyStore | None = None
+    workloads: WorkloadMap | None = None  # the kernel's cgroup -> workload verdicts
     capturing: bool = False  # the capture loop has started
 
 

@@ -166,6 +166,9 @@ SELECTED_RINGBUF_DEFAULT = 16 << 20
 # (`lost`): one user's exec storm cannot fill the ring for everyone.
 # Three records per process (fork, exec, exit): ~6,600 processes a second.
 UID_BUDGET_DEFAULT = 20000
+# cgroups the workload map holds (TR_WORKLOAD_CGROUPS, policy/workload_map.py).
+WORKLOAD_CGROUPS_DEFAULT = 16384
+MAX_WORKLOAD_CGROUPS = 1 << 20
 _CONFIG = struct.Struct("<II")  # struct tr_config
 # Reports the counts of throttle windows that ended (throttle.bpf.h): loaded
 # with every capture mode, attached nowhere, run by the daemon.
@@ -313,6 +316,13 @@ def choose_capture_mode(
     return left[0]
 
 
+def check_workload_cgroups(n: int) -> None:
+    if not 1 <= n <= MAX_WORKLOAD_CGROUPS:
+        raise ConfigError(
+            f"--workload-cgroups must be between 1 and {MAX_WORKLOAD_CGROUPS}, not {n}"
+        )
+
+
 @contextmanager
 def capture_sensor(
     bpf_dir: Path,
@@ -322,6 +332,7 @@ def capture_sensor(
     uid_budget: int = UID_BUDGET_DEFAULT,
     selected_ringbuf_size: int = SELECTED_RINGBUF_DEFAULT,
     throttle_keys: int = THROTTLE_KEYS_DEFAULT,
+    workload_cgroups: int = WORKLOAD_CGROUPS_DEFAULT,
 ) -> Iterator[Sensor]:
     """Load and attach every capture program; detach everything on exit."""
     if variant not in PROCESS_VARIANTS:
@@ -338,6 +349,7 @@ def capture_sensor(
     check_throttle_keys(throttle_keys)
     if not 0 <= uid_budget < 1 << 32:
         raise ConfigError(f"uid budget {uid_budget} is not between 0 (no limit) and 2**32-1")
+    check_workload_cgroups(workload_cgroups)
     obj = bpf.BpfObject(bpf_dir / CAPTURE_OBJECT)
     try:
         chosen = [progs[variant] for progs in PROCESS_PROGRAMS.values()]
@@ -365,6 +377,7 @@ def capture_sensor(
         obj.map("tr_events").set_max_entries(ringbuf_size)
         obj.map("tr_selected").set_max_entries(selected_ringbuf_size)
         obj.map("tr_throttle").set_max_entries(throttle_keys)
+        obj.map("tr_workload").set_max_entries(workload_cgroups)
         obj.load()
         obj.map("tr_config").update(_U32.pack(0), _CONFIG.pack(uid_budget, 0))
         for name in chosen:
