@@ -32,8 +32,7 @@ def btf_structs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
         "struct tr_rule g; struct tr_str_key h; struct tr_lpm_str_key i;\n"
         "struct tr_lpm_addr_key j; struct tr_uid_key k; struct tr_hits l;\n"
         "struct tr_cgroup m; struct tr_summary o; struct tr_throttle_rule p;\n"
-        "struct tr_flush_args q;\n"
-        "struct tr_cgroup m; struct tr_workload o;\n"
+        "struct tr_flush_args q; struct tr_workload r;\n"
         # Macros reach BTF as the values of an enum.
         "enum tr_macros { M_F_WORKLOAD = TR_F_WORKLOAD,\n"
         "  M_WORKLOAD_CGROUPS = TR_WORKLOAD_CGROUPS };\n"
