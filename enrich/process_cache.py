@@ -52,31 +52,76 @@ class CacheStats:
     stale_pid: int = 0  # an entry replaced because its pid had been reused
 
 
+class _Fork:
+    """A forked child's image, not built yet: the parent's, as of the fork, and the child's task."""
+
+    __slots__ = ("cache", "parent", "task")
+
+    def __init__(self, cache: ProcessCache, parent: Process, task: Task) -> None:
+        self.cache = cache
+        self.parent = parent
+        self.task = task
+
+
 class _Entry:
-    __slots__ = ("_ancestors", "exited", "parent", "process", "procfs", "task_start")
+    __slots__ = ("_above", "_image", "exited", "parent", "pid", "procfs", "task_start")
 
     def __init__(
-        self, process: Process, parent: _Entry | None, task_start: int, procfs: bool = False
+        self,
+        pid: int,
+        image: Process | _Fork,
+        parent: _Entry | None,
+        task_start: int,
+        procfs: bool = False,
     ) -> None:
-        self.process = process
+        self.pid = pid
+        self._image = image
         self.parent = parent
         self.task_start = task_start  # boot ns of the fork: identity of the pid
         self.procfs = procfs
         self.exited: int | None = None  # boot ns when it exited or exec'd away
-        self._ancestors: tuple[Process, ...] | None = None
+        # Its children's ancestors beyond their parent (see ancestors()).
+        self._above: tuple[int, tuple[Process, ...]] | None = None
 
-    def ancestors(self, depth: int) -> tuple[Process, ...]:
-        """This entry's ancestors beyond its parent, nearest first (cached)."""
-        if self._ancestors is None:
+    @property
+    def process(self) -> Process:
+        """The image's Process; a forked child's is built when first asked for.
+
+        Most children exec at once, which replaces the fork's image before
+        anything reads it: an exec storm then never pays for building it.
+        """
+        image = self._image
+        if isinstance(image, _Fork):
+            image = self._image = image.cache._forked(image.parent, image.task)
+        return image
+
+    @process.setter
+    def process(self, process: Process) -> None:
+        self._image = process
+
+    def ancestors(self, depth: int, generation: int) -> tuple[Process, ...]:
+        """This entry's ancestors beyond its parent, nearest first.
+
+        The chain is kept on the parent: siblings (a shell's or a loop's
+        children) share one tuple, which the Enricher then enriches once
+        for all of them. `generation` counts the images the cache has
+        replaced (a binary found deleted): a change builds it again.
+        """
+        parent = self.parent
+        if parent is None:
+            return ()
+        above = parent._above
+        if above is None or above[0] != generation:
             chain: list[Process] = []
-            node = self.parent.parent if self.parent is not None else None
+            node = parent.parent
             while node is not None and len(chain) < depth:
-                chain.append(node.process)
-                if node.process.pid == 1:
+                process = node.process
+                chain.append(process)
+                if process.pid == 1:
                     break
                 node = node.parent
-            self._ancestors = tuple(chain)
-        return self._ancestors
+            above = parent._above = (generation, tuple(chain))
+        return above[1]
 
 
 def _parents_first(snapshot: Iterable[ProcfsProcess]) -> list[ProcfsProcess]:
@@ -124,6 +169,7 @@ class ProcessCache:
         self._depth = ancestor_depth
         self._by_pid: dict[int, _Entry] = {}
         self._retired: deque[_Entry] = deque()  # exited entries, oldest first
+        self._replaced = 0  # images replaced in place (see _Entry.ancestors)
         self.stats = CacheStats()
 
     # -- building Process values -------------------------------------
@@ -203,7 +249,7 @@ class ProcessCache:
         return entry
 
     def _insert(self, entry: _Entry, now: int) -> None:
-        self._by_pid[entry.process.pid] = entry
+        self._by_pid[entry.pid] = entry
         self._expire(now)
 
     def _retire(self, entry: _Entry, now: int) -> None:
@@ -212,15 +258,15 @@ class ProcessCache:
             self._retired.append(entry)
 
     def _drop(self, entry: _Entry) -> None:
-        if self._by_pid.get(entry.process.pid) is entry:
-            del self._by_pid[entry.process.pid]
+        if self._by_pid.get(entry.pid) is entry:
+            del self._by_pid[entry.pid]
 
     def _expire(self, now: int) -> None:
         retired = self._retired
         while retired:
             oldest = retired[0]
             assert oldest.exited is not None
-            if self._by_pid.get(oldest.process.pid) is not oldest:
+            if self._by_pid.get(oldest.pid) is not oldest:
                 pass  # already replaced in the index (exec, pid reuse): not an eviction
             elif oldest.exited + self._grace <= now:
                 self.stats.evicted_expired += 1
@@ -268,10 +314,10 @@ class ProcessCache:
                 flags,
                 (p.binary_dev, p.binary_ino, p.mnt_ns),
             )
-            entries[p.pid] = (_Entry(process, parent, p.start_boottime, procfs=True), p.ppid)
+            entries[p.pid] = (_Entry(p.pid, process, parent, p.start_boottime, procfs=True), p.ppid)
         for entry, _ in entries.values():
             # A kernel record that arrived during the scan knows better.
-            self._by_pid.setdefault(entry.process.pid, entry)
+            self._by_pid.setdefault(entry.pid, entry)
         self.stats.size = len(self._by_pid)
         return len(entries)
 
@@ -287,7 +333,7 @@ class ProcessCache:
             parent,
             ["partial"],
         )
-        return _Entry(process, parent, task.start_boottime)
+        return _Entry(task.pid, process, parent, task.start_boottime)
 
     def on_fork(self, rec: ForkRecord) -> None:
         task = rec.task
@@ -299,28 +345,30 @@ class ProcessCache:
         if parent is None:
             entry = self._partial(task, None)
         else:
-            p = parent.process
-            flags = [f for f in p.flags if f not in ("procfs", "partial")] + ["fork"]
-            if task.flags & TASK_EXE_DELETED:
-                flags.append("deleted")
-            process = replace(
-                p,
-                exec_id=self._exec_id(task.start_boottime, task.pid),
-                pid=task.pid,
-                tid=task.pid,
-                uid=task.uid,
-                euid=task.euid,
-                gid=task.gid,
-                egid=task.egid,
-                auid=task.auid,
-                user=self._users.name(task.uid),
-                start_time=self._clock.wall(task.start_boottime),
-                parent_exec_id=p.exec_id,
-                flags=tuple(dict.fromkeys(flags)),
-                cgroup_id=task.cgroup_id,
-            )
-            entry = _Entry(process, parent, task.start_boottime)
+            entry = _Entry(task.pid, _Fork(self, parent.process, task), parent, task.start_boottime)
         self._insert(entry, task.ktime)
+
+    def _forked(self, p: Process, task: Task) -> Process:
+        """A child as its fork made it: its parent's image p, in its own identity."""
+        flags = [f for f in p.flags if f not in ("procfs", "partial")] + ["fork"]
+        if task.flags & TASK_EXE_DELETED:
+            flags.append("deleted")
+        return replace(
+            p,
+            exec_id=self._exec_id(task.start_boottime, task.pid),
+            pid=task.pid,
+            tid=task.pid,
+            uid=task.uid,
+            euid=task.euid,
+            gid=task.gid,
+            egid=task.egid,
+            auid=task.auid,
+            user=self._users.name(task.uid),
+            start_time=self._clock.wall(task.start_boottime),
+            parent_exec_id=p.exec_id,
+            flags=tuple(dict.fromkeys(flags)),
+            cgroup_id=task.cgroup_id,
+        )
 
     def on_exec(self, rec: ExecRecord) -> Context:
         """The new image enters the cache; who ran it, for the exec event."""
@@ -352,7 +400,7 @@ class ProcessCache:
             flags,
             (rec.binary_dev, rec.binary_ino, rec.mnt_ns),
         )
-        entry = _Entry(process, parent, task.start_boottime)
+        entry = _Entry(task.pid, process, parent, task.start_boottime)
         self._insert(entry, task.ktime)
         process, parent_process, ancestors = self._view(entry)
         return Context(self._clock.wall(task.ktime), process, parent_process, ancestors)
@@ -360,9 +408,10 @@ class ProcessCache:
     def _view(self, entry: _Entry) -> tuple[Process, Process | None, tuple[Process, ...]]:
         """The entry's process, parent and ancestors as events show them (enriched)."""
         parent = entry.parent.process if entry.parent else None
+        ancestors = entry.ancestors(self._depth, self._replaced)
         if self._enricher is None:
-            return entry.process, parent, entry.ancestors(self._depth)
-        return self._enricher.view(entry.process, parent, entry.ancestors(self._depth))
+            return entry.process, parent, ancestors
+        return self._enricher.view(entry.process, parent, ancestors)
 
     def _entry_of(self, task: Task) -> _Entry:
         entry = self._current(task)
@@ -381,6 +430,7 @@ class ProcessCache:
             # Unlinked since the exec: this and the image's later events
             # say so (children forked from now on inherit the flag).
             entry.process = replace(entry.process, flags=(*entry.process.flags, "deleted"))
+            self._replaced += 1
         process, parent, ancestors = self._view(entry)
         if task.cgroup_id != process.cgroup_id and self._enricher is not None:
             # Moved to another cgroup since its exec (into a container, by

@@ -339,6 +339,47 @@ def test_parent_of_child_of_pid_1_has_no_ancestors(
     assert ev.ancestors == ()
 
 
+
+def test_siblings_share_one_ancestor_chain_that_sees_an_ancestor_found_deleted(
+    cache_clock: tuple[ProcessCache, FakeClock],
+) -> None:
+    # A loop's children have the same ancestors: one tuple for all of them
+    # (the Enricher enriches a chain once per tuple), made again once an
+    # image in the cache changes.
+    cache, _ = cache_clock
+    fork(cache, 201, 100, 10 * SEC)
+    first = exec_(cache, 201, 100, 10 * SEC, 10 * SEC, b"/bin/true")
+    fork(cache, 202, 100, 11 * SEC)
+    second = exec_(cache, 202, 100, 11 * SEC, 11 * SEC, b"/bin/true")
+    assert [a.pid for a in first.ancestors] == [50, 1]
+    assert second.ancestors is first.ancestors
+    sshd = task(50, 1, 2 * SEC, 12 * SEC)
+    sshd.flags = TASK_EXE_DELETED
+    cache.context(sshd)  # sshd's binary was unlinked
+    fork(cache, 203, 100, 13 * SEC)
+    third = exec_(cache, 203, 100, 13 * SEC, 13 * SEC, b"/bin/true")
+    assert [a.pid for a in third.ancestors] == [50, 1]
+    assert "deleted" in third.ancestors[0].flags
+    assert "deleted" not in first.ancestors[0].flags
+
+
+def test_fork_only_child_is_its_parents_image_as_of_the_fork(
+    cache_clock: tuple[ProcessCache, FakeClock],
+) -> None:
+    # The child's image is built when first read, from the parent's image
+    # at the fork: what the parent became since is not the child's.
+    cache, _ = cache_clock
+    exec_(cache, 300, 100, 10 * SEC, 10 * SEC, b"/tmp/y")
+    fork(cache, 301, 300, 11 * SEC)
+    t = task(300, 100, 10 * SEC, 12 * SEC)
+    t.flags = TASK_EXE_DELETED
+    assert "deleted" in cache.context(t).process.flags
+    child = proc(cache, 301)
+    assert child.binary == "/tmp/y"
+    assert child.flags == ("fork",)
+    assert child.parent_exec_id == proc(cache, 300).exec_id
+
+
 # -- exit ------------------------------------------------------------------
 
 
