@@ -71,13 +71,18 @@ def _extras(p: JsonDict) -> JsonDict:
 class EcsMapper:
     """Native event dicts -> ECS documents (export.siem.Mapper)."""
 
-    custom_key = "tracer"
+    merged: tuple[str, ...] = ("event", "tracer", "process")
 
-    def side(self, kind: str, node: str, chain: Sequence[JsonDict]) -> tuple[JsonDict, JsonDict]:
+    def process(self, p: JsonDict) -> JsonDict:
+        return _process(p)
+
+    def side(
+        self, kind: str, node: str, chain: Sequence[JsonDict], procs: Sequence[JsonDict]
+    ) -> JsonDict:
         p = chain[0]
-        proc = _process(p)
+        proc = dict(procs[0])
         if len(chain) > 1:
-            proc["parent"] = _process(chain[1])
+            proc["parent"] = procs[1]
         out: JsonDict = {"process": proc}
         user: JsonDict = {"id": str(p["uid"])}
         if "user" in p:
@@ -132,10 +137,11 @@ class EcsMapper:
         ]
         if escaped:
             custom["non_utf8"] = escaped
-        return out, custom
+        out["tracer"] = custom
+        return out
 
     def __init__(self) -> None:
-        self._consts: dict[tuple[str, int, bool], tuple[JsonDict | None, JsonDict, JsonDict]] = {}
+        self._consts: dict[tuple[str, int, bool], tuple[JsonDict | None, JsonDict]] = {}
 
     def head_split(
         self, ev: JsonDict, time_ns: int, process: JsonDict | None
@@ -143,7 +149,7 @@ class EcsMapper:
         kind = ev["type"]
         details = ev[kind]
         d: JsonDict = {"@timestamp": ev["time"]}
-        tracer: JsonDict = {"type": kind}
+        tracer: JsonDict = {}
         if kind == "lost":
             kernel, daemon = details.get("kernel", {}), details.get("daemon", {})
             total = sum(kernel.values()) + sum(daemon.values())
@@ -157,6 +163,7 @@ class EcsMapper:
             }
             d["message"] = f"{total} events lost"
             d["host"] = {"name": ev["node"], "hostname": ev["node"], "os": {"type": "linux"}}
+            tracer["type"] = kind
             tracer["lost"] = {"kernel": kernel, "daemon": daemon, "total": total}
             const = _ONLY_VERSION
         else:
@@ -174,11 +181,12 @@ class EcsMapper:
             key = (kind, 0 if policy is None else id(policy), failed)
             hit = self._consts.get(key)
             if hit is None or hit[0] is not policy:
-                hit = (policy, *_const(kind, policy, failed, details.get("event")))
+                hit = (policy, _const(kind, policy, failed, details.get("event")))
                 if len(self._consts) >= 4096:
                     self._consts.clear()
                 self._consts[key] = hit
-            const, event = hit[1], hit[2].copy()
+            const = hit[1]
+            event = {}
             if kind == "file_open":
                 folder, name = split_path(details["path"])
                 f: JsonDict = {"path": details["path"], "name": name}
@@ -201,8 +209,6 @@ class EcsMapper:
                 tracer["policy_summary"] = details
             if error is not None:
                 d["error"] = {"code": error}
-            if policy is not None:
-                tracer["policy"] = policy
         event["id"] = event_uid(ev, process)
         d["event"] = event
         d["tracer"] = tracer
@@ -211,9 +217,9 @@ class EcsMapper:
 
 def _const(
     kind: str, policy: JsonDict | None, failed: bool, summarized: str | None = None
-) -> tuple[JsonDict, JsonDict]:
-    """(top-level fields, event fields but its id) of a kind, rule and outcome;
-    a policy_summary is in the category of the kind it counts (`summarized`)."""
+) -> JsonDict:
+    """The fields of a kind, rule and outcome (all of `event` but its id); a
+    policy_summary is in the category of the kind it counts (`summarized`)."""
     top: JsonDict = {"ecs": {"version": VERSION}}
     if kind == "policy_summary":
         category, types = _CATEGORY.get(summarized or "", (["process"], []))[0], ["info"]
@@ -236,7 +242,10 @@ def _const(
         "module": "tracer",
         "dataset": "tracer.events",
     }
+    top["event"] = event
+    top["tracer"] = {"type": kind}
     if policy is not None:
+        top["tracer"]["policy"] = policy
         top["rule"] = {"name": policy["name"], "id": f"{policy['name']}/{policy['rule']}"}
         if policy.get("message"):
             top["message"] = policy["message"]
@@ -253,7 +262,7 @@ def _const(
             top["threat"] = threat
         if other:
             top["tags"] = other
-    return top, event
+    return top
 
 
 def _endpoints(d: JsonDict, c: JsonDict) -> None:

@@ -347,8 +347,9 @@ class EventLog(EncodedSink):
         with open(path, "rb") as src, open(raw_fd, "wb") as raw:
             # Large chunks: each read and write takes the GIL back, a wait of
             # up to a switch interval while the capture thread is busy.
-            _compressor().copy_stream(src, raw, size=os.fstat(src.fileno()).st_size,
-                                      read_size=_CHUNK, write_size=_CHUNK)
+            _compressor().copy_stream(
+                src, raw, size=os.fstat(src.fileno()).st_size, read_size=_CHUNK, write_size=_CHUNK
+            )
             raw.flush()
             os.fdatasync(raw.fileno())
         os.replace(tmp, packed)

@@ -115,15 +115,15 @@ def _flat(p: JsonDict) -> JsonDict:
     return d
 
 
-def _nested(chain: Sequence[JsonDict], depth: int = PARENT_DEPTH) -> JsonDict:
-    d = _flat(chain[0])
-    if len(chain) > 1 and depth > 0:
-        d["parent_process"] = _nested(chain[1:], depth - 1)
+def _nested(flats: Sequence[JsonDict], depth: int = PARENT_DEPTH) -> JsonDict:
+    d = dict(flats[0])
+    if len(flats) > 1 and depth > 0:
+        d["parent_process"] = _nested(flats[1:], depth - 1)
     return d
 
 
-def _subject(chain: Sequence[JsonDict]) -> JsonDict:
-    d = _nested(chain)
+def _subject(chain: Sequence[JsonDict], flats: Sequence[JsonDict]) -> JsonDict:
+    d = _nested(flats)
     if len(chain) > 1:
         d["lineage"] = [p["binary"] for p in chain[1:]]
     return d
@@ -170,7 +170,7 @@ def _device(node: str, p: JsonDict | None) -> JsonDict:
 class OcsfMapper:
     """Native event dicts -> OCSF 1.3.0 event dicts (export.siem.Mapper)."""
 
-    custom_key = "unmapped"
+    merged: tuple[str, ...] = ("metadata", "unmapped")
 
     def __init__(self, product_version: str) -> None:
         product = {"name": "tracer", "vendor_name": "tracer", "version": product_version}
@@ -178,35 +178,40 @@ class OcsfMapper:
             category: {"version": VERSION, "product": product, "profiles": profiles}
             for category, profiles in _PROFILES.items()
         }
-        self._consts: dict[tuple[Any, ...], tuple[JsonDict | None, JsonDict, JsonDict, str]] = {}
+        self._consts: dict[tuple[Any, ...], tuple[JsonDict | None, JsonDict, str]] = {}
 
-    def side(self, kind: str, node: str, chain: Sequence[JsonDict]) -> tuple[JsonDict, JsonDict]:
+    def process(self, p: JsonDict) -> JsonDict:
+        return _flat(p)
+
+    def side(
+        self, kind: str, node: str, chain: Sequence[JsonDict], flats: Sequence[JsonDict]
+    ) -> JsonDict:
         p = chain[0]
-        out: JsonDict = {}
         custom: JsonDict = {"process": _extras(p)}
+        out: JsonDict = {"unmapped": custom}
         if "pod" in p:
             custom["pod"] = p["pod"]
         if kind == "process_exec":
             # The process launched, and the parent that launched it.
-            out["process"] = _subject(chain)
+            out["process"] = _subject(chain, flats)
             actor: JsonDict = {"user": _user(p)}
             if len(chain) > 1:
-                actor["process"] = _subject(chain[1:])
+                actor["process"] = _subject(chain[1:], flats[1:])
             out["actor"] = actor
             escaped = _non_utf8(chain, "process") + _non_utf8(chain[1:], "actor.process")
         elif kind == "process_exit":
-            out["process"] = _subject(chain)
-            out["actor"] = {"process": _subject(chain), "user": _user(p)}
+            out["process"] = _subject(chain, flats)
+            out["actor"] = {"process": _subject(chain, flats), "user": _user(p)}
             escaped = _non_utf8(chain, "process") + _non_utf8(chain, "actor.process")
         else:
-            out["actor"] = {"process": _subject(chain), "user": _user(p)}
+            out["actor"] = {"process": _subject(chain, flats), "user": _user(p)}
             escaped = _non_utf8(chain, "actor.process")
         out["device"] = _device(node, p)
         if escaped:
             # Strings of these objects were not UTF-8 and are escaped (\xHH,
             # reversible with tracer.core.text.encode), as in native events.
             custom["non_utf8"] = escaped
-        return out, custom
+        return out
 
     def head_split(
         self, ev: JsonDict, time_ns: int, process: JsonDict | None
@@ -219,33 +224,32 @@ class OcsfMapper:
         # What follows from the kind, the rule and the outcome is made once
         # for each combination: in a storm, only times, ids and names differ.
         error = details.get("error")
-        flags = details.get("flags")
-        if flags is not None and not isinstance(flags, tuple):
-            flags = tuple(flags)
-        key = (
-            kind,
-            0 if policy is None else id(policy),
-            error,
-            details.get("result", 0) < 0,
-            flags,
-            details.get("family"),
-            details.get("protocol"),
-        )
+        flags = None
+        rule = 0 if policy is None else id(policy)
+        key: tuple[Any, ...]
+        if kind == "file_open":
+            flags = details["flags"]
+            if not isinstance(flags, tuple):
+                flags = tuple(flags)
+            key = (kind, rule, error, details["result"] < 0, flags)
+        elif kind == "connect":
+            key = (kind, rule, error, details["family"], details.get("protocol"))
+        else:
+            key = (kind, rule)
         hit = self._consts.get(key)
         if hit is None or hit[0] is not policy:
             hit = (policy, *self._const(kind, policy, error, flags, details))
             if len(self._consts) >= 4096:
                 self._consts.clear()
             self._consts[key] = hit
-        const, meta_const, access = hit[1], hit[2], hit[3]
-        d: JsonDict = {"time": time_ns // 1_000_000}
-        # The exact time (ns): time is in ms.
-        d["time_dt"] = ev["time"]
-        meta = meta_const.copy()
-        meta["uid"] = event_uid(ev, process)
-        meta["original_time"] = ev["time"]
-        d["metadata"] = meta
-        unmapped: JsonDict = {}
+        const, access = hit[1], hit[2]
+        t = ev["time"]
+        # The exact time (ns) in time_dt: time is in ms.
+        d: JsonDict = {
+            "time": time_ns // 1_000_000,
+            "time_dt": t,
+            "metadata": {"uid": event_uid(ev, process), "original_time": t},
+        }
         if kind == "file_open":
             path = details["path"]
             folder, name = split_path(path)
@@ -253,23 +257,20 @@ class OcsfMapper:
             if folder:
                 f["parent_folder"] = folder
             d["file"] = f
-            unmapped["file_open"] = {**details, "access": access}
+            details["access"] = access
+            d["unmapped"] = {"file_open": details}
         elif kind == "connect":
             _endpoints(d, details)
-            unmapped["connect"] = details
+            d["unmapped"] = {"connect": details}
         elif kind == "process_exit":
             if "code" in details:
                 d["exit_code"] = details["code"]
-            unmapped["exit"] = details
+            d["unmapped"] = {"exit": details}
         elif kind == "policy_summary":
             d["count"] = int(details["count"])
             d["start_time"], d["start_time_dt"] = ms_of(details["first"]), details["first"]
             d["end_time"], d["end_time_dt"] = d["time"], ev["time"]
-            unmapped["policy_summary"] = details
-        if policy is not None:
-            unmapped["policy"] = policy
-        if unmapped:
-            d["unmapped"] = unmapped
+            d["unmapped"] = {"policy_summary": details}
         return const, d
 
     def _const(
@@ -279,9 +280,9 @@ class OcsfMapper:
         error: str | None,
         flags: tuple[str, ...] | None,
         details: JsonDict,
-    ) -> tuple[JsonDict, JsonDict, str]:
-        """(attributes, metadata without ids, file access) that do not vary
-        between events of one kind, rule, outcome and flags."""
+    ) -> tuple[JsonDict, str]:
+        """(attributes, file access) that do not vary between events of one
+        kind, rule, outcome and flags."""
         extra: JsonDict = {}
         status: tuple[int, str] | None = _SUCCESS
         access = ""
@@ -320,9 +321,11 @@ class OcsfMapper:
             d.update(fields)
             if labels:
                 meta["labels"] = labels
+            d["unmapped"] = {"policy": policy}
         else:
             d["severity_id"], d["severity"] = 1, SEVERITY_NAMES[1]
-        return d, meta, access
+        d["metadata"] = meta
+        return d, access
 
     def _lost(self, ev: JsonDict, time_ns: int) -> JsonDict:
         details = ev["lost"]

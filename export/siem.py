@@ -2,21 +2,25 @@
 
 Both ways in convert the same representation, the native JSON dict of an
 event (README "Event schema"): `tracer events` and `tracer replay` have it
-from the API or the log, and the daemon builds it from its event objects
-(process dicts made once per process image). A Mapper (export/ocsf.py,
-export/ecs.py) splits an event into two parts:
+from the API or the log, and the daemon builds it from its event objects.
+A Mapper (export/ocsf.py, export/ecs.py) makes an event of three parts:
 
 - its process side (`side`), which depends only on the process, its parent
-  and ancestors and the node: in a storm of one process's opens or
-  connects it is the same for every event, so the daemon converts and
-  serializes it once and splices its bytes into each line;
-- its own part (`head_split`): time, ids, the kind's details, the policy;
-  itself in two, what follows from the kind, the rule and the outcome
-  (one shared object per combination, serialized once by the daemon) and
-  the rest.
+  and ancestors and the node, from each process converted alone
+  (`process`): the daemon converts each process once, and in a storm of
+  one process's opens or connects the side is the same for every event,
+  so it converts and serializes the side once and splices its bytes in;
+- what follows from the event's kind, rule and outcome (`head_split`, one
+  shared object per combination, serialized once by the daemon);
+- the rest (`head_split` too): time, ids, the kind's details.
 
-`convert()` merges the two as dicts; `FormatSerializer.line()` builds the
-same JSON from bytes. tests/test_siem.py holds them equal.
+A few objects get fields from more than one part (`Mapper.merged`: OCSF's
+`metadata` and `unmapped`; ECS's `event`, `tracer` and `process`): the
+parts are merged one level deep. A new event kind is a case in the
+mapper's `head_split` (and its constant part); the side does not change.
+
+`convert()` merges the parts as dicts; `FormatSerializer.line()` builds
+the same JSON from bytes. tests/test_siem.py holds them equal.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from export.jsonl import JsonDict, details_dict, policy_dict, process_dict
+from export.jsonl import CACHE_BYTES, JsonDict, details_dict, policy_dict, process_dict
 from forensics.log import parse_time
 from tracer.core.clock import rfc3339
 from tracer.core.events import (
@@ -74,35 +78,41 @@ _TACTIC = re.compile(r"^(?:attack[.:/])?(ta\d{4})$", re.IGNORECASE)
 
 
 class Mapper(Protocol):
-    """Native event dict -> one schema's dict, in two parts (see the module doc)."""
+    """Native event dict -> one schema's dict, in three parts (see the module doc)."""
 
-    # The top-level key of this schema's fields for what it has no field for
-    # ("unmapped" in OCSF, "tracer" in ECS); both parts may fill it.
-    custom_key: str
+    # Top-level objects that more than one part may fill (the schema's key
+    # for what it has no field for among them): merged one level deep.
+    merged: tuple[str, ...]
 
-    def side(self, kind: str, node: str, chain: Sequence[JsonDict]) -> tuple[JsonDict, JsonDict]:
-        """(fields, custom fields) of the process side: `chain` is the process,
-        then its parent and ancestors, nearest first (native process dicts)."""
+    def process(self, p: JsonDict) -> JsonDict:
+        """One native process in this schema, without its parents (the
+        daemon makes it once per process)."""
+        ...
+
+    def side(
+        self, kind: str, node: str, chain: Sequence[JsonDict], converted: Sequence[JsonDict]
+    ) -> JsonDict:
+        """The process side: `chain` is the process, then its parent and
+        ancestors, nearest first (native process dicts), and `converted`
+        the same through process()."""
         ...
 
     def head_split(
         self, ev: JsonDict, time_ns: int, process: JsonDict | None
     ) -> tuple[JsonDict, JsonDict]:
-        """The event's own fields, in two dicts with no key in common: those
-        that follow from its kind, rule and outcome (the same object for
-        every such event, never changed), and the rest. `ev` is without
-        process, parent and ancestors."""
+        """The event's own fields, in two: those that follow from its kind,
+        rule and outcome (the same object for every such event, never
+        changed), and the rest. `ev` is without process, parent and
+        ancestors; it and its details are the mapper's to change."""
         ...
 
 
-def head(mapper: Mapper, ev: JsonDict, time_ns: int, process: JsonDict | None) -> JsonDict:
-    const, own = mapper.head_split(ev, time_ns, process)
-    return {**const, **own}
+# Events whose process side converts alike: exec and exit differ, the rest do not.
+_GROUPS = {"process_exec": "process_exec", "process_exit": "process_exit"}
 
 
 def side_group(kind: str) -> str:
-    """Events whose process side converts alike: exec and exit differ, the rest do not."""
-    return kind if kind in ("process_exec", "process_exit") else "activity"
+    return _GROUPS.get(kind, "activity")
 
 
 def severity_id(policy: Mapping[str, Any] | None) -> int:
@@ -185,21 +195,21 @@ def _chain(ev: Mapping[str, Any]) -> list[JsonDict]:
 
 
 def _head_part(ev: Mapping[str, Any]) -> JsonDict:
-    return {k: v for k, v in ev.items() if k not in ("process", "parent", "ancestors")}
+    d = {k: v for k, v in ev.items() if k not in ("process", "parent", "ancestors")}
+    kind = d["type"]
+    if isinstance(d.get(kind), dict):
+        d[kind] = dict(d[kind])  # the mapper's to change
+    return d
 
 
-def merge(side: JsonDict, custom: JsonDict, head: JsonDict, custom_key: str) -> JsonDict:
-    """The whole event: side and head, objects both have (`process` in an ECS
-    exit, the custom key) merged one level deep."""
-    out = dict(side)
-    if custom:
-        out[custom_key] = dict(custom)
-    for k, v in head.items():
-        have = out.get(k)
-        if isinstance(have, dict) and isinstance(v, dict):
-            out[k] = {**have, **v}
-        else:
-            out[k] = v
+def merge(parts: Sequence[JsonDict], merged: tuple[str, ...]) -> JsonDict:
+    """The parts as one event, the `merged` objects merged one level deep (a
+    later part's field wins, as in the JSON FormatSerializer writes)."""
+    out: JsonDict = {}
+    for part in parts:
+        for k, v in part.items():
+            have = out.get(k)
+            out[k] = {**have, **v} if k in merged and have is not None else v
     return out
 
 
@@ -214,26 +224,74 @@ def convert(mapper: Mapper, ev: Mapping[str, Any]) -> JsonDict:
         if time_ns is None:
             raise ValueError(f"not an RFC 3339 UTC time: {ev['time']!r}")
         chain = _chain(ev)
-        part = head(mapper, _head_part(ev), time_ns, chain[0] if chain else None)
-        if not chain:
-            return part
-        side, custom = mapper.side(side_group(ev["type"]), ev["node"], chain)
+        parts = list(mapper.head_split(_head_part(ev), time_ns, chain[0] if chain else None))
+        if chain:
+            converted = [mapper.process(p) for p in chain]
+            parts.append(mapper.side(side_group(ev["type"]), ev["node"], chain, converted))
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a tracer event: {exc!r}") from None
-    return merge(side, custom, part, mapper.custom_key)
+    return merge(parts, mapper.merged)
+
+
+class _Json:
+    """A part of a line as JSON, to splice: `"k":v,...` of its fields but the
+    merged objects (`fields`), and the same of its fields of each merged
+    object (`inners`, in the mapper's order)."""
+
+    __slots__ = ("fields", "inners", "size")
+
+    def __init__(self, d: JsonDict, merged: tuple[str, ...]) -> None:
+        self.fields = orjson.dumps({k: v for k, v in d.items() if k not in merged})[1:-1]
+        self.inners = [orjson.dumps(d.get(k) or {})[1:-1] for k in merged]
+        self.size = len(self.fields) + sum(map(len, self.inners))
+
+
+class _Process:
+    """A process as a native dict and converted by the mapper, made once."""
+
+    __slots__ = ("converted", "native", "process", "size")
+
+    def __init__(self, p: Process, native: JsonDict, converted: JsonDict) -> None:
+        self.process = p
+        self.native = native
+        self.converted = converted
+        # Its arguments can be megabytes: the cache is bounded by this.
+        self.size = len(orjson.dumps(converted))
 
 
 class _Side:
-    """A process side, converted once: its dicts, and its bytes for splicing."""
+    """A process side, converted and serialized once."""
 
-    __slots__ = ("custom", "custom_json", "ev", "fields", "fields_json")
+    __slots__ = ("ev", "frames", "json", "process")
 
-    def __init__(self, ev: ProcessEvent, fields: JsonDict, custom: JsonDict) -> None:
+    def __init__(self, ev: ProcessEvent, process: JsonDict, json: _Json) -> None:
         self.ev = ev  # holds the event's processes, so their ids stay theirs
-        self.fields = fields
-        self.custom = custom
-        self.fields_json = orjson.dumps(fields)[1:-1]  # "k":v,... without braces
-        self.custom_json = orjson.dumps(custom)[1:-1]
+        self.process = process  # the native dict of the event's process
+        self.json = json
+        # By the id of the constant part: the kinds, rules and outcomes of
+        # this process's events, each with this side.
+        self.frames: dict[int, _Frame] = {}
+
+
+class _Frame:
+    """A constant part and a process side, to be completed by an event's own part.
+
+    `tail` ends a line with their fields. For each merged object, `shares`
+    holds the JSON that opens it with their fields, for the event's own
+    fields of it to close, and the whole object for an event that has none.
+    """
+
+    __slots__ = ("const", "shares", "tail")
+
+    def __init__(self, const: JsonDict, json: _Json, side: _Side, merged: tuple[str, ...]) -> None:
+        self.const = const  # held, so that the id that keys the frame stays its
+        joined = b",".join(f for f in (json.fields, side.json.fields) if f)
+        self.tail = (b"," + joined if joined else b"") + b"}\n"
+        self.shares: list[tuple[str, bytes, orjson.Fragment | None]] = []
+        for k, mine, theirs in zip(merged, json.inners, side.json.inners, strict=True):
+            inner = b",".join(f for f in (mine, theirs) if f)
+            whole = orjson.Fragment(b"{" + inner + b"}") if inner else None
+            self.shares.append((k, b"{" + inner + b"," if inner else b"{", whole))
 
 
 class FormatSerializer:
@@ -241,33 +299,41 @@ class FormatSerializer:
 
     The event is turned into its native dict (each process's dict made once
     per process object) and through convert()'s steps; the process side of
-    a busy process is converted and serialized once and its bytes spliced
-    into each of its events' lines. The event log keeps the native lines
+    a busy process and the constant part of each kind, rule and outcome are
+    converted and serialized once, and their bytes spliced into each line
+    with the event's own part. The event log keeps the native lines
     (jsonl.Serializer): `tracer tree` reads them.
     """
 
     def __init__(self, mapper: Mapper, sides: int = 256, processes: int = 16384) -> None:
         self._mapper = mapper
-        self._custom_prefix = b',"' + mapper.custom_key.encode() + b'":{'
-        self._procs: dict[str, tuple[Process, JsonDict]] = {}
+        self._merged = mapper.merged
+        self._procs: dict[str, _Process] = {}
         self._proc_limit = processes
-        self._sides: dict[tuple[int, str], _Side] = {}
+        self._proc_bytes = 0
+        self._sides: dict[tuple[str, str], _Side] = {}
         self._side_limit = sides
+        self._side_bytes = 0
         self._policies: dict[int, tuple[PolicyMatch, JsonDict]] = {}
-        self._consts: dict[int, tuple[JsonDict, bytes]] = {}
+        self._consts: dict[int, tuple[JsonDict, _Json]] = {}
 
-    def _process(self, p: Process) -> JsonDict:
+    def _process(self, p: Process) -> _Process:
+        # Keyed like the native process cache (jsonl._ProcessJson): by
+        # exec_id, checked by identity, bounded in count and bytes.
         hit = self._procs.get(p.exec_id)
-        if hit is not None and hit[0] is p:
-            return hit[1]
-        d = process_dict(p)
-        if len(self._procs) >= self._proc_limit:
+        if hit is not None and hit.process is p:
+            return hit
+        native = process_dict(p)
+        proc = _Process(p, native, self._mapper.process(native))
+        if len(self._procs) >= self._proc_limit or self._proc_bytes + proc.size > CACHE_BYTES:
             self._procs.clear()
-        self._procs[p.exec_id] = (p, d)
-        return d
+            self._proc_bytes = 0
+        self._procs[p.exec_id] = proc
+        self._proc_bytes += proc.size
+        return proc
 
     def _side(self, ev: ProcessEvent, group: str) -> _Side:
-        key = (id(ev.process), group)
+        key = (ev.process.exec_id, group)
         hit = self._sides.get(key)
         if hit is not None:
             seen = hit.ev
@@ -278,16 +344,46 @@ class FormatSerializer:
                 and seen.node == ev.node
             ):
                 return hit
-        chain = [self._process(ev.process)]
+        procs = [self._process(ev.process)]
         if ev.parent is not None:
-            chain.append(self._process(ev.parent))
-            chain.extend(self._process(a) for a in ev.ancestors)
-        fields, custom = self._mapper.side(group, ev.node, chain)
-        side = _Side(ev, fields, custom)
-        if len(self._sides) >= self._side_limit:
+            procs.append(self._process(ev.parent))
+            procs.extend(self._process(a) for a in ev.ancestors)
+        chain = [p.native for p in procs]
+        fields = self._mapper.side(group, ev.node, chain, [p.converted for p in procs])
+        side = _Side(ev, chain[0], _Json(fields, self._merged))
+        # Bounded in bytes too, like the native process cache: a process
+        # can have megabytes of arguments.
+        size = side.json.size
+        if len(self._sides) >= self._side_limit or self._side_bytes + size > CACHE_BYTES:
             self._sides.clear()
+            self._side_bytes = 0
         self._sides[key] = side
+        self._side_bytes += size
         return side
+
+    def _frame(self, const: JsonDict, side: _Side) -> _Frame:
+        frame = _Frame(const, self._const(const), side, self._merged)
+        # A frame copies its side's bytes: counted with the sides, and past
+        # the bound every side goes, with its frames.
+        size = side.json.size
+        if len(side.frames) >= 64 or self._side_bytes + size > CACHE_BYTES:
+            self._sides.clear()
+            self._side_bytes = 0
+            side.frames.clear()
+        side.frames[id(const)] = frame
+        self._side_bytes += size
+        return frame
+
+    def _const(self, const: JsonDict) -> _Json:
+        """The JSON of a mapper's constant part, made once per object."""
+        hit = self._consts.get(id(const))
+        if hit is not None and hit[0] is const:
+            return hit[1]
+        json = _Json(const, self._merged)
+        if len(self._consts) >= 4096:
+            self._consts.clear()
+        self._consts[id(const)] = (const, json)
+        return json
 
     def native_head(
         self, ev: ProcessExec | ProcessExit | FileOpen | Connect | PolicySummary
@@ -312,18 +408,6 @@ class FormatSerializer:
         self._policies[id(m)] = (m, d)
         return d
 
-    def _const_json(self, const: JsonDict) -> bytes:
-        """`"k":v,...,` of a mapper's constant fields, serialized once per object."""
-        hit = self._consts.get(id(const))
-        if hit is not None and hit[0] is const:
-            return hit[1]
-        data = orjson.dumps(const)[1:-1]
-        data = data + b"," if data else b""
-        if len(self._consts) >= 4096:
-            self._consts.clear()
-        self._consts[id(const)] = (const, data)
-        return data
-
     def line(self, ev: Event) -> bytes:
         mapper = self._mapper
         if isinstance(ev, Lost):
@@ -335,31 +419,21 @@ class FormatSerializer:
                 "lost": {"kernel": ev.kernel, "daemon": ev.daemon},
             }
             return orjson.dumps(
-                head(mapper, _head_part(native), ev.time, None), option=orjson.OPT_APPEND_NEWLINE
+                merge(mapper.head_split(native, ev.time, None), self._merged),
+                option=orjson.OPT_APPEND_NEWLINE,
             )
-        side = self._side(ev, side_group(ev.type))
-        const, own = mapper.head_split(self.native_head(ev), ev.time, self._process(ev.process))
-        key = mapper.custom_key
-        custom = own.pop(key, None)
-        if not side.fields.keys().isdisjoint(own):
-            # The event adds to an object of the side (an ECS exit's
-            # `process`): merged as dicts, once per process at most.
-            if custom is not None:
-                own[key] = custom
-            whole = merge(side.fields, side.custom, {**const, **own}, key)
-            return orjson.dumps(whole, option=orjson.OPT_APPEND_NEWLINE)
-        body = orjson.dumps(own)
-        parts = [b"{", self._const_json(const), body[1:-1]]
-        mine = orjson.dumps(custom)[1:-1] if custom else b""
-        if mine or side.custom_json:
-            parts += (
-                self._custom_prefix,
-                mine,
-                b"," if mine and side.custom_json else b"",
-                side.custom_json,
-                b"}",
-            )
-        if side.fields_json:
-            parts += (b",", side.fields_json)
-        parts.append(b"}\n")
-        return b"".join(parts)
+        side = self._side(ev, _GROUPS.get(ev.type, "activity"))
+        const, own = mapper.head_split(self.native_head(ev), ev.time, side.process)
+        frame = side.frames.get(id(const))
+        if frame is None or frame.const is not const:
+            frame = self._frame(const, side)
+        dumps = orjson.dumps
+        for k, opener, whole in frame.shares:
+            mine = own.get(k)
+            if mine:
+                own[k] = orjson.Fragment(opener + dumps(mine)[1:])
+            elif whole is not None:
+                own[k] = whole
+        # The own part opens the line: it always has the event's time, so
+        # its JSON is never empty.
+        return dumps(own)[:-1] + frame.tail

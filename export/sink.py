@@ -24,6 +24,7 @@ _log = structlog.get_logger(component="export")
 
 T = TypeVar("T")
 
+
 def _never(item: object) -> bool:
     return False
 

@@ -14,6 +14,7 @@ wants, and the categorization fields hold allowed values.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import socket
@@ -30,6 +31,7 @@ import pytest
 from conftest import Daemon, new_marker, tracer_cmd
 from factories import BASH, INIT, LS, SSHD, T0, events, exec_ev, exit_ev, mkproc, summary_ev
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from export import FormatSerializer, Serializer, convert, mapper_for
 from export.ecs import EcsMapper
@@ -618,6 +620,32 @@ def test_any_event_converts_validly_and_alike_both_ways(ev: Event) -> None:
         line = daemon_line(fmt, ev)
         assert line == convert(mapper_for(fmt, "0.1.0"), native(ev)), fmt
         assert (ocsf_problems(line) if fmt == "ocsf" else ecs_problems(line)) == [], fmt
+
+
+# The same exec_id, another process object (the cache of processes let it
+# go and found it again in /proc): nothing converted of the first may show.
+_AGAIN = dataclasses.replace(LS, args=("ls", "-a", "/srv"), cwd="/srv")
+CACHED = EVENTS | {
+    "open-host-again": dataclasses.replace(EVENTS["open-host"], process=_AGAIN),
+    "exit-host-again": dataclasses.replace(EVENTS["exit-code-host"], process=_AGAIN),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(sorted(CACHED)), min_size=2, max_size=30))
+def test_one_serializer_writes_every_event_of_a_stream_as_its_conversion(
+    names: list[str],
+) -> None:
+    """What the daemon keeps between events (each process converted, each
+    process side, each side's frame per kind, rule and outcome) serves
+    other events of the same processes; every line is still exactly its
+    event's conversion."""
+    for fmt in ("ocsf", "ecs"):
+        mapper = mapper_for(fmt, "0.1.0")
+        serializer = FormatSerializer(mapper_for(fmt, "0.1.0"))
+        for name in names:
+            ev = CACHED[name]
+            assert orjson.loads(serializer.line(ev)) == convert(mapper, native(ev)), (fmt, name)
 
 
 def test_lost_events_are_a_failure_a_siem_can_alert_on() -> None:
