@@ -15,6 +15,8 @@ class Kind(Enum):
     EXEC = ("exec", 0)
     FILE_OPEN = ("file_open", 1)
     CONNECT = ("connect", 2)
+    PRIVILEGE_CHANGE = ("privilege_change", 3)
+    FILE_ATTR = ("file_attr", 4)
 
     @property
     def label(self) -> str:
@@ -93,6 +95,8 @@ class Selectors:
     not_parent_binary: StringMatch = StringMatch()
     ancestor_binary: StringMatch = StringMatch()
     not_ancestor_binary: StringMatch = StringMatch()
+    # privilege_change: only changes that make a uid 0 where none was
+    to_root: bool = False
 
 
 class ThrottleBy(Enum):
