@@ -31,16 +31,13 @@ from export.jsonl import JsonDict, details_dict, policy_dict, process_dict
 from forensics.log import parse_time
 from tracer.core.clock import rfc3339
 from tracer.core.events import (
-    Connect,
     Event,
-    FileOpen,
     Lost,
     PolicyMatch,
     PolicySummary,
     Process,
     ProcessEvent,
-    ProcessExec,
-    ProcessExit,
+    ProcessEventKind,
 )
 
 FORMATS = ("native", "ocsf", "ecs")
@@ -289,9 +286,7 @@ class FormatSerializer:
         self._sides[key] = side
         return side
 
-    def native_head(
-        self, ev: ProcessExec | ProcessExit | FileOpen | Connect | PolicySummary
-    ) -> JsonDict:
+    def native_head(self, ev: ProcessEventKind) -> JsonDict:
         """The native dict of the event without its process, parent and ancestors."""
         d: JsonDict = {"type": ev.type, "time": rfc3339(ev.time), "node": ev.node}
         d[ev.type] = details_dict(ev)

@@ -172,7 +172,7 @@ def test_dry_run_verdicts(event: dict[str, Any], want: tuple[str, int] | None) -
 @pytest.mark.parametrize(
     ("rule", "error"),
     [
-        ("{event: privilege_change, match: {to_root: yes please}}", "to_root must be true or false"),
+        ("{event: privilege_change, match: {to_root: maybe}}", "to_root must be true or false"),
         ("{event: privilege_change, match: {path: [/x]}}", "unknown key 'path'"),
         ("{event: exec, match: {to_root: true}}", "unknown key 'to_root'"),
         ("{event: file_attr, match: {path: {glob: [/x/*]}}}", "globs are for file_open paths only"),

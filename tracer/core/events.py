@@ -284,10 +284,11 @@ class Lost:
     daemon: dict[str, int] = field(default_factory=dict)
 
 
-Event = (
+# Every event about a process (all but Lost).
+ProcessEventKind = (
     ProcessExec | ProcessExit | FileOpen | Connect | PolicySummary | PrivilegeChange | FileAttr
-    | Lost
 )
+Event = ProcessEventKind | Lost
 EVENT_TYPES = tuple(
     c.type
     for c in (
