@@ -87,9 +87,10 @@ def main() -> None:
             after = _stats(d.pid)
             parts = []
             for prog in _PROGRAMS[name]:
-                short = prog[:15]  # the kernel keeps 15 characters of a name
-                n = after.get(short, (0, 0))[0] - before.get(short, (0, 0))[0]
-                ns = after.get(short, (0, 0))[1] - before.get(short, (0, 0))[1]
+                # bpftool shows the whole name, or the kernel's first 15 characters
+                key = prog if prog in after else prog[:15]
+                n = after.get(key, (0, 0))[0] - before.get(key, (0, 0))[0]
+                ns = after.get(key, (0, 0))[1] - before.get(key, (0, 0))[1]
                 parts.append(f"{prog} {n:,} runs {ns / n:.0f} ns" if n else f"{prog} 0 runs")
             print(f"  {name:<12} {wall:6.2f} s   " + "; ".join(parts))
     finally:

@@ -126,7 +126,8 @@ PRIVILEGE_GAPS = (
     "a chown to root of a name with a directory part (chown root /tmp/x) is not reported: "
     "its directory cannot be resolved at the syscall's exit",
     "privilege changes through 32-bit syscalls are reported without the credentials "
-    "before (tracepoint mode), or not at all (other modes); 32-bit execs are not compared",
+    "before (tracepoint mode), or not at all (other modes); a 32-bit exec is compared as "
+    "if it started from plain credentials",
 )
 # Syscalls newer than the oldest kernel supported: attached where they exist.
 _OPTIONAL_SYSCALL_PROGRAMS = {"tr_fchmodat2_exit": "fchmodat2"}
