@@ -42,7 +42,7 @@ from tracer.core.events import (
     PrivilegeChange,
     Process,
     ProcessEvent,
-    ProcessExec,
+    ProcessEventKind,
     ProcessExit,
 )
 
@@ -412,7 +412,7 @@ class Serializer:
         return mine, b"".join(parts)
 
     def _parts(
-        self, ev: ProcessExec | ProcessExit | FileOpen | Connect | PolicySummary
+        self, ev: ProcessEventKind
     ) -> list[bytes]:
         """The line's parts, but the process side, which goes at [_CONTEXT]."""
         # Event types and RFC 3339 times need no JSON escaping; the details

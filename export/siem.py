@@ -34,7 +34,6 @@ from tracer.core.events import (
     Event,
     Lost,
     PolicyMatch,
-    PolicySummary,
     Process,
     ProcessEvent,
     ProcessEventKind,

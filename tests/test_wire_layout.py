@@ -189,8 +189,6 @@ def test_cgroup_record(btf_structs: dict[str, dict[str, object]]) -> None:
 
 def test_summary_record(btf_structs: dict[str, dict[str, object]]) -> None:
     got = _btf_offsets(btf_structs["tr_summary"])
-def test_privilege_change_record(btf_structs: dict[str, dict[str, object]]) -> None:
-    got = _btf_offsets(btf_structs["tr_priv"])
     want = {
         "hdr": 0,
         "task": decode.TASK_OFFSET,

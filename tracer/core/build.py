@@ -13,7 +13,6 @@ import ipaddress
 import socket
 
 from tracer.core import decode, names, text
-from tracer.core.decode import ConnectRecord, ExitRecord, FileOpenRecord, SummaryRecord
 from tracer.core.decode import (
     ConnectRecord,
     Cred,
@@ -21,6 +20,7 @@ from tracer.core.decode import (
     FileAttrRecord,
     FileOpenRecord,
     PrivRecord,
+    SummaryRecord,
 )
 from tracer.core.events import (
     Connect,
