@@ -144,7 +144,8 @@ int BPF_PROG(tr_tp_ia32_exit, struct pt_regs *regs, long ret)
 	long nr = regs->orig_ax;
 
 	if (nr != TR_NR32_OPEN && nr != TR_NR32_CREAT && nr != TR_NR32_OPENAT &&
-	    nr != TR_NR32_OPENAT2 && nr != TR_NR32_CONNECT && nr != TR_NR32_SOCKETCALL)
+	    nr != TR_NR32_OPENAT2 && nr != TR_NR32_CONNECT && nr != TR_NR32_SOCKETCALL &&
+	    !tr_ia32_priv_nr(nr))
 		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
 

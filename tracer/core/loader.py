@@ -218,7 +218,7 @@ THROTTLE_FLUSH = "tr_throttle_flush"
 _FLUSH_ARGS = struct.Struct("<II")  # struct tr_flush_args
 # enum tr_throttle_stat, after the per-rule counts of tr_throttle_stats
 THROTTLE_STATS = ("suppressed", "reported", "unthrottled")
-RULE_SLOTS = 2 * 3 * 64  # TR_RULE_SLOTS: generations x kinds x rules
+RULE_SLOTS = 2 * 5 * 64  # TR_RULE_SLOTS: generations x kinds (TR_PK_MAX) x rules
 # Keys of the throttle table (tr_throttle, TR_THROTTLE_KEYS): a rule, a
 # process or cgroup, and for aggregate a path or peer; ~256 bytes each.
 THROTTLE_KEYS_DEFAULT = 16384
