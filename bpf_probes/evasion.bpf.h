@@ -16,7 +16,8 @@
  *    entry (`int $0x80`, 32-bit processes). The raw sys_exit tracepoint
  *    fires for every syscall: the program leaves at once unless the task
  *    is in a 32-bit one, then handles open, openat, openat2, creat,
- *    connect and socketcall's connect. A connect is judged at its end
+ *    connect and socketcall's connect (and, in priv.bpf.h, the set*id,
+ *    capset, chmod and chown calls). A connect is judged at its end
  *    here: a sigkill still lands before the program can use the socket.
  */
 #ifndef TRACER_EVASION_BPF_H
@@ -24,6 +25,7 @@
 
 #include "net.bpf.h"
 #include "origin.bpf.h"
+#include "priv.bpf.h"
 
 #define TR_EINPROGRESS 115
 
@@ -142,7 +144,8 @@ int BPF_PROG(tr_tp_ia32_exit, struct pt_regs *regs, long ret)
 	long nr = regs->orig_ax;
 
 	if (nr != TR_NR32_OPEN && nr != TR_NR32_CREAT && nr != TR_NR32_OPENAT &&
-	    nr != TR_NR32_OPENAT2 && nr != TR_NR32_CONNECT && nr != TR_NR32_SOCKETCALL)
+	    nr != TR_NR32_OPENAT2 && nr != TR_NR32_CONNECT && nr != TR_NR32_SOCKETCALL &&
+	    !tr_ia32_priv_nr(nr))
 		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
 
@@ -190,7 +193,7 @@ int BPF_PROG(tr_tp_ia32_exit, struct pt_regs *regs, long ret)
 		return tr_ia32_connect(args[0], args[1], ret);
 	}
 	default:
-		return 0;
+		return tr_ia32_priv(BPF_CORE_READ(regs, orig_ax), regs, ret);
 	}
 	return tr_open_finish(ret, &a);
 }

@@ -368,12 +368,12 @@ int tr_openat2_exit(struct trace_event_raw_sys_exit *ctx)
 #define TR_AT_FDCWD -100
 
 /* dfd's directory (or the cwd) joined with the user string `uname`, at
- * `off` in the scratch path area; returns its length. */
-static __always_inline __u32 tr_name_at(struct tr_file_scratch *s, __u32 off, long dfd,
+ * `off` in `buf` (a scratch path area with room for 2 * TR_PATH_MAX +
+ * TR_PATH_MAX / 2 bytes); returns its length. */
+static __always_inline __u32 tr_name_at(char *buf, struct tr_walk *walk, __u32 off, long dfd,
 					const char *uname, bool *cut)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	char *buf = s->ev.path;
 	char first = 0;
 	__u32 len = 0;
 
@@ -396,7 +396,7 @@ static __always_inline __u32 tr_name_at(struct tr_file_scratch *s, __u32 off, lo
 			}
 		}
 		if (dentry) {
-			len = tr_write_path(buf, off, TR_PATH_MAX / 2, &s->walk, mnt, dentry, cut);
+			len = tr_write_path(buf, off, TR_PATH_MAX / 2, walk, mnt, dentry, cut);
 			if (len > 1)
 				buf[tr_bound(off + len++, TR_DATA_MASK)] = '/';
 			else
@@ -427,7 +427,7 @@ static __always_inline int tr_new_name(long ret, __u16 op, __u16 hook, long oldd
 		return 0;
 	struct tr_file_open *ev = &s->ev;
 	bool cut = false;
-	__u32 len = tr_name_at(s, 0, newdfd, newname, &cut);
+	__u32 len = tr_name_at(ev->path, &s->walk, 0, newdfd, newname, &cut);
 	struct tr_policy_input in = {
 		.str = ev->path,
 		.str_len = len,
@@ -448,7 +448,7 @@ static __always_inline int tr_new_name(long ret, __u16 op, __u16 hook, long oldd
 
 		src = n > 0 ? n - 1 : 0;
 	} else {
-		src = tr_name_at(s, len, olddfd, oldname, &cut);
+		src = tr_name_at(ev->path, &s->walk, len, olddfd, oldname, &cut);
 	}
 	ev->hdr.kind = TR_KIND_FILE_OPEN;
 	ev->ret = ret;

@@ -711,6 +711,16 @@ static __always_inline __u64 tr_eval_who(struct tr_policy_scratch *s, struct tr_
 	return mask;
 }
 
+/* The record kind whose counters a policy kind's evaluations go to. */
+static __always_inline __u32 tr_record_kind(__u32 kind)
+{
+	return kind == TR_PK_EXEC	       ? TR_KIND_EXEC
+	       : kind == TR_PK_FILE	       ? TR_KIND_FILE_OPEN
+	       : kind == TR_PK_CONNECT	       ? TR_KIND_CONNECT
+	       : kind == TR_PK_PRIVILEGE_CHANGE ? TR_KIND_PRIVILEGE_CHANGE
+					       : TR_KIND_FILE_ATTR;
+}
+
 /* Evaluate kind's rules on `in`; fills `out` and counts the hit. */
 static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, __u32 gen,
 					   struct tr_policy_input *in, struct tr_verdict *out)
@@ -723,9 +733,7 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 	out->action = TR_ACT_NONE;
 	if (!s)
 		return;
-	tr_count(kind == TR_PK_EXEC ? TR_KIND_EXEC : kind == TR_PK_FILE ? TR_KIND_FILE_OPEN
-								       : TR_KIND_CONNECT,
-		 TR_STAT_EVALUATED);
+	tr_count(tr_record_kind(kind), TR_STAT_EVALUATED);
 	if (cfg->fields & (1 << TR_F_PATH)) {
 		if (in->str && in->str_field == TR_F_PATH) {
 			h.pos = h.neg = 0;

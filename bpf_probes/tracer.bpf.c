@@ -10,5 +10,6 @@
 #include "cgroup.bpf.h"
 #include "hooks.bpf.h"
 #include "evasion.bpf.h"
+#include "priv.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -40,7 +40,9 @@ enum tr_kind {
 	TR_KIND_CONNECT = 5,
 	TR_KIND_CGROUP = 6,
 	TR_KIND_POLICY_SUMMARY = 7, /* events a throttling rule selected and did not post */
-	TR_KIND_MAX = 8,
+	TR_KIND_PRIVILEGE_CHANGE = 8, /* struct tr_priv (priv.bpf.h) */
+	TR_KIND_FILE_ATTR = 9,        /* struct tr_file_attr (priv.bpf.h) */
+	TR_KIND_MAX = 10,
 };
 
 /* tr_exec.flags */
@@ -85,7 +87,9 @@ enum tr_pkind {
 	TR_PK_EXEC = 0,
 	TR_PK_FILE = 1,
 	TR_PK_CONNECT = 2,
-	TR_PK_MAX = 3,
+	TR_PK_PRIVILEGE_CHANGE = 3,
+	TR_PK_FILE_ATTR = 4,
+	TR_PK_MAX = 5,
 };
 
 enum tr_field {
@@ -161,7 +165,9 @@ struct tr_kind_cfg {
 	__u64 rules;                 /* one bit per rule that exists */
 	__u64 free[TR_F_MAX];        /* rules without a positive selector on the field */
 	__u64 constrained[TR_F_MAX]; /* rules with any selector on the field */
-	__u64 write_only;            /* file_open rules that match only opens for writing */
+	/* file_open rules that match only opens for writing; privilege_change
+	 * rules that match only changes to root (to_root) */
+	__u64 write_only;
 	__u64 enforce;               /* sigkill and deny rules: they win over the rest */
 	__u64 ignore;                /* ignore rules: they win over post */
 	__u32 fields;                /* bit per field with any value: skip the others */
@@ -374,6 +380,10 @@ enum tr_hook {
 	TR_HOOK_KPROBE_PATH_RENAME = 40,
 	TR_HOOK_KPROBE_PATH_LINK = 41,
 	TR_HOOK_KPROBE_PATH_SYMLINK = 42,
+	/* Credentials and file attributes (priv.bpf.h): the exit tracepoint
+	 * of the syscall the record's op names, and exec's tracepoint */
+	TR_HOOK_TP_SYSCALL = 43,
+	TR_HOOK_TP_EXEC = 44,
 	/* Or'ed into the hook: how the program made the call, when not
 	 * through its 64-bit syscall */
 	TR_HOOK_IO_URING = 1 << 8,
@@ -480,6 +490,104 @@ struct tr_summary {
 	__u32 limit;
 	__u16 kind;  /* enum tr_pkind of the rule */
 	__u16 flags; /* enum tr_throttle_flags */
+};
+
+/* A process's credentials (struct cred): ids, and capability sets as
+ * 64-bit masks (bit n: capability n). */
+struct tr_cred {
+	__u32 uid;
+	__u32 euid;
+	__u32 suid;
+	__u32 fsuid;
+	__u32 gid;
+	__u32 egid;
+	__u32 sgid;
+	__u32 fsgid;
+	__u64 cap_inheritable;
+	__u64 cap_permitted;
+	__u64 cap_effective;
+	__u64 cap_ambient;
+};
+
+/* The call that changed the credentials. */
+enum tr_priv_op {
+	TR_PRIV_SETUID = 1,
+	TR_PRIV_SETGID = 2,
+	TR_PRIV_SETREUID = 3,
+	TR_PRIV_SETREGID = 4,
+	TR_PRIV_SETRESUID = 5,
+	TR_PRIV_SETRESGID = 6,
+	TR_PRIV_SETFSUID = 7,
+	TR_PRIV_SETFSGID = 8,
+	TR_PRIV_CAPSET = 9,
+	TR_PRIV_EXEC = 10, /* of a set-id or file-capability binary */
+};
+
+enum tr_priv_flags {
+	/* The credentials before are not known (a 32-bit syscall: no enter
+	 * tracepoint saw them); `old` is zero. */
+	TR_PRIV_OLD_UNKNOWN = 1 << 0,
+	/* No uid (real, effective, saved, fs) was 0 before and one is now
+	 * (old unknown: one is 0 now). */
+	TR_PRIV_TO_ROOT = 1 << 1,
+};
+
+/* A process's credentials changed: only calls that changed them are
+ * reported, after the kernel made the change. */
+struct tr_priv {
+	struct tr_hdr hdr;
+	struct tr_task task; /* with the new ids */
+	struct tr_verdict verdict;
+	__s64 ret;
+	__u16 op;   /* enum tr_priv_op */
+	__u16 hook; /* enum tr_hook */
+	__u32 flags; /* enum tr_priv_flags */
+	struct tr_cred old;
+	struct tr_cred new;
+};
+
+enum tr_attr_op {
+	TR_ATTR_CHMOD = 1, /* that left S_ISUID or S_ISGID set */
+	TR_ATTR_CHOWN = 2, /* to uid 0, of a file in a world-writable directory */
+};
+
+/* The syscall (the 16-bit-id variants of the ia32 table as theirs). */
+enum tr_attr_call {
+	TR_CALL_CHMOD = 1,
+	TR_CALL_FCHMOD = 2,
+	TR_CALL_FCHMODAT = 3,
+	TR_CALL_FCHMODAT2 = 4,
+	TR_CALL_CHOWN = 5,
+	TR_CALL_LCHOWN = 6,
+	TR_CALL_FCHOWN = 7,
+	TR_CALL_FCHOWNAT = 8,
+};
+
+enum tr_attr_flags {
+	TR_ATTR_TRUNC_PATH = 1 << 0,
+	/* The path is the name passed, joined to its directory (dirfd or
+	 * cwd), read back from the process's memory: not resolved */
+	TR_ATTR_UNRESOLVED = 1 << 1,
+	TR_ATTR_WORLD_WRITABLE_DIR = 1 << 2,
+};
+
+/* A set-id bit set, or a file given to root where anyone could have
+ * put it: only successful calls. */
+struct tr_file_attr {
+	struct tr_hdr hdr;
+	struct tr_task task;
+	struct tr_verdict verdict;
+	__s64 ret;
+	__u32 mode;      /* chmod: the mode asked for */
+	__u32 uid;       /* chown: (u32)-1 leaves it as it was */
+	__u32 gid;
+	__u16 op;        /* enum tr_attr_op */
+	__u16 hook;      /* enum tr_hook, with TR_HOOK_IA32 */
+	__u32 flags;     /* enum tr_attr_flags */
+	__u32 file_mode; /* the file's mode after the call; 0 when not resolved */
+	__u16 path_len;
+	__u16 call;      /* enum tr_attr_call */
+	char path[TR_PATH_MAX];
 };
 
 #endif /* TRACER_WIRE_H */

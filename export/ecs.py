@@ -22,6 +22,8 @@ _CATEGORY = {
     "process_exit": (["process"], ["end"]),
     "file_open": (["file"], ["access"]),
     "connect": (["network"], ["start", "connection"]),
+    "privilege_change": (["process"], ["change"]),
+    "file_attr": (["file"], ["change"]),
 }
 _IANA = {"TCP": "6", "UDP": "17", "ICMP": "1", "ICMPV6": "58", "SCTP": "132", "UDPLITE": "136"}
 
@@ -197,6 +199,11 @@ class EcsMapper:
             elif kind == "connect":
                 _endpoints(d, details)
                 tracer["connect"] = details
+            elif kind == "privilege_change":
+                tracer["privilege_change"] = details
+            elif kind == "file_attr":
+                d["file"] = _attr_file(details)
+                tracer["file_attr"] = details
             elif kind == "process_exit":
                 exit_fields: JsonDict = {"end": ev["time"]}
                 if details.get("code") is not None:
@@ -263,6 +270,22 @@ def _const(
         if other:
             top["tags"] = other
     return top
+
+
+def _attr_file(a: JsonDict) -> JsonDict:
+    """file.* of a chmod or chown: the mode in octal as ECS writes it ("4755")."""
+    folder, name = split_path(a["path"])
+    f: JsonDict = {"path": a["path"], "name": name}
+    if folder:
+        f["directory"] = folder
+    mode = a.get("file_mode", a.get("mode"))
+    if mode is not None:
+        f["mode"] = f"{mode & 0o7777:04o}"
+    if "uid" in a:
+        f["uid"] = str(a["uid"])
+    if "gid" in a:
+        f["gid"] = str(a["gid"])
+    return f
 
 
 def _endpoints(d: JsonDict, c: JsonDict) -> None:

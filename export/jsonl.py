@@ -31,15 +31,18 @@ from tracer.core.clock import rfc3339
 from tracer.core.events import (
     Connect,
     Container,
+    Credentials,
     Event,
+    FileAttr,
     FileOpen,
     Lost,
     Pod,
     PolicyMatch,
     PolicySummary,
+    PrivilegeChange,
     Process,
     ProcessEvent,
-    ProcessExec,
+    ProcessEventKind,
     ProcessExit,
 )
 
@@ -270,6 +273,10 @@ def details_dict(ev: ProcessEvent) -> JsonDict:
         return cd
     if isinstance(ev, PolicySummary):
         return summary_dict(ev)
+    if isinstance(ev, PrivilegeChange):
+        return privilege_dict(ev)
+    if isinstance(ev, FileAttr):
+        return file_attr_dict(ev)
     return {}  # process_exec: everything is in `process`
 
 
@@ -286,6 +293,50 @@ def summary_dict(ev: PolicySummary) -> JsonDict:
         "aggregate": s.aggregate,
         "cgroup_id": str(s.cgroup_id),
     }
+
+
+_CRED_FIELDS = (
+    "uid",
+    "euid",
+    "suid",
+    "fsuid",
+    "gid",
+    "egid",
+    "sgid",
+    "fsgid",
+    "cap_inheritable",
+    "cap_permitted",
+    "cap_effective",
+    "cap_ambient",
+)
+
+
+def credentials_dict(c: Credentials) -> JsonDict:
+    return {name: getattr(c, name) for name in _CRED_FIELDS}
+
+
+def privilege_dict(ev: PrivilegeChange) -> JsonDict:
+    p = ev.privilege
+    d: JsonDict = {"op": p.op}
+    if p.old is not None:
+        d["old"] = credentials_dict(p.old)
+    d["new"] = credentials_dict(p.new)
+    d["changed"] = p.changed
+    d["to_root"] = p.to_root
+    d["hook"] = p.hook
+    return d
+
+
+def file_attr_dict(ev: FileAttr) -> JsonDict:
+    a = ev.file_attr
+    d: JsonDict = {"op": a.op, "call": a.call, "path": a.path}
+    _known(d, a, ("mode", "uid", "gid", "file_mode"))
+    d["hook"] = a.hook
+    d["truncated"] = a.truncated
+    d["resolved"] = a.resolved
+    d["non_utf8"] = a.non_utf8
+    d["world_writable_dir"] = a.world_writable_dir
+    return d
 
 
 def policy_dict(m: PolicyMatch) -> JsonDict:
@@ -361,7 +412,7 @@ class Serializer:
         return mine, b"".join(parts)
 
     def _parts(
-        self, ev: ProcessExec | ProcessExit | FileOpen | Connect | PolicySummary
+        self, ev: ProcessEventKind
     ) -> list[bytes]:
         """The line's parts, but the process side, which goes at [_CONTEXT]."""
         # Event types and RFC 3339 times need no JSON escaping; the details

@@ -2,8 +2,11 @@
 
 Classes: process_exec/process_exit -> Process Activity (1007, Launch /
 Terminate), file_open -> File System Activity (1001, Open), connect ->
-Network Activity (4001, Open / Fail / Refuse), lost -> Event Log Activity
-(1008, Other, status Failure). The README's mapping table is the contract;
+Network Activity (4001, Open / Fail / Refuse), privilege_change -> Process
+Activity (1007, Set User ID; Other for gid and capability changes),
+file_attr -> File System Activity (1001, Set Attributes for chmod, Set
+Security for chown), lost -> Event Log Activity (1008, Other, status
+Failure). The README's mapping table is the contract;
 tests/test_siem.py validates every event kind against the OCSF 1.3.0
 schema pydantic-ocsf ships. What OCSF 1.3.0 has no attribute for goes
 under `unmapped`, never dropped.
@@ -40,6 +43,8 @@ _CLASSES = {
     "process_exit": (_SYSTEM, 1007, "Process Activity"),
     "file_open": (_SYSTEM, 1001, "File System Activity"),
     "connect": (_NETWORK, 4001, "Network Activity"),
+    "privilege_change": (_SYSTEM, 1007, "Process Activity"),
+    "file_attr": (_SYSTEM, 1001, "File System Activity"),
     "lost": (_SYSTEM, 1008, "Event Log Activity"),
     # Events a throttling rule counted and did not post: one event with OCSF's
     # count, start_time and end_time (its aggregation attributes).
@@ -57,11 +62,13 @@ _NOTHING: JsonDict = {}
 _SUCCESS = (1, "Success")
 _FAILURE = (2, "Failure")
 _ACTIVITIES = {
-    1007: {1: "Launch", 2: "Terminate"},
-    1001: {14: "Open"},
+    1007: {1: "Launch", 2: "Terminate", 5: "Set User ID"},
+    1001: {6: "Set Attributes", 7: "Set Security", 14: "Open"},
     4001: {1: "Open", 4: "Fail", 5: "Refuse"},
     1008: {99: "Lost"},
 }
+# privilege_change ops that set no user id: Process Activity's Other
+_NOT_SET_USER_ID = ("setgid", "setregid", "setresgid", "setfsgid", "capset")
 # connect's result -> Network Activity activity
 _REFUSED = ("ECONNREFUSED",)
 _STARTED = (None, "EINPROGRESS")
@@ -234,6 +241,8 @@ class OcsfMapper:
             key = (kind, rule, error, details["result"] < 0, flags)
         elif kind == "connect":
             key = (kind, rule, error, details["family"], details.get("protocol"))
+        elif kind in ("privilege_change", "file_attr"):
+            key = (kind, rule, error, details["op"])
         else:
             key = (kind, rule)
         hit = self._consts.get(key)
@@ -271,6 +280,12 @@ class OcsfMapper:
             d["start_time"], d["start_time_dt"] = ms_of(details["first"]), details["first"]
             d["end_time"], d["end_time_dt"] = d["time"], ev["time"]
             d["unmapped"] = {"policy_summary": details}
+        elif kind == "privilege_change":
+            _privilege(d, details, process)
+            d["unmapped"] = {"privilege_change": details}
+        elif kind == "file_attr":
+            d["file"] = _attr_file(details)
+            d["unmapped"] = {"file_attr": details}
         return const, d
 
     def _const(
@@ -301,6 +316,11 @@ class OcsfMapper:
             else:
                 activity_id = 4
             status = _SUCCESS if error in _STARTED else _FAILURE
+        elif kind == "privilege_change":
+            activity_id = 99 if details["op"] in _NOT_SET_USER_ID else 5
+        elif kind == "file_attr":
+            # chmod changes the file's attributes (its mode), chown its owner.
+            activity_id = 6 if details["op"] == "chmod" else 7
         elif kind == "process_exec":
             activity_id = 1
         elif kind == "policy_summary":
@@ -349,6 +369,27 @@ class OcsfMapper:
         d["metadata"] = meta
         d["unmapped"] = {"lost": {"kernel": kernel, "daemon": daemon, "total": total}}
         return d
+
+
+def _privilege(d: JsonDict, c: JsonDict, process: JsonDict | None) -> None:
+    """Set User ID: the process as it is now (its new user); the actor's user is
+    the one it was (when known)."""
+    if process is not None:
+        proc = _flat(process)
+        proc["user"] = {"uid": str(c["new"]["uid"])}
+        d["process"] = proc
+    if "old" in c:
+        d["actor"] = {"user": {"uid": str(c["old"]["uid"])}}
+
+
+def _attr_file(a: JsonDict) -> JsonDict:
+    folder, name = split_path(a["path"])
+    f: JsonDict = {"name": name, "path": a["path"], "type_id": 0, "type": "Unknown"}
+    if folder:
+        f["parent_folder"] = folder
+    if "uid" in a:
+        f["owner"] = {"uid": str(a["uid"])}
+    return f
 
 
 def _endpoints(d: JsonDict, c: JsonDict) -> None:

@@ -14,11 +14,14 @@ from export.jsonl import CACHE_BYTES, check_ancestors
 from export.proto_gen import tracer_v1_pb2 as pb
 from tracer.core.events import (
     Connect,
+    Credentials,
     Event,
+    FileAttr,
     FileOpen,
     Lost,
     PolicyMatch,
     PolicySummary,
+    PrivilegeChange,
     Process,
     ProcessEvent,
     ProcessExit,
@@ -132,6 +135,35 @@ def _summary(m: pb.PolicySummary, ev: PolicySummary) -> None:
     m.by, m.aggregate, m.cgroup_id = s.by, s.aggregate, s.cgroup_id
     m.first.seconds, m.first.nanos = divmod(s.first, 1_000_000_000)
     m.window_start.seconds, m.window_start.nanos = divmod(s.window_start, 1_000_000_000)
+
+
+def _credentials(m: pb.Credentials, c: Credentials) -> None:
+    m.uid, m.euid, m.suid, m.fsuid = c.uid, c.euid, c.suid, c.fsuid
+    m.gid, m.egid, m.sgid, m.fsgid = c.gid, c.egid, c.sgid, c.fsgid
+    m.cap_inheritable.extend(c.cap_inheritable)
+    m.cap_permitted.extend(c.cap_permitted)
+    m.cap_effective.extend(c.cap_effective)
+    m.cap_ambient.extend(c.cap_ambient)
+
+
+def _privilege(m: pb.PrivilegeChange, ev: PrivilegeChange) -> None:
+    p = ev.privilege
+    m.op, m.to_root, m.hook = p.op, p.to_root, p.hook
+    if p.old is not None:
+        _credentials(m.old, p.old)
+    _credentials(m.new, p.new)
+    m.changed.extend(p.changed)
+
+
+def _file_attr(m: pb.FileAttr, ev: FileAttr) -> None:
+    a = ev.file_attr
+    m.op, m.call, m.path, m.hook = a.op, a.call, a.path, a.hook
+    m.truncated, m.resolved, m.non_utf8 = a.truncated, a.resolved, a.non_utf8
+    m.world_writable_dir = a.world_writable_dir
+    for name in ("mode", "uid", "gid", "file_mode"):
+        value = getattr(a, name)
+        if value is not None:
+            setattr(m, name, value)
 
 
 # Tags of Event.process (4), .parent (5), .ancestors (6) and .lineage (7),
@@ -279,6 +311,12 @@ class Encoder:
             _policy(head, ev.policy)
         elif isinstance(ev, PolicySummary):
             _summary(head.policy_summary, ev)
+            _policy(head, ev.policy)
+        elif isinstance(ev, PrivilegeChange):
+            _privilege(head.privilege_change, ev)
+            _policy(head, ev.policy)
+        elif isinstance(ev, FileAttr):
+            _file_attr(head.file_attr, ev)
             _policy(head, ev.policy)
         else:
             head.process_exec.SetInParent()

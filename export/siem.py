@@ -35,16 +35,12 @@ from export.jsonl import CACHE_BYTES, JsonDict, details_dict, policy_dict, proce
 from forensics.log import parse_time
 from tracer.core.clock import rfc3339
 from tracer.core.events import (
-    Connect,
     Event,
-    FileOpen,
     Lost,
     PolicyMatch,
-    PolicySummary,
     Process,
     ProcessEvent,
-    ProcessExec,
-    ProcessExit,
+    ProcessEventKind,
 )
 
 FORMATS = ("native", "ocsf", "ecs")
@@ -385,9 +381,7 @@ class FormatSerializer:
         self._consts[id(const)] = (const, json)
         return json
 
-    def native_head(
-        self, ev: ProcessExec | ProcessExit | FileOpen | Connect | PolicySummary
-    ) -> JsonDict:
+    def native_head(self, ev: ProcessEventKind) -> JsonDict:
         """The native dict of the event without its process, parent and ancestors."""
         d: JsonDict = {"type": ev.type, "time": rfc3339(ev.time), "node": ev.node}
         d[ev.type] = details_dict(ev)

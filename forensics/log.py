@@ -35,7 +35,16 @@ JsonDict = dict[str, Any]
 SEGMENT_RE = re.compile(r"^events-(\d{8})\.jsonl(\.zst)?$")
 COMPRESSED_SUFFIX = ".zst"
 KNOWN_TYPES = frozenset(
-    {"process_exec", "process_exit", "file_open", "connect", "policy_summary", "lost"}
+    {
+        "process_exec",
+        "process_exit",
+        "file_open",
+        "connect",
+        "policy_summary",
+        "privilege_change",
+        "file_attr",
+        "lost",
+    }
 )
 _WARN_PER_FILE = 5  # then one summary line per file
 
@@ -261,6 +270,10 @@ _PROCESS: _Shape = {
     "binary_dev": int, "binary_ino": str, "mnt_ns": int,
     "container": {"id": str, "runtime": str, "name": str, "image": str}, "pod": _POD,
 }
+_CRED: dict[str, _Shape] = {
+    **{k: int for k in ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid")},
+    **{k: [str] for k in ("cap_inheritable", "cap_permitted", "cap_effective", "cap_ambient")},
+}
 # The JSON-lines schema (export/tracer_v1.proto's JSON form) as far as
 # readers use it. A field may be absent (a partial line, an older
 # version); present, it has this type, or the line is skipped and the
@@ -284,6 +297,14 @@ _EVENT: dict[str, _Shape] = {
     "policy_summary": {
         "event": str, "count": str, "first": str, "window_start": str, "interval_ms": int,
         "limit": int, "by": str, "aggregate": bool, "cgroup_id": str,
+    },
+    "privilege_change": {
+        "op": str, "old": _CRED, "new": _CRED, "changed": [str], "to_root": bool, "hook": str,
+    },
+    "file_attr": {
+        "op": str, "call": str, "path": str, "mode": int, "uid": int, "gid": int,
+        "file_mode": int, "hook": str, "truncated": bool, "resolved": bool, "non_utf8": bool,
+        "world_writable_dir": bool,
     },
     "lost": {"kernel": _Map(int), "daemon": _Map(int)},
     "policy": {"name": str, "rule": int, "action": str},

@@ -3,7 +3,7 @@
 The index (forensics/index.py) picks the processes and the segments that
 hold them; only those segments are read, and of their lines only those
 whose process is wanted are parsed. Each process gets its own file_open,
-connect and enforcement events in time order.
+connect, privilege_change, file_attr and enforcement events in time order.
 
 Nothing known is left out. A process whose exec is not in the log (it
 started before the daemon and was found in /proc, or its segment was
@@ -26,7 +26,7 @@ from forensics.store import LogIndex, ProcRow
 
 # Slack between a /proc start time (clock ticks) and the kernel's.
 _PROCFS_SLACK_NS = 20_000_000
-_SHOWN = frozenset({"file_open", "connect", "policy_summary"})
+_SHOWN = frozenset({"file_open", "connect", "policy_summary", "privilege_change", "file_attr"})
 
 
 class SelectionError(Exception):

@@ -250,7 +250,9 @@ class _Compiler:
         ):
             for u in uids:
                 self.out.uid.setdefault((k, fld, u), Hits()).add(bit, neg)
-        if r.access is Access.WRITE:
+        # One mask serves both: the kernel passes "a write" for file_open
+        # and "to root" for privilege_change (priv.bpf.h).
+        if r.access is Access.WRITE or sel.to_root:
             table.write_only |= bit
         if constrains(sel):
             self.out.workload[r.kind].append((bit, sel))
@@ -280,8 +282,10 @@ def compile_policies(ps: PolicySet, lsm_active: bool, first_policy_id: int = 1) 
                     "kernel does not offer; the rule kills the process instead (sigkill)"
                 )
                 action = Action.SIGKILL
-            if action is Action.DENY and kind is Kind.EXEC:
-                action = Action.SIGKILL  # an exec is stopped by killing the new image
+            if action is Action.DENY and kind not in (Kind.FILE_OPEN, Kind.CONNECT):
+                # An exec is stopped by killing the new image; a privilege or
+                # attribute change is seen after the call, by a tracepoint.
+                action = Action.SIGKILL
             bit = 1 << len(table.rules)
             table.rules.append(
                 RuleRef(

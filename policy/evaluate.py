@@ -47,7 +47,13 @@ PATH_MAX = 4096  # TR_PATH_MAX: what the kernel's glob walks of a path
 THROTTLE_KEYS = 16384  # the kernel table's default size (--throttle-keys), least recently used out
 _WRITE_FLAGS = frozenset({"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"})
 _RANK = {Action.SIGKILL: 0, Action.DENY: 0, Action.IGNORE: 1, Action.POST: 2}
-_KIND_OF_TYPE = {"process_exec": Kind.EXEC, "file_open": Kind.FILE_OPEN, "connect": Kind.CONNECT}
+_KIND_OF_TYPE = {
+    "process_exec": Kind.EXEC,
+    "file_open": Kind.FILE_OPEN,
+    "connect": Kind.CONNECT,
+    "privilege_change": Kind.PRIVILEGE_CHANGE,
+    "file_attr": Kind.FILE_ATTR,
+}
 
 
 @dataclass(slots=True, frozen=True)
@@ -69,7 +75,7 @@ class _Facts:
     ancestors: tuple[bytes, ...]  # parent first, at most ANCESTOR_DEPTH
     daddr: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     dport: int | None
-    is_write: bool
+    is_write: bool  # file_open: opened for writing; privilege_change: to root
     where: workload.WorkloadFacts  # the event's own container and pod
 
 
@@ -121,7 +127,7 @@ def _ancestry(pos: StringMatch, neg: StringMatch, chain: tuple[bytes, ...]) -> b
 
 def _matches(rule: Rule, f: _Facts) -> bool:
     s = rule.selectors
-    if rule.access is Access.WRITE and not f.is_write:
+    if (rule.access is Access.WRITE or s.to_root) and not f.is_write:
         return False
     same = lambda a, b: a == b  # noqa: E731
     return (
@@ -171,6 +177,17 @@ def _facts(kind: Kind, ev: Mapping[str, Any]) -> _Facts | None:
         open_flags = fo.get("flags")
         writes = isinstance(open_flags, list) and not _WRITE_FLAGS.isdisjoint(open_flags)
         return _Facts(binary, path, *who, None, None, writes, where)
+    if kind is Kind.PRIVILEGE_CHANGE:
+        pc = ev.get("privilege_change")
+        if not isinstance(pc, Mapping):
+            return None
+        return _Facts(binary, None, *who, None, None, pc.get("to_root") is True, where)
+    if kind is Kind.FILE_ATTR:
+        fa = ev.get("file_attr")
+        path = _raw(fa.get("path"), fa.get("non_utf8") is True) if isinstance(fa, Mapping) else None
+        if path is None:
+            return None
+        return _Facts(binary, path, *who, None, None, False, where)
     c = ev.get("connect")
     if not isinstance(c, Mapping):
         return None

@@ -17,6 +17,8 @@ class Kind(Enum):
     EXEC = ("exec", 0)
     FILE_OPEN = ("file_open", 1)
     CONNECT = ("connect", 2)
+    PRIVILEGE_CHANGE = ("privilege_change", 3)
+    FILE_ATTR = ("file_attr", 4)
 
     @property
     def label(self) -> str:
@@ -105,6 +107,8 @@ class Selectors:
     container: tuple[str, ...] = ()
     not_container: tuple[str, ...] = ()
     in_container: bool | None = None
+    # privilege_change: only changes that make a uid 0 where none was
+    to_root: bool = False
 
 
 class ThrottleBy(Enum):

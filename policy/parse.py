@@ -73,7 +73,10 @@ _SELECTORS: dict[Kind, frozenset[str]] = {
     Kind.CONNECT: _ACTOR
     | _WORKLOAD
     | {"daddr", "not_daddr", "dport", "not_dport", "path", "not_path"},
+    Kind.PRIVILEGE_CHANGE: _ACTOR | {"to_root"},
+    Kind.FILE_ATTR: _ACTOR | {"path", "not_path"},
 }
+_EVENT_NAMES = ", ".join(k.label for k in Kind)
 # A namespace or container name: an RFC 1123 label, as Kubernetes requires.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Values of one workload selector: they are matched in user space, once per
@@ -280,8 +283,14 @@ class _Reader:
                 if key.endswith("ancestor_binary") and sm.suffix:
                     raise self.fail(v, f"{key} takes exact and prefix values, not suffix")
                 if sm.glob and (kind is not Kind.FILE_OPEN or not key.endswith("path")):
+                    # One more kind with globs costs every connect program
+                    # stack it does not have (the 512-byte limit).
                     raise self.fail(v, f"{key}: globs are for file_open paths only")
                 kw[key] = sm
+            elif key == "to_root":
+                if not isinstance(v, ScalarNode) or v.tag != "tag:yaml.org,2002:bool":
+                    raise self.fail(v, "to_root must be true or false")
+                kw[key] = yaml.SafeLoader.bool_values[v.value.lower()]
             elif key in ("daddr", "not_daddr"):
                 kw[key] = self.each(v, key, partial(self.cidr, what=key))
             elif key in ("dport", "not_dport"):
@@ -325,10 +334,10 @@ class _Reader:
             ),
         )
         if "event" not in m:
-            raise self.fail(node, "a rule needs `event` (exec, file_open or connect)")
+            raise self.fail(node, f"a rule needs `event` ({_EVENT_NAMES})")
         ev = self.string(m["event"], "event")
         if ev not in _KINDS:
-            raise self.fail(m["event"], f"unknown event {ev!r} (exec, file_open or connect)")
+            raise self.fail(m["event"], f"unknown event {ev!r} ({_EVENT_NAMES})")
         kind = _KINDS[ev]
         act = self.string(m["action"], "action") if "action" in m else "post"
         if act not in _ACTIONS:

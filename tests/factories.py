@@ -19,14 +19,19 @@ from tracer.core.events import (
     Connect,
     ConnectInfo,
     Container,
+    Credentials,
     Event,
     ExitStatus,
+    FileAttr,
+    FileAttrInfo,
     FileInfo,
     FileOpen,
     Lost,
     Pod,
     PolicyMatch,
     PolicySummary,
+    PrivilegeChange,
+    PrivilegeInfo,
     Process,
     ProcessExec,
     ProcessExit,
@@ -376,6 +381,52 @@ _OPEN_FLAGS = ["O_RDONLY", "O_CREAT", "O_CLOEXEC"]
 _ERRNO = st.sampled_from([(3, None), (0, None), (-2, "ENOENT"), (-13, "EACCES")])
 
 
+_KINDS = [
+    "process_exec",
+    "process_exit",
+    "file_open",
+    "connect",
+    "privilege_change",
+    "file_attr",
+    "lost",
+]
+_CAP_SET = st.lists(st.sampled_from(["CAP_SETUID", "CAP_SYS_ADMIN", "CAP_63"]), max_size=2).map(
+    tuple
+)
+_CREDENTIALS = st.builds(
+    Credentials, *([_U32] * 8), _CAP_SET, _CAP_SET, _CAP_SET, _CAP_SET
+)
+_PRIVILEGE = st.builds(
+    PrivilegeInfo,
+    op=st.sampled_from(["setuid", "setresgid", "capset", "exec"]),
+    old=st.none() | _CREDENTIALS,
+    new=_CREDENTIALS,
+    changed=st.lists(st.sampled_from(["uid", "euid", "cap_effective"]), max_size=3).map(tuple),
+    to_root=st.booleans(),
+    hook=st.sampled_from(["tracepoint/sys_exit", "ia32:tp_btf/sys_exit"]),
+)
+
+
+@st.composite
+def file_attrs(draw: st.DrawFn) -> FileAttrInfo:
+    chmod = draw(st.booleans())
+    path, escaped = text.decode(draw(st.binary(max_size=60)))
+    return FileAttrInfo(
+        "chmod" if chmod else "chown",
+        draw(st.sampled_from(["chmod", "fchmodat2"] if chmod else ["chown", "fchown"])),
+        path,
+        draw(st.integers(0, 0o7777)) if chmod else None,
+        None if chmod else 0,
+        None if chmod else draw(st.none() | _U32),
+        draw(st.none() | st.integers(1, 0o177777)),
+        draw(st.sampled_from(["tracepoint/sys_exit", "ia32:tp_btf/sys_exit"])),
+        draw(st.booleans()),
+        draw(st.booleans()),
+        escaped,
+        not chmod,
+    )
+
+
 @st.composite
 def events(draw: st.DrawFn) -> Event:
     """Any event the daemon can emit, with and without every optional part."""
@@ -388,6 +439,7 @@ def events(draw: st.DrawFn) -> Event:
             ["process_exec", "process_exit", "file_open", "connect", "policy_summary", "lost"]
         )
     )
+    kind = draw(st.sampled_from(_KINDS))
     if kind == "process_exec":
         return ProcessExec(time, "n1", p, parent, ancestors, draw(_POLICY))
     if kind == "process_exit":
@@ -447,5 +499,9 @@ def events(draw: st.DrawFn) -> Event:
             draw(st.integers(0, 2**64 - 1)),
         )
         return PolicySummary(time, "n1", p, parent, ancestors, summary, draw(_POLICY))
+    if kind == "privilege_change":
+        return PrivilegeChange(time, "n1", p, parent, ancestors, draw(_PRIVILEGE), draw(_POLICY))
+    if kind == "file_attr":
+        return FileAttr(time, "n1", p, parent, ancestors, draw(file_attrs()), draw(_POLICY))
     counts = st.dictionaries(st.sampled_from(["process_exec", "file_open", "malformed"]), _U32)
     return Lost(time, "n1", draw(counts), draw(counts))

@@ -101,7 +101,13 @@ def test_every_policy_has_a_case(home: Path) -> None:
     assert covered == set(POLICIES)
 
 
-_NOT_FILES = {"exec-from-temp", "outbound-connections", "service-shells"}
+_NOT_FILES = {
+    "exec-from-temp",
+    "outbound-connections",
+    "service-shells",
+    "setid-file-changes",
+    "root-from-non-root",
+}
 
 
 @pytest.mark.parametrize("policy", sorted(set(POLICIES) - _NOT_FILES))
@@ -175,4 +181,47 @@ def test_service_shells(daemon: Daemon, tmp_path: Path) -> None:
     assert shells[0]["parent"]["binary"] == str(nginx)
     marker = new_marker("plainsh")
     subprocess.run(["bash", "-c", "/bin/sh -c 'exit 0'; exit 0", marker], check=True)
+    assert _selected(daemon, marker) == []
+
+
+@pytest.fixture()
+def shared_dir() -> Iterator[Path]:
+    """A directory under /tmp that user nobody can enter (pytest's tmp_path is 0700)."""
+    d = Path("/tmp") / new_marker("lib")
+    d.mkdir()
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d)
+
+
+def test_setid_file_changes(daemon: Daemon, shared_dir: Path) -> None:
+    f = shared_dir / "payload"
+    f.write_text("x")
+    caught = _selected(daemon, _run(f"os.chmod({str(f)!r}, 0o4755)"))
+    assert _policy_of(caught) == {"setid-file-changes"}
+    assert caught[0]["file_attr"]["mode"] == 0o4755
+    assert caught[0]["policy"]["tags"] == ["T1548.001", "privilege-escalation"]
+    assert _selected(daemon, _run(f"os.chmod({str(f)!r}, 0o755)")) == []
+
+
+_AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_root_from_non_root(daemon: Daemon, shared_dir: Path) -> None:
+    """A user's set-uid-root copy of a program; an expected set-uid program is not."""
+    exe = shared_dir / "rootme"
+    shutil.copy(os.path.realpath(shutil.which("true") or "/bin/true"), exe)
+    exe.chmod(0o4755)
+    marker = new_marker("root")
+    subprocess.run([*_AS_NOBODY, str(exe), marker], check=True)
+    # (It runs from /tmp: exec-from-temp's too.)
+    caught = [e for e in _selected(daemon, marker) if e["type"] == "privilege_change"]
+    assert _policy_of(caught) == {"root-from-non-root"}
+    assert caught[0]["privilege_change"]["to_root"]
+    assert caught[0]["process"]["binary"] == str(exe)
+    passwd = shutil.which("passwd")
+    if passwd is None or not os.stat(passwd).st_mode & 0o4000:
+        pytest.skip("no set-uid passwd for the near miss")
+    marker = new_marker("passwd")
+    subprocess.run([*_AS_NOBODY, passwd, "--help", marker], check=False, capture_output=True)
     assert _selected(daemon, marker) == []

@@ -40,13 +40,18 @@ from tracer.core.events import (
     Connect,
     ConnectInfo,
     Container,
+    Credentials,
     Event,
     ExitStatus,
+    FileAttr,
+    FileAttrInfo,
     FileInfo,
     FileOpen,
     Lost,
     Pod,
     PolicyMatch,
+    PrivilegeChange,
+    PrivilegeInfo,
     Process,
     ProcessExec,
     ProcessExit,
@@ -137,6 +142,41 @@ def _connect(
     )
 
 
+_ROOT = Credentials(0, 0, 0, 0, 1000, 1000, 1000, 1000, (), ("CAP_SETUID",), ("CAP_SETUID",))
+_USER = Credentials(*([1000] * 8), (), (), ())
+
+
+def _privilege(
+    policy: PolicyMatch | None, where: tuple[Container | None, Pod | None], op: str = "setuid",
+    old: Credentials | None = _USER,
+) -> PrivilegeChange:
+    p, parent, anc = _in(*where)
+    changed = ("uid", "euid", "suid", "fsuid", "cap_permitted", "cap_effective") if old else ()
+    info = PrivilegeInfo(op, old, _ROOT, changed, True, "tracepoint/sys_exit")
+    return PrivilegeChange(T0, "n1", p, parent, anc, info, policy)
+
+
+def _attr(
+    policy: PolicyMatch | None, where: tuple[Container | None, Pod | None], chmod: bool = True
+) -> FileAttr:
+    p, parent, anc = _in(*where)
+    info = FileAttrInfo(
+        "chmod" if chmod else "chown",
+        "fchmodat" if chmod else "fchown",
+        "/tmp/x/payload",
+        0o4755 if chmod else None,
+        None if chmod else 0,
+        None,
+        None if chmod else 0o100644,
+        "tracepoint/sys_exit",
+        False,
+        not chmod,
+        False,
+        not chmod,
+    )
+    return FileAttr(T0, "n1", p, parent, anc, info, policy)
+
+
 def _exec(policy: PolicyMatch | None, where: tuple[Container | None, Pod | None]) -> ProcessExec:
     p, parent, anc = _in(*where)
     return ProcessExec(time=T0, node="n1", process=p, parent=parent, ancestors=anc, policy=policy)
@@ -167,6 +207,12 @@ def every_event() -> Iterator[tuple[str, Event]]:
             f"open-write-denied-{w}",
             _open(DENY, where, flags=("O_WRONLY", "O_CREAT", "O_TRUNC"), result=-1, error="EPERM"),
         )
+        yield f"privilege-{w}", _privilege(POST, where)
+        yield f"privilege-unposted-{w}", _privilege(None, where, "exec")
+        yield f"privilege-capset-killed-{w}", _privilege(KILL, where, "capset")
+        yield f"privilege-old-unknown-{w}", _privilege(None, where, "setresuid", None)
+        yield f"chmod-{w}", _attr(POST, where)
+        yield f"chown-{w}", _attr(None, where, chmod=False)
         yield f"connect-{w}", _connect(POST, where)
         p, _, _ = _in(*where)
         yield f"summary-{w}", summary_ev(p, POST)
@@ -452,6 +498,10 @@ def test_ocsf_classes_and_activities() -> None:
     assert cls("connect-refused-host") == (4001, 5, "Failure")
     assert cls("lost") == (1008, 99, "Failure")
     assert cls("summary-host") == (1008, 99, "")
+    assert cls("privilege-host") == (1007, 5, "Success")
+    assert cls("privilege-capset-killed-host") == (1007, 99, "Success")
+    assert cls("chmod-host") == (1001, 6, "Success")
+    assert cls("chown-host") == (1001, 7, "Success")
 
 
 def test_a_summary_is_one_event_with_the_count_and_span_of_those_it_stands_for() -> None:
@@ -465,6 +515,24 @@ def test_a_summary_is_one_event_with_the_count_and_span_of_those_it_stands_for()
     assert e["event"]["category"] == ["file"]
     assert e["event"]["start"] < e["event"]["end"] == e["@timestamp"]
     assert e["tracer"]["policy_summary"]["count"] == "199999"
+
+
+def test_privilege_changes_and_file_attributes_in_both_formats() -> None:
+    o = daemon_line("ocsf", EVENTS["privilege-host"])
+    assert o["process"]["user"]["uid"] == "0" and o["actor"]["user"]["uid"] == "1000"
+    assert o["unmapped"]["privilege_change"]["to_root"] is True
+    # The credentials before not known: the actor is the process as it is.
+    u = daemon_line("ocsf", EVENTS["privilege-old-unknown-host"])
+    assert u["actor"]["user"]["uid"] == str(LS.uid)
+    e = daemon_line("ecs", EVENTS["privilege-host"])
+    assert (e["event"]["category"], e["event"]["type"]) == (["process"], ["change"])
+    assert e["tracer"]["privilege_change"]["old"]["uid"] == 1000
+    c = daemon_line("ecs", EVENTS["chmod-host"])
+    assert c["file"]["mode"] == "4755" and c["file"]["path"] == "/tmp/x/payload"
+    assert (c["event"]["category"], c["event"]["type"]) == (["file"], ["change"])
+    w = daemon_line("ecs", EVENTS["chown-host"])
+    assert w["file"]["uid"] == "0" and w["file"]["mode"] == "0644"
+    assert daemon_line("ocsf", EVENTS["chown-host"])["file"]["owner"] == {"uid": "0"}
 
 
 def test_ocsf_process_chain_is_nested_bounded_and_the_lineage_complete() -> None:

@@ -33,6 +33,7 @@ def btf_structs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
         "struct tr_lpm_addr_key j; struct tr_uid_key k; struct tr_hits l;\n"
         "struct tr_cgroup m; struct tr_summary o; struct tr_throttle_rule p;\n"
         "struct tr_flush_args q; struct tr_workload r;\n"
+        "struct tr_priv s; struct tr_file_attr t;\n"
         # Macros reach BTF as the values of an enum.
         "enum tr_macros { M_F_WORKLOAD = TR_F_WORKLOAD,\n"
         "  M_WORKLOAD_CGROUPS = TR_WORKLOAD_CGROUPS };\n"
@@ -80,6 +81,11 @@ _ENUMS = (
     "tr_conn_flags",
     "tr_throttle_flags",
     "tr_throttle_stat",
+    "tr_priv_op",
+    "tr_priv_flags",
+    "tr_attr_op",
+    "tr_attr_call",
+    "tr_attr_flags",
 )
 
 
@@ -221,6 +227,34 @@ def test_throttle_layouts_and_numbers(btf_structs: dict[str, dict[str, object]])
     assert loader.RULE_SLOTS == 2 * kernel.KINDS * compile.MAX_RULES
 
 
+def test_privilege_change_record(btf_structs: dict[str, dict[str, object]]) -> None:
+    got = _btf_offsets(btf_structs["tr_priv"])
+    want = {
+        "hdr": 0,
+        "task": decode.TASK_OFFSET,
+        "verdict": decode.VERDICT_OFFSET,
+        **_offsets(decode.PRIV_TAIL_FIELDS, decode.PRIV_TAIL_OFFSET),
+        "old": decode.PRIV_OLD_OFFSET,
+        "new": decode.PRIV_NEW_OFFSET,
+    }
+    assert got == want
+    assert btf_structs["tr_priv"]["size"] == decode.PRIV_SIZE
+    assert _btf_offsets(btf_structs["tr_cred"]) == _offsets(decode.CRED_FIELDS)
+    assert btf_structs["tr_cred"]["size"] == decode.CRED.size
+
+
+def test_file_attr_record(btf_structs: dict[str, dict[str, object]]) -> None:
+    got = _btf_offsets(btf_structs["tr_file_attr"])
+    want = {
+        "hdr": 0,
+        "task": decode.TASK_OFFSET,
+        "verdict": decode.VERDICT_OFFSET,
+        **_offsets(decode.ATTR_TAIL_FIELDS, decode.ATTR_TAIL_OFFSET),
+        "path": decode.ATTR_PATH_OFFSET,
+    }
+    assert got == want
+
+
 def _enum(btf: dict[str, dict[str, object]], name: str) -> dict[str, int]:
     values = btf[name]["values"]
     assert isinstance(values, list)
@@ -264,6 +298,24 @@ def test_record_kinds_flags_and_counters(btf_structs: dict[str, dict[str, object
         f"TR_VIA_{name.upper()}": code for code, name in decode.CONN_VIAS.items()
     }
     assert _enum(btf_structs, "tr_conn_flags") == {"TR_CONN_USER_MEMORY": decode.CONN_USER_MEMORY}
+    assert _enum(btf_structs, "tr_priv_op") == {
+        f"TR_PRIV_{name.upper()}": code for code, name in decode.PRIV_OPS.items()
+    }
+    assert _enum(btf_structs, "tr_priv_flags") == {
+        "TR_PRIV_OLD_UNKNOWN": decode.PRIV_OLD_UNKNOWN,
+        "TR_PRIV_TO_ROOT": decode.PRIV_TO_ROOT,
+    }
+    assert _enum(btf_structs, "tr_attr_op") == {
+        f"TR_ATTR_{name.upper()}": code for code, name in decode.ATTR_OPS.items()
+    }
+    assert _enum(btf_structs, "tr_attr_call") == {
+        f"TR_CALL_{name.upper()}": code for code, name in decode.ATTR_CALLS.items()
+    }
+    assert _enum(btf_structs, "tr_attr_flags") == {
+        "TR_ATTR_TRUNC_PATH": decode.ATTR_TRUNC_PATH,
+        "TR_ATTR_UNRESOLVED": decode.ATTR_UNRESOLVED,
+        "TR_ATTR_WORLD_WRITABLE_DIR": decode.ATTR_WORLD_WRITABLE_DIR,
+    }
     assert _enum(btf_structs, "tr_cgroup_op") == {
         "TR_CGROUP_MKDIR": decode.CGROUP_MKDIR,
         "TR_CGROUP_RMDIR": decode.CGROUP_RMDIR,

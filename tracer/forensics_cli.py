@@ -140,6 +140,11 @@ def _summary(ev: JsonDict) -> str:
         what = f"{c.get('daddr')}:{c.get('dport')}" if c.get("daddr") else str(c.get("unix_path"))
     elif ev["type"] == "policy_summary":
         what = f"{(ev.get('policy_summary') or {}).get('count')} more, not posted"
+    elif ev["type"] == "file_attr":
+        a = ev.get("file_attr") or {}
+        what = f"{a.get('call', '')} {a.get('path', '')}"
+    elif ev["type"] == "privilege_change":
+        what = str((ev.get("privilege_change") or {}).get("op", ""))
     return f"{ev.get('time', '')} pid {proc.get('pid')} {proc.get('binary', '')} {what}".rstrip()
 
 

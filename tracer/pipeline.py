@@ -92,6 +92,11 @@ class Pipeline:
             elif isinstance(rec, decode.SummaryRecord):
                 ctx = cache.context(rec.task)
                 emit(build.policy_summary(rec, ctx, node, match(rec.verdict)))
+            elif isinstance(rec, decode.PrivRecord):
+                ctx = cache.context(rec.task)
+                emit(build.privilege_change(rec, ctx, node, match(rec.verdict)))
+            elif isinstance(rec, decode.FileAttrRecord):
+                emit(build.file_attr(rec, cache.context(rec.task), node, match(rec.verdict)))
             else:
                 cache.on_cgroup(rec)
                 if workloads is not None:

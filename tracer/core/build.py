@@ -13,16 +13,29 @@ import ipaddress
 import socket
 
 from tracer.core import decode, names, text
-from tracer.core.decode import ConnectRecord, ExitRecord, FileOpenRecord, SummaryRecord
+from tracer.core.decode import (
+    ConnectRecord,
+    Cred,
+    ExitRecord,
+    FileAttrRecord,
+    FileOpenRecord,
+    PrivRecord,
+    SummaryRecord,
+)
 from tracer.core.events import (
     Connect,
     ConnectInfo,
     Context,
+    Credentials,
     ExitStatus,
+    FileAttr,
+    FileAttrInfo,
     FileInfo,
     FileOpen,
     PolicyMatch,
     PolicySummary,
+    PrivilegeChange,
+    PrivilegeInfo,
     ProcessExec,
     ProcessExit,
     SummaryInfo,
@@ -116,3 +129,59 @@ def policy_summary(
         rec.task.cgroup_id,
     )
     return PolicySummary(ctx.time, node, ctx.process, ctx.parent, ctx.ancestors, info, policy)
+
+
+_IDS = ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid")
+_CAPS = ("cap_inheritable", "cap_permitted", "cap_effective", "cap_ambient")
+_UNCHANGED = 0xFFFFFFFF  # chown's "leave it as it was"
+
+
+def _credentials(c: Cred, named: tuple[str, ...]) -> Credentials:
+    """c, with the capability sets in `named` as names (the others left empty)."""
+    caps = [names.capabilities(getattr(c, f)) if f in named else () for f in _CAPS]
+    return Credentials(*(getattr(c, f) for f in _IDS), *caps)
+
+
+def privilege_change(
+    rec: PrivRecord, ctx: Context, node: str, policy: PolicyMatch | None
+) -> PrivilegeChange:
+    old = rec.old
+    if old is None:
+        changed: tuple[str, ...] = ()
+        new = _credentials(rec.new, _CAPS)
+        before = None
+    else:
+        changed = tuple(f for f in (*_IDS, *_CAPS) if getattr(old, f) != getattr(rec.new, f))
+        new = _credentials(rec.new, changed)
+        before = _credentials(old, changed)
+    info = PrivilegeInfo(
+        decode.PRIV_OPS.get(rec.op, str(rec.op)),
+        before,
+        new,
+        changed,
+        bool(rec.flags & decode.PRIV_TO_ROOT),
+        decode.hook_name(rec.hook),
+    )
+    return PrivilegeChange(ctx.time, node, ctx.process, ctx.parent, ctx.ancestors, info, policy)
+
+
+def file_attr(
+    rec: FileAttrRecord, ctx: Context, node: str, policy: PolicyMatch | None
+) -> FileAttr:
+    path, escaped = text.decode(rec.path)
+    chmod = rec.op == decode.ATTR_CHMOD
+    info = FileAttrInfo(
+        decode.ATTR_OPS.get(rec.op, str(rec.op)),
+        decode.ATTR_CALLS.get(rec.call, str(rec.call)),
+        path,
+        rec.mode if chmod else None,
+        None if chmod or rec.uid == _UNCHANGED else rec.uid,
+        None if chmod or rec.gid == _UNCHANGED else rec.gid,
+        rec.file_mode or None,
+        decode.hook_name(rec.hook),
+        bool(rec.flags & decode.ATTR_TRUNC_PATH),
+        not rec.flags & decode.ATTR_UNRESOLVED,
+        escaped,
+        bool(rec.flags & decode.ATTR_WORLD_WRITABLE_DIR),
+    )
+    return FileAttr(ctx.time, node, ctx.process, ctx.parent, ctx.ancestors, info, policy)

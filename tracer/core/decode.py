@@ -18,6 +18,8 @@ KIND_FILE_OPEN = 4
 KIND_CONNECT = 5
 KIND_CGROUP = 6
 KIND_SUMMARY = 7
+KIND_PRIV = 8
+KIND_FILE_ATTR = 9
 KIND_NAMES = {
     KIND_EXEC: "process_exec",
     KIND_FORK: "process_fork",
@@ -26,6 +28,8 @@ KIND_NAMES = {
     KIND_CONNECT: "connect",
     KIND_CGROUP: "cgroup",
     KIND_SUMMARY: "policy_summary",
+    KIND_PRIV: "privilege_change",
+    KIND_FILE_ATTR: "file_attr",
 }
 
 # enum tr_throttle_flags
@@ -63,6 +67,39 @@ FILE_OPS = {0: "open", 1: "rename", 2: "link", 3: "symlink"}
 # enum tr_conn_via, tr_conn_flags
 CONN_VIAS = {0: "connect", 1: "sendto", 2: "sendmsg", 3: "fastopen"}
 CONN_USER_MEMORY = 1 << 0
+
+# enum tr_priv_op, tr_priv_flags
+PRIV_OPS = {
+    1: "setuid",
+    2: "setgid",
+    3: "setreuid",
+    4: "setregid",
+    5: "setresuid",
+    6: "setresgid",
+    7: "setfsuid",
+    8: "setfsgid",
+    9: "capset",
+    10: "exec",
+}
+PRIV_OLD_UNKNOWN = 1 << 0
+PRIV_TO_ROOT = 1 << 1
+
+# enum tr_attr_op, tr_attr_call, tr_attr_flags
+ATTR_CHMOD = 1
+ATTR_OPS = {ATTR_CHMOD: "chmod", 2: "chown"}
+ATTR_CALLS = {
+    1: "chmod",
+    2: "fchmod",
+    3: "fchmodat",
+    4: "fchmodat2",
+    5: "chown",
+    6: "lchown",
+    7: "fchown",
+    8: "fchownat",
+}
+ATTR_TRUNC_PATH = 1 << 0
+ATTR_UNRESOLVED = 1 << 1
+ATTR_WORLD_WRITABLE_DIR = 1 << 2
 
 # enum tr_action
 ACTION_NONE = 0
@@ -123,6 +160,10 @@ HOOK_NAMES = {
     40: "kprobe/security_path_rename",
     41: "kprobe/security_path_link",
     42: "kprobe/security_path_symlink",
+    # privilege_change and file_attr: the syscall's exit (the record's op
+    # or call names it), and exec's tracepoint
+    43: "tracepoint/sys_exit",
+    44: "tp_btf/sched_process_exec",
 }
 # Bits or'ed into the hook: how the program made the call when not through
 # its 64-bit syscall. The name is prefixed, e.g. "io_uring:lsm/file_open".
@@ -207,6 +248,33 @@ SUMMARY_TAIL_FIELDS = (
     ("kind", "H"),
     ("flags", "H"),
 )
+CRED_FIELDS = (
+    ("uid", "I"),
+    ("euid", "I"),
+    ("suid", "I"),
+    ("fsuid", "I"),
+    ("gid", "I"),
+    ("egid", "I"),
+    ("sgid", "I"),
+    ("fsgid", "I"),
+    ("cap_inheritable", "Q"),
+    ("cap_permitted", "Q"),
+    ("cap_effective", "Q"),
+    ("cap_ambient", "Q"),
+)
+PRIV_TAIL_FIELDS = (("ret", "q"), ("op", "H"), ("hook", "H"), ("flags", "I"))
+ATTR_TAIL_FIELDS = (
+    ("ret", "q"),
+    ("mode", "I"),
+    ("uid", "I"),
+    ("gid", "I"),
+    ("op", "H"),
+    ("hook", "H"),
+    ("flags", "I"),
+    ("file_mode", "I"),
+    ("path_len", "H"),
+    ("call", "H"),
+)
 CGROUP_FIELDS = (
     ("ktime", "Q"),
     ("id", "Q"),
@@ -229,6 +297,9 @@ FILE_TAIL = _struct(FILE_TAIL_FIELDS)
 CONNECT_TAIL = _struct(CONNECT_TAIL_FIELDS)
 CGROUP = _struct(CGROUP_FIELDS)
 SUMMARY_TAIL = _struct(SUMMARY_TAIL_FIELDS)
+CRED = _struct(CRED_FIELDS)
+PRIV_TAIL = _struct(PRIV_TAIL_FIELDS)
+ATTR_TAIL = _struct(ATTR_TAIL_FIELDS)
 
 TASK_OFFSET = HDR.size
 VERDICT_OFFSET = TASK_OFFSET + TASK.size  # exec, file_open and connect
@@ -243,6 +314,12 @@ CONNECT_SIZE = CONNECT_TAIL_OFFSET + CONNECT_TAIL.size
 SUMMARY_TAIL_OFFSET = VERDICT_OFFSET + VERDICT.size
 SUMMARY_SIZE = SUMMARY_TAIL_OFFSET + SUMMARY_TAIL.size
 CGROUP_OFFSET = HDR.size
+PRIV_TAIL_OFFSET = VERDICT_OFFSET + VERDICT.size
+PRIV_OLD_OFFSET = PRIV_TAIL_OFFSET + PRIV_TAIL.size
+PRIV_NEW_OFFSET = PRIV_OLD_OFFSET + CRED.size
+PRIV_SIZE = PRIV_NEW_OFFSET + CRED.size
+ATTR_TAIL_OFFSET = VERDICT_OFFSET + VERDICT.size
+ATTR_PATH_OFFSET = ATTR_TAIL_OFFSET + ATTR_TAIL.size
 CGROUP_PATH_OFFSET = CGROUP_OFFSET + CGROUP.size
 
 
@@ -368,6 +445,52 @@ class ConnectRecord:
 
 
 @dataclass(slots=True, frozen=True)
+class Cred:
+    """A process's credentials: ids, and capability sets as masks (bit n: capability n)."""
+
+    uid: int
+    euid: int
+    suid: int
+    fsuid: int
+    gid: int
+    egid: int
+    sgid: int
+    fsgid: int
+    cap_inheritable: int
+    cap_permitted: int
+    cap_effective: int
+    cap_ambient: int
+
+
+@dataclass(slots=True)
+class PrivRecord:
+    task: Task
+    verdict: Verdict
+    ret: int
+    op: int  # PRIV_OPS
+    hook: int
+    flags: int  # PRIV_*
+    old: Cred | None  # None: not known (PRIV_OLD_UNKNOWN)
+    new: Cred
+
+
+@dataclass(slots=True)
+class FileAttrRecord:
+    task: Task
+    verdict: Verdict
+    ret: int
+    op: int  # ATTR_OPS
+    call: int  # ATTR_CALLS
+    hook: int
+    flags: int  # ATTR_*
+    mode: int  # chmod: the mode asked for
+    uid: int  # chown: 0xFFFFFFFF leaves it as it was
+    gid: int
+    file_mode: int  # the file's mode after the call; 0 when not resolved
+    path: bytes
+
+
+@dataclass(slots=True, frozen=True)
 class CgroupRecord:
     """A cgroup v2 directory made (CGROUP_MKDIR) or removed (CGROUP_RMDIR)."""
 
@@ -398,6 +521,8 @@ class SummaryRecord:
 Record = (
     ExecRecord | ForkRecord | ExitRecord | FileOpenRecord | ConnectRecord | CgroupRecord
     | SummaryRecord
+    | PrivRecord
+    | FileAttrRecord
 )
 
 
@@ -536,4 +661,32 @@ def decode(buf: bytes) -> Record:
         return SummaryRecord(
             _task(buf), _verdict(buf), *SUMMARY_TAIL.unpack_from(buf, SUMMARY_TAIL_OFFSET)
         )
+    if kind == KIND_PRIV:
+        return _priv(buf, size)
+    if kind == KIND_FILE_ATTR:
+        return _file_attr(buf, size)
     raise WireError(f"unknown record kind {kind}")
+
+
+def _priv(buf: bytes, size: int) -> PrivRecord:
+    if size < PRIV_SIZE:
+        raise WireError(f"privilege_change record of {size} bytes is too short")
+    ret, op, hook, flags = PRIV_TAIL.unpack_from(buf, PRIV_TAIL_OFFSET)
+    old = None if flags & PRIV_OLD_UNKNOWN else Cred(*CRED.unpack_from(buf, PRIV_OLD_OFFSET))
+    new = Cred(*CRED.unpack_from(buf, PRIV_NEW_OFFSET))
+    return PrivRecord(_task(buf), _verdict(buf), ret, op, hook, flags, old, new)
+
+
+def _file_attr(buf: bytes, size: int) -> FileAttrRecord:
+    if size < ATTR_PATH_OFFSET:
+        raise WireError(f"file_attr record of {size} bytes is too short")
+    ret, mode, uid, gid, op, hook, flags, file_mode, plen, call = ATTR_TAIL.unpack_from(
+        buf, ATTR_TAIL_OFFSET
+    )
+    end = ATTR_PATH_OFFSET + plen
+    if end > size:
+        raise WireError(f"file_attr path overruns the record ({end} > {size})")
+    path = buf[ATTR_PATH_OFFSET:end]
+    return FileAttrRecord(
+        _task(buf), _verdict(buf), ret, op, call, hook, flags, mode, uid, gid, file_mode, path
+    )

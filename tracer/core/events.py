@@ -182,6 +182,65 @@ class Connect(ProcessEvent):
     policy: PolicyMatch | None
 
 
+@dataclass(slots=True, frozen=True)
+class Credentials:
+    """A process's credentials. A capability set is named (CAP_* names)
+    only where it changed, or where the old credentials are not known."""
+
+    uid: int
+    euid: int
+    suid: int
+    fsuid: int
+    gid: int
+    egid: int
+    sgid: int
+    fsgid: int
+    cap_inheritable: tuple[str, ...] = ()
+    cap_permitted: tuple[str, ...] = ()
+    cap_effective: tuple[str, ...] = ()
+    cap_ambient: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class PrivilegeInfo:
+    op: str  # setuid, setresuid, ..., capset, exec (of a set-id or file-capability binary)
+    old: Credentials | None  # None: not known (a 32-bit syscall)
+    new: Credentials
+    changed: tuple[str, ...]  # the fields of Credentials that differ (empty when old is None)
+    to_root: bool  # no uid was 0 before and one is now (old unknown: one is 0 now)
+    hook: str
+
+
+@dataclass(slots=True)
+class PrivilegeChange(ProcessEvent):
+    type: ClassVar[str] = "privilege_change"
+    privilege: PrivilegeInfo
+    policy: PolicyMatch | None
+
+
+@dataclass(slots=True)
+class FileAttrInfo:
+    op: str  # chmod (left S_ISUID or S_ISGID set), chown (to uid 0, world-writable directory)
+    call: str  # the syscall: chmod, fchmod, fchmodat, fchmodat2, chown, lchown, fchown, fchownat
+    path: str
+    mode: int | None  # chmod: the mode asked for
+    uid: int | None  # chown: the new owner; None for a gid left as it was (and for chmod)
+    gid: int | None
+    file_mode: int | None  # the file's mode after the call, when it was resolved
+    hook: str
+    truncated: bool
+    resolved: bool  # False: the name passed, joined to its directory, from the process's memory
+    non_utf8: bool
+    world_writable_dir: bool  # the file's directory was writable by anyone
+
+
+@dataclass(slots=True)
+class FileAttr(ProcessEvent):
+    type: ClassVar[str] = "file_attr"
+    file_attr: FileAttrInfo
+    policy: PolicyMatch | None
+
+
 @dataclass(slots=True)
 class SummaryInfo:
     """What a throttling rule kept back: `count` events like the one posted at
@@ -225,9 +284,17 @@ class Lost:
     daemon: dict[str, int] = field(default_factory=dict)
 
 
-Event = ProcessExec | ProcessExit | FileOpen | Connect | PolicySummary | Lost
+# Every event about a process (all but Lost).
+ProcessEventKind = (
+    ProcessExec | ProcessExit | FileOpen | Connect | PolicySummary | PrivilegeChange | FileAttr
+)
+Event = ProcessEventKind | Lost
 EVENT_TYPES = tuple(
-    c.type for c in (ProcessExec, ProcessExit, FileOpen, Connect, PolicySummary, Lost)
+    c.type
+    for c in (
+        ProcessExec, ProcessExit, FileOpen, Connect, PolicySummary, PrivilegeChange, FileAttr,
+        Lost,
+    )
 )
 
 # Lost counts are uint32 in the API, so that they are JSON numbers (uint64

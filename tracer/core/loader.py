@@ -37,7 +37,7 @@ PROCESS_VARIANTS = ("tp_btf", "raw_tp")
 # (a verdict left in flight would be reported with another call's result).
 # Capture programs on typed tracepoints, with a `_raw` twin for kernels where
 # the process hooks fell back to raw_tp.
-_TYPED_TRACEPOINTS = ("tr_tcp_syn_sent",)
+_TYPED_TRACEPOINTS = ("tr_tcp_syn_sent", "tr_priv_exec_btf")
 # rename, link, symlink: a new name for a file (file.bpf.h).
 _NEW_NAMES = (
     "tr_rename_exit",
@@ -93,6 +93,51 @@ CAPTURE_PROGRAMS = {
         *_NEW_NAMES,
     ),
 }
+# privilege_change and file_attr (bpf_probes/priv.bpf.h): syscall and exec
+# tracepoints, the same in every capture mode. Exits before entries, as
+# above; a call whose enter was not seen is not reported.
+_CRED_CALLS = (
+    "setuid",
+    "setgid",
+    "setreuid",
+    "setregid",
+    "setresuid",
+    "setresgid",
+    "setfsuid",
+    "setfsgid",
+    "capset",
+)
+PRIVILEGE_PROGRAMS = (
+    *(f"tr_{c}_exit" for c in _CRED_CALLS),
+    "tr_priv_exec_btf",
+    "tr_chmod_exit",
+    "tr_fchmod_exit",
+    "tr_fchmodat_exit",
+    "tr_chown_exit_tp",
+    "tr_lchown_exit",
+    "tr_fchown_exit",
+    "tr_fchownat_exit",
+    *(f"tr_{c}_enter" for c in _CRED_CALLS),
+    "tr_execve_enter",
+    "tr_execveat_enter",
+)
+# What those programs cannot see, in every mode (the README says the same).
+PRIVILEGE_GAPS = (
+    "a chown to root of a name with a directory part (chown root /tmp/x) is not reported: "
+    "its directory cannot be resolved at the syscall's exit",
+    "privilege changes through 32-bit syscalls are reported without the credentials "
+    "before (tracepoint mode), or not at all (other modes); a 32-bit exec is compared as "
+    "if it started from plain credentials",
+)
+# Syscalls newer than the oldest kernel supported: attached where they exist.
+_OPTIONAL_SYSCALL_PROGRAMS = {"tr_fchmodat2_exit": "fchmodat2"}
+_TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+
+def _has_syscall(name: str) -> bool:
+    return any((t / "events" / "syscalls" / f"sys_exit_{name}").exists() for t in _TRACEFS)
+
+
 # What each capture mode can only read back from the process's memory after
 # the kernel used its own copy (events flag it `user_memory`): logged once
 # at start, so that an operator knows where a racing thread can lie.
@@ -176,7 +221,7 @@ THROTTLE_FLUSH = "tr_throttle_flush"
 _FLUSH_ARGS = struct.Struct("<II")  # struct tr_flush_args
 # enum tr_throttle_stat, after the per-rule counts of tr_throttle_stats
 THROTTLE_STATS = ("suppressed", "reported", "unthrottled")
-RULE_SLOTS = 2 * 3 * 64  # TR_RULE_SLOTS: generations x kinds x rules
+RULE_SLOTS = 2 * 5 * 64  # TR_RULE_SLOTS: generations x kinds (TR_PK_MAX) x rules
 # Keys of the throttle table (tr_throttle, TR_THROTTLE_KEYS): a rule, a
 # process or cgroup, and for aggregate a path or peer; ~256 bytes each.
 THROTTLE_KEYS_DEFAULT = 16384
@@ -357,7 +402,16 @@ def capture_sensor(
             f"{p}_raw" if p in _TYPED_TRACEPOINTS and variant == "raw_tp" else p
             for p in CAPTURE_PROGRAMS[capture_mode]
         ]
-        gaps = list(MODE_GAPS.get(capture_mode, ()))
+        chosen += [
+            f"{p}_raw" if p in _TYPED_TRACEPOINTS and variant == "raw_tp" else p
+            for p in PRIVILEGE_PROGRAMS
+        ]
+        gaps = [*MODE_GAPS.get(capture_mode, ()), *PRIVILEGE_GAPS]
+        for name, syscall in _OPTIONAL_SYSCALL_PROGRAMS.items():
+            if _has_syscall(syscall):
+                chosen.insert(0, name)
+            else:
+                gaps.append(f"{syscall} is not reported (the kernel has no such syscall)")
         for name, target, what in EVASION_PROGRAMS[capture_mode]:
             if name not in obj.programs:
                 continue

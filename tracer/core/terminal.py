@@ -26,6 +26,8 @@ MARKERS = {
     "file_open": "open",
     "connect": "conn",
     "policy_summary": "more",
+    "privilege_change": "priv",
+    "file_attr": "attr",
     "lost": "LOST",
 }
 _COLORS = {
@@ -34,6 +36,8 @@ _COLORS = {
     "file_open": "34",  # blue
     "connect": "35",  # magenta
     "policy_summary": "36",  # cyan
+    "privilege_change": "1;33",  # bold yellow
+    "file_attr": "1;36",  # bold cyan
     "lost": "1;31",  # bold red
 }
 _ALARM = "31"  # red: actions other than allow
@@ -148,6 +152,10 @@ def _detail(kind: str, ev: Mapping[str, Any], color: bool) -> str:
         result = f" = {_text(d['result'])}" if d.get("result") else ""
         err = f" {_text(d['error'])}" if d.get("error") else ""
         return f"{target}{result}{err}{_action(ev, color)}".strip()
+    if kind == "privilege_change":
+        return f"{_privilege(d)}{_action(ev, color)}"
+    if kind == "file_attr":
+        return f"{_file_attr(d)}{_action(ev, color)}"
     if kind == "process_exec":
         return _action(ev, color).strip()
     if kind == "policy_summary":
@@ -159,6 +167,33 @@ def _detail(kind: str, ev: Mapping[str, Any], color: bool) -> str:
             f" by {_text(d.get('by'))}){_action(ev, color)}"
         )
     return ""
+
+
+def _ids(c: Mapping[str, Any]) -> str:
+    return f"uid={_text(c.get('uid'))} euid={_text(c.get('euid'))} gid={_text(c.get('gid'))}"
+
+
+def _privilege(d: Mapping[str, Any]) -> str:
+    """`setresuid uid=1000 euid=1000 gid=1000 -> uid=0 euid=0 gid=1000 TO ROOT`."""
+    old = d.get("old")
+    text = f"{_text(d.get('op'))} {_ids(_obj(old)) if old is not None else '?'} -> "
+    text += _ids(_obj(d.get("new")))
+    caps = [c for c in _list(d.get("changed")) if str(c).startswith("cap_")]
+    if caps:
+        text += " (" + ", ".join(_text(c) for c in caps) + ")"
+    return text + (" TO ROOT" if d.get("to_root") else "")
+
+
+def _file_attr(d: Mapping[str, Any]) -> str:
+    """`chmod /tmp/x mode=04755` or `chown /tmp/x uid=0 (world-writable dir)`."""
+    text = f"{_text(d.get('call'))} {_text(d.get('path'))}"
+    if d.get("mode") is not None and isinstance(d["mode"], int):
+        text += f" mode=0{d['mode']:o}"
+    if d.get("uid") is not None:
+        text += f" uid={_text(d['uid'])}"
+    if d.get("world_writable_dir"):
+        text += " (world-writable dir)"
+    return text
 
 
 def _lost(ev: Mapping[str, Any]) -> str:

@@ -1,0 +1,105 @@
+"""Run time of the privilege_change and file_attr programs (bpf_stats).
+
+Starts `tracer run` with the default library, turns kernel.bpf_stats_enabled
+on, and runs, one after the other: N fork+exec of /bin/true (exec's
+programs, incl. the execve enter and the credential compare at exec), N
+setresgid calls that change the gids (root toggling between two gids:
+each one is a privilege_change event), N chmod that set S_ISUID (each a
+file_attr event) and N chmod that do not (the exit program's quick way
+out). Prints ns per run of each of the daemon's programs that ran.
+
+    .venv/bin/python bench/priv_cost.py [--n 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LIBRARY = REPO / "policy" / "library"
+
+_WORK = {
+    "exec": "import subprocess\nfor _ in range(N):\n    subprocess.run(['/bin/true'])\n",
+    "setresgid": "import os\nfor i in range(N):\n    os.setresgid(i % 2, i % 2, i % 2)\n"
+    "os.setresgid(0, 0, 0)\n",
+    "chmod-setid": "import os\nfor _ in range(N):\n    os.chmod(P, 0o4755)\n",
+    "chmod-plain": "import os\nfor _ in range(N):\n    os.chmod(P, 0o755)\n",
+}
+_PROGRAMS = {
+    "exec": ("tr_exec_btf", "tr_priv_exec_btf", "tr_execve_enter"),
+    "setresgid": ("tr_setresgid_enter", "tr_setresgid_exit"),
+    "chmod-setid": ("tr_chmod_exit",),
+    "chmod-plain": ("tr_chmod_exit",),
+}
+
+
+def _stats(pid: int) -> dict[str, tuple[int, int]]:
+    ids = set()
+    for fd in Path(f"/proc/{pid}/fdinfo").iterdir():
+        for line in fd.read_text().splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], check=True,
+                                      capture_output=True).stdout)
+    return {p["name"]: (p.get("run_cnt", 0), p.get("run_time_ns", 0))
+            for p in shown if p["id"] in ids}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20000)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="priv-cost-"))
+    target = work / "payload"
+    target.write_text("x")
+    out = work / "events.jsonl"
+    d = subprocess.Popen(
+        [sys.executable, "-m", "tracer", "--bpf-dir", str(REPO / "build" / "bpf"), "run",
+         "--no-event-log", "--policy", str(LIBRARY), "--export-file", str(out),
+         "--control-socket", str(work / "ctl.sock"), "--grpc-socket", str(work / "g.sock")],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    assert d.stderr is not None
+    for line in d.stderr:
+        if "event='ready'" in line:
+            break
+    knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = knob.read_text().strip()
+    try:
+        print(f"priv_cost: {args.n:,} calls per workload, kernel {os.uname().release}")
+        for name, script in _WORK.items():
+            knob.write_text("0")
+            before = _stats(d.pid)  # stats restart from what they were: take the difference
+            knob.write_text("1")
+            t0 = time.monotonic()
+            code = script.replace("N", str(args.n)).replace("P", repr(str(target)))
+            subprocess.run([sys.executable, "-c", code], check=True)
+            wall = time.monotonic() - t0
+            knob.write_text("0")
+            after = _stats(d.pid)
+            parts = []
+            for prog in _PROGRAMS[name]:
+                # bpftool shows the whole name, or the kernel's first 15 characters
+                key = prog if prog in after else prog[:15]
+                n = after.get(key, (0, 0))[0] - before.get(key, (0, 0))[0]
+                ns = after.get(key, (0, 0))[1] - before.get(key, (0, 0))[1]
+                parts.append(f"{prog} {n:,} runs {ns / n:.0f} ns" if n else f"{prog} 0 runs")
+            print(f"  {name:<12} {wall:6.2f} s   " + "; ".join(parts))
+    finally:
+        knob.write_text(old)
+        d.send_signal(signal.SIGTERM)
+        d.wait(30)
+    lines = out.read_bytes().count(b"\n") if out.exists() else 0
+    print(f"  events written: {lines:,}")
+
+
+if __name__ == "__main__":
+    main()

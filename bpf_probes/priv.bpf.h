@@ -1,0 +1,705 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Privilege changes and set-id file changes, on syscall tracepoints (the
+ * only hooks every kernel offers; the security-hook modes use them too).
+ *
+ *  - privilege_change: commit_creds() has no tracepoint, so the set*id and
+ *    capset syscalls' enter tracepoints save the caller's credentials and
+ *    their exit compares them with the ones the kernel left: only a call
+ *    that changed something is reported, with both. An exec is compared
+ *    at sched_process_exec with what execve's enter saw: a set-id or
+ *    file-capability binary changes them there.
+ *  - file_attr: chmod and friends that leave S_ISUID or S_ISGID set, and
+ *    chown to uid 0 of a file in a world-writable directory, judged at the
+ *    syscall's exit on its result; no open happens, so file_open never
+ *    sees either.
+ *
+ * Both kinds are rare (logins, daemons dropping privileges, installs), so
+ * every one is reported, on the bulk ring, unless a rule selects it (the
+ * selected ring) or ignores it (dropped here).
+ */
+#ifndef TRACER_PRIV_BPF_H
+#define TRACER_PRIV_BPF_H
+
+#include "file.bpf.h"
+#include "origin.bpf.h"
+
+#define TR_S_ISUID 04000
+#define TR_S_ISGID 02000
+#define TR_S_IWOTH 00002
+#define TR_AT_EMPTY_PATH 0x1000
+
+/* Credentials as a set*id, capset or exec call found them, in the calling
+ * thread's task storage: no hashing and no LRU lock on every exec (an LRU
+ * hash update was 1.8 us of it), and a thread that execs keeps its
+ * task_struct when it takes over the leader's pid. `armed` is cleared at
+ * the exit: a call whose enter was not seen compares nothing. */
+struct tr_cred_slot {
+	struct tr_cred cred;
+	__u32 armed;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct tr_cred_slot);
+} tr_cred_before SEC(".maps");
+
+/* The record, assembled off the stack: the 32-bit exit program that
+ * calls in here has a large frame of its own. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tr_priv);
+} tr_priv_heap SEC(".maps");
+
+static __always_inline struct tr_priv *tr_priv_record(void)
+{
+	__u32 zero = 0;
+	struct tr_priv *ev = bpf_map_lookup_elem(&tr_priv_heap, &zero);
+
+	if (ev)
+		__builtin_memset(ev, 0, sizeof(*ev));
+	return ev;
+}
+
+/* kernel_cap_t is a u64 from 6.3 and two u32 (low first) before: the same
+ * eight bytes either way. */
+static __always_inline void tr_read_cred(struct tr_cred *c, const struct cred *cred)
+{
+	c->uid = BPF_CORE_READ(cred, uid.val);
+	c->euid = BPF_CORE_READ(cred, euid.val);
+	c->suid = BPF_CORE_READ(cred, suid.val);
+	c->fsuid = BPF_CORE_READ(cred, fsuid.val);
+	c->gid = BPF_CORE_READ(cred, gid.val);
+	c->egid = BPF_CORE_READ(cred, egid.val);
+	c->sgid = BPF_CORE_READ(cred, sgid.val);
+	c->fsgid = BPF_CORE_READ(cred, fsgid.val);
+	bpf_probe_read_kernel(&c->cap_inheritable, 8, __builtin_preserve_access_index(&cred->cap_inheritable));
+	bpf_probe_read_kernel(&c->cap_permitted, 8, __builtin_preserve_access_index(&cred->cap_permitted));
+	bpf_probe_read_kernel(&c->cap_effective, 8, __builtin_preserve_access_index(&cred->cap_effective));
+	bpf_probe_read_kernel(&c->cap_ambient, 8, __builtin_preserve_access_index(&cred->cap_ambient));
+}
+
+static __always_inline const struct cred *tr_current_cred(void)
+{
+	return BPF_CORE_READ(bpf_get_current_task_btf(), cred);
+}
+
+static __always_inline bool tr_cred_same(const struct tr_cred *a, const struct tr_cred *b)
+{
+	return a->uid == b->uid && a->euid == b->euid && a->suid == b->suid &&
+	       a->fsuid == b->fsuid && a->gid == b->gid && a->egid == b->egid &&
+	       a->sgid == b->sgid && a->fsgid == b->fsgid &&
+	       a->cap_inheritable == b->cap_inheritable && a->cap_permitted == b->cap_permitted &&
+	       a->cap_effective == b->cap_effective && a->cap_ambient == b->cap_ambient;
+}
+
+/* Some uid is root: a saved or fs uid 0 can make the others 0 at will. */
+static __always_inline bool tr_has_root(const struct tr_cred *c)
+{
+	return !c->uid || !c->euid || !c->suid || !c->fsuid;
+}
+
+static __always_inline int tr_cred_save(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct tr_cred_slot *slot = bpf_task_storage_get(&tr_cred_before, task, 0,
+							 BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	if (!slot)
+		return 0;
+	tr_read_cred(&slot->cred, BPF_CORE_READ(task, cred));
+	slot->armed = 1;
+	return 0;
+}
+
+/* Judge and emit a change whose old and new credentials `ev` holds. */
+static __always_inline int tr_priv_emit(struct tr_priv *ev, __u16 op, __u16 hook, long ret)
+{
+	__u32 gen;
+	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_PRIVILEGE_CHANGE, &gen);
+	bool to_root = (ev->flags & TR_PRIV_OLD_UNKNOWN || !tr_has_root(&ev->old)) &&
+		       tr_has_root(&ev->new);
+
+	ev->hdr.kind = TR_KIND_PRIVILEGE_CHANGE;
+	ev->hdr.size = sizeof(*ev);
+	ev->ret = ret;
+	ev->op = op;
+	ev->hook = hook;
+	if (to_root)
+		ev->flags |= TR_PRIV_TO_ROOT;
+	ev->verdict.action = TR_ACT_NONE;
+	if (cfg) {
+		struct tr_policy_input in = {
+			.str_field = TR_F_PATH, /* no string of its own: the binary is the process's */
+			.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
+			.is_write = to_root,
+		};
+
+		tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
+		tr_policy_eval(TR_PK_PRIVILEGE_CHANGE, cfg, gen, &in, &ev->verdict);
+	}
+	if (ev->verdict.action == TR_ACT_IGNORE)
+		return 0;
+	tr_fill_task(&ev->task, bpf_get_current_task_btf());
+	if (ev->verdict.action == TR_ACT_NONE)
+		tr_emit_bulk(TR_KIND_PRIVILEGE_CHANGE, ev, sizeof(*ev), ev->task.uid);
+	else
+		tr_emit(TR_KIND_PRIVILEGE_CHANGE, ev, sizeof(*ev));
+	return 0;
+}
+
+/* The end of a call whose enter saved the credentials. */
+static __always_inline int tr_cred_check(__u16 op, __u16 hook, long ret)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct tr_cred_slot *slot = bpf_task_storage_get(&tr_cred_before, task, 0, 0);
+	struct tr_priv *ev;
+
+	if (!slot || !slot->armed)
+		return 0;
+	slot->armed = 0;
+	ev = tr_priv_record();
+	if (!ev)
+		return 0;
+	ev->old = slot->cred;
+	tr_read_cred(&ev->new, BPF_CORE_READ(task, cred));
+	if (tr_cred_same(&ev->old, &ev->new))
+		return 0;
+	return tr_priv_emit(ev, op, hook, ret);
+}
+
+#define TR_CRED_SYSCALL(name, op)                                                     \
+	SEC("tp/syscalls/sys_enter_" #name)                                           \
+	int tr_##name##_enter(void *ctx)                                              \
+	{                                                                             \
+		return tr_cred_save();                                                \
+	}                                                                             \
+	SEC("tp/syscalls/sys_exit_" #name)                                            \
+	int tr_##name##_exit(struct trace_event_raw_sys_exit *ctx)                    \
+	{                                                                             \
+		return tr_cred_check(op, TR_HOOK_TP_SYSCALL, ctx->ret);               \
+	}
+
+TR_CRED_SYSCALL(setuid, TR_PRIV_SETUID)
+TR_CRED_SYSCALL(setgid, TR_PRIV_SETGID)
+TR_CRED_SYSCALL(setreuid, TR_PRIV_SETREUID)
+TR_CRED_SYSCALL(setregid, TR_PRIV_SETREGID)
+TR_CRED_SYSCALL(setresuid, TR_PRIV_SETRESUID)
+TR_CRED_SYSCALL(setresgid, TR_PRIV_SETRESGID)
+TR_CRED_SYSCALL(setfsuid, TR_PRIV_SETFSUID)
+TR_CRED_SYSCALL(setfsgid, TR_PRIV_SETFSGID)
+TR_CRED_SYSCALL(capset, TR_PRIV_CAPSET)
+
+static __always_inline __u64 tr_cap_bset(const struct cred *cred)
+{
+	__u64 v = 0;
+
+	bpf_probe_read_kernel(&v, 8, __builtin_preserve_access_index(&cred->cap_bset));
+	return v;
+}
+
+/*
+ * Credentials "plain" for an exec: every uid the same, every gid the same,
+ * no inherited or ambient capability, and the capabilities exec gives a
+ * process of that uid anyway (none; root: the bounding set). Nearly every
+ * exec starts plain, and then what they were follows from the ids exec
+ * keeps (the real ones) and the bounding set: nothing needs saving. Saving
+ * (a task storage made for each new process) was 1.5 us of every exec.
+ */
+static __always_inline bool tr_cred_plain(const struct tr_cred *c, __u64 bset)
+{
+	__u64 caps = c->uid ? 0 : bset;
+
+	return c->euid == c->uid && c->suid == c->uid && c->fsuid == c->uid &&
+	       c->egid == c->gid && c->sgid == c->gid && c->fsgid == c->gid &&
+	       !c->cap_inheritable && !c->cap_ambient && c->cap_permitted == caps &&
+	       c->cap_effective == caps;
+}
+
+/* The plain credentials of a process whose real ids are new's. */
+static __always_inline void tr_cred_make_plain(struct tr_cred *c, const struct tr_cred *new,
+					       __u64 bset)
+{
+	__u64 caps = new->uid ? 0 : bset;
+
+	c->uid = c->euid = c->suid = c->fsuid = new->uid;
+	c->gid = c->egid = c->sgid = c->fsgid = new->gid;
+	c->cap_inheritable = c->cap_ambient = 0;
+	c->cap_permitted = c->cap_effective = caps;
+}
+
+/* An exec: saved only when the credentials are not plain. */
+static __always_inline int tr_exec_save(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+	struct tr_cred_slot *slot;
+	struct tr_cred c;
+
+	tr_read_cred(&c, cred);
+	if (tr_cred_plain(&c, tr_cap_bset(cred))) {
+		slot = bpf_task_storage_get(&tr_cred_before, task, 0, 0);
+		if (slot)
+			slot->armed = 0; /* of an earlier call that failed */
+		return 0;
+	}
+	slot = bpf_task_storage_get(&tr_cred_before, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (slot) {
+		slot->cred = c;
+		slot->armed = 1;
+	}
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_execve")
+int tr_execve_enter(void *ctx)
+{
+	return tr_exec_save();
+}
+
+SEC("tp/syscalls/sys_enter_execveat")
+int tr_execveat_enter(void *ctx)
+{
+	return tr_exec_save();
+}
+
+/* After the exec: commit_creds() ran in begin_new_exec(). Against what
+ * execve's enter saved, or else the plain credentials (which a 32-bit
+ * exec, unseen at its enter, is assumed to have started from). */
+static __always_inline int tr_priv_exec(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+	struct tr_cred_slot *slot = bpf_task_storage_get(&tr_cred_before, task, 0, 0);
+	struct tr_priv *ev = tr_priv_record();
+
+	if (!ev)
+		return 0;
+	tr_read_cred(&ev->new, cred);
+	if (slot && slot->armed) {
+		ev->old = slot->cred;
+		slot->armed = 0;
+	} else {
+		tr_cred_make_plain(&ev->old, &ev->new, tr_cap_bset(cred));
+	}
+	if (tr_cred_same(&ev->old, &ev->new))
+		return 0;
+	return tr_priv_emit(ev, TR_PRIV_EXEC, TR_HOOK_TP_EXEC, 0);
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(tr_priv_exec_btf, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	return tr_priv_exec();
+}
+
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(tr_priv_exec_btf_raw, struct task_struct *task, pid_t old_pid,
+	     struct linux_binprm *bprm)
+{
+	return tr_priv_exec();
+}
+
+/* ---- file_attr ---- */
+
+struct tr_attr_scratch {
+	struct tr_file_attr ev;
+	/* tr_name_at writes at masked offsets up to 2 * TR_PATH_MAX plus
+	 * half a path; tr_write_path up to TR_DATA_MASK plus a name. */
+	char slack[TR_DATA_MASK + 1 + TR_NAME_MAX + 1 - TR_PATH_MAX];
+	struct tr_walk walk;
+	char name[TR_NAME_MAX + 1]; /* a chown's name, to find its directory */
+	__u32 name_len;
+	__u32 slash;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tr_attr_scratch);
+} tr_attr_heap SEC(".maps");
+
+struct tr_attr_args {
+	long ret;
+	long dfd;          /* TR_AT_FDCWD, or a directory's fd */
+	const char *uname; /* the name passed; NULL for an fd call */
+	long fd;           /* the file's fd (fchmod, fchown, AT_EMPTY_PATH); -1 if none */
+	__u32 mode;
+	__u32 uid;
+	__u32 gid;
+	__u16 call;        /* enum tr_attr_call */
+	__u16 hook;
+};
+
+static long tr_slash_step(__u32 i, void *arg)
+{
+	struct tr_attr_scratch *s = *(struct tr_attr_scratch **)arg;
+
+	if (i >= s->name_len)
+		return 1;
+	if (s->name[i & TR_NAME_MAX] == '/') {
+		s->slash = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/* The directory a chown's name is in, when the name is a bare component
+ * of dfd's directory or the cwd. A name with a slash names its directory
+ * by a path that only a lookup resolves, which is not possible here:
+ * NULL (not reported). */
+static __always_inline struct dentry *tr_name_dir(struct tr_attr_scratch *s,
+						  const struct tr_attr_args *a)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	long n = bpf_probe_read_user_str(s->name, sizeof(s->name), a->uname);
+	struct tr_attr_scratch *sp = s;
+
+	if (n <= 1 || n >= (long)sizeof(s->name))
+		return NULL;
+	s->name_len = n - 1;
+	s->slash = 0;
+	bpf_loop(TR_NAME_MAX + 1, tr_slash_step, &sp, 0);
+	if (s->slash)
+		return NULL;
+	if (a->dfd == TR_AT_FDCWD)
+		return BPF_CORE_READ(task, fs, pwd.dentry);
+	struct file *f = tr_fd_file(task, a->dfd);
+
+	return f ? BPF_CORE_READ(f, f_path.dentry) : NULL;
+}
+
+static __always_inline int tr_attr_finish(const struct tr_attr_args *a)
+{
+	bool chmod = a->call <= TR_CALL_FCHMODAT2;
+
+	if (a->ret != 0)
+		return 0;
+	if (chmod ? !(a->mode & (TR_S_ISUID | TR_S_ISGID)) : a->uid != 0)
+		return 0;
+	__u32 gen, zero = 0;
+	struct tr_attr_scratch *s = bpf_map_lookup_elem(&tr_attr_heap, &zero);
+
+	if (!s)
+		return 0;
+	struct tr_file_attr *ev = &s->ev;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct dentry *dir = NULL;
+	bool cut = false;
+	__u32 len;
+
+	ev->flags = 0;
+	ev->file_mode = 0;
+	if (a->fd >= 0) {
+		struct file *f = tr_fd_file(task, a->fd);
+
+		if (!f)
+			return 0;
+		struct dentry *d = BPF_CORE_READ(f, f_path.dentry);
+
+		ev->file_mode = BPF_CORE_READ(d, d_inode, i_mode);
+		/* The kernel drops S_ISGID for a caller outside the group. */
+		if (chmod && !(ev->file_mode & (TR_S_ISUID | TR_S_ISGID)))
+			return 0;
+		dir = BPF_CORE_READ(d, d_parent);
+		len = tr_write_path(ev->path, 0, TR_PATH_MAX, &s->walk,
+				    BPF_CORE_READ(f, f_path.mnt), d, &cut);
+	} else {
+		if (!chmod) {
+			dir = tr_name_dir(s, a);
+			if (!dir)
+				return 0;
+		}
+		len = tr_name_at(ev->path, &s->walk, 0, a->dfd, a->uname, &cut);
+		ev->flags |= TR_ATTR_UNRESOLVED;
+	}
+	if (!chmod) {
+		if (!(BPF_CORE_READ(dir, d_inode, i_mode) & TR_S_IWOTH))
+			return 0;
+		ev->flags |= TR_ATTR_WORLD_WRITABLE_DIR;
+	}
+	if (len > TR_PATH_MAX) {
+		len = TR_PATH_MAX;
+		cut = true;
+	}
+	if (cut)
+		ev->flags |= TR_ATTR_TRUNC_PATH;
+	ev->path_len = len;
+
+	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_FILE_ATTR, &gen);
+
+	ev->verdict.action = TR_ACT_NONE;
+	if (cfg) {
+		struct tr_policy_input in = {
+			.str = ev->path,
+			.str_len = len,
+			.str_field = TR_F_PATH,
+			.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
+		};
+
+		tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
+		tr_policy_eval(TR_PK_FILE_ATTR, cfg, gen, &in, &ev->verdict);
+	}
+	if (ev->verdict.action == TR_ACT_IGNORE)
+		return 0;
+	ev->hdr.kind = TR_KIND_FILE_ATTR;
+	ev->ret = a->ret;
+	ev->mode = a->mode;
+	ev->uid = a->uid;
+	ev->gid = a->gid;
+	ev->op = chmod ? TR_ATTR_CHMOD : TR_ATTR_CHOWN;
+	ev->call = a->call;
+	ev->hook = a->hook;
+	tr_fill_task(&ev->task, task);
+
+	__u64 size = offsetof(struct tr_file_attr, path) + tr_bound((__u64)len, 0x1FFF);
+
+	if (size > sizeof(struct tr_file_attr))
+		size = sizeof(struct tr_file_attr);
+	ev->hdr.size = size;
+	if (ev->verdict.action == TR_ACT_NONE)
+		tr_emit_bulk(TR_KIND_FILE_ATTR, ev, size, ev->task.uid);
+	else
+		tr_emit(TR_KIND_FILE_ATTR, ev, size);
+	return 0;
+}
+
+/* An *at call on "" with AT_EMPTY_PATH acts on dfd itself. */
+static __always_inline void tr_attr_empty_path(struct tr_attr_args *a, __u32 at_flags)
+{
+	char first = 1;
+
+	if (!(at_flags & TR_AT_EMPTY_PATH))
+		return;
+	bpf_probe_read_user(&first, 1, a->uname);
+	if (!first) {
+		a->fd = a->dfd;
+		a->uname = NULL;
+	}
+}
+
+SEC("tp/syscalls/sys_exit_chmod")
+int tr_chmod_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+	struct tr_attr_args a = {
+		.ret = ctx->ret, .dfd = TR_AT_FDCWD, .uname = (const char *)TR_ARG(r, 1), .fd = -1,
+		.mode = TR_ARG(r, 2), .call = TR_CALL_CHMOD, .hook = TR_HOOK_TP_SYSCALL,
+	};
+
+	return tr_attr_finish(&a);
+}
+
+SEC("tp/syscalls/sys_exit_fchmod")
+int tr_fchmod_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+	struct tr_attr_args a = {
+		.ret = ctx->ret, .fd = (int)TR_ARG(r, 1), .mode = TR_ARG(r, 2),
+		.call = TR_CALL_FCHMOD, .hook = TR_HOOK_TP_SYSCALL,
+	};
+
+	return tr_attr_finish(&a);
+}
+
+SEC("tp/syscalls/sys_exit_fchmodat")
+int tr_fchmodat_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+	struct tr_attr_args a = {
+		.ret = ctx->ret, .dfd = (int)TR_ARG(r, 1), .uname = (const char *)TR_ARG(r, 2),
+		.fd = -1, .mode = TR_ARG(r, 3), .call = TR_CALL_FCHMODAT, .hook = TR_HOOK_TP_SYSCALL,
+	};
+
+	return tr_attr_finish(&a);
+}
+
+SEC("tp/syscalls/sys_exit_fchmodat2")
+int tr_fchmodat2_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+	struct tr_attr_args a = {
+		.ret = ctx->ret, .dfd = (int)TR_ARG(r, 1), .uname = (const char *)TR_ARG(r, 2),
+		.fd = -1, .mode = TR_ARG(r, 3), .call = TR_CALL_FCHMODAT2, .hook = TR_HOOK_TP_SYSCALL,
+	};
+
+	tr_attr_empty_path(&a, TR_ARG(r, 4));
+	return tr_attr_finish(&a);
+}
+
+static __always_inline int tr_chown_exit(long ret, const char *uname, __u16 call)
+{
+	struct pt_regs *r = tr_user_regs();
+	struct tr_attr_args a = {
+		.ret = ret, .dfd = TR_AT_FDCWD, .uname = uname, .fd = -1,
+		.uid = TR_ARG(r, 2), .gid = TR_ARG(r, 3), .call = call, .hook = TR_HOOK_TP_SYSCALL,
+	};
+
+	return tr_attr_finish(&a);
+}
+
+SEC("tp/syscalls/sys_exit_chown")
+int tr_chown_exit_tp(struct trace_event_raw_sys_exit *ctx)
+{
+	return tr_chown_exit(ctx->ret, (const char *)TR_ARG(tr_user_regs(), 1), TR_CALL_CHOWN);
+}
+
+SEC("tp/syscalls/sys_exit_lchown")
+int tr_lchown_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return tr_chown_exit(ctx->ret, (const char *)TR_ARG(tr_user_regs(), 1), TR_CALL_LCHOWN);
+}
+
+SEC("tp/syscalls/sys_exit_fchown")
+int tr_fchown_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+	struct tr_attr_args a = {
+		.ret = ctx->ret, .fd = (int)TR_ARG(r, 1), .uid = TR_ARG(r, 2), .gid = TR_ARG(r, 3),
+		.call = TR_CALL_FCHOWN, .hook = TR_HOOK_TP_SYSCALL,
+	};
+
+	return tr_attr_finish(&a);
+}
+
+SEC("tp/syscalls/sys_exit_fchownat")
+int tr_fchownat_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *r = tr_user_regs();
+	struct tr_attr_args a = {
+		.ret = ctx->ret, .dfd = (int)TR_ARG(r, 1), .uname = (const char *)TR_ARG(r, 2),
+		.fd = -1, .uid = TR_ARG(r, 3), .gid = TR_ARG(r, 4), .call = TR_CALL_FCHOWNAT,
+		.hook = TR_HOOK_TP_SYSCALL,
+	};
+
+	tr_attr_empty_path(&a, TR_ARG(r, 5));
+	return tr_attr_finish(&a);
+}
+
+/* ---- 32-bit syscalls (x86's ia32 entry), from evasion.bpf.h's sys_exit ---- */
+#if TR_HAVE_IA32
+/* Bit n set: ia32 syscall n is one tr_ia32_priv() judges (the numbers of
+ * tr_ia32_priv_op() and of its switch), so the exit program's first test,
+ * which every syscall exit of every process passes through, stays a load. */
+static const volatile __u64 tr_ia32_priv_nrs[8] = { 0x400000818000ULL, 0xc00000c0ULL, 0x240041000000c00ULL, 0x1f59840ULL, 0x4040000000000ULL, 0x0ULL, 0x0ULL, 0x10ULL };
+
+static __always_inline bool tr_ia32_priv_nr(long nr)
+{
+	return nr >= 0 && nr < 512 && ((tr_ia32_priv_nrs[(nr >> 6) & 7] >> (nr & 63)) & 1);
+}
+
+/* The ia32 table: the 16-bit-id calls and their 32-bit twins. */
+static __always_inline __u16 tr_ia32_priv_op(long nr)
+{
+	switch (nr) {
+	case 23: case 213: return TR_PRIV_SETUID;
+	case 46: case 214: return TR_PRIV_SETGID;
+	case 70: case 203: return TR_PRIV_SETREUID;
+	case 71: case 204: return TR_PRIV_SETREGID;
+	case 164: case 208: return TR_PRIV_SETRESUID;
+	case 170: case 210: return TR_PRIV_SETRESGID;
+	case 138: case 215: return TR_PRIV_SETFSUID;
+	case 139: case 216: return TR_PRIV_SETFSGID;
+	case 185: return TR_PRIV_CAPSET;
+	default: return 0;
+	}
+}
+
+/* 16-bit ids: 0xFFFF means "unchanged", as (u32)-1 does for the others. */
+static __always_inline __u32 tr_ia32_id(__u32 v, bool wide)
+{
+	return wide || (__u16)v != 0xFFFF ? v : (__u32)-1;
+}
+
+/*
+ * A set*id, capset, chmod or chown through the 32-bit entry. No enter
+ * tracepoint saw the credentials before a 32-bit call (attaching the raw
+ * sys_enter would cost every syscall of every process), so a change is
+ * reported with the credentials after it only, for a call that succeeded.
+ */
+static __always_inline int tr_ia32_priv(long nr, struct pt_regs *regs, long ret)
+{
+	__u16 hook = TR_HOOK_TP_SYS_EXIT | TR_HOOK_IA32;
+	__u16 op = tr_ia32_priv_op(nr);
+	__u32 bx = BPF_CORE_READ(regs, bx), cx = BPF_CORE_READ(regs, cx);
+	__u32 dx = BPF_CORE_READ(regs, dx), si = BPF_CORE_READ(regs, si);
+
+	if (op) {
+		struct tr_priv *ev;
+
+		/* setfsuid/setfsgid return the old id: success is not in ret. */
+		if (ret != 0 && op != TR_PRIV_SETFSUID && op != TR_PRIV_SETFSGID)
+			return 0;
+		ev = tr_priv_record();
+		if (!ev)
+			return 0;
+		ev->flags = TR_PRIV_OLD_UNKNOWN;
+		tr_read_cred(&ev->new, tr_current_cred());
+		if ((op == TR_PRIV_SETFSUID && ret == ev->new.fsuid) ||
+		    (op == TR_PRIV_SETFSGID && ret == ev->new.fsgid))
+			return 0;
+		return tr_priv_emit(ev, op, hook, ret);
+	}
+	struct tr_attr_args a = { .ret = ret, .dfd = TR_AT_FDCWD, .fd = -1, .hook = hook };
+	bool wide = true;
+
+	switch (nr) {
+	case 15: /* chmod */
+		a.uname = (const char *)(unsigned long)bx;
+		a.mode = cx;
+		a.call = TR_CALL_CHMOD;
+		break;
+	case 94: /* fchmod */
+		a.fd = (int)bx;
+		a.mode = cx;
+		a.call = TR_CALL_FCHMOD;
+		break;
+	case 306: /* fchmodat */
+	case 452: /* fchmodat2 */
+		a.dfd = (int)bx;
+		a.uname = (const char *)(unsigned long)cx;
+		a.mode = dx;
+		a.call = nr == 306 ? TR_CALL_FCHMODAT : TR_CALL_FCHMODAT2;
+		if (nr == 452)
+			tr_attr_empty_path(&a, si);
+		break;
+	case 182: /* chown (16-bit ids) */
+	case 212: /* chown32 */
+	case 16:  /* lchown (16-bit ids) */
+	case 198: /* lchown32 */
+		wide = nr == 212 || nr == 198;
+		a.uname = (const char *)(unsigned long)bx;
+		a.uid = tr_ia32_id(cx, wide);
+		a.gid = tr_ia32_id(dx, wide);
+		a.call = nr == 182 || nr == 212 ? TR_CALL_CHOWN : TR_CALL_LCHOWN;
+		break;
+	case 95:  /* fchown (16-bit ids) */
+	case 207: /* fchown32 */
+		wide = nr == 207;
+		a.fd = (int)bx;
+		a.uid = tr_ia32_id(cx, wide);
+		a.gid = tr_ia32_id(dx, wide);
+		a.call = TR_CALL_FCHOWN;
+		break;
+	case 298: /* fchownat */
+		a.dfd = (int)bx;
+		a.uname = (const char *)(unsigned long)cx;
+		a.uid = dx;
+		a.gid = si;
+		a.call = TR_CALL_FCHOWNAT;
+		tr_attr_empty_path(&a, BPF_CORE_READ(regs, di));
+		break;
+	default:
+		return 0;
+	}
+	return tr_attr_finish(&a);
+}
+#endif
+
+#endif /* TRACER_PRIV_BPF_H */

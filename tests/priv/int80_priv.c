@@ -1,0 +1,67 @@
+/*
+ * Credential and file-attribute calls through the 32-bit syscall entry
+ * (`int $0x80`) from a 64-bit program, as tests/evasion/int80.c does for
+ * opens: the 64-bit syscall tracepoints never see them.
+ *
+ *   int80_priv setresuid32 UID MARKER     setresuid32(UID, UID, UID)
+ *   int80_priv chmod PATH MODE MARKER     chmod(PATH, MODE), MODE in octal
+ *   int80_priv chown32 PATH UID MARKER    chown32(PATH, UID, -1)
+ *
+ * Prints "ret: N" (N = the syscall's result, -errno on failure).
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define NR32_CHMOD 15
+#define NR32_SETRESUID32 208
+#define NR32_CHOWN32 212
+
+static long int80(long nr, long a, long b, long c)
+{
+	long ret;
+
+	asm volatile("int $0x80"
+		     : "=a"(ret)
+		     : "a"(nr), "b"(a), "c"(b), "d"(c)
+		     : "memory", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15");
+	return ret;
+}
+
+/* The 32-bit entry takes 32-bit pointers: the path lives below 4 GiB. */
+static char *low_copy(const char *s)
+{
+	char *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT,
+		       -1, 0);
+
+	if (p == MAP_FAILED || strlen(s) >= 8192) {
+		perror("mmap");
+		exit(1);
+	}
+	strcpy(p, s);
+	return p;
+}
+
+int main(int argc, char **argv)
+{
+	long ret;
+
+	if (argc == 4 && !strcmp(argv[1], "setresuid32")) {
+		long uid = strtol(argv[2], NULL, 10);
+
+		ret = int80(NR32_SETRESUID32, uid, uid, uid);
+	} else if (argc == 5 && !strcmp(argv[1], "chmod")) {
+		ret = int80(NR32_CHMOD, (long)low_copy(argv[2]), strtol(argv[3], NULL, 8), 0);
+	} else if (argc == 5 && !strcmp(argv[1], "chown32")) {
+		ret = int80(NR32_CHOWN32, (long)low_copy(argv[2]), strtol(argv[3], NULL, 10),
+			    0xFFFFFFFFL);
+	} else {
+		fprintf(stderr, "usage: int80_priv setresuid32 UID MARKER | chmod PATH MODE MARKER | "
+				"chown32 PATH UID MARKER\n");
+		return 1;
+	}
+	printf("ret: %ld\n", ret);
+	return 0;
+}

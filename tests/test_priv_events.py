@@ -1,0 +1,296 @@
+"""privilege_change and file_attr events on the real kernel.
+
+Every workload is a real process making the real calls (Python's os
+module, ctypes where it has no wrapper, a C program for the 32-bit entry);
+the events are the daemon's JSON lines.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Daemon, Event, new_marker
+
+pytestmark = pytest.mark.kernel
+
+X86 = platform.machine() == "x86_64"
+NOBODY = 65534
+SETPRIV = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+# capget/capset through ctypes: Python's os module has neither.
+_CAPS = textwrap.dedent("""
+    import ctypes, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+    def raise_effective(*caps):
+        h, d = Header(0x20080522, 0), (Data * 2)()
+        assert libc.capget(ctypes.byref(h), d) == 0
+        for c in caps:
+            d[c // 32].effective |= 1 << (c % 32)
+        assert libc.capset(ctypes.byref(h), d) == 0, ctypes.get_errno()
+    PR_SET_KEEPCAPS = 8
+""")
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    d = Daemon()
+    yield d
+    assert d.stop() == 0, "".join(d.stderr)
+
+
+@pytest.fixture()
+def shared_dir() -> Iterator[Path]:
+    """A directory under /tmp that user nobody can enter (pytest's tmp_path is 0700)."""
+    d = Path("/tmp") / new_marker("priv")
+    d.mkdir(mode=0o755)
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d)
+
+
+def _python(script: str, marker: str, prefix: tuple[str, ...] = ()) -> None:
+    subprocess.run([*prefix, sys.executable, "-c", "import os\n" + script, marker], check=True)
+
+
+def _events(daemon: Daemon, kind: str, marker: str) -> list[Event]:
+    daemon.sync()
+    return daemon.matching(
+        lambda e: e.get("type") == kind and marker in (e.get("process") or {}).get("args", [])
+    )
+
+
+def _ops(events: list[Event]) -> list[str]:
+    return [e["privilege_change"]["op"] for e in events]
+
+
+def test_setresuid_reports_old_and_new_credentials(daemon: Daemon) -> None:
+    marker = new_marker("setres")
+    _python(f"os.setresgid({NOBODY}, {NOBODY}, {NOBODY})\n"
+            f"os.setresuid({NOBODY}, {NOBODY}, {NOBODY})", marker)
+    evs = _events(daemon, "privilege_change", marker)
+    assert _ops(evs) == ["setresgid", "setresuid"]
+    gid, uid = (e["privilege_change"] for e in evs)
+    assert gid["old"]["gid"] == 0 and gid["new"]["gid"] == NOBODY
+    assert gid["changed"] == ["gid", "egid", "sgid", "fsgid"]
+    assert gid["new"]["cap_effective"] == []  # unchanged sets are not named
+    assert uid["old"]["uid"] == 0 and uid["new"]["uid"] == NOBODY
+    assert uid["new"]["euid"] == uid["new"]["suid"] == uid["new"]["fsuid"] == NOBODY
+    # Leaving uid 0 clears the capability sets: named where they changed.
+    assert {"uid", "euid", "suid", "fsuid", "cap_permitted", "cap_effective"} <= set(
+        uid["changed"]
+    )
+    assert "CAP_SETUID" in uid["old"]["cap_effective"]
+    assert uid["new"]["cap_effective"] == []
+    assert not uid["to_root"]
+    assert uid["hook"] == "tracepoint/sys_exit"
+    # The event's process is as the call left it.
+    assert evs[1]["process"]["uid"] == evs[1]["process"]["euid"] == NOBODY
+
+
+def test_a_call_that_changes_nothing_or_fails_is_not_reported(daemon: Daemon) -> None:
+    marker = new_marker("nochange")
+    _python(
+        "os.setresuid(0, 0, 0)\n"  # root to root: nothing changes
+        f"os.setresuid({NOBODY}, {NOBODY}, {NOBODY})\n"
+        "try:\n    os.setuid(0)\nexcept PermissionError:\n    pass\n",
+        marker,
+    )
+    assert _ops(_events(daemon, "privilege_change", marker)) == ["setresuid"]
+
+
+def test_capset_and_a_setuid_to_root_from_non_root(daemon: Daemon) -> None:
+    """A process that kept CAP_SETUID past its setresuid (a leaked capability) and uses it."""
+    marker = new_marker("toroot")
+    _python(
+        _CAPS
+        + "libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)\n"
+        + f"os.setresuid({NOBODY}, {NOBODY}, {NOBODY})\n"
+        + "raise_effective(7)\n"  # CAP_SETUID
+        + "os.setuid(0)\n",
+        marker,
+    )
+    evs = _events(daemon, "privilege_change", marker)
+    assert _ops(evs) == ["setresuid", "capset", "setuid"]
+    down, capset, up = (e["privilege_change"] for e in evs)
+    assert not down["to_root"]
+    assert capset["changed"] == ["cap_effective"]
+    assert capset["old"]["cap_effective"] == [] and capset["new"]["cap_effective"] == ["CAP_SETUID"]
+    assert up["to_root"]
+    assert up["old"]["uid"] == up["old"]["suid"] == NOBODY
+    assert up["new"]["uid"] == up["new"]["euid"] == 0
+
+
+def _setuid_copy(directory: Path, mode: int) -> Path:
+    exe = directory / "true-copy"
+    shutil.copy(os.path.realpath(shutil.which("true") or "/bin/true"), exe)
+    os.chown(exe, 0, 0)
+    exe.chmod(mode)
+    return exe
+
+
+def _as_nobody(*argv: str) -> None:
+    """Run argv as nobody, switched in the forked child before the exec (the
+    child's set*id calls are pytest's: its argv has no marker)."""
+    subprocess.run(argv, check=True, user=NOBODY, group=NOBODY, extra_groups=[])
+
+
+def test_exec_of_a_setuid_root_binary(daemon: Daemon, shared_dir: Path) -> None:
+    exe = _setuid_copy(shared_dir, 0o4755)
+    marker = new_marker("suidexec")
+    _as_nobody(str(exe), marker)
+    (ev,) = _events(daemon, "privilege_change", marker)
+    pc = ev["privilege_change"]
+    assert pc["op"] == "exec"
+    assert pc["hook"] == "tp_btf/sched_process_exec"
+    assert pc["old"]["uid"] == pc["old"]["euid"] == NOBODY
+    assert pc["new"]["uid"] == NOBODY and pc["new"]["euid"] == pc["new"]["suid"] == 0
+    assert pc["to_root"]
+    assert "CAP_SYS_ADMIN" in pc["new"]["cap_effective"]  # euid 0 gets root's capabilities
+    assert ev["process"]["binary"] == str(exe)
+    # Without the bit, the same exec changes nothing.
+    exe.chmod(0o755)
+    marker = new_marker("plainexec")
+    _as_nobody(str(exe), marker)
+    assert _events(daemon, "privilege_change", marker) == []
+
+
+def test_an_exec_that_drops_capabilities_is_a_change(daemon: Daemon, shared_dir: Path) -> None:
+    """A non-root process holding capabilities (setpriv keeps them across its
+    setresuid) loses them at the exec of a plain binary."""
+    exe = _setuid_copy(shared_dir, 0o755)
+    marker = new_marker("capdrop")
+    subprocess.run([*SETPRIV, str(exe), marker], check=True)
+    evs = _events(daemon, "privilege_change", marker)
+    assert evs[-1]["privilege_change"]["op"] == "exec", evs
+    pc = evs[-1]["privilege_change"]
+    assert pc["changed"] and all(f.startswith("cap_") for f in pc["changed"])
+    assert pc["new"]["cap_effective"] == [] and pc["old"]["cap_effective"] != []
+    assert not pc["to_root"]
+
+
+@pytest.fixture(scope="module")
+def int80_priv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not X86:
+        pytest.skip("the 32-bit entry is x86's")
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.fail("the 32-bit tests compile their program: install gcc")
+    exe = tmp_path_factory.mktemp("priv-bin") / "int80_priv"
+    src = REPO / "tests" / "priv" / "int80_priv.c"
+    subprocess.run([cc, "-O2", "-Wall", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+def _int80(exe: Path, *args: str, cwd: Path | None = None) -> str:
+    return subprocess.run(
+        [str(exe), *args], check=True, capture_output=True, text=True, cwd=cwd
+    ).stdout
+
+
+def test_a_32_bit_setresuid_is_reported_without_the_old_credentials(
+    daemon: Daemon, int80_priv: Path
+) -> None:
+    marker = new_marker("ia32uid")
+    assert _int80(int80_priv, "setresuid32", str(NOBODY), marker) == "ret: 0\n"
+    (ev,) = _events(daemon, "privilege_change", marker)
+    pc = ev["privilege_change"]
+    assert pc["op"] == "setresuid"
+    assert pc["hook"] == "ia32:tp_btf/sys_exit"
+    assert "old" not in pc and pc["changed"] == []
+    assert pc["new"]["uid"] == pc["new"]["euid"] == NOBODY
+    assert not pc["to_root"]
+
+
+def _attrs(daemon: Daemon, marker: str) -> list[dict[str, object]]:
+    return [e["file_attr"] for e in _events(daemon, "file_attr", marker)]
+
+
+def test_chmod_family_setting_set_id_bits(daemon: Daemon, shared_dir: Path) -> None:
+    target = shared_dir / "payload"
+    target.write_text("x")
+    marker = new_marker("chmod")
+    _python(
+        textwrap.dedent(f"""
+            import ctypes
+            p = {str(target)!r}
+            os.chmod(p, 0o4755)
+            fd = os.open(p, os.O_RDONLY)
+            os.fchmod(fd, 0o2755)
+            d = os.open({str(shared_dir)!r}, os.O_RDONLY)
+            os.chmod("payload", 0o6755, dir_fd=d)
+            libc = ctypes.CDLL(None, use_errno=True)
+            assert libc.syscall(452, -100, p.encode(), 0o4700, 0) == 0, ctypes.get_errno()
+            os.chmod(p, 0o755)  # clears the bits: not reported
+        """),
+        marker,
+    )
+    got = _attrs(daemon, marker)
+    assert [a["call"] for a in got] == ["chmod", "fchmod", "fchmodat", "fchmodat2"]
+    assert {a["op"] for a in got} == {"chmod"}
+    assert all(a["path"] == str(target) for a in got), got
+    assert [a["mode"] for a in got] == [0o4755, 0o2755, 0o6755, 0o4700]
+    # By fd the file is resolved, and its mode after the call is known.
+    assert [a["resolved"] for a in got] == [False, True, False, False]
+    assert got[1]["file_mode"] == stat.S_IFREG | 0o2755
+    assert all(a["hook"] == "tracepoint/sys_exit" for a in got)
+
+
+def test_chown_to_root_in_a_world_writable_directory(daemon: Daemon, shared_dir: Path) -> None:
+    drop = shared_dir / "drop"
+    drop.mkdir()
+    drop.chmod(0o1777)
+    safe = shared_dir / "safe"
+    safe.mkdir(mode=0o755)
+    for d in (drop, safe):
+        (d / "f").write_text("x")
+        os.chown(d / "f", NOBODY, NOBODY)
+    marker = new_marker("chown")
+    _python(
+        textwrap.dedent(f"""
+            os.chdir({str(drop)!r})
+            os.chown("f", 0, -1)
+            fd = os.open("f", os.O_RDONLY)
+            os.fchown(fd, 0, 0)
+            os.chdir({str(safe)!r})
+            os.chown("f", 0, -1)  # not a world-writable directory
+            os.chown("f", {NOBODY}, -1)  # not to root
+        """),
+        marker,
+    )
+    got = _attrs(daemon, marker)
+    assert [a["call"] for a in got] == ["chown", "fchown"]
+    assert all(a["op"] == "chown" and a["uid"] == 0 for a in got)
+    assert all(a["world_writable_dir"] for a in got)
+    assert "gid" not in got[0] and got[1]["gid"] == 0
+    assert got[0]["path"] == got[1]["path"] == str(drop / "f")
+
+
+def test_32_bit_chmod_and_chown(daemon: Daemon, shared_dir: Path, int80_priv: Path) -> None:
+    shared_dir.chmod(0o1777)
+    target = shared_dir / "payload"
+    target.write_text("x")
+    os.chown(target, NOBODY, NOBODY)
+    marker = new_marker("ia32attr")
+    assert _int80(int80_priv, "chmod", str(target), "4755", marker) == "ret: 0\n"
+    assert _int80(int80_priv, "chown32", "payload", "0", marker, cwd=shared_dir) == "ret: 0\n"
+    got = _attrs(daemon, marker)
+    assert [(a["call"], a["hook"]) for a in got] == [
+        ("chmod", "ia32:tp_btf/sys_exit"),
+        ("chown", "ia32:tp_btf/sys_exit"),
+    ]
+    assert got[0]["mode"] == 0o4755
+    assert got[1]["uid"] == 0 and "gid" not in got[1] and got[1]["world_writable_dir"]
+    assert got[0]["path"] == got[1]["path"] == str(target)
