@@ -192,7 +192,6 @@ struct tr_policy_scratch {
 	char tail[TR_POLICY_STR]; /* last bytes of a string, for suffixes */
 	__u32 tail_len;
 	struct tr_globber glob;
-	struct tr_throttle_scratch thr;
 };
 
 struct {
@@ -789,7 +788,7 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 	struct tr_throttle_rule *thr = bpf_map_lookup_elem(&tr_throttle_rules, &slot);
 
 	if (thr && thr->limit && thr->per_ms && rule->action == TR_ACT_POST &&
-	    tr_throttled(&s->thr, slot, kind, in, rule, thr))
+	    tr_throttled(slot, kind, in, rule, thr))
 		return;
 	out->policy_id = rule->policy_id;
 	out->rule = rule->index;

@@ -90,6 +90,20 @@ struct tr_throttle_scratch {
 	__u32 pad;
 };
 
+/* The one scratch of the throttle, per CPU. tr_throttle_decide finds it
+ * here itself rather than being passed it: before 6.2 a map helper takes
+ * no key or value a global function was passed (only the stack's or a
+ * map's), and the callers have no stack to give. Looked up by a key in
+ * read-only data, for the same reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tr_throttle_scratch);
+} tr_throttle_scratch SEC(".maps");
+
+const volatile __u32 tr_thr_zero SEC(".rodata.tr_thr_zero") = 0;
+
 static __always_inline void tr_thr_count(__u32 *idx, __u32 slot, __u64 n)
 {
 	*idx = slot;
@@ -226,8 +240,11 @@ static __always_inline void tr_throttle_open(struct tr_throttle_scratch *t,
  * after a few tries posts (counted). A global function: the verifier
  * checks it once, not at every place a policy is evaluated.
  */
-__noinline int tr_throttle_decide(struct tr_throttle_scratch *t)
+__noinline int tr_throttle_decide(void)
 {
+	struct tr_throttle_scratch *t =
+		bpf_map_lookup_elem(&tr_throttle_scratch, (const void *)&tr_thr_zero);
+
 	if (!t)
 		return 0;
 	t->key.slot = t->slot;
@@ -284,10 +301,14 @@ suppress:
  * event `in` to post, keeps it back, else 0. Only the request is copied
  * here: tr_throttle_decide is checked by the verifier once per program,
  * not at every place a policy is evaluated. */
-static __always_inline int tr_throttled(struct tr_throttle_scratch *t, __u32 slot, __u32 kind,
-					struct tr_policy_input *in, struct tr_rule *rule,
-					struct tr_throttle_rule *thr)
+static __always_inline int tr_throttled(__u32 slot, __u32 kind, struct tr_policy_input *in,
+					struct tr_rule *rule, struct tr_throttle_rule *thr)
 {
+	struct tr_throttle_scratch *t =
+		bpf_map_lookup_elem(&tr_throttle_scratch, (const void *)&tr_thr_zero);
+
+	if (!t)
+		return 0;
 	t->slot = slot;
 	t->kind = kind;
 	t->policy_id = rule->policy_id;
@@ -304,7 +325,7 @@ static __always_inline int tr_throttled(struct tr_throttle_scratch *t, __u32 slo
 	t->has_daddr = in->daddr != NULL;
 	if (in->daddr)
 		bpf_probe_read_kernel(t->daddr, 16, in->daddr);
-	return tr_throttle_decide(t);
+	return tr_throttle_decide();
 }
 
 struct tr_flush {
