@@ -46,9 +46,9 @@ VICTIM_BUDGET = 18
 # The flood tests' storm: processes of one unprivileged uid.
 STORMS = 3
 STORM_UID = 60000 + os.getpid() % 5000
-# A storm's records, averaged: fork 96 and exit 104 bytes in the ring, an
-# exec of spawn from a pytest temporary directory ~250.
-STORM_RECORD_BYTES = 150
+# The records of one storm exec in the ring: fork 96 and exit 104 bytes,
+# the exec of spawn from a temporary directory ~250.
+STORM_RUN_BYTES = 450
 TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
 
 
@@ -423,48 +423,63 @@ def spawn() -> Iterator[Path]:
 class Storm:
     """STORMS processes of one uid, each running spawn (static) one exec
     after the other: fork, exec and exit records as fast as this machine
-    makes them."""
+    makes them. Each counts its runs in a file of its own (spawn -c)."""
 
     def __init__(self, spawn: Path, uid: int, seconds: float = 0) -> None:
-        self.procs = [
-            subprocess.Popen(
-                [str(spawn), "-t", str(seconds), str(spawn)],
-                stdout=subprocess.PIPE,
-                preexec_fn=lambda: _as_uid(uid),
-            )
-            for _ in range(STORMS)
-        ]
+        self._dir = tempfile.TemporaryDirectory(prefix="tracer-storm-")
+        self._counts = [Path(self._dir.name) / str(i) for i in range(STORMS)]
+        self.procs = []
+        for count in self._counts:
+            with count.open("w") as out:
+                self.procs.append(
+                    subprocess.Popen(
+                        [str(spawn), "-c", "-t", str(seconds), str(spawn)],
+                        stdout=out,
+                        preexec_fn=lambda: _as_uid(uid),
+                    )
+                )
 
     def runs(self) -> int:
-        """Execs made, once each process has run its time."""
-        return sum(int(p.communicate(timeout=60)[0]) for p in self.procs)
+        """Execs made so far."""
+        return sum(int(c.read_text() or 0) for c in self._counts)
+
+    def wait_runs(self, n: int, timeout: float = 600) -> None:
+        """Until the storm has made n execs (however slow this machine is)."""
+        deadline = time.monotonic() + timeout
+        while self.runs() < n:
+            assert time.monotonic() < deadline, f"the storm made {self.runs()} of {n} execs"
+            time.sleep(0.05)
 
     def stop(self) -> None:
         for p in self.procs:
             p.kill()
-            p.communicate()
+            p.wait()
+        self._dir.cleanup()
 
 
 @pytest.fixture(scope="module")
 def storm_rate(spawn: Path) -> float:
     """Bulk records a second that a Storm makes here, with no daemon.
 
-    The flood tests scale their budget and their waits by it rather than
-    assume one: under emulation (the `make test-vm` guests) an exec costs
-    about a hundred times what it costs on the host.
+    The budget test scales its budget by it rather than assume one: under
+    emulation (the `make test-vm` guests) an exec costs about a hundred
+    times what it costs on the host.
     """
     seconds = 2.0
-    return 3 * Storm(spawn, STORM_UID, seconds).runs() / seconds
+    storm = Storm(spawn, STORM_UID, seconds)
+    for p in storm.procs:
+        assert p.wait(60) == 0
+    runs = storm.runs()
+    storm.stop()
+    return 3 * runs / seconds
 
 
-def _until_ring_holds(nbytes: int, rate: float) -> float:
-    """Seconds a Storm needs to put nbytes into a ring nobody reads, twice over."""
-    return max(1.0, 2 * nbytes / (rate * STORM_RECORD_BYTES))
+def _runs_to_fill(nbytes: int) -> int:
+    """Storm execs that put nbytes into a ring nobody reads, twice over."""
+    return 2 * nbytes // STORM_RUN_BYTES
 
 
-def test_an_exec_storm_does_not_crowd_out_selected_opens(
-    tmp_path: Path, spawn: Path, storm_rate: float
-) -> None:
+def test_an_exec_storm_does_not_crowd_out_selected_opens(tmp_path: Path, spawn: Path) -> None:
     """An unprivileged exec storm fills a tiny bulk ring; a posted open
     storm from another process loses nothing and keeps its ancestry. The
     reader is stopped (SIGSTOP) meanwhile: under emulation a live one
@@ -501,7 +516,7 @@ def test_an_exec_storm_does_not_crowd_out_selected_opens(
         opener.stdin.write(b"go\n")
         opener.stdin.flush()
         assert opener.stdout.readline() == b"done\n"
-        time.sleep(_until_ring_holds(8 << 10, storm_rate))
+        storm.wait_runs(_runs_to_fill(8 << 10))
     finally:
         if storm is not None:
             storm.stop()
@@ -549,7 +564,7 @@ def test_a_storming_uid_is_held_to_its_budget_and_others_lose_nothing(
     d.proc.send_signal(signal.SIGSTOP)
     try:
         storm = Storm(spawn, STORM_UID)
-        time.sleep(_until_ring_holds((2 << 20) // 8, storm_rate))  # behind: an eighth full
+        storm.wait_runs(_runs_to_fill((2 << 20) // 8))  # behind: an eighth full
         subprocess.run(
             [str(spawn), "-n", "100", "-p", str(pace_ms), TRUE, marker],
             preexec_fn=lambda: _as_uid(STORM_UID + 1),

@@ -12,6 +12,8 @@
 //   spawn                                    exit at once (what a storm runs)
 //
 // -p: at least MS milliseconds from the start of one run to the next.
+// -c: after each run, write the count so far over the start of standard
+//     output (a file): a watcher sees how far a storm has got.
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -28,7 +30,7 @@ static double now(void)
 
 static int usage(const char *self)
 {
-	fprintf(stderr, "usage: %s -t SECONDS|-n COUNT [-p MS] PROG [ARG...]\n", self);
+	fprintf(stderr, "usage: %s -t SECONDS|-n COUNT [-p MS] [-c] PROG [ARG...]\n", self);
 	return 2;
 }
 
@@ -36,15 +38,16 @@ int main(int argc, char **argv)
 {
 	double seconds = -1, period = 0;
 	long count = -1;
-	int opt;
+	int opt, progress = 0;
 
 	if (argc == 1)
 		return 0;
-	while ((opt = getopt(argc, argv, "+t:n:p:")) != -1) {
+	while ((opt = getopt(argc, argv, "+t:n:p:c")) != -1) {
 		switch (opt) {
 		case 't': seconds = atof(optarg); break;
 		case 'n': count = atol(optarg); break;
 		case 'p': period = atof(optarg) / 1000; break;
+		case 'c': progress = 1; break;
 		default: return usage(argv[0]);
 		}
 	}
@@ -86,6 +89,14 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		n++;
+		if (progress) {
+			int len = snprintf(number, sizeof(number), "%ld\n", n);
+
+			if (pwrite(1, number, len, 0) != len) {
+				perror("pwrite");
+				return 1;
+			}
+		}
 	}
 	printf("%ld\n", n);
 	return 0;
