@@ -141,6 +141,22 @@ static __always_inline __u8 tr_file_hook(struct file *file, __u16 hook)
 	return v.action;
 }
 
+/* Move this thread's in-flight open record (the entry's arguments, the
+ * security hook's verdict) into `a` and free its slot, so that the
+ * thread's next open starts clean; false, `a` untouched, when there is
+ * none. */
+static __always_inline bool tr_open_take(struct tr_open_args *a)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
+
+	if (!pending)
+		return false;
+	*a = *pending;
+	bpf_map_delete_elem(&tr_open_inflight, &id);
+	return true;
+}
+
 SEC("lsm/file_open")
 int BPF_PROG(tr_lsm_file_open, struct file *file, int ret)
 {
@@ -167,19 +183,12 @@ int BPF_KPROBE(tr_kprobe_file_open, struct file *file)
 SEC("fexit/do_sys_openat2")
 int BPF_PROG(tr_fexit_openat2, int dfd, const char *filename, struct open_how *how, long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
 	struct tr_open_args a = { .hook = TR_HOOK_FEXIT_OPENAT2 };
 
 	if (tr_in_ia32())
 		a.hook |= TR_HOOK_IA32;
-
-	if (pending) {
-		a = *pending;
-		bpf_map_delete_elem(&tr_open_inflight, &id);
-	} else if (ret >= 0) {
+	if (!tr_open_take(&a) && ret >= 0)
 		return 0; /* opened, and the security hook selected nothing */
-	}
 	/* Unselected failures are evaluated on the name asked for, as the
 	 * tracepoint variant does: the hook never saw most of them. */
 	a.upath = filename;
@@ -210,14 +219,10 @@ static __always_inline int tr_kprobe_open_enter(const char *upath, __u32 flags, 
  * so a success it did not select is done. */
 static __always_inline int tr_kprobe_open_exit(long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
+	struct tr_open_args a;
 
-	if (!pending)
+	if (!tr_open_take(&a))
 		return 0;
-	struct tr_open_args a = *pending;
-
-	bpf_map_delete_elem(&tr_open_inflight, &id);
 	if (!a.selected && ret >= 0)
 		return 0;
 	return tr_open_finish(ret, &a);
@@ -565,14 +570,10 @@ static __always_inline int tr_io_open_enter(struct io_kiocb *req, __u16 hook)
 
 static __always_inline int tr_io_open_exit(long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct tr_open_args *pending = bpf_map_lookup_elem(&tr_open_inflight, &id);
+	struct tr_open_args a;
 
-	if (!pending)
+	if (!tr_open_take(&a))
 		return 0;
-	struct tr_open_args a = *pending;
-
-	bpf_map_delete_elem(&tr_open_inflight, &id);
 	/* A local: inside BPF_CORE_READ, a.req would relocate our own struct. */
 	struct io_kiocb *req = a.req;
 

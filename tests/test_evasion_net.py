@@ -13,10 +13,12 @@ test (tests/capture.py).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -35,8 +37,19 @@ PY = sys.executable
 # machine a round may run them one after the other. Rounds are repeated
 # until the flipping thread has changed the outcome at least once.
 ROUNDS = 20
-# Bulk records per uid per second in the budget test.
+# Bulk records per uid per second in the budget test: at most this, so that
+# the 2 MiB ring has room for the capped storm and the paced execs while the
+# daemon is stopped; less where the storm cannot exceed it.
 BUDGET = 300
+# The least budget the budget test's paced execs fit in, with a margin (see there).
+VICTIM_BUDGET = 18
+# The flood tests' storm: processes of one unprivileged uid.
+STORMS = 3
+STORM_UID = 60000 + os.getpid() % 5000
+# The records of one storm exec in the ring: fork 96 and exit 104 bytes,
+# the exec of spawn from a temporary directory ~250.
+STORM_RUN_BYTES = 450
+TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +57,16 @@ def progs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The hostile programs, built for this run (their paths are unique)."""
     out = tmp_path_factory.mktemp("evasion")
     built = {}
-    for src in sorted(EVASION.glob("*.c")):
-        exe = out / src.stem
-        subprocess.run(
-            ["gcc", "-O2", "-Wall", "-pthread", "-o", str(exe), str(src)],
-            check=True,
-            capture_output=True,
-        )
-        built[src.stem] = exe
+    for name in ("connect_race", "openat2_race"):
+        built[name] = out / name
+        _build(EVASION / f"{name}.c", built[name], "-pthread")
     return built
+
+
+def _build(src: Path, exe: Path, *flags: str) -> None:
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", *flags, "-o", str(exe), str(src)], check=True, capture_output=True
+    )
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -396,9 +410,81 @@ def _as_uid(uid: int) -> None:
     os.setuid(uid)
 
 
-def test_an_exec_storm_does_not_crowd_out_selected_opens(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def spawn() -> Iterator[Path]:
+    """tests/evasion/spawn.c, static, where the storm's unprivileged uid can run it."""
+    with tempfile.TemporaryDirectory(prefix="tracer-spawn-") as d:
+        os.chmod(d, 0o755)
+        exe = Path(d) / "spawn"
+        _build(EVASION / "spawn.c", exe, "-static")
+        yield exe
+
+
+class Storm:
+    """STORMS processes of one uid, each running spawn (static) one exec
+    after the other: fork, exec and exit records as fast as this machine
+    makes them. Each counts its runs in a file of its own (spawn -c)."""
+
+    def __init__(self, spawn: Path, uid: int, seconds: float = 0) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="tracer-storm-")
+        self._counts = [Path(self._dir.name) / str(i) for i in range(STORMS)]
+        self.procs = []
+        for count in self._counts:
+            with count.open("w") as out:
+                self.procs.append(
+                    subprocess.Popen(
+                        [str(spawn), "-c", "-t", str(seconds), str(spawn)],
+                        stdout=out,
+                        preexec_fn=lambda: _as_uid(uid),
+                    )
+                )
+
+    def runs(self) -> int:
+        """Execs made so far."""
+        return sum(int(c.read_text() or 0) for c in self._counts)
+
+    def wait_runs(self, n: int, timeout: float = 600) -> None:
+        """Until the storm has made n execs (however slow this machine is)."""
+        deadline = time.monotonic() + timeout
+        while self.runs() < n:
+            assert time.monotonic() < deadline, f"the storm made {self.runs()} of {n} execs"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        self._dir.cleanup()
+
+
+@pytest.fixture(scope="module")
+def storm_rate(spawn: Path) -> float:
+    """Bulk records a second that a Storm makes here, with no daemon.
+
+    The budget test scales its budget by it rather than assume one: under
+    emulation (the `make test-vm` guests) an exec costs about a hundred
+    times what it costs on the host.
+    """
+    seconds = 2.0
+    storm = Storm(spawn, STORM_UID, seconds)
+    for p in storm.procs:
+        assert p.wait(60) == 0
+    runs = storm.runs()
+    storm.stop()
+    return 3 * runs / seconds
+
+
+def _runs_to_fill(nbytes: int) -> int:
+    """Storm execs that put nbytes into a ring nobody reads, twice over."""
+    return 2 * nbytes // STORM_RUN_BYTES
+
+
+def test_an_exec_storm_does_not_crowd_out_selected_opens(tmp_path: Path, spawn: Path) -> None:
     """An unprivileged exec storm fills a tiny bulk ring; a posted open
-    storm from another process loses nothing and keeps its ancestry."""
+    storm from another process loses nothing and keeps its ancestry. The
+    reader is stopped (SIGSTOP) meanwhile: under emulation a live one
+    keeps up with the storm, and stopped, it leaves every open waiting in
+    the kernel while the bulk ring overflows."""
     ctl = tmp_path / "control.sock"
     target = tmp_path / new_marker("flood")
     target.write_text("x")
@@ -421,27 +507,20 @@ def test_an_exec_storm_does_not_crowd_out_selected_opens(tmp_path: Path) -> None
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )  # fmt: skip
-    storm_uid = 60000 + os.getpid() % 5000
-    storms = []
+    storm = None
     try:
         d.sync()  # the opener's exec is in, before the storm
-        for _ in range(3):
-            storms.append(
-                subprocess.Popen(
-                    ["sh", "-c", "while :; do /bin/true; done"],
-                    preexec_fn=lambda: _as_uid(storm_uid),
-                )
-            )
-        time.sleep(1)
+        d.proc.send_signal(signal.SIGSTOP)
+        storm = Storm(spawn, STORM_UID)
         assert opener.stdin is not None and opener.stdout is not None
         opener.stdin.write(b"go\n")
         opener.stdin.flush()
         assert opener.stdout.readline() == b"done\n"
-        time.sleep(1)
+        storm.wait_runs(_runs_to_fill(8 << 10))
     finally:
-        for s in storms:
-            s.kill()
-            s.wait()
+        if storm is not None:
+            storm.stop()
+        d.proc.send_signal(signal.SIGCONT)
         opener.wait(10)
     try:
         d.wait_for(lambda e: e["type"] == "lost" and e["lost"]["kernel"].get("process_exec", 0) > 0)
@@ -458,47 +537,53 @@ def test_an_exec_storm_does_not_crowd_out_selected_opens(tmp_path: Path) -> None
         assert d.stop() == 0, "".join(d.stderr)
 
 
-def test_a_storming_uid_is_held_to_its_budget_and_others_lose_nothing(tmp_path: Path) -> None:
+def test_a_storming_uid_is_held_to_its_budget_and_others_lose_nothing(
+    tmp_path: Path, spawn: Path, storm_rate: float
+) -> None:
     """While the bulk ring is behind, each uid adds at most its budget of
     records a second: one uid's exec storm is cut down (counted as lost)
     and another uid's execs all get through. The daemon is stopped
-    (SIGSTOP) meanwhile, so the ring is behind however fast it could read."""
+    (SIGSTOP) meanwhile, so the ring is behind however fast it could read.
+    The budget is a quarter of what the storm makes on this machine (at
+    most BUDGET), and the other uid's execs are paced to half of it."""
+    budget = min(BUDGET, int(storm_rate / 4))
+    assert budget >= VICTIM_BUDGET, (
+        f"the storm made {storm_rate:.0f} records a second here: too few to exceed a "
+        f"budget of {VICTIM_BUDGET}, which the paced execs need"
+    )
+    # A run is 3 records (fork, exec, exit). In one second: at most
+    # 1/pace + 1 runs, 2 records of a run begun the second before, the
+    # series' own 3: budget/2 + 8 at this pace, within any budget >= 16.
+    pace_ms = max(30, 6000 // budget)
     ctl = tmp_path / "control.sock"
     d = Daemon(
-        "--control-socket", str(ctl), "--ringbuf-size", "2M", "--uid-budget", str(BUDGET),
+        "--control-socket", str(ctl), "--ringbuf-size", "2M", "--uid-budget", str(budget),
     )  # fmt: skip
-    storm_uid = 60000 + os.getpid() % 5000
-    victim_uid = storm_uid + 1
     marker = new_marker("victim")
-    storms = []
+    storm = None
     d.proc.send_signal(signal.SIGSTOP)
     try:
-        for _ in range(3):
-            storms.append(
-                subprocess.Popen(
-                    ["sh", "-c", "while :; do /bin/true; done"],
-                    preexec_fn=lambda: _as_uid(storm_uid),
-                )
-            )
-        time.sleep(1)
-        # ~30 execs a second, 3 records each: well within the budget.
+        storm = Storm(spawn, STORM_UID)
+        storm.wait_runs(_runs_to_fill((2 << 20) // 8))  # behind: an eighth full
         subprocess.run(
-            ["sh", "-c", f"for i in $(seq 100); do /bin/true {marker} $i; sleep 0.03; done"],
-            preexec_fn=lambda: _as_uid(victim_uid),
+            [str(spawn), "-n", "100", "-p", str(pace_ms), TRUE, marker],
+            preexec_fn=lambda: _as_uid(STORM_UID + 1),
             check=True,
+            stdout=subprocess.DEVNULL,
         )
     finally:
-        for s in storms:
-            s.kill()
-            s.wait()
+        if storm is not None:
+            storm.stop()
         d.proc.send_signal(signal.SIGCONT)
     try:
         d.sync(attempts=20)
         seen = d.matching(
-            lambda e: e["type"] == "process_exec" and marker in e["process"]["args"]
+            lambda e: e["type"] == "process_exec"
+            and e["process"]["binary"] == TRUE
+            and marker in e["process"]["args"]
         )
         assert sorted(int(e["process"]["args"][2]) for e in seen) == list(range(1, 101))
-        assert all(e["process"]["uid"] == victim_uid for e in seen)
+        assert all(e["process"]["uid"] == STORM_UID + 1 for e in seen)
         stats = control.request(ctl, {"op": "stats"})["kernel"]
         assert stats["limited"]["process_exec"] > 0
         d.wait_for(lambda e: e["type"] == "lost" and e["lost"]["kernel"].get("process_exec", 0))

@@ -7,9 +7,10 @@ the host's root file system shared read-only, so the guest runs this very
 checkout, its virtualenv and its built objects.
 
     vm.py setup            install qemu, busybox and the kernels; prepare modules
-    vm.py run [-k 6.12] [--modes lsm,kprobe] [PYTEST ARGS]
+    vm.py run [-k 6.12] [--modes lsm,kprobe] [-- PYTEST ARGS]
                            boot each kernel and run pytest inside it (default:
-                           the VM suite, file/connect tests under every mode)
+                           the VM suite, file/connect tests under every mode);
+                           after `--`, pytest's own -k is not taken for ours
 
 Software emulation only: KVM fails in the kernel's decompressor here. A
 guest that does not finish in --timeout seconds is killed and counted as
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,6 +48,7 @@ VM_SUITE = (
     "tests/test_evasion_net.py",
     "tests/test_process_events.py",
     "tests/test_evasion.py",
+    "tests/test_evasion_exec.py",
 )
 LSM_CMDLINE = "lsm=lockdown,capability,landlock,yama,bpf lockdown=integrity"
 HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "xz-utils", "kmod")
@@ -191,7 +194,7 @@ def run_guest(
             f"TRACER_CAPTURE_MODES={','.join(modes)}",
             f"{REPO / '.venv' / 'bin' / 'pytest'} -p no:cacheprovider -q",
             f"--junitxml={junit} --timeout={_GUEST_TEST_TIMEOUT_S}",
-            *pytest_args,
+            *map(shlex.quote, pytest_args),  # one shell word each: `-k "a or b"`
             f"; echo $? > {rc_file}",
         ]
     )
