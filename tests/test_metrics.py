@@ -366,18 +366,22 @@ class socket_closed_port:
 
 
 def test_healthz_fails_when_the_capture_loop_stalls() -> None:
-    """The HTTP thread answers on its own; it reports the loop's last turn."""
+    """The HTTP thread answers on its own; it reports the loop's last turn,
+    and a start-up longer than a stall is alive: only not ready."""
     state = CaptureState("n", "tp_btf", "tracepoint", 4096, None)
     server = MetricsServer("127.0.0.1:0", state)
     server.start()
     try:
         base = f"http://127.0.0.1:{server.port}"
+        state.last_poll = time.monotonic() - STALLED_AFTER_S - 1  # programs still loading
         assert get(base + "/healthz")[0] == 200
-        state.last_poll = time.monotonic() - STALLED_AFTER_S - 1
+        status, _, body = get(base + "/readyz")
+        assert status == 503 and "not attached" in body
+        state.capturing = True
         status, _, body = get(base + "/healthz")
         assert status == 503 and "stalled" in body
         status, _, body = get(base + "/readyz")
-        assert status == 503 and "stalled" in body and "not attached" in body
+        assert status == 503 and "stalled" in body
     finally:
         server.close()
 

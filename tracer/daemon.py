@@ -501,6 +501,7 @@ class Daemon:
                     cgroups=cgroups,
                     node=cfg.node,
                 )
+                self._state.last_poll = time.monotonic()
                 self._state.capturing = True
                 status = self._loop(sensor, pipeline, losses)
                 self._state.stopping = True

@@ -52,8 +52,12 @@ class CaptureState:
 
 
 def alive(s: CaptureState) -> bool:
-    """The capture loop turned within STALLED_AFTER_S (it turns every poll, 10 ms)."""
-    return time.monotonic() - s.last_poll <= STALLED_AFTER_S
+    """Starting up, or the capture loop turned within STALLED_AFTER_S (it
+    turns every poll, 10 ms). Loading and verifying the programs takes
+    seconds on a busy node: a liveness probe that counted it as a stall
+    would restart the daemon before it ever captured (/readyz says it is
+    not capturing yet)."""
+    return not s.capturing or time.monotonic() - s.last_poll <= STALLED_AFTER_S
 
 
 def unready(s: CaptureState) -> list[str]:
@@ -92,7 +96,7 @@ class DaemonStatus:
         since_poll = now - s.last_poll
         if s.stopping:
             status = pb.GetHealthResponse.STATUS_STOPPING
-        elif since_poll > STALLED_AFTER_S:
+        elif not alive(s):
             status = pb.GetHealthResponse.STATUS_STALLED
         else:
             status = pb.GetHealthResponse.STATUS_SERVING
