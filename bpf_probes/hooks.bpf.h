@@ -241,12 +241,27 @@ int BPF_KRETPROBE(tr_kret_openat2, long ret)
 	return tr_kprobe_open_exit(ret);
 }
 
+/*
+ * A connect on a TCP socket that is already connecting or connected starts
+ * no connection: the kernel answers EALREADY or EISCONN. Programs poll a
+ * non-blocking connect that way, and io_uring retries its own once the
+ * socket is writable; the first call was judged and reported.
+ */
+static __always_inline bool tr_tcp_reconnect(struct socket *sock)
+{
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+
+	return sk && tr_is_tcp(sk) &&
+	       (BPF_CORE_READ(sock, state) != TR_SS_UNCONNECTED ||
+		BPF_CORE_READ(sk, __sk_common.skc_state) != TR_TCP_CLOSE);
+}
+
 static __always_inline __u8 tr_connect_hook(struct socket *sock, struct sockaddr *address,
 					    __u16 hook)
 {
 	int origin = tr_connect_origin();
 
-	if (origin < 0)
+	if (origin < 0 || tr_tcp_reconnect(sock))
 		return TR_ACT_NONE;
 	return tr_connect_eval(address, false, -1, sock, hook | origin);
 }
