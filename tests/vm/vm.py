@@ -12,9 +12,11 @@ checkout, its virtualenv and its built objects.
                            the VM suite, file/connect tests under every mode);
                            after `--`, pytest's own -k is not taken for ours
 
-Software emulation only: KVM fails in the kernel's decompressor here. A
-guest that does not finish in --timeout seconds is killed and counted as
-a failure, never as a pass.
+Software emulation only: KVM fails in the kernel's decompressor here. An
+emulated guest keeps about one host CPU busy, so the kernels' guests run
+at the same time (--serial: one after the other), each line of their
+output tagged with its kernel. A guest that does not finish in --timeout
+seconds is killed and counted as a failure, never as a pass.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "build" / "vm"
@@ -177,6 +182,7 @@ class Result:
 def run_guest(
     release: str, pytest_args: list[str], timeout: int, modes: tuple[str, ...] = CAPTURE_MODES
 ) -> Result:
+    """Boot one kernel, run pytest in it, relay its output tagged with the release."""
     kernel = Path("/boot") / f"vmlinuz-{release}"
     if not kernel.exists():
         raise VmError(f"{kernel} missing: run `make vm-deps` (tests/vm/vm.py setup)")
@@ -215,30 +221,42 @@ def run_guest(
         inner,
     ]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    print(f"vm: booting {release} (software emulation, timeout {timeout}s)", flush=True)
+    tag = f"[{release}] ".encode()
+    _say(tag + f"booting (software emulation, timeout {timeout}s)\n".encode())
     t0 = time.monotonic()
     # Pipes, not files: qemu reopens its stdout/stderr with O_TRUNC.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
-    deadline = t0 + timeout
+    relay = threading.Thread(target=_relay, args=(proc.stdout, tag), daemon=True)
+    relay.start()
     try:
-        for line in proc.stdout:
-            sys.stdout.buffer.write(line)
-            sys.stdout.flush()
-            if time.monotonic() > deadline:
-                break
-        proc.wait(max(1.0, deadline - time.monotonic()))
+        # The deadline holds also for a guest that prints nothing.
+        proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        pass
-    seconds = time.monotonic() - t0
-    if proc.poll() is None:
         proc.kill()
         proc.wait()
-        return Result(release, 124, seconds, f"guest killed after {timeout}s")
+        relay.join(5)
+        return Result(release, 124, time.monotonic() - t0, f"guest killed after {timeout}s")
+    relay.join(5)
+    seconds = time.monotonic() - t0
     if not rc_file.exists():
         return Result(release, proc.returncode or 1, seconds, "guest ended before pytest finished")
     rc = int(rc_file.read_text().strip() or 1)
     return Result(release, rc, seconds, "passed" if rc == 0 else f"pytest exit {rc}")
+
+
+_OUTPUT = threading.Lock()
+
+
+def _say(data: bytes) -> None:
+    with _OUTPUT:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+def _relay(stream: IO[bytes], tag: bytes) -> None:
+    for line in stream:
+        _say(tag + line if line.endswith(b"\n") else tag + line + b"\n")
 
 
 def main() -> int:
@@ -248,7 +266,8 @@ def main() -> int:
     s.add_argument("-k", "--kernel", action="append", choices=sorted(SERIES), dest="series")
     r = sub.add_parser("run")
     r.add_argument("-k", "--kernel", action="append", choices=sorted(SERIES), dest="series")
-    r.add_argument("--timeout", type=int, default=1800, help="seconds per guest")
+    r.add_argument("--timeout", type=int, default=3600, help="seconds per guest")
+    r.add_argument("--serial", action="store_true", help="one guest at a time")
     r.add_argument(
         "--modes",
         default=",".join(CAPTURE_MODES),
@@ -262,9 +281,11 @@ def main() -> int:
             setup(series)
             return 0
         modes = tuple(args.modes.split(","))
-        results = [
-            run_guest(kernel_release(s), args.pytest_args, args.timeout, modes) for s in series
-        ]
+        releases = [kernel_release(s) for s in series]
+        with ThreadPoolExecutor(1 if args.serial else len(releases)) as pool:
+            results = list(
+                pool.map(lambda r: run_guest(r, args.pytest_args, args.timeout, modes), releases)
+            )
     except (VmError, subprocess.CalledProcessError) as exc:
         print(f"vm: error: {exc}", file=sys.stderr)
         return 1
