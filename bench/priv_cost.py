@@ -36,8 +36,8 @@ _WORK = {
 _PROGRAMS = {
     "exec": ("tr_exec_btf", "tr_priv_exec_btf", "tr_execve_enter"),
     "setresgid": ("tr_setresgid_enter", "tr_setresgid_exit"),
-    "chmod-setid": ("tr_chmod_exit",),
-    "chmod-plain": ("tr_chmod_exit",),
+    "chmod-setid": ("tr_attr_exit",),
+    "chmod-plain": ("tr_attr_exit",),
 }
 
 

@@ -291,62 +291,55 @@ static __always_inline struct pt_regs *tr_user_regs(void)
 #define TR_ARG(regs, n) \
 	(tr_direct ? PT_REGS_PARM##n##_SYSCALL(regs) : PT_REGS_PARM##n##_CORE_SYSCALL(regs))
 
+/*
+ * One program for the whole open family, attached to the exit of each
+ * call (loader.py SYSCALL_FAMILIES): the verifier checks the shared body
+ * once per distinct set of arguments, not once per syscall. The exit
+ * tracepoint's record holds the syscall's number (an int: the bytes after
+ * it are padding), always the 64-bit table's: 32-bit calls skip these
+ * tracepoints (evasion.bpf.h has them).
+ */
 SEC("tp/syscalls/sys_exit_openat")
-int tr_openat_exit(struct trace_event_raw_sys_exit *ctx)
+int tr_open_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	struct pt_regs *regs = tr_user_regs();
-	struct tr_open_args a = {
-		.upath = (const char *)TR_ARG(regs, 2),
-		.open_flags = TR_ARG(regs, 3),
-		.mode = TR_ARG(regs, 4),
-		.hook = TR_HOOK_TP_OPENAT,
-	};
+	struct tr_open_args a = {};
 
-	return tr_open_finish(ctx->ret, &a);
-}
+	switch ((int)ctx->id) {
+	case TR_NR_OPENAT:
+		a.upath = (const char *)TR_ARG(regs, 2);
+		a.open_flags = TR_ARG(regs, 3);
+		a.mode = TR_ARG(regs, 4);
+		a.hook = TR_HOOK_TP_OPENAT;
+		break;
+	case TR_NR_OPENAT2: {
+		struct open_how how = {};
 
-SEC("tp/syscalls/sys_exit_open")
-int tr_open_exit_tp(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *regs = tr_user_regs();
-	struct tr_open_args a = {
-		.upath = (const char *)TR_ARG(regs, 1),
-		.open_flags = TR_ARG(regs, 2),
-		.mode = TR_ARG(regs, 3),
-		.hook = TR_HOOK_TP_OPEN,
-	};
-
-	return tr_open_finish(ctx->ret, &a);
-}
-
-SEC("tp/syscalls/sys_exit_creat")
-int tr_creat_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *regs = tr_user_regs();
-	struct tr_open_args a = {
-		.upath = (const char *)TR_ARG(regs, 1),
-		.open_flags = TR_O_CREAT | TR_O_WRONLY | TR_O_TRUNC,
-		.mode = TR_ARG(regs, 2),
-		.hook = TR_HOOK_TP_CREAT,
-	};
-
-	return tr_open_finish(ctx->ret, &a);
-}
-
-SEC("tp/syscalls/sys_exit_openat2")
-int tr_openat2_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *regs = tr_user_regs();
-	struct open_how how = {};
-	struct tr_open_args a = {
-		.upath = (const char *)TR_ARG(regs, 2),
-		.hook = TR_HOOK_TP_OPENAT2,
-		.flags_from_file = 1,
-	};
-
-	bpf_probe_read_user(&how, sizeof(how), (void *)TR_ARG(regs, 3));
-	a.open_flags = how.flags;
-	a.mode = how.mode;
+		a.upath = (const char *)TR_ARG(regs, 2);
+		a.hook = TR_HOOK_TP_OPENAT2;
+		a.flags_from_file = 1;
+		bpf_probe_read_user(&how, sizeof(how), (void *)TR_ARG(regs, 3));
+		a.open_flags = how.flags;
+		a.mode = how.mode;
+		break;
+	}
+#if TR_HAVE_LEGACY_NAMES
+	case TR_NR_OPEN:
+		a.upath = (const char *)TR_ARG(regs, 1);
+		a.open_flags = TR_ARG(regs, 2);
+		a.mode = TR_ARG(regs, 3);
+		a.hook = TR_HOOK_TP_OPEN;
+		break;
+	case TR_NR_CREAT:
+		a.upath = (const char *)TR_ARG(regs, 1);
+		a.open_flags = TR_O_CREAT | TR_O_WRONLY | TR_O_TRUNC;
+		a.mode = TR_ARG(regs, 2);
+		a.hook = TR_HOOK_TP_CREAT;
+		break;
+#endif
+	default:
+		return 0;
+	}
 	return tr_open_finish(ctx->ret, &a);
 }
 
@@ -464,67 +457,51 @@ static __always_inline int tr_new_name(long ret, __u16 op, __u16 hook, long oldd
 	return 0;
 }
 
-SEC("tp/syscalls/sys_exit_rename")
-int tr_rename_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *r = tr_user_regs();
-
-	return tr_new_name(ctx->ret, TR_FILE_OP_RENAME, TR_HOOK_TP_RENAME, TR_AT_FDCWD,
-			   (const char *)TR_ARG(r, 1), TR_AT_FDCWD, (const char *)TR_ARG(r, 2));
-}
-
-SEC("tp/syscalls/sys_exit_renameat")
-int tr_renameat_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *r = tr_user_regs();
-
-	return tr_new_name(ctx->ret, TR_FILE_OP_RENAME, TR_HOOK_TP_RENAMEAT, (int)TR_ARG(r, 1),
-			   (const char *)TR_ARG(r, 2), (int)TR_ARG(r, 3), (const char *)TR_ARG(r, 4));
-}
-
+/* One program for rename, link and symlink in all their forms, as for opens. */
 SEC("tp/syscalls/sys_exit_renameat2")
-int tr_renameat2_exit(struct trace_event_raw_sys_exit *ctx)
+int tr_new_name_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	struct pt_regs *r = tr_user_regs();
+	/* (oldname, newname) from the cwd, unless the call says otherwise */
+	long olddfd = TR_AT_FDCWD, newdfd = TR_AT_FDCWD;
+	const char *oldname = (const char *)TR_ARG(r, 1), *newname = (const char *)TR_ARG(r, 2);
+	__u16 op, hook;
 
-	return tr_new_name(ctx->ret, TR_FILE_OP_RENAME, TR_HOOK_TP_RENAMEAT2, (int)TR_ARG(r, 1),
-			   (const char *)TR_ARG(r, 2), (int)TR_ARG(r, 3), (const char *)TR_ARG(r, 4));
-}
-
-SEC("tp/syscalls/sys_exit_link")
-int tr_link_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *r = tr_user_regs();
-
-	return tr_new_name(ctx->ret, TR_FILE_OP_LINK, TR_HOOK_TP_LINK, TR_AT_FDCWD,
-			   (const char *)TR_ARG(r, 1), TR_AT_FDCWD, (const char *)TR_ARG(r, 2));
-}
-
-SEC("tp/syscalls/sys_exit_linkat")
-int tr_linkat_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *r = tr_user_regs();
-
-	return tr_new_name(ctx->ret, TR_FILE_OP_LINK, TR_HOOK_TP_LINKAT, (int)TR_ARG(r, 1),
-			   (const char *)TR_ARG(r, 2), (int)TR_ARG(r, 3), (const char *)TR_ARG(r, 4));
-}
-
-SEC("tp/syscalls/sys_exit_symlink")
-int tr_symlink_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *r = tr_user_regs();
-
-	return tr_new_name(ctx->ret, TR_FILE_OP_SYMLINK, TR_HOOK_TP_SYMLINK, TR_AT_FDCWD,
-			   (const char *)TR_ARG(r, 1), TR_AT_FDCWD, (const char *)TR_ARG(r, 2));
-}
-
-SEC("tp/syscalls/sys_exit_symlinkat")
-int tr_symlinkat_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *r = tr_user_regs();
-
-	return tr_new_name(ctx->ret, TR_FILE_OP_SYMLINK, TR_HOOK_TP_SYMLINKAT, TR_AT_FDCWD,
-			   (const char *)TR_ARG(r, 1), (int)TR_ARG(r, 2), (const char *)TR_ARG(r, 3));
+	switch ((int)ctx->id) {
+	case TR_NR_RENAMEAT:
+		op = TR_FILE_OP_RENAME, hook = TR_HOOK_TP_RENAMEAT;
+		goto at;
+	case TR_NR_RENAMEAT2:
+		op = TR_FILE_OP_RENAME, hook = TR_HOOK_TP_RENAMEAT2;
+		goto at;
+	case TR_NR_LINKAT:
+		op = TR_FILE_OP_LINK, hook = TR_HOOK_TP_LINKAT;
+at: /* (olddfd, oldname, newdfd, newname) */
+		olddfd = (int)TR_ARG(r, 1);
+		oldname = (const char *)TR_ARG(r, 2);
+		newdfd = (int)TR_ARG(r, 3);
+		newname = (const char *)TR_ARG(r, 4);
+		break;
+	case TR_NR_SYMLINKAT: /* (target, newdfd, linkpath) */
+		op = TR_FILE_OP_SYMLINK, hook = TR_HOOK_TP_SYMLINKAT;
+		newdfd = (int)TR_ARG(r, 2);
+		newname = (const char *)TR_ARG(r, 3);
+		break;
+#if TR_HAVE_LEGACY_NAMES
+	case TR_NR_RENAME:
+		op = TR_FILE_OP_RENAME, hook = TR_HOOK_TP_RENAME;
+		break;
+	case TR_NR_LINK:
+		op = TR_FILE_OP_LINK, hook = TR_HOOK_TP_LINK;
+		break;
+	case TR_NR_SYMLINK:
+		op = TR_FILE_OP_SYMLINK, hook = TR_HOOK_TP_SYMLINK;
+		break;
+#endif
+	default:
+		return 0;
+	}
+	return tr_new_name(ctx->ret, op, hook, olddfd, oldname, newdfd, newname);
 }
 
 #endif /* TRACER_FILE_BPF_H */

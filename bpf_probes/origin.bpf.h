@@ -23,6 +23,23 @@
 #define TR_NR_SENDTO 44
 #define TR_NR_SENDMSG 46
 #define TR_NR_IO_URING_ENTER 426
+/* The calls older than their *at forms, which arm64 never had. */
+#define TR_HAVE_LEGACY_NAMES 1
+#define TR_NR_RENAME 82
+#define TR_NR_LINK 86
+#define TR_NR_SYMLINK 88
+#define TR_NR_CHMOD 90
+#define TR_NR_CHOWN 92
+#define TR_NR_LCHOWN 94
+#define TR_NR_RENAMEAT 264
+#define TR_NR_LINKAT 265
+#define TR_NR_SYMLINKAT 266
+#define TR_NR_RENAMEAT2 316
+#define TR_NR_FCHMOD 91
+#define TR_NR_FCHOWN 93
+#define TR_NR_FCHOWNAT 260
+#define TR_NR_FCHMODAT 268
+#define TR_NR_FCHMODAT2 452
 /* The ia32 table (CONFIG_IA32_EMULATION). */
 #define TR_HAVE_IA32 1
 #define TR_NR32_OPEN 5
@@ -51,6 +68,16 @@
 #define TR_NR_SENDTO 206
 #define TR_NR_SENDMSG 211
 #define TR_NR_IO_URING_ENTER 426
+#define TR_HAVE_LEGACY_NAMES 0
+#define TR_NR_RENAMEAT 38
+#define TR_NR_LINKAT 37
+#define TR_NR_SYMLINKAT 36
+#define TR_NR_RENAMEAT2 276
+#define TR_NR_FCHMOD 52
+#define TR_NR_FCHOWN 55
+#define TR_NR_FCHOWNAT 54
+#define TR_NR_FCHMODAT 53
+#define TR_NR_FCHMODAT2 452
 #define TR_HAVE_IA32 0
 #define TR_X32_BIT 0
 #define TR_O_LARGEFILE 0400000

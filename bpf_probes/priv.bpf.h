@@ -484,101 +484,65 @@ static __always_inline void tr_attr_empty_path(struct tr_attr_args *a, __u32 at_
 	}
 }
 
-SEC("tp/syscalls/sys_exit_chmod")
-int tr_chmod_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *r = tr_user_regs();
-	struct tr_attr_args a = {
-		.ret = ctx->ret, .dfd = TR_AT_FDCWD, .uname = (const char *)TR_ARG(r, 1), .fd = -1,
-		.mode = TR_ARG(r, 2), .call = TR_CALL_CHMOD, .hook = TR_HOOK_TP_SYSCALL,
-	};
-
-	return tr_attr_finish(&a);
-}
-
-SEC("tp/syscalls/sys_exit_fchmod")
-int tr_fchmod_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *r = tr_user_regs();
-	struct tr_attr_args a = {
-		.ret = ctx->ret, .fd = (int)TR_ARG(r, 1), .mode = TR_ARG(r, 2),
-		.call = TR_CALL_FCHMOD, .hook = TR_HOOK_TP_SYSCALL,
-	};
-
-	return tr_attr_finish(&a);
-}
-
+/* One program for chmod and chown in all their forms, attached to each
+ * call's exit (loader.py SYSCALL_FAMILIES), as for opens (file.bpf.h). */
 SEC("tp/syscalls/sys_exit_fchmodat")
-int tr_fchmodat_exit(struct trace_event_raw_sys_exit *ctx)
+int tr_attr_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	struct pt_regs *r = tr_user_regs();
 	struct tr_attr_args a = {
-		.ret = ctx->ret, .dfd = (int)TR_ARG(r, 1), .uname = (const char *)TR_ARG(r, 2),
-		.fd = -1, .mode = TR_ARG(r, 3), .call = TR_CALL_FCHMODAT, .hook = TR_HOOK_TP_SYSCALL,
+		.ret = ctx->ret, .dfd = TR_AT_FDCWD, .fd = -1, .hook = TR_HOOK_TP_SYSCALL,
 	};
 
-	return tr_attr_finish(&a);
-}
-
-SEC("tp/syscalls/sys_exit_fchmodat2")
-int tr_fchmodat2_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *r = tr_user_regs();
-	struct tr_attr_args a = {
-		.ret = ctx->ret, .dfd = (int)TR_ARG(r, 1), .uname = (const char *)TR_ARG(r, 2),
-		.fd = -1, .mode = TR_ARG(r, 3), .call = TR_CALL_FCHMODAT2, .hook = TR_HOOK_TP_SYSCALL,
-	};
-
-	tr_attr_empty_path(&a, TR_ARG(r, 4));
-	return tr_attr_finish(&a);
-}
-
-static __always_inline int tr_chown_exit(long ret, const char *uname, __u16 call)
-{
-	struct pt_regs *r = tr_user_regs();
-	struct tr_attr_args a = {
-		.ret = ret, .dfd = TR_AT_FDCWD, .uname = uname, .fd = -1,
-		.uid = TR_ARG(r, 2), .gid = TR_ARG(r, 3), .call = call, .hook = TR_HOOK_TP_SYSCALL,
-	};
-
-	return tr_attr_finish(&a);
-}
-
-SEC("tp/syscalls/sys_exit_chown")
-int tr_chown_exit_tp(struct trace_event_raw_sys_exit *ctx)
-{
-	return tr_chown_exit(ctx->ret, (const char *)TR_ARG(tr_user_regs(), 1), TR_CALL_CHOWN);
-}
-
-SEC("tp/syscalls/sys_exit_lchown")
-int tr_lchown_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	return tr_chown_exit(ctx->ret, (const char *)TR_ARG(tr_user_regs(), 1), TR_CALL_LCHOWN);
-}
-
-SEC("tp/syscalls/sys_exit_fchown")
-int tr_fchown_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *r = tr_user_regs();
-	struct tr_attr_args a = {
-		.ret = ctx->ret, .fd = (int)TR_ARG(r, 1), .uid = TR_ARG(r, 2), .gid = TR_ARG(r, 3),
-		.call = TR_CALL_FCHOWN, .hook = TR_HOOK_TP_SYSCALL,
-	};
-
-	return tr_attr_finish(&a);
-}
-
-SEC("tp/syscalls/sys_exit_fchownat")
-int tr_fchownat_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	struct pt_regs *r = tr_user_regs();
-	struct tr_attr_args a = {
-		.ret = ctx->ret, .dfd = (int)TR_ARG(r, 1), .uname = (const char *)TR_ARG(r, 2),
-		.fd = -1, .uid = TR_ARG(r, 3), .gid = TR_ARG(r, 4), .call = TR_CALL_FCHOWNAT,
-		.hook = TR_HOOK_TP_SYSCALL,
-	};
-
-	tr_attr_empty_path(&a, TR_ARG(r, 5));
+	switch ((int)ctx->id) {
+	case TR_NR_FCHMOD:
+		a.fd = (int)TR_ARG(r, 1);
+		a.mode = TR_ARG(r, 2);
+		a.call = TR_CALL_FCHMOD;
+		break;
+	case TR_NR_FCHMODAT:
+	case TR_NR_FCHMODAT2:
+		a.dfd = (int)TR_ARG(r, 1);
+		a.uname = (const char *)TR_ARG(r, 2);
+		a.mode = TR_ARG(r, 3);
+		if ((int)ctx->id == TR_NR_FCHMODAT) {
+			a.call = TR_CALL_FCHMODAT;
+		} else {
+			a.call = TR_CALL_FCHMODAT2;
+			tr_attr_empty_path(&a, TR_ARG(r, 4));
+		}
+		break;
+	case TR_NR_FCHOWN:
+		a.fd = (int)TR_ARG(r, 1);
+		a.uid = TR_ARG(r, 2);
+		a.gid = TR_ARG(r, 3);
+		a.call = TR_CALL_FCHOWN;
+		break;
+	case TR_NR_FCHOWNAT:
+		a.dfd = (int)TR_ARG(r, 1);
+		a.uname = (const char *)TR_ARG(r, 2);
+		a.uid = TR_ARG(r, 3);
+		a.gid = TR_ARG(r, 4);
+		a.call = TR_CALL_FCHOWNAT;
+		tr_attr_empty_path(&a, TR_ARG(r, 5));
+		break;
+#if TR_HAVE_LEGACY_NAMES
+	case TR_NR_CHMOD:
+		a.uname = (const char *)TR_ARG(r, 1);
+		a.mode = TR_ARG(r, 2);
+		a.call = TR_CALL_CHMOD;
+		break;
+	case TR_NR_CHOWN:
+	case TR_NR_LCHOWN:
+		a.uname = (const char *)TR_ARG(r, 1);
+		a.uid = TR_ARG(r, 2);
+		a.gid = TR_ARG(r, 3);
+		a.call = (int)ctx->id == TR_NR_CHOWN ? TR_CALL_CHOWN : TR_CALL_LCHOWN;
+		break;
+#endif
+	default:
+		return 0;
+	}
 	return tr_attr_finish(&a);
 }
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import collections
 import errno
 import os
-import shutil
+import platform
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -692,6 +693,56 @@ def test_rename_link_and_symlink_into_a_watched_path_are_reported(
     assert str(tmp_path / "back") not in {
         e["file_open"]["path"] for e in edaemon.matching(lambda e: e["type"] == "file_open")
     }
+
+
+# x86-64 numbers: the calls arm64 never had are in it too.
+_NEW_NAME_CALLS = {
+    "rename": (82, "cwd"),
+    "link": (86, "cwd"),
+    "symlink": (88, "cwd"),
+    "renameat": (264, "at"),
+    "linkat": (265, "at"),
+    "symlinkat": (266, "symlinkat"),
+    "renameat2": (316, "at"),
+}
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 syscall numbers")
+def test_every_call_that_makes_a_new_name_is_reported_as_itself(
+    edaemon: Daemon, ctl: Path, tmp_path: Path, mode: str
+) -> None:
+    """Each syscall of the family, by number (libc picks one for each of
+    mv, ln and ln -s): one tracepoint-mode program serves them all and
+    must tell them apart."""
+    watched = tmp_path / new_marker("names")
+    watched.mkdir()
+    apply(
+        ctl,
+        "policies:\n  - name: t-each-name\n    rules:\n      - event: file_open\n"
+        f'        access: write\n        match: {{path: {{prefix: ["{watched}/"]}}}}\n',
+    )
+    code = ["import ctypes, os", "libc = ctypes.CDLL(None, use_errno=True)"]
+    code.append(f"d = os.open({str(watched)!r}, os.O_RDONLY)")
+    for call, (nr, args) in _NEW_NAME_CALLS.items():
+        src = tmp_path / f"src-{call}"
+        src.write_text(call)
+        new = f"{watched}/{call}"
+        argv = {
+            "cwd": f"b{str(src)!r}, b{new!r}",
+            "at": f"-100, b{str(src)!r}, d, b{call!r}",
+            "symlinkat": f"b{str(src)!r}, d, b{call!r}",
+        }[args] + (", 0" if call in ("renameat2", "linkat") else "")  # flags
+        code.append(f"assert libc.syscall({nr}, {argv}) == 0, ({call!r}, ctypes.get_errno())")
+    subprocess.run([PY, "-c", "\n".join(code)], check=True)
+    edaemon.sync()
+    evs = {e["file_open"]["path"]: e["file_open"] for e in _new_name_events(edaemon, watched)}
+    assert sorted(evs) == sorted(f"{watched}/{c}" for c in _NEW_NAME_CALLS)
+    for call in _NEW_NAME_CALLS:
+        ev = evs[f"{watched}/{call}"]
+        op = call.removesuffix("at2").removesuffix("at")
+        assert (ev["op"], ev["source"]) == (op, str(tmp_path / f"src-{call}")), (call, ev)
+        if mode == "tracepoint":
+            assert ev["hook"] == f"tracepoint/sys_exit_{call}", ev
 
 
 def test_sigkill_on_a_rename_into_a_watched_path(

@@ -145,7 +145,7 @@ def test_every_family_is_served_with_the_daemons_facts(
     assert value(s, "tracer_process_cache_entries") >= 10
     assert abs(value(s, "tracer_start_time_seconds") - time.time()) < 600
     progs = {dict(ls)["program"] for (n, ls) in s if n == "tracer_bpf_program_runs_total"}
-    assert {"tr_exec_btf", "tr_fork_btf", "tr_exit_btf", "tr_openat_exit"} <= progs
+    assert {"tr_exec_btf", "tr_fork_btf", "tr_exit_btf", "tr_open_exit"} <= progs
     assert value(s, "tracer_output_queue_capacity_events", output="stdout") == 65536
 
 

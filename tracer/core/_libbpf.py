@@ -84,6 +84,7 @@ def load() -> ctypes.CDLL:
     _declare(lib, "bpf_program__set_autoload", i, vp, ctypes.c_bool)
     _declare(lib, "bpf_program__fd", i, vp)
     _declare(lib, "bpf_program__attach", vp, vp)
+    _declare(lib, "bpf_program__attach_tracepoint", vp, vp, ctypes.c_char_p, ctypes.c_char_p)
     _declare(lib, "bpf_link__destroy", i, vp)
     _declare(lib, "bpf_map__set_max_entries", i, vp, u32)
     _declare(lib, "bpf_map__set_initial_value", i, vp, vp, sz)

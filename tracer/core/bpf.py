@@ -262,6 +262,15 @@ class Program:
         """Attach where the section name says (tp/, raw_tp/, tp_btf/, kprobe/, fentry/, lsm/)."""
         return self._attach(self.section, lambda: lib().bpf_program__attach(self._ptr))
 
+    def attach_tracepoint(self, category: str, name: str) -> Link:
+        """Attach a tp/ program to a tracepoint its section does not name."""
+        return self._attach(
+            f"tp/{category}/{name}",
+            lambda: lib().bpf_program__attach_tracepoint(
+                self._ptr, category.encode(), name.encode()
+            ),
+        )
+
 
 class Map:
     def __init__(self, ptr: int) -> None:
@@ -379,6 +388,12 @@ class BpfObject:
     def attach(self, program: str) -> Link:
         """Attach one program by section name and keep the link for close()."""
         link = self.program(program).attach()
+        self._links.append(link)
+        return link
+
+    def attach_tracepoint(self, program: str, category: str, name: str) -> Link:
+        """Attach one program to a tracepoint of its type and keep the link for close()."""
+        link = self.program(program).attach_tracepoint(category, name)
         self._links.append(link)
         return link
 

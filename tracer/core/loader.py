@@ -38,16 +38,6 @@ PROCESS_VARIANTS = ("tp_btf", "raw_tp")
 # Capture programs on typed tracepoints, with a `_raw` twin for kernels where
 # the process hooks fell back to raw_tp.
 _TYPED_TRACEPOINTS = ("tr_tcp_syn_sent", "tr_priv_exec_btf")
-# rename, link, symlink: a new name for a file (file.bpf.h).
-_NEW_NAMES = (
-    "tr_rename_exit",
-    "tr_renameat_exit",
-    "tr_renameat2_exit",
-    "tr_link_exit",
-    "tr_linkat_exit",
-    "tr_symlink_exit",
-    "tr_symlinkat_exit",
-)
 _FEXIT = ("tr_fexit_openat2", "tr_fexit_connect", "tr_fexit_sendto", "tr_fexit_sendmsg")
 CAPTURE_PROGRAMS = {
     "lsm": (
@@ -82,15 +72,12 @@ CAPTURE_PROGRAMS = {
         "tr_kprobe_path_symlink",
     ),
     "tracepoint": (
-        "tr_open_exit_tp",
-        "tr_openat_exit",
-        "tr_openat2_exit",
-        "tr_creat_exit",
+        "tr_open_exit",
         "tr_connect_exit",
         "tr_sendto_exit",
         "tr_sendmsg_exit",
         "tr_tcp_syn_sent",
-        *_NEW_NAMES,
+        "tr_new_name_exit",
     ),
 }
 # privilege_change and file_attr (bpf_probes/priv.bpf.h): syscall and exec
@@ -110,13 +97,7 @@ _CRED_CALLS = (
 PRIVILEGE_PROGRAMS = (
     *(f"tr_{c}_exit" for c in _CRED_CALLS),
     "tr_priv_exec_btf",
-    "tr_chmod_exit",
-    "tr_fchmod_exit",
-    "tr_fchmodat_exit",
-    "tr_chown_exit_tp",
-    "tr_lchown_exit",
-    "tr_fchown_exit",
-    "tr_fchownat_exit",
+    "tr_attr_exit",
     *(f"tr_{c}_enter" for c in _CRED_CALLS),
     "tr_execve_enter",
     "tr_execveat_enter",
@@ -129,8 +110,36 @@ PRIVILEGE_GAPS = (
     "before (tracepoint mode), or not at all (other modes); a 32-bit exec is compared as "
     "if it started from plain credentials",
 )
-# Syscalls newer than the oldest kernel supported: attached where they exist.
-_OPTIONAL_SYSCALL_PROGRAMS = {"tr_fchmodat2_exit": "fchmodat2"}
+# Programs that serve a family of syscalls, attached to the exit of each
+# call in it (they tell the calls apart by the syscall number): the
+# verifier checks one program, not one per call, which was a third of the
+# start-up. A call the kernel lacks (fchmodat2 before 6.6; rename, link,
+# symlink, chmod, chown, lchown, open and creat on arm64) is left out.
+SYSCALL_FAMILIES = {
+    "tr_open_exit": ("openat", "openat2", "open", "creat"),
+    "tr_new_name_exit": (
+        "renameat2",
+        "renameat",
+        "rename",
+        "linkat",
+        "link",
+        "symlinkat",
+        "symlink",
+    ),
+    "tr_attr_exit": (
+        "fchmodat",
+        "fchmodat2",
+        "chmod",
+        "fchmod",
+        "chown",
+        "lchown",
+        "fchown",
+        "fchownat",
+    ),
+}
+# Of those, what a kernel without the call loses (one without the others
+# is arm64, which never had them: nothing is lost).
+_NEWER_SYSCALLS = ("fchmodat2",)
 _TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 
@@ -407,11 +416,16 @@ def capture_sensor(
             for p in PRIVILEGE_PROGRAMS
         ]
         gaps = [*MODE_GAPS.get(capture_mode, ()), *PRIVILEGE_GAPS]
-        for name, syscall in _OPTIONAL_SYSCALL_PROGRAMS.items():
-            if _has_syscall(syscall):
-                chosen.insert(0, name)
-            else:
-                gaps.append(f"{syscall} is not reported (the kernel has no such syscall)")
+        families = {
+            name: [c for c in calls if _has_syscall(c)]
+            for name, calls in SYSCALL_FAMILIES.items()
+            if name in chosen
+        }
+        gaps += [
+            f"{c} is not reported (the kernel has no such syscall)"
+            for c in _NEWER_SYSCALLS
+            if not _has_syscall(c)
+        ]
         for name, target, what in EVASION_PROGRAMS[capture_mode]:
             if name not in obj.programs:
                 continue
@@ -435,7 +449,11 @@ def capture_sensor(
         obj.load()
         obj.map("tr_config").update(_U32.pack(0), _CONFIG.pack(uid_budget, 0))
         for name in chosen:
-            obj.attach(name)
+            if name in families:
+                for call in families[name]:
+                    obj.attach_tracepoint(name, "syscalls", f"sys_exit_{call}")
+            else:
+                obj.attach(name)
         sensor = Sensor(obj, variant, capture_mode, gaps, chosen)
     except BaseException:
         obj.close()
