@@ -1,9 +1,9 @@
 """Helper for bench/exec_storm.py: the tracer's BPF programs without the daemon.
 
-Opens the daemon's capture object with tracer.core.bpf (unchanged), attaches
-the same programs the daemon picks (--programs process: exec/fork/exit
-only; all: also the file_open/connect programs, where this tracer
-version has them), then either
+Opens the daemon's capture object with tracer.core.bpf (unchanged) and
+attaches exec/fork/exit only (--programs process), or loads everything
+the daemon loads through the daemon's own loader (--programs all: the
+capture mode it would choose, every program and attachment), then either
 
   --drain none     never reads the ring buffer while running (it must be
                    big enough to hold the whole storm); measures the
@@ -24,6 +24,7 @@ left and writes one JSON object (records by kind) to --out or stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -47,16 +48,29 @@ def _on_signal(signum: int, frame: object) -> None:
     _stop = True
 
 
-def chosen_programs(variant: str, which: str) -> tuple[str, list[str]]:
-    """(object file name, program names), for this version of the loader."""
+_Started = tuple[bpf.RingBuffer, list[str]]  # the reader, the programs attached
+
+
+def _process_only(stack: contextlib.ExitStack, variant: str, ringbuf_size: int) -> _Started:
     progs = [p[variant] for p in loader.PROCESS_PROGRAMS.values()]
-    obj = getattr(loader, "CAPTURE_OBJECT", None) or loader.PROCESS_OBJECT
-    if which == "all":
-        capture = getattr(loader, "CAPTURE_PROGRAMS", {})
-        if capture:  # the mode the daemon would choose on this kernel
-            usable = probe(DEFAULT_BPF_DIR).capture_modes()
-            progs += list(capture[loader.choose_capture_mode(usable)])
-    return obj, progs
+    obj = stack.enter_context(bpf.BpfObject(DEFAULT_BPF_DIR / loader.CAPTURE_OBJECT))
+    for prog in obj.programs.values():
+        prog.set_autoload(prog.name in progs)
+    obj.map("tr_events").set_max_entries(ringbuf_size)
+    obj.load()
+    for name in progs:
+        obj.attach(name)
+    rb = bpf.RingBuffer(obj.map("tr_events"))
+    stack.callback(rb.close)
+    return rb, progs
+
+
+def _everything(stack: contextlib.ExitStack, variant: str, ringbuf_size: int) -> _Started:
+    mode = loader.choose_capture_mode(probe(DEFAULT_BPF_DIR).capture_modes())
+    sensor = stack.enter_context(
+        loader.capture_sensor(DEFAULT_BPF_DIR, variant, mode, ringbuf_size)
+    )
+    return sensor.ringbuf, list(sensor.attached)
 
 
 def main() -> int:
@@ -75,21 +89,14 @@ def main() -> int:
     variant = args.process_hooks
     if variant == "auto":
         variant = probe(DEFAULT_BPF_DIR).process_hooks
-    obj_name, progs = chosen_programs(variant, args.programs)
     kinds: Counter[int] = Counter()
     nbytes = 0
-    obj = bpf.BpfObject(DEFAULT_BPF_DIR / obj_name)
-    rb = None
-    try:
-        for prog in obj.programs.values():
-            prog.set_autoload(prog.name in progs)
-        obj.map("tr_events").set_max_entries(args.ringbuf_size)
-        obj.load()
-        for name in progs:
-            obj.attach(name)
-        rb = bpf.RingBuffer(obj.map("tr_events"))
+    with contextlib.ExitStack() as stack:
+        start = _everything if args.programs == "all" else _process_only
+        rb, progs = start(stack, variant, args.ringbuf_size)
         print(f"event='ready' variant={variant} programs={len(progs)}", file=sys.stderr,
               flush=True)
+
         def count(batch: list[bytes]) -> int:
             nonlocal nbytes
             for raw in batch:
@@ -112,10 +119,6 @@ def main() -> int:
             while not _stop:
                 count(rb.poll(args.poll_ms))
         consume_all()
-    finally:
-        if rb is not None:
-            rb.close()
-        obj.close()
     out = {
         "variant": variant,
         "drain": args.drain,
