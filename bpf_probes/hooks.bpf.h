@@ -242,18 +242,38 @@ int BPF_KRETPROBE(tr_kret_openat2, long ret)
 }
 
 /*
- * A connect on a TCP socket that is already connecting or connected starts
- * no connection: the kernel answers EALREADY or EISCONN. Programs poll a
- * non-blocking connect that way, and io_uring retries its own once the
- * socket is writable; the first call was judged and reported.
+ * A connect on a TCP socket that is already connecting or connected, to
+ * the peer it already has: the kernel answers EALREADY or EISCONN and
+ * starts nothing. Programs poll a non-blocking connect that way, and
+ * io_uring retries its own once the socket is writable; the first call
+ * was judged and reported. Any other address is judged: the security
+ * hook runs before the socket is locked, so a second thread's connect
+ * can find the socket connecting and still start a connection of its own
+ * once the first one has failed.
  */
-static __always_inline bool tr_tcp_reconnect(struct socket *sock)
+static __always_inline bool tr_tcp_retry(struct socket *sock, const struct sockaddr *address)
 {
 	struct sock *sk = BPF_CORE_READ(sock, sk);
 
-	return sk && tr_is_tcp(sk) &&
-	       (BPF_CORE_READ(sock, state) != TR_SS_UNCONNECTED ||
-		BPF_CORE_READ(sk, __sk_common.skc_state) != TR_TCP_CLOSE);
+	if (!sk || !tr_is_tcp(sk) ||
+	    (BPF_CORE_READ(sock, state) == TR_SS_UNCONNECTED &&
+	     BPF_CORE_READ(sk, __sk_common.skc_state) == TR_TCP_CLOSE))
+		return false;
+	struct sockaddr_in6 in = {}; /* the sockaddr_in fields sit at the same offsets */
+
+	bpf_probe_read_kernel(&in, sizeof(in), address);
+	if (in.sin6_port != BPF_CORE_READ(sk, __sk_common.skc_dport))
+		return false;
+	if (in.sin6_family == TR_AF_INET)
+		return ((struct sockaddr_in *)&in)->sin_addr.s_addr ==
+		       BPF_CORE_READ(sk, __sk_common.skc_daddr);
+	if (in.sin6_family != TR_AF_INET6)
+		return false;
+	__u64 asked[2], peer[2] = {};
+
+	__builtin_memcpy(asked, &in.sin6_addr, sizeof(asked));
+	BPF_CORE_READ_INTO(&peer, sk, __sk_common.skc_v6_daddr);
+	return asked[0] == peer[0] && asked[1] == peer[1];
 }
 
 static __always_inline __u8 tr_connect_hook(struct socket *sock, struct sockaddr *address,
@@ -261,7 +281,7 @@ static __always_inline __u8 tr_connect_hook(struct socket *sock, struct sockaddr
 {
 	int origin = tr_connect_origin();
 
-	if (origin < 0 || tr_tcp_reconnect(sock))
+	if (origin < 0 || tr_tcp_retry(sock, address))
 		return TR_ACT_NONE;
 	return tr_connect_eval(address, false, -1, sock, hook | origin);
 }
