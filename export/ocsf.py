@@ -186,6 +186,7 @@ class OcsfMapper:
             for category, profiles in _PROFILES.items()
         }
         self._consts: dict[tuple[Any, ...], tuple[JsonDict | None, JsonDict, str]] = {}
+        self._files: dict[str, JsonDict] = {}
 
     def process(self, p: JsonDict) -> JsonDict:
         return _flat(p)
@@ -260,12 +261,7 @@ class OcsfMapper:
             "metadata": {"uid": event_uid(ev, process), "original_time": t},
         }
         if kind == "file_open":
-            path = details["path"]
-            folder, name = split_path(path)
-            f: JsonDict = {"name": name, "path": path, "type_id": 0, "type": "Unknown"}
-            if folder:
-                f["parent_folder"] = folder
-            d["file"] = f
+            d["file"] = self._file(details["path"])
             details["access"] = access
             d["unmapped"] = {"file_open": details}
         elif kind == "connect":
@@ -287,6 +283,20 @@ class OcsfMapper:
             d["file"] = _attr_file(details)
             d["unmapped"] = {"file_attr": details}
         return const, d
+
+    def _file(self, path: str) -> JsonDict:
+        """The file object of a path: a storm opens the same few paths, so
+        each is made once (shared between events, never changed)."""
+        f = self._files.get(path)
+        if f is None:
+            folder, name = split_path(path)
+            f = {"name": name, "path": path, "type_id": 0, "type": "Unknown"}
+            if folder:
+                f["parent_folder"] = folder
+            if len(self._files) >= 1024:
+                self._files.clear()
+            self._files[path] = f
+        return f
 
     def _const(
         self,

@@ -99,7 +99,9 @@ class Mapper(Protocol):
         """The event's own fields, in two: those that follow from its kind,
         rule and outcome (the same object for every such event, never
         changed), and the rest. `ev` is without process, parent and
-        ancestors; it and its details are the mapper's to change."""
+        ancestors; it and its details are the mapper's to change. The
+        second part's merged objects are made for this event: the caller
+        adds the other parts' fields to them."""
         ...
 
 
@@ -231,15 +233,19 @@ def convert(mapper: Mapper, ev: Mapping[str, Any]) -> JsonDict:
 
 class _Json:
     """A part of a line as JSON, to splice: `"k":v,...` of its fields but the
-    merged objects (`fields`), and the same of its fields of each merged
-    object (`inners`, in the mapper's order)."""
+    merged objects (`fields`), and of each merged object (`inners`, in the
+    mapper's order) each field as a fragment of JSON."""
 
     __slots__ = ("fields", "inners", "size")
 
     def __init__(self, d: JsonDict, merged: tuple[str, ...]) -> None:
         self.fields = orjson.dumps({k: v for k, v in d.items() if k not in merged})[1:-1]
-        self.inners = [orjson.dumps(d.get(k) or {})[1:-1] for k in merged]
-        self.size = len(self.fields) + sum(map(len, self.inners))
+        self.size = len(self.fields)
+        self.inners: list[dict[str, bytes]] = []
+        for k in merged:
+            inner = {f: orjson.dumps(v) for f, v in (d.get(k) or {}).items()}
+            self.size += sum(len(f) + len(v) for f, v in inner.items())
+            self.inners.append(inner)
 
 
 class _Process:
@@ -269,12 +275,18 @@ class _Side:
         self.frames: dict[int, _Frame] = {}
 
 
+_Fields = dict[str, orjson.Fragment]
+
+
 class _Frame:
     """A constant part and a process side, to be completed by an event's own part.
 
     `tail` ends a line with their fields. For each merged object, `shares`
-    holds the JSON that opens it with their fields, for the event's own
-    fields of it to close, and the whole object for an event that has none.
+    holds their fields of it, to join to the event's own object of that
+    name: a few as fragments to add to it (cheaper than its JSON spliced
+    and parsed again as one), many as the JSON that opens it; and the whole
+    object for an event that has none. No field of a merged object is in
+    two parts (convert() would keep the later one).
     """
 
     __slots__ = ("const", "shares", "tail")
@@ -283,11 +295,22 @@ class _Frame:
         self.const = const  # held, so that the id that keys the frame stays its
         joined = b",".join(f for f in (json.fields, side.json.fields) if f)
         self.tail = (b"," + joined if joined else b"") + b"}\n"
-        self.shares: list[tuple[str, bytes, orjson.Fragment | None]] = []
+        self.shares: list[tuple[str, _Fields | None, bytes, orjson.Fragment | None]] = []
         for k, mine, theirs in zip(merged, json.inners, side.json.inners, strict=True):
-            inner = b",".join(f for f in (mine, theirs) if f)
-            whole = orjson.Fragment(b"{" + inner + b"}") if inner else None
-            self.shares.append((k, b"{" + inner + b"," if inner else b"{", whole))
+            fields = {**mine, **theirs}
+            opener = b"{" + b",".join(orjson.dumps(f) + b":" + v for f, v in fields.items())
+            whole = orjson.Fragment(opener + b"}") if fields else None
+            if len(fields) <= _FEW_FIELDS:
+                few = {f: orjson.Fragment(v) for f, v in fields.items()}
+                self.shares.append((k, few, b"", whole))
+            else:
+                self.shares.append((k, None, opener + b",", whole))
+
+
+# Up to this many fields of a merged object are added to the event's own
+# object as fragments; more are spliced as JSON (measured with
+# bench/pipeline_cost.py: OCSF's 1-3 fields, ECS's process with ~15).
+_FEW_FIELDS = 4
 
 
 class FormatSerializer:
@@ -422,12 +445,15 @@ class FormatSerializer:
         if frame is None or frame.const is not const:
             frame = self._frame(const, side)
         dumps = orjson.dumps
-        for k, opener, whole in frame.shares:
+        for k, few, opener, whole in frame.shares:
             mine = own.get(k)
-            if mine:
+            if not mine:
+                if whole is not None:
+                    own[k] = whole
+            elif few is not None:
+                mine.update(few)
+            else:
                 own[k] = orjson.Fragment(opener + dumps(mine)[1:])
-            elif whole is not None:
-                own[k] = whole
         # The own part opens the line: it always has the event's time, so
         # its JSON is never empty.
         return dumps(own)[:-1] + frame.tail
