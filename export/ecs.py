@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from export.jsonl import JsonDict
-from export.siem import ENFORCING, attack_tags, enforced, event_uid, severity_id, split_path
+from export.siem import (
+    ENFORCING,
+    PerPath,
+    attack_tags,
+    enforced,
+    event_uid,
+    severity_id,
+    split_path,
+)
 
 VERSION = "8.11.0"
 _ONLY_VERSION: JsonDict = {"ecs": {"version": VERSION}}
@@ -144,6 +152,7 @@ class EcsMapper:
 
     def __init__(self) -> None:
         self._consts: dict[tuple[str, int, bool], tuple[JsonDict | None, JsonDict]] = {}
+        self._files = PerPath(_open_file)
 
     def head_split(
         self, ev: JsonDict, time_ns: int, process: JsonDict | None
@@ -190,11 +199,7 @@ class EcsMapper:
             const = hit[1]
             event = {}
             if kind == "file_open":
-                folder, name = split_path(details["path"])
-                f: JsonDict = {"path": details["path"], "name": name}
-                if folder:
-                    f["directory"] = folder
-                d["file"] = f
+                d["file"] = self._files[details["path"]]
                 tracer["file"] = details
             elif kind == "connect":
                 _endpoints(d, details)
@@ -272,12 +277,17 @@ def _const(
     return top
 
 
-def _attr_file(a: JsonDict) -> JsonDict:
-    """file.* of a chmod or chown: the mode in octal as ECS writes it ("4755")."""
-    folder, name = split_path(a["path"])
-    f: JsonDict = {"path": a["path"], "name": name}
+def _open_file(path: str) -> JsonDict:
+    folder, name = split_path(path)
+    f: JsonDict = {"path": path, "name": name}
     if folder:
         f["directory"] = folder
+    return f
+
+
+def _attr_file(a: JsonDict) -> JsonDict:
+    """file.* of a chmod or chown: the mode in octal as ECS writes it ("4755")."""
+    f = _open_file(a["path"])
     mode = a.get("file_mode", a.get("mode"))
     if mode is not None:
         f["mode"] = f"{mode & 0o7777:04o}"

@@ -21,6 +21,7 @@ from typing import Any
 from export.jsonl import JsonDict
 from export.siem import (
     SEVERITY_NAMES,
+    PerPath,
     attack_tags,
     enforced,
     event_uid,
@@ -186,7 +187,7 @@ class OcsfMapper:
             for category, profiles in _PROFILES.items()
         }
         self._consts: dict[tuple[Any, ...], tuple[JsonDict | None, JsonDict, str]] = {}
-        self._files: dict[str, JsonDict] = {}
+        self._files = PerPath(_open_file)
 
     def process(self, p: JsonDict) -> JsonDict:
         return _flat(p)
@@ -261,7 +262,7 @@ class OcsfMapper:
             "metadata": {"uid": event_uid(ev, process), "original_time": t},
         }
         if kind == "file_open":
-            d["file"] = self._file(details["path"])
+            d["file"] = self._files[details["path"]]
             details["access"] = access
             d["unmapped"] = {"file_open": details}
         elif kind == "connect":
@@ -283,20 +284,6 @@ class OcsfMapper:
             d["file"] = _attr_file(details)
             d["unmapped"] = {"file_attr": details}
         return const, d
-
-    def _file(self, path: str) -> JsonDict:
-        """The file object of a path: a storm opens the same few paths, so
-        each is made once (shared between events, never changed)."""
-        f = self._files.get(path)
-        if f is None:
-            folder, name = split_path(path)
-            f = {"name": name, "path": path, "type_id": 0, "type": "Unknown"}
-            if folder:
-                f["parent_folder"] = folder
-            if len(self._files) >= 1024:
-                self._files.clear()
-            self._files[path] = f
-        return f
 
     def _const(
         self,
@@ -392,11 +379,16 @@ def _privilege(d: JsonDict, c: JsonDict, process: JsonDict | None) -> None:
         d["actor"] = {"user": {"uid": str(c["old"]["uid"])}}
 
 
-def _attr_file(a: JsonDict) -> JsonDict:
-    folder, name = split_path(a["path"])
-    f: JsonDict = {"name": name, "path": a["path"], "type_id": 0, "type": "Unknown"}
+def _open_file(path: str) -> JsonDict:
+    folder, name = split_path(path)
+    f: JsonDict = {"name": name, "path": path, "type_id": 0, "type": "Unknown"}
     if folder:
         f["parent_folder"] = folder
+    return f
+
+
+def _attr_file(a: JsonDict) -> JsonDict:
+    f = _open_file(a["path"])
     if "uid" in a:
         f["owner"] = {"uid": str(a["uid"])}
     return f

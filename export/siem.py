@@ -26,7 +26,7 @@ the same JSON from bytes. tests/test_siem.py holds them equal.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -180,6 +180,24 @@ def split_path(path: str) -> tuple[str, str]:
     if not slash:
         return "", path
     return folder or "/", name
+
+
+class PerPath(dict[str, JsonDict]):
+    """Objects made from paths, once per path (`per_path[path]`): a storm opens
+    the same few paths. Shared between events, so never to be changed;
+    bounded in count. A dict, so that a path seen before costs one lookup."""
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[str], JsonDict]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, path: str) -> JsonDict:
+        if len(self) >= 1024:
+            self.clear()
+        made = self[path] = self._make(path)
+        return made
 
 
 def _chain(ev: Mapping[str, Any]) -> list[JsonDict]:

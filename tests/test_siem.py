@@ -716,6 +716,21 @@ def test_one_serializer_writes_every_event_of_a_stream_as_its_conversion(
             assert orjson.loads(serializer.line(ev)) == convert(mapper, native(ev)), (fmt, name)
 
 
+def test_a_storm_of_new_paths_keeps_the_per_path_objects_bounded() -> None:
+    """Each path's file object is made once; an attacker opening ever new
+    names must not grow that cache without bound, and an object made
+    again after a clear is still the path's."""
+    fo = EVENTS["open-host"]
+    for fmt in ("ocsf", "ecs"):
+        mapper = mapper_for(fmt, "0.1.0")
+        serializer = FormatSerializer(mapper)
+        for i in range(3000):
+            ev = dataclasses.replace(fo, file=dataclasses.replace(fo.file, path=f"/tmp/n{i}"))
+            line = orjson.loads(serializer.line(ev))
+            assert line["file"]["path"] == f"/tmp/n{i}", fmt
+        assert 0 < len(mapper._files) <= 1024, (fmt, len(mapper._files))
+
+
 def test_lost_events_are_a_failure_a_siem_can_alert_on() -> None:
     o = daemon_line("ocsf", EVENTS["lost"])
     assert (o["class_uid"], o["status_id"], o["severity_id"]) == (1008, 2, 3)
