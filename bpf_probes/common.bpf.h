@@ -101,9 +101,10 @@ struct {
 	__type(value, struct tr_config);
 } tr_config SEC(".maps");
 
-/* Bulk records each uid made in the current second while the ring was
- * behind. LRU: a uid that went quiet ages out, and a fresh one starts
- * with a whole budget. */
+/* Records each uid made in the current second while a ring was behind,
+ * one map per ring (a bulk storm does not spend a uid's share of the
+ * selected ring). LRU: a uid that went quiet ages out, and a fresh one
+ * starts with a whole budget. */
 struct tr_uid_budget {
 	__u64 second;
 	__u64 used;
@@ -116,10 +117,17 @@ struct {
 	__type(value, struct tr_uid_budget);
 } tr_uid_budget SEC(".maps");
 
-/* True when `uid` has used up this second's budget of bulk records. The
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct tr_uid_budget);
+} tr_uid_selected_budget SEC(".maps");
+
+/* True when `uid` has used up this second's budget in `budgets`. The
  * reset at a new second races with other CPUs, which may let a few more
  * through; every record refused is counted (TR_STAT_LIMITED). */
-static __always_inline bool tr_uid_over_budget(__u32 uid)
+static __always_inline bool tr_uid_over_budget(void *budgets, __u32 uid)
 {
 	__u32 zero = 0;
 	struct tr_config *cfg = bpf_map_lookup_elem(&tr_config, &zero);
@@ -127,12 +135,12 @@ static __always_inline bool tr_uid_over_budget(__u32 uid)
 	if (!cfg || !cfg->uid_budget)
 		return false;
 	__u64 second = bpf_ktime_get_boot_ns() / 1000000000;
-	struct tr_uid_budget *b = bpf_map_lookup_elem(&tr_uid_budget, &uid);
+	struct tr_uid_budget *b = bpf_map_lookup_elem(budgets, &uid);
 
 	if (!b) {
 		struct tr_uid_budget fresh = { .second = second, .used = 1 };
 
-		bpf_map_update_elem(&tr_uid_budget, &uid, &fresh, BPF_NOEXIST);
+		bpf_map_update_elem(budgets, &uid, &fresh, BPF_NOEXIST);
 		return false;
 	}
 	if (b->second != second) {
@@ -142,39 +150,57 @@ static __always_inline bool tr_uid_over_budget(__u32 uid)
 	return __sync_fetch_and_add(&b->used, 1) >= cfg->uid_budget;
 }
 
+/* Whether the reader is behind on `ring`: more than an eighth of it is
+ * written and not read, the point where the reader is woken. */
+#define tr_behind(ring)                                                          \
+	(bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >=                            \
+	 bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 8)
+
 /* Whether this record should wake the reader. A wake-up per record
  * (flags 0: whenever the reader has caught up) costs the traced task an
  * irq_work and the reader a context switch per event, which made an exec
  * storm 24% slower. So records are added silently; the reader drains on
  * a short timer, and is woken early only once an eighth of the ring is
  * full, which leaves a burst seven eighths of the ring to land in. */
-#define tr_wakeup(ring)                                                          \
-	(bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >=                            \
-		 bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 8                    \
-	 ? BPF_RB_FORCE_WAKEUP                                                    \
-	 : BPF_RB_NO_WAKEUP)
+#define tr_wakeup(ring) (tr_behind(ring) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP)
 
-/* Emit `size` bytes of `rec` into the selected ring and count the
- * outcome, so no loss is silent. */
+/* What every record of the selected ring begins with. */
+struct tr_selected_head {
+	struct tr_hdr hdr;
+	struct tr_task task;
+	struct tr_verdict verdict;
+};
+
+/* Emit `size` bytes of `rec` (a struct tr_selected_head first, its task
+ * filled) into the selected ring and count the outcome, so no loss is
+ * silent. While the ring is behind, a record that only reports (post)
+ * counts against its uid's budget, as bulk records do: one user's flood
+ * of opens that a rule posts cannot fill the ring for everyone. A
+ * sigkill or deny record is never held back. */
 static __always_inline void tr_emit(__u32 kind, void *rec, __u64 size)
 {
-	if (bpf_ringbuf_output(&tr_selected, rec, size, tr_wakeup(&tr_selected)))
+	const struct tr_selected_head *head = rec;
+	bool behind = tr_behind(&tr_selected);
+
+	if (behind && head->verdict.action == TR_ACT_POST &&
+	    tr_uid_over_budget(&tr_uid_selected_budget, head->task.uid))
+		tr_count(kind, TR_STAT_LIMITED);
+	else if (bpf_ringbuf_output(&tr_selected, rec, size,
+				    behind ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP))
 		tr_count(kind, TR_STAT_RB_DROPPED);
 	else
 		tr_count(kind, TR_STAT_EMITTED);
 }
 
-/* The same into the bulk ring. While it is more than an eighth full (the
- * reader is behind: the point where it is woken), each uid may add only
+/* The same into the bulk ring. While it is behind, each uid may add only
  * its budget of records per second, so that one user's storm cannot fill
  * it for everyone; below that nothing is limited, and the check costs
  * nothing. */
 static __always_inline void tr_emit_bulk(__u32 kind, void *rec, __u64 size, __u32 uid)
 {
-	bool behind = bpf_ringbuf_query(&tr_events, BPF_RB_AVAIL_DATA) >=
-		      bpf_ringbuf_query(&tr_events, BPF_RB_RING_SIZE) / 8;
+	bool behind = tr_behind(&tr_events);
 
-	if (behind && tr_uid_over_budget(uid))
+	if (behind && tr_uid_over_budget(&tr_uid_budget, uid))
 		tr_count(kind, TR_STAT_LIMITED);
 	else if (bpf_ringbuf_output(&tr_events, rec, size,
 				    behind ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP))

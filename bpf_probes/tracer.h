@@ -68,7 +68,7 @@ enum tr_stat {
 	TR_STAT_RB_DROPPED = 1,
 	TR_STAT_EVALUATED = 2, /* policy evaluations: proof a filter ran */
 	TR_STAT_PREFILTERED = 3, /* of those, opens settled before the path was copied */
-	TR_STAT_LIMITED = 4, /* bulk records dropped: their uid was over its budget */
+	TR_STAT_LIMITED = 4, /* records dropped: their uid was over its budget while the ring was behind */
 	TR_STAT_COUNT = 5,
 };
 

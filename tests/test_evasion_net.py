@@ -617,6 +617,89 @@ def test_a_storming_uid_is_held_to_its_budget_and_others_lose_nothing(
         assert d.stop() == 0, "".join(d.stderr)
 
 
+@pytest.fixture(scope="module")
+def openflood() -> Iterator[Path]:
+    """tests/evasion/openflood.c, static, in a directory any uid can enter,
+    with the files it opens: `posted` and `killed`, both readable by all."""
+    with tempfile.TemporaryDirectory(prefix="tracer-openflood-") as d:
+        os.chmod(d, 0o755)
+        exe = Path(d) / "openflood"
+        _build(EVASION / "openflood.c", exe, "-static")
+        for name in ("posted", "killed"):
+            (Path(d) / name).write_text("x")
+            (Path(d) / name).chmod(0o644)
+        yield exe
+
+
+def test_a_uid_flooding_posted_opens_keeps_to_its_budget_of_the_selected_ring(
+    tmp_path: Path, openflood: Path
+) -> None:
+    """While the selected ring is behind, the opens one uid makes that a
+    rule posts are held to its budget a second, as bulk records are: an
+    unprivileged flood of 20,000 opens of a posted file (failed opens of
+    /etc/shadow would do as well) leaves room in a 512 KiB ring (~3,000
+    such records; an eighth of it, the point where budgets start, and
+    100 a second for the flood's ~10 s under emulation) for another uid's
+    100 paced posted opens, which all arrive. A sigkill record of the flooding uid, made while it is over
+    its budget, is never held back. The daemon is stopped meanwhile
+    (SIGSTOP), so the ring stays behind however fast it could read."""
+    budget = 100  # the paced opens make at most half of it a second
+    base = openflood.parent
+    posted, killed = base / "posted", base / "killed"
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "policies:\n  - name: t-flood-posted\n    rules:\n      - event: file_open\n"
+        f'        match: {{path: ["{posted}"]}}\n'
+        "  - name: t-flood-kill\n    rules:\n      - event: file_open\n"
+        f'        match: {{path: ["{killed}"]}}\n        action: sigkill\n'
+    )
+    ctl = tmp_path / "control.sock"
+    d = Daemon(
+        "--policy", str(policy), "--control-socket", str(ctl),
+        "--selected-ringbuf-size", "512K", "--uid-budget", str(budget),
+    )  # fmt: skip
+    d.sync()
+    d.proc.send_signal(signal.SIGSTOP)
+    try:
+        # The kill right after twice the budget of opens in one second of
+        # the kernel's clock: the flood is over its budget when it is made.
+        flood = subprocess.run(
+            [str(openflood), "-k", str(killed), "-b", str(2 * budget), str(posted), "20000"],
+            preexec_fn=lambda: _as_uid(STORM_UID),
+            capture_output=True,
+        )  # fmt: skip
+        paced = subprocess.run(
+            [str(openflood), "-p", "20", str(posted), "100"],
+            preexec_fn=lambda: _as_uid(STORM_UID + 1),
+            capture_output=True,
+            check=True,
+        )  # fmt: skip
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+    try:
+        assert flood.returncode == -signal.SIGKILL, (flood.returncode, flood.stderr)
+        flooded = int(flood.stdout)
+        assert flooded >= 20000 + 2 * budget and paced.stdout == b"100\n"
+        d.sync(attempts=20)
+        opens = d.matching(
+            lambda e: e["type"] == "file_open" and e["file_open"]["path"] == str(posted)
+        )
+        by_uid = collections.Counter(e["process"]["uid"] for e in opens)
+        assert by_uid[STORM_UID + 1] == 100, by_uid
+        assert 0 < by_uid[STORM_UID] < flooded // 5, by_uid
+        kills = d.matching(
+            lambda e: e["type"] == "file_open" and e["file_open"]["path"] == str(killed)
+        )
+        assert [(e["process"]["uid"], e["policy"]["action"]) for e in kills] == [
+            (STORM_UID, "sigkill")
+        ]
+        stats = control.request(ctl, {"op": "stats"})["kernel"]
+        assert stats["limited"]["file_open"] >= flooded - by_uid[STORM_UID], stats
+        d.wait_for(lambda e: e["type"] == "lost" and e["lost"]["kernel"].get("file_open", 0))
+    finally:
+        assert d.stop() == 0, "".join(d.stderr)
+
+
 # --------------------------------------- item 6: a new name in a watched place
 
 

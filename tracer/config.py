@@ -83,8 +83,9 @@ class Config:
         UID_BUDGET_DEFAULT,
         flag="--uid-budget",
         parse=int,
-        help="exec/fork/exit records one uid may add per second while the bulk ring is "
-        "behind; the rest are dropped and counted as lost (0: no limit)",
+        help="records one uid may add per second to a ring while that ring is behind (bulk "
+        "records; in the selected ring, posted records, never a sigkill or deny); the rest "
+        "are dropped and counted as lost (0: no limit)",
     )
     throttle_keys: int = option(
         THROTTLE_KEYS_DEFAULT,
