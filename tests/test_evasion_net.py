@@ -640,9 +640,10 @@ def test_a_uid_flooding_posted_opens_keeps_to_its_budget_of_the_selected_ring(
     /etc/shadow would do as well) leaves room in a 512 KiB ring (~3,000
     such records; an eighth of it, the point where budgets start, and
     100 a second for the flood's ~10 s under emulation) for another uid's
-    100 paced posted opens, which all arrive. A sigkill record of the flooding uid, made while it is over
-    its budget, is never held back. The daemon is stopped meanwhile
-    (SIGSTOP), so the ring stays behind however fast it could read."""
+    100 paced posted opens, which all arrive. A sigkill record of the
+    flooding uid, made while it is over its budget, is never held back.
+    The daemon is stopped meanwhile (SIGSTOP), so the ring stays behind
+    however fast it could read."""
     budget = 100  # the paced opens make at most half of it a second
     base = openflood.parent
     posted, killed = base / "posted", base / "killed"
