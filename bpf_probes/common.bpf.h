@@ -150,11 +150,12 @@ static __always_inline bool tr_uid_over_budget(void *budgets, __u32 uid)
 	return __sync_fetch_and_add(&b->used, 1) >= cfg->uid_budget;
 }
 
-/* Whether the reader is behind on `ring`: more than an eighth of it is
- * written and not read, the point where the reader is woken. */
-#define tr_behind(ring)                                                          \
+/* Whether more than 1/`part` of `ring` is written and not read. */
+#define tr_filled(ring, part)                                                    \
 	(bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >=                            \
-	 bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 8)
+	 bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / (part))
+/* The reader is behind: woken, and bulk records are held to budgets. */
+#define tr_behind(ring) tr_filled(ring, 8)
 
 /* Whether this record should wake the reader. A wake-up per record
  * (flags 0: whenever the reader has caught up) costs the traced task an
@@ -173,20 +174,21 @@ struct tr_selected_head {
 
 /* Emit `size` bytes of `rec` (a struct tr_selected_head first, its task
  * filled) into the selected ring and count the outcome, so no loss is
- * silent. While the ring is behind, a record that only reports (post)
- * counts against its uid's budget, as bulk records do: one user's flood
- * of opens that a rule posts cannot fill the ring for everyone. A
- * sigkill or deny record is never held back. */
+ * silent. While the ring is more than half full, a record that only
+ * reports (post) counts against its uid's budget, as bulk records do:
+ * one user's flood of opens that a rule posts cannot fill the ring for
+ * everyone. Half, not an eighth: what a rule selects is what the user
+ * asked for, and one busy source (a backup reading what a rule posts) has
+ * half the ring to wait in for the reader before anything is held back.
+ * A sigkill or deny record never is. */
 static __always_inline void tr_emit(__u32 kind, void *rec, __u64 size)
 {
 	const struct tr_selected_head *head = rec;
-	bool behind = tr_behind(&tr_selected);
 
-	if (behind && head->verdict.action == TR_ACT_POST &&
+	if (head->verdict.action == TR_ACT_POST && tr_filled(&tr_selected, 2) &&
 	    tr_uid_over_budget(&tr_uid_selected_budget, head->task.uid))
 		tr_count(kind, TR_STAT_LIMITED);
-	else if (bpf_ringbuf_output(&tr_selected, rec, size,
-				    behind ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP))
+	else if (bpf_ringbuf_output(&tr_selected, rec, size, tr_wakeup(&tr_selected)))
 		tr_count(kind, TR_STAT_RB_DROPPED);
 	else
 		tr_count(kind, TR_STAT_EMITTED);

@@ -637,10 +637,10 @@ def test_a_uid_flooding_posted_opens_keeps_to_its_budget_of_the_selected_ring(
     """While the selected ring is behind, the opens one uid makes that a
     rule posts are held to its budget a second, as bulk records are: an
     unprivileged flood of 20,000 opens of a posted file (failed opens of
-    /etc/shadow would do as well) leaves room in a 512 KiB ring (~3,000
-    such records; an eighth of it, the point where budgets start, and
-    100 a second for the flood's ~10 s under emulation) for another uid's
-    100 paced posted opens, which all arrive. A sigkill record of the
+    /etc/shadow would do as well) leaves room in a 1 MiB ring (~6,000
+    such records; half of it, the point where budgets start, and 100 a
+    second for the flood's ~10 s under emulation) for another uid's 100
+    paced posted opens, which all arrive. A sigkill record of the
     flooding uid, made while it is over its budget, is never held back.
     The daemon is stopped meanwhile (SIGSTOP), so the ring stays behind
     however fast it could read."""
@@ -657,7 +657,7 @@ def test_a_uid_flooding_posted_opens_keeps_to_its_budget_of_the_selected_ring(
     ctl = tmp_path / "control.sock"
     d = Daemon(
         "--policy", str(policy), "--control-socket", str(ctl),
-        "--selected-ringbuf-size", "512K", "--uid-budget", str(budget),
+        "--selected-ringbuf-size", "1M", "--uid-budget", str(budget),
     )  # fmt: skip
     d.sync()
     d.proc.send_signal(signal.SIGSTOP)

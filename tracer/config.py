@@ -84,8 +84,8 @@ class Config:
         flag="--uid-budget",
         parse=int,
         help="records one uid may add per second to a ring while that ring is behind (bulk "
-        "records; in the selected ring, posted records, never a sigkill or deny); the rest "
-        "are dropped and counted as lost (0: no limit)",
+        "records, past an eighth full; in the selected ring, posted records past half full, "
+        "never a sigkill or deny); the rest are dropped and counted as lost (0: no limit)",
     )
     throttle_keys: int = option(
         THROTTLE_KEYS_DEFAULT,
