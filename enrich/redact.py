@@ -19,7 +19,6 @@ of the binary):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +83,25 @@ DEFAULT_RULES: tuple[RedactRule, ...] = (
 
 # Literals every default rule that applies to any program needs in the
 # argument it looks at: most command lines have none, and a screen of plain
-# literals (linear in stdlib `re`) spares them every rule. Rules from a file,
-# and rules for named programs, are not screened.
+# literals spares them every rule. Rules from a file, and rules for named
+# programs, are not screened.
 _NONE: frozenset[str] = frozenset()
-_SCREEN = re.compile(r"pass|pwd|secret|token|key|credential|://|authorization", re.IGNORECASE)
+_SCREEN_WORDS = ("pass", "pwd", "secret", "token", "key", "credential", "://", "authorization")
+
+
+def _may_hold_secret(text: str) -> bool:
+    """Whether text has a screen word in any case the rules' (?i) matches.
+
+    casefold() maps every character RE2 folds onto an ASCII letter of the
+    words (the long s, the Kelvin sign) to that letter, but the Turkish
+    dotted and dotless i, which are folded here too: the screen may pass
+    more than the rules match, never less. Plain substring tests after it
+    take a quarter of the time of an IGNORECASE regex.
+    """
+    t = text.casefold()
+    if "\u0131" in t or "i\u0307" in t:
+        t = t.replace("\u0131", "i").replace("i\u0307", "i")
+    return any(map(t.__contains__, _SCREEN_WORDS))
 
 
 @dataclass(slots=True, frozen=True)
@@ -158,7 +172,7 @@ class Redactor:
         scoped = self._scoped
         prog, name = binary.rpartition("/")[2], args[0].rpartition("/")[2]
         names = {prog, name} & scoped if prog in scoped or name in scoped else _NONE
-        if self._screened and not names and _SCREEN.search("\0".join(args[1:])) is None:
+        if self._screened and not names and not _may_hold_secret("\0".join(args[1:])):
             return args, False
         rules = [c for c in self._rules if not c.binaries or c.binaries & names]
         out = list(args)

@@ -73,6 +73,46 @@ def test_any_argv_keeps_its_length_and_masking_again_changes_nothing(argv: list[
     assert R.args(out[0], out)[0] == out
 
 
+# Rules that never match (no argument holds a NUL) make a Redactor that
+# runs every rule on every argument: no screen.
+_UNSCREENED = Redactor([*DEFAULT_RULES, RedactRule("never", arg="(?P<secret>\\x00)")])
+# The screen's words, their letters in other cases and in the characters
+# case-insensitive matching folds onto them (long s, Kelvin sign, dotted
+# and dotless i), and what the rules look for around them.
+_SECRETISH = st.lists(
+    st.sampled_from(
+        [
+            *("pass", "word", "PASS", "pwd", "token", "key", "secret", "credential"),
+            *("authorization", "api", "Bearer ", "://", "-", "--", "_", "=", ":", "@", " "),
+            *("x", "S", "K", "I", "\u017f", "\u212a", "\u0130", "\u0131", "i\u0307"),
+        ]
+    ),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_SECRETISH, min_size=2, max_size=4))
+def test_the_screen_never_spares_an_argument_a_rule_would_mask(argv: list[str]) -> None:
+    """The screen only skips work: with it, every argv is masked exactly as
+    by every rule run on every argument."""
+    argv[0] = "app"
+    assert R.args("app", tuple(argv)) == _UNSCREENED.args("app", tuple(argv))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("app", "--pa\u017f\u017fword=hunter2"),  # long s
+        ("app", "--api-\u212aey=k"),  # Kelvin sign
+        ("app", "--TOKEN", "t"),
+    ],
+)
+def test_secrets_spelled_with_folded_letters_are_masked(argv: tuple[str, ...]) -> None:
+    out, changed = R.args("app", argv)
+    assert changed and "***" in out[-1], out
+
+
 @pytest.mark.parametrize(
     ("rules", "problem"),
     [
