@@ -12,7 +12,9 @@
  *  - file_attr: chmod and friends that leave S_ISUID or S_ISGID set, and
  *    chown to uid 0 of a file in a world-writable directory, judged at the
  *    syscall's exit on its result; no open happens, so file_open never
- *    sees either.
+ *    sees either. In the hook modes a chown's directory is the one its
+ *    path security hook found (whatever the name), in tracepoint mode that
+ *    of an fd or of a bare name only.
  *
  * Both kinds are rare (logins, daemons dropping privileges, installs), so
  * every one is reported, on the bulk ring, unless a rule selects it (the
@@ -33,11 +35,15 @@
  * thread's task storage: no hashing and no LRU lock on every exec (an LRU
  * hash update was 1.8 us of it), and a thread that execs keeps its
  * task_struct when it takes over the leader's pid. `armed` is cleared at
- * the exit: a call whose enter was not seen compares nothing. */
+ * the exit: a call whose enter was not seen compares nothing. The same
+ * slot carries what a chown's security hook found (hook modes) to the
+ * chown's exit: `chown_hook` (enum tr_hook; 0: none) and the mode of the
+ * directory the kernel found the file in. */
 struct tr_cred_slot {
 	struct tr_cred cred;
 	__u32 armed;
-	__u32 pad;
+	__u16 chown_hook;
+	__u16 chown_dir_mode;
 };
 
 struct {
@@ -350,10 +356,10 @@ static long tr_slash_step(__u32 i, void *arg)
 	return 0;
 }
 
-/* The directory a chown's name is in, when the name is a bare component
- * of dfd's directory or the cwd. A name with a slash names its directory
- * by a path that only a lookup resolves, which is not possible here:
- * NULL (not reported). */
+/* Tracepoint mode: the directory a chown's name is in, when the name is a
+ * bare component of dfd's directory or the cwd. A name with a slash names
+ * its directory by a path that only a lookup resolves, which is not
+ * possible here: NULL (not reported). */
 static __always_inline struct dentry *tr_name_dir(struct tr_attr_scratch *s,
 						  const struct tr_attr_args *a)
 {
@@ -375,9 +381,66 @@ static __always_inline struct dentry *tr_name_dir(struct tr_attr_scratch *s,
 	return f ? BPF_CORE_READ(f, f_path.dentry) : NULL;
 }
 
+/*
+ * Hook modes: the path security hook of every chown (chown_common(), after
+ * the kernel's own lookup and before the change) keeps the mode of the
+ * directory the file is in, as the dentry says, not as a name a racing
+ * thread can rewrite; the call's exit takes it.
+ */
+static __always_inline void tr_chown_seen(const struct path *path, __u16 hook)
+{
+	struct tr_cred_slot *slot = bpf_task_storage_get(&tr_cred_before,
+							 bpf_get_current_task_btf(), 0,
+							 BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	if (!slot)
+		return;
+	slot->chown_dir_mode = BPF_CORE_READ(path, dentry, d_parent, d_inode, i_mode);
+	slot->chown_hook = hook;
+}
+
+SEC("lsm/path_chown")
+int BPF_PROG(tr_lsm_path_chown, const struct path *path, __u64 uid, __u64 gid, int ret)
+{
+	if (!ret)
+		tr_chown_seen(path, TR_HOOK_LSM_PATH_CHOWN);
+	return ret;
+}
+
+SEC("fentry/security_path_chown")
+int BPF_PROG(tr_fentry_path_chown, const struct path *path)
+{
+	tr_chown_seen(path, TR_HOOK_FENTRY_PATH_CHOWN);
+	return 0;
+}
+
+SEC("kprobe/security_path_chown")
+int BPF_KPROBE(tr_kprobe_path_chown, const struct path *path)
+{
+	tr_chown_seen(path, TR_HOOK_KPROBE_PATH_CHOWN);
+	return 0;
+}
+
+/* What this thread's last chown hook saw, taken at the call's exit so that
+ * no later call can judge by it: its hook (0: none) and directory mode. */
+static __always_inline __u16 tr_chown_taken(__u16 *dir_mode)
+{
+	struct tr_cred_slot *slot = bpf_task_storage_get(&tr_cred_before,
+							 bpf_get_current_task_btf(), 0, 0);
+	__u16 hook;
+
+	if (!slot)
+		return 0;
+	hook = slot->chown_hook;
+	*dir_mode = slot->chown_dir_mode;
+	slot->chown_hook = 0;
+	return hook;
+}
+
 static __always_inline int tr_attr_finish(const struct tr_attr_args *a)
 {
 	bool chmod = a->call <= TR_CALL_FCHMODAT2;
+	__u16 dir_mode = 0, dir_hook = chmod ? 0 : tr_chown_taken(&dir_mode);
 
 	if (a->ret != 0)
 		return 0;
@@ -390,7 +453,6 @@ static __always_inline int tr_attr_finish(const struct tr_attr_args *a)
 		return 0;
 	struct tr_file_attr *ev = &s->ev;
 	struct task_struct *task = bpf_get_current_task_btf();
-	struct dentry *dir = NULL;
 	bool cut = false;
 	__u32 len;
 
@@ -407,20 +469,23 @@ static __always_inline int tr_attr_finish(const struct tr_attr_args *a)
 		/* The kernel drops S_ISGID for a caller outside the group. */
 		if (chmod && !(ev->file_mode & (TR_S_ISUID | TR_S_ISGID)))
 			return 0;
-		dir = BPF_CORE_READ(d, d_parent);
+		if (!dir_hook)
+			dir_mode = BPF_CORE_READ(d, d_parent, d_inode, i_mode);
 		len = tr_write_path(ev->path, 0, TR_PATH_MAX, &s->walk,
 				    BPF_CORE_READ(f, f_path.mnt), d, &cut);
 	} else {
-		if (!chmod) {
-			dir = tr_name_dir(s, a);
+		if (!chmod && !dir_hook) {
+			struct dentry *dir = tr_name_dir(s, a);
+
 			if (!dir)
 				return 0;
+			dir_mode = BPF_CORE_READ(dir, d_inode, i_mode);
 		}
 		len = tr_name_at(ev->path, &s->walk, 0, a->dfd, a->uname, &cut);
 		ev->flags |= TR_ATTR_UNRESOLVED;
 	}
 	if (!chmod) {
-		if (!(BPF_CORE_READ(dir, d_inode, i_mode) & TR_S_IWOTH))
+		if (!(dir_mode & TR_S_IWOTH))
 			return 0;
 		ev->flags |= TR_ATTR_WORLD_WRITABLE_DIR;
 	}
@@ -455,7 +520,7 @@ static __always_inline int tr_attr_finish(const struct tr_attr_args *a)
 	ev->gid = a->gid;
 	ev->op = chmod ? TR_ATTR_CHMOD : TR_ATTR_CHOWN;
 	ev->call = a->call;
-	ev->hook = a->hook;
+	ev->hook = dir_hook ? dir_hook : a->hook;
 	tr_fill_task(&ev->task, task);
 
 	__u64 size = offsetof(struct tr_file_attr, path) + tr_bound((__u64)len, 0x1FFF);

@@ -384,6 +384,11 @@ enum tr_hook {
 	 * of the syscall the record's op names, and exec's tracepoint */
 	TR_HOOK_TP_SYSCALL = 43,
 	TR_HOOK_TP_EXEC = 44,
+	/* A chown judged at its exit on the directory the kernel found the
+	 * file in, from the path security hook (priv.bpf.h) */
+	TR_HOOK_LSM_PATH_CHOWN = 45,
+	TR_HOOK_FENTRY_PATH_CHOWN = 46,
+	TR_HOOK_KPROBE_PATH_CHOWN = 47,
 	/* Or'ed into the hook: how the program made the call, when not
 	 * through its 64-bit syscall */
 	TR_HOOK_IO_URING = 1 << 8,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from capture import MODES
 
 REPO = Path(__file__).resolve().parent.parent
 BPF_DIR = REPO / "build" / "bpf"
@@ -195,6 +196,13 @@ class Prestarted:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         self.proc.wait(5)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    """A capture mode of capture.py's: a module's tests run under each in turn."""
+    m: str = request.param
+    return m
 
 
 @pytest.fixture(scope="session", params=["tp_btf", "raw_tp"])

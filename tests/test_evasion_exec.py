@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from capture import MODES
 from conftest import Daemon, Event, new_marker
 from test_policy_events import LIBRARY, must_apply, one_rule
 
@@ -44,12 +43,6 @@ WALK_STEPS = 4096  # TR_WALK_STEPS  # TR_PATH_DEPTH, TR_PATH_LEAF
 @pytest.fixture(scope="module")
 def ctl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ctl") / "control.sock"
-
-
-@pytest.fixture(scope="module", params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    m: str = request.param
-    return m
 
 
 @pytest.fixture(scope="module")

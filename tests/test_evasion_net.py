@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from capture import CONNECT_HOOK, MODES, UDP_CONNECT_HOOK, send_hook
+from capture import CONNECT_HOOK, UDP_CONNECT_HOOK, send_hook
 from conftest import REPO, Daemon, Event, new_marker
 
 from tracer import control
@@ -71,12 +71,6 @@ def _build(src: Path, exe: Path, *flags: str) -> None:
     subprocess.run(
         ["gcc", "-O2", "-Wall", *flags, "-o", str(exe), str(src)], check=True, capture_output=True
     )
-
-
-@pytest.fixture(scope="module", params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    m: str = request.param
-    return m
 
 
 @pytest.fixture(scope="module")

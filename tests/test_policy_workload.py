@@ -178,7 +178,7 @@ NS = "workload-prod"
 
 
 class _Cluster:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, mode: str) -> None:
         self.node = f"wn-{uuid.uuid4().hex[:8]}"
         self.server = FakeApiServer()
         self.dir = tmp / "files"
@@ -227,6 +227,7 @@ class _Cluster:
         self.ctl = tmp / "control.sock"
         try:
             self.daemon = Daemon(
+                "--capture-mode", mode,
                 "--kubeconfig", str(self.kubeconfig), "--node-name", self.node,
                 "--policy", str(self.policy), "--control-socket", str(self.ctl),
             )
@@ -269,8 +270,8 @@ class _Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Cluster]:
-    c = _Cluster(tmp_path_factory.mktemp("workload"))
+def cluster(tmp_path_factory: pytest.TempPathFactory, mode: str) -> Iterator[_Cluster]:
+    c = _Cluster(tmp_path_factory.mktemp("workload"), mode)
     try:
         c.settle(c.daemon)
         yield c

@@ -7,6 +7,8 @@ the events are the daemon's JSON lines.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import platform
 import shutil
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from capture import MODES
 from conftest import REPO, Daemon, Event, new_marker
 
 pytestmark = pytest.mark.kernel
@@ -44,11 +47,37 @@ _CAPS = textwrap.dedent("""
 """)
 
 
+# The privilege_change programs and file_attr's chmod are syscall
+# tracepoints, the same programs in every capture mode: their tests run in
+# one (per kernel, in the make test-vm guests). A chown's directory comes
+# from the mode's path security hook: those tests run in every mode.
+ONCE = "tracepoint" if "tracepoint" in MODES else MODES[0]
+# The hook a chown to root by name reports, per capture mode.
+CHOWN_HOOK = {
+    "lsm": "lsm/path_chown",
+    "fentry": "fentry/security_path_chown",
+    "kprobe": "kprobe/security_path_chown",
+    "tracepoint": "tracepoint/sys_exit",
+}
+
+
 @pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    d = Daemon()
+def daemon(mode: str) -> Iterator[Daemon]:
+    d = Daemon("--capture-mode", mode)
     yield d
     assert d.stop() == 0, "".join(d.stderr)
+
+
+@pytest.fixture()
+def once(mode: str) -> None:
+    if mode != ONCE:
+        pytest.skip(f"the same tracepoint programs in every capture mode: run under {ONCE}")
+
+
+@pytest.fixture()
+def tracepoint_mode(mode: str) -> None:
+    if mode != "tracepoint":
+        pytest.skip("32-bit calls are reported by tracepoint mode's sys_exit program only")
 
 
 @pytest.fixture()
@@ -76,10 +105,12 @@ def _ops(events: list[Event]) -> list[str]:
     return [e["privilege_change"]["op"] for e in events]
 
 
-def test_setresuid_reports_old_and_new_credentials(daemon: Daemon) -> None:
+def test_setresuid_reports_old_and_new_credentials(daemon: Daemon, once: None) -> None:
     marker = new_marker("setres")
-    _python(f"os.setresgid({NOBODY}, {NOBODY}, {NOBODY})\n"
-            f"os.setresuid({NOBODY}, {NOBODY}, {NOBODY})", marker)
+    _python(
+        f"os.setresgid({NOBODY}, {NOBODY}, {NOBODY})\nos.setresuid({NOBODY}, {NOBODY}, {NOBODY})",
+        marker,
+    )
     evs = _events(daemon, "privilege_change", marker)
     assert _ops(evs) == ["setresgid", "setresuid"]
     gid, uid = (e["privilege_change"] for e in evs)
@@ -89,9 +120,7 @@ def test_setresuid_reports_old_and_new_credentials(daemon: Daemon) -> None:
     assert uid["old"]["uid"] == 0 and uid["new"]["uid"] == NOBODY
     assert uid["new"]["euid"] == uid["new"]["suid"] == uid["new"]["fsuid"] == NOBODY
     # Leaving uid 0 clears the capability sets: named where they changed.
-    assert {"uid", "euid", "suid", "fsuid", "cap_permitted", "cap_effective"} <= set(
-        uid["changed"]
-    )
+    assert {"uid", "euid", "suid", "fsuid", "cap_permitted", "cap_effective"} <= set(uid["changed"])
     assert "CAP_SETUID" in uid["old"]["cap_effective"]
     assert uid["new"]["cap_effective"] == []
     assert not uid["to_root"]
@@ -100,7 +129,7 @@ def test_setresuid_reports_old_and_new_credentials(daemon: Daemon) -> None:
     assert evs[1]["process"]["uid"] == evs[1]["process"]["euid"] == NOBODY
 
 
-def test_a_call_that_changes_nothing_or_fails_is_not_reported(daemon: Daemon) -> None:
+def test_a_call_that_changes_nothing_or_fails_is_not_reported(daemon: Daemon, once: None) -> None:
     marker = new_marker("nochange")
     _python(
         "os.setresuid(0, 0, 0)\n"  # root to root: nothing changes
@@ -111,7 +140,7 @@ def test_a_call_that_changes_nothing_or_fails_is_not_reported(daemon: Daemon) ->
     assert _ops(_events(daemon, "privilege_change", marker)) == ["setresuid"]
 
 
-def test_capset_and_a_setuid_to_root_from_non_root(daemon: Daemon) -> None:
+def test_capset_and_a_setuid_to_root_from_non_root(daemon: Daemon, once: None) -> None:
     """A process that kept CAP_SETUID past its setresuid (a leaked capability) and uses it."""
     marker = new_marker("toroot")
     _python(
@@ -147,7 +176,7 @@ def _as_nobody(*argv: str) -> None:
     subprocess.run(argv, check=True, user=NOBODY, group=NOBODY, extra_groups=[])
 
 
-def test_exec_of_a_setuid_root_binary(daemon: Daemon, shared_dir: Path) -> None:
+def test_exec_of_a_setuid_root_binary(daemon: Daemon, shared_dir: Path, once: None) -> None:
     exe = _setuid_copy(shared_dir, 0o4755)
     marker = new_marker("suidexec")
     _as_nobody(str(exe), marker)
@@ -167,7 +196,9 @@ def test_exec_of_a_setuid_root_binary(daemon: Daemon, shared_dir: Path) -> None:
     assert _events(daemon, "privilege_change", marker) == []
 
 
-def test_an_exec_that_drops_capabilities_is_a_change(daemon: Daemon, shared_dir: Path) -> None:
+def test_an_exec_that_drops_capabilities_is_a_change(
+    daemon: Daemon, shared_dir: Path, once: None
+) -> None:
     """A non-root process holding capabilities (setpriv keeps them across its
     setresuid) loses them at the exec of a plain binary."""
     exe = _setuid_copy(shared_dir, 0o755)
@@ -201,7 +232,7 @@ def _int80(exe: Path, *args: str, cwd: Path | None = None) -> str:
 
 
 def test_a_32_bit_setresuid_is_reported_without_the_old_credentials(
-    daemon: Daemon, int80_priv: Path
+    daemon: Daemon, int80_priv: Path, tracepoint_mode: None
 ) -> None:
     marker = new_marker("ia32uid")
     assert _int80(int80_priv, "setresuid32", str(NOBODY), marker) == "ret: 0\n"
@@ -214,14 +245,22 @@ def test_a_32_bit_setresuid_is_reported_without_the_old_credentials(
     assert not pc["to_root"]
 
 
+def _has_fchmodat2() -> bool:
+    """fchmodat2 came in 6.6: a call on no file says whether the kernel has it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall(452, -1, b"", 0, 0)
+    return ctypes.get_errno() != errno.ENOSYS
+
+
 def _attrs(daemon: Daemon, marker: str) -> list[dict[str, object]]:
     return [e["file_attr"] for e in _events(daemon, "file_attr", marker)]
 
 
-def test_chmod_family_setting_set_id_bits(daemon: Daemon, shared_dir: Path) -> None:
+def test_chmod_family_setting_set_id_bits(daemon: Daemon, shared_dir: Path, once: None) -> None:
     target = shared_dir / "payload"
     target.write_text("x")
     marker = new_marker("chmod")
+    fchmodat2 = _has_fchmodat2()
     _python(
         textwrap.dedent(f"""
             import ctypes
@@ -232,23 +271,27 @@ def test_chmod_family_setting_set_id_bits(daemon: Daemon, shared_dir: Path) -> N
             d = os.open({str(shared_dir)!r}, os.O_RDONLY)
             os.chmod("payload", 0o6755, dir_fd=d)
             libc = ctypes.CDLL(None, use_errno=True)
-            assert libc.syscall(452, -100, p.encode(), 0o4700, 0) == 0, ctypes.get_errno()
+            if {fchmodat2}:
+                assert libc.syscall(452, -100, p.encode(), 0o4700, 0) == 0, ctypes.get_errno()
             os.chmod(p, 0o755)  # clears the bits: not reported
         """),
         marker,
     )
     got = _attrs(daemon, marker)
-    assert [a["call"] for a in got] == ["chmod", "fchmod", "fchmodat", "fchmodat2"]
+    want = [("chmod", 0o4755), ("fchmod", 0o2755), ("fchmodat", 0o6755)]
+    want += [("fchmodat2", 0o4700)] if fchmodat2 else []
+    assert [(a["call"], a["mode"]) for a in got] == want
     assert {a["op"] for a in got} == {"chmod"}
     assert all(a["path"] == str(target) for a in got), got
-    assert [a["mode"] for a in got] == [0o4755, 0o2755, 0o6755, 0o4700]
     # By fd the file is resolved, and its mode after the call is known.
-    assert [a["resolved"] for a in got] == [False, True, False, False]
+    assert [a["resolved"] for a in got] == [False, True, False, False][: len(want)]
     assert got[1]["file_mode"] == stat.S_IFREG | 0o2755
     assert all(a["hook"] == "tracepoint/sys_exit" for a in got)
 
 
-def test_chown_to_root_in_a_world_writable_directory(daemon: Daemon, shared_dir: Path) -> None:
+def test_chown_to_root_in_a_world_writable_directory(
+    daemon: Daemon, mode: str, shared_dir: Path
+) -> None:
     drop = shared_dir / "drop"
     drop.mkdir()
     drop.chmod(0o1777)
@@ -279,9 +322,65 @@ def test_chown_to_root_in_a_world_writable_directory(daemon: Daemon, shared_dir:
     assert [a.get("gid") for a in got] == [None, 0, None, 0]
     assert all(a["world_writable_dir"] for a in got)
     assert {a["path"] for a in got} == {str(drop / "f")}
+    assert {a["hook"] for a in got} == {CHOWN_HOOK[mode]}
 
 
-def test_32_bit_chmod_and_chown(daemon: Daemon, shared_dir: Path, int80_priv: Path) -> None:
+def test_chown_to_root_is_judged_on_the_directory_the_kernel_found(
+    daemon: Daemon, mode: str, shared_dir: Path
+) -> None:
+    """By a bare name, a relative or absolute name with directories, or
+    through a dirfd: in the hook modes the directory is the one the kernel
+    found the file in (through a symlink too); tracepoint mode can judge a
+    bare name only, by the directory the name is in."""
+    drop, safe = shared_dir / "drop", shared_dir / "safe"
+    drop.mkdir()
+    drop.chmod(0o1777)
+    safe.mkdir(mode=0o755)
+    for d in (drop, safe):
+        for name in ("bare", "rel", "abs", "at", "linked"):
+            (d / name).write_text("x")
+            os.chown(d / name, NOBODY, NOBODY)
+    (safe / "to-drop").symlink_to(drop / "linked")
+    (drop / "to-safe").symlink_to(safe / "linked")
+    marker = new_marker("chowndir")
+    _python(
+        textwrap.dedent(f"""
+            os.chdir({str(drop)!r})
+            os.chown("bare", 0, -1)
+            os.chown("to-safe", 0, -1)  # a name in drop, the file in safe
+            os.chdir({str(safe)!r})
+            os.chown("bare", 0, -1)
+            os.chdir({str(shared_dir)!r})
+            at = os.open(".", os.O_RDONLY)
+            for d in ("drop", "safe"):
+                os.chown(d + "/rel", 0, -1)
+                os.chown({str(shared_dir)!r} + "/" + d + "/abs", 0, -1)
+                os.chown(d + "/at", 0, -1, dir_fd=at)  # fchownat
+                os.chown(d + "/rel", {NOBODY}, -1)  # not to root
+            os.chown("safe/to-drop", 0, -1)  # a name in safe, the file in drop
+        """),
+        marker,
+    )
+    got = _attrs(daemon, marker)
+    if mode == "tracepoint":
+        # The directory of a bare name, whatever the name is a link to.
+        want = [("chown", drop / "bare"), ("chown", drop / "to-safe")]
+    else:
+        want = [
+            ("chown", drop / "bare"),
+            ("chown", drop / "rel"),
+            ("chown", drop / "abs"),
+            ("fchownat", drop / "at"),
+            ("chown", safe / "to-drop"),
+        ]
+    assert [(a["call"], a["path"]) for a in got] == [(c, str(p)) for c, p in want], got
+    assert all(a["world_writable_dir"] and a["uid"] == 0 for a in got)
+    assert {a["hook"] for a in got} == {CHOWN_HOOK[mode]}
+
+
+def test_32_bit_chmod_and_chown(
+    daemon: Daemon, shared_dir: Path, int80_priv: Path, tracepoint_mode: None
+) -> None:
     shared_dir.chmod(0o1777)
     target = shared_dir / "payload"
     target.write_text("x")

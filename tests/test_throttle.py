@@ -78,10 +78,11 @@ def _throttle_stats(d: Daemon) -> dict[str, int]:
 
 
 def test_a_storm_of_identical_opens_is_one_event_and_the_count_of_the_rest(
-    tmp_path: Path, openloop: Path
+    tmp_path: Path, openloop: Path, mode: str
 ) -> None:
     target = _target(tmp_path)
-    d = Daemon("--policy", str(_policy(tmp_path, target, "aggregate: 60s\n")))
+    pol = _policy(tmp_path, target, "aggregate: 60s\n")
+    d = Daemon("--capture-mode", mode, "--policy", str(pol))
     try:
         run = subprocess.run([str(openloop), str(target), str(STORM)], check=True)
         assert run.returncode == 0
@@ -109,10 +110,11 @@ def test_a_storm_of_identical_opens_is_one_event_and_the_count_of_the_rest(
 
 
 def test_a_throttle_posts_n_per_window_and_reports_the_rest_when_it_ends(
-    tmp_path: Path, openloop: Path
+    tmp_path: Path, openloop: Path, mode: str
 ) -> None:
     target = _target(tmp_path)
-    d = Daemon("--policy", str(_policy(tmp_path, target, "throttle: {events: 5, per: 2s}\n")))
+    rule = "throttle: {events: 5, per: 2s}\n"
+    d = Daemon("--capture-mode", mode, "--policy", str(_policy(tmp_path, target, rule)))
     try:
         subprocess.run([str(openloop), str(target), "50"], check=True)
         # Without waiting for a stop: the window ends, and the daemon's
@@ -149,11 +151,12 @@ def test_a_throttle_by_cgroup_shares_one_budget_among_its_processes(
     assert {e["policy_summary"]["by"] for e in _summaries(d)} == {"cgroup"}
 
 
-def test_enforcement_is_never_throttled(tmp_path: Path) -> None:
+def test_enforcement_is_never_throttled(tmp_path: Path, mode: str) -> None:
     """Every open of a sigkill rule kills and is posted, whatever its throttle says."""
     target = _target(tmp_path)
     rule = "throttle: {events: 1, per: 60s, by: cgroup}\n"
-    d = Daemon("--policy", str(_policy(tmp_path, target, rule, action="sigkill")))
+    pol = _policy(tmp_path, target, rule, action="sigkill")
+    d = Daemon("--capture-mode", mode, "--policy", str(pol))
     try:
         cat = shutil.which("cat") or "/bin/cat"
         codes = [subprocess.run([cat, str(target)], capture_output=True).returncode

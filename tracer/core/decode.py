@@ -164,6 +164,10 @@ HOOK_NAMES = {
     # or call names it), and exec's tracepoint
     43: "tracepoint/sys_exit",
     44: "tp_btf/sched_process_exec",
+    # a chown whose directory the path security hook found
+    45: "lsm/path_chown",
+    46: "fentry/security_path_chown",
+    47: "kprobe/security_path_chown",
 }
 # Bits or'ed into the hook: how the program made the call when not through
 # its 64-bit syscall. The name is prefixed, e.g. "io_uring:lsm/file_open".

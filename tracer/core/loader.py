@@ -102,10 +102,19 @@ PRIVILEGE_PROGRAMS = (
     "tr_execve_enter",
     "tr_execveat_enter",
 )
+# The path security hook that finds a chown's directory for tr_attr_exit
+# (CONFIG_SECURITY_PATH); tracepoint mode has none.
+CHOWN_HOOKS = {
+    "lsm": ("tr_lsm_path_chown", "function", "bpf_lsm_path_chown"),
+    "fentry": ("tr_fentry_path_chown", "function", "security_path_chown"),
+    "kprobe": ("tr_kprobe_path_chown", "function", "security_path_chown"),
+}
+CHOWN_GAP = (
+    "a chown to root of a name with a directory part (chown root /tmp/x) is not reported: "
+    "without a path security hook its directory cannot be resolved at the syscall's exit"
+)
 # What those programs cannot see, in every mode (the README says the same).
 PRIVILEGE_GAPS = (
-    "a chown to root of a name with a directory part (chown root /tmp/x) is not reported: "
-    "its directory cannot be resolved at the syscall's exit",
     "privilege changes through 32-bit syscalls are reported without the credentials "
     "before (tracepoint mode), or not at all (other modes); a 32-bit exec is compared as "
     "if it started from plain credentials",
@@ -438,6 +447,11 @@ def capture_sensor(
                 gap = f"io_uring opens are judged but not reported ({what} is not in the BTF)"
                 if gap not in gaps:
                     gaps.append(gap)
+        chown_hook = CHOWN_HOOKS.get(capture_mode)
+        if chown_hook and bpf.vmlinux_has(*chown_hook[1:]):
+            chosen.append(chown_hook[0])
+        else:
+            gaps.append(CHOWN_GAP)
         for prog in obj.programs.values():
             prog.set_autoload(prog.name in chosen or prog.name == THROTTLE_FLUSH)
         # Plain loads instead of a helper call per kernel field (common.bpf.h).
