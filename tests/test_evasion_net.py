@@ -161,7 +161,7 @@ def test_polling_a_non_blocking_connect_is_one_connect(edaemon: Daemon, ctl: Pat
         listener.close()
 
 
-@pytest.mark.parametrize("after", ["drop"])
+@pytest.mark.parametrize("after", ["drop", "keep"])
 def test_a_connect_racing_a_disconnect_on_its_socket_is_judged(
     edaemon: Daemon, ctl: Path, progs: dict[str, Path], after: str
 ) -> None:
