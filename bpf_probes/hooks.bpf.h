@@ -42,6 +42,8 @@
 
 #define TR_EPERM 1
 #define TR_EAGAIN 11
+#define TR_EISCONN 106
+#define TR_EALREADY 114
 
 /*
  * True inside a stacking filesystem's open of its backing file. Overlayfs
@@ -249,7 +251,8 @@ int BPF_KRETPROBE(tr_kret_openat2, long ret)
  * was judged and reported. Any other address is judged: the security
  * hook runs before the socket is locked, so a second thread's connect
  * can find the socket connecting and still start a connection of its own
- * once the first one has failed.
+ * once the first one has failed. A skipped call can do that too, to the
+ * same peer: tr_retry_end judges it at its end.
  */
 static __always_inline bool tr_tcp_retry(struct socket *sock, const struct sockaddr *address)
 {
@@ -276,14 +279,81 @@ static __always_inline bool tr_tcp_retry(struct socket *sock, const struct socka
 	return asked[0] == peer[0] && asked[1] == peer[1];
 }
 
+/*
+ * A connect skipped as a retry, by thread, until the call returns: the
+ * kernel's copy of the address, the socket, the hook, and the socket's
+ * send sequence at the hook. LRU: a thread killed in the call leaves an
+ * entry that ages out.
+ */
+struct tr_conn_retry {
+	const void *addr;
+	struct socket *sock;
+	__u32 write_seq;
+	__u16 hook;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct tr_conn_retry);
+} tr_conn_retry SEC(".maps");
+
+static __always_inline __u32 tr_write_seq(struct socket *sock)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)BPF_CORE_READ(sock, sk);
+
+	return BPF_CORE_READ(tp, write_seq);
+}
+
 static __always_inline __u8 tr_connect_hook(struct socket *sock, struct sockaddr *address,
 					    __u16 hook)
 {
 	int origin = tr_connect_origin();
 
-	if (origin < 0 || tr_tcp_retry(sock, address))
+	if (origin < 0)
 		return TR_ACT_NONE;
+	if (tr_tcp_retry(sock, address)) {
+		__u64 id = bpf_get_current_pid_tgid();
+		struct tr_conn_retry r = {
+			.addr = address,
+			.sock = sock,
+			.write_seq = tr_write_seq(sock),
+			.hook = hook | origin,
+		};
+
+		bpf_map_update_elem(&tr_conn_retry, &id, &r, BPF_ANY);
+		return TR_ACT_NONE;
+	}
 	return tr_connect_eval(address, false, -1, sock, hook | origin);
+}
+
+/*
+ * The end of a connect skipped as a retry. Its hook ran before the call
+ * locked the socket: another thread may have disconnected it since
+ * (connect with AF_UNSPEC), and the call then started a connection of
+ * its own, to the same peer. A disconnect moves the send sequence on, so
+ * a moved sequence and an answer other than "already connecting" or
+ * "connected" is such a connection: it is judged here, on the kernel's
+ * copy of the address (still in the caller's frame), and reported with
+ * its result. A sigkill still lands before the program sees the result;
+ * a deny comes too late to refuse, but the peer was allowed for the
+ * connection the socket had at the hook.
+ */
+static __always_inline void tr_retry_end(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tr_conn_retry *pending = bpf_map_lookup_elem(&tr_conn_retry, &id);
+
+	if (!pending)
+		return;
+	struct tr_conn_retry r = *pending;
+
+	bpf_map_delete_elem(&tr_conn_retry, &id);
+	if (ret == -TR_EALREADY || ret == -TR_EISCONN || tr_write_seq(r.sock) == r.write_seq)
+		return;
+	tr_connect_eval(r.addr, false, -1, r.sock, r.hook);
 }
 
 SEC("lsm/socket_connect")
@@ -316,12 +386,14 @@ int tr_fexit_connect(__u64 *ctx)
 	__u64 ret = 0;
 
 	bpf_get_func_ret(ctx, &ret);
+	tr_retry_end((int)ret);
 	return tr_connect_finish((int)ret);
 }
 
 SEC("kretprobe/__sys_connect_file")
 int BPF_KRETPROBE(tr_kret_connect, int ret)
 {
+	tr_retry_end(ret);
 	return tr_connect_finish(ret);
 }
 

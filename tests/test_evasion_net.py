@@ -61,7 +61,7 @@ def progs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The hostile programs, built for this run (their paths are unique)."""
     out = tmp_path_factory.mktemp("evasion")
     built = {}
-    for name in ("connect_race", "openat2_race"):
+    for name in ("connect_race", "connect_retry_race", "openat2_race"):
         built[name] = out / name
         _build(EVASION / f"{name}.c", built[name], "-pthread")
     return built
@@ -159,6 +159,52 @@ def test_polling_a_non_blocking_connect_is_one_connect(edaemon: Daemon, ctl: Pat
         assert [e["connect"].get("error", "") for e in evs] in ([""], ["EINPROGRESS"]), evs
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("after", ["drop", "keep"])
+def test_a_connect_racing_a_disconnect_on_its_socket_is_judged(
+    edaemon: Daemon, ctl: Path, progs: dict[str, Path], after: str
+) -> None:
+    """The retry skip above must let no connection through unjudged. A
+    thread keeps the socket connecting to a black hole and disconnects it
+    (connect AF_UNSPEC) while the main thread connects it to the selected
+    peer. The security hook runs before connect() locks the socket: it can
+    find the socket connecting, to the hole (`drop`: the main thread
+    disconnects its own connections) or to the peer asked for (`keep`: a
+    retry, for all the hook can tell), and the call then find it
+    disconnected and start a connection of its own. Every connect that
+    started a connection must have its event, with its result."""
+    port = free_port()
+    apply(ctl, connect_rule("t-retry-race", f'{{daddr: ["127.77.7.2/32"], dport: [{port}]}}'))
+    prog = str(progs["connect_retry_race"])
+    # In a network namespace of its own: the hole's full queue and the SYN
+    # storm stay off the machine's loopback.
+    argv = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', prog, after]
+    counts: collections.Counter[str] = collections.Counter()
+    for _ in range(ROUNDS):  # until the two threads really ran at once
+        out = subprocess.run(
+            [*argv, "127.77.7.3", "127.77.7.2", str(port), "3000", "5"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout.split()
+        counts.update(dict(zip(out[::2], map(int, out[1::2]), strict=True)))
+        if counts["started"] and counts["busy"]:
+            break
+    assert counts["started"] and counts["busy"], f"the threads never raced: {counts}"
+    edaemon.sync()
+    evs = [
+        e
+        for e in conn_events(edaemon, port)
+        if e["connect"]["daddr"] == "127.77.7.2" and e["process"]["binary"] == prog
+    ]
+    began = [e for e in evs if e["connect"]["result"] == -errno.EINPROGRESS]
+    assert len(began) == counts["started"], (
+        f"{counts['started'] - len(began)} connections started without a verdict: "
+        f"{dict(counts)}, {len(began)} events of a started connect ({len(evs)} in all)"
+    )
+    assert counts["accepted"] <= len(evs), f"{dict(counts)}, {len(evs)} events"
 
 
 # ---------------------------------------------------------------- item 4: TOCTOU
