@@ -140,14 +140,12 @@ static __always_inline int tr_priv_emit(struct tr_priv *ev, __u16 op, __u16 hook
 		ev->flags |= TR_PRIV_TO_ROOT;
 	ev->verdict.action = TR_ACT_NONE;
 	if (cfg) {
-		struct tr_policy_input in = {
-			.str_field = TR_F_PATH, /* no string of its own: the binary is the process's */
-			.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
-			.is_write = to_root,
-		};
+		/* no string of its own: the binary is the process's */
+		struct tr_policy_input *in = tr_policy_request(
+			NULL, 0, TR_F_PATH, bpf_get_current_uid_gid() & 0xFFFFFFFF, to_root);
 
-		tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
-		tr_policy_eval(TR_PK_PRIVILEGE_CHANGE, cfg, gen, &in, &ev->verdict);
+		tr_policy_binary(in, bpf_get_current_pid_tgid() >> 32);
+		tr_policy_eval(TR_PK_PRIVILEGE_CHANGE, gen, in, &ev->verdict);
 	}
 	if (ev->verdict.action == TR_ACT_IGNORE)
 		return 0;
@@ -501,15 +499,11 @@ static __always_inline int tr_attr_finish(const struct tr_attr_args *a)
 
 	ev->verdict.action = TR_ACT_NONE;
 	if (cfg) {
-		struct tr_policy_input in = {
-			.str = ev->path,
-			.str_len = len,
-			.str_field = TR_F_PATH,
-			.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
-		};
+		struct tr_policy_input *in = tr_policy_request(
+			ev->path, len, TR_F_PATH, bpf_get_current_uid_gid() & 0xFFFFFFFF, false);
 
-		tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
-		tr_policy_eval(TR_PK_FILE_ATTR, cfg, gen, &in, &ev->verdict);
+		tr_policy_binary(in, bpf_get_current_pid_tgid() >> 32);
+		tr_policy_eval(TR_PK_FILE_ATTR, gen, in, &ev->verdict);
 	}
 	if (ev->verdict.action == TR_ACT_IGNORE)
 		return 0;
