@@ -146,10 +146,12 @@ static __always_inline void tr_policy_binary(struct tr_policy_input *in, __u32 t
  */
 __noinline int tr_path_unselected(__u64 gen, __u64 is_write)
 {
+	gen &= 1; /* as in tr_policy_decide */
+	barrier_var(gen);
 	__u32 slot = gen * TR_PK_MAX + TR_PK_FILE;
 	struct tr_file_scratch *s =
 		bpf_map_lookup_elem(&tr_file_heap, (const void *)&tr_zero_key);
-	struct tr_kind_cfg *cfg = gen <= 1 ? bpf_map_lookup_elem(&tr_policy_cfg, &slot) : NULL;
+	struct tr_kind_cfg *cfg = bpf_map_lookup_elem(&tr_policy_cfg, &slot);
 
 	if (!s || !cfg)
 		return 0;

@@ -735,16 +735,22 @@ static __always_inline __u32 tr_record_kind(__u32 kind)
  */
 __noinline int tr_policy_decide(__u64 kind, __u64 gen)
 {
+	/* Bounded before anything else, so that every copy the verifier
+	 * sees is of the bounded values: 6.1 forgets what it learns of a
+	 * scalar spilled before its check. The barriers keep clang from
+	 * dropping later masks as redundant with this one. 64-bit: a 32-bit
+	 * argument is zero-extended anew, unbounded, at each use. */
+	if (kind >= TR_PK_MAX)
+		return 0;
+	gen &= 1;
+	barrier_var(kind);
+	barrier_var(gen);
 	struct tr_policy_scratch *s =
 		bpf_map_lookup_elem(&tr_policy_heap, (const void *)&tr_zero_key);
 
 	if (!s)
 		return 0;
 	s->out.action = TR_ACT_NONE;
-	/* 64-bit arguments, checked here: every copy of them is then bounded
-	 * (a 32-bit one is zero-extended anew at each use, unbounded). */
-	if (kind >= TR_PK_MAX || gen > 1)
-		return 0;
 	s->cfg_slot = gen * TR_PK_MAX + kind;
 	struct tr_kind_cfg *cfg = bpf_map_lookup_elem(&tr_policy_cfg, &s->cfg_slot);
 	struct tr_policy_input *in = &s->in;
