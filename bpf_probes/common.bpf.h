@@ -38,6 +38,11 @@
  */
 const volatile __u32 tr_direct SEC(".rodata.tr_kernel") = 0;
 
+/* Key 0 of the per-CPU scratch arrays, for global functions: before 6.2 a
+ * map helper takes a key from the stack or a map only, and the stack of a
+ * global function comes on top of its callers'. */
+const volatile __u32 tr_zero_key SEC(".rodata.tr_zero_key") = 0;
+
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
 /* The field `field` (a path of members) of the `type` at p. */

@@ -53,6 +53,7 @@ struct {
 } tr_open_inflight SEC(".maps");
 
 struct tr_file_scratch {
+	struct tr_open_args args; /* tr_open_report's request */
 	struct tr_file_open ev;
 	/* tr_write_path masks offsets with TR_DATA_MASK: room behind path. */
 	char slack[TR_DATA_MASK + 1 + TR_NAME_MAX + 1 - 2 * TR_PATH_MAX];
@@ -124,7 +125,7 @@ static __always_inline __u32 tr_file_open_flags(struct task_struct *task, struct
 
 static __always_inline void tr_policy_binary(struct tr_policy_input *in, __u32 tgid)
 {
-	struct tr_binary *b = bpf_map_lookup_elem(&tr_proc_binary, &tgid);
+	struct tr_binary *b = in ? bpf_map_lookup_elem(&tr_proc_binary, &tgid) : NULL;
 
 	if (!b)
 		return;
@@ -139,50 +140,63 @@ static __always_inline void tr_policy_binary(struct tr_policy_input *in, __u32 t
  * that needs no path hit (binary or uid only, `not_path`) fails on the
  * process's binary or uid. Copying the names out and looking the path up
  * cost more than the rest of such an open. Counted as evaluated, which it
- * was.
+ * was. The walk is the file scratch's. A global function, like
+ * tr_policy_decide: the sieve and the binary's lookups are checked once
+ * per program, and their registers spill to a frame of their own.
  */
-static __always_inline bool tr_path_unselected(struct tr_kind_cfg *cfg, __u32 gen,
-					       struct tr_walk *w, bool is_write)
+__noinline int tr_path_unselected(__u64 gen, __u64 is_write)
 {
+	gen &= 1; /* as in tr_policy_decide */
+	barrier_var(gen);
+	__u32 slot = gen * TR_PK_MAX + TR_PK_FILE;
+	struct tr_file_scratch *s =
+		bpf_map_lookup_elem(&tr_file_heap, (const void *)&tr_zero_key);
+	struct tr_kind_cfg *cfg = bpf_map_lookup_elem(&tr_policy_cfg, &slot);
+
+	if (!s || !cfg)
+		return 0;
+	struct tr_walk *w = &s->walk;
 	__u64 mask = tr_rules_for(cfg, is_write);
 	__u64 loose = mask & cfg->free[TR_F_PATH];
 
 	/* A path cut short is matched on what was kept: the full evaluation's. */
 	if (!w->complete || w->pseudo || w->n == 0 || w->n > TR_PATH_DEPTH ||
 	    w->bytes > TR_PATH_MAX)
-		return false;
+		return 0;
 	if ((mask & ~loose) && (tr_sieve(w, gen) & mask & ~loose))
-		return false;
+		return 0;
 	if (loose) {
 		__u32 zero = 0;
 		struct tr_policy_scratch *ps = bpf_map_lookup_elem(&tr_policy_heap, &zero);
-		struct tr_policy_input in = {
-			.str_field = TR_F_PATH,
-			.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
-		};
+		struct tr_policy_input *in = tr_policy_request(
+			NULL, 0, TR_F_PATH, bpf_get_current_uid_gid() & 0xFFFFFFFF, false);
 
-		if (!ps)
-			return false;
-		tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
-		if (tr_eval_who(ps, cfg, gen, TR_PK_FILE, &in, loose))
-			return false;
+		if (!ps || !in)
+			return 0;
+		tr_policy_binary(in, bpf_get_current_pid_tgid() >> 32);
+		if (tr_eval_who(ps, cfg, gen, TR_PK_FILE, in, loose))
+			return 0;
 	}
 	tr_count(TR_KIND_FILE_OPEN, TR_STAT_EVALUATED);
 	tr_count(TR_KIND_FILE_OPEN, TR_STAT_PREFILTERED);
-	return true;
+	return 1;
 }
 
 /* The end of an open: resolve the path (from the new fd, else the name
  * asked for), evaluate the policy unless a security hook already did, and
- * emit. `a` is a copy: the caller has deleted the in-flight entry. */
-static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a)
+ * emit; the open's arguments are in the scratch (tr_open_finish). A
+ * global function: the verifier checks it once per program, not once for
+ * each state in which the program's syscalls and hooks reach it. */
+__noinline int tr_open_report(long ret)
 {
-	__u32 gen, zero = 0;
+	__u32 gen;
 	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_FILE, &gen);
-	struct tr_file_scratch *s = bpf_map_lookup_elem(&tr_file_heap, &zero);
+	struct tr_file_scratch *s =
+		bpf_map_lookup_elem(&tr_file_heap, (const void *)&tr_zero_key);
 
 	if (!cfg || !s)
 		return 0;
+	const struct tr_open_args *a = &s->args;
 	struct tr_file_open *ev = &s->ev;
 	struct task_struct *task = bpf_get_current_task_btf();
 	bool is_write = tr_open_writes(a->open_flags);
@@ -209,7 +223,7 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 		}
 		tr_walk_collect(&s->walk, ev->path, TR_RD(struct file, f, f_path.mnt),
 				TR_RD(struct file, f, f_path.dentry));
-		if (!a->selected && tr_path_unselected(cfg, gen, &s->walk, is_write))
+		if (!a->selected && tr_path_unselected(gen, is_write))
 			return 0;
 		len = tr_walk_emit(&s->walk, ev->path, 0, TR_PATH_MAX, &cut);
 	} else {
@@ -254,25 +268,34 @@ static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a
 
 	/* The policy first, from what the helpers give cheaply: most opens
 	 * are selected by no rule and need none of the task's fields. */
-	struct tr_policy_input in = {
-		.str = ev->path,
-		.str_len = len,
-		.str_field = TR_F_PATH,
-		.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
-		.is_write = is_write,
-	};
-
 	if (a->selected) {
 		ev->verdict = a->verdict;
 	} else {
-		tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
-		tr_policy_eval(TR_PK_FILE, cfg, gen, &in, &ev->verdict);
+		struct tr_policy_input *in = tr_policy_request(
+			ev->path, len, TR_F_PATH, bpf_get_current_uid_gid() & 0xFFFFFFFF, is_write);
+
+		tr_policy_binary(in, bpf_get_current_pid_tgid() >> 32);
+		tr_policy_eval(TR_PK_FILE, gen, in, &ev->verdict);
 	}
 	if (ev->verdict.action == TR_ACT_NONE || ev->verdict.action == TR_ACT_IGNORE)
 		return 0;
 	tr_fill_task(&ev->task, task);
 
 	tr_file_emit(ev, len);
+	return 0;
+}
+
+/* `a` is a copy: the caller has deleted the in-flight entry. Returns 0,
+ * as fentry and fexit programs must. */
+static __always_inline int tr_open_finish(long ret, const struct tr_open_args *a)
+{
+	struct tr_file_scratch *s =
+		bpf_map_lookup_elem(&tr_file_heap, (const void *)&tr_zero_key);
+
+	if (!s)
+		return 0;
+	s->args = *a;
+	tr_open_report(ret);
 	return 0;
 }
 
@@ -421,16 +444,11 @@ static __always_inline int tr_new_name(long ret, __u16 op, __u16 hook, long oldd
 	struct tr_file_open *ev = &s->ev;
 	bool cut = false;
 	__u32 len = tr_name_at(ev->path, &s->walk, 0, newdfd, newname, &cut);
-	struct tr_policy_input in = {
-		.str = ev->path,
-		.str_len = len,
-		.str_field = TR_F_PATH,
-		.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
-		.is_write = true,
-	};
+	struct tr_policy_input *in = tr_policy_request(
+		ev->path, len, TR_F_PATH, bpf_get_current_uid_gid() & 0xFFFFFFFF, true);
 
-	tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
-	tr_policy_eval(TR_PK_FILE, cfg, gen, &in, &ev->verdict);
+	tr_policy_binary(in, bpf_get_current_pid_tgid() >> 32);
+	tr_policy_eval(TR_PK_FILE, gen, in, &ev->verdict);
 	if (ev->verdict.action == TR_ACT_NONE || ev->verdict.action == TR_ACT_IGNORE)
 		return 0;
 	__u32 src = 0;

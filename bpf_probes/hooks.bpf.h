@@ -103,23 +103,18 @@ static __always_inline __u8 tr_file_hook(struct file *file, __u16 hook)
 
 	tr_walk_collect(&s->walk, s->ev.path, TR_RD(struct file, file, f_path.mnt),
 			TR_RD(struct file, file, f_path.dentry));
-	if (tr_path_unselected(cfg, gen, &s->walk, is_write))
+	if (tr_path_unselected(gen, is_write))
 		return TR_ACT_NONE;
 	__u32 len = tr_walk_emit(&s->walk, s->ev.path, 0, TR_PATH_MAX, &cut);
 
 	if (len > TR_PATH_MAX)
 		len = TR_PATH_MAX;
-	struct tr_policy_input in = {
-		.str = s->ev.path,
-		.str_len = len,
-		.str_field = TR_F_PATH,
-		.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
-		.is_write = is_write,
-	};
+	struct tr_policy_input *in = tr_policy_request(
+		s->ev.path, len, TR_F_PATH, bpf_get_current_uid_gid() & 0xFFFFFFFF, is_write);
 	struct tr_verdict v = {};
 
-	tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
-	tr_policy_eval(TR_PK_FILE, cfg, gen, &in, &v);
+	tr_policy_binary(in, bpf_get_current_pid_tgid() >> 32);
+	tr_policy_eval(TR_PK_FILE, gen, in, &v);
 	if (v.action == TR_ACT_NONE || v.action == TR_ACT_IGNORE)
 		return TR_ACT_NONE;
 	/* The exit resolves the path again from the new fd (or reports the
@@ -504,16 +499,11 @@ static __always_inline __u8 tr_new_name_hook(const struct path *dir, struct dent
 
 	if (len > TR_PATH_MAX)
 		len = TR_PATH_MAX;
-	struct tr_policy_input in = {
-		.str = ev->path,
-		.str_len = len,
-		.str_field = TR_F_PATH,
-		.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
-		.is_write = true,
-	};
+	struct tr_policy_input *in = tr_policy_request(
+		ev->path, len, TR_F_PATH, bpf_get_current_uid_gid() & 0xFFFFFFFF, true);
 
-	tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
-	tr_policy_eval(TR_PK_FILE, cfg, gen, &in, &ev->verdict);
+	tr_policy_binary(in, bpf_get_current_pid_tgid() >> 32);
+	tr_policy_eval(TR_PK_FILE, gen, in, &ev->verdict);
 	if (ev->verdict.action == TR_ACT_NONE || ev->verdict.action == TR_ACT_IGNORE)
 		return TR_ACT_NONE;
 	__u32 src = 0;

@@ -207,21 +207,22 @@ static __always_inline struct socket *tr_fd_socket(long fd)
  * When a rule selects it, remember it for the end of the syscall
  * (tr_connect_finish) and return the action; a sigkill is sent here.
  */
-static __always_inline __u8 tr_connect_decide(struct tr_kind_cfg *cfg, __u32 gen,
-					      struct tr_conn_inflight *c, struct socket *sock)
+static __always_inline __u8 tr_connect_decide(__u32 gen, struct tr_conn_inflight *c,
+					      struct socket *sock)
 {
-	struct tr_policy_input in = { .uid = bpf_get_current_uid_gid() & 0xFFFFFFFF };
+	struct tr_policy_input *in =
+		tr_policy_request(NULL, 0, 0, bpf_get_current_uid_gid() & 0xFFFFFFFF, false);
 
-	if (c->family == TR_AF_UNIX) {
-		in.str = c->unix_path;
-		in.str_len = c->path_len;
-		in.str_field = TR_F_PATH;
-	} else {
-		in.daddr = c->daddr;
-		in.dport = c->dport;
+	if (in && c->family == TR_AF_UNIX) {
+		in->str = c->unix_path;
+		in->str_len = c->path_len;
+		in->str_field = TR_F_PATH;
+	} else if (in) {
+		in->daddr = c->daddr;
+		in->dport = c->dport;
 	}
-	tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
-	tr_policy_eval(TR_PK_CONNECT, cfg, gen, &in, &c->verdict);
+	tr_policy_binary(in, bpf_get_current_pid_tgid() >> 32);
+	tr_policy_eval(TR_PK_CONNECT, gen, in, &c->verdict);
 	if (c->verdict.action == TR_ACT_NONE || c->verdict.action == TR_ACT_IGNORE)
 		return TR_ACT_NONE;
 	c->sock = sock;
@@ -247,12 +248,15 @@ static __always_inline __u8 tr_connect_eval(const void *addr, bool user, long fd
 		return TR_ACT_NONE;
 	c->hook = hook;
 	c->via = TR_VIA_CONNECT;
-	return tr_connect_decide(cfg, gen, c, sock ? sock : tr_fd_socket(fd));
+	return tr_connect_decide(gen, c, sock ? sock : tr_fd_socket(fd));
 }
 
 /* The end of a selected connect: its result and the local address the
- * kernel chose, read from the socket. */
-static __always_inline int tr_connect_finish(long ret)
+ * kernel chose, read from the socket. A global function: its record is
+ * on its own stack, not on the stack of the programs that also evaluate
+ * the policy (tr_policy_decide's frame comes on top of theirs), and the
+ * verifier checks it once per program. */
+__noinline int tr_connect_report(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct tr_conn_inflight *c = bpf_map_lookup_elem(&tr_conn_inflight, &id);
@@ -300,6 +304,14 @@ static __always_inline int tr_connect_finish(long ret)
 	return 0;
 }
 
+/* fentry and fexit programs must return 0, which the verifier cannot see
+ * in a global function's result. */
+static __always_inline int tr_connect_finish(long ret)
+{
+	tr_connect_report(ret);
+	return 0;
+}
+
 static __always_inline bool tr_is_tcp(struct sock *sk)
 {
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -335,7 +347,7 @@ static __always_inline __u8 tr_send_eval(const void *addr, bool user, struct soc
 		return seen->action == TR_ACT_DENY ? TR_ACT_DENY : TR_ACT_NONE;
 	c->hook = hook;
 	c->via = via;
-	struct tr_sent_val v = { .word = *word, .action = tr_connect_decide(cfg, gen, c, sock) };
+	struct tr_sent_val v = { .word = *word, .action = tr_connect_decide(gen, c, sock) };
 
 	bpf_map_update_elem(&tr_sent, &key, &v, BPF_ANY);
 	return v.action;
@@ -367,7 +379,7 @@ static __always_inline int tr_syn_sent(const struct sock *sk, int newstate)
 		return 0;
 	c->hook = TR_HOOK_TP_SYN_SENT;
 	c->via = via;
-	tr_connect_decide(cfg, gen, c, BPF_CORE_READ(sk, sk_socket));
+	tr_connect_decide(gen, c, BPF_CORE_READ(sk, sk_socket));
 	return 0;
 }
 
@@ -423,7 +435,7 @@ int tr_connect_exit(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	c->hook = TR_HOOK_TP_CONNECT;
 	c->via = TR_VIA_CONNECT;
-	if (tr_connect_decide(cfg, gen, c, sock) != TR_ACT_NONE)
+	if (tr_connect_decide(gen, c, sock) != TR_ACT_NONE)
 		tr_connect_finish(ctx->ret);
 	return 0;
 }

@@ -192,6 +192,10 @@ struct tr_policy_scratch {
 	char tail[TR_POLICY_STR]; /* last bytes of a string, for suffixes */
 	__u32 tail_len;
 	struct tr_globber glob;
+	/* tr_policy_decide's request and its verdict. */
+	struct tr_policy_input in;
+	struct tr_verdict out;
+	__u32 cfg_slot;
 };
 
 struct {
@@ -720,18 +724,42 @@ static __always_inline __u32 tr_record_kind(__u32 kind)
 					       : TR_KIND_FILE_ATTR;
 }
 
-/* Evaluate kind's rules on `in`; fills `out` and counts the hit. */
-static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, __u32 gen,
-					   struct tr_policy_input *in, struct tr_verdict *out)
+/*
+ * Evaluate kind's rules on the request in the scratch (tr_policy_eval
+ * fills it): sets its verdict and counts the hit. A global function: the
+ * verifier checks it once per program, with kind and gen unknown, rather
+ * than at every state of every program that reaches an evaluation, which
+ * had made the policy programs' checks take seconds. Its scratch is found
+ * here by a key in read-only data, since before 6.2 a map helper takes
+ * no key a global function was passed.
+ */
+__noinline int tr_policy_decide(__u64 kind, __u64 gen)
 {
-	__u32 zero = 0;
-	struct tr_policy_scratch *s = bpf_map_lookup_elem(&tr_policy_heap, &zero);
+	/* Bounded before anything else, so that every copy the verifier
+	 * sees is of the bounded values: 6.1 forgets what it learns of a
+	 * scalar spilled before its check. The barriers keep clang from
+	 * dropping later masks as redundant with this one. 64-bit: a 32-bit
+	 * argument is zero-extended anew, unbounded, at each use. */
+	if (kind >= TR_PK_MAX)
+		return 0;
+	gen &= 1;
+	barrier_var(kind);
+	barrier_var(gen);
+	struct tr_policy_scratch *s =
+		bpf_map_lookup_elem(&tr_policy_heap, (const void *)&tr_zero_key);
+
+	if (!s)
+		return 0;
+	s->out.action = TR_ACT_NONE;
+	s->cfg_slot = gen * TR_PK_MAX + kind;
+	struct tr_kind_cfg *cfg = bpf_map_lookup_elem(&tr_policy_cfg, &s->cfg_slot);
+	struct tr_policy_input *in = &s->in;
+
+	if (!cfg)
+		return 0;
 	__u64 mask = tr_rules_for(cfg, in->is_write);
 	struct tr_hits h;
 
-	out->action = TR_ACT_NONE;
-	if (!s)
-		return;
 	tr_count(tr_record_kind(kind), TR_STAT_EVALUATED);
 	if (cfg->fields & (1 << TR_F_PATH)) {
 		if (in->str && in->str_field == TR_F_PATH) {
@@ -753,7 +781,7 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 	if (mask && in->daddr && (cfg->fields & (1 << TR_F_DADDR))) {
 		s->addr.prefixlen = 32 + 128;
 		s->addr.sel = tr_sel(gen, kind, TR_F_DADDR);
-		__builtin_memcpy(s->addr.addr, in->daddr, 16);
+		bpf_probe_read_kernel(s->addr.addr, 16, in->daddr);
 		h.pos = h.neg = 0;
 		tr_or(&h, bpf_map_lookup_elem(&tr_policy_cidr, &s->addr));
 		mask = tr_apply(mask, cfg, TR_F_DADDR, &h);
@@ -766,7 +794,7 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 		mask = tr_apply(mask, cfg, TR_F_DPORT, &h);
 	}
 	if (!mask)
-		return;
+		return 0;
 	/* Several rules may match: enforcement wins, then ignore, then post;
 	 * among equals the first in file order. */
 	__u64 pick = mask & cfg->enforce;
@@ -781,7 +809,7 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 	__u64 *hits = bpf_map_lookup_elem(&tr_policy_hits, &slot);
 
 	if (!rule)
-		return;
+		return 0;
 	if (hits)
 		*hits += 1;
 	/* Counted as the rule's hit, then maybe kept back: only posts are. */
@@ -789,14 +817,48 @@ static __always_inline void tr_policy_eval(__u32 kind, struct tr_kind_cfg *cfg, 
 
 	if (thr && thr->limit && thr->per_ms && rule->action == TR_ACT_POST &&
 	    tr_throttled(slot, kind, in, rule, thr))
-		return;
-	out->policy_id = rule->policy_id;
-	out->rule = rule->index;
-	out->action = rule->action;
+		return 0;
+	s->out.policy_id = rule->policy_id;
+	s->out.rule = rule->index;
+	s->out.action = rule->action;
 	/* DENY is compiled in only while the LSM programs are loaded (else it
 	 * becomes SIGKILL): they refuse the call with -EPERM, no signal. */
 	if (rule->action == TR_ACT_SIGKILL)
 		bpf_send_signal(9);
+	return 0;
+}
+
+/* A new request in the scratch, with the fields every evaluation has; the
+ * caller adds the others. In map memory: the callers' stacks, with
+ * tr_policy_decide's frame on top, have no room for it. NULL: no scratch. */
+static __always_inline struct tr_policy_input *tr_policy_request(const char *str, __u32 len,
+								  __u32 field, __u32 uid,
+								  bool is_write)
+{
+	struct tr_policy_scratch *s =
+		bpf_map_lookup_elem(&tr_policy_heap, (const void *)&tr_zero_key);
+
+	if (!s)
+		return NULL;
+	__builtin_memset(&s->in, 0, sizeof(s->in));
+	s->in.str = str;
+	s->in.str_len = len;
+	s->in.str_field = field;
+	s->in.uid = uid;
+	s->in.is_write = is_write;
+	return &s->in;
+}
+
+/* Evaluate kind's rules (of generation gen) on the request `in`
+ * (tr_policy_request's); fills `out`. */
+static __always_inline void tr_policy_eval(__u32 kind, __u32 gen, struct tr_policy_input *in,
+					   struct tr_verdict *out)
+{
+	out->action = TR_ACT_NONE;
+	if (!in)
+		return;
+	tr_policy_decide(kind, gen);
+	*out = ((struct tr_policy_scratch *)((void *)in - offsetof(struct tr_policy_scratch, in)))->out;
 }
 
 #endif /* TRACER_POLICY_BPF_H */

@@ -140,14 +140,12 @@ static __always_inline int tr_priv_emit(struct tr_priv *ev, __u16 op, __u16 hook
 		ev->flags |= TR_PRIV_TO_ROOT;
 	ev->verdict.action = TR_ACT_NONE;
 	if (cfg) {
-		struct tr_policy_input in = {
-			.str_field = TR_F_PATH, /* no string of its own: the binary is the process's */
-			.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
-			.is_write = to_root,
-		};
+		/* no string of its own: the binary is the process's */
+		struct tr_policy_input *in = tr_policy_request(
+			NULL, 0, TR_F_PATH, bpf_get_current_uid_gid() & 0xFFFFFFFF, to_root);
 
-		tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
-		tr_policy_eval(TR_PK_PRIVILEGE_CHANGE, cfg, gen, &in, &ev->verdict);
+		tr_policy_binary(in, bpf_get_current_pid_tgid() >> 32);
+		tr_policy_eval(TR_PK_PRIVILEGE_CHANGE, gen, in, &ev->verdict);
 	}
 	if (ev->verdict.action == TR_ACT_IGNORE)
 		return 0;
@@ -179,27 +177,41 @@ static __always_inline int tr_cred_check(__u16 op, __u16 hook, long ret)
 	return tr_priv_emit(ev, op, hook, ret);
 }
 
-#define TR_CRED_SYSCALL(name, op)                                                     \
-	SEC("tp/syscalls/sys_enter_" #name)                                           \
-	int tr_##name##_enter(void *ctx)                                              \
-	{                                                                             \
-		return tr_cred_save();                                                \
-	}                                                                             \
-	SEC("tp/syscalls/sys_exit_" #name)                                            \
-	int tr_##name##_exit(struct trace_event_raw_sys_exit *ctx)                    \
-	{                                                                             \
-		return tr_cred_check(op, TR_HOOK_TP_SYSCALL, ctx->ret);               \
-	}
+/*
+ * One program for the entries of the set*id and capset calls and one for
+ * their exits, each attached to every call's tracepoint (loader.py
+ * SYSCALL_FAMILIES): the verifier checks each once, not once per call.
+ * The exit tells the calls apart by the syscall's number.
+ */
+SEC("tp/syscalls/sys_enter_setuid")
+int tr_cred_enter(void *ctx)
+{
+	return tr_cred_save();
+}
 
-TR_CRED_SYSCALL(setuid, TR_PRIV_SETUID)
-TR_CRED_SYSCALL(setgid, TR_PRIV_SETGID)
-TR_CRED_SYSCALL(setreuid, TR_PRIV_SETREUID)
-TR_CRED_SYSCALL(setregid, TR_PRIV_SETREGID)
-TR_CRED_SYSCALL(setresuid, TR_PRIV_SETRESUID)
-TR_CRED_SYSCALL(setresgid, TR_PRIV_SETRESGID)
-TR_CRED_SYSCALL(setfsuid, TR_PRIV_SETFSUID)
-TR_CRED_SYSCALL(setfsgid, TR_PRIV_SETFSGID)
-TR_CRED_SYSCALL(capset, TR_PRIV_CAPSET)
+static __always_inline __u16 tr_cred_op(long nr)
+{
+	switch (nr) {
+	case TR_NR_SETUID: return TR_PRIV_SETUID;
+	case TR_NR_SETGID: return TR_PRIV_SETGID;
+	case TR_NR_SETREUID: return TR_PRIV_SETREUID;
+	case TR_NR_SETREGID: return TR_PRIV_SETREGID;
+	case TR_NR_SETRESUID: return TR_PRIV_SETRESUID;
+	case TR_NR_SETRESGID: return TR_PRIV_SETRESGID;
+	case TR_NR_SETFSUID: return TR_PRIV_SETFSUID;
+	case TR_NR_SETFSGID: return TR_PRIV_SETFSGID;
+	case TR_NR_CAPSET: return TR_PRIV_CAPSET;
+	default: return 0;
+	}
+}
+
+SEC("tp/syscalls/sys_exit_setuid")
+int tr_cred_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u16 op = tr_cred_op((int)ctx->id);
+
+	return op ? tr_cred_check(op, TR_HOOK_TP_SYSCALL, ctx->ret) : 0;
+}
 
 static __always_inline __u64 tr_cap_bset(const struct cred *cred)
 {
@@ -501,15 +513,11 @@ static __always_inline int tr_attr_finish(const struct tr_attr_args *a)
 
 	ev->verdict.action = TR_ACT_NONE;
 	if (cfg) {
-		struct tr_policy_input in = {
-			.str = ev->path,
-			.str_len = len,
-			.str_field = TR_F_PATH,
-			.uid = bpf_get_current_uid_gid() & 0xFFFFFFFF,
-		};
+		struct tr_policy_input *in = tr_policy_request(
+			ev->path, len, TR_F_PATH, bpf_get_current_uid_gid() & 0xFFFFFFFF, false);
 
-		tr_policy_binary(&in, bpf_get_current_pid_tgid() >> 32);
-		tr_policy_eval(TR_PK_FILE_ATTR, cfg, gen, &in, &ev->verdict);
+		tr_policy_binary(in, bpf_get_current_pid_tgid() >> 32);
+		tr_policy_eval(TR_PK_FILE_ATTR, gen, in, &ev->verdict);
 	}
 	if (ev->verdict.action == TR_ACT_IGNORE)
 		return 0;

@@ -132,14 +132,10 @@ static __always_inline int on_exec(struct task_struct *task, struct linux_binprm
 
 	ev->verdict.action = TR_ACT_NONE;
 	if (cfg) {
-		struct tr_policy_input in = {
-			.str = ev->data,
-			.str_len = ev->path_len,
-			.str_field = TR_F_BINARY,
-			.uid = ev->task.uid,
-		};
+		struct tr_policy_input *in = tr_policy_request(ev->data, ev->path_len, TR_F_BINARY,
+							       ev->task.uid, false);
 
-		tr_policy_eval(TR_PK_EXEC, cfg, gen, &in, &ev->verdict);
+		tr_policy_eval(TR_PK_EXEC, gen, in, &ev->verdict);
 	}
 
 	__u64 size = offsetof(struct tr_exec, data) + off + args_len;

@@ -93,16 +93,14 @@ struct tr_throttle_scratch {
 /* The one scratch of the throttle, per CPU. tr_throttle_decide finds it
  * here itself rather than being passed it: before 6.2 a map helper takes
  * no key or value a global function was passed (only the stack's or a
- * map's), and the callers have no stack to give. Looked up by a key in
- * read-only data, for the same reason. */
+ * map's), and the callers have no stack to give. Looked up by tr_zero_key,
+ * for the same reason. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct tr_throttle_scratch);
 } tr_throttle_scratch SEC(".maps");
-
-const volatile __u32 tr_thr_zero SEC(".rodata.tr_thr_zero") = 0;
 
 static __always_inline void tr_thr_count(__u32 *idx, __u32 slot, __u64 n)
 {
@@ -243,7 +241,7 @@ static __always_inline void tr_throttle_open(struct tr_throttle_scratch *t,
 __noinline int tr_throttle_decide(void)
 {
 	struct tr_throttle_scratch *t =
-		bpf_map_lookup_elem(&tr_throttle_scratch, (const void *)&tr_thr_zero);
+		bpf_map_lookup_elem(&tr_throttle_scratch, (const void *)&tr_zero_key);
 
 	if (!t)
 		return 0;
@@ -305,7 +303,7 @@ static __always_inline int tr_throttled(__u32 slot, __u32 kind, struct tr_policy
 					struct tr_rule *rule, struct tr_throttle_rule *thr)
 {
 	struct tr_throttle_scratch *t =
-		bpf_map_lookup_elem(&tr_throttle_scratch, (const void *)&tr_thr_zero);
+		bpf_map_lookup_elem(&tr_throttle_scratch, (const void *)&tr_zero_key);
 
 	if (!t)
 		return 0;

@@ -95,10 +95,10 @@ _CRED_CALLS = (
     "capset",
 )
 PRIVILEGE_PROGRAMS = (
-    *(f"tr_{c}_exit" for c in _CRED_CALLS),
+    "tr_cred_exit",
     "tr_priv_exec_btf",
     "tr_attr_exit",
-    *(f"tr_{c}_enter" for c in _CRED_CALLS),
+    "tr_cred_enter",
     "tr_execve_enter",
     "tr_execveat_enter",
 )
@@ -119,8 +119,9 @@ PRIVILEGE_GAPS = (
     "before (tracepoint mode), or not at all (other modes); a 32-bit exec is compared as "
     "if it started from plain credentials",
 )
-# Programs that serve a family of syscalls, attached to the exit of each
-# call in it (they tell the calls apart by the syscall number): the
+# Programs that serve a family of syscalls, attached to the exit (an
+# _enter program: the entry) of each call in it (an exit program tells
+# the calls apart by the syscall number): the
 # verifier checks one program, not one per call, which was a third of the
 # start-up. A call the kernel lacks (fchmodat2 before 6.6; rename, link,
 # symlink, chmod, chown, lchown, open and creat on arm64) is left out.
@@ -145,6 +146,8 @@ SYSCALL_FAMILIES = {
         "fchown",
         "fchownat",
     ),
+    "tr_cred_exit": _CRED_CALLS,
+    "tr_cred_enter": _CRED_CALLS,
 }
 # Of those, what a kernel without the call loses (one without the others
 # is arm64, which never had them: nothing is lost).
@@ -465,8 +468,9 @@ def capture_sensor(
         obj.map("tr_config").update(_U32.pack(0), _CONFIG.pack(uid_budget, 0))
         for name in chosen:
             if name in families:
+                event = "enter" if name.endswith("_enter") else "exit"
                 for call in families[name]:
-                    obj.attach_tracepoint(name, "syscalls", f"sys_exit_{call}")
+                    obj.attach_tracepoint(name, "syscalls", f"sys_{event}_{call}")
             else:
                 obj.attach(name)
         sensor = Sensor(obj, variant, capture_mode, gaps, chosen)
