@@ -177,6 +177,20 @@ struct tr_selected_head {
 	struct tr_verdict verdict;
 };
 
+/* tr_emit reads the uid and the action through it: each kind it emits
+ * must keep them where the head has them. */
+#define tr_selected_layout(type)                                                  \
+	_Static_assert(__builtin_offsetof(struct type, task) ==                       \
+				       __builtin_offsetof(struct tr_selected_head, task) &&      \
+			       __builtin_offsetof(struct type, verdict) ==                       \
+				       __builtin_offsetof(struct tr_selected_head, verdict),     \
+		       #type " does not begin like struct tr_selected_head")
+tr_selected_layout(tr_exec);
+tr_selected_layout(tr_file_open);
+tr_selected_layout(tr_connect);
+tr_selected_layout(tr_priv);
+tr_selected_layout(tr_file_attr);
+
 /* Emit `size` bytes of `rec` (a struct tr_selected_head first, its task
  * filled) into the selected ring and count the outcome, so no loss is
  * silent. While the ring is more than half full, a record that only
