@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -54,11 +54,13 @@ from tracer.core.loader import (
     choose_capture_mode,
 )
 from tracer.core.probe import probe
-from tracer.metrics import MetricsServer
 from tracer.pipeline import Pipeline
 from tracer.sdnotify import Notifier
 from tracer.status import CaptureState, DaemonStatus, unready
 from tracer.workloads import WorkloadSync
+
+if TYPE_CHECKING:
+    from tracer.metrics import MetricsServer
 
 _log = structlog.get_logger(component="daemon")
 # How often freed C heap goes back to the kernel after start-up: often
@@ -437,6 +439,10 @@ class Daemon:
         metrics: MetricsServer | None = None
         try:
             if cfg.metrics_listen is not None:
+                # Imported only when asked for: http.server and
+                # prometheus_client are a tenth of a default start-up.
+                from tracer.metrics import MetricsServer
+
                 # Bound before any BPF is loaded: a port in use fails fast.
                 # Served from now on: /healthz and /readyz answer during start-up.
                 metrics = MetricsServer(cfg.metrics_listen, self._state)
