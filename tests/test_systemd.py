@@ -101,10 +101,14 @@ def test_ready_watchdog_and_stopping(notify: NotifySocket) -> None:
     d = Daemon("--metrics-listen", "127.0.0.1:0")
     try:
         notify.wait("READY=1", timeout=10)
+        t0 = time.monotonic()
         notify.drain()
         time.sleep(1.6)
         pings = [m for m in notify.drain() if m == "WATCHDOG=1"]
-        assert 2 <= len(pings) <= 5, pings
+        # One ping per half WatchdogSec at most, over however long the
+        # sleep took on a loaded machine.
+        most = int((time.monotonic() - t0) / 0.5) + 1
+        assert 2 <= len(pings) <= most, (len(pings), most)
         # A stopped capture loop sends nothing: systemd would restart it.
         os.kill(d.proc.pid, signal.SIGSTOP)
         try:
