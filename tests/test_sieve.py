@@ -1,10 +1,11 @@
 """The path sieve never turns away a path some rule's values match, and turns away the rest.
 
-`_kernel_admits` is the kernel's walk over the table (bpf_probes/policy.bpf.h
-tr_sieve) restated, so that the tables policy/sieve.py builds can be checked
-against every kind of value on many paths without a kernel; the kernel side
-runs in tests/test_policy_events.py (the prefilter tests), where a table the
-kernel read differently would hide selected opens.
+`kernel_admits` (tests/sieve_walk.py) is the kernel's walk over the table
+(bpf_probes/policy.bpf.h tr_sieve) restated, so that the tables
+policy/sieve.py builds can be checked against every kind of value on many
+paths without a kernel; the kernel side runs in tests/test_policy_events.py
+(the prefilter tests), where a table the kernel read differently would hide
+selected opens.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 import textwrap
 from pathlib import Path
 
+from sieve_walk import kernel_admits
+
 from policy import Kind, compile_policies, parse_files, parse_text
 from policy import sieve as sv
 from policy.glob import head as glob_head
@@ -21,29 +24,6 @@ from policy.glob import match as glob_match
 from policy.model import PolicySet
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _at(s: sv.Sieve, key: int) -> int:
-    return s.slots.get(sv.slot(key), 0)
-
-
-def _kernel_admits(s: sv.Sieve, path: bytes) -> int:
-    comps = path[1:].split(b"/")
-    leaf, n = comps[-1], len(comps)
-    admit = _at(s, sv._mix(sv._LEAF, sv.name_hash(leaf)))
-    admit |= _at(s, sv._mix(sv._LEAF, sv._PART | leaf[-1]))
-    if len(leaf) >= 2:
-        admit |= _at(s, sv._mix(sv._LEAF, sv._END2 | leaf[-2] << 8 | leaf[-1]))
-    h, alive = sv._ROOT, -1
-    for k in range(sv.DEPTH):
-        if k >= n:
-            return admit
-        admit |= _at(s, sv._mix(h, sv._ALL)) | _at(s, sv._mix(h, sv._PART | comps[k][0]))
-        h = sv._mix(h, sv.name_hash(comps[k]))
-        alive &= _at(s, h)
-        if not alive:
-            return admit
-    return admit | alive if n > sv.DEPTH else admit
 
 
 def test_constants_are_the_kernels() -> None:
@@ -96,7 +76,7 @@ def test_no_matching_value_is_ever_turned_away() -> None:
                 path = rng.choice(values)[1].rstrip(b"/") or path
                 if b"//" in path or not path.startswith(b"/"):
                     continue
-            admitted = _kernel_admits(s, path)
+            admitted = kernel_admits(s, path)
             for bit, (how, v) in enumerate(values):
                 matched = {
                     "exact": path == v,
@@ -113,12 +93,12 @@ def test_the_library_turns_ordinary_opens_away() -> None:
     reads = t.mask & ~t.write_only  # the kernel's tr_rules_for on a read
     for path in (b"/etc/hostname", b"/usr/lib/os-release", b"/usr/lib/x86_64-linux-gnu/libc.so.6",
                  b"/etc/ld.so.cache", b"/proc/self/status", b"/home/u/notes.txt"):
-        assert _kernel_admits(c.sieve, path) & reads == 0, path
+        assert kernel_admits(c.sieve, path) & reads == 0, path
     bit = {r.policy: 1 << i for i, r in enumerate(t.rules)}
-    assert _kernel_admits(c.sieve, b"/etc/shadow") & bit["credential-files"]
-    assert _kernel_admits(c.sieve, b"/home/u/.ssh/id_rsa") & bit["ssh-private-keys"]
-    assert _kernel_admits(c.sieve, b"/etc/cron.d/x") & bit["cron-writes"]
-    assert _kernel_admits(c.sieve, b"/home/u/.config/systemd/user/x") & bit["systemd-unit-writes"]
+    assert kernel_admits(c.sieve, b"/etc/shadow") & bit["credential-files"]
+    assert kernel_admits(c.sieve, b"/home/u/.ssh/id_rsa") & bit["ssh-private-keys"]
+    assert kernel_admits(c.sieve, b"/etc/cron.d/x") & bit["cron-writes"]
+    assert kernel_admits(c.sieve, b"/home/u/.config/systemd/user/x") & bit["systemd-unit-writes"]
 
 
 def test_a_glob_is_admitted_by_its_literal_head_only() -> None:
@@ -130,7 +110,7 @@ def test_a_glob_is_admitted_by_its_literal_head_only() -> None:
                 match: {path: {glob: ["/srv/*/secrets/**"]}, not_path: {glob: ["/usr/**/x*"]}}
         """), "p.yaml"))
     s = compile_policies(ps, lsm_active=False).sieve
-    assert _kernel_admits(s, b"/srv/a/secrets/k") == 1
-    assert _kernel_admits(s, b"/srv/a/public/k") == 1  # the head is all the sieve knows
-    assert _kernel_admits(s, b"/usr/lib/x1") == 0  # a not_path value admits nothing
-    assert _kernel_admits(s, b"/srv") == 0
+    assert kernel_admits(s, b"/srv/a/secrets/k") == 1
+    assert kernel_admits(s, b"/srv/a/public/k") == 1  # the head is all the sieve knows
+    assert kernel_admits(s, b"/usr/lib/x1") == 0  # a not_path value admits nothing
+    assert kernel_admits(s, b"/srv") == 0
