@@ -15,6 +15,8 @@
  *    sees either. In the hook modes a chown's directory is the one its
  *    path security hook found (whatever the name), in tracepoint mode that
  *    of an fd or of a bare name only.
+ *  - the same calls through x86's 32-bit entry, which the syscalls:*
+ *    tracepoints skip: on the raw sys_enter and sys_exit (end of file).
  *
  * Both kinds are rare (logins, daemons dropping privileges, installs), so
  * every one is reported, on the bulk ring, unless a rule selects it (the
@@ -90,11 +92,6 @@ static __always_inline void tr_read_cred(struct tr_cred *c, const struct cred *c
 	bpf_probe_read_kernel(&c->cap_ambient, 8, __builtin_preserve_access_index(&cred->cap_ambient));
 }
 
-static __always_inline const struct cred *tr_current_cred(void)
-{
-	return BPF_CORE_READ(bpf_get_current_task_btf(), cred);
-}
-
 static __always_inline bool tr_cred_same(const struct tr_cred *a, const struct tr_cred *b)
 {
 	return a->uid == b->uid && a->euid == b->euid && a->suid == b->suid &&
@@ -128,8 +125,7 @@ static __always_inline int tr_priv_emit(struct tr_priv *ev, __u16 op, __u16 hook
 {
 	__u32 gen;
 	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_PRIVILEGE_CHANGE, &gen);
-	bool to_root = (ev->flags & TR_PRIV_OLD_UNKNOWN || !tr_has_root(&ev->old)) &&
-		       tr_has_root(&ev->new);
+	bool to_root = !tr_has_root(&ev->old) && tr_has_root(&ev->new);
 
 	ev->hdr.kind = TR_KIND_PRIVILEGE_CHANGE;
 	ev->hdr.size = sizeof(*ev);
@@ -528,7 +524,8 @@ static __always_inline int tr_attr_finish(const struct tr_attr_args *a)
 	ev->gid = a->gid;
 	ev->op = chmod ? TR_ATTR_CHMOD : TR_ATTR_CHOWN;
 	ev->call = a->call;
-	ev->hook = dir_hook ? dir_hook : a->hook;
+	/* the path hook's name, with how the call was made (ia32) */
+	ev->hook = dir_hook ? dir_hook | (a->hook & TR_HOOK_IA32) : a->hook;
 	tr_fill_task(&ev->task, task);
 
 	__u64 size = offsetof(struct tr_file_attr, path) + tr_bound((__u64)len, 0x1FFF);
@@ -619,16 +616,31 @@ int tr_attr_exit(struct trace_event_raw_sys_exit *ctx)
 	return tr_attr_finish(&a);
 }
 
-/* ---- 32-bit syscalls (x86's ia32 entry), from evasion.bpf.h's sys_exit ---- */
+/*
+ * ---- 32-bit syscalls (x86's ia32 entry) ----
+ *
+ * x86's syscall tracepoints skip them, so the raw sys_enter and sys_exit
+ * tracepoints watch them, in every capture mode (the security hooks see no
+ * set*id, chmod or chown either): the entry of a set*id or capset saves the
+ * credentials as tr_cred_enter does, the exit judges the call as the 64-bit
+ * exits do. Both programs run at every syscall of every process, so each
+ * first tests the number against a bitmap, a load, then the task.
+ */
 #if TR_HAVE_IA32
 /* Bit n set: ia32 syscall n is one tr_ia32_priv() judges (the numbers of
- * tr_ia32_priv_op() and of its switch), so the exit program's first test,
- * which every syscall exit of every process passes through, stays a load. */
+ * tr_ia32_priv_op() and of its switch). */
 static const volatile __u64 tr_ia32_priv_nrs[8] = { 0x400000818000ULL, 0xc00000c0ULL, 0x240041000000c00ULL, 0x1f59840ULL, 0x4040000000000ULL, 0x0ULL, 0x0ULL, 0x10ULL };
+/* Of those, the set*id and capset calls (tr_ia32_priv_op()'s). */
+static const volatile __u64 tr_ia32_cred_nrs[8] = { 0x400000800000ULL, 0xc0ULL, 0x200041000000c00ULL, 0x1e51800ULL, 0x0ULL, 0x0ULL, 0x0ULL, 0x0ULL };
+
+static __always_inline bool tr_ia32_nr_in(const volatile __u64 *nrs, long nr)
+{
+	return nr >= 0 && nr < 512 && ((nrs[(nr >> 6) & 7] >> (nr & 63)) & 1);
+}
 
 static __always_inline bool tr_ia32_priv_nr(long nr)
 {
-	return nr >= 0 && nr < 512 && ((tr_ia32_priv_nrs[(nr >> 6) & 7] >> (nr & 63)) & 1);
+	return tr_ia32_nr_in(tr_ia32_priv_nrs, nr);
 }
 
 /* The ia32 table: the 16-bit-id calls and their 32-bit twins. */
@@ -654,12 +666,10 @@ static __always_inline __u32 tr_ia32_id(__u32 v, bool wide)
 	return wide || (__u16)v != 0xFFFF ? v : (__u32)-1;
 }
 
-/*
- * A set*id, capset, chmod or chown through the 32-bit entry. No enter
- * tracepoint saw the credentials before a 32-bit call (attaching the raw
- * sys_enter would cost every syscall of every process), so a change is
- * reported with the credentials after it only, for a call that succeeded.
- */
+/* A set*id, capset, chmod or chown through the 32-bit entry, at its exit
+ * (tracepoint mode: from evasion.bpf.h's sys_exit program, which also
+ * takes 32-bit opens and connects; the hook modes see those in their
+ * security hooks and run tr_tp_ia32_priv_exit below). */
 static __always_inline int tr_ia32_priv(long nr, struct pt_regs *regs, long ret)
 {
 	__u16 hook = TR_HOOK_TP_SYS_EXIT | TR_HOOK_IA32;
@@ -667,22 +677,8 @@ static __always_inline int tr_ia32_priv(long nr, struct pt_regs *regs, long ret)
 	__u32 bx = BPF_CORE_READ(regs, bx), cx = BPF_CORE_READ(regs, cx);
 	__u32 dx = BPF_CORE_READ(regs, dx), si = BPF_CORE_READ(regs, si);
 
-	if (op) {
-		struct tr_priv *ev;
-
-		/* setfsuid/setfsgid return the old id: success is not in ret. */
-		if (ret != 0 && op != TR_PRIV_SETFSUID && op != TR_PRIV_SETFSGID)
-			return 0;
-		ev = tr_priv_record();
-		if (!ev)
-			return 0;
-		ev->flags = TR_PRIV_OLD_UNKNOWN;
-		tr_read_cred(&ev->new, tr_current_cred());
-		if ((op == TR_PRIV_SETFSUID && ret == ev->new.fsuid) ||
-		    (op == TR_PRIV_SETFSGID && ret == ev->new.fsgid))
-			return 0;
-		return tr_priv_emit(ev, op, hook, ret);
-	}
+	if (op)
+		return tr_cred_check(op, hook, ret);
 	struct tr_attr_args a = { .ret = ret, .dfd = TR_AT_FDCWD, .fd = -1, .hook = hook };
 	bool wide = true;
 
@@ -736,6 +732,24 @@ static __always_inline int tr_ia32_priv(long nr, struct pt_regs *regs, long ret)
 		return 0;
 	}
 	return tr_attr_finish(&a);
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(tr_tp_ia32_enter, struct pt_regs *regs, long nr)
+{
+	if (!tr_ia32_nr_in(tr_ia32_cred_nrs, nr) || !tr_in_ia32())
+		return 0;
+	return tr_cred_save();
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(tr_tp_ia32_priv_exit, struct pt_regs *regs, long ret)
+{
+	long nr = regs->orig_ax;
+
+	if (!tr_ia32_priv_nr(nr) || !tr_in_ia32())
+		return 0;
+	return tr_ia32_priv(nr, regs, ret);
 }
 #endif
 

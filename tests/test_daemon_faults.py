@@ -128,11 +128,12 @@ def test_sigterm_detaches_everything_and_exits_zero() -> None:
     # program on 4 syscalls), the connect, sendto and sendmsg exits,
     # SYN_SENT, the rename/link/symlink family's exit (7 syscalls)
     # + io_uring completion, submission and TCP state, 32-bit syscall exit
+    # and enter (a 32-bit set*id's credentials)
     # + the throttle's flush program (loaded, run by the daemon, not attached)
     # + privilege_change: the set*id/capset family's enter and exit (one
     # program each on 9 syscalls), execve and execveat enters, the compare
     # at exec; file_attr: the chmod/chown family's exit (8 syscalls)
-    assert len(ids) == 11 + 4 + 1 + 2 + 2 + 1 + 1
+    assert len(ids) == 11 + 5 + 1 + 2 + 2 + 1 + 1
     assert d.stop() == 0
     assert _still_loaded(ids) == set()
     assert any("event='stopped'" in line for line in d.stderr)

@@ -115,9 +115,7 @@ CHOWN_GAP = (
 )
 # What those programs cannot see, in every mode (the README says the same).
 PRIVILEGE_GAPS = (
-    "privilege changes through 32-bit syscalls are reported without the credentials "
-    "before (tracepoint mode), or not at all (other modes); a 32-bit exec is compared as "
-    "if it started from plain credentials",
+    "a 32-bit exec is compared as if it started from plain credentials",
 )
 # Programs that serve a family of syscalls, attached to the exit (an
 # _enter program: the entry) of each call in it (an exit program tells
@@ -172,16 +170,34 @@ USER_MEMORY_LIMITS = {
     ),
 }
 # Programs for the calls the syscall hooks above never see: io_uring
-# requests and, in tracepoint mode, syscalls through x86's 32-bit entry
-# (bpf_probes/evasion.bpf.h; the security hooks judge both). Each needs a
-# tracepoint or function of the kernel's: one the kernel lacks (a kernel
-# without io_uring) is left out, and so is one the object lacks (the
-# 32-bit program exists on x86 only). Exits before entries, as above.
+# requests and syscalls through x86's 32-bit entry (bpf_probes/evasion.bpf.h,
+# priv.bpf.h). The security hooks judge io_uring and 32-bit opens and
+# connects; 32-bit set*id, capset, chmod and chown reach none of them, so
+# every mode has the raw sys_exit program for those (in tracepoint mode the
+# one that also takes opens and connects) and the raw sys_enter that saves
+# a set*id's credentials. Each needs a tracepoint or function of the
+# kernel's: one the kernel lacks (a kernel without io_uring) is left out,
+# and so is one the object lacks (the 32-bit programs exist on x86 only).
+# Exits before entries, as above.
 _IO_OPEN = ("function", "io_openat2")
+_IA32_ENTER = ("tr_tp_ia32_enter", "tp_btf", "sys_enter")
+_IA32_PRIV = (("tr_tp_ia32_priv_exit", "tp_btf", "sys_exit"), _IA32_ENTER)
 EVASION_PROGRAMS: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "lsm": (("tr_fexit_io_openat2", *_IO_OPEN), ("tr_fentry_io_openat2", *_IO_OPEN)),
-    "fentry": (("tr_fexit_io_openat2", *_IO_OPEN), ("tr_fentry_io_openat2", *_IO_OPEN)),
-    "kprobe": (("tr_kret_io_openat2", *_IO_OPEN), ("tr_kprobe_io_openat2", *_IO_OPEN)),
+    "lsm": (
+        ("tr_fexit_io_openat2", *_IO_OPEN),
+        ("tr_fentry_io_openat2", *_IO_OPEN),
+        *_IA32_PRIV,
+    ),
+    "fentry": (
+        ("tr_fexit_io_openat2", *_IO_OPEN),
+        ("tr_fentry_io_openat2", *_IO_OPEN),
+        *_IA32_PRIV,
+    ),
+    "kprobe": (
+        ("tr_kret_io_openat2", *_IO_OPEN),
+        ("tr_kprobe_io_openat2", *_IO_OPEN),
+        *_IA32_PRIV,
+    ),
     "tracepoint": (
         ("tr_tp_uring_complete", "tp_btf", "io_uring_complete"),
         # one of the two, by kernel version
@@ -189,6 +205,7 @@ EVASION_PROGRAMS: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("tr_tp_uring_submit_sqe", "tp_btf", "io_uring_submit_sqe"),
         ("tr_tp_sock_state", "tp_btf", "inet_sock_set_state"),
         ("tr_tp_ia32_exit", "tp_btf", "sys_exit"),
+        _IA32_ENTER,
     ),
 }
 # What a capture mode cannot see of those calls even with every program
