@@ -529,11 +529,7 @@ enum tr_priv_op {
 };
 
 enum tr_priv_flags {
-	/* The credentials before are not known (a 32-bit syscall: no enter
-	 * tracepoint saw them); `old` is zero. */
-	TR_PRIV_OLD_UNKNOWN = 1 << 0,
-	/* No uid (real, effective, saved, fs) was 0 before and one is now
-	 * (old unknown: one is 0 now). */
+	/* No uid (real, effective, saved, fs) was 0 before and one is now. */
 	TR_PRIV_TO_ROOT = 1 << 1,
 };
 

@@ -317,10 +317,7 @@ def credentials_dict(c: Credentials) -> JsonDict:
 
 def privilege_dict(ev: PrivilegeChange) -> JsonDict:
     p = ev.privilege
-    d: JsonDict = {"op": p.op}
-    if p.old is not None:
-        d["old"] = credentials_dict(p.old)
-    d["new"] = credentials_dict(p.new)
+    d: JsonDict = {"op": p.op, "old": credentials_dict(p.old), "new": credentials_dict(p.new)}
     d["changed"] = p.changed
     d["to_root"] = p.to_root
     d["hook"] = p.hook

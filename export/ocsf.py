@@ -370,13 +370,12 @@ class OcsfMapper:
 
 def _privilege(d: JsonDict, c: JsonDict, process: JsonDict | None) -> None:
     """Set User ID: the process as it is now (its new user); the actor's user is
-    the one it was (when known)."""
+    the one it was."""
     if process is not None:
         proc = _flat(process)
         proc["user"] = {"uid": str(c["new"]["uid"])}
         d["process"] = proc
-    if "old" in c:
-        d["actor"] = {"user": {"uid": str(c["old"]["uid"])}}
+    d["actor"] = {"user": {"uid": str(c["old"]["uid"])}}
 
 
 def _open_file(path: str) -> JsonDict:

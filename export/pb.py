@@ -149,8 +149,7 @@ def _credentials(m: pb.Credentials, c: Credentials) -> None:
 def _privilege(m: pb.PrivilegeChange, ev: PrivilegeChange) -> None:
     p = ev.privilege
     m.op, m.to_root, m.hook = p.op, p.to_root, p.hook
-    if p.old is not None:
-        _credentials(m.old, p.old)
+    _credentials(m.old, p.old)
     _credentials(m.new, p.new)
     m.changed.extend(p.changed)
 

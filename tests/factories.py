@@ -399,7 +399,7 @@ _CREDENTIALS = st.builds(
 _PRIVILEGE = st.builds(
     PrivilegeInfo,
     op=st.sampled_from(["setuid", "setresgid", "capset", "exec"]),
-    old=st.none() | _CREDENTIALS,
+    old=_CREDENTIALS,
     new=_CREDENTIALS,
     changed=st.lists(st.sampled_from(["uid", "euid", "cap_effective"]), max_size=3).map(tuple),
     to_root=st.booleans(),

@@ -148,11 +148,10 @@ _USER = Credentials(*([1000] * 8), (), (), ())
 
 def _privilege(
     policy: PolicyMatch | None, where: tuple[Container | None, Pod | None], op: str = "setuid",
-    old: Credentials | None = _USER,
 ) -> PrivilegeChange:
     p, parent, anc = _in(*where)
-    changed = ("uid", "euid", "suid", "fsuid", "cap_permitted", "cap_effective") if old else ()
-    info = PrivilegeInfo(op, old, _ROOT, changed, True, "tracepoint/sys_exit")
+    changed = ("uid", "euid", "suid", "fsuid", "cap_permitted", "cap_effective")
+    info = PrivilegeInfo(op, _USER, _ROOT, changed, True, "tracepoint/sys_exit")
     return PrivilegeChange(T0, "n1", p, parent, anc, info, policy)
 
 
@@ -210,7 +209,6 @@ def every_event() -> Iterator[tuple[str, Event]]:
         yield f"privilege-{w}", _privilege(POST, where)
         yield f"privilege-unposted-{w}", _privilege(None, where, "exec")
         yield f"privilege-capset-killed-{w}", _privilege(KILL, where, "capset")
-        yield f"privilege-old-unknown-{w}", _privilege(None, where, "setresuid", None)
         yield f"chmod-{w}", _attr(POST, where)
         yield f"chown-{w}", _attr(None, where, chmod=False)
         yield f"connect-{w}", _connect(POST, where)
@@ -521,9 +519,6 @@ def test_privilege_changes_and_file_attributes_in_both_formats() -> None:
     o = daemon_line("ocsf", EVENTS["privilege-host"])
     assert o["process"]["user"]["uid"] == "0" and o["actor"]["user"]["uid"] == "1000"
     assert o["unmapped"]["privilege_change"]["to_root"] is True
-    # The credentials before not known: the actor is the process as it is.
-    u = daemon_line("ocsf", EVENTS["privilege-old-unknown-host"])
-    assert u["actor"]["user"]["uid"] == str(LS.uid)
     e = daemon_line("ecs", EVENTS["privilege-host"])
     assert (e["event"]["category"], e["event"]["type"]) == (["process"], ["change"])
     assert e["tracer"]["privilege_change"]["old"]["uid"] == 1000

@@ -302,7 +302,6 @@ def test_record_kinds_flags_and_counters(btf_structs: dict[str, dict[str, object
         f"TR_PRIV_{name.upper()}": code for code, name in decode.PRIV_OPS.items()
     }
     assert _enum(btf_structs, "tr_priv_flags") == {
-        "TR_PRIV_OLD_UNKNOWN": decode.PRIV_OLD_UNKNOWN,
         "TR_PRIV_TO_ROOT": decode.PRIV_TO_ROOT,
     }
     assert _enum(btf_structs, "tr_attr_op") == {

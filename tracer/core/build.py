@@ -145,19 +145,11 @@ def _credentials(c: Cred, named: tuple[str, ...]) -> Credentials:
 def privilege_change(
     rec: PrivRecord, ctx: Context, node: str, policy: PolicyMatch | None
 ) -> PrivilegeChange:
-    old = rec.old
-    if old is None:
-        changed: tuple[str, ...] = ()
-        new = _credentials(rec.new, _CAPS)
-        before = None
-    else:
-        changed = tuple(f for f in (*_IDS, *_CAPS) if getattr(old, f) != getattr(rec.new, f))
-        new = _credentials(rec.new, changed)
-        before = _credentials(old, changed)
+    changed = tuple(f for f in (*_IDS, *_CAPS) if getattr(rec.old, f) != getattr(rec.new, f))
     info = PrivilegeInfo(
         decode.PRIV_OPS.get(rec.op, str(rec.op)),
-        before,
-        new,
+        _credentials(rec.old, changed),
+        _credentials(rec.new, changed),
         changed,
         bool(rec.flags & decode.PRIV_TO_ROOT),
         decode.hook_name(rec.hook),

@@ -81,7 +81,6 @@ PRIV_OPS = {
     9: "capset",
     10: "exec",
 }
-PRIV_OLD_UNKNOWN = 1 << 0
 PRIV_TO_ROOT = 1 << 1
 
 # enum tr_attr_op, tr_attr_call, tr_attr_flags
@@ -474,7 +473,7 @@ class PrivRecord:
     op: int  # PRIV_OPS
     hook: int
     flags: int  # PRIV_*
-    old: Cred | None  # None: not known (PRIV_OLD_UNKNOWN)
+    old: Cred
     new: Cred
 
 
@@ -676,7 +675,7 @@ def _priv(buf: bytes, size: int) -> PrivRecord:
     if size < PRIV_SIZE:
         raise WireError(f"privilege_change record of {size} bytes is too short")
     ret, op, hook, flags = PRIV_TAIL.unpack_from(buf, PRIV_TAIL_OFFSET)
-    old = None if flags & PRIV_OLD_UNKNOWN else Cred(*CRED.unpack_from(buf, PRIV_OLD_OFFSET))
+    old = Cred(*CRED.unpack_from(buf, PRIV_OLD_OFFSET))
     new = Cred(*CRED.unpack_from(buf, PRIV_NEW_OFFSET))
     return PrivRecord(_task(buf), _verdict(buf), ret, op, hook, flags, old, new)
 

@@ -185,7 +185,7 @@ class Connect(ProcessEvent):
 @dataclass(slots=True, frozen=True)
 class Credentials:
     """A process's credentials. A capability set is named (CAP_* names)
-    only where it changed, or where the old credentials are not known."""
+    only where it changed."""
 
     uid: int
     euid: int
@@ -204,10 +204,10 @@ class Credentials:
 @dataclass(slots=True)
 class PrivilegeInfo:
     op: str  # setuid, setresuid, ..., capset, exec (of a set-id or file-capability binary)
-    old: Credentials | None  # None: not known (a 32-bit syscall)
+    old: Credentials
     new: Credentials
-    changed: tuple[str, ...]  # the fields of Credentials that differ (empty when old is None)
-    to_root: bool  # no uid was 0 before and one is now (old unknown: one is 0 now)
+    changed: tuple[str, ...]  # the fields of Credentials that differ
+    to_root: bool  # no uid was 0 before and one is now
     hook: str
 
 
