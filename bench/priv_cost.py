@@ -6,9 +6,12 @@ programs, incl. the execve enter and the credential compare at exec), N
 setresgid calls that change the gids (root toggling between two gids:
 each one is a privilege_change event), N chmod that set S_ISUID (each a
 file_attr event) and N chmod that do not (the exit program's quick way
-out). Prints ns per run of each of the daemon's programs that ran.
+out), N getppid (the quick way out of the raw sys_enter and sys_exit
+programs of 32-bit calls, which every syscall runs) and, on x86, N
+setresgid calls through the 32-bit entry (bench/int80_setid.c, each a
+change). Prints ns per run of each of the daemon's programs that ran.
 
-    .venv/bin/python bench/priv_cost.py [--n 20000]
+    .venv/bin/python bench/priv_cost.py [--n 20000] [--bpf-dir DIR]
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,12 +37,19 @@ _WORK = {
     "os.setresgid(0, 0, 0)\n",
     "chmod-setid": "import os\nfor _ in range(N):\n    os.chmod(P, 0o4755)\n",
     "chmod-plain": "import os\nfor _ in range(N):\n    os.chmod(P, 0o755)\n",
+    "getppid": "import os\nfor _ in range(N):\n    os.getppid()\n",
+    "ia32-setresgid": "import subprocess\nsubprocess.run([X, 'N'], check=True)\n",
 }
+# The 32-bit programs: tracepoint mode's exit (the one this host runs) and
+# the credentials' enter; bpftool shows the kernel's first 15 characters.
+_IA32 = ("tr_tp_ia32_enter", "tr_tp_ia32_exit")
 _PROGRAMS = {
     "exec": ("tr_exec_btf", "tr_priv_exec_btf", "tr_execve_enter"),
-    "setresgid": ("tr_setresgid_enter", "tr_setresgid_exit"),
+    "setresgid": ("tr_cred_enter", "tr_cred_exit"),
     "chmod-setid": ("tr_attr_exit",),
     "chmod-plain": ("tr_attr_exit",),
+    "getppid": _IA32,
+    "ia32-setresgid": _IA32,
 }
 
 
@@ -56,13 +68,23 @@ def _stats(pid: int) -> dict[str, tuple[int, int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--bpf-dir", type=Path, default=REPO / "build" / "bpf",
+                    help="the directory of tracer.bpf.o (another checkout's, to compare)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="priv-cost-"))
+    work_kinds = dict(_WORK)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if platform.machine() == "x86_64" and cc:
+        ia32 = work / "int80_setid"
+        subprocess.run([cc, "-O2", "-o", str(ia32), str(REPO / "bench" / "int80_setid.c")],
+                       check=True)
+    else:
+        del work_kinds["ia32-setresgid"]
     target = work / "payload"
     target.write_text("x")
     out = work / "events.jsonl"
     d = subprocess.Popen(
-        [sys.executable, "-m", "tracer", "--bpf-dir", str(REPO / "build" / "bpf"), "run",
+        [sys.executable, "-m", "tracer", "--bpf-dir", str(args.bpf_dir), "run",
          "--no-event-log", "--policy", str(LIBRARY), "--export-file", str(out),
          "--control-socket", str(work / "ctl.sock"), "--grpc-socket", str(work / "g.sock")],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -75,12 +97,13 @@ def main() -> None:
     old = knob.read_text().strip()
     try:
         print(f"priv_cost: {args.n:,} calls per workload, kernel {os.uname().release}")
-        for name, script in _WORK.items():
+        for name, script in work_kinds.items():
             knob.write_text("0")
             before = _stats(d.pid)  # stats restart from what they were: take the difference
             knob.write_text("1")
             t0 = time.monotonic()
             code = script.replace("N", str(args.n)).replace("P", repr(str(target)))
+            code = code.replace("X", repr(str(work / "int80_setid")))
             subprocess.run([sys.executable, "-c", code], check=True)
             wall = time.monotonic() - t0
             knob.write_text("0")

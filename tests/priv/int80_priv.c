@@ -15,20 +15,11 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "int80.h"
+
 #define NR32_CHMOD 15
 #define NR32_SETRESUID32 208
 #define NR32_CHOWN32 212
-
-static long int80(long nr, long a, long b, long c)
-{
-	long ret;
-
-	asm volatile("int $0x80"
-		     : "=a"(ret)
-		     : "a"(nr), "b"(a), "c"(b), "d"(c)
-		     : "memory", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15");
-	return ret;
-}
 
 /* The 32-bit entry takes 32-bit pointers: the path lives below 4 GiB. */
 static char *low_copy(const char *s)
