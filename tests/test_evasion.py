@@ -472,4 +472,4 @@ def test_the_start_up_warning_names_what_the_mode_cannot_see(edaemon: Daemon, mo
         # every mode, are left to name.
         assert len(gap_lines) == 1 and "io_uring" not in gap_lines[0], gap_lines
         assert "chown" not in gap_lines[0]
-    assert "privilege changes through 32-bit syscalls" in gap_lines[0]
+    assert "a 32-bit exec is compared as if it started from plain credentials" in gap_lines[0]
