@@ -402,3 +402,39 @@ def test_32_bit_chmod_and_chown(
     assert got[0]["mode"] == 0o4755
     assert got[1]["uid"] == 0 and "gid" not in got[1] and got[1]["world_writable_dir"]
     assert got[0]["path"] == got[1]["path"] == str(target)
+
+
+def test_32_bit_calls_are_selected_by_policy(
+    mode: str, shared_dir: Path, int80_priv: Path, tmp_path: Path
+) -> None:
+    """The rules of 64-bit calls, decided in the kernel: a rule names the
+    32-bit call it selects, an ignore rule drops one."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(textwrap.dedent(f"""
+        policies:
+          - name: p32
+            rules:
+              - {{event: privilege_change, match: {{uid: [{NOBODY}]}}}}
+              - {{event: file_attr, match: {{path: {{prefix: ["{shared_dir}/"]}}}}}}
+              - {{event: file_attr, match: {{path: {{prefix: ["{shared_dir}/quiet"]}}}},
+                 action: ignore}}
+    """))
+    for name in ("a.bin", "quiet.bin"):
+        (shared_dir / name).write_text("x")
+    d = Daemon("--capture-mode", mode, "--policy", str(policy))
+    marker = new_marker("ia32pol")
+    try:
+        for name in ("a.bin", "quiet.bin"):
+            assert _int80(int80_priv, "chmod", str(shared_dir / name), "4755", marker) == "ret: 0\n"
+        assert _int80(int80_priv, "setresuid32", str(NOBODY), marker) == "ret: 0\n"
+        got = [
+            (e["type"], (e.get("file_attr") or e.get("privilege_change") or {}).get("hook"),
+             e["policy"]["name"], e["policy"]["rule"])
+            for e in _events(d, "privilege_change", marker) + _events(d, "file_attr", marker)
+        ]
+    finally:
+        assert d.stop() == 0, "".join(d.stderr)
+    assert got == [
+        ("privilege_change", "ia32:tp_btf/sys_exit", "p32", 0),
+        ("file_attr", "ia32:tp_btf/sys_exit", "p32", 1),
+    ]
