@@ -321,15 +321,43 @@ int BPF_PROG(tr_priv_exec_btf_raw, struct task_struct *task, pid_t old_pid,
 
 /* ---- file_attr ---- */
 
+/* Tracepoint mode: the walk that finds the directory a chown's name is in
+ * (tr_name_dir), in map memory for its bpf_loop callbacks. */
+struct tr_dir_walk {
+	/* The name, and after a symlink the link's target joined to what
+	 * was left of it: the two halves of the swap. */
+	char path[2][TR_PATH_MAX];
+	__u64 comp[(TR_NAME_MAX + 1) / 8]; /* the component being looked up */
+	__u64 cand[(TR_NAME_MAX + 1) / 8]; /* a child's name, to compare */
+	struct mount *mnt;   /* where the walk is */
+	struct dentry *dentry;
+	struct mount *root_mnt; /* the process's root, which ".." stops at */
+	struct dentry *root;
+	void *node;          /* child list scans */
+	struct dentry *found;
+	__u32 cur;           /* which path[] holds the name */
+	__u32 len;
+	__u32 pos;
+	__u32 clen;          /* bytes in comp */
+	__u32 pending;       /* comp is complete and another component follows */
+	__u32 links;         /* symlinks followed */
+	__u32 budget;        /* child dentries and mounts left to look at */
+	__u32 state;         /* TR_DIR_* */
+};
+
+enum {
+	TR_DIR_WALKING = 0,
+	TR_DIR_FOUND = 1,
+	TR_DIR_LOST = 2, /* not found: the walk could not follow the name */
+};
+
 struct tr_attr_scratch {
 	struct tr_file_attr ev;
 	/* tr_name_at writes at masked offsets up to 2 * TR_PATH_MAX plus
 	 * half a path; tr_write_path up to TR_DATA_MASK plus a name. */
 	char slack[TR_DATA_MASK + 1 + TR_NAME_MAX + 1 - TR_PATH_MAX];
 	struct tr_walk walk;
-	char name[TR_NAME_MAX + 1]; /* a chown's name, to find its directory */
-	__u32 name_len;
-	__u32 slash;
+	struct tr_dir_walk dir;
 };
 
 struct {
@@ -351,42 +379,310 @@ struct tr_attr_args {
 	__u16 hook;
 };
 
-static long tr_slash_step(__u32 i, void *arg)
-{
-	struct tr_attr_scratch *s = *(struct tr_attr_scratch **)arg;
+#ifndef TR_S_IFMT
+#define TR_S_IFMT 00170000
+#endif
+#define TR_S_IFDIR 0040000
+#define TR_S_IFLNK 0120000
+/* Symlinks one name may pass through (the kernel's MAXSYMLINKS). */
+#define TR_DIR_LINKS 40
+/* Child dentries and mounts one walk may look at: a directory holds its
+ * negative dentries too, which anyone can add by looking names up. */
+#define TR_DIR_BUDGET 65536
 
-	if (i >= s->name_len)
+/* Before 6.8 a dentry's children were a list_head (d_subdirs, linked by
+ * d_child); 6.8 made them an hlist (d_children, d_sib). */
+struct dentry___old {
+	struct list_head d_child;
+	struct list_head d_subdirs;
+} __attribute__((preserve_access_index));
+
+/* DCACHE_MOUNTED: BIT(16) until 6.15's enum dentry_flags made it BIT(15). */
+static __always_inline __u32 tr_dcache_mounted(void)
+{
+	if (bpf_core_enum_value_exists(enum dentry_flags, DCACHE_MOUNTED))
+		return bpf_core_enum_value(enum dentry_flags, DCACHE_MOUNTED);
+	return 0x10000;
+}
+
+static __always_inline struct mount *tr_real_mount(struct vfsmount *vfsmnt)
+{
+	return (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+}
+
+static __always_inline struct tr_dir_walk *tr_dir_of(void *arg)
+{
+	return &(*(struct tr_attr_scratch **)arg)->dir;
+}
+
+/* One child of w->dentry: the positive, hashed one named w->comp. */
+static long tr_dir_child_step(__u32 i, void *arg)
+{
+	struct tr_dir_walk *w = tr_dir_of(arg);
+	void *node = w->node;
+	struct dentry *child;
+	bool old = !bpf_core_field_exists(struct dentry, d_children);
+
+	if (!node || !w->budget)
 		return 1;
-	if (s->name[i & TR_NAME_MAX] == '/') {
-		s->slash = 1;
-		return 1;
+	w->budget--;
+	if (old) {
+		if (node == (void *)w->dentry + bpf_core_field_offset(struct dentry___old, d_subdirs))
+			return 1;
+		child = node - bpf_core_field_offset(struct dentry___old, d_child);
+		w->node = BPF_CORE_READ((struct list_head *)node, next);
+	} else {
+		child = node - bpf_core_field_offset(struct dentry, d_sib);
+		w->node = BPF_CORE_READ((struct hlist_node *)node, next);
 	}
+	__u32 clen = w->clen;
+
+	if (BPF_CORE_READ(child, d_name.len) != clen || !BPF_CORE_READ(child, d_hash.pprev) ||
+	    !BPF_CORE_READ(child, d_inode))
+		return 0;
+	bpf_probe_read_kernel(w->cand, tr_bound(clen, TR_NAME_MAX), BPF_CORE_READ(child, d_name.name));
+	for (__u32 k = 0; k < (TR_NAME_MAX + 1) / 8; k++) {
+		__u32 left = clen - k * 8;
+		__u64 mask = left >= 8 ? ~0ULL : (1ULL << (left * 8)) - 1;
+
+		if (k * 8 >= clen)
+			break;
+		if ((w->comp[k] ^ w->cand[k]) & mask)
+			return 0;
+	}
+	w->found = child;
+	return 1;
+}
+
+/* The mount on w->dentry, if any, and the one on that mount's root...:
+ * where a lookup that found w->dentry goes on. */
+static long tr_dir_mount_step(__u32 i, void *arg)
+{
+	struct tr_dir_walk *w = tr_dir_of(arg);
+	struct mount *mnt = w->mnt;
+	void *head = (void *)mnt + bpf_core_field_offset(struct mount, mnt_mounts);
+	void *node = w->node;
+
+	if (!w->budget)
+		return 1;
+	w->budget--;
+	if (!node || node == head)
+		return 1; /* no mount on it */
+	struct mount *child = node - bpf_core_field_offset(struct mount, mnt_child);
+
+	w->node = BPF_CORE_READ((struct list_head *)node, next);
+	if (BPF_CORE_READ(child, mnt_mountpoint) != w->dentry)
+		return 0;
+	struct dentry *root = BPF_CORE_READ(child, mnt.mnt_root);
+
+	w->mnt = child;
+	w->dentry = root;
+	if (!(BPF_CORE_READ(root, d_flags) & tr_dcache_mounted()))
+		return 1;
+	w->node = BPF_CORE_READ(child, mnt_mounts.next); /* a mount on top */
 	return 0;
 }
 
-/* Tracepoint mode: the directory a chown's name is in, when the name is a
- * bare component of dfd's directory or the cwd. A name with a slash names
- * its directory by a path that only a lookup resolves, which is not
- * possible here: NULL (not reported). */
+/* "..": the parent, across mount points upwards, never above the root. */
+static __always_inline void tr_dir_dotdot(struct tr_dir_walk *w)
+{
+	for (int k = 0; k < 16; k++) {
+		struct mount *mnt = w->mnt;
+		struct dentry *d = w->dentry;
+
+		if (d == w->root && mnt == w->root_mnt)
+			return;
+		if (d != BPF_CORE_READ(mnt, mnt.mnt_root)) {
+			w->dentry = BPF_CORE_READ(d, d_parent);
+			return;
+		}
+		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+
+		if (up == mnt)
+			return;
+		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = up;
+	}
+}
+
+static __always_inline bool tr_dir_is(const __u64 *comp, __u32 clen, const char *what)
+{
+	return clen == (what[1] ? 2 : 1) && ((const char *)comp)[0] == what[0] &&
+	       (clen == 1 || ((const char *)comp)[1] == what[1]);
+}
+
+/* Go on from a symlink: its target, then '/' and the rest of the name,
+ * into the other half of w->path; NULL target: a link whose target is
+ * not in the inode (a long one), which the walk cannot read. */
+static __always_inline bool tr_dir_follow(struct tr_attr_scratch *s, struct dentry *link)
+{
+	struct tr_dir_walk *w = &s->dir;
+	const char *target = BPF_CORE_READ(link, d_inode, i_link);
+	__u32 to = (w->cur + 1) & 1, from = w->cur & 1;
+
+	if (!target || ++w->links > TR_DIR_LINKS)
+		return false;
+	long n = bpf_probe_read_kernel_str(w->path[to], TR_PATH_MAX / 2, target);
+
+	if (n <= 1)
+		return false;
+	__u32 tlen = n - 1, rest = w->len - w->pos;
+
+	if (tlen + 1 + rest >= TR_PATH_MAX)
+		return false;
+	w->path[to][tr_bound(tlen, TR_PATH_MAX - 1)] = '/';
+	if (rest)
+		bpf_probe_read_kernel(&w->path[to][tr_bound(tlen + 1, TR_PATH_MAX / 2 - 1)],
+				      tr_bound(rest, TR_PATH_MAX / 2 - 1),
+				      &w->path[from][tr_bound(w->pos, TR_PATH_MAX - 1)]);
+	w->len = tlen + 1 + rest;
+	w->cur = to;
+	w->pos = 0;
+	if (w->path[to][0] == '/') {
+		w->mnt = w->root_mnt;
+		w->dentry = w->root;
+	}
+	return true;
+}
+
+/* Step into the component in w->comp, which another one follows. */
+static __always_inline bool tr_dir_enter(struct tr_attr_scratch *s, void *arg)
+{
+	struct tr_dir_walk *w = &s->dir;
+
+	if (tr_dir_is(w->comp, w->clen, "."))
+		return true;
+	if (tr_dir_is(w->comp, w->clen, "..")) {
+		tr_dir_dotdot(w);
+		return true;
+	}
+	struct dentry *dir = w->dentry;
+	struct mount *mnt = w->mnt;
+
+	w->found = NULL;
+	if (bpf_core_field_exists(struct dentry, d_children))
+		w->node = BPF_CORE_READ(dir, d_children.first);
+	else
+		w->node = BPF_CORE_READ((struct dentry___old *)dir, d_subdirs.next);
+	bpf_loop(TR_DIR_BUDGET, tr_dir_child_step, arg, 0);
+	struct dentry *child = w->found;
+
+	if (!child)
+		return false;
+	__u32 mode = BPF_CORE_READ(child, d_inode, i_mode) & TR_S_IFMT;
+
+	if (mode == TR_S_IFLNK)
+		return tr_dir_follow(s, child);
+	if (mode != TR_S_IFDIR)
+		return false;
+	w->dentry = child;
+	if (BPF_CORE_READ(child, d_flags) & tr_dcache_mounted()) {
+		w->node = BPF_CORE_READ(mnt, mnt_mounts.next);
+		bpf_loop(TR_DIR_BUDGET, tr_dir_mount_step, arg, 0);
+	}
+	return true;
+}
+
+/* One byte of the name: components are collected, and each is looked up
+ * once the next one starts; the last one is the file's. */
+static long tr_dir_step(__u32 i, void *arg)
+{
+	struct tr_attr_scratch *s = *(struct tr_attr_scratch **)arg;
+	struct tr_dir_walk *w = &s->dir;
+	__u32 pos = w->pos;
+
+	if (pos >= w->len) {
+		/* A last "." or ".." names a directory, whose own directory
+		 * is its parent: the file is that directory. */
+		bool dot = tr_dir_is(w->comp, w->clen, ".");
+
+		if (tr_dir_is(w->comp, w->clen, ".."))
+			tr_dir_dotdot(w);
+		if (dot || tr_dir_is(w->comp, w->clen, "..")) {
+			struct dentry *d = w->dentry;
+
+			w->dentry = BPF_CORE_READ(d, d_parent);
+		}
+		w->state = TR_DIR_FOUND;
+		return 1;
+	}
+	char c = w->path[w->cur & 1][tr_bound(pos, TR_PATH_MAX - 1)];
+
+	if (c == '/') {
+		if (w->clen)
+			w->pending = 1;
+		w->pos = pos + 1;
+		return 0;
+	}
+	if (w->pending) {
+		w->pending = 0;
+		if (!tr_dir_enter(s, arg)) {
+			w->state = TR_DIR_LOST;
+			return 1;
+		}
+		w->clen = 0;
+		return 0; /* pos is unchanged, or the start of a link's target */
+	}
+	__u32 clen = w->clen;
+
+	if (clen >= TR_NAME_MAX) {
+		w->state = TR_DIR_LOST;
+		return 1;
+	}
+	if (!clen)
+		__builtin_memset(w->comp, 0, sizeof(w->comp));
+	((char *)w->comp)[tr_bound(clen, TR_NAME_MAX)] = c;
+	w->clen = clen + 1;
+	w->pos = pos + 1;
+	return 0;
+}
+
+/*
+ * Tracepoint mode: the directory a chown's name is in, found again at the
+ * call's exit by looking the name's directories up in the dentry cache
+ * the call's own lookup filled: from the root (an absolute name), dfd's
+ * directory or the cwd, through ".", "..", mount points and symlinks whose
+ * target the inode holds. NULL when the name cannot be read or the walk
+ * cannot follow it: a long symlink, a name no longer cached, a directory
+ * with more than TR_DIR_BUDGET dentries before the one sought.
+ */
 static __always_inline struct dentry *tr_name_dir(struct tr_attr_scratch *s,
 						  const struct tr_attr_args *a)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	long n = bpf_probe_read_user_str(s->name, sizeof(s->name), a->uname);
+	struct tr_dir_walk *w = &s->dir;
 	struct tr_attr_scratch *sp = s;
+	long n = bpf_probe_read_user_str(w->path[0], TR_PATH_MAX, a->uname);
+	struct fs_struct *fs = BPF_CORE_READ(task, fs);
 
-	if (n <= 1 || n >= (long)sizeof(s->name))
+	if (n <= 1)
 		return NULL;
-	s->name_len = n - 1;
-	s->slash = 0;
-	bpf_loop(TR_NAME_MAX + 1, tr_slash_step, &sp, 0);
-	if (s->slash)
-		return NULL;
-	if (a->dfd == TR_AT_FDCWD)
-		return BPF_CORE_READ(task, fs, pwd.dentry);
-	struct file *f = tr_fd_file(task, a->dfd);
+	w->cur = 0;
+	w->len = n - 1;
+	w->pos = 0;
+	w->clen = 0;
+	w->pending = 0;
+	w->links = 0;
+	w->budget = TR_DIR_BUDGET;
+	w->state = TR_DIR_WALKING;
+	w->root_mnt = tr_real_mount(BPF_CORE_READ(fs, root.mnt));
+	w->root = BPF_CORE_READ(fs, root.dentry);
+	if (w->path[0][0] == '/') {
+		w->mnt = w->root_mnt;
+		w->dentry = w->root;
+	} else if (a->dfd == TR_AT_FDCWD) {
+		w->mnt = tr_real_mount(BPF_CORE_READ(fs, pwd.mnt));
+		w->dentry = BPF_CORE_READ(fs, pwd.dentry);
+	} else {
+		struct file *f = tr_fd_file(task, a->dfd);
 
-	return f ? BPF_CORE_READ(f, f_path.dentry) : NULL;
+		if (!f)
+			return NULL;
+		w->mnt = tr_real_mount(BPF_CORE_READ(f, f_path.mnt));
+		w->dentry = BPF_CORE_READ(f, f_path.dentry);
+	}
+	bpf_loop(TR_PATH_MAX + TR_DIR_LINKS * TR_PATH_MAX / 2, tr_dir_step, &sp, 0);
+	return w->state == TR_DIR_FOUND ? w->dentry : NULL;
 }
 
 /*
@@ -461,7 +757,7 @@ static __always_inline int tr_attr_finish(const struct tr_attr_args *a)
 		return 0;
 	struct tr_file_attr *ev = &s->ev;
 	struct task_struct *task = bpf_get_current_task_btf();
-	bool cut = false;
+	bool cut = false, lost = false;
 	__u32 len;
 
 	ev->flags = 0;
@@ -485,14 +781,17 @@ static __always_inline int tr_attr_finish(const struct tr_attr_args *a)
 		if (!chmod && !dir_hook) {
 			struct dentry *dir = tr_name_dir(s, a);
 
-			if (!dir)
-				return 0;
-			dir_mode = BPF_CORE_READ(dir, d_inode, i_mode);
+			/* Not found: reported unjudged rather than missed, since
+			 * an attacker can make the walk fail (a long symlink). */
+			if (dir)
+				dir_mode = BPF_CORE_READ(dir, d_inode, i_mode);
+			else
+				lost = true;
 		}
 		len = tr_name_at(ev->path, &s->walk, 0, a->dfd, a->uname, &cut);
 		ev->flags |= TR_ATTR_UNRESOLVED;
 	}
-	if (!chmod) {
+	if (!chmod && !lost) {
 		if (!(dir_mode & TR_S_IWOTH))
 			return 0;
 		ev->flags |= TR_ATTR_WORLD_WRITABLE_DIR;

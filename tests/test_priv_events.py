@@ -335,8 +335,9 @@ def test_chown_to_root_is_judged_on_the_directory_the_kernel_found(
 ) -> None:
     """By a bare name, a relative or absolute name with directories, or
     through a dirfd: in the hook modes the directory is the one the kernel
-    found the file in (through a symlink too); tracepoint mode can judge a
-    bare name only, by the directory the name is in."""
+    found the file in (through a symlink too); tracepoint mode finds the
+    directory the name is in again at the exit, and a name that is itself
+    a symlink is judged by the link's directory."""
     drop, safe = shared_dir / "drop", shared_dir / "safe"
     drop.mkdir()
     drop.chmod(0o1777)
@@ -367,20 +368,89 @@ def test_chown_to_root_is_judged_on_the_directory_the_kernel_found(
         marker,
     )
     got = _attrs(daemon, marker)
+    names = [("chown", drop / "rel"), ("chown", drop / "abs"), ("fchownat", drop / "at")]
     if mode == "tracepoint":
-        # The directory of a bare name, whatever the name is a link to.
-        want = [("chown", drop / "bare"), ("chown", drop / "to-safe")]
+        # The directory of the name, whatever the name is a link to.
+        want = [("chown", drop / "bare"), ("chown", drop / "to-safe"), *names]
     else:
-        want = [
-            ("chown", drop / "bare"),
-            ("chown", drop / "rel"),
-            ("chown", drop / "abs"),
-            ("fchownat", drop / "at"),
-            ("chown", safe / "to-drop"),
-        ]
+        want = [("chown", drop / "bare"), *names, ("chown", safe / "to-drop")]
     assert [(a["call"], a["path"]) for a in got] == [(c, str(p)) for c, p in want], got
     assert all(a["world_writable_dir"] and a["uid"] == 0 for a in got)
     assert {a["hook"] for a in got} == {CHOWN_HOOK[mode]}
+
+
+@pytest.fixture()
+def mounts(shared_dir: Path) -> Iterator[Path]:
+    """tmpfs mounts under shared_dir: `tmp` (1777), `over` (a 1777
+    directory under a 755 tmpfs) and `stack` (a 1777 tmpfs on a 755 one)."""
+    made: list[Path] = []
+
+    def mount(where: Path, mode: int) -> None:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"mode={mode:o},size=1m", "none",
+                        str(where)], check=True)
+        made.append(where)
+
+    for name, modes in (("tmp", (0o1777,)), ("over", (0o755,)), ("stack", (0o755, 0o1777))):
+        (shared_dir / name).mkdir(mode=0o1777)
+        (shared_dir / name).chmod(0o1777)
+        for m in modes:
+            mount(shared_dir / name, m)
+        (shared_dir / name / "f").write_text("x")
+        os.chown(shared_dir / name / "f", NOBODY, NOBODY)
+    yield shared_dir
+    for where in reversed(made):
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_chown_to_root_by_a_path_through_mounts_links_and_dotdot(
+    daemon: Daemon, mode: str, mounts: Path
+) -> None:
+    """Absolute names whose directory is found through tmpfs mounts (a
+    mount over a world-writable directory, one mount on another),
+    directory symlinks, "..", a last "." and hard links: the directory a
+    name was looked up in decides, in every mode."""
+    s = mounts
+    drop, safe = s / "drop", s / "safe"
+    drop.mkdir()
+    drop.chmod(0o1777)
+    safe.mkdir(mode=0o755)
+    for d in (drop, safe):
+        for name in ("f", "ln", "dd"):
+            (d / name).write_text("x")
+        (d / "sub").mkdir(mode=0o755)
+        os.chown(d / "sub", NOBODY, NOBODY)
+    (safe / "hard").write_text("x")
+    os.link(safe / "hard", drop / "hard")  # one file, a name in each
+    for d in (drop, safe, drop / "hard"):
+        for f in d.iterdir() if d.is_dir() else [d]:
+            os.chown(f, NOBODY, NOBODY, follow_symlinks=False)
+    (s / "to-drop").symlink_to("drop")
+    (s / "to-safe").symlink_to(safe)
+    # A target longer than any inode holds (ext4: 59 bytes, tmpfs: 128).
+    (s / "far").symlink_to("/" + "./" * 100 + str(safe).lstrip("/"))
+    names = [
+        ("tmp/f", True), ("over/f", False), ("stack/f", True),
+        ("to-drop/ln", True), ("to-safe/ln", False),
+        ("safe/../drop/dd", True), ("drop/../safe/dd", False),
+        ("drop/sub/.", True), ("safe/sub/.", False),
+        ("drop/hard", True), ("safe/hard", False),
+        ("far/f", False),
+    ]
+    marker = new_marker("chownpath")
+    _python(
+        "".join(f"os.chown({f'{s}/{n}'!r}, 0, -1)\n" for n, _ in names)
+        + f"os.chown({str(drop / 'f')!r}, {NOBODY}, -1)  # not to root\n",
+        marker,
+    )
+    got = [(a["path"], a["world_writable_dir"]) for a in _attrs(daemon, marker)]
+    # The names as passed: pathlib would drop the ".".
+    want = [(f"{s}/{n}", True) for n, ww in names if ww]
+    if mode == "tracepoint":
+        # A symlink whose target the inode does not hold stops the walk:
+        # reported, not judged.
+        want.append((f"{s}/far/f", False))
+    assert got == want
+    assert {a["hook"] for a in _attrs(daemon, marker)} == {CHOWN_HOOK[mode]}
 
 
 def test_32_bit_chmod_and_chown(
