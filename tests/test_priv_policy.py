@@ -142,6 +142,43 @@ def test_a_sigkill_rule_kills_the_process_that_became_root(workdir: Path, tmp_pa
     assert ev["privilege_change"]["to_root"]
 
 
+@pytest.mark.kernel
+def test_a_sigkill_rule_kills_a_chown_to_root_by_an_absolute_name(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """The kernel decides on the directory an absolute name is in, in every
+    capture mode (tracepoint mode finds it again at the call's exit): the
+    chown in a 755 directory is not a file_attr event, the one in a 1777
+    directory is, and the rule kills it."""
+    drop, safe = workdir / "drop", workdir / "safe"
+    drop.mkdir()
+    drop.chmod(0o1777)
+    safe.mkdir(mode=0o755)
+    for d in (drop, safe):
+        (d / "f").write_text("x")
+        os.chown(d / "f", NOBODY, NOBODY)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(textwrap.dedent(f"""
+        policies:
+          - name: p-chown
+            rules:
+              - {{event: file_attr, match: {{path: {{prefix: ["{workdir}/"]}}}}, action: sigkill}}
+    """))
+    d = Daemon("--policy", str(policy))
+    marker = new_marker("chownkill")
+    script = (f"import os\nos.chown({str(safe / 'f')!r}, 0, -1)\nprint('safe', flush=True)\n"
+              f"os.chown({str(drop / 'f')!r}, 0, -1)\nprint('still here', flush=True)\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", script, marker], capture_output=True, text=True)
+        d.sync()
+        (ev,) = [e for e in d.matching(_ours(marker)) if e["type"] == "file_attr"]
+    finally:
+        assert d.stop() == 0, "".join(d.stderr)
+    assert r.returncode == -9 and r.stdout == "safe\n"
+    assert ev["policy"]["action"] == "sigkill"
+    assert ev["file_attr"]["path"] == str(drop / "f") and ev["file_attr"]["world_writable_dir"]
+
+
 @pytest.mark.parametrize(
     ("event", "want"),
     [
