@@ -430,15 +430,16 @@ static long tr_dir_child_step(__u32 i, void *arg)
 		if (node == (void *)w->dentry + bpf_core_field_offset(struct dentry___old, d_subdirs))
 			return 1;
 		child = node - bpf_core_field_offset(struct dentry___old, d_child);
-		w->node = BPF_CORE_READ((struct list_head *)node, next);
+		w->node = TR_RD(struct list_head, node, next);
 	} else {
 		child = node - bpf_core_field_offset(struct dentry, d_sib);
-		w->node = BPF_CORE_READ((struct hlist_node *)node, next);
+		w->node = TR_RD(struct hlist_node, node, next);
 	}
 	__u32 clen = w->clen;
 
-	if (BPF_CORE_READ(child, d_name.len) != clen || !BPF_CORE_READ(child, d_hash.pprev) ||
-	    !BPF_CORE_READ(child, d_inode))
+	/* Most children differ in length: two loads each (tr_direct). */
+	if (TR_RD(struct dentry, child, d_name.len) != clen ||
+	    !TR_RD(struct dentry, child, d_hash.pprev) || !TR_RD(struct dentry, child, d_inode))
 		return 0;
 	bpf_probe_read_kernel(w->cand, tr_bound(clen, TR_NAME_MAX), BPF_CORE_READ(child, d_name.name));
 	for (__u32 k = 0; k < (TR_NAME_MAX + 1) / 8; k++) {
