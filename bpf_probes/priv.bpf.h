@@ -13,8 +13,8 @@
  *    chown to uid 0 of a file in a world-writable directory, judged at the
  *    syscall's exit on its result; no open happens, so file_open never
  *    sees either. In the hook modes a chown's directory is the one its
- *    path security hook found (whatever the name), in tracepoint mode that
- *    of an fd or of a bare name only.
+ *    path security hook found, in tracepoint mode the fd's, or the one
+ *    its name is in, found again in the dentry cache at the exit.
  *  - the same calls through x86's 32-bit entry, which the syscalls:*
  *    tracepoints skip: on the raw sys_enter and sys_exit (end of file).
  *

@@ -110,8 +110,10 @@ CHOWN_HOOKS = {
     "kprobe": ("tr_kprobe_path_chown", "function", "security_path_chown"),
 }
 CHOWN_GAP = (
-    "a chown to root of a name with a directory part (chown root /tmp/x) is not reported: "
-    "without a path security hook its directory cannot be resolved at the syscall's exit"
+    "a chown to root is judged on the directory its name is in, found again in the dentry "
+    "cache at the syscall's exit: a name that is itself a symlink by the link's directory, "
+    "and one the walk cannot follow (a symlink with a long target) is reported with "
+    "world_writable_dir false"
 )
 # What those programs cannot see, in every mode (the README says the same).
 PRIVILEGE_GAPS = (
