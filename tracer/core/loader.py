@@ -112,8 +112,8 @@ CHOWN_HOOKS = {
 CHOWN_GAP = (
     "a chown to root is judged on the directory its name is in, found again in the dentry "
     "cache at the syscall's exit: a name that is itself a symlink by the link's directory, "
-    "and one the walk cannot follow (a symlink with a long target) is reported with "
-    "world_writable_dir false"
+    "and one the walk cannot follow (a symlink with a long target, any on an overlay) is "
+    "reported with world_writable_dir false"
 )
 # What those programs cannot see, in every mode (the README says the same).
 PRIVILEGE_GAPS = (
