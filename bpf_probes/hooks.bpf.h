@@ -238,6 +238,13 @@ int BPF_KRETPROBE(tr_kret_openat2, long ret)
 	return tr_kprobe_open_exit(ret);
 }
 
+/* A TCP socket a connect or a fast open can start a connection on. */
+static __always_inline bool tr_tcp_closed(struct socket *sock, struct sock *sk)
+{
+	return BPF_CORE_READ(sock, state) == TR_SS_UNCONNECTED &&
+	       BPF_CORE_READ(sk, __sk_common.skc_state) == TR_TCP_CLOSE;
+}
+
 /*
  * A connect on a TCP socket that is already connecting or connected, to
  * the peer it already has: the kernel answers EALREADY or EISCONN and
@@ -253,9 +260,7 @@ static __always_inline bool tr_tcp_retry(struct socket *sock, const struct socka
 {
 	struct sock *sk = BPF_CORE_READ(sock, sk);
 
-	if (!sk || !tr_is_tcp(sk) ||
-	    (BPF_CORE_READ(sock, state) == TR_SS_UNCONNECTED &&
-	     BPF_CORE_READ(sk, __sk_common.skc_state) == TR_TCP_CLOSE))
+	if (!sk || !tr_is_tcp(sk) || tr_tcp_closed(sock, sk))
 		return false;
 	struct sockaddr_in6 in = {}; /* the sockaddr_in fields sit at the same offsets */
 
@@ -275,17 +280,20 @@ static __always_inline bool tr_tcp_retry(struct socket *sock, const struct socka
 }
 
 /*
- * A connect skipped as a retry, by thread, until the call returns: the
- * kernel's copy of the address, the socket, the hook, and the socket's
- * send sequence at the hook. LRU: a thread killed in the call leaves an
- * entry that ages out.
+ * A call on a connecting or connected TCP socket that may go unreported
+ * (a connect retry; a fast open whose peer this socket already sent to),
+ * by thread, until the call returns: the peer asked for (copied: a send's
+ * kernel copy of the address is gone by then), the socket, the hook, and
+ * the socket's send sequence at the hook. LRU: a thread killed in the
+ * call leaves an entry that ages out.
  */
 struct tr_conn_retry {
-	const void *addr;
 	struct socket *sock;
+	struct tr_peer peer;
 	__u32 write_seq;
 	__u16 hook;
-	__u16 pad;
+	__u8 via;
+	__u8 pad;
 };
 
 struct {
@@ -302,6 +310,27 @@ static __always_inline __u32 tr_write_seq(struct socket *sock)
 	return BPF_CORE_READ(tp, write_seq);
 }
 
+/* Remember a call for tr_retry_end; `addr` is the kernel's copy. */
+static __always_inline void tr_retry_note(struct socket *sock, const void *addr, __u16 hook,
+					  __u8 via)
+{
+	__u32 zero = 0;
+	struct tr_conn_inflight *c = bpf_map_lookup_elem(&tr_conn_heap, &zero);
+
+	if (!c || !tr_peer_from_sockaddr(c, addr, false))
+		return;
+	struct tr_conn_retry r = {
+		.sock = sock,
+		.write_seq = tr_write_seq(sock),
+		.hook = hook,
+		.via = via,
+	};
+	__u64 id = bpf_get_current_pid_tgid();
+
+	tr_peer_get(&r.peer, c);
+	bpf_map_update_elem(&tr_conn_retry, &id, &r, BPF_ANY);
+}
+
 static __always_inline __u8 tr_connect_hook(struct socket *sock, struct sockaddr *address,
 					    __u16 hook)
 {
@@ -310,31 +339,26 @@ static __always_inline __u8 tr_connect_hook(struct socket *sock, struct sockaddr
 	if (origin < 0)
 		return TR_ACT_NONE;
 	if (tr_tcp_retry(sock, address)) {
-		__u64 id = bpf_get_current_pid_tgid();
-		struct tr_conn_retry r = {
-			.addr = address,
-			.sock = sock,
-			.write_seq = tr_write_seq(sock),
-			.hook = hook | origin,
-		};
-
-		bpf_map_update_elem(&tr_conn_retry, &id, &r, BPF_ANY);
+		tr_retry_note(sock, address, hook | origin, TR_VIA_CONNECT);
 		return TR_ACT_NONE;
 	}
 	return tr_connect_eval(address, false, -1, sock, hook | origin);
 }
 
 /*
- * The end of a connect skipped as a retry. Its hook ran before the call
+ * The end of a call noted by tr_retry_note. Its hook ran before the call
  * locked the socket: another thread may have disconnected it since
  * (connect with AF_UNSPEC), and the call then started a connection of
- * its own, to the same peer. A disconnect moves the send sequence on, so
- * a moved sequence and an answer other than "already connecting" or
- * "connected" is such a connection: it is judged here, on the kernel's
- * copy of the address (still in the caller's frame), and reported with
- * its result. A sigkill still lands before the program sees the result;
- * a deny comes too late to refuse, but the peer was allowed for the
- * connection the socket had at the hook.
+ * its own. A disconnect moves the send sequence on, so a moved sequence
+ * and an answer other than "already connecting" or "connected" is such a
+ * connection: it is judged here, on the peer noted, and reported with its
+ * result. A sigkill still lands before the program sees the result; a
+ * deny comes too late to refuse, but the peer was allowed for the
+ * connection the socket had at the hook. A call the hook judged and a
+ * rule selected is reported already (tr_conn_inflight). A fast open that
+ * only waited for another call's connection and sent on it moves the
+ * sequence too, and is reported once more: a report too many, never one
+ * too few.
  */
 static __always_inline void tr_retry_end(long ret)
 {
@@ -346,9 +370,10 @@ static __always_inline void tr_retry_end(long ret)
 	struct tr_conn_retry r = *pending;
 
 	bpf_map_delete_elem(&tr_conn_retry, &id);
-	if (ret == -TR_EALREADY || ret == -TR_EISCONN || tr_write_seq(r.sock) == r.write_seq)
+	if (ret == -TR_EALREADY || ret == -TR_EISCONN || tr_write_seq(r.sock) == r.write_seq ||
+	    bpf_map_lookup_elem(&tr_conn_inflight, &id))
 		return;
-	tr_connect_eval(r.addr, false, -1, r.sock, r.hook);
+	tr_peer_eval(&r.peer, r.sock, r.hook, r.via);
 }
 
 SEC("lsm/socket_connect")
@@ -408,16 +433,18 @@ static __always_inline __u8 tr_sendmsg_hook(struct socket *sock, struct msghdr *
 
 	if (!name || !sk)
 		return TR_ACT_NONE;
-	__u16 type = BPF_CORE_READ(sk, sk_type);
-	__u8 via;
-
-	if (type == TR_SOCK_DGRAM)
-		via = nr == TR_NR_SENDTO ? TR_VIA_SENDTO : TR_VIA_SENDMSG;
-	else if (tr_is_tcp(sk) && (BPF_CORE_READ(msg, msg_flags) & TR_MSG_FASTOPEN))
-		via = TR_VIA_FASTOPEN;
-	else
+	if (BPF_CORE_READ(sk, sk_type) == TR_SOCK_DGRAM)
+		return tr_send_eval(name, false, sock, hook,
+				    nr == TR_NR_SENDTO ? TR_VIA_SENDTO : TR_VIA_SENDMSG, false);
+	if (!tr_is_tcp(sk) || !(BPF_CORE_READ(msg, msg_flags) & TR_MSG_FASTOPEN))
 		return TR_ACT_NONE; /* a connected stream ignores the address */
-	return tr_send_eval(name, false, sock, hook, via);
+	/* On a closed socket a fast open is a new connection: judged every
+	 * time. On a connecting or connected one it fails (EALREADY, EISCONN)
+	 * and is judged once per peer, unless a disconnect lets it through. */
+	if (tr_tcp_closed(sock, sk))
+		return tr_send_eval(name, false, sock, hook, TR_VIA_FASTOPEN, true);
+	tr_retry_note(sock, name, hook, TR_VIA_FASTOPEN);
+	return tr_send_eval(name, false, sock, hook, TR_VIA_FASTOPEN, false);
 }
 
 SEC("lsm/socket_sendmsg")
@@ -445,6 +472,7 @@ int BPF_KPROBE(tr_kprobe_sendmsg, struct socket *sock, struct msghdr *msg, int s
 /* The result of a selected send: 0 when it went out, else -errno. */
 static __always_inline int tr_send_finish(long ret)
 {
+	tr_retry_end(ret);
 	return tr_connect_finish(ret < 0 ? ret : 0);
 }
 

@@ -54,6 +54,15 @@ struct {
 	__type(value, struct tr_conn_inflight);
 } tr_conn_heap SEC(".maps");
 
+/* A peer as the policy sees it (IPv4 as ::ffff:a.b.c.d), kept past the
+ * call that named it. */
+struct tr_peer {
+	__u16 family;
+	__u16 dport;
+	__u32 pad;
+	__u8 daddr[16];
+};
+
 /*
  * Peers a socket has sent to without connect() (a datagram to an
  * address, TCP Fast Open), and what the policy said: the first send to a
@@ -65,10 +74,7 @@ struct {
  */
 struct tr_sent_key {
 	__u64 ino;
-	__u16 family;
-	__u16 dport;
-	__u32 pad;
-	__u8 daddr[16];
+	struct tr_peer peer;
 };
 
 struct tr_sent_val {
@@ -103,6 +109,20 @@ static __always_inline void tr_conn_reset(struct tr_conn_inflight *c, __u16 fami
 	c->dport = 0;
 	c->family = family;
 	c->flags = 0;
+}
+
+static __always_inline void tr_peer_get(struct tr_peer *p, const struct tr_conn_inflight *c)
+{
+	p->family = c->family;
+	p->dport = c->dport;
+	__builtin_memcpy(p->daddr, c->daddr, sizeof(p->daddr));
+}
+
+static __always_inline void tr_peer_set(struct tr_conn_inflight *c, const struct tr_peer *p)
+{
+	tr_conn_reset(c, p->family);
+	c->dport = p->dport;
+	__builtin_memcpy(c->daddr, p->daddr, sizeof(c->daddr));
 }
 
 /* c's peer from a sockaddr; false for a family that is not reported. */
@@ -322,12 +342,14 @@ static __always_inline bool tr_is_tcp(struct sock *sk)
 
 /*
  * A send to an address without connect() (`via`: sendto, sendmsg,
- * fastopen): evaluated and reported once per socket and peer (tr_sent).
- * `addr` as in tr_connect_eval. Returns the action, also for a repeat of
- * a peer a rule denies.
+ * fastopen): evaluated and reported once per socket and peer (tr_sent),
+ * or every time when `fresh` (a Fast Open that can start a connection,
+ * as a connect() would); the verdict is remembered either way, for the
+ * sends that follow. `addr` as in tr_connect_eval. Returns the action,
+ * also for a repeat of a peer a rule denies.
  */
 static __always_inline __u8 tr_send_eval(const void *addr, bool user, struct socket *sock,
-					 __u16 hook, __u8 via)
+					 __u16 hook, __u8 via, bool fresh)
 {
 	__u32 gen, zero = 0;
 	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_CONNECT, &gen);
@@ -337,11 +359,10 @@ static __always_inline __u8 tr_send_eval(const void *addr, bool user, struct soc
 	if (!cfg || !c || !word || !tr_peer_from_sockaddr(c, addr, user) ||
 	    c->family == TR_AF_UNIX)
 		return TR_ACT_NONE;
-	struct tr_sent_key key = { .family = c->family, .dport = c->dport };
+	struct tr_sent_key key = { .ino = BPF_CORE_READ(sock, file, f_inode, i_ino) };
 
-	key.ino = BPF_CORE_READ(sock, file, f_inode, i_ino);
-	__builtin_memcpy(key.daddr, c->daddr, 16);
-	struct tr_sent_val *seen = bpf_map_lookup_elem(&tr_sent, &key);
+	tr_peer_get(&key.peer, c);
+	struct tr_sent_val *seen = fresh ? NULL : bpf_map_lookup_elem(&tr_sent, &key);
 
 	if (seen && seen->word == *word)
 		return seen->action == TR_ACT_DENY ? TR_ACT_DENY : TR_ACT_NONE;
@@ -351,6 +372,23 @@ static __always_inline __u8 tr_send_eval(const void *addr, bool user, struct soc
 
 	bpf_map_update_elem(&tr_sent, &key, &v, BPF_ANY);
 	return v.action;
+}
+
+/* The policy on a peer remembered earlier (a retry's, tr_retry_end), as
+ * tr_connect_decide. */
+static __always_inline __u8 tr_peer_eval(const struct tr_peer *p, struct socket *sock, __u16 hook,
+					 __u8 via)
+{
+	__u32 gen, zero = 0;
+	struct tr_kind_cfg *cfg = tr_policy_cfg_of(TR_PK_CONNECT, &gen);
+	struct tr_conn_inflight *c = bpf_map_lookup_elem(&tr_conn_heap, &zero);
+
+	if (!cfg || !c)
+		return TR_ACT_NONE;
+	tr_peer_set(c, p);
+	c->hook = hook;
+	c->via = via;
+	return tr_connect_decide(gen, c, sock);
 }
 
 /* The syscall-tracepoint variant. */
@@ -464,7 +502,7 @@ static __always_inline int tr_send_exit(long ret, const void *uaddr, __u16 hook,
 
 	if (!sk || BPF_CORE_READ(sk, sk_type) != TR_SOCK_DGRAM)
 		return 0;
-	if (tr_send_eval(uaddr, true, sock, hook, via) != TR_ACT_NONE)
+	if (tr_send_eval(uaddr, true, sock, hook, via, false) != TR_ACT_NONE)
 		tr_connect_finish(ret < 0 ? ret : 0);
 	return 0;
 }
