@@ -110,10 +110,12 @@ def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
 class Listener:
     """A TCP listener that accepts and closes every connection, counting them."""
 
-    def __init__(self, addr: str, port: int) -> None:
+    def __init__(self, addr: str, port: int, fastopen: bool = False) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((addr, port))
+        if fastopen:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
         self.sock.listen(4096)
         self.accepted = 0
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -134,9 +136,11 @@ class Listener:
 
 def conn_events(d: Daemon, port: int, via: str | None = None) -> list[Event]:
     return d.matching(
-        lambda e: e["type"] == "connect"
-        and e["connect"].get("dport") == port
-        and (via is None or e["connect"]["via"] == via)
+        lambda e: (
+            e["type"] == "connect"
+            and e["connect"].get("dport") == port
+            and (via is None or e["connect"]["via"] == via)
+        )
     )
 
 
@@ -161,7 +165,7 @@ def test_polling_a_non_blocking_connect_is_one_connect(edaemon: Daemon, ctl: Pat
         listener.close()
 
 
-@pytest.mark.parametrize("after", ["drop", "keep"])
+@pytest.mark.parametrize("after", ["drop", "keep", "fastopen"])
 def test_a_connect_racing_a_disconnect_on_its_socket_is_judged(
     edaemon: Daemon, ctl: Path, progs: dict[str, Path], after: str
 ) -> None:
@@ -172,7 +176,9 @@ def test_a_connect_racing_a_disconnect_on_its_socket_is_judged(
     find the socket connecting, to the hole (`drop`: the main thread
     disconnects its own connections) or to the peer asked for (`keep`: a
     retry, for all the hook can tell), and the call then find it
-    disconnected and start a connection of its own. Every connect that
+    disconnected and start a connection of its own. `fastopen`: `keep`
+    with a fast open for each connect, which the hook judges once per
+    socket and peer unless the socket is closed. Every connect that
     started a connection must have its event, with its result."""
     port = free_port()
     apply(ctl, connect_rule("t-retry-race", f'{{daddr: ["127.77.7.2/32"], dport: [{port}]}}'))
@@ -417,9 +423,11 @@ c.close()
 """
         subprocess.run([PY, "-c", code, marker], check=True)
         ev = edaemon.wait_for(
-            lambda e: e["type"] == "connect"
-            and e["connect"].get("dport") == port
-            and marker in e["process"]["args"]
+            lambda e: (
+                e["type"] == "connect"
+                and e["connect"].get("dport") == port
+                and marker in e["process"]["args"]
+            )
         )
         c = ev["connect"]
         assert (c["via"], c["daddr"], c["protocol"], c["result"]) == (
@@ -434,6 +442,96 @@ c.close()
         assert c["user_memory"] is False
     finally:
         srv.close()
+
+
+# connect(AF_UNSPEC) from Python: its socket.connect takes only its own family.
+DISCONNECT = """
+import ctypes
+_libc = ctypes.CDLL(None, use_errno=True)
+def disconnect(s):
+    assert _libc.connect(s.fileno(), (ctypes.c_char * 16)(), 16) == 0, ctypes.get_errno()
+"""
+
+
+def _fast_open_events(d: Daemon, port: int, marker: str) -> list[Event]:
+    d.sync()
+    return [e for e in conn_events(d, port, "fastopen") if marker in e["process"]["args"]]
+
+
+def test_a_fast_open_after_a_disconnect_is_a_new_connect(
+    edaemon: Daemon, ctl: Path, mode: str
+) -> None:
+    """connect(AF_UNSPEC) disconnects a socket, and a fast open to the same
+    peer then opens a new connection: each is a connect, as a connect()
+    again would be, not a repeat of a peer the socket has sent to."""
+    port = free_port()
+    listener = Listener("127.77.5.6", port, fastopen=True)
+    try:
+        apply(ctl, connect_rule("t-tfo-again", f'{{daddr: ["127.77.5.6/32"], dport: [{port}]}}'))
+        marker = new_marker("tfo-again")
+        code = f"""{DISCONNECT}
+import socket
+c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+for _ in range(2):
+    c.sendto(b"hello", socket.MSG_FASTOPEN, ("127.77.5.6", {port}))
+    disconnect(c)
+"""
+        subprocess.run([PY, "-c", code, marker], check=True)
+        deadline = time.monotonic() + 10
+        while listener.accepted < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert listener.accepted == 2
+        evs = _fast_open_events(edaemon, port, marker)
+        assert [(e["connect"]["daddr"], e["connect"]["result"]) for e in evs] == [
+            ("127.77.5.6", 0)
+        ] * 2, evs
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("state", ["connected", "connecting"])
+def test_fast_opens_that_fail_on_one_connection_are_one_connect(
+    edaemon: Daemon, ctl: Path, mode: str, state: str
+) -> None:
+    """A fast open on a socket already connected (EISCONN) or connecting
+    (EALREADY: its SYN goes to a listener whose queue is full, which drops
+    it) starts nothing: the connection's own fast open is the one connect."""
+    port = free_port()
+    peer = ("127.77.5.7", port)
+    listener = Listener(*peer, fastopen=True) if state == "connected" else None
+    hole = filler = None
+    if state == "connecting":
+        hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        hole.bind(peer)
+        hole.listen(0)  # holds one connection: the filler's
+        filler = socket.create_connection(peer)
+    try:
+        apply(ctl, connect_rule("t-tfo-fail", f'{{daddr: ["127.77.5.7/32"], dport: [{port}]}}'))
+        marker = new_marker("tfo-fail")
+        code = f"""
+import socket
+c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+c.setblocking({state == "connected"})
+for _ in range(4):
+    try:
+        c.sendto(b"hello", socket.MSG_FASTOPEN, {peer})
+        print(0)
+    except OSError as e:
+        print(e.errno)
+"""
+        out = subprocess.run(
+            [PY, "-c", code, marker], check=True, capture_output=True, text=True
+        ).stdout.split()
+        first, again = (
+            (0, errno.EISCONN) if state == "connected" else (errno.EINPROGRESS, errno.EALREADY)
+        )
+        assert out == [str(first)] + [str(again)] * 3
+        evs = _fast_open_events(edaemon, port, marker)
+        assert [e["connect"]["result"] for e in evs] == [-first], evs
+    finally:
+        for s in (listener, hole, filler):
+            if s is not None:
+                s.close()
 
 
 @pytest.mark.parametrize("how", ["sendto", "fastopen"])
@@ -644,9 +742,11 @@ def test_a_storming_uid_is_held_to_its_budget_and_others_lose_nothing(
     try:
         d.sync(attempts=20)
         seen = d.matching(
-            lambda e: e["type"] == "process_exec"
-            and e["process"]["binary"] == TRUE
-            and marker in e["process"]["args"]
+            lambda e: (
+                e["type"] == "process_exec"
+                and e["process"]["binary"] == TRUE
+                and marker in e["process"]["args"]
+            )
         )
         assert sorted(int(e["process"]["args"][2]) for e in seen) == list(range(1, 101))
         assert all(e["process"]["uid"] == STORM_UID + 1 for e in seen)
@@ -746,8 +846,7 @@ def test_a_uid_flooding_posted_opens_keeps_to_its_budget_of_the_selected_ring(
 
 def _new_name_events(d: Daemon, watched: Path) -> list[Event]:
     return d.matching(
-        lambda e: e["type"] == "file_open"
-        and e["file_open"]["path"].startswith(str(watched) + "/")
+        lambda e: e["type"] == "file_open" and e["file_open"]["path"].startswith(str(watched) + "/")
     )
 
 

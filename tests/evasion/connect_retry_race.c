@@ -5,7 +5,7 @@
 // disconnected the socket. Used by tests/test_evasion_net.py, in a
 // network namespace of its own.
 //
-//   connect_retry_race drop|keep HOLE PEER PORT N SECONDS
+//   connect_retry_race drop|keep|fastopen HOLE PEER PORT N SECONDS
 //
 // HOLE:PORT gets a listener whose queue this program fills and never
 // accepts from: the kernel drops every later SYN to it, so a connect
@@ -17,6 +17,9 @@
 // connection, so its hook only ever finds the socket connecting to HOLE
 // (or to nothing). `keep`: it leaves the connection, so its next connect
 // is to the peer the socket has, a retry for all the hook can tell.
+// `fastopen`: as `keep`, with a TCP Fast Open (sendto MSG_FASTOPEN) for
+// each connect; PEER's listener gives no cookie, so each one that starts
+// a connection sends a bare SYN and answers EINPROGRESS as a connect does.
 // Prints "started S accepted A tries T busy B": the connects to PEER that
 // started a connection (EINPROGRESS: the socket does not wait), the
 // connections PEER's listener then accepted, the connects to PEER made,
@@ -86,10 +89,10 @@ static double now(void)
 int main(int argc, char **argv)
 {
 	if (argc != 7) {
-		fprintf(stderr, "usage: %s drop|keep HOLE PEER PORT N SECONDS\n", argv[0]);
+		fprintf(stderr, "usage: %s drop|keep|fastopen HOLE PEER PORT N SECONDS\n", argv[0]);
 		return 2;
 	}
-	int drop = !strcmp(argv[1], "drop");
+	int drop = !strcmp(argv[1], "drop"), fastopen = !strcmp(argv[1], "fastopen");
 
 	argv++;
 	hole.sin_family = peer.sin_family = AF_INET;
@@ -121,7 +124,9 @@ int main(int argc, char **argv)
 
 	while (tries < n && now() < deadline) {
 		tries++;
-		int r = connect(fd, (const struct sockaddr *)&peer, sizeof(peer));
+		int r = fastopen ? (int)sendto(fd, "x", 1, MSG_FASTOPEN, (const struct sockaddr *)&peer,
+					       sizeof(peer))
+				 : connect(fd, (const struct sockaddr *)&peer, sizeof(peer));
 
 		if (r < 0 && errno == EINPROGRESS) {
 			started++;
