@@ -344,8 +344,8 @@ static __always_inline bool tr_is_tcp(struct sock *sk)
  * A send to an address without connect() (`via`: sendto, sendmsg,
  * fastopen): evaluated and reported once per socket and peer (tr_sent),
  * or every time when `fresh` (a Fast Open that can start a connection,
- * as a connect() would); the verdict is remembered either way, for the
- * sends that follow. `addr` as in tr_connect_eval. Returns the action,
+ * as a connect() would) or when the verdict was a kill; the verdict is
+ * remembered either way, for the sends that follow. `addr` as in tr_connect_eval. Returns the action,
  * also for a repeat of a peer a rule denies.
  */
 static __always_inline __u8 tr_send_eval(const void *addr, bool user, struct socket *sock,
@@ -364,7 +364,11 @@ static __always_inline __u8 tr_send_eval(const void *addr, bool user, struct soc
 	tr_peer_get(&key.peer, c);
 	struct tr_sent_val *seen = fresh ? NULL : bpf_map_lookup_elem(&tr_sent, &key);
 
-	if (seen && seen->word == *word)
+	/* A kill is never taken as done: the next sender on the socket may
+	 * be another process (a fork's child, an fd passed on), which must
+	 * die and be reported too. Each dies at its first send, so this
+	 * costs one decision per process, not per datagram. */
+	if (seen && seen->word == *word && seen->action != TR_ACT_SIGKILL)
 		return seen->action == TR_ACT_DENY ? TR_ACT_DENY : TR_ACT_NONE;
 	c->hook = hook;
 	c->via = via;

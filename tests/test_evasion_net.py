@@ -565,6 +565,43 @@ def test_sigkill_applies_to_peers_reached_without_connect(
             srv.close()
 
 
+
+def test_a_kill_for_a_datagram_peer_is_not_remembered_as_done(
+    edaemon: Daemon, ctl: Path, mode: str
+) -> None:
+    """A socket shared by two processes (a fork, an fd passed on): the
+    first to send to a sigkill peer dies, and so must the second, whose
+    send the socket's once-per-peer report would otherwise wave through."""
+    port = free_port(socket.SOCK_DGRAM)
+    apply(ctl, connect_rule("t-shared-kill", f'{{daddr: ["127.77.5.6/32"], dport: [{port}]}}',
+                            "sigkill"))
+    marker = new_marker("shared")
+    code = (
+        "import os, socket\n"
+        "print('pid', os.getpid(), flush=True)\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"peer = ('127.77.5.6', {port})\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    s.sendto(b'x', peer)\n"
+        "    os._exit(0)\n"
+        "print('child', os.waitpid(child, 0)[1] & 0x7F, flush=True)\n"
+        "s.sendto(b'x', peer)\n"
+        "print('alive', flush=True)\n"
+    )
+    run = subprocess.run([PY, "-c", code, marker], capture_output=True, text=True)
+    out = run.stdout.split()
+    assert run.returncode == -9 and out[2:] == ["child", "9"], (run, mode)
+    parent = int(out[1])
+
+    def kill(e: Event) -> bool:
+        return marker in e["process"]["args"] and e.get("policy", {}).get("action") == "sigkill"
+
+    edaemon.wait_for(lambda e: kill(e) and e["process"]["pid"] == parent)
+    pids = [e["process"]["pid"] for e in edaemon.matching(kill)]
+    assert len(pids) == 2 and parent in pids, pids
+
+
 # ------------------------------------------------------ item 9: flooding the ring
 
 
