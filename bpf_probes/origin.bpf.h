@@ -52,6 +52,8 @@
 /* The ia32 table (CONFIG_IA32_EMULATION). */
 #define TR_HAVE_IA32 1
 #define TR_NR32_OPEN 5
+#define TR_NR32_EXECVE 11
+#define TR_NR32_EXECVEAT 358
 #define TR_NR32_CREAT 8
 #define TR_NR32_SOCKETCALL 102
 #define TR_NR32_OPENAT 295

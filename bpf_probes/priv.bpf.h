@@ -283,8 +283,8 @@ int tr_execveat_enter(void *ctx)
 }
 
 /* After the exec: commit_creds() ran in begin_new_exec(). Against what
- * execve's enter saved, or else the plain credentials (which a 32-bit
- * exec, unseen at its enter, is assumed to have started from). */
+ * execve's enter (or the raw sys_enter's, for a 32-bit one) saved, or else
+ * the plain credentials, which the enter saves nothing for. */
 static __always_inline int tr_priv_exec(void)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -930,8 +930,10 @@ int tr_attr_exit(struct trace_event_raw_sys_exit *ctx)
 /* Bit n set: ia32 syscall n is one tr_ia32_priv() judges (the numbers of
  * tr_ia32_priv_op() and of its switch). */
 static const volatile __u64 tr_ia32_priv_nrs[8] = { 0x400000818000ULL, 0xc00000c0ULL, 0x240041000000c00ULL, 0x1f59840ULL, 0x4040000000000ULL, 0x0ULL, 0x0ULL, 0x10ULL };
-/* Of those, the set*id and capset calls (tr_ia32_priv_op()'s). */
-static const volatile __u64 tr_ia32_cred_nrs[8] = { 0x400000800000ULL, 0xc0ULL, 0x200041000000c00ULL, 0x1e51800ULL, 0x0ULL, 0x0ULL, 0x0ULL, 0x0ULL };
+/* The calls whose entry saves the credentials: of those, the set*id and
+ * capset calls (tr_ia32_priv_op()'s), and execve and execveat, for the
+ * exec's compare (tr_priv_exec). */
+static const volatile __u64 tr_ia32_cred_nrs[8] = { 0x400000800800ULL, 0xc0ULL, 0x200041000000c00ULL, 0x1e51800ULL, 0x0ULL, 0x4000000000ULL, 0x0ULL, 0x0ULL };
 
 static __always_inline bool tr_ia32_nr_in(const volatile __u64 *nrs, long nr)
 {
@@ -1039,6 +1041,8 @@ int BPF_PROG(tr_tp_ia32_enter, struct pt_regs *regs, long nr)
 {
 	if (!tr_ia32_nr_in(tr_ia32_cred_nrs, nr) || !tr_in_ia32())
 		return 0;
+	if (nr == TR_NR32_EXECVE || nr == TR_NR32_EXECVEAT)
+		return tr_exec_save();
 	return tr_cred_save();
 }
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from capture import MODES
-from conftest import REPO, Daemon, Event, new_marker
+from conftest import REPO, Daemon, Event, is_exec, new_marker
 
 pytestmark = pytest.mark.kernel
 
@@ -248,6 +248,34 @@ def test_a_32_bit_setresuid_is_reported_with_the_old_credentials(
         pc["changed"]
     )
     assert not pc["to_root"]
+
+
+
+def test_a_32_bit_exec_is_compared_with_the_credentials_it_started_from(
+    daemon: Daemon, int80_priv: Path
+) -> None:
+    """root with its real uid set to nobody (euid and suid still 0) runs a
+    plain binary: nothing changes, whether the exec came through the 64-bit
+    or the 32-bit entry, whose credentials the raw sys_enter saves. Taken
+    for plain ones instead, they would make it a change to root."""
+    markers = []
+    for entry in ("64", "32"):
+        marker = new_marker(f"exec{entry}")
+        markers.append(marker)
+        if entry == "64":
+            code = (
+                f"import os\nos.setresuid({NOBODY}, -1, -1)\n"
+                f"os.execv('/bin/echo', ['/bin/echo', {marker!r}])"
+            )
+            run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            out = run.stdout
+        else:
+            out = _int80(int80_priv, "execve", str(NOBODY), "/bin/echo", marker)
+        assert out == marker + "\n"
+        daemon.wait_for(is_exec(marker))
+    for marker in markers:
+        evs = _events(daemon, "privilege_change", marker)
+        assert [e for e in evs if e["privilege_change"]["op"] == "exec"] == [], marker
 
 
 def _has_fchmodat2() -> bool:

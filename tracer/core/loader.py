@@ -115,10 +115,6 @@ CHOWN_GAP = (
     "and one the walk cannot follow (a symlink with a long target, any on an overlay) is "
     "reported with world_writable_dir false"
 )
-# What those programs cannot see, in every mode (the README says the same).
-PRIVILEGE_GAPS = (
-    "a 32-bit exec is compared as if it started from plain credentials",
-)
 # Programs that serve a family of syscalls, attached to the exit (an
 # _enter program: the entry) of each call in it (an exit program tells
 # the calls apart by the syscall number): the
@@ -446,7 +442,7 @@ def capture_sensor(
             f"{p}_raw" if p in _TYPED_TRACEPOINTS and variant == "raw_tp" else p
             for p in PRIVILEGE_PROGRAMS
         ]
-        gaps = [*MODE_GAPS.get(capture_mode, ()), *PRIVILEGE_GAPS]
+        gaps = list(MODE_GAPS.get(capture_mode, ()))
         families = {
             name: [c for c in calls if _has_syscall(c)]
             for name, calls in SYSCALL_FAMILIES.items()
