@@ -409,17 +409,20 @@ def test_chown_to_root_is_judged_on_the_directory_the_kernel_found(
 
 @pytest.fixture()
 def mounts(shared_dir: Path) -> Iterator[Path]:
-    """tmpfs mounts under shared_dir: `tmp` (1777), `over` (a 1777
-    directory under a 755 tmpfs) and `stack` (a 1777 tmpfs on a 755 one);
-    `ovl`, an overlay (a container's root) whose lower layer holds `w`
-    (1777), `s` (755) and `to-w`, a symlink to w."""
+    """shared_dir on a tmpfs of its own (the guests' /tmp is an overlay,
+    whose symlinks tracepoint mode cannot follow: the test's own symlinks
+    are meant to be followed), and tmpfs mounts under it: `tmp` (1777),
+    `over` (a 1777 directory under a 755 tmpfs) and `stack` (a 1777 tmpfs
+    on a 755 one); `ovl`, an overlay (a container's root) whose lower layer
+    holds `w` (1777), `s` (755) and `to-w`, a symlink to w."""
     made: list[Path] = []
 
-    def mount(where: Path, mode: int) -> None:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"mode={mode:o},size=1m", "none",
+    def mount(where: Path, mode: int, size: str = "1m") -> None:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"mode={mode:o},size={size}", "none",
                         str(where)], check=True)
         made.append(where)
 
+    mount(shared_dir, 0o755, "8m")
     layers = shared_dir / "layers"
     layers.mkdir()
     mount(layers, 0o755)
