@@ -345,8 +345,9 @@ static __always_inline bool tr_is_tcp(struct sock *sk)
  * fastopen): evaluated and reported once per socket and peer (tr_sent),
  * or every time when `fresh` (a Fast Open that can start a connection,
  * as a connect() would) or when the verdict was a kill; the verdict is
- * remembered either way, for the sends that follow. `addr` as in tr_connect_eval. Returns the action,
- * also for a repeat of a peer a rule denies.
+ * remembered either way, for the sends that follow. `addr` as in
+ * tr_connect_eval. Returns the action, also for a repeat of a peer a rule
+ * denies.
  */
 static __always_inline __u8 tr_send_eval(const void *addr, bool user, struct socket *sock,
 					 __u16 hook, __u8 via, bool fresh)

@@ -173,24 +173,22 @@ USER_MEMORY_LIMITS = {
 # connects; 32-bit set*id, capset, chmod and chown reach none of them, so
 # every mode has the raw sys_exit program for those (in tracepoint mode the
 # one that also takes opens and connects) and the raw sys_enter that saves
-# a set*id's credentials. Each needs a tracepoint or function of the
-# kernel's: one the kernel lacks (a kernel without io_uring) is left out,
-# and so is one the object lacks (the 32-bit programs exist on x86 only).
-# Exits before entries, as above.
+# the credentials before a set*id or an exec. Each needs a tracepoint or
+# function of the kernel's: one the kernel lacks (a kernel without
+# io_uring) is left out, and so is one the object lacks (the 32-bit
+# programs exist on x86 only). Exits before entries, as above.
 _IO_OPEN = ("function", "io_openat2")
 _IA32_ENTER = ("tr_tp_ia32_enter", "tp_btf", "sys_enter")
 _IA32_PRIV = (("tr_tp_ia32_priv_exit", "tp_btf", "sys_exit"), _IA32_ENTER)
+# lsm and fentry: the same trampolines on io_openat2, the same 32-bit programs.
+_TRAMPOLINES = (
+    ("tr_fexit_io_openat2", *_IO_OPEN),
+    ("tr_fentry_io_openat2", *_IO_OPEN),
+    *_IA32_PRIV,
+)
 EVASION_PROGRAMS: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "lsm": (
-        ("tr_fexit_io_openat2", *_IO_OPEN),
-        ("tr_fentry_io_openat2", *_IO_OPEN),
-        *_IA32_PRIV,
-    ),
-    "fentry": (
-        ("tr_fexit_io_openat2", *_IO_OPEN),
-        ("tr_fentry_io_openat2", *_IO_OPEN),
-        *_IA32_PRIV,
-    ),
+    "lsm": _TRAMPOLINES,
+    "fentry": _TRAMPOLINES,
     "kprobe": (
         ("tr_kret_io_openat2", *_IO_OPEN),
         ("tr_kprobe_io_openat2", *_IO_OPEN),
