@@ -181,6 +181,7 @@ class Stopped:
     lost_daemon: dict[str, int] = field(default_factory=dict)
     cache: dict[str, int] = field(default_factory=dict)
     found: bool = False
+    exit_s: float = float("nan")  # SIGTERM -> the process exited
 
     @property
     def lost_total(self) -> int:
@@ -341,16 +342,18 @@ class TracerDaemon:
 
     def stop(self, timeout: float = 60.0) -> Stopped:
         assert self.proc is not None
+        t0 = time.perf_counter()
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             rc = None
+        exit_s = time.perf_counter() - t0
         self.reaper.stop(self.proc)  # SIGKILL if it hung; deregisters
         if self._reader is not None:
             self._reader.join(5)
-        st = Stopped(rc=rc)
+        st = Stopped(rc=rc, exit_s=exit_s)
         for _, line in reversed(self.lines):
             if "event='stopped'" in line:
                 m = _STOPPED_RE.search(line)

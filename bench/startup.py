@@ -4,7 +4,7 @@
 
 Each run spawns the daemon (writing to an export file in a temp dir),
 timestamps its stderr lines as they arrive, stops it with SIGTERM once
-ready and checks it exited 0 with no loss. Also reports the daemon's own
+ready and checks it exited 0 with no loss, timing the stop too. Also reports the daemon's own
 `startup_ms` (measured inside Daemon.run, after the interpreter started
 and imported everything), its `probe_ms`, and, for reference, how long
 `python -c pass` and `tracer --version` (interpreter + CLI imports) take.
@@ -84,6 +84,7 @@ def bench(reaper: Reaper, args: argparse.Namespace) -> int:
     probe_ms: list[float] = []
     first_log_s: list[float] = []
     procs: list[int] = []
+    stop_ms: list[float] = []
     problems: list[str] = []
     for i in range(args.runs):
         quiet(args)
@@ -97,11 +98,13 @@ def bench(reaper: Reaper, args: argparse.Namespace) -> int:
             if "event='capture mode chosen'" in line:
                 probe_ms.append(float(parse_kv(line).get("probe_ms", "nan")))
         st = d.stop()
+        stop_ms.append(st.exit_s * 1000)
         if st.rc != 0 or not st.found or st.lost_total:
             problems.append(f"run {i}: rc={st.rc} stopped-line={st.found} lost={st.lost_total}")
         print(f"run {i + 1}: spawn->ready {r * 1000:.0f} ms  startup_ms {startup_ms[-1]:.1f}  "
               f"probe_ms {probe_ms[-1] if probe_ms else float('nan'):.1f}  "
-              f"procfs_processes {procs[-1]}  rc {st.rc}  lost {st.lost_total}")
+              f"procfs_processes {procs[-1]}  stop {stop_ms[-1]:.0f} ms  rc {st.rc}  "
+              f"lost {st.lost_total}")
         sys.stdout.flush()
         time.sleep(args.pause)
 
@@ -111,6 +114,7 @@ def bench(reaper: Reaper, args: argparse.Namespace) -> int:
     print(f"spawn -> ready (ms):           {fmt_stats(ms, '{:.0f}')}")
     print(f"daemon startup_ms field:       {fmt_stats(startup_ms, '{:.1f}')}")
     print(f"  of which probe_ms:           {fmt_stats(probe_ms, '{:.1f}')}")
+    print(f"SIGTERM -> exit (ms):          {fmt_stats(stop_ms, '{:.0f}')}")
     print(f"spawn -> first log line (ms):  {fmt_stats((x * 1000 for x in first_log_s), '{:.0f}')}")
     print(f"reference `python -c pass` (ms): {fmt_stats((x * 1000 for x in py_pass), '{:.0f}')}")
     print(f"reference `tracer --version` (ms): "
