@@ -37,7 +37,7 @@ import structlog
 
 from export.config import SUBSCRIBER_QUEUE_BYTES
 from export.filters import EventFilter, Facts, facts_of_event
-from export.pb import MAX_EVENT_BYTES, Encoder, frame, lost_message
+from export.pb import MAX_EVENT_BYTES, Encoder
 from export.sink import DropOldest, QueuedWorker
 from tracer.core.events import Event, LossCounts, Lost
 
@@ -217,7 +217,7 @@ class Subscriber:
             size = 0
             if lost is not None:
                 # First: what it lost is older than anything still queued.
-                parts.append(frame(lost_message(lost).SerializeToString()))
+                parts.append(self._hub.encoder.framed(lost))
             for _, data in items:
                 if parts and size + len(data) > BATCH_BYTES:
                     yield b"".join(parts)
