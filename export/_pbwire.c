@@ -12,9 +12,10 @@
  * What it writes is what upb's SerializeToString(deterministic=True) writes
  * for the same message: fields in table order (export/pb.py sorts them by
  * number), implicit-presence scalars only when not zero or empty, fields
- * with presence (optional, messages) when not None, map entries sorted by
- * key with key and value always written. Out-of-range integers and
- * non-str strings raise, as upb does when the field is set.
+ * with presence (optional, messages) when not None (None: unset, for any
+ * field, as upb's message constructors take it), map entries sorted as
+ * upb sorts them (encode_map) with key and value always written.
+ * Out-of-range integers and non-str strings raise, as upb does.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -280,6 +281,10 @@ encode_value(Out *o, const Field *f, PyObject *v, int always)
     }
 }
 
+/* The entries of a map, sorted as upb's deterministic serialization sorts
+ * string keys: bytewise on their common prefix, the longer key first when
+ * one is a prefix of the other. That is a plain bytes order of each key's
+ * UTF-8 followed by 0xFF, a byte UTF-8 never holds. */
 static int
 encode_map(Out *o, const Field *f, PyObject *mapping)
 {
@@ -287,19 +292,46 @@ encode_map(Out *o, const Field *f, PyObject *mapping)
     if (items == NULL)
         return -1;
     int rc = -1;
-    if (PyList_Sort(items))
-        goto done;
     const Field *key = &f->sub->fields[0], *value = &f->sub->fields[1];
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *kv = PyList_GET_ITEM(items, i);
+        const char *data;
+        Py_ssize_t size;
+        PyObject *owned;
         if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2) {
             PyErr_SetString(PyExc_TypeError, "mapping items must be pairs");
+            goto done;
+        }
+        if (utf8(PyTuple_GET_ITEM(kv, 0), &data, &size, &owned))
+            goto done;
+        PyObject *sortkey = PyBytes_FromStringAndSize(NULL, size + 1);
+        if (sortkey != NULL) {
+            memcpy(PyBytes_AS_STRING(sortkey), data, (size_t)size);
+            PyBytes_AS_STRING(sortkey)[size] = (char)0xFF;
+        }
+        Py_XDECREF(owned);
+        PyObject *entry = sortkey ? PyTuple_Pack(2, sortkey, PyTuple_GET_ITEM(kv, 1)) : NULL;
+        Py_XDECREF(sortkey);
+        if (entry == NULL)
+            goto done;
+        PyList_SET_ITEM(items, i, entry); /* steals entry, releases kv */
+        Py_DECREF(kv);
+    }
+    if (PyList_Sort(items))
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *kv = PyList_GET_ITEM(items, i), *k = PyTuple_GET_ITEM(kv, 0);
+        Py_ssize_t klen = PyBytes_GET_SIZE(k) - 1;
+        if (key->kind != K_STRING) {
+            PyErr_SetString(PyExc_TypeError, "map keys must be strings");
             goto done;
         }
         if (put_tag(o, f))
             goto done;
         Py_ssize_t start = open_len(o);
-        if (start < 0 || encode_value(o, key, PyTuple_GET_ITEM(kv, 0), 1) ||
+        if (start < 0 || put_tag(o, key) || put_varint(o, (uint64_t)klen) ||
+            put(o, PyBytes_AS_STRING(k), klen) ||
             encode_value(o, value, PyTuple_GET_ITEM(kv, 1), 1))
             goto done;
         close_len(o, start);
@@ -318,11 +350,7 @@ encode_field(Out *o, const Field *f, PyObject *obj)
         return -1;
     int rc = 0;
     if (v == Py_None) {
-        if (!(f->flags & F_OPTIONAL) && f->kind != K_MESSAGE) {
-            PyErr_Format(PyExc_TypeError, "None for field %R, which has no presence",
-                         f->attr ? f->attr : Py_None);
-            rc = -1;
-        }
+        /* Unset, as upb's constructors take None, whatever the field */
     } else if (f->kind == K_MAP) {
         rc = encode_map(o, f, v);
     } else if (f->flags & F_REPEATED) {

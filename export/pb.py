@@ -41,16 +41,6 @@ from tracer.core.events import (
 JSON_OPTIONS = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
 
 
-def varint(n: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 # -- the tables export/_pbwire.c writes by ----------------------------------------
 
 _SCALARS = {
@@ -127,6 +117,21 @@ _PROCESS = _table(pb.Process.DESCRIPTOR)
 _ANCESTOR = _table(pb.Ancestor.DESCRIPTOR)  # of a Process, as its fields are named alike
 
 
+# The most one serialized event takes: gRPC clients refuse messages over
+# 4 MiB by default, and a chain of 66 processes with 8 KiB of non-UTF-8
+# arguments each made a 4.08 MiB event. The event's process, its parent
+# and its ancestors (nearest first) are written whole while they fit half
+# of it; from the first that does not, processes are written cut (CUT_FLAG)
+# and, past the whole budget, left out as if --ancestor-depth had stopped.
+MAX_EVENT_BYTES = 1 << 20
+_WHOLE_BYTES = MAX_EVENT_BYTES // 2
+# A process written cut lacks its args, cwd, pod labels and container name
+# and image, and its binary when longer than this. Its exec_id names it: its
+# own events carry it whole.
+CUT_FLAG = "cut"
+_CUT_BINARY = 512
+
+
 def _cut(p: Process) -> Process:
     """The process as written cut (CUT_FLAG): see MAX_EVENT_BYTES."""
     c, pod = p.container, p.pod
@@ -144,7 +149,8 @@ def _cut(p: Process) -> Process:
 def _tag(desc: Descriptor, name: str) -> bytes:
     """The tag of a length-delimited field (number < 16: one byte)."""
     number = desc.fields_by_name[name].number
-    assert number < 16
+    if number >= 16:
+        raise ValueError(f"{desc.full_name}.{name}: export/_pbwire.c takes one-byte tags")
     return bytes([number << 3 | 2])
 
 
@@ -158,26 +164,6 @@ _LINEAGE_ANCESTOR_TAG = _tag(pb.Lineage.DESCRIPTOR, "ancestors")
 # concatenation of one such field per event, so events serialized once can
 # be batched for any subscriber by joining bytes.
 _EVENTS_TAG = _tag(pb.GetEventsResponse.DESCRIPTOR, "events")
-
-
-def frame(event_bytes: bytes) -> bytes:
-    """One serialized Event as a GetEventsResponse.events field."""
-    return _EVENTS_TAG + varint(len(event_bytes)) + event_bytes
-
-
-# The most one serialized event takes: gRPC clients refuse messages over
-# 4 MiB by default, and a chain of 66 processes with 8 KiB of non-UTF-8
-# arguments each made a 4.08 MiB event. The event's process, its parent
-# and its ancestors (nearest first) are written whole while they fit half
-# of it; from the first that does not, processes are written cut (CUT_FLAG)
-# and, past the whole budget, left out as if --ancestor-depth had stopped.
-MAX_EVENT_BYTES = 1 << 20
-_WHOLE_BYTES = MAX_EVENT_BYTES // 2
-# A process written cut lacks its args, cwd, pod labels and container name
-# and image, and its binary when longer than this. Its exec_id names it: its
-# own events carry it whole.
-CUT_FLAG = "cut"
-_CUT_BINARY = 512
 
 
 # --ancestors as export/_pbwire.c takes it.
