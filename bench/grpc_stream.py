@@ -4,18 +4,23 @@ Two kinds of load, reported separately:
 
 synthetic  In process: events made in Python (an exec with a new process,
            a parent and 5 ancestors, then its exit) are offered to the real
-           Hub, served by the real GrpcServer on a unix socket to real
-           gRPC clients in other processes. No BPF: this is the API's own
-           ceiling. `max`: the feeder waits whenever the hub or a subscriber
-           is 4096 events behind (a lossless upper bound); `rate`: a fixed
-           offered rate, with every loss counted.
+           Hub in batches of 256, as the daemon's pipeline offers what it
+           took from the ring buffer (--offer-each: one at a time), served by
+           the real GrpcServer on a unix socket to real gRPC clients in other
+           processes. No BPF: this is the API's own ceiling. `max`: the
+           feeder waits whenever the hub or a subscriber is 4096 events
+           behind (a lossless upper bound); `rate`: a fixed offered rate,
+           with every loss counted.
 e2e        The real daemon (`tracer run`, JSON to /dev/null) under an exec
            storm (bash running /bin/true in a loop), with 1 and 10
            subscribers: delivered events/s, and the capture pipeline's own
            loss (kernel ring buffer, and the outputs' queues).
 
 Clients count events and parse every message (GetEventsResponse) but do
-nothing else with them. Prints one line per measurement.
+nothing else with them. Prints one line per measurement; synthetic ones add
+the CPU time per event of each stage: feeder (making and offering events),
+hub (encoding and queueing), send (the call's thread: batching and gRPC's
+send), other (gRPC's own threads) and client (one client process).
 """
 
 from __future__ import annotations
@@ -231,6 +236,7 @@ def synthetic(
     seconds: float,
     filtered: bool = False,
     ancestors: str = "full",
+    offer_each: bool = False,
 ) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
     sock = tmp / "t.sock"
@@ -242,17 +248,30 @@ def synthetic(
     procs = start_clients(address, subscribers, END, filtered)
     wait_subscribed(address, subscribers)
     gen = Synthetic()
+
+    def feed(n: int) -> int:
+        """Make n events and offer them; the ns the offers took."""
+        if offer_each:
+            ns = 0
+            for _ in range(n):
+                ev = gen.next()
+                a = time.perf_counter_ns()
+                hub.offer(ev)
+                ns += time.perf_counter_ns() - a
+            return ns
+        # As the daemon's pipeline offers each batch it took from the ring buffer.
+        events = [gen.next() for _ in range(n)]
+        a = time.perf_counter_ns()
+        hub.offer_many(events)
+        return time.perf_counter_ns() - a
+
     offered = 0
     cpu0 = thread_cpu()
     t0 = time.perf_counter()
     offer_ns = 0
     if mode == "max":
         while time.perf_counter() - t0 < seconds:
-            for _ in range(256):
-                ev = gen.next()
-                a = time.perf_counter_ns()
-                hub.offer(ev)
-                offer_ns += time.perf_counter_ns() - a
+            offer_ns += feed(256)
             offered += 256
             while hub.backlog > 4096 or hub.subscriber_backlog > 4096:
                 time.sleep(0.0005)
@@ -261,11 +280,7 @@ def synthetic(
         per_tick = max(1, int(rate * tick))
         next_t = t0
         while time.perf_counter() - t0 < seconds:
-            for _ in range(per_tick):
-                ev = gen.next()
-                a = time.perf_counter_ns()
-                hub.offer(ev)
-                offer_ns += time.perf_counter_ns() - a
+            offer_ns += feed(per_tick)
             offered += per_tick
             next_t += tick
             delay = next_t - time.perf_counter()
@@ -366,18 +381,21 @@ def main() -> None:
     p.add_argument("--only", choices=["synthetic", "e2e"])
     p.add_argument("--ancestors", choices=["full", "brief", "none"], default="full",
                    help="of the synthetic hub's events (the daemon's --ancestors)")
+    p.add_argument("--offer-each", action="store_true",
+                   help="synthetic: offer events one at a time (the script before 2026-12-07), "
+                   "not in batches as the daemon does")
     p.add_argument("--one", action="store_true",
                    help="synthetic: only the lossless feed to one subscriber")
     args = p.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')} {os.uname().release} {os.cpu_count()} cpus")
+    a, each = args.ancestors, args.offer_each
     if args.only != "e2e":
-        a = args.ancestors
-        synthetic(1, "max", 0, args.seconds, ancestors=a)
+        synthetic(1, "max", 0, args.seconds, ancestors=a, offer_each=each)
     if args.only != "e2e" and not args.one:
-        synthetic(1, "rate", 50_000, args.seconds, ancestors=a)
-        synthetic(10, "max", 0, args.seconds, ancestors=a)
-        synthetic(10, "rate", 5_000, args.seconds, ancestors=a)
-        synthetic(10, "max", 0, args.seconds, filtered=True, ancestors=a)
+        synthetic(1, "rate", 50_000, args.seconds, ancestors=a, offer_each=each)
+        synthetic(10, "max", 0, args.seconds, ancestors=a, offer_each=each)
+        synthetic(10, "rate", 5_000, args.seconds, ancestors=a, offer_each=each)
+        synthetic(10, "max", 0, args.seconds, filtered=True, ancestors=a, offer_each=each)
     if args.only != "synthetic" and not args.one:
         e2e(1, args.processes)
         e2e(10, args.processes)
