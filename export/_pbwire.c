@@ -903,10 +903,55 @@ Events_dealloc(Events *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static PyObject *type_name;
+
+/* What the hub queues for its subscribers without a filter, for a whole
+ * batch in one call: (type, framed) of each event that is not a `skip`
+ * (loss reports, which the hub hands on otherwise), their total size, and
+ * the skipped ones. */
+static PyObject *
+Events_items(Events *self, PyObject *args)
+{
+    PyObject *batch, *skip;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &batch, &PyType_Type, &skip))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(batch), nbytes = 0;
+    PyObject *items = PyList_New(0), *skipped = PyList_New(0), *out = NULL;
+    if (items == NULL || skipped == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *ev = PyList_GET_ITEM(batch, i);
+        if ((PyObject *)Py_TYPE(ev) == skip) {
+            if (PyList_Append(skipped, ev))
+                goto done;
+            continue;
+        }
+        PyObject *kind = PyObject_GetAttr(ev, type_name);
+        PyObject *data = kind ? events_write(self, ev, 1) : NULL;
+        PyObject *item = data ? PyTuple_Pack(2, kind, data) : NULL;
+        if (data)
+            nbytes += PyBytes_GET_SIZE(data);
+        Py_XDECREF(kind);
+        Py_XDECREF(data);
+        if (item == NULL || PyList_Append(items, item)) {
+            Py_XDECREF(item);
+            goto done;
+        }
+        Py_DECREF(item);
+    }
+    out = Py_BuildValue("OnO", items, nbytes, skipped);
+done:
+    Py_XDECREF(items);
+    Py_XDECREF(skipped);
+    return out;
+}
+
 static PyMethodDef Events_methods[] = {
     {"encode", (PyCFunction)Events_encode, METH_O, "event -> its Event message's bytes"},
     {"framed", (PyCFunction)Events_framed, METH_O,
      "event -> its bytes as one GetEventsResponse.events field"},
+    {"items", (PyCFunction)Events_items, METH_VARARGS,
+     "(events, skip) -> ([(type, framed) of each not a skip], their bytes, [the skipped])"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -939,7 +984,8 @@ PyInit__pbwire(void)
     if (!(exec_id_name = PyUnicode_InternFromString("exec_id")) ||
         !(process_name = PyUnicode_InternFromString("process")) ||
         !(parent_name = PyUnicode_InternFromString("parent")) ||
-        !(ancestors_name = PyUnicode_InternFromString("ancestors")))
+        !(ancestors_name = PyUnicode_InternFromString("ancestors")) ||
+        !(type_name = PyUnicode_InternFromString("type")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
