@@ -19,8 +19,9 @@ e2e        The real daemon (`tracer run`, JSON to /dev/null) under an exec
 Clients count events and parse every message (GetEventsResponse) but do
 nothing else with them. Prints one line per measurement; synthetic ones add
 the CPU time per event of each stage: feeder (making and offering events),
-hub (encoding and queueing), send (the call's thread: batching and gRPC's
-send), other (gRPC's own threads) and client (one client process).
+hub (encoding and queueing), filter (subscribers' regex threads), send
+(the calls' threads: batching and gRPC's send), other (gRPC's own threads)
+and client (one client process, the mean).
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ def _stage(name: str) -> str:
         return "feeder"
     if name == "sink-grpc":
         return "hub"
+    if name.startswith("grpc-filter-"):
+        return "filter"  # a subscriber's own filter thread (regexes)
     if name.startswith("grpc-"):  # GrpcServer's workers
         return "send"  # the call's thread: batches() and gRPC's send of each message
     return "other"  # gRPC's C-core threads and its Python poller
