@@ -7,14 +7,14 @@ VENV := .venv
 BPF_OUT := build/bpf
 # Build and run-time system packages (Debian names).
 # chromium: the test that renders `tracer tree -o html` headless.
-# gcc, python3-dev: the C extension (tracer/core/*.c) pip builds at install.
+# gcc, python3-dev: the C extensions (tracer/core/*.c, export/*.c) pip builds at install.
 APT_PACKAGES := clang llvm bpftool libbpf-dev libbpf1 make gcc python3 python3-dev python3-venv \
 	chromium
 # `make image` (and its test): a Debian rootfs by debootstrap, imported by podman.
 IMAGE_APT_PACKAGES := podman runc debootstrap
 IMAGE_TAG ?= localhost/tracer:latest
 # The C extension is built by the install: a change to its source reinstalls.
-C_SOURCES := $(wildcard tracer/core/*.c)
+C_SOURCES := $(wildcard tracer/core/*.c export/*.c)
 PY_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(C_SOURCES) | sha1sum | cut -c1-12)
 # The gRPC API: code generated from the .proto, never committed or edited.
 PROTO := export/tracer_v1.proto

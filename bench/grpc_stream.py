@@ -4,28 +4,36 @@ Two kinds of load, reported separately:
 
 synthetic  In process: events made in Python (an exec with a new process,
            a parent and 5 ancestors, then its exit) are offered to the real
-           Hub, served by the real GrpcServer on a unix socket to real
-           gRPC clients in other processes. No BPF: this is the API's own
-           ceiling. `max`: the feeder waits whenever the hub or a subscriber
-           is 4096 events behind (a lossless upper bound); `rate`: a fixed
-           offered rate, with every loss counted.
+           Hub in batches of 256, as the daemon's pipeline offers what it
+           took from the ring buffer (--offer-each: one at a time), served by
+           the real GrpcServer on a unix socket to real gRPC clients in other
+           processes. No BPF: this is the API's own ceiling. `max`: the
+           feeder waits whenever the hub or a subscriber is 4096 events
+           behind (a lossless upper bound); `rate`: a fixed offered rate,
+           with every loss counted.
 e2e        The real daemon (`tracer run`, JSON to /dev/null) under an exec
            storm (bash running /bin/true in a loop), with 1 and 10
            subscribers: delivered events/s, and the capture pipeline's own
            loss (kernel ring buffer, and the outputs' queues).
 
 Clients count events and parse every message (GetEventsResponse) but do
-nothing else with them. Prints one line per measurement.
+nothing else with them. Prints one line per measurement; synthetic ones add
+the CPU time per event of each stage: feeder (making and offering events),
+hub (encoding and queueing), filter (subscribers' regex threads), send
+(the calls' threads: batching and gRPC's send), other (gRPC's own threads)
+and client (one client process, the mean).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -42,6 +50,7 @@ from export.proto_gen import tracer_v1_pb2 as pb  # noqa: E402
 from export.proto_gen import tracer_v1_pb2_grpc as pb_grpc  # noqa: E402
 from tracer import log  # noqa: E402
 from tracer.core.events import Event, ExitStatus, Process, ProcessExec, ProcessExit  # noqa: E402
+from tracer.daemon import _SWITCH_INTERVAL_S  # noqa: E402
 
 END = "bench-end"
 
@@ -61,7 +70,7 @@ def client(address: str, end_marker: str, ready: Path, filtered: bool) -> None:
     """Count events until one whose node (or args) is end_marker; print JSON stats."""
     by_args = end_marker.startswith("bench-end-")  # e2e: the daemon names the node
     n = lost = 0
-    first = last = 0.0
+    first = last = cpu0 = cpu1 = 0.0
     req = FILTERED if filtered else pb.GetEventsRequest()
     with grpc.insecure_channel(address) as ch:
         call = pb_grpc.TracerServiceStub(ch).GetEvents(req)
@@ -69,7 +78,7 @@ def client(address: str, end_marker: str, ready: Path, filtered: bool) -> None:
         for resp in call:
             now = time.perf_counter()
             if not n:
-                first = now
+                first, cpu0 = now, time.process_time()
             last = now
             done = False
             for ev in resp.events:
@@ -80,9 +89,10 @@ def client(address: str, end_marker: str, ready: Path, filtered: bool) -> None:
                 if ev.node == end_marker or (by_args and end_marker in ev.process.args):
                     done = True
             if done:
+                cpu1 = time.process_time()
                 call.cancel()
                 break
-    print(json.dumps({"events": n, "lost": lost, "seconds": last - first}))
+    print(json.dumps({"events": n, "lost": lost, "seconds": last - first, "cpu": cpu1 - cpu0}))
 
 
 def start_clients(
@@ -131,6 +141,34 @@ def results(procs: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
 
 
 # -- synthetic --------------------------------------------------------------------
+
+
+def _stage(name: str) -> str:
+    """The stage a thread of this process works for, by its name."""
+    if name == "MainThread":
+        return "feeder"
+    if name == "sink-grpc":
+        return "hub"
+    if name.startswith("grpc-filter-"):
+        return "filter"  # a subscriber's own filter thread (regexes)
+    if name.startswith("grpc-"):  # GrpcServer's workers
+        return "send"  # the call's thread: batches() and gRPC's send of each message
+    return "other"  # gRPC's C-core threads and its Python poller
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds this process's threads have run, by stage (schedstat: ns exact)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            ns = int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
+            comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended meanwhile
+        stage = _stage(names.get(int(tid), comm))
+        out[stage] = out.get(stage, 0.0) + ns / 1e9
+    return out
 
 
 class _Status:
@@ -203,6 +241,7 @@ def synthetic(
     seconds: float,
     filtered: bool = False,
     ancestors: str = "full",
+    offer_each: bool = False,
 ) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
     sock = tmp / "t.sock"
@@ -210,20 +249,38 @@ def synthetic(
               ancestors=ancestors)
     server = GrpcServer(GrpcConfig(socket=sock), hub, _Status(hub), _NoPolicies())
     server.start()
+    # As the daemon runs once it is ready: what exists by now lives as long
+    # as the server, and a thread waits 1 ms for the GIL, not 5.
+    gc.freeze()
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
     address = f"unix://{sock}"
     procs = start_clients(address, subscribers, END, filtered)
     wait_subscribed(address, subscribers)
     gen = Synthetic()
+
+    def feed(n: int) -> int:
+        """Make n events and offer them; the ns the offers took."""
+        if offer_each:
+            ns = 0
+            for _ in range(n):
+                ev = gen.next()
+                a = time.perf_counter_ns()
+                hub.offer(ev)
+                ns += time.perf_counter_ns() - a
+            return ns
+        # As the daemon's pipeline offers each batch it took from the ring buffer.
+        events = [gen.next() for _ in range(n)]
+        a = time.perf_counter_ns()
+        hub.offer_many(events)
+        return time.perf_counter_ns() - a
+
     offered = 0
+    cpu0 = thread_cpu()
     t0 = time.perf_counter()
     offer_ns = 0
     if mode == "max":
         while time.perf_counter() - t0 < seconds:
-            for _ in range(256):
-                ev = gen.next()
-                a = time.perf_counter_ns()
-                hub.offer(ev)
-                offer_ns += time.perf_counter_ns() - a
+            offer_ns += feed(256)
             offered += 256
             while hub.backlog > 4096 or hub.subscriber_backlog > 4096:
                 time.sleep(0.0005)
@@ -232,11 +289,7 @@ def synthetic(
         per_tick = max(1, int(rate * tick))
         next_t = t0
         while time.perf_counter() - t0 < seconds:
-            for _ in range(per_tick):
-                ev = gen.next()
-                a = time.perf_counter_ns()
-                hub.offer(ev)
-                offer_ns += time.perf_counter_ns() - a
+            offer_ns += feed(per_tick)
             offered += per_tick
             next_t += tick
             delay = next_t - time.perf_counter()
@@ -246,6 +299,7 @@ def synthetic(
     for _ in range(20):  # the end marker, whatever is lost before it
         hub.offer(gen.next(node=END))
     stats = results(procs)
+    cpu1 = thread_cpu()
     hub_lost = sum(hub.take_dropped().values())
     server.stop(grace=0)
     hub.close()
@@ -263,6 +317,11 @@ def synthetic(
         f"hub_lost={hub_lost} subscriber_lost={lost} "
         f"offer={offer_ns / max(offered, 1) / 1000:.1f}us/event"
     )
+    # CPU per event delivered, by stage: what the rate is made of on 2 CPUs.
+    n = offered + 20
+    stages = {k: (cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) / n * 1e6 for k in cpu1}
+    stages["client"] = sum(st["cpu"] for st in stats) / len(stats) / n * 1e6
+    print("           cpu us/event: " + " ".join(f"{k}={v:.2f}" for k, v in stages.items()))
 
 
 # -- end to end -----------------------------------------------------------------------
@@ -331,16 +390,22 @@ def main() -> None:
     p.add_argument("--only", choices=["synthetic", "e2e"])
     p.add_argument("--ancestors", choices=["full", "brief", "none"], default="full",
                    help="of the synthetic hub's events (the daemon's --ancestors)")
+    p.add_argument("--offer-each", action="store_true",
+                   help="synthetic: offer events one at a time (the script before 2026-12-07), "
+                   "not in batches as the daemon does")
+    p.add_argument("--one", action="store_true",
+                   help="synthetic: only the lossless feed to one subscriber")
     args = p.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')} {os.uname().release} {os.cpu_count()} cpus")
+    a, each = args.ancestors, args.offer_each
     if args.only != "e2e":
-        a = args.ancestors
-        synthetic(1, "max", 0, args.seconds, ancestors=a)
-        synthetic(1, "rate", 50_000, args.seconds, ancestors=a)
-        synthetic(10, "max", 0, args.seconds, ancestors=a)
-        synthetic(10, "rate", 5_000, args.seconds, ancestors=a)
-        synthetic(10, "max", 0, args.seconds, filtered=True, ancestors=a)
-    if args.only != "synthetic":
+        synthetic(1, "max", 0, args.seconds, ancestors=a, offer_each=each)
+    if args.only != "e2e" and not args.one:
+        synthetic(1, "rate", 50_000, args.seconds, ancestors=a, offer_each=each)
+        synthetic(10, "max", 0, args.seconds, ancestors=a, offer_each=each)
+        synthetic(10, "rate", 5_000, args.seconds, ancestors=a, offer_each=each)
+        synthetic(10, "max", 0, args.seconds, filtered=True, ancestors=a, offer_each=each)
+    if args.only != "synthetic" and not args.one:
         e2e(1, args.processes)
         e2e(10, args.processes)
 

@@ -31,13 +31,13 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import structlog
 
 from export.config import SUBSCRIBER_QUEUE_BYTES
 from export.filters import EventFilter, Facts, facts_of_event
-from export.pb import MAX_EVENT_BYTES, Encoder, frame, lost_message
+from export.pb import MAX_EVENT_BYTES, Encoder
 from export.sink import DropOldest, QueuedWorker
 from tracer.core.events import Event, LossCounts, Lost
 
@@ -217,7 +217,7 @@ class Subscriber:
             size = 0
             if lost is not None:
                 # First: what it lost is older than anything still queued.
-                parts.append(frame(lost_message(lost).SerializeToString()))
+                parts.append(self._hub.encoder.framed(lost))
             for _, data in items:
                 if parts and size + len(data) > BATCH_BYTES:
                     yield b"".join(parts)
@@ -332,38 +332,48 @@ class Hub(QueuedWorker):
         g = self._groups
         if not g.all:
             return
+        items: list[Item] | None = None  # for every plain subscriber
+        if g.plain:
+            items, nbytes, losses = self.encoder.items(batch)
+        else:
+            losses = [ev for ev in batch if isinstance(ev, Lost)]
+        # Before the batch's events: a subscriber reports loss ahead of them.
+        for lost in losses:
+            for s in g.all:
+                s.add_loss(lost.kernel, lost.daemon)
+        if items is not None:
+            for s in g.plain:
+                s.queue.put_many(items, nbytes)
+        if g.inline or g.threaded:
+            events = [ev for ev in batch if not isinstance(ev, Lost)] if losses else batch
+            self._filter(events, items, g.inline, g.threaded)
+
+    def _filter(
+        self,
+        events: Sequence[Event],
+        items: list[Item] | None,
+        inline: tuple[Subscriber, ...],
+        threaded: tuple[Subscriber, ...],
+    ) -> None:
+        """Events to the subscribers with a filter; `items`: the events
+        already framed for the plain ones, if any."""
         framed = self.encoder.framed
-        plain, inline, threaded = g.plain, g.inline, g.threaded
-        items: list[Item] = []  # for every plain subscriber
-        nbytes = 0
         matched: dict[Subscriber, list[Item]] = {s: [] for s in inline}
-        events: list[InboxItem] = []
-        for ev in batch:
-            if isinstance(ev, Lost):
-                for s in g.all:
-                    s.add_loss(ev.kernel, ev.daemon)
-                continue
-            data = None
-            if plain:
-                data = framed(ev)
-                items.append((ev.type, data))
-                nbytes += len(data)
-            if not (inline or threaded):
-                continue
+        examined: list[InboxItem] = []
+        for i, ev in enumerate(events):
             facts = facts_of_event(ev)  # once for every filter
+            data = items[i][1] if items is not None else None
             for s in inline:
                 if s.filter.matches(facts):
                     if data is None:
                         data = framed(ev)
                     matched[s].append((ev.type, data))
             if threaded:
-                events.append((ev, facts))
-        for s in plain:
-            s.queue.put_many(items, nbytes)
+                examined.append((ev, facts))
         for s, mine in matched.items():
             s.queue.put_many(mine)
         for s in threaded:
-            s.offer_unfiltered(events)
+            s.offer_unfiltered(examined)
 
     def close(self, timeout: float = 10.0) -> None:
         """Fan out what is queued, then end every subscriber's stream after its last event."""

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from export.jsonl import ANCESTORS, Serializer
-from export.pb import JSON_OPTIONS, Encoder, frame, varint
+from export.pb import JSON_OPTIONS, Encoder
 from export.proto_gen import tracer_v1_pb2 as pb
 from tracer.core.events import (
     LOST_COUNT_MAX,
@@ -207,25 +207,10 @@ def test_encoder_reuses_process_messages_but_not_across_copies() -> None:
     assert enc.message(exec_ev(LS)).process == first.process
 
 
-@pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 16383, 16384, 2**21, 2**35 + 5])
-def test_varint_matches_protobuf(n: int) -> None:
-    # The length prefix of a string field of exactly n bytes, as protobuf
-    # writes it (policy: field 5, optional, so even "" is written).
-    if n < 2**21:
-        ref = pb.FileOpen(error="x" * n).SerializeToString()
-        assert ref == b"\x2a" + varint(n) + b"x" * n
-    # Decoding by hand: 7 bits a byte, high bit = more.
-    out, shift = 0, 0
-    for b in varint(n):
-        out |= (b & 0x7F) << shift
-        shift += 7
-    assert out == n
-
-
 def test_framed_events_concatenate_into_a_response() -> None:
     enc = Encoder()
     evs = list(EVENTS.values())
-    data = b"".join(frame(enc.message(ev).SerializeToString()) for ev in evs)
+    data = b"".join(enc.framed(ev) for ev in evs)
     resp = pb.GetEventsResponse.FromString(data)
     assert [m.type for m in resp.events] == [ev.type for ev in evs]
     assert list(resp.events) == [enc.message(ev) for ev in evs]

@@ -93,6 +93,23 @@ def test_an_event_is_serialized_once_for_all_subscribers() -> None:
     hub.close()
 
 
+def test_a_loss_within_a_batch_reaches_everyone_before_the_batch_and_is_not_an_event() -> None:
+    hub = make_hub()
+    plain, exits = hub.subscribe(everything()), hub.subscribe(only("process_exit"))
+    lost = Lost(time=T0, node="n1", kernel={"process_exec": 2})
+    evs = [ev_at(0), ev_at(1), lost, ev_at(2), ev_at(3)]
+    hub.fan_out(evs)
+    hub.close()
+    got, got_exits = list(read(plain)), list(read(exits))
+    assert [e.type for e in got] == ["lost", *(e.type for e in evs if e is not lost)]
+    assert [e.time.ToNanoseconds() for e in got[1:]] == [T0, T0 + 1, T0 + 2, T0 + 3]
+    assert got[1:] == [Encoder().message(e) for e in evs if e is not lost]
+    assert [e.type for e in got_exits] == ["lost", "process_exit", "process_exit"]
+    assert dict(got[0].lost.kernel) == dict(got_exits[0].lost.kernel) == {"process_exec": 2}
+    # A filtered subscriber gets the bytes framed for the plain ones.
+    assert got_exits[1] == got[2]
+
+
 def test_batches_stay_under_the_message_limit() -> None:
     hub = make_hub()
     sub = hub.subscribe(everything())
