@@ -13,8 +13,8 @@ APT_PACKAGES := clang llvm bpftool libbpf-dev libbpf1 make gcc python3 python3-d
 # `make image` (and its test): a Debian rootfs by debootstrap, imported by podman.
 IMAGE_APT_PACKAGES := podman runc debootstrap
 IMAGE_TAG ?= localhost/tracer:latest
-# The C extension is built by the install: a change to its source reinstalls.
-C_SOURCES := $(wildcard tracer/core/*.c export/*.c)
+# The C extensions are built by the install: a change to their source reinstalls.
+C_SOURCES := $(wildcard tracer/core/*.c tracer/core/*.h export/*.c)
 PY_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(C_SOURCES) | sha1sum | cut -c1-12)
 # The gRPC API: code generated from the .proto, never committed or edited.
 PROTO := export/tracer_v1.proto
