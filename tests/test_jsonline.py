@@ -63,7 +63,9 @@ def reference_line(ev: FileOpen | Connect) -> bytes:
 # Strings that test escaping: any code point but lone surrogates (orjson
 # refuses those: see below), the ones JSON escapes made likely, the text
 # tracer.core.text makes of any kernel bytes, and 4 KiB names.
-_SPECIAL = st.sampled_from(['"', "\\", "\x00", "\x1f", "\x7f", "\n", "\b", "\u2028", "é", "\U0001f600"])
+_SPECIAL = st.sampled_from(
+    ['"', "\\", "\x00", "\x1f", "\x7f", "\n", "\b", "\u2028", "é", "\U0001f600"]
+)
 _CHARS = st.characters(exclude_categories=("Cs",)) | _SPECIAL
 _HOSTILE = st.one_of(
     st.text(_CHARS, max_size=64),
