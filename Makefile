@@ -14,7 +14,8 @@ APT_PACKAGES := clang llvm bpftool libbpf-dev libbpf1 make gcc python3 python3-d
 IMAGE_APT_PACKAGES := podman runc debootstrap
 IMAGE_TAG ?= localhost/tracer:latest
 # The C extensions are built by the install: a change to their source reinstalls.
-C_SOURCES := $(wildcard tracer/core/*.c tracer/core/*.h export/*.c)
+# tracer/core/_wire.c reads the wire structs of bpf_probes/tracer.h.
+C_SOURCES := $(wildcard tracer/core/*.c tracer/core/*.h export/*.c) bpf_probes/tracer.h
 PY_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(C_SOURCES) | sha1sum | cut -c1-12)
 # The gRPC API: code generated from the .proto, never committed or edited.
 PROTO := export/tracer_v1.proto

@@ -193,7 +193,7 @@ def test_a_details_class_without_slots_is_read_by_getattr() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [("File", "file", ()), ("file_open", "fi le", ()), ("file_open", "file", (("pa\"th", False),))],
+    [("File", "file", ()), ("file_open", "fi le", ()), ("file_open", "file", (('pa"th', False),))],
 )
 def test_a_shape_takes_only_names_it_can_write_unescaped(
     args: tuple[str, str, tuple[tuple[str, bool], ...]],
