@@ -6,6 +6,7 @@ values, and for truncated, overrunning or random bytes the same WireError
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import struct
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracer.core import _wire, decode
+from tracer.core import _wire, build, decode
 from tracer.core.decode import (
     CONNECT_SIZE,
     CONNECT_TAIL,
@@ -36,6 +37,7 @@ from tracer.core.decode import (
     Verdict,
     WireError,
 )
+from tracer.core.events import Connect, ConnectInfo, FileInfo, FileOpen
 
 _EXAMPLES = int(os.environ.get("TRACER_FUZZ_EXAMPLES", "300"))
 _BOUNDED = settings(
@@ -182,3 +184,30 @@ def test_a_class_without_the_named_slots_is_refused_at_import() -> None:
 
     with pytest.raises(TypeError, match="is not a slot"):
         _wire.Decoder(NoSlots, FileOpenRecord, ConnectRecord, Verdict, WireError)
+
+
+@pytest.mark.parametrize("made", ["_FILE_INFO", "_FILE_OPEN", "_CONNECT_INFO", "_CONNECT"])
+def test_an_event_made_slot_by_slot_equals_the_one_its_init_makes(made: str) -> None:
+    maker = getattr(build, made)
+    cls = {"_FILE_INFO": FileInfo, "_FILE_OPEN": FileOpen}.get(made)
+    cls = cls or {"_CONNECT_INFO": ConnectInfo, "_CONNECT": Connect}[made]
+    # A distinct value per field: a slot filled from the wrong value shows.
+    values = [object() for _ in dataclasses.fields(cls)]
+    made_obj, init_obj = maker(*values), cls(*values)
+    assert type(made_obj) is cls
+    for f in dataclasses.fields(cls):
+        assert getattr(made_obj, f.name) is getattr(init_obj, f.name), f.name
+    with pytest.raises(TypeError, match="positional values"):
+        maker(*values[:-1])
+
+
+def test_a_class_whose_init_does_more_is_not_made_slot_by_slot() -> None:
+    @dataclasses.dataclass(slots=True)
+    class Checked:
+        x: int
+
+        def __post_init__(self) -> None:
+            raise ValueError
+
+    with pytest.raises(TypeError, match="does more than set its fields"):
+        build._maker(Checked)

@@ -1,6 +1,8 @@
 # Type information of the C extension tracer/core/_wire.c.
 
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+_T = TypeVar("_T")
 
 FILE_PATH_OFFSET: int
 CONNECT_SIZE: int
@@ -12,3 +14,7 @@ class Decoder:
     ) -> None: ...
     def decode(self, raw: bytes, /) -> Any: ...
     def verdict(self, raw: bytes, /) -> Any: ...
+
+class Maker(Generic[_T]):
+    def __init__(self, cls: type[_T], fields: tuple[str, ...]) -> None: ...
+    def __call__(self, *values: object) -> _T: ...
