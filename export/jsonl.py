@@ -402,11 +402,13 @@ class Serializer:
         return orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE)
 
     def line(self, ev: Event) -> bytes:
+        shape = _SHAPES.get(type(ev))
+        if shape is not None:  # a FileOpen or Connect
+            policy: PolicyMatch | None = ev.policy  # type: ignore[union-attr]
+            context = self._procs.context(ev)  # type: ignore[arg-type]
+            return shape.line(ev, context, self._policy(policy) if policy is not None else b"")
         if isinstance(ev, Lost):
             return self._lost(ev)
-        shape = _SHAPES.get(type(ev))
-        if shape is not None:
-            return shape.line(ev, self._procs.context(ev), self._policy_part(ev))
         parts = self._parts(ev)
         parts[_CONTEXT] = self._procs.context(ev)
         return b"".join(parts)
