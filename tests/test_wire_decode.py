@@ -210,4 +210,4 @@ def test_a_class_whose_init_does_more_is_not_made_slot_by_slot() -> None:
             raise ValueError
 
     with pytest.raises(TypeError, match="does more than set its fields"):
-        build._maker(Checked)
+        build.slot_maker(Checked)

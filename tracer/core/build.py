@@ -46,7 +46,7 @@ from tracer.core.events import (
 _T = TypeVar("_T")
 
 
-def _maker(cls: type[_T]) -> _wire.Maker[_T]:
+def slot_maker(cls: type[_T]) -> _wire.Maker[_T]:
     """cls(*values) made slot by slot in C: for the events of every posted
     record, a dataclass __init__ of a dozen fields cost ~0.3 us. Its fields
     must all be set by __init__ and nothing else may happen there."""
@@ -56,10 +56,10 @@ def _maker(cls: type[_T]) -> _wire.Maker[_T]:
     return _wire.Maker(cls, tuple(f.name for f in fields))
 
 
-_FILE_INFO = _maker(FileInfo)
-_FILE_OPEN = _maker(FileOpen)
-_CONNECT_INFO = _maker(ConnectInfo)
-_CONNECT = _maker(Connect)
+_FILE_INFO = slot_maker(FileInfo)
+_FILE_OPEN = slot_maker(FileOpen)
+_CONNECT_INFO = slot_maker(ConnectInfo)
+_CONNECT = slot_maker(Connect)
 
 # enum tr_pkind: the event kind a rule selects
 _RULE_KINDS = {0: "process_exec", 1: "file_open", 2: "connect"}
