@@ -8,13 +8,12 @@ out. A str orjson refuses must be refused the same way."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 
 import orjson
 import pytest
-from factories import LS, connect_ev, file_open_ev, processes
-from hypothesis import HealthCheck, given, settings
+from factories import BOUNDED, LS, connect_ev, file_open_ev, processes
+from hypothesis import given
 from hypothesis import strategies as st
 from rfc3339_ref import rfc3339 as rfc3339_ref
 
@@ -35,11 +34,6 @@ from tracer.core.events import (
     FileInfo,
     FileOpen,
     PolicyMatch,
-)
-
-_EXAMPLES = int(os.environ.get("TRACER_FUZZ_EXAMPLES", "300"))
-_BOUNDED = settings(
-    max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 
@@ -129,7 +123,7 @@ def _event(draw: st.DrawFn, cls: type, info: object) -> FileOpen | Connect:
     return ev
 
 
-@_BOUNDED
+@BOUNDED
 @given(_file_opens() | _connects())
 def test_the_c_line_is_orjsons_line_of_the_whole_event(ev: FileOpen | Connect) -> None:
     line = Serializer().line(ev)
@@ -137,7 +131,7 @@ def test_the_c_line_is_orjsons_line_of_the_whole_event(ev: FileOpen | Connect) -
     assert line.count(b"\n") == 1
 
 
-@_BOUNDED
+@BOUNDED
 @given(_file_opens() | _connects())
 def test_both_lines_of_two_serializers_are_each_ones_own(ev: FileOpen | Connect) -> None:
     full, brief = Serializer("full"), Serializer("brief")

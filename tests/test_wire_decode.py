@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import random
 import struct
 
 import decode_ref
 import pytest
-from hypothesis import HealthCheck, given, settings
+from factories import BOUNDED
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tracer.core import _wire, build, decode
@@ -38,11 +38,6 @@ from tracer.core.decode import (
     WireError,
 )
 from tracer.core.events import Connect, ConnectInfo, FileInfo, FileOpen
-
-_EXAMPLES = int(os.environ.get("TRACER_FUZZ_EXAMPLES", "300"))
-_BOUNDED = settings(
-    max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
 
 
 def _ints(fmt: str) -> st.SearchStrategy[int]:
@@ -104,7 +99,7 @@ def _outcome(fn: object, raw: bytes) -> tuple[str, object]:
         return ("WireError", str(exc))
 
 
-@_BOUNDED
+@BOUNDED
 @given(file_open_records() | connect_records())
 def test_the_c_record_equals_the_python_models(raw: bytes) -> None:
     rec = decode.decode(raw)
@@ -113,7 +108,7 @@ def test_the_c_record_equals_the_python_models(raw: bytes) -> None:
     assert rec == decode_ref.decode(raw)
 
 
-@_BOUNDED
+@BOUNDED
 @given(file_open_records() | connect_records(), st.data())
 def test_a_damaged_record_is_the_same_wire_error_or_record(raw: bytes, data: st.DataObject) -> None:
     damaged = bytearray(raw)
