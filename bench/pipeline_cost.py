@@ -102,7 +102,7 @@ def _stages(cache: ProcessCache, records: list[bytes], ancestors: str, rounds: i
         if step is hand_off:
             # Made only now: 1.2 MB of lines alive through the line step made
             # glibc give the top of the heap back after each round and fault
-            # it in again (~1.7 us a line; MALLOC_TOP_PAD_ removes it), which
+            # it in again (~2 us a line; MALLOC_TOP_PAD_ removes it), which
             # the whole pipeline below does not pay (it is as fast with it).
             lines = [ser.line(ev) for ev in evs]
         best = min(_cpu_of(step) for _ in range(rounds))
