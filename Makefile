@@ -7,8 +7,9 @@ VENV := .venv
 BPF_OUT := build/bpf
 # Build and run-time system packages (Debian names).
 # chromium: the test that renders `tracer tree -o html` headless.
-# gcc, python3-dev: the C extensions (tracer/core/*.c, export/*.c) pip builds at install.
-APT_PACKAGES := clang llvm bpftool libbpf-dev libbpf1 make gcc python3 python3-dev python3-venv \
+# gcc, python3-dev: the C extensions (tracer/core/*.c, export/*.c) pip builds at install;
+# linux-libc-dev: <linux/types.h>, for the wire structs tracer/core/_wire.c reads.
+APT_PACKAGES := clang llvm bpftool libbpf-dev libbpf1 make gcc python3 python3-dev python3-venv linux-libc-dev \
 	chromium
 # `make image` (and its test): a Debian rootfs by debootstrap, imported by podman.
 IMAGE_APT_PACKAGES := podman runc debootstrap
