@@ -136,7 +136,7 @@ def main() -> int:
     cache = ProcessCache("bench-node", clock, UserNames(), enricher=Enricher(CgroupResolver()))
     snapshot = list(procfs.scan())
     cache.bootstrap(snapshot)
-    heap.settle_collector()  # as the daemon does once it is ready
+    heap.settle()  # as the daemon does once it is ready
     # Deep processes first: their events carry the longest ancestry, like
     # a shell pipeline inside a session.
     me = next(p for p in snapshot if p.pid == os.getpid())

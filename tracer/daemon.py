@@ -492,7 +492,7 @@ class Daemon:
                 if server is not None:
                     server.start()
                 heap.trim()  # what loading and the /proc scan freed: ~11 MB
-                heap.settle_collector()
+                heap.settle()
                 sys.setswitchinterval(_SWITCH_INTERVAL_S)
                 _log.info(
                     "ready",
