@@ -23,6 +23,7 @@ from enrich.procfs import ProcfsProcess
 from enrich.redact import Redactor
 from enrich.users import UserNames
 from tracer.core import text
+from tracer.core.build import slot_maker
 from tracer.core.clock import BootClock
 from tracer.core.decode import (
     EXEC_DELETED,
@@ -37,6 +38,9 @@ from tracer.core.decode import (
     Task,
 )
 from tracer.core.events import Context, Process
+
+# Made for every file and connect event: slot by slot, not by its __init__.
+_CONTEXT = slot_maker(Context)
 
 # /proc reports start times in clock ticks (10 ms): a procfs entry and a
 # kernel record of the same process can differ by that much.
@@ -456,8 +460,8 @@ class ProcessCache:
                 egid=task.egid,
                 user=self._users.name(task.uid),
             )
-        # Positional: this runs for every file and connect event (see tracer.core.build).
-        return Context(self._clock.wall(task.ktime), process, parent, ancestors)
+        # This runs for every file and connect event (see tracer.core.build).
+        return _CONTEXT(self._clock.wall(task.ktime), process, parent, ancestors)
 
     def on_exit(self, rec: ExitRecord) -> Context:
         """The process leaves (after a grace period); who it was, for the exit event."""

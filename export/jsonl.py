@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 import orjson
 import structlog
 
+from export._jsonline import Shape
 from export._writev import writev_all
 from tracer.core import safefile
 from tracer.core.clock import rfc3339
@@ -231,46 +232,57 @@ def exit_dict(ev: ProcessExit) -> JsonDict:
     return d
 
 
+# The details of the most frequent events, in schema order: (field, left
+# out when None). One list for both encodings of them: details_dict, and
+# the C line (export/_jsonline.c) the Serializer writes.
+FILE_FIELDS: tuple[tuple[str, bool], ...] = (
+    ("path", False),
+    ("flags", False),
+    ("mode", False),
+    ("result", False),
+    ("error", True),
+    ("hook", False),
+    ("truncated", False),
+    ("resolved", False),
+    ("non_utf8", False),
+    ("op", False),
+    ("source", True),
+    ("user_memory", False),
+)
+CONNECT_FIELDS: tuple[tuple[str, bool], ...] = (
+    ("family", False),
+    ("protocol", True),
+    ("sock_type", False),
+    ("daddr", True),
+    ("dport", True),
+    ("saddr", True),
+    ("sport", True),
+    ("unix_path", True),
+    ("result", False),
+    ("error", True),
+    ("hook", False),
+    ("via", False),
+    ("user_memory", False),
+)
+
+
+def fields_dict(obj: object, fields: tuple[tuple[str, bool], ...]) -> JsonDict:
+    d: JsonDict = {}
+    for name, optional in fields:
+        value = getattr(obj, name)
+        if value is not None or not optional:
+            d[name] = value
+    return d
+
+
 def details_dict(ev: ProcessEvent) -> JsonDict:
     """What the event says beyond its process: the object under its type's key."""
     if isinstance(ev, ProcessExit):
         return exit_dict(ev)
     if isinstance(ev, FileOpen):
-        f = ev.file
-        fd: JsonDict = {
-            "path": f.path,
-            "flags": f.flags,  # orjson writes a tuple as an array
-            "mode": f.mode,
-            "result": f.result,
-        }
-        if f.error is not None:
-            fd["error"] = f.error
-        fd["hook"] = f.hook
-        fd["truncated"] = f.truncated
-        fd["resolved"] = f.resolved
-        fd["non_utf8"] = f.non_utf8
-        fd["op"] = f.op
-        if f.source is not None:
-            fd["source"] = f.source
-        fd["user_memory"] = f.user_memory
-        return fd
+        return fields_dict(ev.file, FILE_FIELDS)
     if isinstance(ev, Connect):
-        c = ev.connect
-        cd: JsonDict = {"family": c.family}
-        if c.protocol is not None:
-            cd["protocol"] = c.protocol
-        cd["sock_type"] = c.sock_type
-        for name in ("daddr", "dport", "saddr", "sport", "unix_path"):
-            value = getattr(c, name)
-            if value is not None:
-                cd[name] = value
-        cd["result"] = c.result
-        if c.error is not None:
-            cd["error"] = c.error
-        cd["hook"] = c.hook
-        cd["via"] = c.via
-        cd["user_memory"] = c.user_memory
-        return cd
+        return fields_dict(ev.connect, CONNECT_FIELDS)
     if isinstance(ev, PolicySummary):
         return summary_dict(ev)
     if isinstance(ev, PrivilegeChange):
@@ -390,6 +402,11 @@ class Serializer:
         return orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE)
 
     def line(self, ev: Event) -> bytes:
+        shape = _SHAPES.get(type(ev))
+        if shape is not None:  # a FileOpen or Connect
+            policy: PolicyMatch | None = ev.policy  # type: ignore[union-attr]
+            context = self._procs.context(ev)  # type: ignore[arg-type]
+            return shape.line(ev, context, self._policy(policy) if policy is not None else b"")
         if isinstance(ev, Lost):
             return self._lost(ev)
         parts = self._parts(ev)
@@ -402,11 +419,23 @@ class Serializer:
         if isinstance(ev, Lost):
             line = self._lost(ev)
             return line, line
+        shape = _SHAPES.get(type(ev))
+        if shape is not None:
+            # The C line costs less than keeping its parts for a second join.
+            policy = self._policy_part(ev)
+            return (
+                shape.line(ev, self._procs.context(ev), policy),
+                shape.line(ev, other._procs.context(ev), policy),
+            )
         parts = self._parts(ev)
         parts[_CONTEXT] = self._procs.context(ev)
         mine = b"".join(parts)
         parts[_CONTEXT] = other._procs.context(ev)
         return mine, b"".join(parts)
+
+    def _policy_part(self, ev: ProcessEventKind) -> bytes:
+        policy: PolicyMatch | None = getattr(ev, "policy", None)
+        return self._policy(policy) if policy is not None else b""
 
     def _parts(
         self, ev: ProcessEventKind
@@ -415,7 +444,6 @@ class Serializer:
         # Event types and RFC 3339 times need no JSON escaping; the details
         # sit under the key named by the type.
         kind = ev.type.encode()
-        policy = getattr(ev, "policy", None)
         # Joined, not %: it sizes the 4-5 KB line once instead of growing it.
         return [
             b'{"type":"',
@@ -428,12 +456,19 @@ class Serializer:
             kind,
             b'":',
             orjson.dumps(details_dict(ev)),
-            self._policy(policy) if policy is not None else b"",
+            self._policy_part(ev),
             b"}\n",
         ]
 
 
 _CONTEXT = 5  # where Serializer._parts leaves the process side
+
+# The events most lines are about, written by export/_jsonline.c; the
+# others are joined from parts above.
+_SHAPES: dict[type, Shape] = {
+    FileOpen: Shape(FileOpen.type, "file", FILE_FIELDS),
+    Connect: Shape(Connect.type, "connect", CONNECT_FIELDS),
+}
 
 
 class ExportFileError(OSError):

@@ -17,6 +17,7 @@ from typing import BinaryIO, Generic, Protocol, TypeVar
 
 import structlog
 
+from export._writev import writev_all
 from export.config import QUEUE_BYTES
 from tracer.core.events import Event, Lost
 
@@ -38,13 +39,26 @@ class Output(Protocol):
 
 
 class StreamLines:
-    """An Output over a binary stream (stdout): each batch is one write."""
+    """An Output over a binary stream (stdout): each batch is one write.
+
+    Over a file descriptor, that is a writev(2) (export/_writev.py): joining
+    the batch copied every line under the GIL, most of the writer thread's
+    CPU (0.65 of ~1 us an event of 4.6 KB, bench/pipeline_cost.py).
+    """
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
+        try:
+            self._fd: int | None = stream.fileno()
+        except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory stream
+            self._fd = None
 
     def write_lines(self, lines: list[bytes], /) -> None:
-        self._stream.write(b"".join(lines))
+        if self._fd is None:
+            self._stream.write(b"".join(lines))
+            return
+        self._stream.flush()  # what went through the stream's buffer goes first
+        writev_all(self._fd, lines)
 
     def flush(self) -> None:
         self._stream.flush()

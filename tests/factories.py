@@ -7,11 +7,13 @@ times that are not whole milliseconds.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import threading
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from tracer.core import text
@@ -311,6 +313,13 @@ def closed_port() -> int:
 
 
 # -- hypothesis strategies: every event kind, every optional field -----------------
+
+# Examples per property: bounded so `make test` pays seconds; bench/fuzz_long.sh
+# runs the same properties far longer.
+FUZZ_EXAMPLES = int(os.environ.get("TRACER_FUZZ_EXAMPLES", "200"))
+BOUNDED = settings(
+    max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 _U32 = st.integers(0, 2**32 - 1)
 _TEXT = st.text(max_size=40)

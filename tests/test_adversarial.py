@@ -9,12 +9,11 @@ one, nothing raw reaches a terminal, every line stays one valid line.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import orjson
-from factories import events
-from hypothesis import HealthCheck, given, settings
+from factories import BOUNDED, events
+from hypothesis import given
 from hypothesis import strategies as st
 
 from export.filters import FilterError, facts_of_dict
@@ -23,10 +22,6 @@ from tracer.core import terminal
 from tracer.core.events import Event
 from tracer.core.labels import parse_selector
 
-_EXAMPLES = int(os.environ.get("TRACER_FUZZ_EXAMPLES", "200"))
-_BOUNDED = settings(
-    max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
 # What a forged or damaged log line may hold anywhere: any value orjson.loads
 # can return (it reads big integers as floats, refuses infinities and lone
 # surrogates).
@@ -48,7 +43,7 @@ def _unsafe(text: str) -> list[str]:
     return [ch for ch in text if not ch.isprintable()]
 
 
-@_BOUNDED
+@BOUNDED
 @given(st.text())
 def test_escape_leaves_nothing_a_terminal_would_obey(text: str) -> None:
     shown = terminal.escape(text)
@@ -56,7 +51,7 @@ def test_escape_leaves_nothing_a_terminal_would_obey(text: str) -> None:
     assert shown == text or "\\" in shown
 
 
-@_BOUNDED
+@BOUNDED
 @given(st.dictionaries(_STR, _JSON, max_size=6), _TYPES)
 def test_a_forged_event_renders_as_one_safe_line_or_json(ev: dict[str, Any], kind: str) -> None:
     ev["type"] = kind
@@ -69,7 +64,7 @@ def test_a_forged_event_renders_as_one_safe_line_or_json(ev: dict[str, Any], kin
     facts_of_dict(ev)  # filters read forged lines too (tracer events --from)
 
 
-@_BOUNDED
+@BOUNDED
 @given(events())
 def test_every_event_is_one_json_line_that_parses_back(ev: Event) -> None:
     line = Serializer().line(ev)
@@ -78,7 +73,7 @@ def test_every_event_is_one_json_line_that_parses_back(ev: Event) -> None:
     assert d["type"] == ev.type and d["node"] == ev.node
 
 
-@_BOUNDED
+@BOUNDED
 @given(st.text(max_size=200))
 def test_a_label_selector_parses_or_is_refused_cleanly(text: str) -> None:
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import threading
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from export import _writev
+from export import StreamLines, _writev
 from export._writev import _IOV_MAX, writev_all
 
 
@@ -63,3 +64,23 @@ def test_short_writes_to_a_pipe_are_resumed(monkeypatch: pytest.MonkeyPatch) -> 
         os.close(r)
     assert short, "no write was cut short: the test did not test resuming"
     assert bytes(got) == b"".join(lines)
+
+
+def test_stream_lines_write_after_what_the_stream_buffered(tmp_path: Path) -> None:
+    # Over a file descriptor the lines go out by writev: whatever was
+    # written through the stream's own buffer must still come first.
+    path = tmp_path / "out"
+    with open(path, "wb") as stream:
+        out = StreamLines(stream)
+        stream.write(b"first\n")
+        out.write_lines([b"a\n", b"b\n"])
+        stream.write(b"between\n")
+        out.write_lines([b"c\n"])
+        out.flush()
+    assert path.read_bytes() == b"first\na\nb\nbetween\nc\n"
+
+
+def test_stream_lines_over_a_stream_without_a_descriptor_join_the_batch() -> None:
+    stream = io.BytesIO()
+    StreamLines(stream).write_lines([b"a\n", b"b\n"])
+    assert stream.getvalue() == b"a\nb\n"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gc
 import signal
 import sys
 import threading
@@ -493,12 +492,7 @@ class Daemon:
                 if server is not None:
                     server.start()
                 heap.trim()  # what loading and the /proc scan freed: ~11 MB
-                # Everything made so far (modules, the policy, the cache of
-                # every process on the machine) lives as long as the daemon;
-                # left to the cyclic GC, each full collection would walk it
-                # again: 0.7 us of every posted event's 9 (open storm).
-                # Objects are still freed by reference count when dropped.
-                gc.freeze()
+                heap.settle()
                 sys.setswitchinterval(_SWITCH_INTERVAL_S)
                 _log.info(
                     "ready",

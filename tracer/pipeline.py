@@ -71,7 +71,12 @@ class Pipeline:
                 self.malformed["malformed"] += 1
                 _log.warning("undecodable record dropped", error=str(exc), size=len(raw))
                 continue
-            if isinstance(rec, decode.ExecRecord):
+            # Opens and connects first: they are most of what is posted.
+            if isinstance(rec, decode.FileOpenRecord):
+                emit(build.file_open(rec, cache.context(rec.task), node, match(rec.verdict)))
+            elif isinstance(rec, decode.ConnectRecord):
+                emit(build.connect(rec, cache.context(rec.task), node, match(rec.verdict)))
+            elif isinstance(rec, decode.ExecRecord):
                 ctx = cache.on_exec(rec)  # always: the cache needs every exec
                 if workloads is not None:
                     workloads.on_exec(rec.task.cgroup_id)
@@ -85,10 +90,6 @@ class Pipeline:
                 cache.on_fork(rec)
             elif isinstance(rec, decode.ExitRecord):
                 emit(build.process_exit(rec, cache.on_exit(rec), node))
-            elif isinstance(rec, decode.FileOpenRecord):
-                emit(build.file_open(rec, cache.context(rec.task), node, match(rec.verdict)))
-            elif isinstance(rec, decode.ConnectRecord):
-                emit(build.connect(rec, cache.context(rec.task), node, match(rec.verdict)))
             elif isinstance(rec, decode.SummaryRecord):
                 ctx = cache.context(rec.task)
                 emit(build.policy_summary(rec, ctx, node, match(rec.verdict)))

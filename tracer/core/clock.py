@@ -1,9 +1,14 @@
-"""Kernel boot-based timestamps to wall-clock time."""
+"""Kernel boot-based timestamps to wall-clock time, and as RFC 3339 text."""
 
 from __future__ import annotations
 
-import functools
 import time
+
+# RFC 3339 UTC, exact to the nanosecond: 2026-11-26T11:49:43.123456789Z,
+# with the fewest fractional digits (0, 3, 6, 9) that are exact, as
+# protobuf's JSON writes a Timestamp. In C (rfc3339.h): it is made for every
+# event; tests/rfc3339_ref.py is the Python model the tests hold it to.
+from tracer.core._clock import rfc3339 as rfc3339
 
 
 class BootClock:
@@ -30,31 +35,3 @@ class BootClock:
 
     def now_boot(self) -> int:
         return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-
-
-def rfc3339(ns: int) -> str:
-    """UTC, exact to the nanosecond: 2026-11-26T11:49:43.123456789Z.
-
-    The fraction has 0, 3, 6 or 9 digits, the fewest that are exact, as in
-    protobuf's JSON mapping of Timestamp: a JSON line and the JSON of the
-    same event from the gRPC API are then equal as strings, not just as
-    instants.
-    """
-    secs, frac = divmod(ns, 1_000_000_000)
-    base = _second(secs)
-    if frac == 0:
-        return base + "Z"
-    if frac % 1_000_000 == 0:
-        return f"{base}.{frac // 1_000_000:03d}Z"
-    if frac % 1_000 == 0:
-        return f"{base}.{frac // 1_000:06d}Z"
-    if frac >= 100_000_000:  # nine digits already: a format spec costs 150 ns more
-        return f"{base}.{frac}Z"
-    return f"{base}.{frac:09d}Z"
-
-
-@functools.lru_cache(maxsize=64)
-def _second(secs: int) -> str:
-    # Events arrive in bursts within the same second, and formatting the
-    # second is most of a timestamp's cost.
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from tracer.core import _wire
 
 KIND_EXEC = 1
 KIND_FORK = 2
@@ -550,18 +553,11 @@ def _task(buf: bytes) -> Task:
     )
 
 
-# Few rules exist, so few verdicts: each is made once and shared (hence frozen).
-_VERDICTS: dict[tuple[int, int, int, int], Verdict] = {}
-
-
-def _verdict(buf: bytes) -> Verdict:
-    key = VERDICT.unpack_from(buf, VERDICT_OFFSET)
-    v = _VERDICTS.get(key)
-    if v is None:
-        if len(_VERDICTS) >= 4096:  # a bound, whatever the records say
-            _VERDICTS.clear()
-        v = _VERDICTS[key] = Verdict(key[0], key[1], key[2])
-    return v
+# file_open and connect, most of what is posted, are decoded in C
+# (tracer/core/_wire.c), into the classes above; it also keeps the verdicts,
+# shared since few rules exist, for every kind.
+_C = _wire.Decoder(Task, FileOpenRecord, ConnectRecord, Verdict, WireError)
+_verdict: Callable[[bytes], Verdict] = _C.verdict
 
 
 def split_args(raw: bytes) -> tuple[bytes, ...]:
@@ -579,6 +575,9 @@ def split_args(raw: bytes) -> tuple[bytes, ...]:
 
 
 def decode(buf: bytes) -> Record:
+    rec: Record | None = _C.decode(buf)
+    if rec is not None:
+        return rec
     if len(buf) < HDR.size:
         raise WireError(f"record of {len(buf)} bytes is shorter than its header")
     kind, size = HDR.unpack_from(buf)
@@ -614,42 +613,6 @@ def decode(buf: bytes) -> Record:
             raise WireError(f"exit record of {size} bytes is too short")
         (status, _) = EXIT_TAIL.unpack_from(buf, FORK_SIZE)
         return ExitRecord(_task(buf), status)
-    if kind == KIND_FILE_OPEN:
-        if size < FILE_PATH_OFFSET:
-            raise WireError(f"file_open record of {size} bytes is too short")
-        ret, oflags, mode, flags, hook, plen, op, slen = FILE_TAIL.unpack_from(
-            buf, FILE_TAIL_OFFSET
-        )
-        end = FILE_PATH_OFFSET + plen + slen
-        if end > size:
-            raise WireError(f"file_open strings overrun the record ({end} > {size})")
-        path = buf[FILE_PATH_OFFSET : FILE_PATH_OFFSET + plen]
-        source = buf[FILE_PATH_OFFSET + plen : end]
-        return FileOpenRecord(
-            _task(buf), _verdict(buf), ret, oflags, mode, flags, hook, path, op, source
-        )
-    if kind == KIND_CONNECT:
-        if size < CONNECT_SIZE:
-            raise WireError(f"connect record of {size} bytes is too short")
-        (ret, fam, proto, stype, hook, dport, sport, plen, via, cflags, daddr, saddr, upath) = (
-            CONNECT_TAIL.unpack_from(buf, CONNECT_TAIL_OFFSET)
-        )
-        return ConnectRecord(
-            _task(buf),
-            _verdict(buf),
-            ret,
-            fam,
-            proto,
-            stype,
-            hook,
-            dport,
-            sport,
-            daddr,
-            saddr,
-            upath[: min(plen, len(upath))],
-            via,
-            cflags,
-        )
     if kind == KIND_CGROUP:
         if size < CGROUP_PATH_OFFSET:
             raise WireError(f"cgroup record of {size} bytes is too short")

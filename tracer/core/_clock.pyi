@@ -1,0 +1,3 @@
+# Type information of the C extension tracer/core/_clock.c.
+
+def rfc3339(ns: int, /) -> str: ...
