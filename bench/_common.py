@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -329,8 +330,16 @@ class TracerDaemon:
                 out[k] = int(v.split()[0])
         return out
 
+    def pss_kb(self) -> int:
+        """Proportional set size: a page shared with other processes (a library's
+        code) counts as its share; a page mapped twice by this one, once."""
+        for line in Path(f"/proc/{self.pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+        raise RuntimeError(f"no Pss in /proc/{self.pid}/smaps_rollup")
+
     def bpf_map_rss_kb(self) -> int:
-        """Rss of the BPF map mmaps (the ring buffer: its data pages are mapped twice)."""
+        """Rss of the BPF map mmaps: the rings' data, mapped once and wholly resident."""
         total, in_map = 0, False
         for line in Path(f"/proc/{self.pid}/smaps").read_text().splitlines():
             first = line.split(None, 1)[0] if line else ""
@@ -457,6 +466,63 @@ class Delivery:
     complete: bool
     seconds: float
     cpu: float
+
+
+_BPF_MAP_TYPE_RINGBUF = 27
+_POS = struct.Struct("<Q")
+
+
+class RingFill:
+    """The peak fill of one of a daemon's BPF rings, from the kernel's positions.
+
+    Finds the ring by name among the maps the daemon holds open (its fdinfo
+    and bpftool), opens it by id and maps its consumer and producer pages
+    read-only; a thread samples producer - consumer every `interval` s.
+    """
+
+    def __init__(self, pid: int, name: str, interval: float = 0.0005) -> None:
+        self.name, self.size, self.peak = name, 0, 0
+        map_id = None
+        for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+            try:
+                fields = dict(line.split(":\t", 1) for line in info.read_text().splitlines()
+                              if ":\t" in line)
+            except OSError:
+                continue
+            if fields.get("map_type") != str(_BPF_MAP_TYPE_RINGBUF):
+                continue
+            shown = orjson.loads(subprocess.run(
+                ["bpftool", "-j", "map", "show", "id", fields["map_id"]],
+                check=True, capture_output=True).stdout)
+            if shown.get("name") == name:
+                map_id, self.size = int(fields["map_id"]), int(fields["max_entries"])
+        if map_id is None:
+            raise RuntimeError(f"the daemon {pid} holds no ring {name}")
+        libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
+        fd = libbpf.bpf_map_get_fd_by_id(map_id)
+        if fd < 0:
+            raise OSError(-fd, f"bpf_map_get_fd_by_id({map_id})")
+        try:
+            self._mem = mmap.mmap(fd, 2 * mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _sample(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            used = (_POS.unpack_from(self._mem, mmap.PAGESIZE)[0]
+                    - _POS.unpack_from(self._mem, 0)[0])
+            self.peak = max(self.peak, used)
+
+    def stop(self) -> str:
+        """Stop sampling; the peak, in words."""
+        self._stop.set()
+        self._thread.join()
+        self._mem.close()
+        return (f"{self.name} peak fill {self.peak / 2**20:.1f} MiB of {self.size / 2**20:.0f} "
+                f"MiB ({self.peak / self.size:.0%})")
 
 
 class OutputWatch:

@@ -14,7 +14,11 @@ subreaper, so they are reaped too). Reports lost counts from the export
 file and from the daemon's final `stopped` line.
 
 Target: steady RSS with 5,000 live processes < 80 MB (80 * 10^6 bytes;
-MiB also shown).
+MiB also shown). VmRSS counts every page mapped once per mapping: the
+rings' data (mapped once since tracer/core/_ringsink.c) and the libraries'
+code whole, though other processes may share it; Pss counts a shared page
+as its share. The daemon runs with its own defaults unless --ringbuf-size
+or --daemon-args say otherwise.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Samples:
     hwm_kb: list[int] = field(default_factory=list)
     anon_kb: list[int] = field(default_factory=list)
     file_kb: list[int] = field(default_factory=list)
+    pss_kb: list[int] = field(default_factory=list)
     bpf_map_kb: int = 0
 
     def take(self, d: TracerDaemon, n: int, span: float) -> Samples:
@@ -62,6 +67,7 @@ class Samples:
             self.hwm_kb.append(m["VmHWM"])
             self.anon_kb.append(m.get("RssAnon", 0))
             self.file_kb.append(m.get("RssFile", 0) + m.get("RssShmem", 0))
+            self.pss_kb.append(d.pss_kb())
             if i < n - 1:
                 time.sleep(span / (n - 1))
         return self
@@ -76,8 +82,13 @@ class Samples:
                 f"VmHWM MiB {mib(max(self.hwm_kb))}  "
                 f"RssAnon MiB {mib(statistics.median(self.anon_kb))}"
                 f"  RssFile+Shmem MiB {mib(statistics.median(self.file_kb))}"
-                f"  (of which BPF map mmaps {mib(self.bpf_map_kb)}; RSS without them "
-                f"{mib(statistics.median(r) - self.bpf_map_kb)})  samples {len(r)}")
+                f"  (of which BPF map mmaps {mib(self.bpf_map_kb)}, the rings' data once; RSS "
+                f"without them {mib(statistics.median(r) - self.bpf_map_kb)})"
+                f"  Pss MiB {mib(statistics.median(self.pss_kb))}  samples {len(r)}")
+
+
+def ring_args(args: argparse.Namespace) -> list[str]:
+    return ["--ringbuf-size", args.ringbuf_size] if args.ringbuf_size else []
 
 
 def spawn_sleeps(reaper: Reaper, n: int, dur: str, log: Path) -> subprocess.Popen[bytes]:
@@ -109,7 +120,7 @@ def variant_live(reaper: Reaper, args: argparse.Namespace, work: Path) -> bool:
     print(f"\n-- live: daemon first, then {args.procs} sleeps --")
     quiet(args)
     export = work / "live.jsonl"
-    d = TracerDaemon(reaper, export, ["--ringbuf-size", args.ringbuf_size, *args.daemon_args])
+    d = TracerDaemon(reaper, export, [*ring_args(args), *args.daemon_args])
     d.start()
     time.sleep(args.settle)
     idle = Samples().take(d, args.samples, args.span)
@@ -157,7 +168,7 @@ def variant_bootstrap(reaper: Reaper, args: argparse.Namespace, work: Path) -> b
     ok = wait_until(lambda: count_sleeps(dur) >= args.procs, args.timeout, 0.2)
     print(f"{count_sleeps(dur)} sleeps running after {time.perf_counter() - t0:.1f} s")
     export = work / "bootstrap.jsonl"
-    d = TracerDaemon(reaper, export, ["--ringbuf-size", args.ringbuf_size, *args.daemon_args])
+    d = TracerDaemon(reaper, export, [*ring_args(args), *args.daemon_args])
     ready = d.start(timeout=args.timeout)
     print(f"spawn->ready {ready * 1000:.0f} ms  startup_ms {d.ready_fields.get('startup_ms')}  "
           f"procfs_processes {d.ready_fields.get('procfs_processes')}")
@@ -186,7 +197,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--daemon-args", default="", type=shlex.split,
                     help='more `tracer run` options, e.g. --daemon-args="--no-grpc"')
-    ap.add_argument("--ringbuf-size", default="4M", help="daemon --ringbuf-size (default 4M)")
+    ap.add_argument("--ringbuf-size", help="daemon --ringbuf-size (default: the daemon's)")
     add_quiet_arguments(ap)
     args = ap.parse_args()
     return run_bench(bench, args)
@@ -194,7 +205,8 @@ def main() -> int:
 
 def bench(reaper: Reaper, args: argparse.Namespace) -> int:
     print_header(
-        f"RSS with {args.procs} live processes (daemon --ringbuf-size {args.ringbuf_size})"
+        f"RSS with {args.procs} live processes (daemon --ringbuf-size "
+        f"{args.ringbuf_size or 'default'})"
     )
     work = tmpdir("tracer-bench-rss-")
     ok = True

@@ -672,3 +672,15 @@ def test_a_failed_tcp_listener_leaves_no_unix_socket_behind(tmp_path: Path) -> N
     assert r.returncode == 1
     assert "cannot read a TLS file" in r.stderr
     assert not sock.exists()
+
+
+def test_grpc_is_loaded_only_to_serve(daemon: Daemon) -> None:
+    """grpc's core library is ~13 MiB of resident code: a daemon run with
+    --no-grpc never loads it, one that serves does."""
+    off = Daemon("--no-grpc")
+    try:
+        without = Path(f"/proc/{off.proc.pid}/maps").read_text()
+    finally:
+        off.stop()
+    assert "cygrpc" not in without
+    assert "cygrpc" in Path(f"/proc/{daemon.proc.pid}/maps").read_text()

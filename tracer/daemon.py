@@ -35,7 +35,6 @@ from export import (
     line_encoder,
 )
 from export.eventlog import EventLog
-from export.grpc_server import GrpcServer
 from export.hub import Hub
 from policy import Fingerprint, PolicyError, PolicyMaps, PolicyStore, fingerprint
 from tracer import __version__, control, heap
@@ -59,6 +58,7 @@ from tracer.status import CaptureState, DaemonStatus, unready
 from tracer.workloads import WorkloadSync
 
 if TYPE_CHECKING:
+    from export.grpc_server import GrpcServer
     from tracer.metrics import MetricsServer
 
 _log = structlog.get_logger(component="daemon")
@@ -408,7 +408,7 @@ class Daemon:
         )
         sinks = self._sinks()
         hub = None
-        server = None
+        server: GrpcServer | None = None
         if cfg.grpc is not None:
             hub = Hub(
                 cfg.node,
@@ -448,6 +448,10 @@ class Daemon:
                 metrics.start()
             if hub is not None:
                 assert cfg.grpc is not None
+                # Imported only when served: grpc's core library alone is
+                # ~13 MiB of resident code (BENCHMARKS.md, "RSS").
+                from export.grpc_server import GrpcServer
+
                 # Bound before any BPF is loaded: a socket in use fails fast.
                 server = GrpcServer(cfg.grpc, hub, DaemonStatus(self._state), self)
             # Scrapes stop before the sensor (its maps and programs) is freed.

@@ -21,7 +21,6 @@ LIBBPF_DEBUG = 2
 
 
 PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
 class TestRunOpts(ctypes.Structure):
@@ -95,28 +94,10 @@ def load() -> ctypes.CDLL:
     _declare(lib, "bpf_map_lookup_elem", i, i, vp, vp)
     _declare(lib, "bpf_map_update_elem", i, i, vp, vp, ctypes.c_uint64)
     _declare(lib, "bpf_map_delete_elem", i, i, vp)
-    _declare(lib, "ring_buffer__new", vp, i, SAMPLE_FN, vp, vp)
-    _declare(lib, "ring_buffer__add", i, vp, i, SAMPLE_FN, vp)
-    _declare(lib, "ring_buffer__free", None, vp)
     _declare(lib, "libbpf_strerror", i, i, cp, sz)
     _declare(lib, "libbpf_find_vmlinux_btf_id", i, cp, i)
     _declare(lib, "bpf_obj_get_info_by_fd", i, i, vp, ctypes.POINTER(u32))
     _declare(lib, "bpf_prog_test_run_opts", i, i, ctypes.POINTER(TestRunOpts))
-    return lib
-
-
-def load_held() -> ctypes.PyDLL:
-    """libbpf functions that are called with the GIL held.
-
-    ring_buffer__consume never blocks and calls back into Python for every
-    record. Through a CDLL it released the GIL for the call, and each
-    callback took it back: a writer thread could slip in between any two
-    records, and the capture thread then waited for its turn again. Held,
-    the callbacks cost no GIL hand-off and the interpreter's own switch
-    interval decides when writers run.
-    """
-    lib = ctypes.PyDLL(LIBBPF_SONAME)
-    _declare(lib, "ring_buffer__consume", ctypes.c_int, ctypes.c_void_p)
     return lib
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
-import mmap
 import os
 import platform
 import select
@@ -29,7 +28,6 @@ from tracer.core import _libbpf, _ringsink
 _log = structlog.get_logger(component="libbpf")
 
 _lib: ctypes.CDLL | None = None
-_held: ctypes.PyDLL | None = None
 _libc: ctypes.CDLL | None = None
 _lib_lock = threading.Lock()
 _capture = threading.local()
@@ -104,13 +102,12 @@ def _on_print(level: int, fmt: bytes | None, va_list: int | None) -> int:
 
 def lib() -> ctypes.CDLL:
     """The loaded libbpf, with its log routed to structlog (loaded once)."""
-    global _lib, _held, _libc, _print_cb
+    global _lib, _libc, _print_cb
     if _lib is not None:  # every map lookup comes here: no lock once loaded
         return _lib
     with _lib_lock:
         if _lib is None:
             lib = _libbpf.load()
-            _held = _libbpf.load_held()
             _libc = _libbpf.load_libc()
             _print_cb = _libbpf.PRINT_FN(_on_print)
             lib.libbpf_set_print(_print_cb)
@@ -433,67 +430,25 @@ class BpfObject:
         self.close()
 
 
-# What the sample callback returns to stop ring_buffer__consume() at a full
-# batch; libbpf passes it through as the call's result.
-_BATCH_FULL = _ringsink.BATCH_FULL
-
-
-class RingPositions:
-    """How full a BPF ring buffer is, read from its consumer and producer positions.
-
-    The kernel exposes both counters in the map's first two pages (the
-    consumer's, then the producer's); they are mapped read-only here, so
-    reading them is two loads and never a syscall, and nothing this side
-    can move the reader's position.
-    """
-
-    def __init__(self, m: Map) -> None:
-        page = mmap.PAGESIZE
-        self.size = m.max_entries
-        self._mem: mmap.mmap | None = mmap.mmap(
-            m.fd, 2 * page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0
-        )
-        self._page = page
-
-    def used(self) -> int:
-        """Bytes written by the programs and not yet consumed (headers included)."""
-        mem = self._mem
-        if mem is None:
-            return 0
-        consumer: int = _POS.unpack_from(mem, 0)[0]
-        producer: int = _POS.unpack_from(mem, self._page)[0]
-        return max(0, min(self.size, producer - consumer))
-
-    def close(self) -> None:
-        if self._mem is not None:
-            mem, self._mem = self._mem, None
-            mem.close()
-
-
-_POS = struct.Struct("<Q")
-
-
 class RingBuffer:
     """Drains a BPF ring buffer map in batches, and optionally a second one first.
 
-    consume() returns the records libbpf copied out during one
-    ring_buffer__consume() call. The sample callback is C (_ringsink.c):
-    it appends each record to a list as bytes, and no Python runs per
-    record until the caller processes the batch after the C loop has
-    returned. A batch holds at most `batch_max` records of the main
-    ring: a backlog of a whole ring (100,000s of records) is taken
-    in steps, each one processed before the next is copied.
+    The reader is C (_ringsink.Ring): it maps each ring's data once (libbpf
+    maps it twice, doubling the ring in VmRSS) and appends each record to a
+    list as bytes, with no Python per record until the caller processes the
+    batch. A batch holds at most `batch_max` records of the main ring: a
+    backlog of a whole ring (100,000s of records) is taken in steps, each
+    one processed before the next is copied.
 
-    `first` is a ring that must never wait behind the main one: one
-    ring_buffer manager holds both (ring_buffer__add), and libbpf drains
-    them in the order added, so each consume() takes all of `first` and
-    then a batch of the main ring. Its records are placed among the main
-    ring's by `key` (a time both rings' records carry), so a record comes
-    after every main-ring record that was made before it. One is held back
-    while the main ring may still hold such a record: until the main ring
-    has been drained after it was taken, or a main-ring record as late as
-    it has been read. Past `hold_max` waiting, all go out at once rather
-    than grow without bound (their processes may then show as partial).
+    `first` is a ring that must never wait behind the main one: each
+    consume() takes all of `first` and then a batch of the main ring. Its
+    records are placed among the main ring's by `key` (a time both rings'
+    records carry), so a record comes after every main-ring record that was
+    made before it. One is held back while the main ring may still hold such
+    a record: until the main ring has been drained after it was taken, or a
+    main-ring record as late as it has been read. Past `hold_max` waiting,
+    all go out at once rather than grow without bound (their processes may
+    then show as partial).
     """
 
     def __init__(
@@ -504,40 +459,31 @@ class RingBuffer:
         key: Callable[[bytes], int] | None = None,
         hold_max: int = 65536,
     ) -> None:
-        self._main = _ringsink.Batch(batch_max)
-        self._first = _ringsink.Batch()
+        self.batch_max = batch_max
         self._held: list[bytes] = []
         self.hold_max = hold_max
         self._key = key or (lambda _: 0)
-        # Kept alive with the manager, which holds its raw pointer.
-        self._cb = _libbpf.SAMPLE_FN(_ringsink.CALLBACK)
+        # What a consume() that raised had taken already: the next one returns it.
+        self._batch: list[bytes] = []
+        self._first_batch: list[bytes] = []
         self._wait = select.poll()
+        self._rings: list[_ringsink.Ring] = []
         maps = [first, m] if first is not None else [m]
-        ctx = self._first.context if first is not None else self._main.context
-        with _Call(f"ring buffer on map {maps[0].name}") as c:
-            self._ptr: int | None = c.check_ptr(
-                lib().ring_buffer__new(maps[0].fd, self._cb, ctx, None)
-            )
-        try:
-            if first is not None:
-                with _Call(f"ring buffer on map {m.name}") as c:
-                    c.check_int(
-                        lib().ring_buffer__add(self._ptr, m.fd, self._cb, self._main.context)
-                    )
-        except BaseException:
-            self.close()
-            raise
+        for each in maps:
+            try:
+                self._rings.append(_ringsink.Ring(each.fd, each.max_entries))
+            except OSError as exc:
+                self.close()
+                err = exc.errno or _errno.EINVAL
+                raise LibbpfError(f"map ring buffer {each.name}", err, []) from exc
+        self._main = self._rings[-1]
+        self._first = self._rings[0] if first is not None else None
         for each in maps:
             self._wait.register(each.fd, select.POLLIN)
 
-    @property
-    def batch_max(self) -> int:
-        """Most records of the main ring one consume() returns."""
-        return self._main.limit
-
-    @batch_max.setter
-    def batch_max(self, n: int) -> None:
-        self._main.limit = n
+    def used(self) -> int:
+        """Bytes of the main ring written by the programs and not yet consumed."""
+        return self._main.used() if self._rings else 0
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Every record available; if there is none, first wait up to timeout_ms.
@@ -555,14 +501,13 @@ class RingBuffer:
 
     def consume(self) -> list[bytes]:
         """Every record available now (up to batch_max of the main ring), without waiting."""
-        assert _held is not None and self._ptr
-        with _Call("ring_buffer__consume") as c:
-            # A record the callback could not copy raises (MemoryError) here;
-            # those appended before it stay for the next call.
-            ret = int(_held.ring_buffer__consume(self._ptr))
-        batch, first = self._main.take(), self._first.take()
-        if ret < 0 and ret != _BATCH_FULL:
-            raise c.fail(ret)
+        # A record that cannot be copied (MemoryError) stays in its ring and
+        # raises here; those taken before it are returned by the next call.
+        if self._first is not None:
+            self._first.consume(self._first_batch)
+        self._main.consume(self._batch, self.batch_max)
+        batch, self._batch = self._batch, []
+        first, self._first_batch = self._first_batch, []
         if not first and not self._held:
             return batch
         return self._merge(batch, first, drained=len(batch) < self.batch_max)
@@ -594,6 +539,6 @@ class RingBuffer:
         return merged
 
     def close(self) -> None:
-        if self._ptr:
-            lib().ring_buffer__free(self._ptr)
-            self._ptr = None
+        for ring in self._rings:
+            ring.close()
+        self._rings = []

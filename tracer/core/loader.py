@@ -313,7 +313,6 @@ class Sensor:
         self.ringbuf = bpf.RingBuffer(
             obj.map("tr_events"), first=obj.map("tr_selected"), key=decode.ktime
         )
-        self.ring = bpf.RingPositions(obj.map("tr_events"))
         self._stats = obj.map("tr_stats")
         self._lock = threading.Lock()
         self._closed = False
@@ -328,7 +327,7 @@ class Sensor:
     def ring_used(self) -> int:
         """Bytes in the ring buffer the reader has not consumed yet."""
         with self._lock:
-            return 0 if self._closed else self.ring.used()
+            return 0 if self._closed else self.ringbuf.used()
 
     def counters(self) -> KernelCounters:
         """Totals since load, summed over CPUs."""
@@ -365,7 +364,6 @@ class Sensor:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self.ring.close()
             self.ringbuf.close()
             self.obj.close()
 
