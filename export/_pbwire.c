@@ -138,14 +138,19 @@ open_len(Out *o)
     return start;
 }
 
-static void
+static int
 close_len(Out *o, Py_ssize_t start)
 {
     Py_ssize_t size = o->len - start - 5;
+    if (size > INT32_MAX) { /* protobuf's limit; past it, 5 varint bytes may not hold it */
+        PyErr_SetString(PyExc_ValueError, "a protobuf message over 2 GiB");
+        return -1;
+    }
     int n = varint_len((uint64_t)size);
     write_varint(o->buf + start, (uint64_t)size);
     memmove(o->buf + start + n, o->buf + start + 5, (size_t)size);
     o->len = start + n + size;
+    return 0;
 }
 
 static int
@@ -241,8 +246,7 @@ encode_value(Out *o, const Field *f, PyObject *v, int always)
         Py_ssize_t start = open_len(o);
         if (start < 0 || encode_message(o, f->sub, v))
             return -1;
-        close_len(o, start);
-        return 0;
+        return close_len(o, start);
     }
     case K_TIMESTAMP: {
         if (!PyLong_Check(v)) {
@@ -267,8 +271,7 @@ encode_value(Out *o, const Field *f, PyObject *v, int always)
             return -1;
         if (nanos && (put_tag(o, fn) || put_varint(o, (uint64_t)nanos)))
             return -1;
-        close_len(o, start);
-        return 0;
+        return close_len(o, start);
     }
     default: {
         uint64_t bits;
@@ -332,9 +335,8 @@ encode_map(Out *o, const Field *f, PyObject *mapping)
         Py_ssize_t start = open_len(o);
         if (start < 0 || put_tag(o, key) || put_varint(o, (uint64_t)klen) ||
             put(o, PyBytes_AS_STRING(k), klen) ||
-            encode_value(o, value, PyTuple_GET_ITEM(kv, 1), 1))
+            encode_value(o, value, PyTuple_GET_ITEM(kv, 1), 1) || close_len(o, start))
             goto done;
-        close_len(o, start);
     }
     rc = 0;
 done:
@@ -358,8 +360,12 @@ encode_field(Out *o, const Field *f, PyObject *obj)
         if (seq == NULL) {
             rc = -1;
         } else {
-            for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq) && !rc; i++)
-                rc = encode_value(o, f, PySequence_Fast_GET_ITEM(seq, i), 1);
+            /* A list's item can go while its attributes' Python code runs. */
+            for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq) && !rc; i++) {
+                PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+                rc = encode_value(o, f, item, 1);
+                Py_DECREF(item);
+            }
             Py_DECREF(seq);
         }
     } else {
@@ -499,11 +505,10 @@ Message_sized(Message *self, PyObject *obj)
 {
     Out o = {0};
     Py_ssize_t start = open_len(&o);
-    if (start < 0 || encode_message(&o, self, obj)) {
+    if (start < 0 || encode_message(&o, self, obj) || close_len(&o, start)) {
         PyMem_Free(o.buf);
         return NULL;
     }
-    close_len(&o, start);
     return finish(&o);
 }
 
@@ -532,18 +537,35 @@ static PyTypeObject MessageType = {
 /* Processes by exec_id, each with its message's bytes after their length:
  * parents and ancestors recur in every event of their descendants. A hit
  * needs the same object (a new image of the pid is a new Process). Bounded
- * in entries and bytes, emptied when full. Several threads may share one:
+ * in entries and bytes, emptied when full. An entry is charged what it
+ * keeps alive: its bytes and its process, the latter measured by the
+ * `measure` table's size of it (NULL: by the bytes written, when the table
+ * writes the whole process). A cut process's bytes are small, but its
+ * process holds every argument. Several threads may share one:
  * it changes only while the GIL is held, unless `prepare` (Python) lets
  * another thread in, which at worst writes a process twice. */
 typedef struct {
     PyObject_HEAD
     Message *table;
+    Message *measure;
     PyObject *prepare; /* p -> the object the table writes; NULL: p itself */
-    PyObject *entries; /* dict: exec_id -> (Process, bytes) */
+    PyObject *entries; /* dict: exec_id -> (Process, bytes, charge) */
     Py_ssize_t limit, max_bytes, held;
 } Cache;
 
 static PyObject *exec_id_name;
+
+/* What an entry for p with `n` bytes keeps alive, or -1 with an error set. */
+static Py_ssize_t
+charge(Cache *c, PyObject *p, Py_ssize_t n)
+{
+    if (c->measure == NULL)
+        return 2 * n;
+    Out o = {0};
+    int rc = encode_message(&o, c->measure, p);
+    PyMem_Free(o.buf);
+    return rc ? -1 : n + o.len;
+}
 
 /* A new reference to the bytes of p, or NULL with an error set. */
 static PyObject *
@@ -567,13 +589,28 @@ cache_get(Cache *c, PyObject *p)
     Py_DECREF(obj);
     if (sized == NULL)
         goto done;
-    Py_ssize_t n = PyBytes_GET_SIZE(sized);
-    if (PyDict_GET_SIZE(c->entries) >= c->limit || c->held + n > c->max_bytes) {
+    Py_ssize_t n = charge(c, p, PyBytes_GET_SIZE(sized));
+    PyObject *cost = n < 0 ? NULL : PyLong_FromSsize_t(n);
+    entry = cost ? PyTuple_Pack(3, p, sized, cost) : NULL;
+    Py_XDECREF(cost);
+    if (entry == NULL) {
+        Py_CLEAR(sized);
+        goto done;
+    }
+    /* `prepare` may have let another thread change the entries since. */
+    PyObject *old = PyDict_GetItemWithError(c->entries, key);
+    if (old == NULL && PyErr_Occurred()) {
+        Py_CLEAR(sized);
+        goto done;
+    }
+    if (old != NULL) /* another image of the pid: it goes */
+        c->held -= PyLong_AsSsize_t(PyTuple_GET_ITEM(old, 2));
+    if (PyDict_GET_SIZE(c->entries) >= c->limit + (old != NULL) ||
+        c->held + n > c->max_bytes) {
         PyDict_Clear(c->entries);
         c->held = 0;
     }
-    entry = PyTuple_Pack(2, p, sized);
-    if (entry == NULL || PyDict_SetItem(c->entries, key, entry)) {
+    if (PyDict_SetItem(c->entries, key, entry)) {
         Py_CLEAR(sized);
         goto done;
     }
@@ -587,22 +624,30 @@ done:
 static int
 Cache_init(Cache *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"table", "limit", "max_bytes", "prepare", NULL};
-    PyObject *table, *prepare = Py_None;
+    static char *kwlist[] = {"table", "limit", "max_bytes", "prepare", "measure", NULL};
+    PyObject *table, *prepare = Py_None, *measure = Py_None;
     Py_ssize_t limit, max_bytes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!nn|O", kwlist, &MessageType, &table,
-                                     &limit, &max_bytes, &prepare))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!nn|OO", kwlist, &MessageType, &table,
+                                     &limit, &max_bytes, &prepare, &measure))
         return -1;
+    /* Once: its table may be in use by a get() this call is made from. */
+    if (self->entries != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Cache is already initialized");
+        return -1;
+    }
     if (limit < 1 || max_bytes < 1) {
         PyErr_SetString(PyExc_ValueError, "a cache's bounds must be positive");
         return -1;
     }
-    PyObject *entries = PyDict_New();
-    if (entries == NULL)
+    if (measure != Py_None && !PyObject_TypeCheck(measure, &MessageType)) {
+        PyErr_SetString(PyExc_TypeError, "a cache's measure must be a Message or None");
         return -1;
-    Py_XSETREF(self->entries, entries);
-    Py_XSETREF(self->table, (Message *)Py_NewRef(table));
-    Py_XSETREF(self->prepare, prepare == Py_None ? NULL : Py_NewRef(prepare));
+    }
+    if (!(self->entries = PyDict_New()))
+        return -1;
+    self->table = (Message *)Py_NewRef(table);
+    self->measure = (Message *)(measure == Py_None ? NULL : Py_NewRef(measure));
+    self->prepare = prepare == Py_None ? NULL : Py_NewRef(prepare);
     self->limit = limit;
     self->max_bytes = max_bytes;
     self->held = 0;
@@ -613,6 +658,7 @@ static int
 Cache_traverse(Cache *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->table);
+    Py_VISIT(self->measure);
     Py_VISIT(self->prepare);
     Py_VISIT(self->entries);
     return 0;
@@ -622,6 +668,7 @@ static int
 Cache_clear(Cache *self)
 {
     Py_CLEAR(self->table);
+    Py_CLEAR(self->measure);
     Py_CLEAR(self->prepare);
     Py_CLEAR(self->entries);
     return 0;
@@ -666,7 +713,7 @@ static PyMethodDef Cache_methods[] = {
 
 static PyGetSetDef Cache_getset[] = {
     {"entries", (getter)Cache_len, NULL, "processes held", NULL},
-    {"held", (getter)Cache_held, NULL, "bytes held", NULL},
+    {"held", (getter)Cache_held, NULL, "bytes charged: what the entries keep alive", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -674,7 +721,8 @@ static PyTypeObject CacheType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "export._pbwire.Cache",
     .tp_basicsize = sizeof(Cache),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Processes' sized bytes by exec_id: Cache(table, limit, max_bytes, prepare=None)",
+    .tp_doc = "Processes' sized bytes by exec_id: Cache(table, limit, max_bytes, prepare=None, "
+               "measure=None)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Cache_init,
     .tp_dealloc = (destructor)Cache_dealloc,
@@ -777,7 +825,8 @@ put_chain(Events *e, Out *o, PyObject *ev, Py_ssize_t total)
             if (failed)
                 goto done;
         }
-        close_len(o, start);
+        if (close_len(o, start))
+            goto done;
     }
     rc = 0;
 done:
@@ -795,12 +844,13 @@ put_event(Events *e, Out *o, PyObject *ev)
             PyErr_Format(PyExc_TypeError, "%s is not an event", Py_TYPE(ev)->tp_name);
         return -1;
     }
+    Py_INCREF(head); /* the event's attributes run Python code */
     Py_ssize_t start = o->len;
-    if (encode_message(o, (Message *)PyTuple_GET_ITEM(head, 0), ev))
-        return -1;
-    if (PyTuple_GET_ITEM(head, 1) == Py_False)
-        return 0;
-    return put_chain(e, o, ev, o->len - start);
+    int rc = encode_message(o, (Message *)PyTuple_GET_ITEM(head, 0), ev);
+    if (!rc && PyTuple_GET_ITEM(head, 1) == Py_True)
+        rc = put_chain(e, o, ev, o->len - start);
+    Py_DECREF(head);
+    return rc;
 }
 
 static PyObject *
@@ -816,8 +866,8 @@ events_write(Events *e, PyObject *ev, int framed)
         goto fail;
     if (put_event(e, &o, ev))
         goto fail;
-    if (framed)
-        close_len(&o, start);
+    if (framed && close_len(&o, start))
+        goto fail;
     return finish(&o);
 fail:
     PyMem_Free(o.buf);
@@ -850,8 +900,16 @@ Events_init(Events *self, PyObject *args, PyObject *kwds)
                                      &CacheType, &whole, &CacheType, &cut, &CacheType, &brief,
                                      &ancestors, &tags, &ntags, &whole_bytes, &max_bytes))
         return -1;
+    if (self->heads != NULL) { /* once: an encode() may be using what it holds */
+        PyErr_SetString(PyExc_RuntimeError, "Events is already initialized");
+        return -1;
+    }
     if (ntags != T_COUNT || ancestors < A_NONE || ancestors > A_FULL) {
         PyErr_Format(PyExc_ValueError, "need %d one-byte tags and ancestors 0, 1 or 2", T_COUNT);
+        return -1;
+    }
+    if (!((Cache *)whole)->entries || !((Cache *)cut)->entries || !((Cache *)brief)->entries) {
+        PyErr_SetString(PyExc_RuntimeError, "Events needs initialized Caches");
         return -1;
     }
     PyObject *key, *value;
@@ -864,10 +922,12 @@ Events_init(Events *self, PyObject *args, PyObject *kwds)
             return -1;
         }
     }
-    Py_XSETREF(self->heads, Py_NewRef(heads));
-    Py_XSETREF(self->whole, (Cache *)Py_NewRef(whole));
-    Py_XSETREF(self->cut, (Cache *)Py_NewRef(cut));
-    Py_XSETREF(self->brief, (Cache *)Py_NewRef(brief));
+    /* A copy: the rows were checked, the caller's dict may change. */
+    if (!(self->heads = PyDict_Copy(heads)))
+        return -1;
+    self->whole = (Cache *)Py_NewRef(whole);
+    self->cut = (Cache *)Py_NewRef(cut);
+    self->brief = (Cache *)Py_NewRef(brief);
     self->ancestors = ancestors;
     memcpy(self->tags, tags, T_COUNT);
     self->whole_bytes = whole_bytes;
@@ -905,22 +965,47 @@ Events_dealloc(Events *self)
 
 static PyObject *type_name;
 
+/* The exception being raised, if an Exception, as (ev, exc) appended to
+ * `failed`: one event that cannot be written must not stop the stream. */
+static int
+fail_one(PyObject *failed, PyObject *ev)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *pair = PyTuple_Pack(2, ev, value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    int rc = pair ? PyList_Append(failed, pair) : -1;
+    Py_XDECREF(pair);
+    return rc;
+}
+
 /* What the hub queues for its subscribers without a filter, for a whole
  * batch in one call: (type, framed) of each event that is not a `skip`
- * (loss reports, which the hub hands on otherwise), their total size, and
- * the skipped ones. */
+ * (loss reports, which the hub hands on otherwise), the events those are
+ * of (in the same order), their total size, the skipped ones, and
+ * (event, exception) of each that could not be written. */
 static PyObject *
 Events_items(Events *self, PyObject *args)
 {
     PyObject *batch, *skip;
     if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &batch, &PyType_Type, &skip))
         return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(batch), nbytes = 0;
-    PyObject *items = PyList_New(0), *skipped = PyList_New(0), *out = NULL;
-    if (items == NULL || skipped == NULL)
+    /* A copy: the events' attributes run Python code, which may change the list. */
+    PyObject *evs = PyList_AsTuple(batch);
+    if (evs == NULL)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(evs), nbytes = 0;
+    PyObject *items = PyList_New(0), *written = PyList_New(0), *skipped = PyList_New(0),
+             *failed = PyList_New(0), *out = NULL;
+    if (items == NULL || written == NULL || skipped == NULL || failed == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *ev = PyList_GET_ITEM(batch, i);
+        PyObject *ev = PyTuple_GET_ITEM(evs, i);
         if ((PyObject *)Py_TYPE(ev) == skip) {
             if (PyList_Append(skipped, ev))
                 goto done;
@@ -928,21 +1013,29 @@ Events_items(Events *self, PyObject *args)
         }
         PyObject *kind = PyObject_GetAttr(ev, type_name);
         PyObject *data = kind ? events_write(self, ev, 1) : NULL;
-        PyObject *item = data ? PyTuple_Pack(2, kind, data) : NULL;
-        if (data)
-            nbytes += PyBytes_GET_SIZE(data);
-        Py_XDECREF(kind);
-        Py_XDECREF(data);
-        if (item == NULL || PyList_Append(items, item)) {
+        if (data == NULL) {
+            Py_XDECREF(kind);
+            if (fail_one(failed, ev))
+                goto done;
+            continue;
+        }
+        nbytes += PyBytes_GET_SIZE(data);
+        PyObject *item = PyTuple_Pack(2, kind, data);
+        Py_DECREF(kind);
+        Py_DECREF(data);
+        if (item == NULL || PyList_Append(items, item) || PyList_Append(written, ev)) {
             Py_XDECREF(item);
             goto done;
         }
         Py_DECREF(item);
     }
-    out = Py_BuildValue("OnO", items, nbytes, skipped);
+    out = Py_BuildValue("OOnOO", items, written, nbytes, skipped, failed);
 done:
+    Py_DECREF(evs);
     Py_XDECREF(items);
+    Py_XDECREF(written);
     Py_XDECREF(skipped);
+    Py_XDECREF(failed);
     return out;
 }
 
@@ -951,7 +1044,8 @@ static PyMethodDef Events_methods[] = {
     {"framed", (PyCFunction)Events_framed, METH_O,
      "event -> its bytes as one GetEventsResponse.events field"},
     {"items", (PyCFunction)Events_items, METH_VARARGS,
-     "(events, skip) -> ([(type, framed) of each not a skip], their bytes, [the skipped])"},
+     "(events, skip) -> ([(type, framed) of each not a skip], [the events written], "
+     "their bytes, [the skipped], [(event, exception) of each that could not be written])"},
     {NULL, NULL, 0, NULL},
 };
 

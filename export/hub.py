@@ -277,6 +277,7 @@ class Hub(QueuedWorker):
         self._groups = _Groups(())
         self._ids = itertools.count(1)
         self.subscriber_lost: collections.Counter[str] = collections.Counter()
+        self._unwritable_kinds: set[str] = set()  # logged once each
         super().__init__("grpc", self.fan_out, capacity)
 
     @property
@@ -333,10 +334,17 @@ class Hub(QueuedWorker):
         if not g.all:
             return
         items: list[Item] | None = None  # for every plain subscriber
+        nbytes = 0
+        events: Sequence[Event] = batch
         if g.plain:
-            items, nbytes, losses = self.encoder.items(batch)
+            written = self.encoder.items(batch)
+            items, events, losses = written.framed, written.written, written.losses
+            nbytes = written.nbytes
+            self._unwritable(written.failed)
         else:
             losses = [ev for ev in batch if isinstance(ev, Lost)]
+            if losses:
+                events = [ev for ev in batch if not isinstance(ev, Lost)]
         # Before the batch's events: a subscriber reports loss ahead of them.
         for lost in losses:
             for s in g.all:
@@ -345,8 +353,19 @@ class Hub(QueuedWorker):
             for s in g.plain:
                 s.queue.put_many(items, nbytes)
         if g.inline or g.threaded:
-            events = [ev for ev in batch if not isinstance(ev, Lost)] if losses else batch
             self._filter(events, items, g.inline, g.threaded)
+
+    def _unwritable(self, failed: list[tuple[Event, Exception]]) -> None:
+        """Events that cannot be written: lost, as the hub's own drops are
+        (the daemon's next Lost tells every subscriber), and each kind's
+        first error logged. The stream goes on without them."""
+        if not failed:
+            return
+        self._queue.count_dropped([ev for ev, _ in failed])
+        for ev, exc in failed:
+            if ev.type not in self._unwritable_kinds:
+                self._unwritable_kinds.add(ev.type)
+                _log.error("an event cannot be written", type=ev.type, error=repr(exc))
 
     def _filter(
         self,
@@ -356,7 +375,8 @@ class Hub(QueuedWorker):
         threaded: tuple[Subscriber, ...],
     ) -> None:
         """Events to the subscribers with a filter; `items`: the events
-        already framed for the plain ones, if any."""
+        already framed for the plain ones, if any, one for each."""
+        assert items is None or len(items) == len(events)
         framed = self.encoder.framed
         matched: dict[Subscriber, list[Item]] = {s: [] for s in inline}
         examined: list[InboxItem] = []
@@ -366,10 +386,15 @@ class Hub(QueuedWorker):
             for s in inline:
                 if s.filter.matches(facts):
                     if data is None:
-                        data = framed(ev)
+                        try:
+                            data = framed(ev)
+                        except Exception as exc:  # noqa: BLE001 -- counted; the stream goes on
+                            self._unwritable([(ev, exc)])
+                            break
                     matched[s].append((ev.type, data))
-            if threaded:
-                examined.append((ev, facts))
+            else:  # written, or not needed yet: the filter threads may take it
+                if threaded:
+                    examined.append((ev, facts))
         for s, mine in matched.items():
             s.queue.put_many(mine)
         for s in threaded:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Mapping
+from typing import NamedTuple
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
@@ -179,6 +180,16 @@ _TAGS = b"".join(
 _HEAD_ROWS = {cls: (head, cls is not Lost) for cls, head in _HEADS.items()}
 
 
+class Items(NamedTuple):
+    """A batch of events framed (Encoder.items)."""
+
+    framed: list[tuple[str, bytes]]  # (type, framed) of each event written
+    written: list[Event]  # the events those are of, in the same order
+    nbytes: int  # the framed bytes' total
+    losses: list[Lost]  # the batch's loss reports, not written
+    failed: list[tuple[Event, Exception]]  # each event that could not be written, and why
+
+
 class Encoder:
     """Event -> serialized pb.Event, reusing the bytes of each Process.
 
@@ -194,8 +205,9 @@ class Encoder:
         self._events = wire.Events(
             heads=_HEAD_ROWS,
             whole=wire.Cache(_PROCESS, limit, CACHE_BYTES),
-            cut=wire.Cache(_PROCESS, limit, CACHE_BYTES, prepare=_cut),
-            brief=wire.Cache(_ANCESTOR, limit, CACHE_BYTES),
+            # Each entry keeps its whole process alive: charged as such.
+            cut=wire.Cache(_PROCESS, limit, CACHE_BYTES, prepare=_cut, measure=_PROCESS),
+            brief=wire.Cache(_ANCESTOR, limit, CACHE_BYTES, measure=_PROCESS),
             ancestors=_ANCESTORS[check_ancestors(ancestors)],
             tags=_TAGS,
             whole_bytes=_WHOLE_BYTES,
@@ -205,11 +217,9 @@ class Encoder:
         # One GetEventsResponse.events field: what the hub queues.
         self.framed = self._events.framed
 
-    def items(self, batch: list[Event]) -> tuple[list[tuple[str, bytes]], int, list[Lost]]:
-        """(type, framed) of each event of `batch` but the losses, their total
-        size, and the losses: the hub's work for its plain subscribers, with
-        no Python per event."""
-        return self._events.items(batch, Lost)
+    def items(self, batch: list[Event]) -> Items:
+        """The hub's work for its plain subscribers, with no Python per event."""
+        return Items(*self._events.items(batch, Lost))
 
     def message(self, ev: Event) -> pb.Event:
         return pb.Event.FromString(self.event_bytes(ev))

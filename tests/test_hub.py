@@ -6,12 +6,14 @@ read it directly. tests/test_grpc_api.py covers the same over real sockets.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 
 import pytest
 import re2
 from factories import LS, T0, exec_ev, exit_ev, mkproc
+from structlog.testing import capture_logs
 
 from export.filters import EventFilter
 from export.hub import BATCH_BYTES, UNFILTERED, Hub, Subscriber, TooManySubscribers
@@ -339,3 +341,26 @@ def test_an_event_with_a_deep_chain_of_long_arguments_is_cut_to_the_limit() -> N
     # The same encoder writes a small event whole.
     small = pb.Event.FromString(enc.event_bytes(exec_ev()))
     assert not any(CUT_FLAG in p.flags for p in (small.process, small.parent, *small.ancestors))
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["with a plain subscriber", "filtered only"])
+def test_an_event_that_cannot_be_written_is_lost_and_the_stream_goes_on(plain: bool) -> None:
+    hub = make_hub()
+    subs = [hub.subscribe(everything())] if plain else []
+    execs = hub.subscribe(only("process_exec"))  # framed by the plain ones' items, if any
+    bad = exec_ev(dataclasses.replace(LS, args=("\udcff",)), time=T0 + 2)  # a lone surrogate
+    batch = [exec_ev(time=T0), Lost(T0, "n1", kernel={"process_exec": 5}), bad, exit_ev()]
+    with capture_logs() as logs:
+        hub.offer_many([*batch, exec_ev(time=T0 + 3)])
+        hub.offer_many([bad])
+        hub.close()  # fans out what is queued: the hub thread must not have stopped
+    assert hub.error is None
+    assert hub.take_dropped() == {"process_exec": 2}  # the daemon's next Lost reports it
+    assert [e["type"] for e in logs if "cannot be written" in e["event"]] == ["process_exec"]
+    first, last = ("process_exec", T0), ("process_exec", T0 + 3)
+    wanted = [(execs, [first, last]), *[(s, [first, ("process_exit", T0), last]) for s in subs]]
+    for sub, want in wanted:
+        got = list(read(sub))
+        assert dict(got[0].lost.kernel) == {"process_exec": 5}
+        # In order, each framed as itself (the items are matched to their events).
+        assert [(e.type, e.time.ToNanoseconds()) for e in got[1:]] == want

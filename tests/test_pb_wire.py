@@ -13,9 +13,24 @@ code, must equal the reference message.
 from __future__ import annotations
 
 import dataclasses
+import gc
+import tracemalloc
+from typing import ClassVar
 
 import pytest
-from factories import BASH, HOSTILE, IN_POD, INIT, LS, SSHD, T0, events, mkproc, summary_ev
+from factories import (
+    BASH,
+    HOSTILE,
+    IN_POD,
+    INIT,
+    LS,
+    SSHD,
+    T0,
+    events,
+    exec_ev,
+    mkproc,
+    summary_ev,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pb_reference import (
@@ -27,8 +42,17 @@ from pb_reference import (
 )
 
 from export import _pbwire as wire
-from export.jsonl import ANCESTORS
-from export.pb import _ANCESTOR, _HEADS, _PROCESS, MAX_EVENT_BYTES, Encoder, _cut
+from export.jsonl import ANCESTORS, CACHE_BYTES
+from export.pb import (
+    _ANCESTOR,
+    _HEAD_ROWS,
+    _HEADS,
+    _PROCESS,
+    _TAGS,
+    MAX_EVENT_BYTES,
+    Encoder,
+    _cut,
+)
 from export.proto_gen import tracer_v1_pb2 as pb
 from tracer.core import text
 from tracer.core.events import (
@@ -213,3 +237,123 @@ def varint(n: int) -> bytes:
         out.append(n & 0x7F | 0x80)
         n >>= 7
     return bytes([*out, n])
+
+
+def test_replacing_a_process_of_the_same_exec_id_does_not_grow_what_is_held() -> None:
+    cache = wire.Cache(_PROCESS, 8, 1 << 20)
+    p = mkproc(7, BASH, args=("x" * 1000,))
+    cache.get(p)
+    one = cache.held
+    for _ in range(50):
+        cache.get(dataclasses.replace(p))  # another image, the same exec_id
+    assert (cache.entries, cache.held) == (1, one)
+
+
+BIG = 32 << 10
+
+
+def big_chain(chain: int, depth: int = 64) -> list[Process]:
+    """A deep exec chain, each process with an argument of its own."""
+    return [
+        mkproc(1000 + k, BASH, exec_id=f"{chain}:{k}", args=(f"{chain}.{k}".ljust(BIG, "a"),))
+        for k in range(depth)
+    ]
+
+
+@pytest.mark.parametrize("prepare", [_cut, None], ids=["cut", "brief"])
+def test_an_entry_is_charged_the_process_it_keeps_alive(prepare: object) -> None:
+    # A cut or brief process's bytes are small, but the entry holds the
+    # whole process: charged by its whole size, 16 entries fill 1 MiB.
+    table = _PROCESS if prepare else _ANCESTOR
+    cache = wire.Cache(table, 1000, 1 << 20, prepare=prepare, measure=_PROCESS)
+    for p in big_chain(0, 100):
+        assert len(cache.get(p)) < 300
+        assert cache.entries <= (1 << 20) // BIG and cache.held <= 1 << 20
+
+
+@pytest.mark.parametrize("ancestors", ["full", "brief"])
+def test_what_the_encoders_caches_keep_alive_is_bounded(ancestors: str) -> None:
+    # Each cache is charged what its entries keep alive (CACHE_BYTES each);
+    # 40 chains of 64 processes of 32 KiB arguments are 80 MiB.
+    enc = Encoder(ancestors)
+    tracemalloc.start()
+    try:
+        for chain in range(40):
+            procs = big_chain(chain)
+            enc.event_bytes(ProcessExec(T0, "n1", procs[0], procs[1], tuple(procs[2:])))
+        del procs
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held <= 3 * CACHE_BYTES
+
+
+def events_with(heads: dict[type, tuple[wire.Message, bool]], whole: wire.Cache) -> wire.Events:
+    return wire.Events(
+        heads=heads,
+        whole=whole,
+        cut=wire.Cache(_PROCESS, 4, 1 << 20),
+        brief=wire.Cache(_ANCESTOR, 4, 1 << 20),
+        ancestors=wire.ANCESTORS_FULL,
+        tags=_TAGS,
+        whole_bytes=1 << 19,
+        max_bytes=1 << 20,
+    )
+
+
+class _Vanishing:
+    """An object whose attribute empties the list that holds it, then collects."""
+
+    type = "ev"
+    holder: ClassVar[list[object]] = []
+    freed = 0
+
+    def __del__(self) -> None:
+        _Vanishing.freed += 1
+
+    @property
+    def name(self) -> str:
+        self.holder.clear()
+        gc.collect()
+        return "x" * 100
+
+    @property
+    def alive(self) -> str:
+        """How many have been freed (read from itself, freed too, if not held)."""
+        return str(_Vanishing.freed)
+
+
+def test_a_list_emptied_while_written_is_not_read_freed() -> None:
+    # The events' and repeated fields' attributes run Python code.
+    head = wire.Message(((1, wire.STRING, 0, "name", None),))
+    events = events_with({_Vanishing: (head, False)}, wire.Cache(_PROCESS, 4, 1 << 20))
+    _Vanishing.holder[:] = [_Vanishing() for _ in range(8)]
+    framed, written, _, _, failed = events.items(_Vanishing.holder, Lost)
+    assert len(framed) == len(written) == 8 and not failed
+    item = wire.Message(((1, wire.STRING, 0, "name", None), (2, wire.STRING, 0, "alive", None)))
+    table = wire.Message(((1, wire.MESSAGE, wire.REPEATED, "holder", item),))
+    _Vanishing.holder[:] = [_Vanishing() for _ in range(4)]
+    _Vanishing.freed = 0
+    # The first, which emptied the list, is written whole, alive while it
+    # is (the other three are freed); then the list ends.
+    assert table.encode(_Vanishing) == b"\x0a\x69\x0a\x64" + b"x" * 100 + b"\x12\x013"
+
+
+def test_caches_and_events_are_initialized_once_and_only_with_initialized_caches() -> None:
+    cache = wire.Cache(_PROCESS, 4, 100)
+    with pytest.raises(RuntimeError, match="already"):
+        cache.__init__(_ANCESTOR, 4, 100)  # type: ignore[misc]
+    with pytest.raises(RuntimeError, match="initialized Caches"):
+        events_with(dict(_HEAD_ROWS), wire.Cache.__new__(wire.Cache))
+    events = events_with(dict(_HEAD_ROWS), cache)
+    with pytest.raises(RuntimeError, match="already"):
+        events.__init__({}, cache, cache, cache, 0, _TAGS, 1, 1)  # type: ignore[misc]
+    assert pb.Event.FromString(events.encode(exec_ev())).process.pid == LS.pid
+
+
+def test_events_keep_their_own_copy_of_the_heads() -> None:
+    heads = dict(_HEAD_ROWS)
+    events = events_with(heads, wire.Cache(_PROCESS, 4, 100))
+    heads[ProcessExec] = "not a row"  # type: ignore[assignment]
+    assert pb.Event.FromString(events.encode(exec_ev())).type == "process_exec"
