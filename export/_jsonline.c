@@ -246,7 +246,8 @@ slot_of(PyTypeObject *type, PyObject *name)
     PyObject *d = _PyType_Lookup(type, name); /* borrowed */
     /* A descriptor taken from another class holds that class's offset:
      * getattr refuses it, as it must. */
-    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type) || !PyType_IsSubtype(type, PyDescr_TYPE(d)))
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type) ||
+        !PyType_IsSubtype(type, PyDescr_TYPE(d)))
         return -1;
     PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
     return m->type == T_OBJECT_EX ? m->offset : -1;

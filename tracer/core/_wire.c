@@ -99,7 +99,8 @@ maker_init(Maker *m, PyObject *cls, const char *const *names)
     /* n distinct slots of the class filling the whole instance: none is left unset. */
     if (type->tp_itemsize != 0 || type->tp_dictoffset != 0 ||
         type->tp_basicsize != (Py_ssize_t)(sizeof(PyObject) + (size_t)n * sizeof(PyObject *))) {
-        PyErr_Format(PyExc_TypeError, "%s has attributes other than the %zd named", type->tp_name, n);
+        PyErr_Format(PyExc_TypeError, "%s has attributes other than the %zd named", type->tp_name,
+                     n);
         return -1;
     }
     Py_XSETREF(m->cls, (PyTypeObject *)Py_NewRef(cls));
