@@ -12,7 +12,7 @@ import random
 
 import orjson
 import pytest
-from factories import BOUNDED, LS, connect_ev, file_open_ev, processes
+from factories import BOUNDED, LS, BorrowedSlot, connect_ev, file_open_ev, processes
 from hypothesis import given
 from hypothesis import strategies as st
 from rfc3339_ref import rfc3339 as rfc3339_ref
@@ -234,16 +234,9 @@ _LINE = b'{"type":"t","time":"1970-01-01T00:00:00Z","t":%s}\n'
 
 def test_a_slot_descriptor_of_another_class_is_read_by_getattr() -> None:
     # Its offset is the other class's: read from this object it is another slot.
-    class Other:
-        __slots__ = ("a", "b")
-
-    class Two:
-        __slots__ = ("x", "y")
-        w = Other.__dict__["b"]
-
-    two = Two()
+    two = BorrowedSlot()
     two.x, two.y = 1, 2
-    with pytest.raises(TypeError, match="doesn't apply to a 'Two' object"):
+    with pytest.raises(TypeError, match="doesn't apply to a 'BorrowedSlot' object"):
         Shape("t", "file", (("w", False),)).line(_Ev(two), b"", b"")
 
 
