@@ -96,8 +96,11 @@ put_str(Buf *b, PyObject *s)
     Py_ssize_t n;
     const char *u = PyUnicode_AsUTF8AndSize(s, &n);
     if (u == NULL) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_TypeError, "str is not valid UTF-8: surrogates not allowed");
+        /* orjson's error for a lone surrogate; a MemoryError stays one. */
+        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_TypeError, "str is not valid UTF-8: surrogates not allowed");
+        }
         return -1;
     }
     if (buf_reserve(b, 6 * n + 2) < 0)
@@ -212,8 +215,10 @@ typedef struct {
     PyObject *name;   /* interned attribute name */
     PyObject *key;    /* bytes: `"name":` */
     int optional;     /* left out when None */
-    Py_ssize_t slot;  /* where details_type keeps it (slot_of), or -1 */
 } Field;
+
+/* put_details copies the slots of the fields into an array on the stack. */
+#define MAX_FIELDS 64
 
 typedef struct {
     PyObject_HEAD
@@ -222,9 +227,11 @@ typedef struct {
     PyObject *mid;  /* bytes: ,"<type>": */
     Py_ssize_t nfields;
     Field *fields;
-    /* The classes last seen, and where they keep the attributes read. */
+    /* The classes last seen, and where they keep the attributes read: a
+     * line() started by the Python code a getattr runs may change them, so
+     * they are copied at a line's start. */
     PyTypeObject *event_type, *details_type;
-    Py_ssize_t time_slot, attr_slot;
+    Py_ssize_t time_slot, attr_slot, slots[MAX_FIELDS];
 } Shape;
 
 static PyObject *time_attr;
@@ -237,7 +244,10 @@ static Py_ssize_t
 slot_of(PyTypeObject *type, PyObject *name)
 {
     PyObject *d = _PyType_Lookup(type, name); /* borrowed */
-    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type))
+    /* A descriptor taken from another class holds that class's offset:
+     * getattr refuses it, as it must. */
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type) ||
+        !PyType_IsSubtype(type, PyDescr_TYPE(d)))
         return -1;
     PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
     return m->type == T_OBJECT_EX ? m->offset : -1;
@@ -274,15 +284,50 @@ plain_name(PyObject *s)
 }
 
 static void
-Shape_clear_fields(Shape *self)
+fields_free(Field *fields, Py_ssize_t n)
 {
-    for (Py_ssize_t i = 0; i < self->nfields; i++) {
-        Py_XDECREF(self->fields[i].name);
-        Py_XDECREF(self->fields[i].key);
+    for (Py_ssize_t i = 0; fields != NULL && i < n; i++) {
+        Py_XDECREF(fields[i].name);
+        Py_XDECREF(fields[i].key);
     }
-    PyMem_Free(self->fields);
-    self->fields = NULL;
-    self->nfields = 0;
+    PyMem_Free(fields);
+}
+
+/* The Field of each (name, optional); NULL on error. */
+static Field *
+fields_of(PyObject *fields)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(fields);
+    if (n > MAX_FIELDS) {
+        PyErr_Format(PyExc_ValueError, "at most %d fields", MAX_FIELDS);
+        return NULL;
+    }
+    Field *out = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Field));
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name;
+        int optional;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields, i), "Up;a field is (name, optional)",
+                              &name, &optional) ||
+            plain_name(name) < 0) {
+            fields_free(out, n);
+            return NULL;
+        }
+        Field *f = &out[i];
+        Py_INCREF(name);
+        PyUnicode_InternInPlace(&name);
+        f->name = name;
+        f->key = PyBytes_FromFormat("\"%s\":", PyUnicode_AsUTF8(name));
+        f->optional = optional;
+        if (f->key == NULL) {
+            fields_free(out, n);
+            return NULL;
+        }
+    }
+    return out;
 }
 
 static int
@@ -293,49 +338,36 @@ Shape_init(Shape *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "UUO!", kwlist, &type, &attr, &PyTuple_Type,
                                      &fields))
         return -1;
+    /* A line in progress reads the fields it started with. */
+    if (self->fields != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Shape is already initialized");
+        return -1;
+    }
     if (plain_name(type) < 0 || plain_name(attr) < 0)
         return -1;
-    Shape_clear_fields(self);
-    Py_CLEAR(self->event_type); /* the slots are looked up again */
-    Py_CLEAR(self->details_type);
-    Py_XSETREF(self->head, PyBytes_FromFormat("{\"type\":\"%s\",\"time\":\"", PyUnicode_AsUTF8(type)));
-    Py_XSETREF(self->mid, PyBytes_FromFormat(",\"%s\":", PyUnicode_AsUTF8(type)));
+    /* Set up aside, kept only whole: a Shape is initialized or not at all. */
+    PyObject *head = PyBytes_FromFormat("{\"type\":\"%s\",\"time\":\"", PyUnicode_AsUTF8(type));
+    PyObject *mid = PyBytes_FromFormat(",\"%s\":", PyUnicode_AsUTF8(type));
+    Field *f = head != NULL && mid != NULL ? fields_of(fields) : NULL;
+    if (f == NULL) {
+        Py_XDECREF(head);
+        Py_XDECREF(mid);
+        return -1;
+    }
     Py_INCREF(attr);
     PyUnicode_InternInPlace(&attr);
-    Py_XSETREF(self->attr, attr);
-    if (self->head == NULL || self->mid == NULL)
-        return -1;
-    Py_ssize_t n = PyTuple_GET_SIZE(fields);
-    self->fields = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Field));
-    if (self->fields == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    self->nfields = n;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *name;
-        int optional;
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields, i), "Up;a field is (name, optional)",
-                              &name, &optional))
-            return -1;
-        if (plain_name(name) < 0)
-            return -1;
-        Field *f = &self->fields[i];
-        Py_INCREF(name);
-        PyUnicode_InternInPlace(&name);
-        f->name = name;
-        f->key = PyBytes_FromFormat("\"%s\":", PyUnicode_AsUTF8(name));
-        f->optional = optional;
-        if (f->key == NULL)
-            return -1;
-    }
+    self->attr = attr;
+    self->head = head;
+    self->mid = mid;
+    self->fields = f;
+    self->nfields = PyTuple_GET_SIZE(fields);
     return 0;
 }
 
 static void
 Shape_dealloc(Shape *self)
 {
-    Shape_clear_fields(self);
+    fields_free(self->fields, self->nfields);
     Py_XDECREF(self->attr);
     Py_XDECREF(self->head);
     Py_XDECREF(self->mid);
@@ -351,14 +383,16 @@ put_details(Shape *self, Buf *b, PyObject *obj)
     if (Py_TYPE(obj) != self->details_type) {
         Py_XSETREF(self->details_type, (PyTypeObject *)Py_NewRef(Py_TYPE(obj)));
         for (Py_ssize_t i = 0; i < self->nfields; i++)
-            self->fields[i].slot = slot_of(Py_TYPE(obj), self->fields[i].name);
+            self->slots[i] = slot_of(Py_TYPE(obj), self->fields[i].name);
     }
+    Py_ssize_t slots[MAX_FIELDS];
+    memcpy(slots, self->slots, sizeof(slots[0]) * (size_t)self->nfields);
     if (buf_put(b, "{", 1) < 0)
         return -1;
     int first = 1;
     for (Py_ssize_t i = 0; i < self->nfields; i++) {
         Field *f = &self->fields[i];
-        PyObject *v = get(obj, f->name, f->slot);
+        PyObject *v = get(obj, f->name, slots[i]);
         if (v == NULL)
             return -1;
         if (v == Py_None && f->optional) {
@@ -397,6 +431,10 @@ Shape_line(Shape *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *ev = args[0], *context = args[1], *policy = args[2];
+    if (self->fields == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Shape is not initialized");
+        return NULL;
+    }
     if (bytes_arg(context, "context") < 0 || bytes_arg(policy, "policy") < 0)
         return NULL;
     char stamp[TR_RFC3339_MAX];
@@ -405,6 +443,7 @@ Shape_line(Shape *self, PyObject *const *args, Py_ssize_t nargs)
         self->time_slot = slot_of(Py_TYPE(ev), time_attr);
         self->attr_slot = slot_of(Py_TYPE(ev), self->attr);
     }
+    Py_ssize_t attr_slot = self->attr_slot;
     PyObject *t = get(ev, time_attr, self->time_slot);
     if (t == NULL)
         return NULL;
@@ -415,7 +454,7 @@ Shape_line(Shape *self, PyObject *const *args, Py_ssize_t nargs)
     int slen = tr_rfc3339((int64_t)ns, stamp);
     if (slen < 0)
         return PyErr_Format(PyExc_OverflowError, "time %lld ns is out of range", ns);
-    PyObject *obj = get(ev, self->attr, self->attr_slot);
+    PyObject *obj = get(ev, self->attr, attr_slot);
     if (obj == NULL)
         return NULL;
     Buf b;

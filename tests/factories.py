@@ -514,3 +514,15 @@ def events(draw: st.DrawFn) -> Event:
         return FileAttr(time, "n1", p, parent, ancestors, draw(file_attrs()), draw(_POLICY))
     counts = st.dictionaries(st.sampled_from(["process_exec", "file_open", "malformed"]), _U32)
     return Lost(time, "n1", draw(counts), draw(counts))
+
+
+class _Other:
+    __slots__ = ("a", "b")
+
+
+class BorrowedSlot:
+    """Slots x and y, and w: _Other's descriptor of b, whose offset is y's
+    here: read through it by offset, w would be y."""
+
+    __slots__ = ("x", "y")
+    w = _Other.__dict__["b"]

@@ -64,3 +64,22 @@ def test_the_settled_heap_keeps_a_batchs_memory_instead_of_faulting_it_in_again(
 
 def test_an_operators_malloc_settings_win() -> None:
     assert _faults("settled", MALLOC_TRIM_THRESHOLD_="131072") > 10 * _faults("settled")
+
+
+_CYCLE = """
+import gc, weakref
+from tracer import heap
+gc.disable()  # only settle() may collect it
+class Node:
+    pass
+a = Node(); a.me = a
+dead = weakref.ref(a)
+del a
+heap.settle()
+print(dead() is None)
+"""
+
+
+def test_settling_frees_the_cyclic_garbage_instead_of_freezing_it() -> None:
+    out = subprocess.run([sys.executable, "-c", _CYCLE], capture_output=True, text=True, check=True)
+    assert out.stdout == "True\n"

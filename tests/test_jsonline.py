@@ -12,7 +12,7 @@ import random
 
 import orjson
 import pytest
-from factories import BOUNDED, LS, connect_ev, file_open_ev, processes
+from factories import BOUNDED, LS, BorrowedSlot, connect_ev, file_open_ev, processes
 from hypothesis import given
 from hypothesis import strategies as st
 from rfc3339_ref import rfc3339 as rfc3339_ref
@@ -220,3 +220,63 @@ def test_the_second_cached_in_c_follows_every_change_of_second() -> None:
     base = 1_764_157_783 * 10**9
     for ns in (base, base + 1, base + 10**9, base - 1, base + 10**9 - 1, base):
         assert rfc3339(ns) == rfc3339_ref(ns)
+
+
+class _Ev:
+    __slots__ = ("file", "time")
+
+    def __init__(self, details: object) -> None:
+        self.time, self.file = 0, details
+
+
+_LINE = b'{"type":"t","time":"1970-01-01T00:00:00Z","t":%s}\n'
+
+
+def test_a_slot_descriptor_of_another_class_is_read_by_getattr() -> None:
+    # Its offset is the other class's: read from this object it is another slot.
+    two = BorrowedSlot()
+    two.x, two.y = 1, 2
+    with pytest.raises(TypeError, match="doesn't apply to a 'BorrowedSlot' object"):
+        Shape("t", "file", (("w", False),)).line(_Ev(two), b"", b"")
+
+
+def test_a_line_made_inside_a_line_leaves_the_outer_ones_slots_alone() -> None:
+    # The inner line reads another class: the slots it looks up for it are
+    # not the outer object's.
+    class Inner:
+        __slots__ = ("a", "b", "c", "d", "e", "f", "g", "x", "y")
+
+        def __init__(self) -> None:
+            for name in self.__slots__:
+                setattr(self, name, 0)
+
+    class Outer:
+        # Sorted before y: Inner's offset of y lands on one of these.
+        __slots__ = (*(f"m{i}" for i in range(10)), "y")
+
+        def __init__(self) -> None:
+            for name in self.__slots__:
+                setattr(self, name, "wrong")
+            self.y = 2
+
+        @property
+        def x(self) -> int:
+            assert shape.line(_Ev(Inner()), b"", b"") == _LINE % b'{"x":0,"y":0}'
+            return 1
+
+    shape = Shape("t", "file", (("x", False), ("y", False)))
+    assert shape.line(_Ev(Outer()), b"", b"") == _LINE % b'{"x":1,"y":2}'
+
+
+def test_a_shape_is_initialized_once_and_whole() -> None:
+    shape = Shape.__new__(Shape)
+    with pytest.raises(TypeError, match="Shape is not initialized"):
+        shape.line(_Ev(None), b"", b"")
+    with pytest.raises(ValueError, match=r"\[a-z0-9_\]"):
+        shape.__init__("t", "file", (("x", False), ("B", False)))
+    with pytest.raises(TypeError, match="Shape is not initialized"):
+        shape.line(_Ev(None), b"", b"")
+    shape.__init__("t", "file", ())
+    assert shape.line(_Ev(None), b"", b"") == _LINE % b"{}"
+    with pytest.raises(TypeError, match="already initialized"):
+        shape.__init__("t", "file", (("x", False),))

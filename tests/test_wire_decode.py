@@ -12,7 +12,7 @@ import struct
 
 import decode_ref
 import pytest
-from factories import BOUNDED
+from factories import BOUNDED, BorrowedSlot
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -206,3 +206,52 @@ def test_a_class_whose_init_does_more_is_not_made_slot_by_slot() -> None:
 
     with pytest.raises(TypeError, match="does more than set its fields"):
         build.slot_maker(Checked)
+
+
+def test_a_slot_descriptor_of_another_class_is_refused() -> None:
+    # Its offset is the other class's: it may lie past the object.
+    with pytest.raises(TypeError, match=r"BorrowedSlot\.w is not a slot"):
+        _wire.Maker(BorrowedSlot, ("x", "w"))
+
+
+def test_a_slot_named_twice_is_refused() -> None:
+    class One:
+        __slots__ = ("a",)
+
+    with pytest.raises(TypeError, match=r"One\.a is named twice"):
+        _wire.Maker(One, ("a", "a"))
+
+
+def test_a_record_class_with_a_field_the_c_does_not_fill_is_refused() -> None:
+    fields = [(f.name, f.type) for f in dataclasses.fields(FileOpenRecord)]
+    longer = dataclasses.make_dataclass(
+        "FileOpenRecord", [*fields, ("inode", int, dataclasses.field(default=0))], slots=True
+    )
+    with pytest.raises(TypeError, match="attributes other than the 10 named"):
+        _wire.Decoder(Task, longer, ConnectRecord, Verdict, WireError)
+
+
+def test_a_decoder_is_initialized_once_and_whole() -> None:
+    raw = HDR.pack(KIND_CONNECT, CONNECT_SIZE) + b"\0" * (CONNECT_SIZE - HDR.size)
+    d = _wire.Decoder.__new__(_wire.Decoder)
+    with pytest.raises(TypeError, match="Decoder is not initialized"):
+        d.decode(raw)
+    with pytest.raises(TypeError, match="Decoder is not initialized"):
+        d.verdict(raw)
+    # The task class was taken before the connect class was refused.
+    with pytest.raises(TypeError, match="is not a slot"):
+        d.__init__(Task, FileOpenRecord, object, Verdict, WireError)
+    with pytest.raises(TypeError, match="Decoder is not initialized"):
+        d.decode(raw)
+    d.__init__(Task, FileOpenRecord, ConnectRecord, Verdict, WireError)
+    assert d.decode(raw) == decode.decode(raw)
+    with pytest.raises(TypeError, match="already initialized"):
+        d.__init__(Task, FileOpenRecord, ConnectRecord, Verdict, WireError)
+
+
+def test_a_maker_is_initialized_once() -> None:
+    with pytest.raises(TypeError, match="Maker not initialized"):
+        _wire.Maker.__new__(_wire.Maker)()
+    maker = build.slot_maker(FileInfo)
+    with pytest.raises(TypeError, match="already initialized"):
+        maker.__init__(Connect, tuple(f.name for f in dataclasses.fields(Connect)))

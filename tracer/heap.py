@@ -80,6 +80,7 @@ def settle() -> None:
     event's 9 in the open storm). Objects are still freed by reference count
     when dropped. The young generation is collected less often, and the C
     heap keeps what it frees until trim()."""
+    gc.collect()  # cyclic garbage left now would be frozen, never freed
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     keep_freed_heap()

@@ -7,8 +7,10 @@
  * against the BPF object's BTF by tests/test_wire_layout.py), and the
  * records are made as the classes' own instances with their slots filled:
  * the classes are plain slotted dataclasses with no __post_init__, so that
- * is what their __init__ would do. A class whose fields are not the
- * slots named below makes the Decoder refuse to be built (at import).
+ * is what their __init__ would do. The Decoder (built at import) refuses
+ * a class unless the names below are its slots, each its own, and the
+ * instance has no other slot nor a __dict__: a field added to a record
+ * class and not here would otherwise be left unset in every record.
  *
  * A malformed record raises the caller's WireError with decode.py's
  * messages; the header checks (shorter than a header, larger than what
@@ -27,6 +29,10 @@
 /* The size check decode.py makes: the record up to its last field, no padding. */
 #define FILE_OPEN_FIXED offsetof(struct tr_file_open, path)
 #define CONNECT_FIXED (offsetof(struct tr_connect, unix_path) + sizeof(((struct tr_connect *)0)->unix_path))
+/* connect_of copies CONNECT_FIXED bytes: a member after unix_path would be
+ * left uninitialized (only tail padding may follow it). */
+_Static_assert(sizeof(struct tr_connect) - CONNECT_FIXED < _Alignof(struct tr_connect),
+               "unix_path is the last member of struct tr_connect");
 #define VERDICT_OFFSET offsetof(struct tr_file_open, verdict)
 _Static_assert(offsetof(struct tr_connect, verdict) == VERDICT_OFFSET, "one verdict offset");
 _Static_assert(offsetof(struct tr_exec, verdict) == VERDICT_OFFSET, "one verdict offset");
@@ -74,12 +80,28 @@ maker_init(Maker *m, PyObject *cls, const char *const *names)
             return -1;
         PyObject *d = _PyType_Lookup(type, name); /* borrowed */
         Py_DECREF(name);
+        /* A descriptor taken from another class holds that class's offset:
+         * as Python's own slot setter does, only the class's own are used. */
         if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type) ||
-            ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+            ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX ||
+            !PyType_IsSubtype(type, PyDescr_TYPE(d))) {
             PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", type->tp_name, names[n]);
             return -1;
         }
         slots[n] = ((PyMemberDescrObject *)d)->d_member->offset;
+        /* make() would overwrite the first value without releasing it. */
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (slots[i] == slots[n]) {
+                PyErr_Format(PyExc_TypeError, "%s.%s is named twice", type->tp_name, names[n]);
+                return -1;
+            }
+    }
+    /* n distinct slots of the class filling the whole instance: none is left unset. */
+    if (type->tp_itemsize != 0 || type->tp_dictoffset != 0 ||
+        type->tp_basicsize != (Py_ssize_t)(sizeof(PyObject) + (size_t)n * sizeof(PyObject *))) {
+        PyErr_Format(PyExc_TypeError, "%s has attributes other than the %zd named", type->tp_name,
+                     n);
+        return -1;
     }
     Py_XSETREF(m->cls, (PyTypeObject *)Py_NewRef(cls));
     m->n = n;
@@ -145,6 +167,11 @@ MakerObject_init(MakerObject *self, PyObject *args, PyObject *kwds)
     PyObject *cls, *fields;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!", kwlist, &cls, &PyTuple_Type, &fields))
         return -1;
+    /* A call in progress reads the fields it was made with. */
+    if (self->maker.cls != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Maker is already initialized");
+        return -1;
+    }
     return maker_init_names(&self->maker, cls, fields);
 }
 
@@ -208,17 +235,36 @@ Decoder_init(Decoder *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO", kwlist, &task, &file_open, &connect,
                                      &verdict, &wire_error))
         return -1;
-    if (maker_init(&self->task, task, task_fields) < 0 ||
-        maker_init(&self->file_open, file_open, file_open_fields) < 0 ||
-        maker_init(&self->connect, connect, connect_fields) < 0)
+    if (self->verdicts != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Decoder is already initialized");
         return -1;
-    PyObject *verdicts = PyDict_New();
-    if (verdicts == NULL)
+    }
+    /* Set up aside, kept only whole: a Decoder is initialized or not at all. */
+    Maker t = {0}, f = {0}, c = {0};
+    PyObject *verdicts = NULL;
+    if (maker_init(&t, task, task_fields) < 0 || maker_init(&f, file_open, file_open_fields) < 0 ||
+        maker_init(&c, connect, connect_fields) < 0 || (verdicts = PyDict_New()) == NULL) {
+        Py_XDECREF(t.cls);
+        Py_XDECREF(f.cls);
+        Py_XDECREF(c.cls);
         return -1;
-    Py_XSETREF(self->verdicts, verdicts);
-    Py_XSETREF(self->verdict_cls, Py_NewRef(verdict));
-    Py_XSETREF(self->wire_error, Py_NewRef(wire_error));
+    }
+    self->task = t;
+    self->file_open = f;
+    self->connect = c;
+    self->verdicts = verdicts;
+    self->verdict_cls = Py_NewRef(verdict);
+    self->wire_error = Py_NewRef(wire_error);
     return 0;
+}
+
+static int
+Decoder_ready(Decoder *self)
+{
+    if (self->verdicts != NULL)
+        return 0;
+    PyErr_SetString(PyExc_TypeError, "Decoder is not initialized");
+    return -1;
 }
 
 static void
@@ -233,23 +279,27 @@ Decoder_dealloc(Decoder *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* A record's values are made in one initializer; once one failed (MemoryError),
+ * the others are not made: the C API is not called with an exception set. */
+#define OK(value) (PyErr_Occurred() ? NULL : (value))
+
 static PyObject *
 task_of(Decoder *self, const struct tr_task *t)
 {
     PyObject *v[] = {
-        PyLong_FromUnsignedLongLong(t->ktime),
-        PyLong_FromUnsignedLongLong(t->start_boottime),
-        PyLong_FromUnsignedLongLong(t->cgroup_id),
-        PyLong_FromUnsignedLong(t->tgid),
-        PyLong_FromUnsignedLong(t->tid),
-        PyLong_FromUnsignedLong(t->ppid),
-        PyLong_FromUnsignedLong(t->uid),
-        PyLong_FromUnsignedLong(t->euid),
-        PyLong_FromUnsignedLong(t->gid),
-        PyLong_FromUnsignedLong(t->egid),
-        t->auid == AUID_UNSET ? Py_NewRef(Py_None) : PyLong_FromUnsignedLong(t->auid),
-        PyBytes_FromStringAndSize(t->comm, (Py_ssize_t)strnlen(t->comm, TR_COMM_LEN)),
-        PyLong_FromUnsignedLong(t->flags),
+        OK(PyLong_FromUnsignedLongLong(t->ktime)),
+        OK(PyLong_FromUnsignedLongLong(t->start_boottime)),
+        OK(PyLong_FromUnsignedLongLong(t->cgroup_id)),
+        OK(PyLong_FromUnsignedLong(t->tgid)),
+        OK(PyLong_FromUnsignedLong(t->tid)),
+        OK(PyLong_FromUnsignedLong(t->ppid)),
+        OK(PyLong_FromUnsignedLong(t->uid)),
+        OK(PyLong_FromUnsignedLong(t->euid)),
+        OK(PyLong_FromUnsignedLong(t->gid)),
+        OK(PyLong_FromUnsignedLong(t->egid)),
+        OK(t->auid == AUID_UNSET ? Py_NewRef(Py_None) : PyLong_FromUnsignedLong(t->auid)),
+        OK(PyBytes_FromStringAndSize(t->comm, (Py_ssize_t)strnlen(t->comm, TR_COMM_LEN))),
+        OK(PyLong_FromUnsignedLong(t->flags)),
     };
     return make(&self->task, v);
 }
@@ -304,16 +354,16 @@ file_open_of(Decoder *self, const char *buf, Py_ssize_t size)
         return wire_error(self, "file_open strings overrun the record (%zd > %zd)", end, size);
     const char *path = buf + FILE_OPEN_FIXED;
     PyObject *v[] = {
-        task_of(self, &r.task),
-        verdict_of(self, &r.verdict),
-        PyLong_FromLongLong(r.ret),
-        PyLong_FromUnsignedLong(r.open_flags),
-        PyLong_FromUnsignedLong(r.mode),
-        PyLong_FromUnsignedLong(r.flags),
-        PyLong_FromUnsignedLong(r.hook),
-        PyBytes_FromStringAndSize(path, r.path_len),
-        PyLong_FromUnsignedLong(r.op),
-        PyBytes_FromStringAndSize(path + r.path_len, r.source_len),
+        OK(task_of(self, &r.task)),
+        OK(verdict_of(self, &r.verdict)),
+        OK(PyLong_FromLongLong(r.ret)),
+        OK(PyLong_FromUnsignedLong(r.open_flags)),
+        OK(PyLong_FromUnsignedLong(r.mode)),
+        OK(PyLong_FromUnsignedLong(r.flags)),
+        OK(PyLong_FromUnsignedLong(r.hook)),
+        OK(PyBytes_FromStringAndSize(path, r.path_len)),
+        OK(PyLong_FromUnsignedLong(r.op)),
+        OK(PyBytes_FromStringAndSize(path + r.path_len, r.source_len)),
     };
     return make(&self->file_open, v);
 }
@@ -327,20 +377,20 @@ connect_of(Decoder *self, const char *buf, Py_ssize_t size)
     memcpy(&r, buf, CONNECT_FIXED);
     Py_ssize_t plen = r.path_len < sizeof r.unix_path ? r.path_len : sizeof r.unix_path;
     PyObject *v[] = {
-        task_of(self, &r.task),
-        verdict_of(self, &r.verdict),
-        PyLong_FromLongLong(r.ret),
-        PyLong_FromUnsignedLong(r.family),
-        PyLong_FromUnsignedLong(r.protocol),
-        PyLong_FromUnsignedLong(r.sock_type),
-        PyLong_FromUnsignedLong(r.hook),
-        PyLong_FromUnsignedLong(r.dport),
-        PyLong_FromUnsignedLong(r.sport),
-        PyBytes_FromStringAndSize((const char *)r.daddr, sizeof r.daddr),
-        PyBytes_FromStringAndSize((const char *)r.saddr, sizeof r.saddr),
-        PyBytes_FromStringAndSize(r.unix_path, plen),
-        PyLong_FromUnsignedLong(r.via),
-        PyLong_FromUnsignedLong(r.flags),
+        OK(task_of(self, &r.task)),
+        OK(verdict_of(self, &r.verdict)),
+        OK(PyLong_FromLongLong(r.ret)),
+        OK(PyLong_FromUnsignedLong(r.family)),
+        OK(PyLong_FromUnsignedLong(r.protocol)),
+        OK(PyLong_FromUnsignedLong(r.sock_type)),
+        OK(PyLong_FromUnsignedLong(r.hook)),
+        OK(PyLong_FromUnsignedLong(r.dport)),
+        OK(PyLong_FromUnsignedLong(r.sport)),
+        OK(PyBytes_FromStringAndSize((const char *)r.daddr, sizeof r.daddr)),
+        OK(PyBytes_FromStringAndSize((const char *)r.saddr, sizeof r.saddr)),
+        OK(PyBytes_FromStringAndSize(r.unix_path, plen)),
+        OK(PyLong_FromUnsignedLong(r.via)),
+        OK(PyLong_FromUnsignedLong(r.flags)),
     };
     return make(&self->connect, v);
 }
@@ -349,7 +399,7 @@ static PyObject *
 Decoder_decode(Decoder *self, PyObject *arg)
 {
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+    if (Decoder_ready(self) < 0 || PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     const char *buf = view.buf;
     PyObject *rec = Py_None;
@@ -371,7 +421,7 @@ static PyObject *
 Decoder_verdict(Decoder *self, PyObject *arg)
 {
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+    if (Decoder_ready(self) < 0 || PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     PyObject *v;
     if (view.len < (Py_ssize_t)(VERDICT_OFFSET + sizeof(struct tr_verdict))) {
