@@ -241,10 +241,11 @@ def run_guest(
         LSM_CMDLINE,
         "--rwdir",
         str(OUT),
-        # qemu's own account of why the guest ended (qemu's ShutdownCause):
-        # 6 the guest powered off (virtme-ng does when its script ends),
-        # 7 the guest reset (a panic with panic=-1, a triple fault, a
-        # watchdog), 4 a signal to qemu.
+        # qemu's own account of why the guest ended: a shutdown request
+        # with reason 6 is the guest powering off (virtme-ng does when
+        # its script ends), 4 a signal to qemu. None at all is a guest
+        # reset (a panic with panic=-1, a triple fault, a watchdog), which
+        # under -no-reboot ends qemu without a request, or qemu crashing.
         f"--qemu-opts=-d trace:qemu_system_shutdown_request,trace:runstate_set -D {qlog}",
         "--",
         inner,
