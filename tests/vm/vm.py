@@ -251,7 +251,7 @@ def run_guest(
         inner,
     ]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    tag = f"[{release}] ".encode()
+    tag = _tag(release)
     _say(tag + f"booting (software emulation, timeout {timeout}s)\n".encode())
     t0 = time.monotonic()
     # Pipes, not files: qemu reopens its stdout/stderr with O_TRUNC.
@@ -284,7 +284,8 @@ def _run_guest_twice_if_vanished(
     first = run_guest(release, pytest_args, timeout, modes)
     if first.note != VANISHED:
         return first
-    _say(f"[{release}] the guest vanished after {first.seconds:.0f}s: booting it again\n".encode())
+    again_line = f"the guest vanished after {first.seconds:.0f}s: booting it again\n"
+    _say(_tag(release) + again_line.encode())
     again = run_guest(release, pytest_args, timeout, modes)
     return Result(
         release,
@@ -292,6 +293,11 @@ def _run_guest_twice_if_vanished(
         first.seconds + again.seconds,
         f"{again.note} (2nd boot; 1st vanished at {first.seconds:.0f}s)",
     )
+
+
+def _tag(release: str) -> bytes:
+    """What each line of a guest's output starts with."""
+    return f"[{release}] ".encode()
 
 
 def _say(data: bytes) -> None:
